@@ -1,0 +1,76 @@
+//! The baked agent config (`/etc/nodeforge/firstboot.toml`), written by the
+//! builder from the profile.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the builder writes the baked config inside the image.
+pub const BAKED_CONFIG_PATH: &str = "/etc/nodeforge/firstboot.toml";
+
+/// What the builder bakes into the image for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BakedConfig {
+    /// Profile name the image was built from.
+    pub profile: String,
+    /// Role of the node (core, data, sentinel …).
+    pub role: String,
+    /// Hostname used when the seed gives none.
+    pub hostname: String,
+    /// The user that per-node SSH keys from the seed are added to.
+    #[serde(default)]
+    pub admin_user: Option<String>,
+    /// Tailnet settings; absent means the node does not join a tailnet.
+    #[serde(default)]
+    pub tailscale: Option<TailscaleConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailscaleConfig {
+    /// Tags advertised when joining, e.g. `tag:core`.
+    pub tags: Vec<String>,
+    /// Bound on `tailscale up`, in seconds.
+    #[serde(default = "default_tailscale_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_tailscale_timeout() -> u64 {
+    60
+}
+
+impl BakedConfig {
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("BakedConfig always serialises")
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baked_config_round_trips() {
+        let cfg = BakedConfig {
+            profile: "base".into(),
+            role: "base".into(),
+            hostname: "node".into(),
+            admin_user: Some("admin".into()),
+            tailscale: Some(TailscaleConfig {
+                tags: vec!["tag:core".into()],
+                timeout_secs: 30,
+            }),
+        };
+        assert_eq!(BakedConfig::from_toml(&cfg.to_toml()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err =
+            BakedConfig::from_toml("profile='a'\nrole='b'\nhostname='c'\nbogus=1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}
