@@ -1,0 +1,1 @@
+//! Writing images to SD cards and USB sticks, safely and verified.
