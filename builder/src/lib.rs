@@ -2,4 +2,13 @@
 //! machines that boot them.
 
 pub mod bmap;
+pub mod boot;
+pub mod build;
+pub mod cli;
+pub mod disk;
+pub mod doctor;
+pub mod exec;
 pub mod flash;
+pub mod fsutil;
+pub mod plan;
+pub mod profile;

@@ -9,3 +9,6 @@ pub mod config;
 /// The line the agent prints on the console once the node is ready.
 /// Boot tests and `nodeforge boot` wait for it.
 pub const READY_MARKER: &str = "nodeforge-firstboot: ready";
+
+/// The systemd unit that runs the agent at boot.
+pub const SYSTEMD_UNIT: &str = include_str!("../units/nodeforge-firstboot.service");

@@ -1,0 +1,412 @@
+//! `nodeforge boot`: an image booted in QEMU with its serial console in a
+//! log, watched for a line of text.
+//!
+//! KVM is tried first when /dev/kvm exists, but on some hosts it is there
+//! and broken (QEMU aborts, or the guest stops after "KVM internal error"),
+//! so a short trial decides and TCG is the fallback.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::disk::{gpt_table, layout};
+use crate::exec::tail_lines;
+use crate::profile::Arch;
+
+/// How long a KVM guest may stay silent on the serial console before KVM
+/// is judged broken on this host.
+const KVM_TRIAL: Duration = Duration::from_secs(20);
+const KVM_FAILURES: [&str; 3] = ["KVM internal error", "failed to set MSR", "kvm run failed"];
+const PANIC_MARKERS: [&str; 2] = ["Kernel panic - not syncing", "end Kernel panic"];
+
+static KVM_BROKEN: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when a trial shows it works, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub image: PathBuf,
+    pub accel: Accel,
+    pub memory_mb: u32,
+    pub cpus: u32,
+    /// Forward host 127.0.0.1:port to the guest's port 22.
+    pub ssh_port: Option<u16>,
+    /// More host→guest TCP forwards.
+    pub forwards: Vec<(u16, u16)>,
+    /// Write changes into the image (default: a throwaway overlay).
+    pub persist: bool,
+    /// Serial console log; a temporary file when unset.
+    pub log: Option<PathBuf>,
+}
+
+impl VmOptions {
+    pub fn new(image: impl Into<PathBuf>) -> Self {
+        VmOptions {
+            image: image.into(),
+            accel: Accel::Auto,
+            memory_mb: 1024,
+            cpus: 2,
+            ssh_port: None,
+            forwards: Vec::new(),
+            persist: false,
+            log: None,
+        }
+    }
+}
+
+/// A running guest.
+pub struct Vm {
+    child: Child,
+    pub log: PathBuf,
+    stderr_log: PathBuf,
+    pub accel: Accel,
+    pub started: Instant,
+    _tmp: tempfile::TempDir,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error(
+        "timed out after {secs}s waiting for {expect:?} on the serial console; last lines:\n{tail}"
+    )]
+    Timeout {
+        secs: u64,
+        expect: String,
+        tail: String,
+    },
+    #[error("kernel panic while waiting for {expect:?}; last lines:\n{tail}")]
+    Panic { expect: String, tail: String },
+    #[error(
+        "QEMU exited ({status}) before {expect:?} appeared; QEMU said:\n{stderr}\nconsole:\n{tail}"
+    )]
+    Exited {
+        status: String,
+        expect: String,
+        stderr: String,
+        tail: String,
+    },
+    #[error("KVM does not work on this host: {0}")]
+    KvmBroken(String),
+    #[error(transparent)]
+    Io(#[from] anyhow::Error),
+}
+
+impl Vm {
+    /// Starts the image; with `Accel::Auto`, KVM is tried and abandoned for
+    /// TCG if it fails its trial.
+    pub fn start(opts: &VmOptions) -> Result<Vm> {
+        let try_kvm = match opts.accel {
+            Accel::Tcg => false,
+            Accel::Kvm => true,
+            Accel::Auto => Path::new("/dev/kvm").exists() && !KVM_BROKEN.load(Ordering::Relaxed),
+        };
+        if try_kvm {
+            let mut vm = Vm::spawn(opts, Accel::Kvm)?;
+            match vm.kvm_trial() {
+                Ok(()) => return Ok(vm),
+                Err(why) if opts.accel == Accel::Auto => {
+                    KVM_BROKEN.store(true, Ordering::Relaxed);
+                    vm.kill();
+                    eprintln!("nodeforge: KVM failed its trial ({why}); using TCG");
+                }
+                Err(why) => {
+                    vm.kill();
+                    bail!("KVM does not work on this host: {why}");
+                }
+            }
+        }
+        Vm::spawn(opts, Accel::Tcg)
+    }
+
+    fn spawn(opts: &VmOptions, accel: Accel) -> Result<Vm> {
+        let tmp = tempfile::tempdir().context("creating a temporary directory for QEMU")?;
+        let arch = image_arch(&opts.image)?;
+        let log = opts
+            .log
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("console.log"));
+        let _ = fs::remove_file(&log);
+        File::create(&log).with_context(|| format!("creating console log {}", log.display()))?;
+        let stderr_log = tmp.path().join("qemu.stderr");
+        let args = qemu_args(opts, arch, accel, &log, tmp.path())?;
+        let program = qemu_program(arch);
+        let child = Command::new(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr_log)?)
+            .spawn()
+            .with_context(|| {
+                format!("starting {program} (install it with `nodeforge doctor --install`)")
+            })?;
+        Ok(Vm {
+            child,
+            log,
+            stderr_log,
+            accel,
+            started: Instant::now(),
+            _tmp: tmp,
+        })
+    }
+
+    fn kvm_trial(&mut self) -> std::result::Result<(), String> {
+        let deadline = Instant::now() + KVM_TRIAL;
+        while Instant::now() < deadline {
+            if let Some(why) = self.kvm_failure() {
+                return Err(why);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("QEMU exited ({status}): {}", self.stderr_text()));
+            }
+            if fs::metadata(&self.log)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("no console output in {}s", KVM_TRIAL.as_secs()))
+    }
+
+    fn kvm_failure(&self) -> Option<String> {
+        let err = self.stderr_text();
+        KVM_FAILURES
+            .iter()
+            .any(|m| err.contains(m))
+            .then(|| tail_lines(&err, 3))
+    }
+
+    fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn console(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `expect` appears on the console (counting from the
+    /// start of the log), the kernel panics, QEMU exits, or time runs out.
+    pub fn wait_for(
+        &mut self,
+        expect: &str,
+        timeout: Duration,
+    ) -> std::result::Result<Duration, WaitError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let console = self.console();
+            if console.contains(expect) {
+                return Ok(self.started.elapsed());
+            }
+            if PANIC_MARKERS.iter().any(|m| console.contains(m)) {
+                return Err(WaitError::Panic {
+                    expect: expect.into(),
+                    tail: tail_lines(&console, 30),
+                });
+            }
+            if self.accel == Accel::Kvm {
+                if let Some(why) = self.kvm_failure() {
+                    KVM_BROKEN.store(true, Ordering::Relaxed);
+                    return Err(WaitError::KvmBroken(why));
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(WaitError::Exited {
+                    status: status.to_string(),
+                    expect: expect.into(),
+                    stderr: tail_lines(&self.stderr_text(), 10),
+                    tail: tail_lines(&console, 30),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(WaitError::Timeout {
+                    secs: timeout.as_secs(),
+                    expect: expect.into(),
+                    tail: tail_lines(&console, 30),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits for QEMU to exit by itself (the guest powered off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bail!("the guest did not power off within {}s", timeout.as_secs())
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts the image, waits for `expect`, stops the guest. With `Auto`, a
+/// KVM run that fails later than its trial is retried once under TCG.
+pub fn boot(opts: &VmOptions, expect: &str, timeout: Duration) -> Result<(Accel, Duration)> {
+    let mut vm = Vm::start(opts)?;
+    match vm.wait_for(expect, timeout) {
+        Ok(t) => Ok((vm.accel, t)),
+        Err(WaitError::KvmBroken(why)) if opts.accel == Accel::Auto => {
+            vm.kill();
+            eprintln!("nodeforge: KVM failed during boot ({why}); retrying under TCG");
+            let mut vm = Vm::spawn(opts, Accel::Tcg)?;
+            let t = vm.wait_for(expect, timeout)?;
+            Ok((Accel::Tcg, t))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The architecture of a disk image, from its root partition type.
+pub fn image_arch(image: &Path) -> Result<Arch> {
+    let parts = gpt_table::read(image)?;
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        if parts.iter().any(|p| p.type_guid == layout::root_type(arch)) {
+            return Ok(arch);
+        }
+    }
+    bail!(
+        "{} has no root partition of a type nodeforge knows",
+        image.display()
+    )
+}
+
+fn qemu_program(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
+    }
+}
+
+/// UEFI firmware: code (read-only) and a variable store template.
+fn firmware(arch: Arch) -> Result<(PathBuf, PathBuf)> {
+    let candidates: &[(&str, &str)] = match arch {
+        Arch::Amd64 => &[
+            (
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            ),
+            (
+                "/usr/share/OVMF/OVMF_CODE.fd",
+                "/usr/share/OVMF/OVMF_VARS.fd",
+            ),
+        ],
+        Arch::Arm64 => &[(
+            "/usr/share/AAVMF/AAVMF_CODE.fd",
+            "/usr/share/AAVMF/AAVMF_VARS.fd",
+        )],
+    };
+    candidates
+        .iter()
+        .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
+        .find(|(c, v)| c.is_file() && v.is_file())
+        .with_context(|| {
+            format!(
+                "no UEFI firmware for {} (looked for {}): install it with `nodeforge doctor --install`",
+                arch.debian(),
+                candidates.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+            )
+        })
+}
+
+fn qemu_args(
+    opts: &VmOptions,
+    arch: Arch,
+    accel: Accel,
+    log: &Path,
+    tmp: &Path,
+) -> Result<Vec<String>> {
+    let (code, vars_template) = firmware(arch)?;
+    let vars = tmp.join("vars.fd");
+    fs::copy(&vars_template, &vars)
+        .with_context(|| format!("copying {}", vars_template.display()))?;
+    let (machine, cpu) = match (arch, accel) {
+        (Arch::Amd64, Accel::Kvm) => ("q35,accel=kvm", "host"),
+        (Arch::Amd64, _) => ("q35,accel=tcg", "max"),
+        (Arch::Arm64, _) => ("virt,accel=tcg", "max"),
+    };
+    let mut fwd = String::new();
+    if let Some(p) = opts.ssh_port {
+        fwd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
+    }
+    for (host, guest) in &opts.forwards {
+        fwd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    let image = opts
+        .image
+        .canonicalize()
+        .with_context(|| format!("opening image {}", opts.image.display()))?;
+    let mut drive = format!(
+        "file={},format=raw,if=virtio,cache=unsafe",
+        qemu_escape(&image)
+    );
+    if !opts.persist {
+        drive.push_str(",snapshot=on");
+    }
+    Ok([
+        "-machine",
+        machine,
+        "-cpu",
+        cpu,
+        "-smp",
+        &opts.cpus.to_string(),
+        "-m",
+        &opts.memory_mb.to_string(),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-drive",
+        &format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            qemu_escape(&code)
+        ),
+        "-drive",
+        &format!("if=pflash,format=raw,unit=1,file={}", qemu_escape(&vars)),
+        "-drive",
+        &drive,
+        "-netdev",
+        &format!("user,id=net0{fwd}"),
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-device",
+        "virtio-rng-pci",
+        "-chardev",
+        &format!("file,id=console,path={}", qemu_escape(log)),
+        "-serial",
+        "chardev:console",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect())
+}
+
+/// QEMU option values use ',' as a separator; a literal comma is doubled.
+fn qemu_escape(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}

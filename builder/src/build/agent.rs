@@ -1,0 +1,123 @@
+//! Step `agent`: the first-boot agent, its unit and its baked config.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nodeforge_firstboot::config::{BakedConfig, TailscaleConfig, BAKED_CONFIG_PATH};
+
+use super::progress::StepOutcome;
+use super::system::enable_unit;
+use super::{BuildContext, StepReport};
+use crate::exec::Cmd;
+use crate::profile::{Arch, Profile};
+
+pub const AGENT_PATH: &str = "/usr/bin/nodeforge-firstboot";
+pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
+
+pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+    let arch = ctx.plan.profile.hardware.arch;
+    let binary = agent_binary(ctx.opts.agent.as_deref(), arch)?;
+    let dest = ctx.target(AGENT_PATH);
+    fs::copy(&binary, &dest)
+        .with_context(|| format!("installing agent {} into the image", binary.display()))?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
+
+    let unit = ctx.target(&format!("/usr/lib/systemd/system/{UNIT_NAME}"));
+    fs::create_dir_all(unit.parent().expect("has parent"))?;
+    fs::write(&unit, nodeforge_firstboot::SYSTEMD_UNIT)
+        .with_context(|| format!("writing {}", unit.display()))?;
+    enable_unit(&ctx.rootfs, UNIT_NAME)?;
+
+    let cfg = baked_config(&ctx.plan.profile);
+    let path = ctx.target(BAKED_CONFIG_PATH);
+    fs::create_dir_all(path.parent().expect("has parent"))?;
+    fs::write(&path, cfg.to_toml())
+        .with_context(|| format!("writing {BAKED_CONFIG_PATH} in the image"))?;
+    ctx.facts
+        .insert("agent".into(), binary.display().to_string().into());
+    Ok(StepOutcome::Done)
+}
+
+pub fn baked_config(p: &Profile) -> BakedConfig {
+    BakedConfig {
+        profile: p.name.clone(),
+        role: p.role.clone(),
+        hostname: p.hostname.clone(),
+        admin_user: p
+            .users
+            .iter()
+            .find(|u| u.sudo)
+            .or(p.users.first())
+            .map(|u| u.name.clone()),
+        tailscale: p.tailscale.as_ref().map(|t| TailscaleConfig {
+            tags: t.tags.clone(),
+            timeout_secs: t.timeout_secs,
+        }),
+    }
+}
+
+/// The agent binary for `arch`: the one given (`--agent` or
+/// $NODEFORGE_AGENT), else built from this source tree with cargo, else the
+/// one installed beside `nodeforge`.
+fn agent_binary(given: Option<&Path>, arch: Arch) -> Result<PathBuf> {
+    if let Some(p) = given
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("NODEFORGE_AGENT").map(PathBuf::from))
+    {
+        if !p.is_file() {
+            bail!("agent binary {} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf);
+    if let Some(ws) = workspace.filter(|w| w.join("firstboot/Cargo.toml").is_file()) {
+        return build_from_source(&ws, arch);
+    }
+    let beside = std::env::current_exe()?.with_file_name("nodeforge-firstboot");
+    if beside.is_file() && arch == host_arch() {
+        return Ok(beside);
+    }
+    bail!(
+        "no nodeforge-firstboot binary for {}: pass --agent PATH or set NODEFORGE_AGENT",
+        arch.rust_target()
+    )
+}
+
+fn build_from_source(workspace: &Path, arch: Arch) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Cmd::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--locked",
+            "-p",
+            "nodeforge-firstboot",
+            "--target",
+            arch.rust_target(),
+        ])
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .run()
+        .context("building the first-boot agent for the image")?;
+    Ok(target_dir
+        .join(arch.rust_target())
+        .join("release/nodeforge-firstboot"))
+}
+
+fn host_arch() -> Arch {
+    if cfg!(target_arch = "aarch64") {
+        Arch::Arm64
+    } else {
+        Arch::Amd64
+    }
+}

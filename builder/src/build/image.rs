@@ -1,0 +1,215 @@
+//! Steps `esp`, `root-fs` and `partition-table`: the disk image, written
+//! into one sparse file under a temporary name.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::progress::StepOutcome;
+use super::{BuildContext, StepReport};
+use crate::disk::esp::{self, Content};
+use crate::disk::{gpt_table, PartitionKind};
+use crate::exec::Cmd;
+use crate::fsutil;
+
+/// The image being written. Removed on drop unless it was committed, so a
+/// failed build leaves nothing behind.
+pub struct PartialImage {
+    pub path: PathBuf,
+    pub file: File,
+    committed: bool,
+}
+
+impl PartialImage {
+    fn create(final_path: &Path, size: u64) -> Result<Self> {
+        let path = fsutil::partial_path(final_path);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        file.set_len(size)
+            .with_context(|| format!("sizing {} to {size} bytes", path.display()))?;
+        Ok(PartialImage {
+            path,
+            file,
+            committed: false,
+        })
+    }
+
+    /// Renames the finished image to `final_path`.
+    pub fn commit(mut self, final_path: &Path) -> Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("syncing {}", self.path.display()))?;
+        fsutil::commit_partial(&self.path, final_path)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartialImage {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+pub fn image_path(ctx: &BuildContext) -> PathBuf {
+    ctx.opts
+        .output_dir
+        .join(format!("{}.img", ctx.plan.profile.name))
+}
+
+pub fn write_esp(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+    let arch = ctx.plan.profile.hardware.arch;
+    let (kernel, initrd, version) = find_kernel(&ctx.rootfs)?;
+    let sd_boot = ctx.target(&format!(
+        "/usr/lib/systemd/boot/efi/{}",
+        arch.systemd_boot_file()
+    ));
+    if !sd_boot.is_file() {
+        bail!(
+            "{} is missing from the image: add `systemd-boot-efi` to the hardware's packages",
+            sd_boot
+                .strip_prefix(&ctx.rootfs)
+                .unwrap_or(&sd_boot)
+                .display()
+        );
+    }
+    let root = ctx.plan.layout.partition(PartitionKind::Root);
+    let esp_part = ctx.plan.layout.partition(PartitionKind::Esp).clone();
+    let p = &ctx.plan.profile;
+    let mut options = vec![
+        format!("root=PARTUUID={}", root.part_guid),
+        "rw".to_string(),
+    ];
+    options.extend(p.hardware.kernel_cmdline.iter().cloned());
+    let entry = format!(
+        "title   nodeforge {} ({})\nversion {version}\nlinux   /nodeforge/vmlinuz\ninitrd  /nodeforge/initrd.img\noptions {}\n",
+        p.name,
+        p.role,
+        options.join(" ")
+    );
+    let files = vec![
+        (
+            format!("EFI/BOOT/{}", arch.efi_boot_file()),
+            Content::File(sd_boot.clone()),
+        ),
+        (
+            format!("EFI/systemd/{}", arch.systemd_boot_file()),
+            Content::File(sd_boot),
+        ),
+        (
+            "loader/loader.conf".into(),
+            Content::Bytes(b"default nodeforge.conf\ntimeout 0\neditor no\n".to_vec()),
+        ),
+        (
+            "loader/entries/nodeforge.conf".into(),
+            Content::Bytes(entry.into_bytes()),
+        ),
+        ("nodeforge/vmlinuz".into(), Content::File(kernel)),
+        ("nodeforge/initrd.img".into(), Content::File(initrd)),
+    ];
+    let image = PartialImage::create(&image_path(ctx), ctx.plan.layout.size)?;
+    esp::write(
+        &image.file,
+        esp_part.offset,
+        esp_part.size,
+        esp::volume_id_from(&esp_part.fs_uuid),
+        "ESP",
+        &files,
+    )
+    .with_context(|| format!("writing the ESP to {}", image.path.display()))?;
+    ctx.facts.insert("kernel".into(), version.into());
+    ctx.image = Some(image);
+    Ok(StepOutcome::Done)
+}
+
+/// The newest kernel and its initrd in the target's /boot.
+fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    let boot = root.join("boot");
+    let mut versions: Vec<String> = fs::read_dir(&boot)
+        .with_context(|| format!("reading {}", boot.display()))?
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(str::to_owned)
+        })
+        .collect();
+    versions.sort_by(|a, b| compare_versions(a, b));
+    let Some(version) = versions.pop() else {
+        bail!("the image has no kernel in /boot: add a kernel package (e.g. linux-image-amd64) to the hardware's packages");
+    };
+    let initrd = boot.join(format!("initrd.img-{version}"));
+    if !initrd.is_file() {
+        bail!("kernel {version} has no initrd in /boot (is initramfs-tools installed?)");
+    }
+    Ok((boot.join(format!("vmlinuz-{version}")), initrd, version))
+}
+
+/// Orders "6.12.9" before "6.12.10": numeric runs compare as numbers.
+fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |s: &str| -> Vec<(u64, String)> {
+        s.split(|c: char| !c.is_ascii_alphanumeric())
+            .map(|part| {
+                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+                (digits.parse().unwrap_or(0), part[digits.len()..].to_owned())
+            })
+            .collect()
+    };
+    key(a).cmp(&key(b))
+}
+
+pub fn write_root_fs(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+    let image = ctx
+        .image
+        .as_ref()
+        .context("the image file was not created")?;
+    let root = ctx.plan.layout.partition(PartitionKind::Root);
+    let mut cmd = Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root", "-U"])
+        .arg(root.fs_uuid.to_string())
+        .arg("-E")
+        .arg(format!(
+            "offset={},nodiscard,hash_seed={}",
+            root.offset, root.fs_uuid
+        ))
+        .arg("-d")
+        .arg(&ctx.rootfs)
+        .arg(&image.path)
+        .arg(format!("{}k", root.size / 1024));
+    if let Some(epoch) = std::env::var_os("SOURCE_DATE_EPOCH") {
+        cmd = cmd.env("E2FSPROGS_FAKE_TIME", epoch);
+    }
+    cmd.run()
+        .with_context(|| format!("writing the root filesystem into {}", image.path.display()))?;
+    Ok(StepOutcome::Done)
+}
+
+pub fn write_partition_table(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+    let image = ctx
+        .image
+        .as_ref()
+        .context("the image file was not created")?;
+    gpt_table::write(&image.file, &image.path, &ctx.plan.layout)?;
+    Ok(StepOutcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_sort_numerically() {
+        let mut v = vec!["6.12.10-amd64", "6.12.9-amd64", "6.1.0-amd64"];
+        v.sort_by(|a, b| compare_versions(a, b));
+        assert_eq!(v, ["6.1.0-amd64", "6.12.9-amd64", "6.12.10-amd64"]);
+    }
+}

@@ -1,0 +1,168 @@
+//! Step `outputs`: the image under its final name, its sha256, the
+//! manifest, and any extra formats, each appearing only when complete.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::image::image_path;
+use super::progress::StepOutcome;
+use super::{BuildContext, BuildResult, StepReport};
+use crate::disk::PartitionSpec;
+use crate::exec::Cmd;
+use crate::fsutil;
+use crate::profile::OutputFormat;
+
+#[derive(Debug, Serialize)]
+pub struct Manifest<'a> {
+    pub nodeforge: &'static str,
+    pub profile: &'a str,
+    pub role: &'a str,
+    pub profile_hash: &'a str,
+    pub rootfs_key: &'a str,
+    pub arch: &'static str,
+    pub suite: &'a str,
+    pub image: String,
+    pub image_size: u64,
+    pub sha256: &'a str,
+    pub disk_guid: String,
+    pub partitions: &'a [PartitionSpec],
+    pub packages: Vec<Package>,
+    pub facts: &'a serde_json::Map<String, serde_json::Value>,
+    pub steps: &'a [StepReport],
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+}
+
+pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome, BuildResult)> {
+    let final_path = image_path(ctx);
+    let image = ctx.image.take().context("the image file was not created")?;
+    let sha256 = fsutil::sha256_file(&image.path)?;
+    let allocated = fs::metadata(&image.path)?.blocks() * 512;
+    let packages = read_dpkg_status(&ctx.target("/var/lib/dpkg/status"))?;
+    image.commit(&final_path)?;
+
+    let name = final_path
+        .file_name()
+        .expect("has a name")
+        .to_string_lossy()
+        .into_owned();
+    let sha_path = ctx.opts.output_dir.join(format!("{name}.sha256"));
+    fsutil::atomic_write(&sha_path, format!("{sha256}  {name}\n").as_bytes())?;
+
+    let plan = ctx.plan;
+    let manifest = Manifest {
+        nodeforge: env!("CARGO_PKG_VERSION"),
+        profile: &plan.profile.name,
+        role: &plan.profile.role,
+        profile_hash: &plan.profile_hash,
+        rootfs_key: &plan.rootfs_key,
+        arch: plan.profile.hardware.arch.debian(),
+        suite: &plan.profile.debian.suite,
+        image: name.clone(),
+        image_size: plan.layout.size,
+        sha256: &sha256,
+        disk_guid: plan.layout.disk_guid.to_string(),
+        partitions: &plan.layout.partitions,
+        packages,
+        facts: &ctx.facts,
+        steps,
+    };
+    let manifest_path = ctx
+        .opts
+        .output_dir
+        .join(format!("{}.manifest.json", plan.profile.name));
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    fsutil::atomic_write(&manifest_path, &json)?;
+
+    for format in &plan.profile.outputs {
+        match format {
+            OutputFormat::Raw => {}
+            OutputFormat::Qcow2 => {
+                let out = ctx
+                    .opts
+                    .output_dir
+                    .join(format!("{}.qcow2", plan.profile.name));
+                let partial = fsutil::partial_path(&out);
+                Cmd::new("qemu-img")
+                    .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                    .arg(&final_path)
+                    .arg(&partial)
+                    .run()
+                    .with_context(|| format!("writing {}", out.display()))?;
+                fsutil::commit_partial(&partial, &out)?;
+            }
+        }
+    }
+    let result = BuildResult {
+        image: final_path,
+        sha256,
+        manifest: manifest_path,
+        image_size: plan.layout.size,
+        allocated,
+        steps: Vec::new(),
+    };
+    Ok((StepOutcome::Done, result))
+}
+
+/// Installed packages from a dpkg status file, sorted by name.
+pub fn read_dpkg_status(path: &Path) -> Result<Vec<Package>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse_dpkg_status(&text))
+}
+
+fn parse_dpkg_status(text: &str) -> Vec<Package> {
+    let mut out: Vec<Package> = text
+        .split("\n\n")
+        .filter_map(|stanza| {
+            let field = |name: &str| {
+                stanza.lines().find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(':')
+                        .map(|v| v.trim().to_owned())
+                })
+            };
+            let installed = field("Status")?.ends_with(" installed");
+            installed.then(|| {
+                Some(Package {
+                    name: field("Package")?,
+                    version: field("Version")?,
+                    arch: field("Architecture").unwrap_or_default(),
+                })
+            })?
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_installed_packages_are_listed() {
+        let status = "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.3\n\n\
+                      Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n\
+                      Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 13.8\nDescription: x\n y\n";
+        let p = parse_dpkg_status(status);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0],
+            Package {
+                name: "base-files".into(),
+                version: "13.8".into(),
+                arch: "amd64".into()
+            }
+        );
+        assert_eq!(p[1].name, "zlib1g");
+    }
+}

@@ -1,0 +1,188 @@
+//! Step `system`: what every node needs configured in its root: hostname,
+//! fstab by PARTUUID, an empty machine-id, DHCP networking.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::progress::StepOutcome;
+use super::{BuildContext, StepReport};
+use crate::disk::PartitionKind;
+
+/// Where the ESP is mounted on a running node (the agent reads its seed
+/// there).
+pub const ESP_MOUNT: &str = "/boot/efi";
+
+const DHCP_NETWORK: &str = "\
+# Written by nodeforge: DHCP on every wired interface.
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+";
+
+pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+    let p = &ctx.plan.profile;
+    write(ctx, "/etc/hostname", &format!("{}\n", p.hostname))?;
+    write(
+        ctx,
+        "/etc/hosts",
+        &format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
+            p.hostname
+        ),
+    )?;
+    write(ctx, "/etc/fstab", &fstab(ctx))?;
+    fs::create_dir_all(ctx.target(ESP_MOUNT))?;
+    // An empty machine-id makes systemd generate one per machine at first
+    // boot, so one image serves many machines.
+    write(ctx, "/etc/machine-id", "")?;
+    let _ = fs::remove_file(ctx.target("/var/lib/dbus/machine-id"));
+    write(
+        ctx,
+        "/etc/systemd/network/80-nodeforge-dhcp.network",
+        DHCP_NETWORK,
+    )?;
+    for unit in ["systemd-networkd.service", "systemd-resolved.service"] {
+        enable_unit(&ctx.rootfs, unit)?;
+    }
+    Ok(StepOutcome::Done)
+}
+
+fn fstab(ctx: &BuildContext) -> String {
+    let layout = &ctx.plan.layout;
+    let root = layout.partition(PartitionKind::Root);
+    let esp = layout.partition(PartitionKind::Esp);
+    format!(
+        "# Written by nodeforge; partitions are found by PARTUUID.\n\
+         PARTUUID={}\t/\text4\terrors=remount-ro\t0\t1\n\
+         PARTUUID={}\t{ESP_MOUNT}\tvfat\tumask=0077,nofail\t0\t2\n",
+        root.part_guid, esp.part_guid
+    )
+}
+
+fn write(ctx: &BuildContext, path: &str, contents: &str) -> Result<()> {
+    let target = ctx.target(path);
+    if let Some(dir) = target.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(&target, contents).with_context(|| format!("writing {path} in the image"))
+}
+
+/// Enables a systemd unit in `root` as `systemctl enable` would: one
+/// symlink per `WantedBy=`/`RequiredBy=` target, and the units in `Also=`.
+/// A unit the image does not have is left alone (its package is not
+/// installed).
+pub fn enable_unit(root: &Path, unit: &str) -> Result<bool> {
+    let found = [
+        "etc/systemd/system",
+        "usr/lib/systemd/system",
+        "lib/systemd/system",
+    ]
+    .iter()
+    .map(|d| root.join(d).join(unit))
+    .find(|p| p.is_file());
+    let Some(path) = found else {
+        return Ok(false);
+    };
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let install = parse_install(&text);
+    let link_target = Path::new("/").join(path.strip_prefix(root).expect("found below root"));
+    for (dir_suffix, targets) in [
+        (".wants", &install.wanted_by),
+        (".requires", &install.required_by),
+    ] {
+        for t in targets {
+            let dir = root
+                .join("etc/systemd/system")
+                .join(format!("{t}{dir_suffix}"));
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let link = dir.join(unit);
+            let _ = fs::remove_file(&link);
+            symlink(&link_target, &link).with_context(|| format!("linking {}", link.display()))?;
+        }
+    }
+    for also in &install.also {
+        enable_unit(root, also)?;
+    }
+    Ok(true)
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Install {
+    wanted_by: Vec<String>,
+    required_by: Vec<String>,
+    also: Vec<String>,
+}
+
+fn parse_install(unit: &str) -> Install {
+    let mut out = Install::default();
+    let mut in_install = false;
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_install = line == "[Install]";
+            continue;
+        }
+        if !in_install {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let list = match key.trim() {
+            "WantedBy" => &mut out.wanted_by,
+            "RequiredBy" => &mut out.required_by,
+            "Also" => &mut out.also,
+            _ => continue,
+        };
+        list.extend(value.split_whitespace().map(str::to_owned));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_section_is_read() {
+        let unit = "[Unit]\nWantedBy=nope\n[Install]\nWantedBy=multi-user.target\nAlso=a.socket b.socket\n";
+        let i = parse_install(unit);
+        assert_eq!(i.wanted_by, vec!["multi-user.target"]);
+        assert_eq!(i.also, vec!["a.socket", "b.socket"]);
+        assert!(i.required_by.is_empty());
+    }
+
+    #[test]
+    fn enable_links_into_wants_and_follows_also() {
+        let root = tempfile::tempdir().unwrap();
+        let units = root.path().join("usr/lib/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        fs::write(
+            units.join("x.service"),
+            "[Install]\nWantedBy=multi-user.target\nAlso=x.socket\n",
+        )
+        .unwrap();
+        fs::write(
+            units.join("x.socket"),
+            "[Install]\nWantedBy=sockets.target\n",
+        )
+        .unwrap();
+        assert!(enable_unit(root.path(), "x.service").unwrap());
+        let link = root
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants/x.service");
+        assert_eq!(
+            fs::read_link(link).unwrap(),
+            Path::new("/usr/lib/systemd/system/x.service")
+        );
+        assert!(root
+            .path()
+            .join("etc/systemd/system/sockets.target.wants/x.socket")
+            .is_symlink());
+        assert!(!enable_unit(root.path(), "missing.service").unwrap());
+    }
+}

@@ -1,0 +1,9 @@
+//! Disk images written in-process: partition layout, GPT, FAT ESP, and
+//! byte regions of an image file that filesystems are written into.
+
+pub mod esp;
+pub mod gpt_table;
+pub mod layout;
+pub mod region;
+
+pub use layout::{DiskLayout, PartitionKind, PartitionSpec};

@@ -1,0 +1,315 @@
+//! The resolved plan: everything a build will do, decided before anything
+//! is built, so `nodeforge plan` can show it and caches can key on it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::disk::DiskLayout;
+use crate::fsutil::sha256_bytes;
+use crate::profile::{self, Profile};
+
+/// Bumped when the way a rootfs is made changes, so old cache entries are
+/// not reused for a different recipe.
+pub const ROOTFS_RECIPE: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub profile: Profile,
+    /// sha256 of the resolved profile and the content of every file it
+    /// reads (profiles, hardware, overlays).
+    pub profile_hash: String,
+    pub packages: Vec<String>,
+    pub overlay_files: Vec<OverlayFile>,
+    pub layout: DiskLayout,
+    /// Cache key of the base rootfs: only what shapes mmdebstrap's output.
+    pub rootfs_key: String,
+    pub steps: Vec<StepPlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OverlayFile {
+    pub overlay: String,
+    /// Path inside the image, after template suffixes are dropped.
+    pub target: String,
+    pub source: PathBuf,
+    pub template: bool,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepPlan {
+    pub name: &'static str,
+    pub inputs: Vec<String>,
+}
+
+/// Suffix that marks an overlay file as a tera template.
+pub const TEMPLATE_SUFFIX: &str = ".tera";
+
+impl Plan {
+    /// Loads and validates the profile at `path` and plans its build.
+    pub fn load(path: &Path) -> Result<Plan> {
+        let profile = profile::load(path)?;
+        Plan::from_profile(profile)
+    }
+
+    pub fn from_profile(profile: Profile) -> Result<Plan> {
+        let overlay_files = list_overlay_files(&profile)?;
+        let packages = profile.all_packages();
+        let rootfs_key = rootfs_key(&profile, &packages);
+        let profile_hash = profile_hash(&profile, &overlay_files)?;
+        let layout = DiskLayout::esp_and_root(
+            profile.disk.size.0,
+            profile.disk.esp_size.0,
+            profile.hardware.arch,
+            &profile_hash,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let steps = step_plans(&profile, &packages, &overlay_files, &rootfs_key);
+        Ok(Plan {
+            profile,
+            profile_hash,
+            packages,
+            overlay_files,
+            layout,
+            rootfs_key,
+            steps,
+        })
+    }
+
+    /// Human-readable summary for `nodeforge plan`.
+    pub fn render(&self) -> String {
+        let p = &self.profile;
+        let mut s = String::new();
+        let mut line = |t: String| {
+            s.push_str(&t);
+            s.push('\n');
+        };
+        line(format!("profile    {} (role {})", p.name, p.role));
+        line(format!(
+            "sources    {}",
+            p.sources
+                .iter()
+                .map(|s| s.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" <- ")
+        ));
+        line(format!(
+            "hardware   {} ({}, {:?})",
+            p.hardware.name,
+            p.hardware.arch.debian(),
+            p.hardware.firmware
+        ));
+        line(format!(
+            "debian     {} from {} [{}]",
+            p.debian.suite,
+            p.debian.mirror,
+            p.debian.components.join(", ")
+        ));
+        line(format!("hostname   {}", p.hostname));
+        line(format!("hash       {}", self.profile_hash));
+        line(format!(
+            "packages   ({}) {}",
+            self.packages.len(),
+            self.packages.join(" ")
+        ));
+        line(format!(
+            "users      {}",
+            p.users
+                .iter()
+                .map(|u| format!("{} ({} keys)", u.name, u.authorized_keys.len()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        line("overlay files".into());
+        for f in &self.overlay_files {
+            line(format!(
+                "  {:<40} from {}{}",
+                f.target,
+                f.overlay,
+                if f.template { " (template)" } else { "" }
+            ));
+        }
+        line(format!(
+            "disk       {} bytes, GPT {}",
+            self.layout.size, self.layout.disk_guid
+        ));
+        for part in &self.layout.partitions {
+            line(format!(
+                "  {} {:<5} offset {:>12} size {:>12} partuuid {}",
+                part.number, part.label, part.offset, part.size, part.part_guid
+            ));
+        }
+        line("steps".into());
+        for st in &self.steps {
+            line(format!("  {:<16} {}", st.name, st.inputs.join("; ")));
+        }
+        s
+    }
+}
+
+fn rootfs_key(p: &Profile, packages: &[String]) -> String {
+    let key = serde_json::json!({
+        "recipe": ROOTFS_RECIPE,
+        "suite": p.debian.suite,
+        "mirror": p.debian.mirror,
+        "components": p.debian.components,
+        "arch": p.hardware.arch.debian(),
+        "packages": packages,
+    });
+    sha256_bytes(key.to_string().as_bytes())
+}
+
+fn profile_hash(p: &Profile, overlay_files: &[OverlayFile]) -> Result<String> {
+    let mut sources = Vec::new();
+    for path in p.sources.iter().chain(std::iter::once(&p.hardware.file)) {
+        let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        sources.push(sha256_bytes(&text));
+    }
+    let mut resolved = serde_json::to_value(p)?;
+    // Where the files sit on this machine must not change the hash.
+    if let Some(obj) = resolved.as_object_mut() {
+        obj.remove("sources");
+        if let Some(hw) = obj.get_mut("hardware").and_then(|h| h.as_object_mut()) {
+            hw.remove("file");
+        }
+        if let Some(ovs) = obj.get_mut("overlays").and_then(|o| o.as_array_mut()) {
+            for o in ovs.iter_mut().filter_map(|o| o.as_object_mut()) {
+                o.remove("dir");
+            }
+        }
+    }
+    let files: Vec<(&str, &str, &str)> = overlay_files
+        .iter()
+        .map(|f| (f.overlay.as_str(), f.target.as_str(), f.sha256.as_str()))
+        .collect();
+    let all =
+        serde_json::json!({ "profile": resolved, "sources": sources, "overlay_files": files });
+    Ok(sha256_bytes(all.to_string().as_bytes()))
+}
+
+/// Every file of every overlay, sorted by target path, later overlays
+/// overriding earlier ones.
+fn list_overlay_files(p: &Profile) -> Result<Vec<OverlayFile>> {
+    let mut out: Vec<OverlayFile> = Vec::new();
+    for ov in &p.overlays {
+        let mut files = Vec::new();
+        walk(&ov.dir, &ov.dir, &mut files)
+            .with_context(|| format!("reading overlay `{}` at {}", ov.name, ov.dir.display()))?;
+        for (rel, source) in files {
+            let template = rel.ends_with(TEMPLATE_SUFFIX);
+            let target = format!("/{}", rel.strip_suffix(TEMPLATE_SUFFIX).unwrap_or(&rel));
+            let bytes = match fs::symlink_metadata(&source)?.file_type().is_symlink() {
+                true => fs::read_link(&source)?
+                    .to_string_lossy()
+                    .into_owned()
+                    .into_bytes(),
+                false => {
+                    fs::read(&source).with_context(|| format!("reading {}", source.display()))?
+                }
+            };
+            out.retain(|f| f.target != target);
+            out.push(OverlayFile {
+                overlay: ov.name.clone(),
+                target,
+                source,
+                template,
+                sha256: sha256_bytes(&bytes),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.target.cmp(&b.target));
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            let rel = path
+                .strip_prefix(root)
+                .expect("walked below root")
+                .to_string_lossy()
+                .into_owned();
+            out.push((rel, path));
+        }
+    }
+    Ok(())
+}
+
+fn step_plans(
+    p: &Profile,
+    packages: &[String],
+    overlays: &[OverlayFile],
+    rootfs_key: &str,
+) -> Vec<StepPlan> {
+    let step = |name, inputs: Vec<String>| StepPlan { name, inputs };
+    vec![
+        step(
+            "rootfs",
+            vec![
+                format!(
+                    "mmdebstrap {} {} [{}]",
+                    p.debian.suite,
+                    p.hardware.arch.debian(),
+                    p.debian.components.join(",")
+                ),
+                format!("{} packages", packages.len()),
+                format!("cache key {}", &rootfs_key[..16]),
+            ],
+        ),
+        step(
+            "system",
+            vec![
+                format!("hostname {}", p.hostname),
+                "fstab, machine-id, network".into(),
+            ],
+        ),
+        step(
+            "overlays",
+            vec![format!(
+                "{} files from {} overlays",
+                overlays.len(),
+                p.overlays.len()
+            )],
+        ),
+        step(
+            "users",
+            p.users
+                .iter()
+                .map(|u| format!("{} ({} keys)", u.name, u.authorized_keys.len()))
+                .collect(),
+        ),
+        step(
+            "agent",
+            vec![format!(
+                "nodeforge-firstboot for {}",
+                p.hardware.arch.rust_target()
+            )],
+        ),
+        step(
+            "esp",
+            vec![
+                "systemd-boot, kernel, initrd, loader entry".into(),
+                format!("FAT32 {}", p.disk.esp_size),
+            ],
+        ),
+        step("root-fs", vec!["mkfs.ext4 -d".into()]),
+        step("partition-table", vec!["GPT: esp, root".into()]),
+        step(
+            "outputs",
+            p.outputs
+                .iter()
+                .map(|o| format!("{o:?}").to_lowercase())
+                .chain(["sha256".into(), "manifest.json".into()])
+                .collect(),
+        ),
+    ]
+}

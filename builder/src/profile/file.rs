@@ -1,0 +1,148 @@
+//! The on-disk shape of profile and hardware files, parsed strictly.
+//! Every field is optional here because a profile may get it from the
+//! profile it extends; `resolve` decides what is required.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::size::ByteSize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub description: Option<String>,
+    /// Another profile this one builds on, relative to this file.
+    pub extends: Option<Spanned<String>>,
+    /// A hardware class: a name in hardware/ or a path to a TOML file.
+    pub hardware: Option<Spanned<String>>,
+    pub hostname: Option<Spanned<String>>,
+    pub debian: Option<DebianFile>,
+    #[serde(default)]
+    pub packages: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub overlays: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub users: Vec<UserFile>,
+    pub disk: Option<DiskFile>,
+    pub outputs: Option<OutputsFile>,
+    /// Free-form values for overlay templates.
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+    pub tailscale: Option<TailscaleFile>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DebianFile {
+    pub suite: Option<String>,
+    pub mirror: Option<Spanned<String>>,
+    pub components: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserFile {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub shell: Option<String>,
+    /// Adds the user to the sudo group with passwordless sudo.
+    #[serde(default)]
+    pub sudo: bool,
+    #[serde(default)]
+    pub authorized_keys: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFile {
+    pub size: Option<Spanned<ByteSize>>,
+    pub esp_size: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsFile {
+    pub formats: Option<Vec<OutputFormat>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// A raw disk image, `<name>.img`.
+    Raw,
+    /// A qcow2 copy of the raw image, `<name>.qcow2`.
+    Qcow2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailscaleFile {
+    pub tags: Vec<Spanned<String>>,
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareFile {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub arch: Arch,
+    pub firmware: Firmware,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub kernel_cmdline: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name for the architecture.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The Rust target triple the agent is built for.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// The file name UEFI firmware boots from a removable ESP.
+    pub fn efi_boot_file(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "BOOTX64.EFI",
+            Arch::Arm64 => "BOOTAA64.EFI",
+        }
+    }
+
+    /// systemd-boot's binary name in systemd-boot-efi.
+    pub fn systemd_boot_file(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "systemd-bootx64.efi",
+            Arch::Arm64 => "systemd-bootaa64.efi",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// UEFI with a GPT disk and systemd-boot on the ESP.
+    Uefi,
+}

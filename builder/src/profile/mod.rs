@@ -1,0 +1,124 @@
+//! Profiles: a role's declarative description, its `extends` chain and
+//! its hardware class, resolved into one validated [`Profile`].
+
+pub mod error;
+mod file;
+mod resolve;
+pub mod size;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use error::{ProfileError, ProfileErrors};
+pub use file::{Arch, Firmware, OutputFormat};
+pub use resolve::load;
+pub use size::ByteSize;
+
+/// Packages every image needs for nodeforge's own boot path, whatever the
+/// profile says.
+pub const REQUIRED_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "udev"];
+
+/// A profile with its `extends` chain merged and everything validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub name: String,
+    pub role: String,
+    pub description: String,
+    pub hostname: String,
+    /// The profile files that shaped this one, the root of the chain first.
+    pub sources: Vec<PathBuf>,
+    pub hardware: Hardware,
+    pub debian: Debian,
+    /// Packages the profile chain asks for (hardware and required ones are
+    /// added by [`Profile::all_packages`]).
+    pub packages: Vec<String>,
+    pub overlays: Vec<Overlay>,
+    pub users: Vec<User>,
+    pub disk: Disk,
+    pub outputs: Vec<OutputFormat>,
+    pub vars: BTreeMap<String, serde_json::Value>,
+    pub tailscale: Option<Tailscale>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hardware {
+    pub name: String,
+    pub description: String,
+    pub file: PathBuf,
+    pub arch: Arch,
+    pub firmware: Firmware,
+    pub packages: Vec<String>,
+    pub kernel_cmdline: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Debian {
+    pub suite: String,
+    pub mirror: String,
+    pub components: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overlay {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub shell: String,
+    pub sudo: bool,
+    /// OpenSSH public key lines, each already parsed once to validate it.
+    pub authorized_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Disk {
+    pub size: ByteSize,
+    pub esp_size: ByteSize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tailscale {
+    pub tags: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+impl Profile {
+    /// Every package the rootfs gets: required, hardware, then profile,
+    /// sorted and without repeats (so the set, not the order of the
+    /// profile's lists, shapes the rootfs).
+    pub fn all_packages(&self) -> Vec<String> {
+        let mut all: Vec<String> = REQUIRED_PACKAGES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(self.hardware.packages.iter().cloned())
+            .chain(self.packages.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The variables overlay templates see.
+    pub fn template_context(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "role": self.role,
+            "description": self.description,
+            "hostname": self.hostname,
+            "arch": self.hardware.arch.debian(),
+            "hardware": self.hardware.name,
+            "suite": self.debian.suite,
+            "packages": self.all_packages(),
+            "users": self.users.iter().map(|u| &u.name).collect::<Vec<_>>(),
+            "tailscale_tags": self.tailscale.as_ref().map(|t| t.tags.clone()).unwrap_or_default(),
+            "vars": self.vars,
+        })
+    }
+}

@@ -1,0 +1,295 @@
+//! Reading a profile's `extends` chain and merging it, parent first.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::error::{ProfileError, ProfileErrors};
+use super::file::{HardwareFile, OutputFormat, ProfileFile};
+use super::validate::{self, FileCtx};
+use super::{ByteSize, Debian, Disk, Hardware, Overlay, Profile, Tailscale, User};
+
+const DEFAULT_SUITE: &str = "trixie";
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const DEFAULT_DISK: ByteSize = ByteSize(2 << 30);
+const DEFAULT_ESP: ByteSize = ByteSize(256 << 20);
+const DEFAULT_TAILSCALE_TIMEOUT: u64 = 60;
+/// An extends chain longer than this is a mistake, not a design.
+const MAX_CHAIN: usize = 16;
+
+/// Loads `path`, follows its `extends` chain, merges and validates it.
+/// All problems found are reported together, each naming file and line.
+pub fn load(path: &Path) -> Result<Profile, ProfileErrors> {
+    let chain = read_chain(path).map_err(|e| ProfileErrors(vec![e]))?;
+    let mut errors = Vec::new();
+    let mut merged = Merged::default();
+    for (ctx, file) in &chain {
+        merged.apply(ctx, file, &mut errors);
+    }
+    let leaf = &chain
+        .last()
+        .expect("chain holds at least the profile itself")
+        .0;
+    let profile = merged.finish(
+        leaf,
+        chain.iter().map(|(c, _)| c.path.clone()).collect(),
+        &mut errors,
+    );
+    match profile {
+        Some(p) if errors.is_empty() => Ok(p),
+        _ => Err(ProfileErrors(errors)),
+    }
+}
+
+/// Reads the profile and every profile it extends, root of the chain first.
+fn read_chain(path: &Path) -> Result<Vec<(FileCtx, ProfileFile)>, ProfileError> {
+    let mut chain: Vec<(FileCtx, ProfileFile)> = Vec::new();
+    let mut next = Some(path.to_owned());
+    while let Some(p) = next.take() {
+        let ctx = FileCtx::read(&p)?;
+        let canonical = fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+        let file: ProfileFile = toml::from_str(&ctx.source)
+            .map_err(|e| ProfileError::from_toml(&ctx.path, &ctx.source, &e))?;
+        if let Some(ext) = &file.extends {
+            let target = ctx.dir().join(ext.get_ref());
+            let target_canon = fs::canonicalize(&target).map_err(|e| {
+                ctx.error_at(
+                    ext,
+                    format!(
+                        "extends `{}`: cannot read {}: {e}",
+                        ext.get_ref(),
+                        target.display()
+                    ),
+                )
+            })?;
+            let seen = chain
+                .iter()
+                .map(|(c, _)| fs::canonicalize(&c.path).unwrap_or_else(|_| c.path.clone()))
+                .chain(std::iter::once(canonical.clone()));
+            if seen.into_iter().any(|s| s == target_canon) {
+                let names: Vec<String> = chain
+                    .iter()
+                    .map(|(c, _)| c.path.display().to_string())
+                    .chain([ctx.path.display().to_string(), target.display().to_string()])
+                    .collect();
+                return Err(ctx.error_at(ext, format!("extends cycle: {}", names.join(" -> "))));
+            }
+            if chain.len() + 1 >= MAX_CHAIN {
+                return Err(ctx.error_at(
+                    ext,
+                    format!("extends chain is longer than {MAX_CHAIN} profiles"),
+                ));
+            }
+            next = Some(target);
+        }
+        chain.push((ctx, file));
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// The profile as merged so far: a child's scalars replace its parent's,
+/// lists are joined (users by name), tables merged key by key.
+#[derive(Default)]
+struct Merged {
+    name: Option<String>,
+    role: Option<String>,
+    description: Option<String>,
+    hostname: Option<String>,
+    hardware: Option<Hardware>,
+    suite: Option<String>,
+    mirror: Option<String>,
+    components: Option<Vec<String>>,
+    packages: Vec<String>,
+    overlays: Vec<Overlay>,
+    users: Vec<User>,
+    disk_size: Option<(ByteSize, FileCtx, Spanned<ByteSize>)>,
+    esp_size: Option<ByteSize>,
+    outputs: Option<Vec<OutputFormat>>,
+    vars: BTreeMap<String, serde_json::Value>,
+    tailscale: Option<Tailscale>,
+}
+
+impl Merged {
+    fn apply(&mut self, ctx: &FileCtx, f: &ProfileFile, errors: &mut Vec<ProfileError>) {
+        set(&mut self.name, f.name.clone());
+        set(&mut self.role, f.role.clone());
+        set(&mut self.description, f.description.clone());
+        if let Some(h) = &f.hostname {
+            match validate::hostname(h.get_ref()) {
+                Ok(()) => self.hostname = Some(h.get_ref().clone()),
+                Err(msg) => errors.push(ctx.error_at(h, msg)),
+            }
+        }
+        if let Some(hw) = &f.hardware {
+            match load_hardware(ctx, hw) {
+                Ok(h) => self.hardware = Some(h),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(d) = &f.debian {
+            set(&mut self.suite, d.suite.clone());
+            if let Some(m) = &d.mirror {
+                match validate::mirror(m.get_ref()) {
+                    Ok(()) => self.mirror = Some(m.get_ref().clone()),
+                    Err(msg) => errors.push(ctx.error_at(m, msg)),
+                }
+            }
+            if let Some(cs) = &d.components {
+                let mut comps = Vec::new();
+                for c in cs {
+                    match validate::component(c.get_ref()) {
+                        Ok(()) => comps.push(c.get_ref().clone()),
+                        Err(msg) => errors.push(ctx.error_at(c, msg)),
+                    }
+                }
+                self.components = Some(comps);
+            }
+        }
+        for p in &f.packages {
+            match validate::package_name(p.get_ref()) {
+                Ok(()) => push_unique(&mut self.packages, p.get_ref().clone()),
+                Err(msg) => errors.push(ctx.error_at(p, msg)),
+            }
+        }
+        for o in &f.overlays {
+            match ctx.find_dir("overlays", o) {
+                Ok(dir) => {
+                    if !self.overlays.iter().any(|x| x.dir == dir) {
+                        self.overlays.push(Overlay {
+                            name: o.get_ref().clone(),
+                            dir,
+                        });
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for u in &f.users {
+            match validate::user(ctx, u) {
+                Ok(user) => {
+                    self.users.retain(|x| x.name != user.name);
+                    self.users.push(user);
+                }
+                Err(mut es) => errors.append(&mut es),
+            }
+        }
+        if let Some(d) = &f.disk {
+            if let Some(s) = &d.size {
+                self.disk_size = Some((*s.get_ref(), ctx.clone(), s.clone()));
+            }
+            if let Some(s) = &d.esp_size {
+                self.esp_size = Some(*s.get_ref());
+            }
+        }
+        if let Some(o) = &f.outputs {
+            set(&mut self.outputs, o.formats.clone());
+        }
+        for (k, v) in &f.vars {
+            self.vars.insert(k.clone(), toml_to_json(v));
+        }
+        if let Some(t) = &f.tailscale {
+            let mut tags = Vec::new();
+            for tag in &t.tags {
+                match validate::tailscale_tag(tag.get_ref()) {
+                    Ok(()) => tags.push(tag.get_ref().clone()),
+                    Err(msg) => errors.push(ctx.error_at(tag, msg)),
+                }
+            }
+            self.tailscale = Some(Tailscale {
+                tags,
+                timeout_secs: t.timeout_secs.unwrap_or(DEFAULT_TAILSCALE_TIMEOUT),
+            });
+        }
+    }
+
+    fn finish(
+        self,
+        leaf: &FileCtx,
+        sources: Vec<PathBuf>,
+        errors: &mut Vec<ProfileError>,
+    ) -> Option<Profile> {
+        let mut missing = |what: &str, hint: &str| {
+            errors.push(ProfileError::whole_file(
+                &leaf.path,
+                format!("no `{what}` in this profile or any it extends: {hint}"),
+            ))
+        };
+        let name = self.name.or_else(|| {
+            missing("name", "add e.g. name = \"core\"");
+            None
+        });
+        let hardware = self.hardware.or_else(|| {
+            missing(
+                "hardware",
+                "add e.g. hardware = \"x86-64-uefi\" (a file in hardware/)",
+            );
+            None
+        });
+        let (name, hardware) = (name?, hardware?);
+        let disk = Disk {
+            size: self.disk_size.as_ref().map(|d| d.0).unwrap_or(DEFAULT_DISK),
+            esp_size: self.esp_size.unwrap_or(DEFAULT_ESP),
+        };
+        if let Err(msg) = validate::disk(&disk) {
+            match &self.disk_size {
+                Some((_, ctx, span)) => errors.push(ctx.error_at(span, msg)),
+                None => errors.push(ProfileError::whole_file(&leaf.path, msg)),
+            }
+        }
+        Some(Profile {
+            role: self.role.unwrap_or_else(|| name.clone()),
+            hostname: self.hostname.unwrap_or_else(|| name.clone()),
+            description: self.description.unwrap_or_default(),
+            name,
+            sources,
+            hardware,
+            debian: Debian {
+                suite: self.suite.unwrap_or_else(|| DEFAULT_SUITE.into()),
+                mirror: self.mirror.unwrap_or_else(|| DEFAULT_MIRROR.into()),
+                components: self.components.unwrap_or_else(|| vec!["main".into()]),
+            },
+            packages: self.packages,
+            overlays: self.overlays,
+            users: self.users,
+            disk,
+            outputs: self.outputs.unwrap_or_else(|| vec![OutputFormat::Raw]),
+            vars: self.vars,
+            tailscale: self.tailscale,
+        })
+    }
+}
+
+fn set<T>(slot: &mut Option<T>, value: Option<T>) {
+    if value.is_some() {
+        *slot = value;
+    }
+}
+
+fn push_unique(list: &mut Vec<String>, item: String) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+fn load_hardware(ctx: &FileCtx, name: &Spanned<String>) -> Result<Hardware, ProfileError> {
+    let path = ctx.find_file("hardware", name)?;
+    let hw_ctx = FileCtx::read(&path)?;
+    let file: HardwareFile = toml::from_str(&hw_ctx.source)
+        .map_err(|e| ProfileError::from_toml(&hw_ctx.path, &hw_ctx.source, &e))?;
+    Ok(Hardware {
+        name: file.name.unwrap_or_else(|| name.get_ref().clone()),
+        description: file.description.unwrap_or_default(),
+        file: path,
+        arch: file.arch,
+        firmware: file.firmware,
+        packages: file.packages,
+        kernel_cmdline: file.kernel_cmdline,
+    })
+}
+
+fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}

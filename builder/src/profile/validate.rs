@@ -1,0 +1,264 @@
+//! Checks on single values of a profile, and the file context that turns
+//! a failed check into an error at the right line.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use toml::Spanned;
+
+use super::error::ProfileError;
+use super::file::UserFile;
+use super::{Disk, User};
+
+/// A file being read: its path and text, to locate errors in it.
+#[derive(Debug, Clone)]
+pub struct FileCtx {
+    pub path: PathBuf,
+    pub source: String,
+}
+
+impl FileCtx {
+    pub fn read(path: &Path) -> Result<Self, ProfileError> {
+        let source = fs::read_to_string(path)
+            .map_err(|e| ProfileError::whole_file(path, format!("cannot read: {e}")))?;
+        Ok(FileCtx {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    pub fn error_at<T>(&self, value: &Spanned<T>, msg: impl Into<String>) -> ProfileError {
+        ProfileError::at(&self.path, &self.source, Some(value.span()), msg)
+    }
+
+    /// Where a named thing (`hardware/NAME.toml`, `overlays/NAME/`) is
+    /// looked for: beside the profiles folder (the project root), then
+    /// beside this file. A value with a `/` is a path relative to this file.
+    fn candidates(&self, kind: &str, value: &str, suffix: &str) -> Vec<PathBuf> {
+        if value.contains('/') {
+            return vec![self.dir().join(value)];
+        }
+        let name = format!("{value}{suffix}");
+        let mut out = Vec::new();
+        if let Some(root) = self.dir().parent() {
+            out.push(root.join(kind).join(&name));
+        }
+        out.push(self.dir().join(kind).join(&name));
+        out
+    }
+
+    pub fn find_file(&self, kind: &str, value: &Spanned<String>) -> Result<PathBuf, ProfileError> {
+        self.find(kind, value, ".toml", Path::is_file)
+    }
+
+    pub fn find_dir(&self, kind: &str, value: &Spanned<String>) -> Result<PathBuf, ProfileError> {
+        self.find(kind, value, "", Path::is_dir)
+    }
+
+    fn find(
+        &self,
+        kind: &str,
+        value: &Spanned<String>,
+        suffix: &str,
+        exists: fn(&Path) -> bool,
+    ) -> Result<PathBuf, ProfileError> {
+        let candidates = self.candidates(kind, value.get_ref(), suffix);
+        candidates
+            .iter()
+            .find(|p| exists(p))
+            .cloned()
+            .ok_or_else(|| {
+                let looked: Vec<String> =
+                    candidates.iter().map(|p| p.display().to_string()).collect();
+                self.error_at(
+                    value,
+                    format!(
+                        "{} `{}` not found (looked for {})",
+                        kind.trim_end_matches('s'),
+                        value.get_ref(),
+                        looked.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// RFC 1123 host name: labels of letters, digits and hyphens.
+pub fn hostname(h: &str) -> Result<(), String> {
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if h.len() <= 253 && h.split('.').all(ok_label) {
+        Ok(())
+    } else {
+        Err(format!(
+            "hostname `{h}` is not valid: use letters, digits and hyphens (no leading or trailing hyphen, at most 63 per label)"
+        ))
+    }
+}
+
+pub fn mirror(m: &str) -> Result<(), String> {
+    if m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/") {
+        Ok(())
+    } else {
+        Err(format!(
+            "mirror `{m}` must be an http://, https:// or file:/ URL"
+        ))
+    }
+}
+
+pub fn component(c: &str) -> Result<(), String> {
+    match c {
+        "main" | "contrib" | "non-free" | "non-free-firmware" => Ok(()),
+        _ => Err(format!(
+            "unknown Debian component `{c}`: use main, contrib, non-free or non-free-firmware"
+        )),
+    }
+}
+
+/// Debian package names (policy 5.6.1), optionally with `=version` or
+/// `:arch`, as mmdebstrap's --include takes them.
+pub fn package_name(p: &str) -> Result<(), String> {
+    let name = p.split(['=', ':']).next().unwrap_or("");
+    let valid = name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{p}` is not a Debian package name"))
+    }
+}
+
+pub fn tailscale_tag(t: &str) -> Result<(), String> {
+    let rest = t.strip_prefix("tag:").unwrap_or("");
+    if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Ok(())
+    } else {
+        Err(format!(
+            "tailscale tag `{t}` must look like `tag:name` (letters, digits, hyphens)"
+        ))
+    }
+}
+
+fn user_name(n: &str) -> Result<(), String> {
+    let valid = !n.is_empty()
+        && n.len() <= 32
+        && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if n == "root" {
+        return Err(
+            "user `root` cannot be declared: add keys to an ordinary user with `sudo = true`"
+                .into(),
+        );
+    }
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("user name `{n}` is not valid: lowercase letters, digits, `_` and `-`, starting with a letter"))
+    }
+}
+
+/// Validates a user entry; every bad key is reported, each at its line.
+pub fn user(ctx: &FileCtx, u: &UserFile) -> Result<User, Vec<ProfileError>> {
+    let mut errors = Vec::new();
+    if let Err(msg) = user_name(u.name.get_ref()) {
+        errors.push(ctx.error_at(&u.name, msg));
+    }
+    let mut keys = Vec::new();
+    for (i, k) in u.authorized_keys.iter().enumerate() {
+        match ssh_key::PublicKey::from_str(k.get_ref().trim()) {
+            Ok(key) => keys.push(key.to_openssh().unwrap_or_else(|_| k.get_ref().trim().to_owned())),
+            Err(e) => errors.push(ctx.error_at(
+                k,
+                format!(
+                    "authorized key #{} of user `{}` is not an OpenSSH public key ({e}): paste the whole line from the .pub file",
+                    i + 1,
+                    u.name.get_ref()
+                ),
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut groups = u.groups.clone();
+    if u.sudo && !groups.iter().any(|g| g == "sudo") {
+        groups.push("sudo".into());
+    }
+    Ok(User {
+        name: u.name.get_ref().clone(),
+        groups,
+        shell: u.shell.clone().unwrap_or_else(|| "/bin/bash".into()),
+        sudo: u.sudo,
+        authorized_keys: keys,
+    })
+}
+
+/// The smallest root filesystem worth building.
+const MIN_ROOT: u64 = 512 << 20;
+/// UEFI firmware needs FAT32 for the ESP, which needs ~33 MiB at least.
+const MIN_ESP: u64 = 64 << 20;
+
+pub fn disk(d: &Disk) -> Result<(), String> {
+    if d.esp_size.0 < MIN_ESP {
+        return Err(format!(
+            "esp_size {} is too small: at least 64MiB",
+            d.esp_size
+        ));
+    }
+    if d.size.0 < d.esp_size.0 + MIN_ROOT {
+        return Err(format!(
+            "disk size {} leaves no room for a root filesystem after the {} ESP: make it at least {}",
+            d.size,
+            d.esp_size,
+            super::ByteSize(d.esp_size.0 + MIN_ROOT + (2 << 20))
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames() {
+        assert!(hostname("nx-core").is_ok());
+        assert!(hostname("a.b.c").is_ok());
+        assert!(hostname("-bad").is_err());
+        assert!(hostname("under_score").is_err());
+        assert!(hostname("").is_err());
+    }
+
+    #[test]
+    fn package_names() {
+        assert!(package_name("openssh-server").is_ok());
+        assert!(package_name("libc6:amd64").is_ok());
+        assert!(package_name("g++").is_ok());
+        assert!(package_name("Bad").is_err());
+        assert!(package_name("a b").is_err());
+    }
+
+    #[test]
+    fn tags() {
+        assert!(tailscale_tag("tag:core").is_ok());
+        assert!(tailscale_tag("core").is_err());
+        assert!(tailscale_tag("tag:").is_err());
+    }
+}
