@@ -20,8 +20,13 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let arch = ctx.plan.profile.hardware.arch;
     let binary = agent_binary(ctx.opts.agent.as_deref(), arch)?;
     let dest = ctx.target(AGENT_PATH);
-    fs::copy(&binary, &dest)
-        .with_context(|| format!("installing agent {} into the image", binary.display()))?;
+    fs::create_dir_all(dest.parent().expect("has parent"))?;
+    fs::copy(&binary, &dest).with_context(|| {
+        format!(
+            "installing agent {} into the image as {AGENT_PATH}",
+            binary.display()
+        )
+    })?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
 
     let unit = ctx.target(&format!("/usr/lib/systemd/system/{UNIT_NAME}"));

@@ -34,18 +34,23 @@ pub struct StepReport {
 pub struct Reporter {
     output: Output,
     current: Option<ProgressBar>,
+    /// stderr is a terminal: spinners; otherwise plain lines (CI logs).
+    live: bool,
 }
 
 impl Reporter {
     pub fn new(output: Output) -> Self {
+        use std::io::IsTerminal;
         Reporter {
             output,
             current: None,
+            live: std::io::stderr().is_terminal(),
         }
     }
 
     pub fn start(&mut self, index: usize, total: usize, name: &str) {
         match self.output {
+            Output::Human if !self.live => eprintln!("[{index}/{total}] {name} …"),
             Output::Human => {
                 let bar = ProgressBar::new_spinner();
                 bar.set_style(
@@ -100,17 +105,6 @@ impl Reporter {
             }
             Output::Quiet => {}
         }
-    }
-
-    /// A note while a step runs (what it is doing now).
-    pub fn note(&self, msg: &str) {
-        if let (Output::Human, Some(bar)) = (self.output, &self.current) {
-            bar.set_message(msg.to_owned());
-        }
-    }
-
-    pub fn output(&self) -> Output {
-        self.output
     }
 }
 

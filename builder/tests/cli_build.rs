@@ -1,0 +1,261 @@
+//! The build pipeline end to end without a network: the base rootfs comes
+//! from a small fake tarball placed in the cache under the key the plan
+//! computes, so every later step runs for real (overlays, users, agent,
+//! FAT ESP, mkfs.ext4, GPT, outputs). Needs root, like every build.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{is_root, stderr, Project, KEY};
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n";
+const GROUP: &str = "root:x:0:\nsudo:x:27:\nshadow:x:42:\n";
+const STATUS: &str =
+    "Package: systemd\nStatus: install ok installed\nArchitecture: amd64\nVersion: 257.9-1\n\n";
+
+fn project() -> Project {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        &format!("name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\noverlays = [\"base\"]\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n"),
+    );
+    p.write("agent", "#!/bin/sh\necho fake agent\n");
+    // The fake base rootfs, stored where the plan says its cache entry is.
+    let tree = p.path("fake-rootfs");
+    for (rel, text) in [
+        ("etc/passwd", PASSWD),
+        ("etc/group", GROUP),
+        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
+        ("etc/gshadow", "root:*::\nsudo:*::\n"),
+        ("etc/skel/.profile", "# profile\n"),
+        ("var/lib/dpkg/status", STATUS),
+        ("boot/vmlinuz-6.1.0-test", "kernel"),
+        ("boot/initrd.img-6.1.0-test", "initrd"),
+        ("usr/lib/systemd/boot/efi/systemd-bootx64.efi", "sd-boot"),
+    ] {
+        let f = tree.join(rel);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, text).unwrap();
+    }
+    let plan = p.nodeforge(&["plan", "--json", "profiles/x.toml"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let key = plan["rootfs_key"].as_str().unwrap();
+    fs::create_dir_all(p.path("cache/rootfs")).unwrap();
+    let tar = p.path(&format!("cache/rootfs/{key}.tar"));
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    p
+}
+
+fn fake_tool(p: &Project, name: &str, script: &str) -> std::path::PathBuf {
+    let dir = p.path("fakebin");
+    let f = dir.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(&f, format!("#!/bin/sh\n{script}\n")).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+const BUILD: &[&str] = &[
+    "build",
+    "profiles/x.toml",
+    "--output",
+    "out",
+    "--cache-dir",
+    "cache",
+    "--agent",
+    "agent",
+];
+
+fn out_files(p: &Project) -> Vec<String> {
+    match fs::read_dir(p.path("out")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+fn skip_unless_root() -> bool {
+    if !is_root() {
+        eprintln!("SKIPPED: builds need root");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn offline_build_produces_image_checksum_and_manifest() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = project();
+    let out = p.nodeforge(&[BUILD, &["--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ends: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step-end")
+        .map(|e| e["report"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            "rootfs",
+            "system",
+            "overlays",
+            "users",
+            "agent",
+            "esp",
+            "root-fs",
+            "partition-table",
+            "outputs"
+        ]
+    );
+    let rootfs = events.iter().find(|e| e["event"] == "step-end").unwrap();
+    assert_eq!(rootfs["report"]["status"], "reused", "{rootfs}");
+
+    let img = p.path("out/x.img");
+    let sha = fs::read_to_string(p.path("out/x.img.sha256")).unwrap();
+    assert_eq!(
+        sha,
+        format!("{}  x.img\n", nodeforge::fsutil::sha256_file(&img).unwrap())
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.path("out/x.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["packages"][0]["name"], "systemd");
+    assert_eq!(manifest["packages"][0]["version"], "257.9-1");
+    assert_eq!(manifest["facts"]["kernel"], "6.1.0-test");
+    assert_eq!(manifest["steps"].as_array().unwrap().len(), 8);
+    assert!(manifest["steps"][0]["seconds"].as_f64().is_some());
+
+    // The partition table and ESP read back with our own readers…
+    let parts = nodeforge::disk::gpt_table::read(&img).unwrap();
+    assert_eq!(parts.len(), 2);
+    let f = fs::File::open(&img).unwrap();
+    let entry = nodeforge::disk::esp::read_file(
+        &f,
+        parts[0].offset,
+        parts[0].size,
+        "loader/entries/nodeforge.conf",
+    )
+    .unwrap();
+    let entry = String::from_utf8(entry).unwrap();
+    assert!(
+        entry.contains(&format!("root=PARTUUID={}", parts[1].part_guid)),
+        "{entry}"
+    );
+    assert_eq!(
+        nodeforge::disk::esp::read_file(&f, parts[0].offset, parts[0].size, "nodeforge/vmlinuz")
+            .unwrap(),
+        b"kernel"
+    );
+    // …and the root filesystem with e2fsprogs.
+    let root = p.path("root.ext4");
+    let data = {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; parts[1].size as usize];
+        f.read_exact_at(&mut b, parts[1].offset).unwrap();
+        b
+    };
+    fs::write(&root, data).unwrap();
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let cat = |path: &str| {
+        let o = Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(&root)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(cat("/etc/passwd").contains("admin:x:1000:1000::/home/admin:/bin/bash"));
+    assert_eq!(cat("/home/admin/.ssh/authorized_keys").trim(), KEY);
+    assert_eq!(cat("/etc/role"), "test\n");
+    assert!(cat("/etc/fstab").contains(&format!("PARTUUID={}\t/\text4", parts[1].part_guid)));
+    assert!(cat("/etc/nodeforge/firstboot.toml").contains("role = \"test\""));
+    assert_eq!(
+        cat("/usr/bin/nodeforge-firstboot"),
+        "#!/bin/sh\necho fake agent\n"
+    );
+}
+
+#[test]
+fn failing_step_names_the_command_and_leaves_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = project();
+    let bin = fake_tool(&p, "mkfs.ext4", "echo 'mkfs: disk on fire' >&2; exit 1");
+    let out = p.nodeforge_with_path(BUILD, Some(&bin));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("build step `root-fs` failed"), "{err}");
+    assert!(err.contains("mkfs.ext4 -q -F"), "{err}");
+    assert!(err.contains("disk on fire"), "{err}");
+    assert_eq!(out_files(&p), Vec::<String>::new());
+}
+
+#[test]
+fn killed_build_leaves_no_file_under_the_output_name() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = project();
+    let bin = fake_tool(&p, "mkfs.ext4", "sleep 60");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin];
+    paths.extend(std::env::split_paths(&path));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodeforge"))
+        .args(BUILD)
+        .arg("--quiet")
+        .current_dir(p.dir.path())
+        .env("PATH", std::env::join_paths(paths).unwrap())
+        .spawn()
+        .unwrap();
+    let partial = p.path("out/.x.img.partial");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !partial.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the build never started writing the image"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "build ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let files = out_files(&p);
+    for name in ["x.img", "x.img.sha256", "x.manifest.json"] {
+        assert!(
+            !files.iter().any(|f| f == name),
+            "{name} exists after a killed build: {files:?}"
+        );
+    }
+    assert!(!Path::new(&p.path("out/x.img")).exists());
+}

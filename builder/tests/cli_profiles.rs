@@ -1,0 +1,262 @@
+//! `nodeforge check`/`plan`/`build` on broken profiles: each problem is
+//! named with file, line and column, before anything is built.
+
+mod common;
+
+use common::{stderr, stdout, Project, KEY};
+
+fn check_fails_with(p: &Project, profile: &str, wants: &[&str]) {
+    let out = p.nodeforge(&["check", profile]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "check passed unexpectedly: {}",
+        stdout(&out)
+    );
+    for w in wants {
+        assert!(err.contains(w), "expected {w:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn valid_profile_checks_and_plans() {
+    let p = Project::new();
+    p.write("profiles/base.toml", &format!(
+        "name = \"base\"\nhardware = \"pc\"\noverlays = [\"base\"]\npackages = [\"sudo\"]\n\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n"
+    ));
+    p.write("profiles/core.toml", "extends = \"base.toml\"\nname = \"core\"\nrole = \"core\"\npackages = [\"curl\"]\n[disk]\nsize = \"3GiB\"\n");
+    let out = p.nodeforge(&["check", "profiles/base.toml", "profiles/core.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.nodeforge(&["plan", "--json", "profiles/core.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pkgs: Vec<&str> = plan["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for want in ["curl", "sudo", "linux-image-amd64", "systemd"] {
+        assert!(pkgs.contains(&want), "{want} missing from {pkgs:?}");
+    }
+    assert_eq!(plan["profile"]["role"], "core");
+    assert_eq!(plan["profile"]["users"][0]["name"], "admin");
+    assert_eq!(plan["profile"]["disk"]["size"], "3GiB");
+    assert_eq!(plan["overlay_files"][0]["target"], "/etc/role");
+    assert_eq!(plan["layout"]["partitions"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn unknown_key_is_named_with_line_and_column() {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        "name = \"x\"\nhardware = \"pc\"\npakages = [\"vim\"]\n",
+    );
+    check_fails_with(
+        &p,
+        "profiles/x.toml",
+        &["profiles/x.toml:3:1:", "unknown field `pakages`"],
+    );
+}
+
+#[test]
+fn wrong_type_is_named_with_line() {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        "name = \"x\"\nhardware = \"pc\"\n\n[disk]\nsize = 2048\n",
+    );
+    check_fails_with(
+        &p,
+        "profiles/x.toml",
+        &["profiles/x.toml:5:8:", "invalid type"],
+    );
+}
+
+#[test]
+fn bad_size_is_named_with_line() {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        "name = \"x\"\nhardware = \"pc\"\n[disk]\nsize = \"two gigs\"\n",
+    );
+    check_fails_with(
+        &p,
+        "profiles/x.toml",
+        &["profiles/x.toml:4:8:", "not a size"],
+    );
+}
+
+#[test]
+fn missing_hardware_file_is_named() {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        "name = \"x\"\nhardware = \"raspberry-pi-9\"\n",
+    );
+    check_fails_with(
+        &p,
+        "profiles/x.toml",
+        &[
+            "profiles/x.toml:2:12:",
+            "hardware `raspberry-pi-9` not found",
+            "hardware/raspberry-pi-9.toml",
+        ],
+    );
+}
+
+#[test]
+fn broken_hardware_file_is_named() {
+    let p = Project::new();
+    p.write(
+        "hardware/odd.toml",
+        "arch = \"sparc\"\nfirmware = \"uefi\"\n",
+    );
+    p.write("profiles/x.toml", "name = \"x\"\nhardware = \"odd\"\n");
+    check_fails_with(&p, "profiles/x.toml", &["hardware/odd.toml:1:8:", "sparc"]);
+}
+
+#[test]
+fn malformed_ssh_key_is_named_with_its_line() {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        &format!("name = \"x\"\nhardware = \"pc\"\n[[users]]\nname = \"ops\"\nauthorized_keys = [\n  \"{KEY}\",\n  \"ssh-ed25519 AAAAnotbase64!!! broken@laptop\",\n]\n"),
+    );
+    check_fails_with(
+        &p,
+        "profiles/x.toml",
+        &["profiles/x.toml:7:3:", "authorized key #2 of user `ops`"],
+    );
+}
+
+#[test]
+fn extends_cycle_is_refused() {
+    let p = Project::new();
+    p.write(
+        "profiles/a.toml",
+        "extends = \"b.toml\"\nname = \"a\"\nhardware = \"pc\"\n",
+    );
+    p.write("profiles/b.toml", "extends = \"a.toml\"\nname = \"b\"\n");
+    check_fails_with(
+        &p,
+        "profiles/a.toml",
+        &["extends cycle", "a.toml -> ", "b.toml:1:11:"],
+    );
+}
+
+#[test]
+fn missing_extends_target_is_named() {
+    let p = Project::new();
+    p.write(
+        "profiles/a.toml",
+        "extends = \"nope.toml\"\nname = \"a\"\nhardware = \"pc\"\n",
+    );
+    check_fails_with(
+        &p,
+        "profiles/a.toml",
+        &["profiles/a.toml:1:11:", "extends `nope.toml`"],
+    );
+}
+
+#[test]
+fn several_problems_are_reported_together() {
+    let p = Project::new();
+    p.write("profiles/x.toml", "name = \"x\"\nhardware = \"pc\"\nhostname = \"-bad-\"\npackages = [\"Not A Package\"]\noverlays = [\"nope\"]\n");
+    check_fails_with(
+        &p,
+        "profiles/x.toml",
+        &[
+            "x.toml:3:12: hostname",
+            "x.toml:4:13:",
+            "x.toml:5:13: overlay `nope` not found",
+        ],
+    );
+}
+
+#[test]
+fn missing_name_and_hardware_are_explained() {
+    let p = Project::new();
+    p.write("profiles/x.toml", "packages = [\"vim\"]\n");
+    check_fails_with(&p, "profiles/x.toml", &["no `name`", "no `hardware`"]);
+}
+
+#[test]
+fn missing_profile_file_is_named() {
+    let p = Project::new();
+    check_fails_with(
+        &p,
+        "profiles/absent.toml",
+        &["profiles/absent.toml", "cannot read"],
+    );
+}
+
+#[test]
+fn disk_too_small_for_esp_is_refused() {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        "name = \"x\"\nhardware = \"pc\"\n[disk]\nsize = \"300MiB\"\nesp_size = \"256MiB\"\n",
+    );
+    check_fails_with(
+        &p,
+        "profiles/x.toml",
+        &["x.toml:4:8:", "no room for a root filesystem"],
+    );
+}
+
+#[test]
+fn build_of_broken_profile_builds_nothing() {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        "name = \"x\"\nhardware = \"pc\"\nbogus = 1\n",
+    );
+    let out = p.nodeforge(&[
+        "build",
+        "profiles/x.toml",
+        "--output",
+        "out",
+        "--cache-dir",
+        "cache",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("profiles/x.toml:3:1:"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !p.path("out").exists(),
+        "build created its output directory"
+    );
+    assert!(!p.path("cache").exists(), "build created its cache");
+}
+
+#[test]
+fn repository_profiles_all_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let mut profiles: Vec<String> = std::fs::read_dir(root.join("profiles"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".toml"))
+        .collect();
+    profiles.sort();
+    assert!(!profiles.is_empty());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodeforge"))
+        .arg("check")
+        .args(&profiles)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("ok "))
+            .count(),
+        profiles.len()
+    );
+}
