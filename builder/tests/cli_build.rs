@@ -166,6 +166,24 @@ fn offline_build_produces_image_checksum_and_manifest() {
             .unwrap(),
         b"kernel"
     );
+    // …the ESP with dosfstools…
+    let esp = p.path("esp.vfat");
+    let mut b = vec![0u8; parts[0].size as usize];
+    {
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut b, parts[0].offset).unwrap();
+    }
+    fs::write(&esp, b).unwrap();
+    let fsck = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(&esp)
+        .output()
+        .expect("fsck.vfat (dosfstools) is installed");
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
     // …and the root filesystem with e2fsprogs.
     let root = p.path("root.ext4");
     let data = {

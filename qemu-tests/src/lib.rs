@@ -1,1 +1,122 @@
+//! Shared pieces of the boot tests: images built once per test process
+//! with one shared cache, QEMU guests run one at a time (2 cores), and
+//! partitions copied out of images for outside tools.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use anyhow::{bail, Context, Result};
+use nodeforge::build::{self, BuildOptions, BuildResult, Output};
+use nodeforge::plan::Plan;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// One cache for every build of a test run ($NODEFORGE_CACHE_DIR, or
+/// target/nodeforge-cache), so the base rootfs is bootstrapped once.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("NODEFORGE_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/nodeforge-cache"))
+}
+
+pub fn output_dir(name: &str) -> PathBuf {
+    workspace_root().join("target/qemu-tests").join(name)
+}
+
+/// Boot tests need root for the build (mmdebstrap) and fail loudly
+/// without it rather than pass having tested nothing.
+pub fn require_root() {
+    assert!(
+        nix_geteuid() == 0,
+        "qemu-tests build real images and need root: run the test suite as root (see README)"
+    );
+}
+
+fn nix_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { geteuid() }
+}
+
+extern "C" {
+    fn geteuid() -> u32;
+}
+
+static BUILDS: OnceLock<Mutex<HashMap<PathBuf, BuildResult>>> = OnceLock::new();
+
+/// Builds a profile (path relative to the workspace) once per process;
+/// later callers get the same result.
+pub fn build_profile(profile: &str) -> BuildResult {
+    require_root();
+    let mut builds = BUILDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let path = workspace_root().join(profile);
+    if let Some(r) = builds.get(&path) {
+        return r.clone();
+    }
+    let plan = Plan::load(&path).unwrap_or_else(|e| panic!("planning {profile}: {e:#}"));
+    let opts = BuildOptions {
+        output_dir: output_dir(&plan.profile.name),
+        cache_dir: cache_dir(),
+        output: Output::Human,
+        no_cache: false,
+        agent: None,
+    };
+    let result = build::build(&plan, &opts).unwrap_or_else(|e| panic!("building {profile}: {e:#}"));
+    builds.insert(path, result.clone());
+    result
+}
+
+static VM_LOCK: Mutex<()> = Mutex::new(());
+
+/// Held while a guest runs: two TCG guests on two cores would each take
+/// twice as long and time out.
+pub fn vm_slot() -> MutexGuard<'static, ()> {
+    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Copies bytes `offset..offset+size` of `image` into a new sparse file.
+pub fn extract(image: &Path, offset: u64, size: u64, dest: &Path) -> Result<()> {
+    let status = Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", dest.display()))
+        .args([
+            "bs=4M",
+            "iflag=skip_bytes,count_bytes",
+            "conv=sparse",
+            "status=none",
+        ])
+        .arg(format!("skip={offset}"))
+        .arg(format!("count={size}"))
+        .status()
+        .context("running dd")?;
+    if !status.success() {
+        bail!("dd copying {} failed", image.display());
+    }
+    Ok(())
+}
+
+/// Runs a checking tool; returns (success, combined output).
+pub fn run_check(program: &str, args: &[&str], target: &Path) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .arg(target)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running {program} (install it: nodeforge doctor --install): {e}")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

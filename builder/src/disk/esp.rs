@@ -51,6 +51,8 @@ pub fn write(
         write_file(&fs, dest, content).with_context(|| format!("writing {dest} to the ESP"))?;
     }
     fs.unmount().context("closing the ESP")?;
+    super::fat_fixup::fix_dot_entries(&mut Region::new(image, offset, size))
+        .context("repairing directory entries of the ESP")?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! byte regions of an image file that filesystems are written into.
 
 pub mod esp;
+mod fat_fixup;
 pub mod gpt_table;
 pub mod layout;
 pub mod region;
