@@ -22,6 +22,6 @@ fi
 
 apt-get update
 apt-get install -y --no-install-recommends \
-  ca-certificates tar zstd xz-utils e2fsprogs gdisk dosfstools ovmf
+  ca-certificates tar zstd xz-utils gdisk dosfstools ovmf
 apt-get install -y --no-install-recommends "${backports[@]}" \
-  mmdebstrap qemu-system-x86 qemu-utils
+  mmdebstrap e2fsprogs qemu-system-x86 qemu-utils

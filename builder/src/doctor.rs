@@ -49,7 +49,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "ext4 root filesystem",
         Probe::Program("mkfs.ext4"),
         "e2fsprogs",
-        false,
+        true,
     ),
     req("unpack cached rootfs", Probe::Program("tar"), "tar", false),
     req(

@@ -277,3 +277,36 @@ fn killed_build_leaves_no_file_under_the_output_name() {
     }
     assert!(!Path::new(&p.path("out/x.img")).exists());
 }
+
+#[test]
+fn same_inputs_give_the_same_image_bytes() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = project();
+    let build = |out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_nodeforge"))
+            .args([
+                "build",
+                "profiles/x.toml",
+                "--quiet",
+                "--cache-dir",
+                "cache",
+                "--agent",
+                "agent",
+                "--output",
+                out,
+            ])
+            .current_dir(p.dir.path())
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        fs::read_to_string(p.path(&format!("{out}/x.img.sha256"))).unwrap()
+    };
+    let first = build("out1");
+    // Let the clock move on: times the build writes must not leak in.
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = build("out2");
+    assert_eq!(first, second);
+}

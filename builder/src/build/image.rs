@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::progress::StepOutcome;
+use super::reproducible;
 use super::{BuildContext, StepReport};
 use crate::disk::esp::{self, Content};
 use crate::disk::{gpt_table, PartitionKind};
@@ -116,15 +117,13 @@ pub fn write_esp(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome
         ("nodeforge/initrd.img".into(), Content::File(initrd)),
     ];
     let image = PartialImage::create(&image_path(ctx), ctx.plan.layout.size)?;
-    esp::write(
-        &image.file,
-        esp_part.offset,
-        esp_part.size,
-        esp::volume_id_from(&esp_part.fs_uuid),
-        "ESP",
-        &files,
-    )
-    .with_context(|| format!("writing the ESP to {}", image.path.display()))?;
+    let volume = esp::Volume {
+        id: esp::volume_id_from(&esp_part.fs_uuid),
+        label: "ESP",
+        epoch: ctx.epoch,
+    };
+    esp::write(&image.file, esp_part.offset, esp_part.size, &volume, &files)
+        .with_context(|| format!("writing the ESP to {}", image.path.display()))?;
     ctx.facts.insert("kernel".into(), version.into());
     ctx.image = Some(image);
     Ok(StepOutcome::Done)
@@ -185,8 +184,13 @@ pub fn write_root_fs(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOut
         .arg(&ctx.rootfs)
         .arg(&image.path)
         .arg(format!("{}k", root.size / 1024));
-    if let Some(epoch) = std::env::var_os("SOURCE_DATE_EPOCH") {
-        cmd = cmd.env("E2FSPROGS_FAKE_TIME", epoch);
+    if let Some(epoch) = ctx.epoch {
+        // Files the build wrote carry the build's time; clamp them so the
+        // filesystem's bytes depend on the inputs only.
+        reproducible::clamp_mtimes(&ctx.rootfs, epoch)?;
+        cmd = cmd
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string());
     }
     cmd.run()
         .with_context(|| format!("writing the root filesystem into {}", image.path.display()))?;

@@ -5,6 +5,7 @@ mod image;
 mod outputs;
 mod overlay;
 pub mod progress;
+pub mod reproducible;
 mod rootfs;
 mod system;
 pub mod users;
@@ -52,6 +53,8 @@ pub struct BuildContext<'a> {
     pub rootfs: PathBuf,
     /// The disk image under its temporary name.
     pub image: Option<image::PartialImage>,
+    /// SOURCE_DATE_EPOCH: the time every file of the image carries.
+    pub epoch: Option<i64>,
     /// Facts steps learn for the manifest (kernel version …).
     pub facts: serde_json::Map<String, serde_json::Value>,
     _work: tempfile::TempDir,
@@ -97,6 +100,7 @@ impl<'a> BuildContext<'a> {
             plan,
             opts,
             rootfs,
+            epoch: reproducible::source_date_epoch(&plan.profile)?,
             image: None,
             facts: serde_json::Map::new(),
             _work: work,

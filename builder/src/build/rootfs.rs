@@ -72,8 +72,12 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     for ex in DPKG_EXCLUDES {
         cmd = cmd.arg(format!("--dpkgopt={ex}"));
     }
-    if let Some(epoch) = std::env::var_os("SOURCE_DATE_EPOCH") {
-        cmd = cmd.env("SOURCE_DATE_EPOCH", epoch);
+    if let Some(epoch) = ctx.epoch {
+        cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
+    }
+    if p.debian.snapshot.is_some() {
+        // Snapshot Release files are past their Valid-Until by design.
+        cmd = cmd.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
     }
     cmd.arg(&p.debian.suite)
         .arg(out)

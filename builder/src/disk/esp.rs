@@ -17,16 +17,24 @@ pub enum Content {
     Bytes(Vec<u8>),
 }
 
+/// How the FAT volume is labelled and dated.
+pub struct Volume<'a> {
+    pub id: u32,
+    pub label: &'a str,
+    /// Every file's time (SOURCE_DATE_EPOCH); the current time when unset.
+    pub epoch: Option<i64>,
+}
+
 /// Formats `image[offset..offset+size]` as FAT32 and writes `files`
 /// (paths like `EFI/BOOT/BOOTX64.EFI`) into it.
 pub fn write(
     image: &File,
     offset: u64,
     size: u64,
-    volume_id: u32,
-    label: &str,
+    volume: &Volume,
     files: &[(String, Content)],
 ) -> Result<()> {
+    let (volume_id, label) = (volume.id, volume.label);
     let mut label_bytes = [b' '; 11];
     for (slot, b) in label_bytes
         .iter_mut()
@@ -42,11 +50,12 @@ pub fn write(
             .volume_label(label_bytes),
     )
     .context("formatting the ESP as FAT32")?;
-    let fs = FileSystem::new(
-        Region::new(image, offset, size),
-        FsOptions::new().update_accessed_date(false),
-    )
-    .context("opening the new ESP")?;
+    let mut options = FsOptions::new().update_accessed_date(false);
+    if let Some(epoch) = volume.epoch {
+        options = options.time_provider(fixed_time(epoch));
+    }
+    let fs = FileSystem::new(Region::new(image, offset, size), options)
+        .context("opening the new ESP")?;
     for (dest, content) in files {
         write_file(&fs, dest, content).with_context(|| format!("writing {dest} to the ESP"))?;
     }
@@ -54,6 +63,52 @@ pub fn write(
     super::fat_fixup::fix_dot_entries(&mut Region::new(image, offset, size))
         .context("repairing directory entries of the ESP")?;
     Ok(())
+}
+
+/// A clock stopped at `epoch`, for FAT timestamps. fatfs wants a
+/// `&'static`, so one small value per distinct epoch is leaked.
+fn fixed_time(epoch: i64) -> &'static dyn fatfs::TimeProvider {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CLOCKS: Mutex<Option<HashMap<i64, &'static FixedTime>>> = Mutex::new(None);
+    let mut clocks = CLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    *clocks
+        .get_or_insert_with(HashMap::new)
+        .entry(epoch)
+        .or_insert_with(|| Box::leak(Box::new(FixedTime::new(epoch))))
+}
+
+#[derive(Debug)]
+struct FixedTime(fatfs::DateTime);
+
+impl FixedTime {
+    fn new(epoch: i64) -> Self {
+        let (y, mo, d, h, mi, s) = crate::build::reproducible::civil_from_epoch(epoch);
+        // FAT dates run from 1980 to 2107.
+        let y = y.clamp(1980, 2107);
+        FixedTime(fatfs::DateTime {
+            date: fatfs::Date {
+                year: y as u16,
+                month: mo as u16,
+                day: d as u16,
+            },
+            time: fatfs::Time {
+                hour: h as u16,
+                min: mi as u16,
+                sec: s as u16,
+                millis: 0,
+            },
+        })
+    }
+}
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        self.0
+    }
 }
 
 fn write_file<T: fatfs::ReadWriteSeek>(
@@ -138,7 +193,12 @@ mod tests {
                 Content::Bytes(b"timeout 0\n".to_vec()),
             ),
         ];
-        write(&f, 1 << 20, 64 << 20, 0x1234_5678, "ESP", &files).unwrap();
+        let volume = Volume {
+            id: 0x1234_5678,
+            label: "ESP",
+            epoch: Some(1_700_000_000),
+        };
+        write(&f, 1 << 20, 64 << 20, &volume, &files).unwrap();
         assert_eq!(
             read_file(&f, 1 << 20, 64 << 20, "loader/loader.conf").unwrap(),
             b"timeout 0\n"

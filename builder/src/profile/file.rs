@@ -40,6 +40,9 @@ pub struct ProfileFile {
 pub struct DebianFile {
     pub suite: Option<String>,
     pub mirror: Option<Spanned<String>>,
+    /// A snapshot.debian.org timestamp (YYYYMMDDTHHMMSSZ): the archive as
+    /// it was then, for builds that give the same image every time.
+    pub snapshot: Option<Spanned<String>>,
     pub components: Option<Vec<Spanned<String>>>,
 }
 

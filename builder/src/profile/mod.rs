@@ -57,7 +57,9 @@ pub struct Hardware {
 #[derive(Debug, Clone, Serialize)]
 pub struct Debian {
     pub suite: String,
+    /// The mirror apt uses (the snapshot's URL when one is pinned).
     pub mirror: String,
+    pub snapshot: Option<String>,
     pub components: Vec<String>,
 }
 

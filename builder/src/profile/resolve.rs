@@ -13,6 +13,7 @@ use super::{ByteSize, Debian, Disk, Hardware, Overlay, Profile, Tailscale, User}
 
 const DEFAULT_SUITE: &str = "trixie";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const SNAPSHOT_ARCHIVE: &str = "http://snapshot.debian.org/archive/debian";
 const DEFAULT_DISK: ByteSize = ByteSize(2 << 30);
 const DEFAULT_ESP: ByteSize = ByteSize(256 << 20);
 const DEFAULT_TAILSCALE_TIMEOUT: u64 = 60;
@@ -101,6 +102,7 @@ struct Merged {
     hardware: Option<Hardware>,
     suite: Option<String>,
     mirror: Option<String>,
+    snapshot: Option<String>,
     components: Option<Vec<String>>,
     packages: Vec<String>,
     overlays: Vec<Overlay>,
@@ -135,6 +137,12 @@ impl Merged {
                 match validate::mirror(m.get_ref()) {
                     Ok(()) => self.mirror = Some(m.get_ref().clone()),
                     Err(msg) => errors.push(ctx.error_at(m, msg)),
+                }
+            }
+            if let Some(s) = &d.snapshot {
+                match crate::build::reproducible::snapshot_epoch(s.get_ref()) {
+                    Ok(_) => self.snapshot = Some(s.get_ref().clone()),
+                    Err(e) => errors.push(ctx.error_at(s, e.to_string())),
                 }
             }
             if let Some(cs) = &d.components {
@@ -248,7 +256,11 @@ impl Merged {
             hardware,
             debian: Debian {
                 suite: self.suite.unwrap_or_else(|| DEFAULT_SUITE.into()),
-                mirror: self.mirror.unwrap_or_else(|| DEFAULT_MIRROR.into()),
+                mirror: match (&self.snapshot, self.mirror) {
+                    (Some(ts), _) => format!("{SNAPSHOT_ARCHIVE}/{ts}/"),
+                    (None, m) => m.unwrap_or_else(|| DEFAULT_MIRROR.into()),
+                },
+                snapshot: self.snapshot,
                 components: self.components.unwrap_or_else(|| vec!["main".into()]),
             },
             packages: self.packages,
