@@ -4,6 +4,7 @@
 pub mod bmap;
 pub mod boot;
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod disk;
 pub mod doctor;
