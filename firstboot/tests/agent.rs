@@ -299,6 +299,7 @@ fn full_disk_and_netboot_root_skip_growing_with_a_reason() {
     let m = Machine::new();
     m.write("/sys/devices/pci0/virtio1/block/vda/vda2/size", &format!("{}\n", DISK_SECTORS - 33 - PART_START));
     m.world.borrow_mut().fs_blocks = (DISK_SECTORS - 33 - PART_START) * 512 / 4096;
+    m.world.borrow_mut().table_grown = true;
     m.boot().unwrap().unwrap();
     let st = m.status();
     let g = st.steps.iter().find(|s| s.name == "grow-root").unwrap();

@@ -27,9 +27,20 @@ pub struct GrowPlan {
     pub fstype: String,
     /// GPT (backup header in the last 33 sectors) rather than MBR.
     pub gpt: bool,
-    /// Partition size and the size it can grow to, in bytes.
+    /// Partition size as the kernel sees it, as the on-disk table says
+    /// (larger after sfdisk ran but before partx told the kernel), and the
+    /// size it can grow to, in bytes.
     pub part_bytes: u64,
+    pub table_bytes: u64,
     pub max_bytes: u64,
+}
+
+/// What `sfdisk --json` says about the disk: GPT or not, and the root
+/// partition's size in the on-disk table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableView {
+    pub gpt: bool,
+    pub part_sectors: Option<u64>,
 }
 
 impl GrowPlan {
@@ -41,8 +52,14 @@ impl GrowPlan {
         format!("/dev/{}", self.part)
     }
 
+    /// The on-disk table still leaves room at the end.
     pub fn can_grow(&self) -> bool {
-        self.max_bytes.saturating_sub(self.part_bytes) >= MIN_GROW_BYTES
+        self.max_bytes.saturating_sub(self.table_bytes) >= MIN_GROW_BYTES
+    }
+
+    /// The table was grown but the kernel still has the old size.
+    pub fn kernel_behind(&self) -> bool {
+        self.table_bytes.saturating_sub(self.part_bytes) >= MIN_GROW_BYTES
     }
 }
 
@@ -54,10 +71,12 @@ fn read_num(path: &Path) -> Result<u64> {
 }
 
 /// Works out where root lives, or returns `Err(reason)` to skip (netboot
-/// root on tmpfs/overlay, not ext4, not the last partition …). `gpt` says
-/// whether the disk carries a GPT, whose backup header takes the last 33
-/// sectors.
-pub fn plan_grow(root: &Path, gpt: impl Fn(&str) -> Result<bool>) -> Result<Result<GrowPlan, String>> {
+/// root on tmpfs/overlay, not ext4, not the last partition …). `table`
+/// reads the partition table of (disk, partition) devices.
+pub fn plan_grow(
+    root: &Path,
+    table: impl Fn(&str, &str) -> Result<TableView>,
+) -> Result<Result<GrowPlan, String>> {
     let mi_path = under(root, "/proc/self/mountinfo");
     let mountinfo =
         fs::read_to_string(&mi_path).with_context(|| format!("reading {}", mi_path.display()))?;
@@ -99,7 +118,8 @@ pub fn plan_grow(root: &Path, gpt: impl Fn(&str) -> Result<bool>) -> Result<Resu
             return Ok(Err(format!("{part} is not the last partition on {disk}")));
         }
     }
-    let gpt = gpt(&format!("/dev/{disk}"))?;
+    let view = table(&format!("/dev/{disk}"), &format!("/dev/{part}"))?;
+    let gpt = view.gpt;
     let reserved = if gpt { 33 } else { 0 };
     Ok(Ok(GrowPlan {
         disk,
@@ -108,6 +128,7 @@ pub fn plan_grow(root: &Path, gpt: impl Fn(&str) -> Result<bool>) -> Result<Resu
         fstype,
         gpt,
         part_bytes: size * SECTOR,
+        table_bytes: view.part_sectors.unwrap_or(size) * SECTOR,
         max_bytes: disk_size.saturating_sub(reserved).saturating_sub(start) * SECTOR,
     }))
 }
@@ -128,11 +149,21 @@ fn ext_fs_bytes(ctx: &Ctx<'_>, dev: &str) -> Result<u64> {
     Ok(field("Block count:")? * field("Block size:")?)
 }
 
-fn is_gpt(ctx: &Ctx<'_>, disk: &str) -> Result<bool> {
+fn read_table(ctx: &Ctx<'_>, disk: &str, part: &str) -> Result<TableView> {
     let out = ctx.runner.run(&Cmd::new("sfdisk").args(["--json", disk]))?;
     let v: serde_json::Value = serde_json::from_str(&out.stdout)
         .with_context(|| format!("parsing `sfdisk --json {disk}`"))?;
-    Ok(v["partitiontable"]["label"] == "gpt")
+    let t = &v["partitiontable"];
+    let part_sectors = t["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node"] == part)
+        .and_then(|p| p["size"].as_u64());
+    Ok(TableView {
+        gpt: t["label"] == "gpt",
+        part_sectors,
+    })
 }
 
 fn gib(b: u64) -> String {
@@ -140,7 +171,7 @@ fn gib(b: u64) -> String {
 }
 
 pub fn grow_root(ctx: &mut Ctx<'_>) -> Result<Outcome> {
-    let plan = match plan_grow(ctx.root, |d| is_gpt(ctx, d))? {
+    let plan = match plan_grow(ctx.root, |d, p| read_table(ctx, d, p))? {
         Ok(p) => p,
         Err(reason) => return Ok(Outcome::Skipped(reason)),
     };
@@ -161,6 +192,13 @@ pub fn grow_root(ctx: &mut Ctx<'_>) -> Result<Outcome> {
                 .arg(&disk)
                 .stdin(", +\n"),
         )?;
+        did.push(format!(
+            "grew {part} from {} to {}",
+            gib(plan.table_bytes),
+            gib(plan.max_bytes)
+        ));
+    }
+    if plan.can_grow() || plan.kernel_behind() {
         // Tell the kernel about the new size of the mounted partition.
         ctx.runner.run(
             &Cmd::new("partx")
@@ -168,10 +206,16 @@ pub fn grow_root(ctx: &mut Ctx<'_>) -> Result<Outcome> {
                 .arg(plan.part_number.to_string())
                 .arg(&disk),
         )?;
-        did.push(format!("grew {part} from {} to {}", gib(plan.part_bytes), gib(plan.max_bytes)));
+        did.push(format!("told the kernel about the new size of {part}"));
     }
     // Re-read: the partition may have been grown by this or an earlier run.
-    let part_bytes = match plan_grow(ctx.root, |_| Ok(false))? {
+    let unchanged = |_: &str, _: &str| {
+        Ok(TableView {
+            gpt: plan.gpt,
+            part_sectors: None,
+        })
+    };
+    let part_bytes = match plan_grow(ctx.root, unchanged)? {
         Ok(p) => p.part_bytes,
         Err(reason) => bail!("root partition vanished after growing it: {reason}"),
     };
@@ -214,11 +258,18 @@ mod tests {
         let _ = std::os::unix::fs::symlink("../../devices/virtual/vda/vda2", under(root, "/sys/dev/block/254:2"));
     }
 
+    fn gpt(_: &str, _: &str) -> Result<TableView> {
+        Ok(TableView {
+            gpt: true,
+            part_sectors: None,
+        })
+    }
+
     #[test]
     fn plans_growth_for_the_last_partition() {
         let dir = tempfile::tempdir().unwrap();
         fake_layout(dir.path(), 2048 * 1024, 8 << 21);
-        let p = plan_grow(dir.path(), |_| Ok(true)).unwrap().unwrap();
+        let p = plan_grow(dir.path(), gpt).unwrap().unwrap();
         assert_eq!((p.disk.as_str(), p.part.as_str(), p.part_number), ("vda", "vda2", 2));
         assert_eq!(p.max_bytes, ((8u64 << 21) - 33 - 2048) * 512);
         assert!(p.can_grow());
@@ -233,11 +284,11 @@ mod tests {
         fs::create_dir_all(p.join("sys/devices/virtual/vda/vda3")).unwrap();
         fs::write(p.join("sys/devices/virtual/vda/vda3/partition"), "3").unwrap();
         fs::write(p.join("sys/devices/virtual/vda/vda3/start"), "9999999").unwrap();
-        let r = plan_grow(p, |_| Ok(true)).unwrap().unwrap_err();
+        let r = plan_grow(p, gpt).unwrap().unwrap_err();
         assert!(r.contains("not the last partition"), "{r}");
         // Netboot: root on overlay.
         fs::write(p.join("proc/self/mountinfo"), "1 0 0:30 / / rw - overlay overlay rw\n").unwrap();
-        let r = plan_grow(p, |_| Ok(true)).unwrap().unwrap_err();
+        let r = plan_grow(p, gpt).unwrap().unwrap_err();
         assert!(r.contains("root is overlay"), "{r}");
     }
 }

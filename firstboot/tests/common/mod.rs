@@ -60,6 +60,9 @@ pub struct World {
     pub table_grown: bool,
     pub fs_blocks: u64,
     pub journal_out: String,
+    /// Partition table rewrites and filesystem resizes that took effect.
+    pub partitionings: u32,
+    pub resizes: u32,
     /// Successful `tailscale up` calls (ones that took effect).
     pub joins: u32,
     /// Force `tailscale up` to fail with this stderr.
@@ -92,6 +95,25 @@ pub struct Machine {
 }
 
 pub const KILLED: &str = "simulated kill";
+
+/// Keeps the test output readable: simulated kills are expected panics.
+fn quiet_simulated_kills() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !msg.starts_with(KILLED) {
+                default(info);
+            }
+        }));
+    });
+}
 
 impl Machine {
     /// A fresh machine as the builder leaves it, with a seed on the ESP.
@@ -155,6 +177,7 @@ impl Machine {
 
     /// One boot: runs the agent; a simulated kill returns `None`.
     pub fn boot(&self) -> Option<Result<Status, RunError>> {
+        quiet_simulated_kills();
         self.summaries.borrow_mut().clear();
         let sleep = |d: Duration| *self.slept.borrow_mut() += d;
         let mut agent = Agent::new(self.root(), self, self);
@@ -259,11 +282,19 @@ impl Machine {
         let line = cmd.line();
         let sys = |p: &str| self.path(&format!("/sys/devices/pci0/virtio1/block/vda/{p}"));
         Ok(match line.as_str() {
-            "sfdisk --json /dev/vda" => CmdOutput::ok(r#"{"partitiontable":{"label":"gpt","device":"/dev/vda","unit":"sectors"}}"#),
+            "sfdisk --json /dev/vda" => {
+                let size = if self.world.borrow().table_grown { DISK_SECTORS - 33 - PART_START } else { PART_SECTORS };
+                CmdOutput::ok(&format!(
+                    r#"{{"partitiontable":{{"label":"gpt","device":"/dev/vda","unit":"sectors","firstlba":34,"lastlba":{},"sectorsize":512,"partitions":[{{"node":"/dev/vda1","start":34,"size":2014,"type":"C12A7328-F81F-11D2-BA4B-00A0C93EC93B"}},{{"node":"/dev/vda2","start":{PART_START},"size":{size},"type":"4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"}}]}}}}"#,
+                    PART_SECTORS + PART_START + 33
+                ))
+            }
             "sfdisk --relocate gpt-bak-std /dev/vda" => CmdOutput::ok(""),
             "sfdisk --no-reread --no-tell-kernel -N 2 /dev/vda" => {
                 assert_eq!(cmd.stdin.as_deref(), Some(", +\n"));
-                self.world.borrow_mut().table_grown = true;
+                let mut w = self.world.borrow_mut();
+                w.table_grown = true;
+                w.partitionings += 1;
                 CmdOutput::ok("")
             }
             "partx -u --nr 2 /dev/vda" => {
@@ -279,7 +310,9 @@ impl Machine {
             )),
             "resize2fs /dev/vda2" => {
                 let size: u64 = fs::read_to_string(sys("vda2/size")).unwrap().trim().parse().unwrap();
-                self.world.borrow_mut().fs_blocks = size * 512 / 4096;
+                let mut w = self.world.borrow_mut();
+                w.fs_blocks = size * 512 / 4096;
+                w.resizes += 1;
                 CmdOutput::ok("")
             }
             "tailscale status --json" => CmdOutput::ok(&self.ts_status_json()),
