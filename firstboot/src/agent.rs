@@ -14,7 +14,7 @@ use crate::journal::Journal;
 use crate::notify::Notifier;
 use crate::runner::CommandRunner;
 use crate::seed::{Seed, SEED_CMDLINE_PARAM, TSKEY_PREFIX};
-use crate::status::{now_rfc3339, RunState, Sample, StepState, StepStatus, Status};
+use crate::status::{now_rfc3339, RunState, Sample, Status, StepState, StepStatus};
 use crate::steps::{Ctx, Notes, Outcome, SeedSource, Step};
 use crate::tailscale::TailscaleError;
 use crate::READY_MARKER;
@@ -84,7 +84,11 @@ pub struct Agent<'a> {
 }
 
 impl<'a> Agent<'a> {
-    pub fn new(root: impl Into<PathBuf>, runner: &'a dyn CommandRunner, observer: &'a dyn Observer) -> Self {
+    pub fn new(
+        root: impl Into<PathBuf>,
+        runner: &'a dyn CommandRunner,
+        observer: &'a dyn Observer,
+    ) -> Self {
         Agent {
             root: root.into(),
             runner,
@@ -108,8 +112,10 @@ impl<'a> Agent<'a> {
         let cfg_path = under(root, BAKED_CONFIG_PATH);
         let cfg = match read_optional(&cfg_path)
             .and_then(|t| t.with_context(|| format!("{} is missing", cfg_path.display())))
-            .and_then(|t| BakedConfig::from_toml(&t).with_context(|| format!("parsing {}", cfg_path.display())))
-        {
+            .and_then(|t| {
+                BakedConfig::from_toml(&t)
+                    .with_context(|| format!("parsing {}", cfg_path.display()))
+            }) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -123,8 +129,6 @@ impl<'a> Agent<'a> {
         };
 
         let mut journal = Journal::load(root)?;
-        journal.runs += 1;
-        journal.save(root)?;
         let names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
         let mut status = Status::new(&cfg.role, &cfg.profile, &names);
         if let Ok(Some(prev)) = Status::read(root) {
@@ -143,10 +147,13 @@ impl<'a> Agent<'a> {
         }
 
         if journal.is_finished(Step::Complete.name()) {
-            // Every later boot: confirm quickly, say ready again.
+            // Every later boot: confirm quickly, say ready again, write
+            // nothing to disk.
             status.state = RunState::Complete;
             return self.finish(status, &t0, true);
         }
+        journal.runs += 1;
+        journal.save(root)?;
 
         let (seed, source) = match load_seed(root, &cfg, self.sleep) {
             Ok(s) => s,
@@ -170,7 +177,10 @@ impl<'a> Agent<'a> {
                 return Err(RunError::Other(anyhow::anyhow!(msg)));
             }
         };
-        let key = seed.tailscale_auth_key.as_ref().map(|k| k.expose().to_string());
+        let key = seed
+            .tailscale_auth_key
+            .as_ref()
+            .map(|k| k.expose().to_string());
         status.seed_source = source.as_ref().map(|s| s.to_string());
         let mut ctx = Ctx {
             root,
@@ -199,7 +209,8 @@ impl<'a> Agent<'a> {
                 s.started_at = Some(started.clone());
             }
             self.write_status(&mut status, &t0, false)?;
-            self.notifier.status(&format!("step {}/{total}: {name}", i + 1));
+            self.notifier
+                .status(&format!("step {}/{total}: {name}", i + 1));
 
             let sample = Sample::now();
             let result = step.run(&mut ctx);
@@ -229,8 +240,15 @@ impl<'a> Agent<'a> {
                     if let Some(s) = status.step_mut(name) {
                         *s = rec.clone();
                     }
-                    self.write_status(&mut status, &t0, true)?;
-                    let verb = if state == StepState::Done { "done" } else { "skipped" };
+                    // The journal is the durable record; the persistent
+                    // status copy is written when the run ends (fsyncs
+                    // cost more CPU than the steps themselves).
+                    self.write_status(&mut status, &t0, false)?;
+                    let verb = if state == StepState::Done {
+                        "done"
+                    } else {
+                        "skipped"
+                    };
                     self.observer.progress(&format!(
                         "nodeforge-firstboot: [{}/{total}] {name} {verb}: {} ({wall:.0} ms, cpu {cpu:.1} ms)",
                         i + 1,
@@ -253,7 +271,10 @@ impl<'a> Agent<'a> {
                         "FAILED at {name} ({}): {message}; will retry; see `nodeforge-firstboot status`",
                         rec.reason.as_deref().unwrap_or("error")
                     ));
-                    return Err(RunError::Step { step: name, message });
+                    return Err(RunError::Step {
+                        step: name,
+                        message,
+                    });
                 }
             }
         }
@@ -261,7 +282,12 @@ impl<'a> Agent<'a> {
         self.finish(status, &t0, false)
     }
 
-    fn write_status(&self, status: &mut Status, t0: &Sample, persist: bool) -> Result<(), RunError> {
+    fn write_status(
+        &self,
+        status: &mut Status,
+        t0: &Sample,
+        persist: bool,
+    ) -> Result<(), RunError> {
         let (wall, cpu, _) = t0.elapsed();
         status.agent_wall_ms = round2(wall);
         status.agent_cpu_ms = round2(cpu);
@@ -277,8 +303,12 @@ impl<'a> Agent<'a> {
     }
 
     fn finish(&self, mut status: Status, t0: &Sample, again: bool) -> Result<Status, RunError> {
-        self.write_status(&mut status, t0, true)?;
-        let skipped = status.steps.iter().filter(|s| s.state == StepState::Skipped).count();
+        self.write_status(&mut status, t0, !again)?;
+        let skipped = status
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Skipped)
+            .count();
         let cpu: f64 = status.steps.iter().filter_map(|s| s.cpu_ms).sum();
         let line = format!(
             "{READY_MARKER}: host {}, role {}, tailnet {}, {} steps ({skipped} skipped){}, agent cpu {cpu:.1} ms",
@@ -364,7 +394,8 @@ fn load_seed(
                 Ok(body) => {
                     let text = String::from_utf8(body)
                         .map_err(|_| SeedLoadError::Bad(format!("{url}: not UTF-8")))?;
-                    let seed = Seed::from_toml(&text).map_err(|e| SeedLoadError::Bad(format!("{url}: {e}")))?;
+                    let seed = Seed::from_toml(&text)
+                        .map_err(|e| SeedLoadError::Bad(format!("{url}: {e}")))?;
                     return Ok((seed, Some(SeedSource::Url(url))));
                 }
                 Err(e) => last = format!("{e:#}"),
@@ -376,7 +407,8 @@ fn load_seed(
         let path = under(root, p);
         let text = read_optional(&path).map_err(|e| SeedLoadError::Bad(format!("{e:#}")))?;
         if let Some(text) = text {
-            let seed = Seed::from_toml(&text).map_err(|e| SeedLoadError::Bad(format!("{p}: {e}")))?;
+            let seed =
+                Seed::from_toml(&text).map_err(|e| SeedLoadError::Bad(format!("{p}: {e}")))?;
             return Ok((seed, Some(SeedSource::File(p.clone()))));
         }
     }
@@ -390,8 +422,7 @@ pub fn cmdline_param(cmdline: &str, name: &str) -> Option<String> {
         .split_whitespace()
         .filter_map(|w| w.strip_prefix(name)?.strip_prefix('='))
         .map(|v| v.trim_matches('"').to_string())
-        .filter(|v| !v.is_empty())
-        .last()
+        .rfind(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -401,17 +432,33 @@ mod tests {
     #[test]
     fn redacts_keys() {
         assert_eq!(
-            redact("line 2: tailscale_auth_key = \"tskey-auth-kX_1\" nope", None),
+            redact(
+                "line 2: tailscale_auth_key = \"tskey-auth-kX_1\" nope",
+                None
+            ),
             "line 2: tailscale_auth_key = \"<redacted>\" nope"
         );
-        assert_eq!(redact("secret abc123 here", Some("abc123")), "secret <redacted> here");
+        assert_eq!(
+            redact("secret abc123 here", Some("abc123")),
+            "secret <redacted> here"
+        );
     }
 
     #[test]
     fn reads_cmdline_params() {
-        let c = "BOOT_IMAGE=/vmlinuz root=/dev/nfs nodeforge.seed=http://10.0.0.1:8080/s/a.toml quiet";
-        assert_eq!(cmdline_param(c, "nodeforge.seed").as_deref(), Some("http://10.0.0.1:8080/s/a.toml"));
-        assert_eq!(cmdline_param("nodeforge.seedx=1 quiet", "nodeforge.seed"), None);
-        assert_eq!(cmdline_param("nodeforge.seed=\"http://h/\"", "nodeforge.seed").as_deref(), Some("http://h/"));
+        let c =
+            "BOOT_IMAGE=/vmlinuz root=/dev/nfs nodeforge.seed=http://10.0.0.1:8080/s/a.toml quiet";
+        assert_eq!(
+            cmdline_param(c, "nodeforge.seed").as_deref(),
+            Some("http://10.0.0.1:8080/s/a.toml")
+        );
+        assert_eq!(
+            cmdline_param("nodeforge.seedx=1 quiet", "nodeforge.seed"),
+            None
+        );
+        assert_eq!(
+            cmdline_param("nodeforge.seed=\"http://h/\"", "nodeforge.seed").as_deref(),
+            Some("http://h/")
+        );
     }
 }

@@ -185,7 +185,11 @@ mod tests {
     fn parses_urls() {
         assert_eq!(
             parse_url("http://10.0.0.1:8080/s/a.toml").unwrap(),
-            Url { host: "10.0.0.1", port: 8080, path: "/s/a.toml" }
+            Url {
+                host: "10.0.0.1",
+                port: 8080,
+                path: "/s/a.toml"
+            }
         );
         assert_eq!(parse_url("http://h").unwrap().path, "/");
         assert_eq!(parse_url("http://[fe80::1]:81/x").unwrap().host, "fe80::1");
@@ -200,7 +204,10 @@ mod tests {
         let body = get(&url, Duration::from_secs(5)).unwrap();
         assert_eq!(body, b"hostname = 'a'\n");
         let req = h.join().unwrap();
-        assert!(req.starts_with("GET /seeds/n1.toml HTTP/1.1\r\nHost: 127.0.0.1:"), "{req}");
+        assert!(
+            req.starts_with("GET /seeds/n1.toml HTTP/1.1\r\nHost: 127.0.0.1:"),
+            "{req}"
+        );
     }
 
     #[test]

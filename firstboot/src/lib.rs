@@ -56,6 +56,9 @@ mod tests {
         ] {
             assert!(SYSTEMD_UNIT.contains(needle), "unit lacks {needle}");
         }
-        assert!(!SYSTEMD_UNIT.contains("getty"), "must not hold up the console");
+        assert!(
+            !SYSTEMD_UNIT.contains("getty"),
+            "must not hold up the console"
+        );
     }
 }

@@ -223,9 +223,7 @@ mod tests {
 
     #[test]
     fn system_runner_feeds_stdin_and_times_out() {
-        let out = SystemRunner
-            .run(&Cmd::new("cat").stdin(", +\n"))
-            .unwrap();
+        let out = SystemRunner.run(&Cmd::new("cat").stdin(", +\n")).unwrap();
         assert_eq!(out.stdout, ", +\n");
         let slow = Cmd::new("sleep")
             .arg("5")

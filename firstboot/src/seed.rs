@@ -102,8 +102,9 @@ impl Seed {
             validate_tag(t)?;
         }
         for (i, k) in self.ssh_authorized_keys.iter().enumerate() {
-            ssh_key::PublicKey::from_openssh(k.trim())
-                .map_err(|e| format!("ssh_authorized_keys[{i}] is not an OpenSSH public key: {e}"))?;
+            ssh_key::PublicKey::from_openssh(k.trim()).map_err(|e| {
+                format!("ssh_authorized_keys[{i}] is not an OpenSSH public key: {e}")
+            })?;
         }
         Ok(())
     }
@@ -151,7 +152,8 @@ pub fn validate_tag(t: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x0h6BmBYe0EPuN1jwai2AarDy4K6IzzJPhqhT+PKp ops@lab";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x0h6BmBYe0EPuN1jwai2AarDy4K6IzzJPhqhT+PKp ops@lab";
 
     fn full() -> Seed {
         Seed {

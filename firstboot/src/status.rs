@@ -300,7 +300,10 @@ mod tests {
         }
         std::hint::black_box(x);
         let (wall, cpu, _) = s.elapsed();
-        assert!(wall > 0.0 && cpu >= 0.0 && cpu <= wall + 5.0, "{wall} {cpu}");
+        assert!(
+            wall > 0.0 && cpu >= 0.0 && cpu <= wall + 5.0,
+            "{wall} {cpu}"
+        );
     }
 
     #[test]
@@ -318,7 +321,10 @@ mod tests {
         assert_eq!(back, st);
         assert!(root.path().join("var/lib/nodeforge/status.json").exists());
         let text = back.render();
-        assert!(text.contains("hostname        done") && text.contains("set to n1"), "{text}");
+        assert!(
+            text.contains("hostname        done") && text.contains("set to n1"),
+            "{text}"
+        );
         assert!(text.contains("grow-root       pending"), "{text}");
     }
 }

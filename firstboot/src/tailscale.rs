@@ -39,10 +39,21 @@ impl TailscaleError {
 /// Classifies a failed `tailscale up` from its stderr (the CLI has no
 /// structured errors; these are the phrases its control client prints).
 pub fn classify(stderr: &str, timed_out: bool) -> TailscaleError {
-    let msg = stderr.trim().lines().last().unwrap_or("").trim().to_string();
+    let msg = stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let s = stderr.to_ascii_lowercase();
     let has = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
-    if has(&["requested tags", "tags are invalid", "not permitted", "tag not permitted"]) {
+    if has(&[
+        "requested tags",
+        "tags are invalid",
+        "not permitted",
+        "tag not permitted",
+    ]) {
         TailscaleError::TagNotPermitted(msg)
     } else if has(&[
         "invalid key",
@@ -112,14 +123,18 @@ pub enum TsState {
 
 impl TsStatus {
     pub fn parse(json: &str) -> Result<TsStatus, TailscaleError> {
-        serde_json::from_str(json)
-            .map_err(|e| TailscaleError::Other(format!("unreadable `tailscale status --json`: {e}")))
+        serde_json::from_str(json).map_err(|e| {
+            TailscaleError::Other(format!("unreadable `tailscale status --json`: {e}"))
+        })
     }
 
     /// First Tailscale address, top-level list first (what the CLI prints),
     /// then the Self node's.
     pub fn ip(&self) -> Option<String> {
-        let own = self.self_node.as_ref().and_then(|s| s.tailscale_ips.as_ref());
+        let own = self
+            .self_node
+            .as_ref()
+            .and_then(|s| s.tailscale_ips.as_ref());
         [self.tailscale_ips.as_ref(), own]
             .into_iter()
             .flatten()

@@ -18,23 +18,46 @@ fn reboot_and_check(m: &Machine, what: &str, host_key_before: &str) {
         .unwrap_or_else(|| panic!("{what}: killed again"))
         .unwrap_or_else(|e| panic!("{what}: rerun failed: {e}"));
     assert_eq!(st.state, RunState::Complete, "{what}");
-    assert!(m.summaries.borrow().iter().any(|l| l.starts_with(READY_MARKER)), "{what}");
+    assert!(
+        m.summaries
+            .borrow()
+            .iter()
+            .any(|l| l.starts_with(READY_MARKER)),
+        "{what}"
+    );
     let w = m.world.borrow().clone();
     assert_eq!(w.joins, 1, "{what}: joined {} times", w.joins);
-    assert_eq!(w.fs_blocks, (DISK_SECTORS - 33 - PART_START) * 512 / 4096, "{what}");
-    assert_eq!((w.partitionings, w.resizes), (1, 1), "{what}: partitioned and resized once");
+    assert_eq!(
+        w.fs_blocks,
+        (DISK_SECTORS - 33 - PART_START) * 512 / 4096,
+        "{what}"
+    );
+    assert_eq!(
+        (w.partitionings, w.resizes),
+        (1, 1),
+        "{what}: partitioned and resized once"
+    );
     let host_key = m.read("/etc/ssh/ssh_host_ed25519_key");
     if !host_key_before.is_empty() {
         assert_eq!(host_key, host_key_before, "{what}: host key regenerated");
     }
-    let pubkey = ssh_key::PublicKey::from_openssh(m.read("/etc/ssh/ssh_host_ed25519_key.pub").trim()).unwrap();
+    let pubkey =
+        ssh_key::PublicKey::from_openssh(m.read("/etc/ssh/ssh_host_ed25519_key.pub").trim())
+            .unwrap();
     let private = ssh_key::PrivateKey::from_openssh(&host_key).unwrap();
     assert_eq!(private.public_key().key_data(), pubkey.key_data(), "{what}");
-    assert_eq!(m.read("/home/admin/.ssh/authorized_keys"), format!("{SSH_KEY}\n"), "{what}");
+    assert_eq!(
+        m.read("/home/admin/.ssh/authorized_keys"),
+        format!("{SSH_KEY}\n"),
+        "{what}"
+    );
     assert_eq!(m.read("/etc/hostname"), "core-7\n", "{what}");
     let seed = Seed::from_toml(&m.read("/boot/efi/nodeforge-seed.toml")).unwrap();
     assert_eq!(seed.tailscale_auth_key, None, "{what}");
-    assert!(!m.path("/run/nodeforge/tailscale-authkey").exists(), "{what}");
+    assert!(
+        !m.path("/run/nodeforge/tailscale-authkey").exists(),
+        "{what}"
+    );
     let j = Journal::load(m.root()).unwrap();
     let names: Vec<&str> = j.finished.iter().map(|s| s.name.as_str()).collect();
     let want: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
@@ -73,7 +96,10 @@ fn killed_in_the_middle_of_steps() {
         for kill in [Kill::BeforeCmd(cmd), Kill::AfterCmd(cmd)] {
             let m = Machine::new();
             let what = format!("{kill:?}");
-            assert!(m.boot_with_kill(kill.clone()), "{what}: the kill point was reached");
+            assert!(
+                m.boot_with_kill(kill.clone()),
+                "{what}: the kill point was reached"
+            );
             let key_before = m.read("/etc/ssh/ssh_host_ed25519_key");
             reboot_and_check(&m, &what, &key_before);
             if kill == Kill::AfterCmd("tailscale up") {
@@ -107,7 +133,10 @@ fn killed_between_host_key_and_its_pub() {
     reboot_and_check(&m, "pub missing", &key);
     let st = m.status();
     let s = st.steps.iter().find(|s| s.name == "ssh-host-keys").unwrap();
-    assert!(s.detail.as_deref().unwrap().contains("rewrote its .pub"), "{s:?}");
+    assert!(
+        s.detail.as_deref().unwrap().contains("rewrote its .pub"),
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -117,7 +146,10 @@ fn killed_after_the_seed_was_scrubbed_but_before_journaling() {
     assert!(!m.read("/boot/efi/nodeforge-seed.toml").contains("tskey-"));
     reboot_and_check(&m, "scrubbed, not journaled", "");
     let st = m.status();
-    assert!(st.secrets.unwrap().contains("no copy of the auth key was on this node"));
+    assert!(st
+        .secrets
+        .unwrap()
+        .contains("no copy of the auth key was on this node"));
 }
 
 #[test]

@@ -87,33 +87,53 @@ pub fn plan_grow(
         if f.get(4) != Some(&"/") {
             return None;
         }
-        Some((f[2].to_string(), f.get(dash + 1)?.to_string(), f.get(dash + 2)?.to_string()))
+        Some((
+            f[2].to_string(),
+            f.get(dash + 1)?.to_string(),
+            f.get(dash + 2)?.to_string(),
+        ))
     }) else {
         bail!("no root mount in {}", mi_path.display());
     };
     if !matches!(fstype.as_str(), "ext4" | "ext3" | "ext2") {
-        return Ok(Err(format!("root is {fstype} on {source}: only ext2/3/4 on a partition is grown")));
+        return Ok(Err(format!(
+            "root is {fstype} on {source}: only ext2/3/4 on a partition is grown"
+        )));
     }
     let link = under(root, &format!("/sys/dev/block/{majmin}"));
     let part_dir = match fs::canonicalize(&link) {
         Ok(p) => p,
-        Err(_) => return Ok(Err(format!("root device {majmin} has no /sys/dev/block entry"))),
+        Err(_) => {
+            return Ok(Err(format!(
+                "root device {majmin} has no /sys/dev/block entry"
+            )))
+        }
     };
     if !part_dir.join("partition").exists() {
-        return Ok(Err(format!("root ({source}) is a whole device, not a partition")));
+        return Ok(Err(format!(
+            "root ({source}) is a whole device, not a partition"
+        )));
     }
     let disk_dir: PathBuf = part_dir
         .parent()
         .with_context(|| format!("{} has no parent disk", part_dir.display()))?
         .to_path_buf();
-    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let (disk, part) = (name(&disk_dir), name(&part_dir));
     let part_number = read_num(&part_dir.join("partition"))? as u32;
     let start = read_num(&part_dir.join("start"))?;
     let size = read_num(&part_dir.join("size"))?;
     let disk_size = read_num(&disk_dir.join("size"))?;
-    for entry in fs::read_dir(&disk_dir).with_context(|| format!("listing {}", disk_dir.display()))? {
-        let p = entry.with_context(|| format!("listing {}", disk_dir.display()))?.path();
+    for entry in
+        fs::read_dir(&disk_dir).with_context(|| format!("listing {}", disk_dir.display()))?
+    {
+        let p = entry
+            .with_context(|| format!("listing {}", disk_dir.display()))?
+            .path();
         if p.join("partition").exists() && p != part_dir && read_num(&p.join("start"))? > start {
             return Ok(Err(format!("{part} is not the last partition on {disk}")));
         }
@@ -222,7 +242,12 @@ pub fn grow_root(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     let fs_bytes = ext_fs_bytes(ctx, &part)?;
     if part_bytes.saturating_sub(fs_bytes) >= MIN_GROW_BYTES {
         ctx.runner.run(&Cmd::new("resize2fs").arg(&part))?;
-        did.push(format!("resized {} from {} to {}", plan.fstype, gib(fs_bytes), gib(part_bytes)));
+        did.push(format!(
+            "resized {} from {} to {}",
+            plan.fstype,
+            gib(fs_bytes),
+            gib(part_bytes)
+        ));
     }
     Ok(if did.is_empty() {
         Outcome::Skipped(format!(
@@ -255,7 +280,10 @@ mod tests {
         w("/sys/devices/virtual/vda/vda2/start", "2048\n");
         w("/sys/devices/virtual/vda/vda2/size", &format!("{size}\n"));
         fs::create_dir_all(under(root, "/sys/dev/block")).unwrap();
-        let _ = std::os::unix::fs::symlink("../../devices/virtual/vda/vda2", under(root, "/sys/dev/block/254:2"));
+        let _ = std::os::unix::fs::symlink(
+            "../../devices/virtual/vda/vda2",
+            under(root, "/sys/dev/block/254:2"),
+        );
     }
 
     fn gpt(_: &str, _: &str) -> Result<TableView> {
@@ -270,7 +298,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fake_layout(dir.path(), 2048 * 1024, 8 << 21);
         let p = plan_grow(dir.path(), gpt).unwrap().unwrap();
-        assert_eq!((p.disk.as_str(), p.part.as_str(), p.part_number), ("vda", "vda2", 2));
+        assert_eq!(
+            (p.disk.as_str(), p.part.as_str(), p.part_number),
+            ("vda", "vda2", 2)
+        );
         assert_eq!(p.max_bytes, ((8u64 << 21) - 33 - 2048) * 512);
         assert!(p.can_grow());
     }
@@ -287,7 +318,11 @@ mod tests {
         let r = plan_grow(p, gpt).unwrap().unwrap_err();
         assert!(r.contains("not the last partition"), "{r}");
         // Netboot: root on overlay.
-        fs::write(p.join("proc/self/mountinfo"), "1 0 0:30 / / rw - overlay overlay rw\n").unwrap();
+        fs::write(
+            p.join("proc/self/mountinfo"),
+            "1 0 0:30 / / rw - overlay overlay rw\n",
+        )
+        .unwrap();
         let r = plan_grow(p, gpt).unwrap().unwrap_err();
         assert!(r.contains("root is overlay"), "{r}");
     }

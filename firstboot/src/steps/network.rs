@@ -49,7 +49,10 @@ pub fn wait_for_network(ctx: &mut Ctx<'_>) -> Result<Outcome> {
             return Ok(if waited.is_zero() {
                 Outcome::Skipped(format!("network already up (default route via {iface})"))
             } else {
-                Outcome::Done(format!("default route via {iface} after {:.1} s", waited.as_secs_f64()))
+                Outcome::Done(format!(
+                    "default route via {iface} after {:.1} s",
+                    waited.as_secs_f64()
+                ))
             });
         }
         if waited >= limit {
@@ -65,7 +68,9 @@ pub fn wait_for_network(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         // Joining needs the network: fail (systemd retries the unit).
         bail!(crate::tailscale::TailscaleError::NoNetwork(why));
     }
-    Ok(Outcome::Skipped(format!("{why}; no later step needs the network")))
+    Ok(Outcome::Skipped(format!(
+        "{why}; no later step needs the network"
+    )))
 }
 
 #[cfg(test)]

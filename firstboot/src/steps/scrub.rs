@@ -47,7 +47,10 @@ pub fn scrub_secrets(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         Some(SeedSource::File(_)) | None => String::new(),
     };
     if !found.is_empty() {
-        let msg = format!("{place}; but an auth key string remains in: {}", found.join(", "));
+        let msg = format!(
+            "{place}; but an auth key string remains in: {}",
+            found.join(", ")
+        );
         ctx.notes.secrets = Some(msg.clone());
         anyhow::bail!(msg);
     }

@@ -53,7 +53,12 @@ pub fn hostname(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         changed.push("/etc/hosts");
     }
 
-    if ctx.live && read_optional(Path::new("/proc/sys/kernel/hostname"))?.as_deref().map(str::trim) != Some(h.as_str()) {
+    if ctx.live
+        && read_optional(Path::new("/proc/sys/kernel/hostname"))?
+            .as_deref()
+            .map(str::trim)
+            != Some(h.as_str())
+    {
         // SAFETY: pointer and length describe a live byte slice.
         let rc = unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) };
         if rc != 0 {
@@ -75,7 +80,9 @@ pub const HOST_KEY_PATH: &str = "/etc/ssh/ssh_host_ed25519_key";
 pub fn ssh_host_keys(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     let ssh_dir = under(ctx.root, "/etc/ssh");
     if !ssh_dir.is_dir() {
-        return Ok(Outcome::Skipped("no /etc/ssh: sshd is not in this image".into()));
+        return Ok(Outcome::Skipped(
+            "no /etc/ssh: sshd is not in this image".into(),
+        ));
     }
     let key_path = under(ctx.root, HOST_KEY_PATH);
     let pub_path = under(ctx.root, &format!("{HOST_KEY_PATH}.pub"));

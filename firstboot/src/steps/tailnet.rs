@@ -41,7 +41,9 @@ pub fn join(ctx: &mut Ctx<'_>) -> Result<Outcome> {
             .into())
         }
         TsState::Starting => {
-            return Err(TailscaleError::Timeout("tailscaled stayed in a starting state".into()).into())
+            return Err(
+                TailscaleError::Timeout("tailscaled stayed in a starting state".into()).into(),
+            )
         }
         TsState::LoggedOut => {}
     }
@@ -79,8 +81,14 @@ pub fn join(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     match settled_status(ctx)?.state() {
         TsState::Joined(ip) => {
             ctx.notes.tailscale_ip = Some(ip.clone());
-            let tags = if tags.is_empty() { "no tags".to_string() } else { tags.join(",") };
-            Ok(Outcome::Done(format!("joined as {host} ({ip}) with {tags}")))
+            let tags = if tags.is_empty() {
+                "no tags".to_string()
+            } else {
+                tags.join(",")
+            };
+            Ok(Outcome::Done(format!(
+                "joined as {host} ({ip}) with {tags}"
+            )))
         }
         TsState::NeedsApproval => Err(TailscaleError::Other(
             "joined but the device awaits approval in the admin console".into(),
@@ -116,7 +124,10 @@ fn ensure_memory_backed(ctx: &Ctx<'_>) -> Result<()> {
     let mi = under(ctx.root, "/proc/self/mountinfo");
     let Some(text) = read_optional(&mi)? else {
         if ctx.live {
-            anyhow::bail!("cannot read {} to check that /run is in memory", mi.display());
+            anyhow::bail!(
+                "cannot read {} to check that /run is in memory",
+                mi.display()
+            );
         }
         return Ok(());
     };
@@ -127,13 +138,16 @@ fn ensure_memory_backed(ctx: &Ctx<'_>) -> Result<()> {
             let f: Vec<&str> = l.split_whitespace().collect();
             let dash = f.iter().position(|x| *x == "-")?;
             let mp = *f.get(4)?;
-            let inside = target == mp || target.starts_with(&format!("{}/", mp.trim_end_matches('/')));
+            let inside =
+                target == mp || target.starts_with(&format!("{}/", mp.trim_end_matches('/')));
             inside.then(|| (mp.len(), f.get(dash + 1).copied().unwrap_or("")))
         })
         .max_by_key(|(len, _)| *len);
     match best {
         Some((_, "tmpfs" | "ramfs")) => Ok(()),
-        Some((_, fs)) => anyhow::bail!("{target} is on {fs}, not in memory: refusing to write the auth key there"),
+        Some((_, fs)) => anyhow::bail!(
+            "{target} is on {fs}, not in memory: refusing to write the auth key there"
+        ),
         None => anyhow::bail!("no mount covers {target}"),
     }
 }

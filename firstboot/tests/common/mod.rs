@@ -130,20 +130,52 @@ impl Machine {
         write(r, "/etc/nodeforge/firstboot.toml", BAKED);
         write(r, "/etc/hostname", "debian\n");
         write(r, "/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n");
-        write(r, "/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000:Admin:/home/admin:/bin/bash\n");
+        write(
+            r,
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000:Admin:/home/admin:/bin/bash\n",
+        );
         write(r, "/etc/ssh/sshd_config", "# stock\n");
-        write(r, "/proc/cmdline", "BOOT_IMAGE=/vmlinuz root=PARTUUID=x ro quiet\n");
+        write(
+            r,
+            "/proc/cmdline",
+            "BOOT_IMAGE=/vmlinuz root=PARTUUID=x ro quiet\n",
+        );
         write(r, "/proc/self/mountinfo", "22 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n30 22 0:25 / /run rw,nosuid - tmpfs tmpfs rw\n31 22 254:1 / /boot/efi rw - vfat /dev/vda1 rw\n");
         write(r, "/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\nenp1s0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\n");
-        write(r, "/sys/devices/pci0/virtio1/block/vda/size", &format!("{DISK_SECTORS}\n"));
-        write(r, "/sys/devices/pci0/virtio1/block/vda/vda1/partition", "1\n");
+        write(
+            r,
+            "/sys/devices/pci0/virtio1/block/vda/size",
+            &format!("{DISK_SECTORS}\n"),
+        );
+        write(
+            r,
+            "/sys/devices/pci0/virtio1/block/vda/vda1/partition",
+            "1\n",
+        );
         write(r, "/sys/devices/pci0/virtio1/block/vda/vda1/start", "34\n");
         write(r, "/sys/devices/pci0/virtio1/block/vda/vda1/size", "2014\n");
-        write(r, "/sys/devices/pci0/virtio1/block/vda/vda2/partition", "2\n");
-        write(r, "/sys/devices/pci0/virtio1/block/vda/vda2/start", &format!("{PART_START}\n"));
-        write(r, "/sys/devices/pci0/virtio1/block/vda/vda2/size", &format!("{PART_SECTORS}\n"));
+        write(
+            r,
+            "/sys/devices/pci0/virtio1/block/vda/vda2/partition",
+            "2\n",
+        );
+        write(
+            r,
+            "/sys/devices/pci0/virtio1/block/vda/vda2/start",
+            &format!("{PART_START}\n"),
+        );
+        write(
+            r,
+            "/sys/devices/pci0/virtio1/block/vda/vda2/size",
+            &format!("{PART_SECTORS}\n"),
+        );
         fs::create_dir_all(r.join("sys/dev/block")).unwrap();
-        std::os::unix::fs::symlink("../../devices/pci0/virtio1/block/vda/vda2", r.join("sys/dev/block/254:2")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../devices/pci0/virtio1/block/vda/vda2",
+            r.join("sys/dev/block/254:2"),
+        )
+        .unwrap();
         Machine {
             dir,
             world: RefCell::new(World {
@@ -206,11 +238,17 @@ impl Machine {
     }
 
     pub fn calls_starting(&self, prefix: &str) -> usize {
-        self.calls.borrow().iter().filter(|c| c.starts_with(prefix)).count()
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
     }
 
     pub fn status(&self) -> Status {
-        Status::read(self.root()).unwrap().expect("status.json written")
+        Status::read(self.root())
+            .unwrap()
+            .expect("status.json written")
     }
 
     fn maybe_kill(&self, line: &str, after: bool) {
@@ -221,7 +259,10 @@ impl Machine {
             Kill::None | Kill::BeforeStep(_) | Kill::AfterStep(_) => false,
         };
         if hit {
-            panic!("{KILLED} at `{line}` ({})", if after { "after" } else { "before" });
+            panic!(
+                "{KILLED} at `{line}` ({})",
+                if after { "after" } else { "before" }
+            );
         }
     }
 
@@ -237,7 +278,10 @@ impl Machine {
                 w.ts_host, w.ts_tags
             )
         } else {
-            format!(r#"{{"Version":"1.76.1","BackendState":"{}","TailscaleIPs":null,"Self":{{"TailscaleIPs":null}}}}"#, w.ts_backend)
+            format!(
+                r#"{{"Version":"1.76.1","BackendState":"{}","TailscaleIPs":null,"Self":{{"TailscaleIPs":null}}}}"#,
+                w.ts_backend
+            )
         }
     }
 
@@ -248,7 +292,9 @@ impl Machine {
                 .find_map(|a| a.strip_prefix(&format!("--{name}=")))
                 .map(str::to_string)
         };
-        let Some(key_path) = arg("auth-key").and_then(|k| k.strip_prefix("file:").map(str::to_string)) else {
+        let Some(key_path) =
+            arg("auth-key").and_then(|k| k.strip_prefix("file:").map(str::to_string))
+        else {
             return CmdOutput::fail(1, "test: auth key not passed as file:");
         };
         let Ok(key) = fs::read_to_string(&key_path) else {
@@ -256,13 +302,23 @@ impl Machine {
         };
         let w = self.world.borrow().clone();
         if w.up_timed_out {
-            return CmdOutput { code: None, timed_out: true, ..Default::default() };
+            return CmdOutput {
+                code: None,
+                timed_out: true,
+                ..Default::default()
+            };
         }
         let stderr = w.up_stderr.clone().or_else(|| {
             if key.contains("expired") {
-                Some("backend error: invalid key: unable to validate API key: auth key expired".into())
+                Some(
+                    "backend error: invalid key: unable to validate API key: auth key expired"
+                        .into(),
+                )
             } else if key.contains("badtag") {
-                Some("backend error: requested tags [tag:core,tag:lab] are invalid or not permitted".into())
+                Some(
+                    "backend error: requested tags [tag:core,tag:lab] are invalid or not permitted"
+                        .into(),
+                )
             } else {
                 None
             }
@@ -333,7 +389,10 @@ impl Machine {
 impl CommandRunner for Machine {
     fn output(&self, cmd: &Cmd) -> Result<CmdOutput, SpawnError> {
         let line = cmd.line();
-        assert!(!line.contains("tskey-auth"), "secret on a command line: {line}");
+        assert!(
+            !line.contains("tskey-auth"),
+            "secret on a command line: {line}"
+        );
         self.calls.borrow_mut().push(line.clone());
         self.maybe_kill(&line, false);
         let out = self.simulate(cmd);
