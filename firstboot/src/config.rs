@@ -57,6 +57,20 @@ fn default_tailscale_timeout() -> u64 {
 }
 
 impl BakedConfig {
+    /// A config with every optional setting at its default, for struct
+    /// update syntax: `BakedConfig { admin_user, ..BakedConfig::new(p, r, h) }`.
+    pub fn new(profile: &str, role: &str, hostname: &str) -> Self {
+        BakedConfig {
+            profile: profile.to_string(),
+            role: role.to_string(),
+            hostname: hostname.to_string(),
+            admin_user: None,
+            tailscale: None,
+            seed_paths: default_seed_paths(),
+            network_timeout_secs: default_network_timeout(),
+        }
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("BakedConfig always serialises")
     }
@@ -90,6 +104,7 @@ mod tests {
     #[test]
     fn older_configs_get_defaults() {
         let cfg = BakedConfig::from_toml("profile='a'\nrole='b'\nhostname='c'\n").unwrap();
+        assert_eq!(cfg, BakedConfig::new("a", "b", "c"));
         assert_eq!(cfg.seed_paths, default_seed_paths());
         assert_eq!(cfg.network_timeout_secs, 120);
     }

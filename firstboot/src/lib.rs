@@ -24,13 +24,12 @@ pub mod tailscale;
 /// Boot tests and `nodeforge boot` wait for it.
 pub const READY_MARKER: &str = "nodeforge-firstboot: ready";
 
-/// The systemd unit the builder installs as
-/// `/etc/systemd/system/nodeforge-firstboot.service` (enabled in
-/// multi-user.target); the binary goes to `/usr/bin/nodeforge-firstboot`.
+/// The systemd unit the builder installs as [`SYSTEMD_UNIT_PATH`] (enabled
+/// in multi-user.target); the binary goes to [`BINARY_PATH`].
 pub const SYSTEMD_UNIT: &str = include_str!("../units/nodeforge-firstboot.service");
 
 /// Path of the unit inside the image.
-pub const SYSTEMD_UNIT_PATH: &str = "/etc/systemd/system/nodeforge-firstboot.service";
+pub const SYSTEMD_UNIT_PATH: &str = "/usr/lib/systemd/system/nodeforge-firstboot.service";
 
 /// Where the builder installs the agent binary inside the image.
 pub const BINARY_PATH: &str = "/usr/bin/nodeforge-firstboot";

@@ -288,6 +288,27 @@ fn already_joined_node_is_not_joined_again() {
 }
 
 #[test]
+fn nostate_that_settles_into_running_does_not_spend_the_key() {
+    let m = Machine::new();
+    {
+        let mut w = m.world.borrow_mut();
+        w.ts_backend = "Running".into();
+        w.nostate_polls = 2;
+    }
+    m.boot().unwrap().unwrap();
+    assert_eq!(m.calls_starting("tailscale up"), 0);
+    assert_eq!(m.calls_starting("tailscale status --json"), 3);
+}
+
+#[test]
+fn nostate_that_stays_is_logged_out() {
+    let m = Machine::new();
+    m.world.borrow_mut().ts_backend = "NoState".into();
+    m.boot().unwrap().unwrap();
+    assert_eq!(m.world.borrow().joins, 1);
+}
+
+#[test]
 fn needs_machine_auth_is_reported() {
     let m = Machine::new();
     m.world.borrow_mut().ts_backend = "NeedsMachineAuth".into();

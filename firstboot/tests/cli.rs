@@ -116,6 +116,25 @@ impl Node {
     }
 }
 
+/// Starts the agent in its own process group, so a "power cut" can kill
+/// it together with the tailscale it is running.
+fn spawn_run(n: &Node) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    n.cmd(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+fn power_cut(mut child: std::process::Child) {
+    // SAFETY: signalling the process group this test created.
+    let rc = unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    assert_eq!(rc, 0);
+    child.wait().unwrap();
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -192,19 +211,13 @@ fn binary_runs_first_boot_with_the_standin() {
 #[test]
 fn sigkill_after_the_join_does_not_join_again() {
     let n = Node::new("tskey-auth-cli-2");
-    n.write("/var/lib/tailscale-standin/config", "up_delay_after=5\n");
-    let mut child = n
-        .cmd(&["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    n.write("/var/lib/tailscale-standin/config", "up_delay_after=30\n");
+    let child = spawn_run(&n);
     n.wait_for("the join", |n| {
         n.read("/var/lib/tailscale-standin/state")
             .contains("backend=Running")
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    power_cut(child);
     // the key file is in /run, which a real reboot empties
     fs::remove_dir_all(n.path("/run")).unwrap();
     n.write("/var/lib/tailscale-standin/config", "");
@@ -217,22 +230,26 @@ fn sigkill_after_the_join_does_not_join_again() {
 #[test]
 fn sigkill_before_the_join_finishes_on_the_next_boot() {
     let n = Node::new("tskey-auth-cli-3");
-    n.write("/var/lib/tailscale-standin/config", "up_delay=5\n");
-    let mut child = n
-        .cmd(&["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    n.write("/var/lib/tailscale-standin/config", "up_delay=30\n");
+    let child = spawn_run(&n);
     n.wait_for("tailscale up", |n| n.ups() == 1);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    power_cut(child);
+    assert!(
+        n.read("/var/lib/tailscale-standin/state").is_empty(),
+        "died before joining"
+    );
     let st = n.status_json();
     assert_eq!(st["state"], "running", "killed mid-step: {st}");
     n.write("/var/lib/tailscale-standin/config", "");
     let out = n.run();
     assert!(out.status.success(), "{}", stdout(&out));
-    assert_eq!(n.ups(), 2, "the interrupted join is retried once");
+    assert_eq!(
+        n.ups(),
+        2,
+        "the interrupted join is retried once: {:?} {}",
+        n.calls(),
+        stdout(&out)
+    );
     assert!(n
         .read("/var/lib/tailscale-standin/state")
         .contains("backend=Running"));

@@ -16,6 +16,7 @@ pub const AUTHKEY_RUN_PATH: &str = "/run/nodeforge/tailscale-authkey";
 
 /// How often the agent looks at the backend state while it settles.
 const POLLS: u32 = 15;
+const NOSTATE_POLLS: u32 = 3;
 
 pub fn join(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     let Some(tcfg) = ctx.cfg.tailscale.clone() else {
@@ -111,6 +112,10 @@ fn settled_status(ctx: &Ctx<'_>) -> Result<TsStatus, TailscaleError> {
         }
         match tailscale::status(ctx.runner, ctx.tailscale_bin) {
             Ok(s) if s.state() == TsState::Starting => last = Some(Ok(s)),
+            // NoState right after tailscaled starts may still turn into
+            // Running from saved state; give it a moment before treating
+            // the node as logged out and spending the key.
+            Ok(s) if s.backend_state == "NoState" && i < NOSTATE_POLLS => last = Some(Ok(s)),
             Ok(s) => return Ok(s),
             Err(e) => last = Some(Err(e)),
         }

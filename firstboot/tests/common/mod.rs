@@ -70,6 +70,8 @@ pub struct World {
     pub up_timed_out: bool,
     /// `tailscale status` answers Starting this many times first.
     pub starting_polls: u32,
+    /// … and NoState this many times (tailscaled just started).
+    pub nostate_polls: u32,
 }
 
 /// Where to simulate a kill.
@@ -271,6 +273,10 @@ impl Machine {
         if w.starting_polls > 0 {
             w.starting_polls -= 1;
             return r#"{"BackendState":"Starting","TailscaleIPs":null,"Self":{"TailscaleIPs":null}}"#.into();
+        }
+        if w.nostate_polls > 0 {
+            w.nostate_polls -= 1;
+            return r#"{"BackendState":"NoState","TailscaleIPs":null,"Self":null}"#.into();
         }
         if w.ts_backend == "Running" {
             format!(
