@@ -309,14 +309,15 @@ impl<'a> Agent<'a> {
             .iter()
             .filter(|s| s.state == StepState::Skipped)
             .count();
-        let cpu: f64 = status.steps.iter().filter_map(|s| s.cpu_ms).sum();
         let line = format!(
-            "{READY_MARKER}: host {}, role {}, tailnet {}, {} steps ({skipped} skipped){}, agent cpu {cpu:.1} ms",
+            "{READY_MARKER}: host {}, role {}, tailnet {}, {} steps ({skipped} skipped){}, agent {:.0} ms wall, {:.1} ms cpu",
             status.hostname.as_deref().unwrap_or("?"),
             status.role,
             status.tailscale_ip.as_deref().unwrap_or("none"),
             status.steps.len(),
             if again { ", first boot done earlier" } else { "" },
+            status.agent_wall_ms,
+            status.agent_cpu_ms,
         );
         self.observer.summary(&line);
         self.notifier.ready(&line);

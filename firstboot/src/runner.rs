@@ -175,6 +175,7 @@ impl CommandRunner for SystemRunner {
         let t_err = std::thread::spawn(move || read_all(se.as_mut()));
         let start = Instant::now();
         let mut timed_out = false;
+        let mut polls = 0u32;
         let status = loop {
             if let Some(s) = child.try_wait().map_err(io_err)? {
                 break s;
@@ -184,7 +185,9 @@ impl CommandRunner for SystemRunner {
                 timed_out = true;
                 break child.wait().map_err(io_err)?;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            // Most commands finish within milliseconds: poll fast first.
+            polls += 1;
+            std::thread::sleep(Duration::from_millis(if polls < 20 { 1 } else { 10 }));
         };
         Ok(CmdOutput {
             code: status.code(),
