@@ -86,12 +86,45 @@ pub fn get(url: &str, timeout: Duration) -> Result<Vec<u8>> {
     stream
         .write_all(req.as_bytes())
         .with_context(|| format!("sending request to {url}"))?;
+    // Read until the body is complete rather than until EOF: a server that
+    // keeps the connection open must not cost us the read timeout.
     let mut raw = Vec::new();
-    stream
-        .take(MAX_BODY as u64 + 16 * 1024)
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading response from {url}"))?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .with_context(|| format!("reading response from {url}"))?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if raw.len() > MAX_BODY + 16 * 1024 {
+            bail!("GET {url}: response larger than {MAX_BODY} bytes");
+        }
+        if response_complete(&raw) {
+            break;
+        }
+    }
     parse_response(&raw).with_context(|| format!("GET {url}"))
+}
+
+/// True once a response with Content-Length or chunked encoding has all
+/// its bytes (a response with neither ends at EOF).
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let body = &raw[head_end + 4..];
+    for l in head.split("\r\n") {
+        if let Some(v) = l.strip_prefix("content-length:") {
+            return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+        }
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            return dechunk(body).is_ok();
+        }
+    }
+    false
 }
 
 fn parse_response(raw: &[u8]) -> Result<Vec<u8>> {
@@ -216,6 +249,26 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhost\r\n6;x=y\r\nname =\r\n0\r\n\r\n",
         );
         assert_eq!(get(&url, Duration::from_secs(5)).unwrap(), b"hostname =");
+    }
+
+    #[test]
+    fn does_not_wait_for_eof_when_the_length_is_known() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // Detached: it outlives the assertion on purpose.
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = vec![0u8; 1024];
+            let _ = s.read(&mut req).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+            // Keep the connection open well past the client's read timeout.
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        let t = std::time::Instant::now();
+        let url = format!("http://127.0.0.1:{port}/");
+        assert_eq!(get(&url, Duration::from_secs(2)).unwrap(), b"ok");
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
