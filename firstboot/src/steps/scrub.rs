@@ -162,26 +162,6 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     false
 }
 
-#[cfg(test)]
-mod tests {
-    use super::contains;
-
-    #[test]
-    fn finds_needles_anywhere() {
-        let n = b"tskey-";
-        assert!(contains(b"tskey-", n));
-        assert!(contains(b"xx tskey-auth", n));
-        assert!(contains(b"tskey tskey-", n));
-        assert!(contains(b"ttttskey-", n));
-        assert!(!contains(b"tskey_ tskey", n));
-        assert!(!contains(b"", n));
-        let mut big = vec![b'k'; 1 << 20];
-        assert!(!contains(&big, n));
-        big[777_777..777_783].copy_from_slice(n);
-        assert!(contains(&big, n));
-    }
-}
-
 /// Asks journald first; falls back to reading journal files when
 /// journalctl is missing or cannot read them. Returns a description of
 /// where a key was found.
@@ -215,4 +195,24 @@ fn scan_journal(ctx: &Ctx<'_>) -> Result<Option<String>> {
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+
+    #[test]
+    fn finds_needles_anywhere() {
+        let n = b"tskey-";
+        assert!(contains(b"tskey-", n));
+        assert!(contains(b"xx tskey-auth", n));
+        assert!(contains(b"tskey tskey-", n));
+        assert!(contains(b"ttttskey-", n));
+        assert!(!contains(b"tskey_ tskey", n));
+        assert!(!contains(b"", n));
+        let mut big = vec![b'k'; 1 << 20];
+        assert!(!contains(&big, n));
+        big[777_777..777_783].copy_from_slice(n);
+        assert!(contains(&big, n));
+    }
 }
