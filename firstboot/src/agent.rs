@@ -128,7 +128,22 @@ impl<'a> Agent<'a> {
             }
         };
 
-        let mut journal = Journal::load(root)?;
+        let mut journal = match Journal::load(root) {
+            Ok(j) => j,
+            Err(e) => {
+                // Every step reads the machine's state before acting, so
+                // starting over is safe; keep the bad file for a post-mortem.
+                let path = Journal::path(root);
+                let aside = path.with_extension("json.corrupt");
+                fs::rename(&path, &aside)
+                    .with_context(|| format!("moving {} aside", path.display()))?;
+                self.observer.progress(&format!(
+                    "nodeforge-firstboot: {e:#}; moved to {} and starting over",
+                    aside.display()
+                ));
+                Journal::default()
+            }
+        };
         let names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
         let mut status = Status::new(&cfg.role, &cfg.profile, &names);
         if let Ok(Some(prev)) = Status::read(root) {
@@ -146,6 +161,7 @@ impl<'a> Agent<'a> {
             }
         }
 
+        status.runs = journal.runs;
         if journal.is_finished(Step::Complete.name()) {
             // Every later boot: confirm quickly, say ready again, write
             // nothing to disk.
@@ -154,6 +170,7 @@ impl<'a> Agent<'a> {
         }
         journal.runs += 1;
         journal.save(root)?;
+        status.runs = journal.runs;
 
         let (seed, source) = match load_seed(root, &cfg, self.sleep) {
             Ok(s) => s,

@@ -104,6 +104,10 @@ pub struct Status {
     /// Totals for this agent process.
     pub agent_wall_ms: f64,
     pub agent_cpu_ms: f64,
+    /// How many times the agent has started first boot on this machine
+    /// (more than 1 after an interruption or a failed step).
+    #[serde(default)]
+    pub runs: u32,
     pub steps: Vec<StepStatus>,
 }
 
@@ -124,6 +128,7 @@ impl Status {
             updated_at: now,
             agent_wall_ms: 0.0,
             agent_cpu_ms: 0.0,
+            runs: 0,
             steps: steps.iter().map(|s| StepStatus::pending(s)).collect(),
         }
     }

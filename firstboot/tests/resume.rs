@@ -153,6 +153,30 @@ fn killed_after_the_seed_was_scrubbed_but_before_journaling() {
 }
 
 #[test]
+fn corrupt_journal_is_set_aside_and_the_steps_recheck_state() {
+    let m = Machine::new();
+    assert!(m.boot_with_kill(Kill::AfterCmd("tailscale up")));
+    m.write("/var/lib/nodeforge/journal.json", "{ not json");
+    let key = m.read("/etc/ssh/ssh_host_ed25519_key");
+    reboot_and_check(&m, "corrupt journal", &key);
+    assert_eq!(m.calls_starting("tailscale up"), 1);
+    assert!(m.path("/var/lib/nodeforge/journal.json.corrupt").exists());
+    assert!(m
+        .progress
+        .borrow()
+        .iter()
+        .any(|l| l.contains("starting over")));
+}
+
+#[test]
+fn runs_are_counted_across_interruptions() {
+    let m = Machine::new();
+    assert!(m.boot_with_kill(Kill::BeforeStep("network")));
+    assert!(m.boot_with_kill(Kill::BeforeStep("tailscale")));
+    assert_eq!(m.boot().unwrap().unwrap().runs, 3);
+}
+
+#[test]
 fn interrupted_atomic_write_leaves_old_state_readable() {
     // A kill during atomic_write leaves at most a temp file beside the
     // journal; the journal itself is old or new, and the next write reuses
