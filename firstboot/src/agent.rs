@@ -412,8 +412,7 @@ fn load_seed(
                 Ok(body) => {
                     let text = String::from_utf8(body)
                         .map_err(|_| SeedLoadError::Bad(format!("{url}: not UTF-8")))?;
-                    let seed = Seed::from_toml(&text)
-                        .map_err(|e| SeedLoadError::Bad(format!("{url}: {e}")))?;
+                    let seed = parse_seed(&text, &url)?;
                     return Ok((seed, Some(SeedSource::Url(url))));
                 }
                 Err(e) => last = format!("{e:#}"),
@@ -425,12 +424,30 @@ fn load_seed(
         let path = under(root, p);
         let text = read_optional(&path).map_err(|e| SeedLoadError::Bad(format!("{e:#}")))?;
         if let Some(text) = text {
-            let seed =
-                Seed::from_toml(&text).map_err(|e| SeedLoadError::Bad(format!("{p}: {e}")))?;
+            let seed = parse_seed(&text, p)?;
             return Ok((seed, Some(SeedSource::File(p.clone()))));
         }
     }
     Ok((Seed::default(), None))
+}
+
+/// Parses a seed; the error never quotes an auth key, even a misspelt
+/// field's (`authkey = "..."`) or one without the usual prefix.
+fn parse_seed(text: &str, origin: &str) -> Result<Seed, SeedLoadError> {
+    Seed::from_toml(text).map_err(|e| {
+        let mut msg = format!("{origin}: {e}");
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let k = k.to_ascii_lowercase();
+            let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
+            if (k.contains("auth") || k.contains("tskey")) && !k.contains("ssh") && !v.is_empty() {
+                msg = msg.replace(v, "<redacted>");
+            }
+        }
+        SeedLoadError::Bad(redact(&msg, None))
+    })
 }
 
 /// `name=value` from a kernel command line (the last one wins, as in the
@@ -459,6 +476,18 @@ mod tests {
         assert_eq!(
             redact("secret abc123 here", Some("abc123")),
             "secret <redacted> here"
+        );
+    }
+
+    #[test]
+    fn seed_errors_hide_unprefixed_keys() {
+        let text = "hostname = 'n1'\nauth_key = \"k3y-v4lue\"\n";
+        let Err(SeedLoadError::Bad(msg)) = parse_seed(text, "/boot/efi/s.toml") else {
+            panic!("parsed");
+        };
+        assert!(
+            msg.contains("auth_key") && !msg.contains("k3y-v4lue"),
+            "{msg}"
         );
     }
 
