@@ -16,6 +16,7 @@ pub mod journal;
 pub mod notify;
 pub mod runner;
 pub mod seed;
+pub mod seeding;
 pub mod status;
 pub mod steps;
 pub mod tailscale;

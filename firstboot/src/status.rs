@@ -189,8 +189,8 @@ impl Status {
         kv("secrets:", &self.secrets);
         kv("error:", &self.error);
         out.push_str(&format!(
-            "  updated:     {} (agent {:.0} ms wall, {:.1} ms cpu this run)\n",
-            self.updated_at, self.agent_wall_ms, self.agent_cpu_ms
+            "  updated:     {} (run {}, agent {:.0} ms wall, {:.1} ms cpu this run)\n",
+            self.updated_at, self.runs, self.agent_wall_ms, self.agent_cpu_ms
         ));
         for s in &self.steps {
             let state = match s.state {
