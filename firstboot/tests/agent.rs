@@ -484,6 +484,31 @@ fn full_disk_and_netboot_root_skip_growing_with_a_reason() {
 }
 
 #[test]
+fn missing_partitioning_tools_skip_growing_but_not_the_rest() {
+    let m = Machine::new();
+    m.world.borrow_mut().missing = vec!["sfdisk"];
+    let st = m.boot().unwrap().unwrap();
+    assert_eq!(st.state, RunState::Complete);
+    let g = st.steps.iter().find(|s| s.name == "grow-root").unwrap();
+    assert_eq!(g.state, StepState::Skipped);
+    assert!(
+        g.detail
+            .as_deref()
+            .unwrap()
+            .contains("`sfdisk` is not installed"),
+        "{g:?}"
+    );
+}
+
+#[test]
+fn missing_tailscale_fails_the_join() {
+    let m = Machine::new();
+    m.world.borrow_mut().missing = vec!["tailscale"];
+    let e = fails_with(&m, "tailscale", "other");
+    assert!(e.contains("`tailscale` is not installed"), "{e}");
+}
+
+#[test]
 fn existing_authorized_keys_are_kept_and_not_duplicated() {
     let m = Machine::new();
     let other =

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{Ctx, Outcome};
 use crate::fsutil::under;
-use crate::runner::Cmd;
+use crate::runner::{Cmd, SpawnError};
 
 /// Less slack than this is "already full size" (partitions are 1 MiB
 /// aligned, so sfdisk would not grow by less anyway).
@@ -191,6 +191,20 @@ fn gib(b: u64) -> String {
 }
 
 pub fn grow_root(ctx: &mut Ctx<'_>) -> Result<Outcome> {
+    match grow(ctx) {
+        Err(e) => match e.chain().find_map(|c| c.downcast_ref::<SpawnError>()) {
+            // A missing tool is an image defect; growing is not worth
+            // keeping the node from joining, so say so and go on.
+            Some(SpawnError::NotFound(prog)) => Ok(Outcome::Skipped(format!(
+                "cannot grow the root filesystem: `{prog}` is not installed in the image"
+            ))),
+            Some(SpawnError::Io { .. }) | None => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+fn grow(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     let plan = match plan_grow(ctx.root, |d, p| read_table(ctx, d, p))? {
         Ok(p) => p,
         Err(reason) => return Ok(Outcome::Skipped(reason)),

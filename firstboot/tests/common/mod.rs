@@ -72,6 +72,8 @@ pub struct World {
     pub starting_polls: u32,
     /// … and NoState this many times (tailscaled just started).
     pub nostate_polls: u32,
+    /// Programs that are not installed.
+    pub missing: Vec<&'static str>,
 }
 
 /// Where to simulate a kill.
@@ -400,6 +402,9 @@ impl CommandRunner for Machine {
             "secret on a command line: {line}"
         );
         self.calls.borrow_mut().push(line.clone());
+        if self.world.borrow().missing.contains(&cmd.program.as_str()) {
+            return Err(SpawnError::NotFound(cmd.program.clone()));
+        }
         self.maybe_kill(&line, false);
         let out = self.simulate(cmd);
         self.maybe_kill(&line, true);
