@@ -32,6 +32,22 @@ impl AuthKey {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Reads a key from a file (`nodeforge customize --authkey-file F`),
+    /// trimming the trailing newline editors add. Errors name the file,
+    /// never the content.
+    pub fn from_file(path: &std::path::Path) -> Result<AuthKey, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading auth key file {}: {e}", path.display()))?;
+        let key = text.trim();
+        if key.is_empty() || key.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "auth key file {} must hold one key on one line",
+                path.display()
+            ));
+        }
+        Ok(AuthKey(key.to_string()))
+    }
 }
 
 impl fmt::Debug for AuthKey {
@@ -190,6 +206,18 @@ mod tests {
         let clean = s.without_secrets().to_toml();
         assert!(!clean.contains("tskey"), "{clean}");
         assert!(clean.contains("media-3"));
+    }
+
+    #[test]
+    fn auth_key_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key");
+        std::fs::write(&p, "tskey-auth-abc\n").unwrap();
+        assert_eq!(AuthKey::from_file(&p).unwrap().expose(), "tskey-auth-abc");
+        std::fs::write(&p, "tskey-a\ntskey-b\n").unwrap();
+        let e = AuthKey::from_file(&p).unwrap_err();
+        assert!(e.contains("one key") && !e.contains("tskey-a"), "{e}");
+        assert!(AuthKey::from_file(&dir.path().join("nope")).is_err());
     }
 
     #[test]
