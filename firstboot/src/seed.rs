@@ -185,6 +185,13 @@ mod tests {
         let s = full();
         assert_eq!(Seed::from_toml(&s.to_toml()).unwrap(), s);
         assert_eq!(Seed::from_toml("").unwrap(), Seed::default());
+        // What an operator finds on the boot partition.
+        assert_eq!(
+            s.to_toml(),
+            format!(
+                "hostname = \"media-3\"\ntailscale_auth_key = \"tskey-auth-abc123\"\ntailscale_tags = [\"tag:lab\"]\nssh_authorized_keys = [\"{KEY}\"]\n"
+            )
+        );
     }
 
     #[test]
