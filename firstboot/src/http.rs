@@ -188,7 +188,7 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
         if size == 0 {
             return Ok(out);
         }
-        if data.len() < size + 2 || out.len() + size > MAX_BODY {
+        if size > MAX_BODY || data.len() < size + 2 || out.len() + size > MAX_BODY {
             bail!("chunk truncated or too large");
         }
         out.extend_from_slice(&data[..size]);
@@ -269,6 +269,14 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}/");
         assert_eq!(get(&url, Duration::from_secs(2)).unwrap(), b"ok");
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn absurd_chunk_sizes_are_errors_not_panics() {
+        assert!(dechunk(b"ffffffffffffffff\r\nx\r\n0\r\n\r\n").is_err());
+        assert!(dechunk(b"zz\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nshort").is_err());
+        assert!(parse_response(b"garbage").is_err());
     }
 
     #[test]

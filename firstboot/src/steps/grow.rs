@@ -147,9 +147,12 @@ pub fn plan_grow(
         part_number,
         fstype,
         gpt,
-        part_bytes: size * SECTOR,
-        table_bytes: view.part_sectors.unwrap_or(size) * SECTOR,
-        max_bytes: disk_size.saturating_sub(reserved).saturating_sub(start) * SECTOR,
+        part_bytes: size.saturating_mul(SECTOR),
+        table_bytes: view.part_sectors.unwrap_or(size).saturating_mul(SECTOR),
+        max_bytes: disk_size
+            .saturating_sub(reserved)
+            .saturating_sub(start)
+            .saturating_mul(SECTOR),
     }))
 }
 
@@ -166,7 +169,7 @@ fn ext_fs_bytes(ctx: &Ctx<'_>, dev: &str) -> Result<u64> {
         v.parse()
             .with_context(|| format!("`dumpe2fs -h {dev}`: bad {name:?} {v:?}"))
     };
-    Ok(field("Block count:")? * field("Block size:")?)
+    Ok(field("Block count:")?.saturating_mul(field("Block size:")?))
 }
 
 fn read_table(ctx: &Ctx<'_>, disk: &str, part: &str) -> Result<TableView> {
