@@ -430,6 +430,29 @@ fn leftover_key_is_found_and_reported() {
 }
 
 #[test]
+fn without_journalctl_the_journal_files_are_read() {
+    let m = Machine::new();
+    m.world.borrow_mut().missing = vec!["journalctl"];
+    m.write(
+        "/var/log/journal/0123abcd/system.journal",
+        "LPKSHHRH\0\0binary\0MESSAGE=nothing secret\0",
+    );
+    assert_eq!(m.boot().unwrap().unwrap().state, RunState::Complete);
+
+    let m = Machine::new();
+    m.world.borrow_mut().missing = vec!["journalctl"];
+    m.write(
+        "/var/log/journal/0123abcd/system.journal",
+        &format!("LPKSHHRH\0MESSAGE=oops {AUTH_KEY}\0"),
+    );
+    let e = fails_with(&m, "scrub-secrets", "error");
+    assert!(
+        e.contains("journal file") && e.contains("system.journal"),
+        "{e}"
+    );
+}
+
+#[test]
 fn no_tailnet_in_the_profile_skips_join_but_scrubs() {
     let m = Machine::new();
     let baked = BAKED.split("[tailscale]").next().unwrap().to_string();

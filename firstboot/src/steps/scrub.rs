@@ -190,7 +190,8 @@ fn scan_journal(ctx: &Ctx<'_>) -> Result<Option<String>> {
             } else if p.extension().is_some_and(|e| e == "journal")
                 && file_contains(&p, TSKEY_PREFIX.as_bytes(), 1 << 30)?
             {
-                return Ok(Some(format!("journal file {}", p.display())));
+                let rel = p.strip_prefix(ctx.root).unwrap_or(&p);
+                return Ok(Some(format!("journal file /{}", rel.display())));
             }
         }
     }
