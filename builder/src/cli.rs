@@ -8,8 +8,12 @@ use clap::{Parser, Subcommand};
 
 use crate::boot::{self, Accel, VmOptions};
 use crate::build::{self, BuildOptions, Output};
+use crate::cache::{self, Cache};
+use crate::customize::{self, SeedOptions};
 use crate::doctor;
+use crate::fleet::Fleet;
 use crate::plan::Plan;
+use crate::profile::ByteSize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +45,17 @@ pub enum Command {
     Build(BuildArgs),
     /// Boot an image in QEMU and wait for a line on its serial console.
     Boot(BootArgs),
+    /// Stamp a per-node seed (hostname, auth key, SSH keys, tags) into an
+    /// image's boot partition.
+    Customize(CustomizeArgs),
+    /// Inspect or prune the build cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+        /// The cache (default: $NODEFORGE_CACHE_DIR or ~/.cache/nodeforge).
+        #[arg(long, global = true)]
+        cache_dir: Option<PathBuf>,
+    },
     /// List the host programs nodeforge needs; --install installs the missing ones.
     Doctor {
         #[arg(long)]
@@ -69,6 +84,80 @@ pub struct BuildArgs {
     /// First-boot agent binary to install (default: built from source).
     #[arg(long)]
     pub agent: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cached layers, most recently used first.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached layers and leftovers of interrupted builds.
+    Prune {
+        /// Remove layers not used for this long (e.g. 7d, 12h).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Then remove the least recently used until the cache is at most this size (e.g. 20GiB).
+        #[arg(long)]
+        max_size: Option<String>,
+    },
+}
+
+/// Per-node seed values, shared by `customize` and `flash`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeedArgs {
+    /// Take the node's values from the fleet file (see --fleet).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The fleet file that --node looks in.
+    #[arg(long, default_value = "fleet.toml")]
+    pub fleet: PathBuf,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// File holding the Tailscale auth key, or - for standard input (never the key itself).
+    #[arg(long)]
+    pub authkey_file: Option<PathBuf>,
+    /// An OpenSSH public key line, or a .pub file; repeatable.
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<String>,
+    /// An extra tailnet tag (tag:name); repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+impl SeedArgs {
+    /// The seed options these flags describe (flags over fleet values), or
+    /// None when no seed value was given.
+    pub fn options(&self) -> Result<Option<SeedOptions>> {
+        let mut opts = match &self.node {
+            Some(name) => Fleet::load(&self.fleet)?.seed_options(name)?,
+            None => SeedOptions::default(),
+        };
+        if self.hostname.is_some() {
+            opts.hostname = self.hostname.clone();
+        }
+        if self.authkey_file.is_some() {
+            opts.authkey_file = self.authkey_file.clone();
+        }
+        opts.ssh_keys.extend(self.ssh_keys.iter().cloned());
+        opts.tags.extend(self.tags.iter().cloned());
+        let empty = opts.hostname.is_none()
+            && opts.authkey_file.is_none()
+            && opts.ssh_keys.is_empty()
+            && opts.tags.is_empty();
+        Ok((!empty).then_some(opts))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CustomizeArgs {
+    pub image: PathBuf,
+    /// Stamp a copy written here instead of the image itself.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub seed: SeedArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +199,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Build(args) => build_cmd(args),
         Command::Boot(args) => boot_cmd(args),
+        Command::Customize(args) => customize_cmd(args),
+        Command::Cache { command, cache_dir } => cache_cmd(command, cache_dir),
         Command::Doctor { install } => {
             let (text, missing) = doctor::report();
             print!("{text}");
@@ -215,4 +306,86 @@ fn boot_cmd(args: BootArgs) -> Result<()> {
         took.as_secs_f64()
     );
     Ok(())
+}
+
+fn customize_cmd(args: CustomizeArgs) -> Result<()> {
+    let Some(opts) = args.seed.options()? else {
+        bail!("nothing to stamp: give --node, --hostname, --authkey-file, --ssh-key or --tag");
+    };
+    let seed = opts.to_seed()?;
+    let target = match &args.output {
+        Some(out) => {
+            customize::sparse_copy(&args.image, out)?;
+            out.clone()
+        }
+        None => args.image.clone(),
+    };
+    customize::stamp(&target, &seed)?;
+    println!(
+        "stamped the seed into {} (hostname {}, auth key {}, {} SSH keys, tags [{}])",
+        target.display(),
+        seed.hostname.as_deref().unwrap_or("from the image"),
+        if seed.tailscale_auth_key.is_some() {
+            "set"
+        } else {
+            "none"
+        },
+        seed.ssh_authorized_keys.len(),
+        seed.tailscale_tags.join(", ")
+    );
+    Ok(())
+}
+
+fn cache_cmd(command: CacheCommand, dir: Option<PathBuf>) -> Result<()> {
+    let cache = Cache::new(dir.unwrap_or_else(build::default_cache_dir));
+    match command {
+        CacheCommand::Ls { json } => {
+            let entries = cache.entries()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(());
+            }
+            let total: u64 = entries.iter().map(|e| e.size).sum();
+            for e in &entries {
+                println!(
+                    "{:<7} {:<16} {:>10} used {:>4} ago  {}",
+                    e.kind,
+                    &e.key[..e.key.len().min(16)],
+                    ByteSize(e.size / (1 << 20) * (1 << 20)).to_string(),
+                    cache::age(cache::seconds_since(e.last_used)),
+                    e.summary
+                );
+            }
+            println!(
+                "{} entries, {} MiB in {}",
+                entries.len(),
+                total >> 20,
+                cache.dir.display()
+            );
+            Ok(())
+        }
+        CacheCommand::Prune {
+            older_than,
+            max_size,
+        } => {
+            let older = older_than
+                .as_deref()
+                .map(cache::parse_duration)
+                .transpose()?;
+            let max = max_size
+                .as_deref()
+                .map(|s| s.parse::<ByteSize>().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let r = cache.prune(older, max)?;
+            println!(
+                "removed {} entries and {} leftovers ({} MiB); kept {} entries ({} MiB)",
+                r.removed,
+                r.leftovers,
+                r.bytes >> 20,
+                r.kept,
+                r.kept_bytes >> 20
+            );
+            Ok(())
+        }
+    }
 }

@@ -22,6 +22,24 @@ pub struct BakedConfig {
     /// Tailnet settings; absent means the node does not join a tailnet.
     #[serde(default)]
     pub tailscale: Option<TailscaleConfig>,
+    /// Where the agent looks for the per-node seed, first match wins.
+    #[serde(default = "default_seed_paths")]
+    pub seed_paths: Vec<String>,
+    /// Bound on waiting for a default route, in seconds.
+    #[serde(default = "default_network_timeout")]
+    pub network_timeout_secs: u64,
+}
+
+/// The ESP on UEFI images, the firmware partition on Raspberry Pi.
+pub fn default_seed_paths() -> Vec<String> {
+    vec![
+        "/boot/efi/nodeforge-seed.toml".into(),
+        "/boot/firmware/nodeforge-seed.toml".into(),
+    ]
+}
+
+fn default_network_timeout() -> u64 {
+    120
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +57,20 @@ fn default_tailscale_timeout() -> u64 {
 }
 
 impl BakedConfig {
+    /// A config with every optional setting at its default, for struct
+    /// update syntax: `BakedConfig { admin_user, ..BakedConfig::new(p, r, h) }`.
+    pub fn new(profile: &str, role: &str, hostname: &str) -> Self {
+        BakedConfig {
+            profile: profile.to_string(),
+            role: role.to_string(),
+            hostname: hostname.to_string(),
+            admin_user: None,
+            tailscale: None,
+            seed_paths: default_seed_paths(),
+            network_timeout_secs: default_network_timeout(),
+        }
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("BakedConfig always serialises")
     }
@@ -63,8 +95,18 @@ mod tests {
                 tags: vec!["tag:core".into()],
                 timeout_secs: 30,
             }),
+            seed_paths: default_seed_paths(),
+            network_timeout_secs: 5,
         };
         assert_eq!(BakedConfig::from_toml(&cfg.to_toml()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn older_configs_get_defaults() {
+        let cfg = BakedConfig::from_toml("profile='a'\nrole='b'\nhostname='c'\n").unwrap();
+        assert_eq!(cfg, BakedConfig::new("a", "b", "c"));
+        assert_eq!(cfg.seed_paths, default_seed_paths());
+        assert_eq!(cfg.network_timeout_secs, 120);
     }
 
     #[test]

@@ -1,27 +1,81 @@
+//! `nodeforge-firstboot [run] [--root DIR]` runs or resumes first boot;
+//! `nodeforge-firstboot status [--json] [--root DIR]` shows how it went.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nodeforge_firstboot::config::{BakedConfig, BAKED_CONFIG_PATH};
+use nodeforge_firstboot::agent::{Agent, Console};
+use nodeforge_firstboot::notify::Notifier;
+use nodeforge_firstboot::runner::SystemRunner;
+use nodeforge_firstboot::status::Status;
+
+const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]";
 
 fn main() -> ExitCode {
-    let text = match std::fs::read_to_string(BAKED_CONFIG_PATH) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("nodeforge-firstboot: reading {BAKED_CONFIG_PATH}: {e}");
-            return ExitCode::FAILURE;
+    let mut args = std::env::args().skip(1);
+    let mut cmd = None;
+    let mut root = PathBuf::from("/");
+    let mut json = false;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "run" | "status" if cmd.is_none() => cmd = Some(a),
+            "--json" => json = true,
+            "--root" => match args.next() {
+                Some(r) => root = PathBuf::from(r),
+                None => return usage("--root needs a directory"),
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => return usage(&format!("unexpected argument {other:?}")),
         }
-    };
-    let cfg = match BakedConfig::from_toml(&text) {
-        Ok(c) => c,
+    }
+    match cmd.as_deref() {
+        Some("status") => status(&root, json),
+        _ if json => usage("--json goes with status"),
+        _ => run(root),
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("nodeforge-firstboot: {msg}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn run(root: PathBuf) -> ExitCode {
+    let mut agent = Agent::new(root, &SystemRunner, &Console);
+    agent.notifier = Notifier::from_env();
+    // Lets boot tests point at a stand-in without touching PATH.
+    if let Ok(bin) = std::env::var("NODEFORGE_TAILSCALE") {
+        agent.tailscale_bin = bin;
+    }
+    match agent.run() {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nodeforge-firstboot: parsing {BAKED_CONFIG_PATH}: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("nodeforge-firstboot: {e}");
+            ExitCode::from(e.exit_code())
         }
-    };
-    println!(
-        "{} (role {}, profile {})",
-        nodeforge_firstboot::READY_MARKER,
-        cfg.role,
-        cfg.profile
-    );
-    ExitCode::SUCCESS
+    }
+}
+
+fn status(root: &std::path::Path, json: bool) -> ExitCode {
+    match Status::read(root) {
+        Ok(Some(s)) => {
+            if json {
+                print!("{}", s.to_json());
+            } else {
+                print!("{}", s.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("nodeforge-firstboot: no status yet (the agent has not run)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("nodeforge-firstboot: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -13,23 +13,23 @@ use super::{BuildContext, StepReport};
 use crate::exec::Cmd;
 use crate::profile::{Arch, Profile};
 
-pub const AGENT_PATH: &str = "/usr/bin/nodeforge-firstboot";
 pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
 
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let arch = ctx.plan.profile.hardware.arch;
     let binary = agent_binary(ctx.opts.agent.as_deref(), arch)?;
-    let dest = ctx.target(AGENT_PATH);
+    let dest = ctx.target(nodeforge_firstboot::BINARY_PATH);
     fs::create_dir_all(dest.parent().expect("has parent"))?;
     fs::copy(&binary, &dest).with_context(|| {
         format!(
-            "installing agent {} into the image as {AGENT_PATH}",
-            binary.display()
+            "installing agent {} into the image as {}",
+            binary.display(),
+            nodeforge_firstboot::BINARY_PATH
         )
     })?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
 
-    let unit = ctx.target(&format!("/usr/lib/systemd/system/{UNIT_NAME}"));
+    let unit = ctx.target(nodeforge_firstboot::SYSTEMD_UNIT_PATH);
     fs::create_dir_all(unit.parent().expect("has parent"))?;
     fs::write(&unit, nodeforge_firstboot::SYSTEMD_UNIT)
         .with_context(|| format!("writing {}", unit.display()))?;
@@ -47,9 +47,6 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
 
 pub fn baked_config(p: &Profile) -> BakedConfig {
     BakedConfig {
-        profile: p.name.clone(),
-        role: p.role.clone(),
-        hostname: p.hostname.clone(),
         admin_user: p
             .users
             .iter()
@@ -60,6 +57,7 @@ pub fn baked_config(p: &Profile) -> BakedConfig {
             tags: t.tags.clone(),
             timeout_secs: t.timeout_secs,
         }),
+        ..BakedConfig::new(&p.name, &p.role, &p.hostname)
     }
 }
 

@@ -20,6 +20,7 @@ use serde::Serialize;
 use progress::Reporter;
 pub use progress::{Output, StepOutcome, StepReport};
 
+use crate::cache::{BuildLock, Cache};
 use crate::plan::Plan;
 
 #[derive(Debug, Clone)]
@@ -57,7 +58,9 @@ pub struct BuildContext<'a> {
     pub epoch: Option<i64>,
     /// Facts steps learn for the manifest (kernel version …).
     pub facts: serde_json::Map<String, serde_json::Value>,
+    pub cache: Cache,
     _work: tempfile::TempDir,
+    _lock: BuildLock,
 }
 
 /// Builds the image described by `plan`.
@@ -86,7 +89,9 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
 
 impl<'a> BuildContext<'a> {
     fn new(plan: &'a Plan, opts: &'a BuildOptions) -> Result<Self> {
-        let work_parent = opts.cache_dir.join("work");
+        let cache = Cache::new(&opts.cache_dir);
+        let lock = cache.lock_for_build()?;
+        let work_parent = cache.work_dir();
         fs::create_dir_all(&work_parent)
             .with_context(|| format!("creating {}", work_parent.display()))?;
         fs::create_dir_all(&opts.output_dir)
@@ -103,7 +108,9 @@ impl<'a> BuildContext<'a> {
             epoch: reproducible::source_date_epoch(&plan.profile)?,
             image: None,
             facts: serde_json::Map::new(),
+            cache,
             _work: work,
+            _lock: lock,
         })
     }
 

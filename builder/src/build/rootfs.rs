@@ -23,9 +23,11 @@ const DPKG_EXCLUDES: &[&str] = &[
 
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let plan = ctx.plan;
-    let dir = ctx.opts.cache_dir.join("rootfs");
+    let dir = ctx.cache.rootfs_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tar = dir.join(format!("{}.tar", plan.rootfs_key));
+    let tar = ctx.cache.rootfs_tar(&plan.rootfs_key);
+    // Another build making the same layer finishes first; then it is reused.
+    let _producing = ctx.cache.lock_rootfs(&plan.rootfs_key)?;
     let outcome = if tar.is_file() && !ctx.opts.no_cache {
         StepOutcome::Reused(format!(
             "base rootfs {} from the cache",
@@ -43,6 +45,15 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         fsutil::commit_partial(&partial, &tar)?;
         StepOutcome::Done
     };
+    let p = &plan.profile;
+    let summary = format!(
+        "{} {} [{}], {} packages",
+        p.debian.suite,
+        p.hardware.arch.debian(),
+        p.debian.components.join(","),
+        plan.packages.len()
+    );
+    ctx.cache.touch_rootfs(&plan.rootfs_key, &summary)?;
     fs::create_dir_all(&ctx.rootfs)
         .with_context(|| format!("creating {}", ctx.rootfs.display()))?;
     Cmd::new("tar")

@@ -1,0 +1,121 @@
+//! The fleet file: the machines of a fleet and their per-node values, so
+//! `customize --node`, `flash --node` and `serve` stamp each machine's own
+//! seed from one place.
+//!
+//! ```toml
+//! [defaults]
+//! tags = ["tag:lab"]
+//! ssh_keys = ["ssh-ed25519 AAAA… ops@laptop"]
+//!
+//! [nodes.sentinel-2]
+//! hostname = "sentinel-2"            # default: the node's name
+//! authkey_file = "keys/sentinel-2"   # relative to this file
+//! tags = ["tag:edge"]
+//! profile = "profiles/sentinel.toml"
+//! mac = "52:54:00:12:34:56"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::customize::SeedOptions;
+use crate::profile::ProfileError;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeValues {
+    pub hostname: Option<String>,
+    pub authkey_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// The role profile this machine runs (for `serve`).
+    pub profile: Option<PathBuf>,
+    /// The machine's MAC address (for `serve`).
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    #[serde(default)]
+    pub defaults: NodeValues,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeValues>,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl Fleet {
+    pub fn load(path: &Path) -> Result<Fleet> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading fleet file {}", path.display()))?;
+        let mut fleet: Fleet =
+            toml::from_str(&text).map_err(|e| ProfileError::from_toml(path, &text, &e))?;
+        fleet.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(fleet)
+    }
+
+    /// The seed options of node `name`: its values over the defaults.
+    pub fn seed_options(&self, name: &str) -> Result<SeedOptions> {
+        let node = self.nodes.get(name).with_context(|| {
+            let known: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
+            format!(
+                "no node `{name}` in the fleet file (it has: {})",
+                known.join(", ")
+            )
+        })?;
+        let d = &self.defaults;
+        let mut tags = d.tags.clone();
+        tags.extend(node.tags.iter().cloned());
+        let mut ssh_keys = d.ssh_keys.clone();
+        ssh_keys.extend(node.ssh_keys.iter().cloned());
+        Ok(SeedOptions {
+            hostname: Some(node.hostname.clone().unwrap_or_else(|| name.to_owned())),
+            authkey_file: node
+                .authkey_file
+                .as_ref()
+                .or(d.authkey_file.as_ref())
+                .map(|p| self.dir.join(p)),
+            ssh_keys,
+            tags,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_values_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, "[defaults]\ntags = [\"tag:lab\"]\nauthkey_file = \"k/default\"\n[nodes.a]\n[nodes.b]\nhostname = \"bee\"\nauthkey_file = \"k/b\"\ntags = [\"tag:edge\"]\n").unwrap();
+        let f = Fleet::load(&path).unwrap();
+        let a = f.seed_options("a").unwrap();
+        assert_eq!(a.hostname.as_deref(), Some("a"));
+        assert_eq!(a.authkey_file, Some(dir.path().join("k/default")));
+        let b = f.seed_options("b").unwrap();
+        assert_eq!(b.hostname.as_deref(), Some("bee"));
+        assert_eq!(b.tags, ["tag:lab", "tag:edge"]);
+        let err = f.seed_options("c").unwrap_err().to_string();
+        assert!(err.contains("no node `c`") && err.contains("a, b"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(&path, "[nodes.a]\nhostnme = \"x\"\n").unwrap();
+        let err = format!("{:#}", Fleet::load(&path).unwrap_err());
+        assert!(
+            err.contains("fleet.toml:2:1") && err.contains("hostnme"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! The agent: load config and seed, walk the step journal, keep status.json
+//! and systemd informed, and say how it went on the console.
+
+use std::fs::{self, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{BakedConfig, BAKED_CONFIG_PATH};
+use crate::fsutil::{read_optional, under};
+use crate::journal::Journal;
+use crate::notify::Notifier;
+use crate::runner::CommandRunner;
+use crate::seed::TSKEY_PREFIX;
+use crate::seeding::{load_seed, SeedLoadError};
+use crate::status::{now_rfc3339, RunState, Sample, Status, StepState, StepStatus};
+use crate::steps::{Ctx, Notes, Outcome, Step};
+use crate::tailscale::TailscaleError;
+use crate::READY_MARKER;
+
+/// Where output goes. The console gets one summary line; progress goes to
+/// the journal only (stderr, see the unit), so the console stays usable.
+/// Tests hook the step boundaries to simulate a kill there.
+pub trait Observer {
+    fn summary(&self, line: &str);
+    fn progress(&self, line: &str);
+    fn before_step(&self, _step: Step) {}
+    fn after_step(&self, _step: Step) {}
+}
+
+/// stdout (journal + console) for the summary, stderr for progress.
+pub struct Console;
+
+impl Observer for Console {
+    fn summary(&self, line: &str) {
+        println!("{line}");
+    }
+    fn progress(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+/// How a run failed; the exit code tells systemd whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Baked config missing or invalid: retrying cannot help.
+    #[error("config: {0}")]
+    Config(String),
+    /// Seed present but invalid: retrying cannot help until it is fixed.
+    #[error("seed: {0}")]
+    BadSeed(String),
+    /// A step failed; it is retried on the next start.
+    #[error("step {step} failed: {message}")]
+    Step { step: &'static str, message: String },
+    /// Anything else (seed server unreachable, state not writable, …).
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+impl RunError {
+    /// 3 is listed in the unit's RestartPreventExitStatus.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) | RunError::BadSeed(_) => 3,
+            RunError::Step { .. } | RunError::Other(_) => 1,
+        }
+    }
+}
+
+impl From<anyhow::Error> for RunError {
+    fn from(e: anyhow::Error) -> Self {
+        RunError::Other(e)
+    }
+}
+
+pub struct Agent<'a> {
+    pub root: PathBuf,
+    pub runner: &'a dyn CommandRunner,
+    pub observer: &'a dyn Observer,
+    pub sleep: &'a dyn Fn(Duration),
+    pub notifier: Notifier,
+    pub tailscale_bin: String,
+}
+
+impl<'a> Agent<'a> {
+    pub fn new(
+        root: impl Into<PathBuf>,
+        runner: &'a dyn CommandRunner,
+        observer: &'a dyn Observer,
+    ) -> Self {
+        Agent {
+            root: root.into(),
+            runner,
+            observer,
+            sleep: &std::thread::sleep,
+            notifier: Notifier::disabled(),
+            tailscale_bin: "tailscale".into(),
+        }
+    }
+
+    /// Runs (or resumes, or confirms) first boot.
+    pub fn run(&self) -> Result<Status, RunError> {
+        let t0 = Sample::now();
+        let root = self.root.as_path();
+        for d in ["/run/nodeforge", "/var/lib/nodeforge"] {
+            let p = under(root, d);
+            fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        let _lock = lock(root)?;
+
+        let cfg_path = under(root, BAKED_CONFIG_PATH);
+        let cfg = match read_optional(&cfg_path)
+            .and_then(|t| t.with_context(|| format!("{} is missing", cfg_path.display())))
+            .and_then(|t| {
+                BakedConfig::from_toml(&t)
+                    .with_context(|| format!("parsing {}", cfg_path.display()))
+            }) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let mut st = Status::new("unknown", "unknown", &[]);
+                st.state = RunState::Failed;
+                st.error = Some(msg.clone());
+                st.write(root, true)?;
+                self.fail_line(&format!("FAILED: {msg}"));
+                return Err(RunError::Config(msg));
+            }
+        };
+
+        let mut journal = match Journal::load(root) {
+            Ok(j) => j,
+            Err(e) => {
+                // Every step reads the machine's state before acting, so
+                // starting over is safe; keep the bad file for a post-mortem.
+                let path = Journal::path(root);
+                let aside = path.with_extension("json.corrupt");
+                fs::rename(&path, &aside)
+                    .with_context(|| format!("moving {} aside", path.display()))?;
+                self.observer.progress(&format!(
+                    "nodeforge-firstboot: {e:#}; moved to {} and starting over",
+                    aside.display()
+                ));
+                Journal::default()
+            }
+        };
+        let names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
+        let mut status = Status::new(&cfg.role, &cfg.profile, &names);
+        if let Ok(Some(prev)) = Status::read(root) {
+            status.tailscale_ip = prev.tailscale_ip;
+            status.secrets = prev.secrets;
+            status.seed_source = prev.seed_source;
+            status.hostname = prev.hostname;
+        }
+        for rec in &journal.finished {
+            if let Some(s) = status.step_mut(&rec.name) {
+                *s = StepStatus {
+                    earlier_run: true,
+                    ..rec.clone()
+                };
+            }
+        }
+
+        status.runs = journal.runs;
+        if journal.is_finished(Step::Complete.name()) {
+            // Every later boot: confirm quickly, say ready again, write
+            // nothing to disk.
+            status.state = RunState::Complete;
+            return self.finish(status, &t0, true);
+        }
+        journal.runs += 1;
+        journal.save(root)?;
+        status.runs = journal.runs;
+
+        let (seed, source) = match load_seed(root, &cfg, self.sleep) {
+            Ok(s) => s,
+            Err(SeedLoadError::Bad(msg)) => {
+                let msg = redact(&msg, None);
+                status.state = RunState::Failed;
+                status.seed_error = Some(msg.clone());
+                status.error = Some(format!("bad seed: {msg}"));
+                self.write_status(&mut status, &t0, true)?;
+                self.fail_line(&format!(
+                    "FAILED: bad seed: {msg} (fix or remove it and reboot; console login still works)"
+                ));
+                return Err(RunError::BadSeed(msg));
+            }
+            Err(SeedLoadError::Unreachable(msg)) => {
+                status.state = RunState::Failed;
+                status.seed_error = Some(msg.clone());
+                status.error = Some(format!("seed not fetched: {msg}"));
+                self.write_status(&mut status, &t0, true)?;
+                self.fail_line(&format!("FAILED: seed not fetched: {msg}; will retry"));
+                return Err(RunError::Other(anyhow::anyhow!(msg)));
+            }
+        };
+        let key = seed
+            .tailscale_auth_key
+            .as_ref()
+            .map(|k| k.expose().to_string());
+        status.seed_source = source.as_ref().map(|s| s.to_string());
+        let mut ctx = Ctx {
+            root,
+            live: root == Path::new("/"),
+            runner: self.runner,
+            sleep: self.sleep,
+            cfg: &cfg,
+            seed: &seed,
+            seed_source: source.as_ref(),
+            tailscale_bin: &self.tailscale_bin,
+            notes: Notes::default(),
+        };
+        status.hostname = Some(ctx.hostname().to_string());
+
+        let total = Step::ALL.len();
+        for (i, &step) in Step::ALL.iter().enumerate() {
+            let name = step.name();
+            if journal.is_finished(name) {
+                continue;
+            }
+            self.observer.before_step(step);
+            let started = now_rfc3339();
+            if let Some(s) = status.step_mut(name) {
+                *s = StepStatus::pending(name);
+                s.state = StepState::Running;
+                s.started_at = Some(started.clone());
+            }
+            self.write_status(&mut status, &t0, false)?;
+            self.notifier
+                .status(&format!("step {}/{total}: {name}", i + 1));
+
+            let sample = Sample::now();
+            let result = step.run(&mut ctx);
+            let (wall, cpu, children) = sample.elapsed();
+            if ctx.notes.tailscale_ip.is_some() {
+                status.tailscale_ip = ctx.notes.tailscale_ip.clone();
+            }
+            if let Some(s) = &ctx.notes.secrets {
+                status.secrets = Some(redact(s, key.as_deref()));
+            }
+            let mut rec = StepStatus::pending(name);
+            rec.started_at = Some(started);
+            rec.ended_at = Some(now_rfc3339());
+            rec.wall_ms = Some(round2(wall));
+            rec.cpu_ms = Some(round2(cpu));
+            rec.children_cpu_ms = Some(round2(children));
+            match result {
+                Ok(outcome) => {
+                    let (state, detail) = match outcome {
+                        Outcome::Done(d) => (StepState::Done, d),
+                        Outcome::Skipped(d) => (StepState::Skipped, d),
+                    };
+                    rec.state = state;
+                    rec.detail = Some(redact(&detail, key.as_deref()));
+                    // Durable before anything that depends on it.
+                    journal.record(root, rec.clone())?;
+                    if let Some(s) = status.step_mut(name) {
+                        *s = rec.clone();
+                    }
+                    // The journal is the durable record; the persistent
+                    // status copy is written when the run ends (fsyncs
+                    // cost more CPU than the steps themselves).
+                    self.write_status(&mut status, &t0, false)?;
+                    let verb = if state == StepState::Done {
+                        "done"
+                    } else {
+                        "skipped"
+                    };
+                    self.observer.progress(&format!(
+                        "nodeforge-firstboot: [{}/{total}] {name} {verb}: {} ({wall:.0} ms, cpu {cpu:.1} ms)",
+                        i + 1,
+                        rec.detail.as_deref().unwrap_or("")
+                    ));
+                    self.observer.after_step(step);
+                }
+                Err(e) => {
+                    let message = redact(&format!("{e:#}"), key.as_deref());
+                    rec.state = StepState::Failed;
+                    rec.reason = Some(failure_reason(&e).to_string());
+                    rec.error = Some(message.clone());
+                    if let Some(s) = status.step_mut(name) {
+                        *s = rec.clone();
+                    }
+                    status.state = RunState::Failed;
+                    status.error = Some(format!("{name}: {message}"));
+                    self.write_status(&mut status, &t0, true)?;
+                    self.fail_line(&format!(
+                        "FAILED at {name} ({}): {message}; will retry; see `nodeforge-firstboot status`",
+                        rec.reason.as_deref().unwrap_or("error")
+                    ));
+                    return Err(RunError::Step {
+                        step: name,
+                        message,
+                    });
+                }
+            }
+        }
+        status.state = RunState::Complete;
+        self.finish(status, &t0, false)
+    }
+
+    fn write_status(
+        &self,
+        status: &mut Status,
+        t0: &Sample,
+        persist: bool,
+    ) -> Result<(), RunError> {
+        let (wall, cpu, _) = t0.elapsed();
+        status.agent_wall_ms = round2(wall);
+        status.agent_cpu_ms = round2(cpu);
+        status.updated_at = now_rfc3339();
+        status.write(&self.root, persist)?;
+        Ok(())
+    }
+
+    fn fail_line(&self, msg: &str) {
+        let line = format!("nodeforge-firstboot: {msg}");
+        self.observer.summary(&line);
+        self.notifier.status(&line);
+    }
+
+    fn finish(&self, mut status: Status, t0: &Sample, again: bool) -> Result<Status, RunError> {
+        self.write_status(&mut status, t0, !again)?;
+        let skipped = status
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Skipped)
+            .count();
+        let line = format!(
+            "{READY_MARKER}: host {}, role {}, tailnet {}, {} steps ({skipped} skipped){}, agent {:.0} ms wall, {:.1} ms cpu",
+            status.hostname.as_deref().unwrap_or("?"),
+            status.role,
+            status.tailscale_ip.as_deref().unwrap_or("none"),
+            status.steps.len(),
+            if again { ", first boot done earlier" } else { "" },
+            status.agent_wall_ms,
+            status.agent_cpu_ms,
+        );
+        self.observer.summary(&line);
+        self.notifier.ready(&line);
+        Ok(status)
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Machine-readable class of a failure for status.json.
+fn failure_reason(e: &anyhow::Error) -> &'static str {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<TailscaleError>())
+        .map(TailscaleError::reason)
+        .unwrap_or("error")
+}
+
+/// Removes auth keys from text bound for the console, journal or status
+/// (a TOML parse error, for one, quotes the offending line).
+pub fn redact(text: &str, key: Option<&str>) -> String {
+    let mut out = match key {
+        Some(k) if !k.is_empty() => text.replace(k, "<redacted>"),
+        _ => text.to_string(),
+    };
+    while let Some(i) = out.find(TSKEY_PREFIX) {
+        let end = out[i..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .map_or(out.len(), |n| i + n);
+        out.replace_range(i..end, "<redacted>");
+    }
+    out
+}
+
+/// One agent at a time (a manual run must not race the unit).
+fn lock(root: &Path) -> anyhow::Result<fs::File> {
+    let p = under(root, "/run/nodeforge/agent.lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!("another nodeforge-firstboot holds {}", p.display());
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_keys() {
+        assert_eq!(
+            redact(
+                "line 2: tailscale_auth_key = \"tskey-auth-kX_1\" nope",
+                None
+            ),
+            "line 2: tailscale_auth_key = \"<redacted>\" nope"
+        );
+        assert_eq!(
+            redact("secret abc123 here", Some("abc123")),
+            "secret <redacted> here"
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The per-node seed (`nodeforge-seed.toml`): what makes one machine of a
+//! role image differ from the next. `nodeforge customize`/`flash`/`serve`
+//! write it with [`Seed::to_toml`]; the agent reads it with
+//! [`Seed::from_toml`], so both sides share one strict schema.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the seed on the boot/ESP FAT partition.
+pub const SEED_FILE_NAME: &str = "nodeforge-seed.toml";
+
+/// Kernel command-line parameter naming a seed URL (netboot):
+/// `nodeforge.seed=http://10.0.0.1:8080/seeds/node-3.toml`.
+pub const SEED_CMDLINE_PARAM: &str = "nodeforge.seed";
+
+/// Every Tailscale auth key starts with this; the scrub step searches for it.
+pub const TSKEY_PREFIX: &str = "tskey-";
+
+/// A Tailscale auth key. Its `Debug` and `Display` never show the value, so
+/// it cannot leak through `{:?}` in a log line or an error.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AuthKey(String);
+
+impl AuthKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        AuthKey(key.into())
+    }
+
+    /// The key itself: only for writing it to the `/run` key file.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Reads a key from a file (`nodeforge customize --authkey-file F`),
+    /// trimming the trailing newline editors add. Errors name the file,
+    /// never the content.
+    pub fn from_file(path: &std::path::Path) -> Result<AuthKey, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading auth key file {}: {e}", path.display()))?;
+        let key = text.trim();
+        if key.is_empty() || key.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "auth key file {} must hold one key on one line",
+                path.display()
+            ));
+        }
+        Ok(AuthKey(key.to_string()))
+    }
+}
+
+impl fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for AuthKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Per-node settings. Every field is optional: an absent seed means "use
+/// the baked config as is".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seed {
+    /// Overrides the baked hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// One-off Tailscale auth key; scrubbed after a successful join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailscale_auth_key: Option<AuthKey>,
+    /// Extra tags advertised besides the role's baked ones (`tag:lab`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tailscale_tags: Vec<String>,
+    /// Extra OpenSSH public keys for the image's admin user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+/// Why a seed was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Seed {
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("Seed always serialises")
+    }
+
+    /// Parses and validates a seed; unknown keys are refused.
+    pub fn from_toml(text: &str) -> Result<Self, SeedError> {
+        let seed: Seed = toml::from_str(text)?;
+        seed.validate().map_err(SeedError::Invalid)?;
+        Ok(seed)
+    }
+
+    /// Checks values the schema alone cannot: hostname syntax, tag syntax,
+    /// key shape and that every SSH key parses.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(h) = &self.hostname {
+            validate_hostname(h)?;
+        }
+        if let Some(k) = &self.tailscale_auth_key {
+            let k = k.expose();
+            if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("tailscale_auth_key is empty or contains whitespace".into());
+            }
+        }
+        for t in &self.tailscale_tags {
+            validate_tag(t)?;
+        }
+        for (i, k) in self.ssh_authorized_keys.iter().enumerate() {
+            ssh_key::PublicKey::from_openssh(k.trim()).map_err(|e| {
+                format!("ssh_authorized_keys[{i}] is not an OpenSSH public key: {e}")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The same seed with the auth key removed: what the scrub step writes
+    /// back to the boot partition.
+    pub fn without_secrets(&self) -> Seed {
+        Seed {
+            tailscale_auth_key: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner
+/// hyphens, each 1–63 bytes, 253 in all.
+pub fn validate_hostname(h: &str) -> Result<(), String> {
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if h.is_empty() || h.len() > 253 || !h.split('.').all(ok_label) {
+        return Err(format!("hostname {h:?} is not a valid RFC 1123 host name"));
+    }
+    Ok(())
+}
+
+/// Tailscale ACL tags look like `tag:name`.
+pub fn validate_tag(t: &str) -> Result<(), String> {
+    let name = t.strip_prefix("tag:").unwrap_or("");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("tag {t:?} is not of the form tag:name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x0h6BmBYe0EPuN1jwai2AarDy4K6IzzJPhqhT+PKp ops@lab";
+
+    fn full() -> Seed {
+        Seed {
+            hostname: Some("media-3".into()),
+            tailscale_auth_key: Some(AuthKey::new("tskey-auth-abc123")),
+            tailscale_tags: vec!["tag:lab".into()],
+            ssh_authorized_keys: vec![KEY.into()],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = full();
+        assert_eq!(Seed::from_toml(&s.to_toml()).unwrap(), s);
+        assert_eq!(Seed::from_toml("").unwrap(), Seed::default());
+        // What an operator finds on the boot partition.
+        assert_eq!(
+            s.to_toml(),
+            format!(
+                "hostname = \"media-3\"\ntailscale_auth_key = \"tskey-auth-abc123\"\ntailscale_tags = [\"tag:lab\"]\nssh_authorized_keys = [\"{KEY}\"]\n"
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let e = Seed::from_toml("hostname = 'a'\nauthkey = 'x'\n").unwrap_err();
+        assert!(e.to_string().contains("authkey"), "{e}");
+        let e = Seed::from_toml("hostname = 'bad_name'\n").unwrap_err();
+        assert!(e.to_string().contains("bad_name"), "{e}");
+        let e = Seed::from_toml("ssh_authorized_keys = ['ssh-ed25519 nope']\n").unwrap_err();
+        assert!(e.to_string().contains("ssh_authorized_keys[0]"), "{e}");
+        let e = Seed::from_toml("tailscale_tags = ['lab']\n").unwrap_err();
+        assert!(e.to_string().contains("tag:name"), "{e}");
+    }
+
+    #[test]
+    fn debug_and_without_secrets_hide_the_key() {
+        let s = full();
+        assert!(!format!("{s:?}").contains("tskey-auth"));
+        let clean = s.without_secrets().to_toml();
+        assert!(!clean.contains("tskey"), "{clean}");
+        assert!(clean.contains("media-3"));
+    }
+
+    #[test]
+    fn auth_key_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key");
+        std::fs::write(&p, "tskey-auth-abc\n").unwrap();
+        assert_eq!(AuthKey::from_file(&p).unwrap().expose(), "tskey-auth-abc");
+        std::fs::write(&p, "tskey-a\ntskey-b\n").unwrap();
+        let e = AuthKey::from_file(&p).unwrap_err();
+        assert!(e.contains("one key") && !e.contains("tskey-a"), "{e}");
+        assert!(AuthKey::from_file(&dir.path().join("nope")).is_err());
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(validate_hostname("a-1.example").is_ok());
+        for bad in ["", "-a", "a-", "a..b", "a b", &"x".repeat(64)] {
+            assert!(validate_hostname(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Grow the root partition and its ext4 filesystem to fill the disk, like
+//! cloud-utils' growpart + resize2fs. State first: the layout is read from
+//! /proc/self/mountinfo and /sys, the filesystem size from `dumpe2fs -h`,
+//! so a re-run after an interruption only does what is still missing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::{Ctx, Outcome};
+use crate::fsutil::under;
+use crate::runner::{Cmd, SpawnError};
+
+/// Less slack than this is "already full size" (partitions are 1 MiB
+/// aligned, so sfdisk would not grow by less anyway).
+const MIN_GROW_BYTES: u64 = 1 << 20;
+const SECTOR: u64 = 512;
+
+/// The root filesystem's place on its disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrowPlan {
+    /// Kernel names, e.g. `vda` and `vda2`, `mmcblk0` and `mmcblk0p2`.
+    pub disk: String,
+    pub part: String,
+    pub part_number: u32,
+    pub fstype: String,
+    /// GPT (backup header in the last 33 sectors) rather than MBR.
+    pub gpt: bool,
+    /// Partition size as the kernel sees it, as the on-disk table says
+    /// (larger after sfdisk ran but before partx told the kernel), and the
+    /// size it can grow to, in bytes.
+    pub part_bytes: u64,
+    pub table_bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// What `sfdisk --json` says about the disk: GPT or not, and the root
+/// partition's size in the on-disk table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableView {
+    pub gpt: bool,
+    pub part_sectors: Option<u64>,
+}
+
+impl GrowPlan {
+    pub fn disk_dev(&self) -> String {
+        format!("/dev/{}", self.disk)
+    }
+
+    pub fn part_dev(&self) -> String {
+        format!("/dev/{}", self.part)
+    }
+
+    /// The on-disk table still leaves room at the end.
+    pub fn can_grow(&self) -> bool {
+        self.max_bytes.saturating_sub(self.table_bytes) >= MIN_GROW_BYTES
+    }
+
+    /// The table was grown but the kernel still has the old size.
+    pub fn kernel_behind(&self) -> bool {
+        self.table_bytes.saturating_sub(self.part_bytes) >= MIN_GROW_BYTES
+    }
+}
+
+fn read_num(path: &Path) -> Result<u64> {
+    let s = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    s.trim()
+        .parse()
+        .with_context(|| format!("{}: not a number: {s:?}", path.display()))
+}
+
+/// Works out where root lives, or returns `Err(reason)` to skip (netboot
+/// root on tmpfs/overlay, not ext4, not the last partition …). `table`
+/// reads the partition table of (disk, partition) devices.
+pub fn plan_grow(
+    root: &Path,
+    table: impl Fn(&str, &str) -> Result<TableView>,
+) -> Result<Result<GrowPlan, String>> {
+    let mi_path = under(root, "/proc/self/mountinfo");
+    let mountinfo =
+        fs::read_to_string(&mi_path).with_context(|| format!("reading {}", mi_path.display()))?;
+    // The last "/" entry is the one on top (initramfs may have stacked).
+    let Some((majmin, fstype, source)) = mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let dash = f.iter().position(|x| *x == "-")?;
+        if f.get(4) != Some(&"/") {
+            return None;
+        }
+        Some((
+            f[2].to_string(),
+            f.get(dash + 1)?.to_string(),
+            f.get(dash + 2)?.to_string(),
+        ))
+    }) else {
+        bail!("no root mount in {}", mi_path.display());
+    };
+    if !matches!(fstype.as_str(), "ext4" | "ext3" | "ext2") {
+        return Ok(Err(format!(
+            "root is {fstype} on {source}: only ext2/3/4 on a partition is grown"
+        )));
+    }
+    let link = under(root, &format!("/sys/dev/block/{majmin}"));
+    let part_dir = match fs::canonicalize(&link) {
+        Ok(p) => p,
+        Err(_) => {
+            return Ok(Err(format!(
+                "root device {majmin} has no /sys/dev/block entry"
+            )))
+        }
+    };
+    if !part_dir.join("partition").exists() {
+        return Ok(Err(format!(
+            "root ({source}) is a whole device, not a partition"
+        )));
+    }
+    let disk_dir: PathBuf = part_dir
+        .parent()
+        .with_context(|| format!("{} has no parent disk", part_dir.display()))?
+        .to_path_buf();
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let (disk, part) = (name(&disk_dir), name(&part_dir));
+    let part_number = read_num(&part_dir.join("partition"))? as u32;
+    let start = read_num(&part_dir.join("start"))?;
+    let size = read_num(&part_dir.join("size"))?;
+    let disk_size = read_num(&disk_dir.join("size"))?;
+    for entry in
+        fs::read_dir(&disk_dir).with_context(|| format!("listing {}", disk_dir.display()))?
+    {
+        let p = entry
+            .with_context(|| format!("listing {}", disk_dir.display()))?
+            .path();
+        if p.join("partition").exists() && p != part_dir && read_num(&p.join("start"))? > start {
+            return Ok(Err(format!("{part} is not the last partition on {disk}")));
+        }
+    }
+    let view = table(&format!("/dev/{disk}"), &format!("/dev/{part}"))?;
+    let gpt = view.gpt;
+    let reserved = if gpt { 33 } else { 0 };
+    Ok(Ok(GrowPlan {
+        disk,
+        part,
+        part_number,
+        fstype,
+        gpt,
+        part_bytes: size.saturating_mul(SECTOR),
+        table_bytes: view.part_sectors.unwrap_or(size).saturating_mul(SECTOR),
+        max_bytes: disk_size
+            .saturating_sub(reserved)
+            .saturating_sub(start)
+            .saturating_mul(SECTOR),
+    }))
+}
+
+/// Reads the filesystem size from `dumpe2fs -h`.
+fn ext_fs_bytes(ctx: &Ctx<'_>, dev: &str) -> Result<u64> {
+    let out = ctx.runner.run(&Cmd::new("dumpe2fs").args(["-h", dev]))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("`dumpe2fs -h {dev}` printed no {name:?}"))?;
+        let v = line[name.len()..].trim();
+        v.parse()
+            .with_context(|| format!("`dumpe2fs -h {dev}`: bad {name:?} {v:?}"))
+    };
+    Ok(field("Block count:")?.saturating_mul(field("Block size:")?))
+}
+
+fn read_table(ctx: &Ctx<'_>, disk: &str, part: &str) -> Result<TableView> {
+    let out = ctx.runner.run(&Cmd::new("sfdisk").args(["--json", disk]))?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("parsing `sfdisk --json {disk}`"))?;
+    let t = &v["partitiontable"];
+    let part_sectors = t["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node"] == part)
+        .and_then(|p| p["size"].as_u64());
+    Ok(TableView {
+        gpt: t["label"] == "gpt",
+        part_sectors,
+    })
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+pub fn grow_root(ctx: &mut Ctx<'_>) -> Result<Outcome> {
+    match grow(ctx) {
+        Err(e) => match e.chain().find_map(|c| c.downcast_ref::<SpawnError>()) {
+            // A missing tool is an image defect; growing is not worth
+            // keeping the node from joining, so say so and go on.
+            Some(SpawnError::NotFound(prog)) => Ok(Outcome::Skipped(format!(
+                "cannot grow the root filesystem: `{prog}` is not installed in the image"
+            ))),
+            Some(SpawnError::Io { .. }) | None => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+fn grow(ctx: &mut Ctx<'_>) -> Result<Outcome> {
+    let plan = match plan_grow(ctx.root, |d, p| read_table(ctx, d, p))? {
+        Ok(p) => p,
+        Err(reason) => return Ok(Outcome::Skipped(reason)),
+    };
+    let (disk, part) = (plan.disk_dev(), plan.part_dev());
+    let mut did = Vec::new();
+    if plan.can_grow() {
+        // An image written to a bigger disk has its GPT backup header in
+        // the middle; move it to the end first or sfdisk cannot use the
+        // space. Idempotent, like the resize below.
+        if plan.gpt {
+            ctx.runner
+                .run(&Cmd::new("sfdisk").args(["--relocate", "gpt-bak-std", &disk]))?;
+        }
+        ctx.runner.run(
+            &Cmd::new("sfdisk")
+                .args(["--no-reread", "--no-tell-kernel", "-N"])
+                .arg(plan.part_number.to_string())
+                .arg(&disk)
+                .stdin(", +\n"),
+        )?;
+        did.push(format!(
+            "grew {part} from {} to {}",
+            gib(plan.table_bytes),
+            gib(plan.max_bytes)
+        ));
+    }
+    if plan.can_grow() || plan.kernel_behind() {
+        // Tell the kernel about the new size of the mounted partition.
+        ctx.runner.run(
+            &Cmd::new("partx")
+                .args(["-u", "--nr"])
+                .arg(plan.part_number.to_string())
+                .arg(&disk),
+        )?;
+        did.push(format!("told the kernel about the new size of {part}"));
+    }
+    // Re-read: the partition may have been grown by this or an earlier run.
+    let unchanged = |_: &str, _: &str| {
+        Ok(TableView {
+            gpt: plan.gpt,
+            part_sectors: None,
+        })
+    };
+    let part_bytes = match plan_grow(ctx.root, unchanged)? {
+        Ok(p) => p.part_bytes,
+        Err(reason) => bail!("root partition vanished after growing it: {reason}"),
+    };
+    let fs_bytes = ext_fs_bytes(ctx, &part)?;
+    if part_bytes.saturating_sub(fs_bytes) >= MIN_GROW_BYTES {
+        ctx.runner.run(&Cmd::new("resize2fs").arg(&part))?;
+        did.push(format!(
+            "resized {} from {} to {}",
+            plan.fstype,
+            gib(fs_bytes),
+            gib(part_bytes)
+        ));
+    }
+    Ok(if did.is_empty() {
+        Outcome::Skipped(format!(
+            "{part} and its {} already fill {disk} ({})",
+            plan.fstype,
+            gib(part_bytes)
+        ))
+    } else {
+        Outcome::Done(did.join("; "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake /proc + /sys for root on vda2 (start 2048, `size` sectors)
+    /// on a disk of `disk` sectors.
+    pub(crate) fn fake_layout(root: &Path, size: u64, disk: u64) {
+        let w = |p: &str, s: &str| {
+            let p = under(root, p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, s).unwrap();
+        };
+        w("/proc/self/mountinfo", "22 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n30 22 0:5 / /run rw - tmpfs tmpfs rw\n");
+        w("/sys/devices/virtual/vda/size", &format!("{disk}\n"));
+        w("/sys/devices/virtual/vda/vda1/partition", "1\n");
+        w("/sys/devices/virtual/vda/vda1/start", "34\n");
+        w("/sys/devices/virtual/vda/vda2/partition", "2\n");
+        w("/sys/devices/virtual/vda/vda2/start", "2048\n");
+        w("/sys/devices/virtual/vda/vda2/size", &format!("{size}\n"));
+        fs::create_dir_all(under(root, "/sys/dev/block")).unwrap();
+        let _ = std::os::unix::fs::symlink(
+            "../../devices/virtual/vda/vda2",
+            under(root, "/sys/dev/block/254:2"),
+        );
+    }
+
+    fn gpt(_: &str, _: &str) -> Result<TableView> {
+        Ok(TableView {
+            gpt: true,
+            part_sectors: None,
+        })
+    }
+
+    #[test]
+    fn plans_growth_for_the_last_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_layout(dir.path(), 2048 * 1024, 8 << 21);
+        let p = plan_grow(dir.path(), gpt).unwrap().unwrap();
+        assert_eq!(
+            (p.disk.as_str(), p.part.as_str(), p.part_number),
+            ("vda", "vda2", 2)
+        );
+        assert_eq!(p.max_bytes, ((8u64 << 21) - 33 - 2048) * 512);
+        assert!(p.can_grow());
+    }
+
+    #[test]
+    fn skips_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_layout(dir.path(), 2048 * 1024, 8 << 21);
+        let p = dir.path();
+        // Not the last partition.
+        fs::create_dir_all(p.join("sys/devices/virtual/vda/vda3")).unwrap();
+        fs::write(p.join("sys/devices/virtual/vda/vda3/partition"), "3").unwrap();
+        fs::write(p.join("sys/devices/virtual/vda/vda3/start"), "9999999").unwrap();
+        let r = plan_grow(p, gpt).unwrap().unwrap_err();
+        assert!(r.contains("not the last partition"), "{r}");
+        // Netboot: root on overlay.
+        fs::write(
+            p.join("proc/self/mountinfo"),
+            "1 0 0:30 / / rw - overlay overlay rw\n",
+        )
+        .unwrap();
+        let r = plan_grow(p, gpt).unwrap().unwrap_err();
+        assert!(r.contains("root is overlay"), "{r}");
+    }
+}

@@ -1,0 +1,148 @@
+//! The first-boot steps. Each is one function taking the step context and
+//! returning what it did or why it skipped; each must be idempotent, because
+//! an interrupted boot re-runs the step that was in progress.
+//!
+//! Adding a step (e.g. `Containers`, which loads the baked images and runs
+//! `docker compose up -d` per stack) means: one variant below, its place in
+//! [`Step::ALL`], its name in [`Step::name`], and one function called from
+//! [`Step::run`]; the compiler points at every match that needs it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::config::BakedConfig;
+use crate::runner::CommandRunner;
+use crate::seed::Seed;
+
+mod grow;
+mod network;
+mod scrub;
+mod system;
+mod tailnet;
+
+pub use grow::{plan_grow, GrowPlan};
+pub use tailnet::AUTHKEY_RUN_PATH;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Hostname,
+    GrowRoot,
+    SshHostKeys,
+    AuthorizedKeys,
+    Network,
+    Tailscale,
+    ScrubSecrets,
+    Complete,
+}
+
+impl Step {
+    /// Execution order.
+    pub const ALL: &'static [Step] = &[
+        Step::Hostname,
+        Step::GrowRoot,
+        Step::SshHostKeys,
+        Step::AuthorizedKeys,
+        Step::Network,
+        Step::Tailscale,
+        Step::ScrubSecrets,
+        Step::Complete,
+    ];
+
+    /// The name used in the journal, status.json and on the console.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Hostname => "hostname",
+            Step::GrowRoot => "grow-root",
+            Step::SshHostKeys => "ssh-host-keys",
+            Step::AuthorizedKeys => "authorized-keys",
+            Step::Network => "network",
+            Step::Tailscale => "tailscale",
+            Step::ScrubSecrets => "scrub-secrets",
+            Step::Complete => "complete",
+        }
+    }
+
+    pub fn run(self, ctx: &mut Ctx<'_>) -> Result<Outcome> {
+        match self {
+            Step::Hostname => system::hostname(ctx),
+            Step::GrowRoot => grow::grow_root(ctx),
+            Step::SshHostKeys => system::ssh_host_keys(ctx),
+            Step::AuthorizedKeys => system::authorized_keys(ctx),
+            Step::Network => network::wait_for_network(ctx),
+            Step::Tailscale => tailnet::join(ctx),
+            Step::ScrubSecrets => scrub::scrub_secrets(ctx),
+            Step::Complete => Ok(Outcome::Done("first boot finished".into())),
+        }
+    }
+}
+
+/// What a successful step reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done(String),
+    Skipped(String),
+}
+
+/// Where the seed came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedSource {
+    /// In-image absolute path on the boot partition.
+    File(String),
+    /// Netboot URL from the kernel command line.
+    Url(String),
+}
+
+impl std::fmt::Display for SeedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeedSource::File(p) => f.write_str(p),
+            SeedSource::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// Facts steps learn that status.json reports beside the step list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes {
+    pub tailscale_ip: Option<String>,
+    pub secrets: Option<String>,
+}
+
+/// Everything a step may use. Paths are in-image absolute paths resolved
+/// against `root` with [`crate::fsutil::under`].
+pub struct Ctx<'a> {
+    pub root: &'a Path,
+    /// True when `root` is the running system: only then does the agent
+    /// touch kernel state (sethostname) or file ownership.
+    pub live: bool,
+    pub runner: &'a dyn CommandRunner,
+    /// Injected so tests of bounded waits do not sleep.
+    pub sleep: &'a dyn Fn(Duration),
+    pub cfg: &'a BakedConfig,
+    pub seed: &'a Seed,
+    pub seed_source: Option<&'a SeedSource>,
+    /// Program used for the Tailscale CLI (`tailscale`, or a stand-in).
+    pub tailscale_bin: &'a str,
+    pub notes: Notes,
+}
+
+impl Ctx<'_> {
+    /// Hostname this node should have: the seed's, else the baked one.
+    pub fn hostname(&self) -> &str {
+        self.seed.hostname.as_deref().unwrap_or(&self.cfg.hostname)
+    }
+
+    /// Baked role tags plus the seed's extra tags, without duplicates.
+    pub fn tags(&self) -> Vec<String> {
+        let mut tags: Vec<String> = Vec::new();
+        let baked = self.cfg.tailscale.iter().flat_map(|t| t.tags.iter());
+        for t in baked.chain(self.seed.tailscale_tags.iter()) {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        tags
+    }
+}
