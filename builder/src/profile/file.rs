@@ -87,6 +87,10 @@ pub enum OutputFormat {
 pub struct TailscaleFile {
     pub tags: Vec<Spanned<String>>,
     pub timeout_secs: Option<u64>,
+    /// Install the stand-in `tailscale` CLI (tests only: the real client
+    /// cannot be installed on the build machines).
+    #[serde(default)]
+    pub standin: bool,
 }
 
 #[derive(Debug, Deserialize)]

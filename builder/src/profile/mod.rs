@@ -89,6 +89,7 @@ pub struct Disk {
 pub struct Tailscale {
     pub tags: Vec<String>,
     pub timeout_secs: u64,
+    pub standin: bool,
 }
 
 impl Profile {

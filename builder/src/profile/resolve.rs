@@ -209,6 +209,7 @@ impl Merged {
             self.tailscale = Some(Tailscale {
                 tags,
                 timeout_secs: t.timeout_secs.unwrap_or(DEFAULT_TAILSCALE_TIMEOUT),
+                standin: t.standin,
             });
         }
     }
