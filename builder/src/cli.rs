@@ -84,6 +84,9 @@ pub struct BuildArgs {
     /// First-boot agent binary to install (default: built from source).
     #[arg(long)]
     pub agent: Option<PathBuf>,
+    /// Build twice (the second time from scratch) and compare the images.
+    #[arg(long)]
+    pub verify_reproducible: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +270,31 @@ fn build_cmd(args: BuildArgs) -> Result<()> {
         no_cache: args.no_cache,
         agent: args.agent,
     };
+    if args.verify_reproducible {
+        let (result, check) = build::verify_reproducible(&plan, &opts)?;
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({"event": "reproducible", "result": result, "check": check})
+            ),
+            _ => println!(
+                "built {} twice: sha256 {} and {}",
+                result.image.display(),
+                check.first,
+                check.second
+            ),
+        }
+        if !check.identical {
+            bail!(
+                "the two builds differ (partitions: {})",
+                check.differing_partitions.join(", ")
+            );
+        }
+        if output == Output::Human {
+            println!("reproducible: the two images are identical");
+        }
+        return Ok(());
+    }
     let result = build::build(&plan, &opts)?;
     match output {
         Output::Json => println!(
