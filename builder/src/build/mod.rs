@@ -179,8 +179,6 @@ impl<'a> BuildContext<'a> {
     }
 }
 
-type StepFn<'f, 'a> = dyn FnMut(&mut BuildContext<'a>, &[StepReport]) -> Result<StepOutcome> + 'f;
-
 /// Runs steps in order, timing each and reporting its outcome.
 struct Steps {
     reporter: Reporter,
@@ -201,11 +199,10 @@ impl Steps {
     where
         F: FnMut(&mut BuildContext<'a>, &[StepReport]) -> Result<StepOutcome>,
     {
-        let f: &mut StepFn<'_, 'a> = &mut step;
         self.reporter
             .start(self.reports.len() + 1, self.total, name);
         let started = Instant::now();
-        match f(ctx, &self.reports) {
+        match step(ctx, &self.reports) {
             Ok(outcome) => {
                 let report = StepReport {
                     name: name.to_owned(),
