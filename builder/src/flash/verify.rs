@@ -1,0 +1,234 @@
+//! Reading a flashed target back, past the page cache, against the bmap.
+
+use super::buf::{AlignedBuf, ALIGN};
+use super::write::{plan_chunks, CHUNK};
+use crate::bmap::Bmap;
+use anyhow::{anyhow, Context, Result};
+use indicatif::ProgressBar;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::mpsc::{channel, sync_channel};
+use std::time::{Duration, Instant};
+
+/// One bmap range whose bytes on the target differ from the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRange {
+    pub first_block: u64,
+    pub last_block: u64,
+    pub bytes: Range<u64>,
+    pub expected: String,
+    pub actual: String,
+}
+
+/// The target does not hold what the bmap says was written.
+#[derive(Debug, thiserror::Error)]
+pub struct VerifyMismatch {
+    pub target: String,
+    pub ranges: Vec<BadRange>,
+}
+
+impl fmt::Display for VerifyMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} differs from the image in {} range(s):",
+            self.target,
+            self.ranges.len()
+        )?;
+        for r in self.ranges.iter().take(10) {
+            write!(
+                f,
+                "\n  bytes {}..{} (blocks {}-{}): read sha256 {}, expected {}",
+                r.bytes.start, r.bytes.end, r.first_block, r.last_block, r.actual, r.expected
+            )?;
+        }
+        if self.ranges.len() > 10 {
+            write!(f, "\n  ... and {} more", self.ranges.len() - 10)?;
+        }
+        write!(f, "\nthe card or stick may be failing or fake (smaller than it claims); flash again or use another one")
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct VerifyReport {
+    pub bytes: u64,
+    /// Ranges without a checksum in the bmap, so not checked.
+    pub unchecked_ranges: usize,
+    pub elapsed: Duration,
+}
+
+/// Opens `path` for reads that come from the device, not the page cache:
+/// O_DIRECT, or else flush and drop the cached pages first.
+pub fn open_uncached(path: &Path) -> Result<(File, bool)> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let f = File::open(path)
+                .with_context(|| format!("opening {} to verify", path.display()))?;
+            drop_cache(&f)
+                .with_context(|| format!("dropping cached pages of {}", path.display()))?;
+            Ok((f, false))
+        }
+        Err(e) => Err(e).with_context(|| format!("opening {} to verify", path.display())),
+    }
+}
+
+/// Writes back dirty pages and evicts the file's (or device's) page cache.
+pub fn drop_cache(f: &File) -> std::io::Result<()> {
+    f.sync_data()?;
+    let fd = f.as_raw_fd();
+    // SAFETY: advisory call on a valid fd.
+    let r = unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        return Err(std::io::Error::from_raw_os_error(r));
+    }
+    if f.metadata()?.file_type().is_block_device() {
+        // Block devices keep a buffer cache too; BLKFLSBUF empties it.
+        // SAFETY: BLKFLSBUF takes no argument.
+        unsafe { libc::ioctl(fd, BLKFLSBUF as _) };
+    }
+    Ok(())
+}
+
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
+/// Checks every mapped range of `bmap` on the target at `path`, except those
+/// overlapping `skip` (areas a seed stamp was allowed to change). All
+/// mismatching ranges are collected into a `VerifyMismatch` error.
+pub fn verify(
+    path: &Path,
+    bmap: &Bmap,
+    skip: &[Range<u64>],
+    progress: &ProgressBar,
+) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let (file, direct) = open_uncached(path)?;
+    let skipped = |i: usize| {
+        let b = bmap.byte_range(&bmap.ranges[i]);
+        skip.iter().any(|s| s.start < b.end && b.start < s.end)
+    };
+    let unchecked_ranges = bmap.ranges.iter().filter(|r| r.sha256.is_none()).count();
+    let plan: Vec<_> = plan_chunks(bmap, CHUNK as u64)
+        .into_iter()
+        .filter(|c| bmap.ranges[c.range].sha256.is_some() && !skipped(c.range))
+        .collect();
+    const BUFFERS: usize = 3;
+    let (full_tx, full_rx) = sync_channel::<(usize, AlignedBuf)>(BUFFERS);
+    let (empty_tx, empty_rx) = channel::<AlignedBuf>();
+    for _ in 0..BUFFERS {
+        empty_tx
+            .send(AlignedBuf::new(CHUNK))
+            .map_err(|_| anyhow!("buffer pool closed"))?;
+    }
+    let mut bad = Vec::new();
+    let mut bytes = 0u64;
+    std::thread::scope(|s| -> Result<()> {
+        let plan = &plan;
+        let file = &file;
+        let reader = s.spawn(move || -> Result<()> {
+            for (i, c) in plan.iter().enumerate() {
+                let Ok(mut buf) = empty_rx.recv() else {
+                    return Ok(());
+                };
+                let len = (c.end - c.start) as usize;
+                // O_DIRECT reads must be whole aligned blocks; the image may
+                // end mid-block, so read up to the boundary and keep `len`.
+                let want = if direct {
+                    len.div_ceil(ALIGN) * ALIGN
+                } else {
+                    len
+                };
+                buf.set_len(want);
+                let got = read_up_to(file, &mut buf, c.start).with_context(|| {
+                    format!(
+                        "reading back range {}..{} from {}",
+                        c.start,
+                        c.end,
+                        path.display()
+                    )
+                })?;
+                if got < len {
+                    return Err(anyhow!(
+                        "{} ends at byte {} before the image's range {}..{}",
+                        path.display(),
+                        c.start + got as u64,
+                        c.start,
+                        c.end
+                    ));
+                }
+                buf.set_len(len);
+                if full_tx.send((i, buf)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        let mut hasher = Sha256::new();
+        for (i, buf) in full_rx.iter() {
+            let c = &plan[i];
+            hasher.update(&buf[..]);
+            bytes += buf.len() as u64;
+            progress.inc(buf.len() as u64);
+            let _ = empty_tx.send(buf);
+            if !c.ends_range {
+                continue;
+            }
+            let r = &bmap.ranges[c.range];
+            let got: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
+            if let Some(want) = r.sha256.filter(|w| *w != got) {
+                bad.push(BadRange {
+                    first_block: r.first,
+                    last_block: r.last,
+                    bytes: bmap.byte_range(r),
+                    expected: hex::encode(want),
+                    actual: hex::encode(got),
+                });
+            }
+        }
+        reader
+            .join()
+            .map_err(|_| anyhow!("read-back thread panicked"))?
+    })?;
+    if !bad.is_empty() {
+        return Err(VerifyMismatch {
+            target: path.display().to_string(),
+            ranges: bad,
+        }
+        .into());
+    }
+    Ok(VerifyReport {
+        bytes,
+        unchecked_ranges,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Reads until `buf` is full or the end is reached; returns bytes read.
+fn read_up_to(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                // A short read means the end (and O_DIRECT could not go on
+                // from an unaligned offset anyway).
+                if n % ALIGN != 0 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
