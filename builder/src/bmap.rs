@@ -112,6 +112,19 @@ impl Bmap {
             major == "2" || version == "1.4",
             "bmap format version {version} is not supported (only 2.x)"
         );
+        let cs_type = doc.checksum_type.as_deref().map(str::trim).unwrap_or("");
+        ensure!(
+            cs_type == "sha256",
+            "checksum type {cs_type:?} is not supported (only sha256)"
+        );
+        // Before the fields, so a damaged file is reported as damaged.
+        let file_sum = doc
+            .file_checksum
+            .as_deref()
+            .map(str::trim)
+            .context("missing <BmapFileChecksum>")?;
+        verify_file_checksum(text, file_sum)?;
+
         let field = |name: &str, v: &Option<String>| -> Result<u64> {
             let v = v.as_deref().with_context(|| format!("missing <{name}>"))?;
             v.trim()
@@ -126,17 +139,6 @@ impl Bmap {
             block_size > 0 && block_size % 512 == 0,
             "block size {block_size} is not a multiple of 512"
         );
-        let cs_type = doc.checksum_type.as_deref().map(str::trim).unwrap_or("");
-        ensure!(
-            cs_type == "sha256",
-            "checksum type {cs_type:?} is not supported (only sha256)"
-        );
-        let file_sum = doc
-            .file_checksum
-            .as_deref()
-            .map(str::trim)
-            .context("missing <BmapFileChecksum>")?;
-        verify_file_checksum(text, file_sum)?;
 
         let bmap_ranges = doc
             .ranges
