@@ -24,7 +24,7 @@ use std::time::Duration;
 use verify::VerifyReport;
 use write::{Target, WriteReport};
 
-/// `nodeforge flash <image> <device>`.
+/// Write a node image to an SD card or USB stick (or a file) and read it back to verify.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FlashArgs {
     /// Image to write: .img, .img.zst or .img.xz.
