@@ -108,6 +108,6 @@ for where in file loop; do
     printf '   %-5s dd %.2f s, ' "$where" "${T[$where/dd]}"
     [ -n "${T[$where/bmaptool]:-}" ] && printf 'bmaptool %.2f s, ' "${T[$where/bmaptool]}"
     printf 'nodeforge %.2f s  ->  %.1fx faster than dd' "$nf" "$(echo "${T[$where/dd]} / $nf" | bc -l)"
-    [ -n "${T[$where/bmaptool]:-}" ] && printf ', %.2fx bmaptool' "$(echo "${T[$where/bmaptool]} / $nf" | bc -l)"
+    [ -n "${T[$where/bmaptool]:-}" ] && printf ', bmaptool/nodeforge %.2f' "$(echo "${T[$where/bmaptool]} / $nf" | bc -l)"
     echo
 done

@@ -25,10 +25,17 @@ fn main() -> anyhow::Result<()> {
     match (cli.cmd, cli.flash) {
         (Some(Cmd::MakeBmap { image, out }), _) => {
             let bmap = nodeforge::bmap::write_bmap(&image, &out)?;
-            eprintln!("{}: {} of {} bytes mapped", out.display(), bmap.mapped_bytes(), bmap.image_size);
+            eprintln!(
+                "{}: {} of {} bytes mapped",
+                out.display(),
+                bmap.mapped_bytes(),
+                bmap.image_size
+            );
             Ok(())
         }
         (None, Some(args)) => nodeforge::flash::run(&args),
-        (None, None) => anyhow::bail!("usage: flash IMAGE DEVICE [options] | flash make-bmap IMAGE OUT"),
+        (None, None) => {
+            anyhow::bail!("usage: flash IMAGE DEVICE [options] | flash make-bmap IMAGE OUT")
+        }
     }
 }

@@ -222,7 +222,7 @@ pub fn plan_chunks(bmap: &Bmap, max: u64) -> Vec<Chunk> {
     let size = bmap.image_size;
     let tail = size.saturating_sub(TABLE_ZONE) / ALIGN as u64 * ALIGN as u64;
     let zone = |off: u64| off < TABLE_ZONE || off >= tail;
-    let mut cuts = vec![TABLE_ZONE, tail];
+    let mut cuts = [TABLE_ZONE, tail];
     cuts.sort_unstable();
     let mut out = Vec::new();
     for (i, r) in bmap.ranges.iter().enumerate() {
