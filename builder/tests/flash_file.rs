@@ -300,3 +300,25 @@ fn bmap_lists_exactly_the_written_blocks() {
     assert_eq!(ranges, vec![(0, 0), (768, 769), (2304, 2815), (4096, 4096)]);
     assert!(bmap.ranges.iter().all(|r| r.sha256.is_some()));
 }
+
+#[test]
+fn image_ending_mid_block_is_written_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB + one sector: the last bmap block is 512 bytes long, so the
+    // final write and read-back cannot use O_DIRECT's whole blocks.
+    let image = make_image(
+        &dir.path().join("odd.img"),
+        16 * MIB + 512,
+        &[(3 * MIB, MIB), (16 * MIB - 4096, 4096)],
+    );
+    let bmap = bmap::write_bmap(&image, &dir.path().join("odd.img.bmap")).unwrap();
+    assert_eq!(
+        bmap.byte_range(bmap.ranges.last().unwrap()).end,
+        16 * MIB + 512
+    );
+    let target = dir.path().join("out.img");
+    let report = flash_with(&args(&image, &target), "", None).0.unwrap();
+    assert_eq!(report.verify.unwrap().bytes, bmap.mapped_bytes());
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 16 * MIB + 512);
+    assert_mapped_equal(&image, &target, &bmap);
+}

@@ -14,7 +14,7 @@ pub mod write;
 use crate::bmap::{self, Bmap};
 use anyhow::{bail, Context, Result};
 use device::{ImageFacts, TargetInfo, TargetKind};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use source::{Compression, ImageSource};
 use std::fs::File;
 use std::io::{BufRead, Write};
@@ -126,15 +126,25 @@ pub fn run_with(args: &FlashArgs, env: Env<'_>) -> Result<FlashReport> {
     }
 
     let mut target = Target::open(&args.device, info.kind, bmap.image_size)?;
-    let bar = progress(args.quiet, bmap.mapped_bytes(), "writing");
-    let write = write::write_image(&mut src, &bmap, &mut target, &bar)?;
-    bar.finish_and_clear();
-    let verify = if args.no_verify {
-        None
+    let bars = MultiProgress::with_draw_target(if args.quiet {
+        ProgressDrawTarget::hidden()
     } else {
-        Some(verify_step(args, &bmap, &[], "verifying")?)
+        ProgressDrawTarget::stderr()
+    });
+    let write_bar = bars.add(progress(bmap.mapped_bytes(), "writing"));
+    let (write, verify) = if args.no_verify {
+        (
+            write::write_image(&mut src, &bmap, &mut target, &write_bar)?,
+            None,
+        )
+    } else {
+        let verify_bar = bars.add(progress(bmap.mapped_bytes(), "verifying"));
+        let (w, v) =
+            verify::write_and_verify(&mut src, &bmap, &mut target, &write_bar, &verify_bar)?;
+        verify_bar.finish_and_clear();
+        (w, Some(v))
     };
-
+    write_bar.finish_and_clear();
     let mut reverify = None;
     if let Some(stamp) = env.stamp {
         let what = stamp.describe();
@@ -166,14 +176,14 @@ pub fn run_with(args: &FlashArgs, env: Env<'_>) -> Result<FlashReport> {
         match &verify {
             Some(v) if v.unchecked_ranges > 0 => writeln!(
                 out,
-                "Verified {} in {}; {} ranges have no checksum in the bmap and were not checked",
+                "Read back {} (done {} after the start); {} ranges have no checksum in the bmap and were not checked",
                 device::human(v.bytes),
                 secs(v.elapsed),
                 v.unchecked_ranges
             )?,
             Some(v) => writeln!(
                 out,
-                "Verified {} in {}: every mapped range matches the image",
+                "Read back {} (done {} after the start): every mapped range matches the image",
                 device::human(v.bytes),
                 secs(v.elapsed)
             )?,
@@ -193,7 +203,11 @@ fn verify_step(
     skip: &[Range<u64>],
     msg: &'static str,
 ) -> Result<VerifyReport> {
-    let bar = progress(args.quiet, bmap.mapped_bytes(), msg);
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        progress(bmap.mapped_bytes(), msg)
+    };
     let report = verify::verify(&args.device, bmap, skip, &bar)?;
     bar.finish_and_clear();
     Ok(report)
@@ -252,10 +266,7 @@ pub fn confirm(info: &TargetInfo, input: &mut dyn BufRead, out: &mut dyn Write) 
     }
 }
 
-fn progress(quiet: bool, total: u64, msg: &'static str) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
+fn progress(total: u64, msg: &'static str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
         "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",

@@ -1,7 +1,8 @@
 //! Reading a flashed target back, past the page cache, against the bmap.
 
 use super::buf::{AlignedBuf, ALIGN};
-use super::write::{plan_chunks, CHUNK};
+use super::source::ImageSource;
+use super::write::{self, plan_chunks, Target, WriteReport, CHUNK};
 use crate::bmap::Bmap;
 use anyhow::{anyhow, Context, Result};
 use indicatif::ProgressBar;
@@ -56,9 +57,11 @@ impl fmt::Display for VerifyMismatch {
 
 #[derive(Clone, Copy, Debug)]
 pub struct VerifyReport {
+    /// Bytes read back and checked.
     pub bytes: u64,
     /// Ranges without a checksum in the bmap, so not checked.
     pub unchecked_ranges: usize,
+    /// From the start of verifying (for `write_and_verify`, of writing).
     pub elapsed: Duration,
 }
 
@@ -112,14 +115,49 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let (file, direct) = open_uncached(path)?;
-    let skipped = |i: usize| {
+    let wanted = |i: usize| {
         let b = bmap.byte_range(&bmap.ranges[i]);
-        skip.iter().any(|s| s.start < b.end && b.start < s.end)
+        bmap.ranges[i].sha256.is_some() && !skip.iter().any(|s| s.start < b.end && b.start < s.end)
     };
+    let (bad, bytes) = check_ranges(path, &file, direct, bmap, &wanted, progress)?;
+    finish(path, bmap, bad, bytes, started)
+}
+
+fn finish(
+    path: &Path,
+    bmap: &Bmap,
+    bad: Vec<BadRange>,
+    bytes: u64,
+    started: Instant,
+) -> Result<VerifyReport> {
+    if !bad.is_empty() {
+        return Err(VerifyMismatch {
+            target: path.display().to_string(),
+            ranges: bad,
+        }
+        .into());
+    }
     let unchecked_ranges = bmap.ranges.iter().filter(|r| r.sha256.is_none()).count();
+    Ok(VerifyReport {
+        bytes,
+        unchecked_ranges,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Reads back and hashes the ranges `wanted` selects (one thread reads
+/// while this one hashes); returns the mismatches and the bytes read.
+fn check_ranges(
+    path: &Path,
+    file: &File,
+    direct: bool,
+    bmap: &Bmap,
+    wanted: &dyn Fn(usize) -> bool,
+    progress: &ProgressBar,
+) -> Result<(Vec<BadRange>, u64)> {
     let plan: Vec<_> = plan_chunks(bmap, CHUNK as u64)
         .into_iter()
-        .filter(|c| bmap.ranges[c.range].sha256.is_some() && !skipped(c.range))
+        .filter(|c| wanted(c.range))
         .collect();
     const BUFFERS: usize = 3;
     let (full_tx, full_rx) = sync_channel::<(usize, AlignedBuf)>(BUFFERS);
@@ -133,7 +171,6 @@ pub fn verify(
     let mut bytes = 0u64;
     std::thread::scope(|s| -> Result<()> {
         let plan = &plan;
-        let file = &file;
         let reader = s.spawn(move || -> Result<()> {
             for (i, c) in plan.iter().enumerate() {
                 let Ok(mut buf) = empty_rx.recv() else {
@@ -182,34 +219,116 @@ pub fn verify(
             if !c.ends_range {
                 continue;
             }
-            let r = &bmap.ranges[c.range];
             let got: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
-            if let Some(want) = r.sha256.filter(|w| *w != got) {
-                bad.push(BadRange {
-                    first_block: r.first,
-                    last_block: r.last,
-                    bytes: bmap.byte_range(r),
-                    expected: hex::encode(want),
-                    actual: hex::encode(got),
-                });
-            }
+            bad.extend(mismatch(bmap, c.range, got));
         }
         reader
             .join()
             .map_err(|_| anyhow!("read-back thread panicked"))?
     })?;
-    if !bad.is_empty() {
-        return Err(VerifyMismatch {
-            target: path.display().to_string(),
-            ranges: bad,
-        }
-        .into());
-    }
-    Ok(VerifyReport {
-        bytes,
-        unchecked_ranges,
-        elapsed: started.elapsed(),
+    Ok((bad, bytes))
+}
+
+/// The range's entry for a VerifyMismatch if `got` is not its checksum.
+fn mismatch(bmap: &Bmap, range: usize, got: [u8; 32]) -> Option<BadRange> {
+    let r = &bmap.ranges[range];
+    let want = r.sha256.filter(|w| *w != got)?;
+    Some(BadRange {
+        first_block: r.first,
+        last_block: r.last,
+        bytes: bmap.byte_range(r),
+        expected: hex::encode(want),
+        actual: hex::encode(got),
     })
+}
+
+/// Writes the image and verifies it at once: a second thread reads back
+/// (O_DIRECT) each chunk as soon as its direct write has completed, while
+/// later chunks are being written, so verifying costs little extra time.
+/// Ranges touching the deferred partition-table zones, or ending mid-block,
+/// are read back after the final write and sync. Targets without O_DIRECT
+/// are written first and then verified with `verify`.
+pub fn write_and_verify(
+    src: &mut ImageSource,
+    bmap: &Bmap,
+    target: &mut Target,
+    write_bar: &ProgressBar,
+    verify_bar: &ProgressBar,
+) -> Result<(WriteReport, VerifyReport)> {
+    let started = Instant::now();
+    let path = target.path().to_path_buf();
+    let (file, direct) = open_uncached(&path)?;
+    if !direct {
+        drop(file);
+        let w = write::write_image(src, bmap, target, write_bar)?;
+        return Ok((w, verify(&path, bmap, &[], verify_bar)?));
+    }
+    let plan = plan_chunks(bmap, CHUNK as u64);
+    let mut follow: Vec<bool> = bmap.ranges.iter().map(|r| r.sha256.is_some()).collect();
+    for c in &plan {
+        if c.deferred || c.start % ALIGN as u64 != 0 || (c.end - c.start) % ALIGN as u64 != 0 {
+            follow[c.range] = false;
+        }
+    }
+    let (tx, rx) = channel::<usize>();
+    let (write, mut bad, mut bytes) = std::thread::scope(|s| -> Result<_> {
+        let (file, plan, follow, path) = (&file, &plan, &follow, &path);
+        let follower = s.spawn(move || -> Result<(Vec<BadRange>, u64)> {
+            let mut buf = AlignedBuf::new(CHUNK);
+            let mut hasher = Sha256::new();
+            let (mut bad, mut bytes) = (Vec::new(), 0u64);
+            for i in rx.iter() {
+                let c = &plan[i];
+                buf.set_len((c.end - c.start) as usize);
+                let got = read_up_to(file, &mut buf, c.start).with_context(|| {
+                    format!(
+                        "reading back range {}..{} from {}",
+                        c.start,
+                        c.end,
+                        path.display()
+                    )
+                })?;
+                if got < buf.len() {
+                    return Err(anyhow!(
+                        "{} ends at byte {} before the image's range {}..{}",
+                        path.display(),
+                        c.start + got as u64,
+                        c.start,
+                        c.end
+                    ));
+                }
+                hasher.update(&buf[..]);
+                bytes += buf.len() as u64;
+                verify_bar.inc(buf.len() as u64);
+                if c.ends_range {
+                    bad.extend(mismatch(
+                        bmap,
+                        c.range,
+                        std::mem::take(&mut hasher).finalize().into(),
+                    ));
+                }
+            }
+            Ok((bad, bytes))
+        });
+        let write = write::write_planned(src, bmap, plan, target, write_bar, &mut |i| {
+            if follow[plan[i].range] {
+                let _ = tx.send(i);
+            }
+        });
+        drop(tx);
+        let followed = follower
+            .join()
+            .map_err(|_| anyhow!("read-back thread panicked"))?;
+        let write = write?;
+        let (bad, bytes) = followed?;
+        Ok((write, bad, bytes))
+    })?;
+    let rest = |i: usize| !follow[i] && bmap.ranges[i].sha256.is_some();
+    let (more_bad, more_bytes) = check_ranges(&path, &file, direct, bmap, &rest, verify_bar)?;
+    bad.extend(more_bad);
+    bad.sort_by_key(|b| b.first_block);
+    bytes += more_bytes;
+    finish(&path, bmap, bad, bytes, started).map(|v| (write, v))
 }
 
 /// Reads until `buf` is full or the end is reached; returns bytes read.

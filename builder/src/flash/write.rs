@@ -173,7 +173,9 @@ impl Target {
     /// interrupted flash leaves no old partition table that looks valid.
     pub fn wipe_tables(&mut self) -> Result<()> {
         let size = self.size()?;
-        let zeros = AlignedBuf::new(TABLE_ZONE as usize);
+        // The tail zone starts on a block boundary, so it can be up to one
+        // block longer than TABLE_ZONE when the size is not block-aligned.
+        let zeros = AlignedBuf::new(TABLE_ZONE as usize + ALIGN);
         let head = TABLE_ZONE.min(size);
         self.write_at(0, &zeros[..head as usize])?;
         let tail_start = size.saturating_sub(TABLE_ZONE) / ALIGN as u64 * ALIGN as u64;
@@ -261,6 +263,21 @@ pub fn write_image(
     target: &mut Target,
     progress: &ProgressBar,
 ) -> Result<WriteReport> {
+    let plan = plan_chunks(bmap, CHUNK as u64);
+    write_planned(src, bmap, &plan, target, progress, &mut |_| {})
+}
+
+/// `write_image` over a given plan; `written(i)` is called after chunk
+/// `plan[i]` went to the target directly (not for the deferred table
+/// zones), so a verifier can read it back while later chunks are written.
+pub fn write_planned(
+    src: &mut ImageSource,
+    bmap: &Bmap,
+    plan: &[Chunk],
+    target: &mut Target,
+    progress: &ProgressBar,
+    written_chunk: &mut dyn FnMut(usize),
+) -> Result<WriteReport> {
     let started = Instant::now();
     if let Some(size) = src.known_size()? {
         if size != bmap.image_size {
@@ -268,7 +285,6 @@ pub fn write_image(
         }
     }
     target.wipe_tables()?;
-    let plan = plan_chunks(bmap, CHUNK as u64);
     let (full_tx, full_rx) = sync_channel::<(usize, AlignedBuf)>(BUFFERS);
     let (empty_tx, empty_rx) = channel::<AlignedBuf>();
     for _ in 0..BUFFERS {
@@ -280,7 +296,6 @@ pub fn write_image(
     let mut written = 0u64;
     let mut since_sync = 0u64;
     std::thread::scope(|s| -> Result<()> {
-        let plan = &plan;
         let reader = s.spawn(move || -> Result<()> {
             let mut hasher = Sha256::new();
             for (i, c) in plan.iter().enumerate() {
@@ -316,6 +331,7 @@ pub fn write_image(
                     deferred.push((c.start, copy));
                 } else {
                     target.write_at(c.start, &buf)?;
+                    written_chunk(i);
                     since_sync += buf.len() as u64;
                     if since_sync >= SYNC_EVERY {
                         target.sync()?;
