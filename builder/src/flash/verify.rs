@@ -2,18 +2,19 @@
 
 use super::buf::{AlignedBuf, ALIGN};
 use super::source::ImageSource;
-use super::write::{self, plan_chunks, Target, WriteReport, CHUNK};
+use super::write::{self, plan_chunks, Chunk, Hooks, Target, WriteReport, CHUNK};
 use crate::bmap::Bmap;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc::{channel, sync_channel};
+use std::sync::mpsc::{channel, sync_channel, Receiver};
 use std::time::{Duration, Instant};
 
 /// One bmap range whose bytes on the target differ from the image.
@@ -245,9 +246,9 @@ fn mismatch(bmap: &Bmap, range: usize, got: [u8; 32]) -> Option<BadRange> {
 /// Writes the image and verifies it at once: a second thread reads back
 /// (O_DIRECT) each chunk as soon as its direct write has completed, while
 /// later chunks are being written, so verifying costs little extra time.
-/// Ranges touching the deferred partition-table zones, or ending mid-block,
-/// are read back after the final write and sync. Targets without O_DIRECT
-/// are written first and then verified with `verify`.
+/// The partition tables are written only after that read-back passed.
+/// Ranges touching the table zones, or ending mid-block, are read back after
+/// the final sync. Targets without O_DIRECT are written, then `verify`d.
 pub fn write_and_verify(
     src: &mut ImageSource,
     bmap: &Bmap,
@@ -270,65 +271,135 @@ pub fn write_and_verify(
             follow[c.range] = false;
         }
     }
+    // The read-back proves each followed range, so hashing the source too
+    // would only say whom to blame; a raw image can be re-read for that
+    // after a failure, a compressed stream cannot, so it is hashed as read.
+    let random_access = src.known_size()?.is_some();
+    let check_source = |i: usize| !random_access || !follow[i];
+
     let (tx, rx) = channel::<usize>();
-    let (write, mut bad, mut bytes) = std::thread::scope(|s| -> Result<_> {
-        let (file, plan, follow, path) = (&file, &plan, &follow, &path);
-        let follower = s.spawn(move || -> Result<(Vec<BadRange>, u64)> {
-            let mut buf = AlignedBuf::new(CHUNK);
-            let mut hasher = Sha256::new();
-            let (mut bad, mut bytes) = (Vec::new(), 0u64);
-            for i in rx.iter() {
-                let c = &plan[i];
-                buf.set_len((c.end - c.start) as usize);
-                let got = read_up_to(file, &mut buf, c.start).with_context(|| {
-                    format!(
-                        "reading back range {}..{} from {}",
-                        c.start,
-                        c.end,
-                        path.display()
-                    )
-                })?;
-                if got < buf.len() {
-                    return Err(anyhow!(
-                        "{} ends at byte {} before the image's range {}..{}",
-                        path.display(),
-                        c.start + got as u64,
-                        c.start,
-                        c.end
-                    ));
-                }
-                hasher.update(&buf[..]);
-                bytes += buf.len() as u64;
-                verify_bar.inc(buf.len() as u64);
-                if c.ends_range {
-                    bad.extend(mismatch(
-                        bmap,
-                        c.range,
-                        std::mem::take(&mut hasher).finalize().into(),
-                    ));
-                }
+    let tx = RefCell::new(Some(tx));
+    let outcome: RefCell<(Vec<BadRange>, u64)> = RefCell::new((Vec::new(), 0));
+    let written = std::thread::scope(|s| -> Result<WriteReport> {
+        let (file, plan_ref, path_ref) = (&file, &plan, &path);
+        let handle = s.spawn(move || follow_writes(path_ref, file, bmap, plan_ref, rx, verify_bar));
+        let handle = RefCell::new(Some(handle));
+        let join = || -> Result<()> {
+            tx.borrow_mut().take();
+            if let Some(h) = handle.borrow_mut().take() {
+                *outcome.borrow_mut() = h
+                    .join()
+                    .map_err(|_| anyhow!("read-back thread panicked"))??;
             }
-            Ok((bad, bytes))
-        });
-        let write = write::write_planned(src, bmap, plan, target, write_bar, &mut |i| {
-            if follow[plan[i].range] {
-                let _ = tx.send(i);
-            }
-        });
-        drop(tx);
-        let followed = follower
-            .join()
-            .map_err(|_| anyhow!("read-back thread panicked"))?;
-        let write = write?;
-        let (bad, bytes) = followed?;
-        Ok((write, bad, bytes))
-    })?;
+            Ok(())
+        };
+        let hooks = Hooks {
+            check_source: &check_source,
+            written: &mut |i| {
+                if let (true, Some(tx)) = (follow[plan[i].range], tx.borrow().as_ref()) {
+                    let _ = tx.send(i);
+                }
+            },
+            before_tables: &mut || {
+                join()?;
+                let bad = &outcome.borrow().0;
+                if bad.is_empty() {
+                    return Ok(());
+                }
+                Err(anyhow::Error::new(VerifyMismatch { target: path.display().to_string(), ranges: bad.clone() })
+                    .context("read-back failed, so no partition table was written (the target will not boot half-written)"))
+            },
+        };
+        let w = write::write_planned(src, bmap, &plan, target, write_bar, hooks);
+        let joined = join();
+        let w = w?;
+        joined?;
+        Ok(w)
+    });
+    let (mut bad, mut bytes) = outcome.into_inner();
+    if !bad.is_empty() {
+        blame_image(src, bmap, &bad)?;
+    }
+    let write = written?;
     let rest = |i: usize| !follow[i] && bmap.ranges[i].sha256.is_some();
     let (more_bad, more_bytes) = check_ranges(&path, &file, direct, bmap, &rest, verify_bar)?;
+    blame_image(src, bmap, &more_bad)?;
     bad.extend(more_bad);
-    bad.sort_by_key(|b| b.first_block);
     bytes += more_bytes;
     finish(&path, bmap, bad, bytes, started).map(|v| (write, v))
+}
+
+/// Reads back, in order, the chunks the writer reports as written.
+fn follow_writes(
+    path: &Path,
+    file: &File,
+    bmap: &Bmap,
+    plan: &[Chunk],
+    rx: Receiver<usize>,
+    progress: &ProgressBar,
+) -> Result<(Vec<BadRange>, u64)> {
+    let mut buf = AlignedBuf::new(CHUNK);
+    let mut hasher = Sha256::new();
+    let (mut bad, mut bytes) = (Vec::new(), 0u64);
+    for i in rx.iter() {
+        let c = &plan[i];
+        buf.set_len((c.end - c.start) as usize);
+        let got = read_up_to(file, &mut buf, c.start).with_context(|| {
+            format!(
+                "reading back range {}..{} from {}",
+                c.start,
+                c.end,
+                path.display()
+            )
+        })?;
+        if got < buf.len() {
+            bail!(
+                "{} ends at byte {} before the image's range {}..{}",
+                path.display(),
+                c.start + got as u64,
+                c.start,
+                c.end
+            );
+        }
+        hasher.update(&buf[..]);
+        bytes += buf.len() as u64;
+        progress.inc(buf.len() as u64);
+        if c.ends_range {
+            bad.extend(mismatch(
+                bmap,
+                c.range,
+                std::mem::take(&mut hasher).finalize().into(),
+            ));
+        }
+    }
+    Ok((bad, bytes))
+}
+
+/// After a read-back mismatch: if the image itself does not match its bmap
+/// there, say so (the card is not to blame).
+fn blame_image(src: &mut ImageSource, bmap: &Bmap, bad: &[BadRange]) -> Result<()> {
+    if src.known_size()?.is_none() {
+        return Ok(());
+    }
+    let mut buf = AlignedBuf::new(CHUNK);
+    for b in bad {
+        let Some(i) = bmap.ranges.iter().position(|r| r.first == b.first_block) else {
+            continue;
+        };
+        let mut hasher = Sha256::new();
+        let mut pos = b.bytes.start;
+        while pos < b.bytes.end {
+            let n = ((b.bytes.end - pos) as usize).min(CHUNK);
+            buf.set_len(n);
+            src.read_at(pos, &mut buf)?;
+            hasher.update(&buf[..]);
+            pos += n as u64;
+        }
+        if let Some(e) = write::image_mismatch(src.path(), bmap, i, hasher.finalize().into()) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the end is reached; returns bytes read.

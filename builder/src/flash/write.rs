@@ -264,19 +264,51 @@ pub fn write_image(
     progress: &ProgressBar,
 ) -> Result<WriteReport> {
     let plan = plan_chunks(bmap, CHUNK as u64);
-    write_planned(src, bmap, &plan, target, progress, &mut |_| {})
+    let hooks = Hooks {
+        check_source: &|_| true,
+        written: &mut |_| {},
+        before_tables: &mut || Ok(()),
+    };
+    write_planned(src, bmap, &plan, target, progress, hooks)
 }
 
-/// `write_image` over a given plan; `written(i)` is called after chunk
-/// `plan[i]` went to the target directly (not for the deferred table
-/// zones), so a verifier can read it back while later chunks are written.
+/// How a verifier rides along with `write_planned`.
+pub struct Hooks<'a> {
+    /// Whether to check range `i` of the source against the bmap while
+    /// reading it. Ranges in the table zones are always checked, so that
+    /// what is written last is known good before it is written.
+    pub check_source: &'a (dyn Fn(usize) -> bool + Sync),
+    /// Called after chunk `plan[i]` (outside the table zones) is written.
+    pub written: &'a mut dyn FnMut(usize),
+    /// Called after everything but the table zones is written and synced;
+    /// an error here stops the flash before any partition table is written.
+    pub before_tables: &'a mut dyn FnMut() -> Result<()>,
+}
+
+/// The error for an image range whose bytes do not hash to the bmap's value.
+pub fn image_mismatch(
+    image: &Path,
+    bmap: &Bmap,
+    range: usize,
+    got: [u8; 32],
+) -> Option<anyhow::Error> {
+    let r = &bmap.ranges[range];
+    let want = r.sha256.filter(|w| *w != got)?;
+    let span = bmap.byte_range(r);
+    Some(anyhow!(
+        "{} does not match its bmap: blocks {}-{} (bytes {}..{}) hash to {}, the bmap says {}; the image or the bmap is damaged, or they are from different builds",
+        image.display(), r.first, r.last, span.start, span.end, hex::encode(got), hex::encode(want)
+    ))
+}
+
+/// `write_image` over a given plan, with hooks for a verifier.
 pub fn write_planned(
     src: &mut ImageSource,
     bmap: &Bmap,
     plan: &[Chunk],
     target: &mut Target,
     progress: &ProgressBar,
-    written_chunk: &mut dyn FnMut(usize),
+    hooks: Hooks<'_>,
 ) -> Result<WriteReport> {
     let started = Instant::now();
     if let Some(size) = src.known_size()? {
@@ -285,6 +317,11 @@ pub fn write_planned(
         }
     }
     target.wipe_tables()?;
+    let mut in_zone = vec![false; bmap.ranges.len()];
+    for c in plan.iter().filter(|c| c.deferred) {
+        in_zone[c.range] = true;
+    }
+    let check = |i: usize| in_zone[i] || (hooks.check_source)(i);
     let (full_tx, full_rx) = sync_channel::<(usize, AlignedBuf)>(BUFFERS);
     let (empty_tx, empty_rx) = channel::<AlignedBuf>();
     for _ in 0..BUFFERS {
@@ -296,23 +333,23 @@ pub fn write_planned(
     let mut written = 0u64;
     let mut since_sync = 0u64;
     std::thread::scope(|s| -> Result<()> {
+        let check = &check;
         let reader = s.spawn(move || -> Result<()> {
             let mut hasher = Sha256::new();
             for (i, c) in plan.iter().enumerate() {
                 // The writer dropped its end: it failed and reports why.
-                let Ok(mut buf) = empty_rx.recv() else { return Ok(()) };
+                let Ok(mut buf) = empty_rx.recv() else {
+                    return Ok(());
+                };
                 buf.set_len((c.end - c.start) as usize);
                 src.read_at(c.start, &mut buf)?;
-                hasher.update(&buf[..]);
-                if c.ends_range {
-                    let r = &bmap.ranges[c.range];
-                    let got: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
-                    if let Some(want) = r.sha256.filter(|w| *w != got) {
-                        let span = bmap.byte_range(r);
-                        bail!(
-                            "{} does not match its bmap: blocks {}-{} (bytes {}..{}) hash to {}, the bmap says {}; the image or the bmap is damaged, or they are from different builds",
-                            src.path().display(), r.first, r.last, span.start, span.end, hex::encode(got), hex::encode(want)
-                        );
+                if check(c.range) {
+                    hasher.update(&buf[..]);
+                    if c.ends_range {
+                        let got = std::mem::take(&mut hasher).finalize().into();
+                        if let Some(e) = image_mismatch(src.path(), bmap, c.range, got) {
+                            return Err(e);
+                        }
                     }
                 }
                 if full_tx.send((i, buf)).is_err() {
@@ -331,7 +368,7 @@ pub fn write_planned(
                     deferred.push((c.start, copy));
                 } else {
                     target.write_at(c.start, &buf)?;
-                    written_chunk(i);
+                    (hooks.written)(i);
                     since_sync += buf.len() as u64;
                     if since_sync >= SYNC_EVERY {
                         target.sync()?;
@@ -351,6 +388,7 @@ pub fn write_planned(
         read.and(result)
     })?;
     target.sync()?;
+    (hooks.before_tables)()?;
     // Backup GPT first, then the primary table / MBR, sector 0 very last.
     deferred.sort_by_key(|(off, _)| std::cmp::Reverse(*off));
     for (off, buf) in &deferred {
