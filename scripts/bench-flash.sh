@@ -8,12 +8,15 @@
 # Env:   BENCH_DIR   scratch directory (default: a new one under /var/tmp);
 #                    needs ~18 GiB free, removed afterwards
 #        IMAGE_GIB   image size (default 8), EXTENTS (36), EXTENT_MIB (42)
+#        ROUNDS      runs of nodeforge and bmaptool, interleaved; the median
+#                    counts (default 3; dd runs once, it is far slower)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 IMAGE_GIB=${IMAGE_GIB:-8}
 EXTENTS=${EXTENTS:-36}
 EXTENT_MIB=${EXTENT_MIB:-42}
+ROUNDS=${ROUNDS:-3}
 dir=${BENCH_DIR:-$(mktemp -d /var/tmp/bench-flash.XXXXXX)}
 mkdir -p "$dir"
 loopdev=""
@@ -57,17 +60,21 @@ command -v bmaptool >/dev/null || { have_bmaptool=0; echo "   (bmaptool not inst
 now() { date +%s.%N; }
 declare -A T
 
-# time_run KEY CMD...: runs CMD on a fresh target, records seconds.
+# time_run KEY CMD...: times CMD (on a target made fresh just before) and
+# appends the seconds to T[KEY].
 time_run() {
     local key=$1; shift
-    sync
-    local t0 t1
+    sync; sleep 1
+    local t0 t1 dt
     t0=$(now)
     "$@" >/dev/null 2>"$dir/err" || { echo "$key failed:"; cat "$dir/err"; exit 1; }
     t1=$(now)
-    T[$key]=$(echo "$t1 - $t0" | bc)
-    printf '   %-22s %7.2f s\n' "$key" "${T[$key]}"
+    dt=$(echo "$t1 - $t0" | bc)
+    T[$key]="${T[$key]:-} $dt"
+    printf '   %-22s %7.2f s\n' "$key" "$dt"
 }
+
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 fresh_file() { rm -f "$dir/target.img"; }
 fresh_loop() {
@@ -79,10 +86,12 @@ fresh_loop() {
 
 echo "== to a regular file"
 fresh_file; time_run file/dd dd if="$img" of="$dir/target.img" bs=4M conv=fsync
-if [ $have_bmaptool = 1 ]; then
-    fresh_file; time_run file/bmaptool bmaptool copy --bmap "$img.bmap" "$img" "$dir/target.img"
-fi
-fresh_file; time_run file/nodeforge "$flash" "$img" "$dir/target.img" --yes --quiet
+for r in $(seq "$ROUNDS"); do
+    if [ $have_bmaptool = 1 ]; then
+        fresh_file; time_run file/bmaptool bmaptool copy --bmap "$img.bmap" "$img" "$dir/target.img"
+    fi
+    fresh_file; time_run file/nodeforge "$flash" "$img" "$dir/target.img" --yes --quiet
+done
 cmp -n $((IMAGE_GIB << 30)) "$img" "$dir/target.img" && echo "   (nodeforge's file target is byte-identical to the image)"
 fresh_file
 
@@ -93,21 +102,24 @@ fi
 if [ $loop = 1 ]; then
     echo "== to a loop device"
     fresh_loop; time_run loop/dd dd if="$img" of="$loopdev" bs=4M conv=fsync
-    if [ $have_bmaptool = 1 ]; then
-        fresh_loop; time_run loop/bmaptool bmaptool copy --bmap "$img.bmap" "$img" "$loopdev"
-    fi
-    # Loop devices are not removable: --force.
-    fresh_loop; time_run loop/nodeforge "$flash" "$img" "$loopdev" --yes --force --quiet
+    for r in $(seq "$ROUNDS"); do
+        if [ $have_bmaptool = 1 ]; then
+            fresh_loop; time_run loop/bmaptool bmaptool copy --bmap "$img.bmap" "$img" "$loopdev"
+        fi
+        # Loop devices are not removable: --force.
+        fresh_loop; time_run loop/nodeforge "$flash" "$img" "$loopdev" --yes --force --quiet
+    done
     losetup -d "$loopdev"; loopdev=""
 fi
 
-echo "== results (nodeforge verifies by reading back; bmaptool checks while copying; dd does neither)"
+echo "== results, medians of $ROUNDS (nodeforge reads everything back to verify; bmaptool checks the image while copying; dd checks nothing)"
 for where in file loop; do
     [ -n "${T[$where/nodeforge]:-}" ] || continue
-    nf=${T[$where/nodeforge]}
-    printf '   %-5s dd %.2f s, ' "$where" "${T[$where/dd]}"
-    [ -n "${T[$where/bmaptool]:-}" ] && printf 'bmaptool %.2f s, ' "${T[$where/bmaptool]}"
-    printf 'nodeforge %.2f s  ->  %.1fx faster than dd' "$nf" "$(echo "${T[$where/dd]} / $nf" | bc -l)"
-    [ -n "${T[$where/bmaptool]:-}" ] && printf ', bmaptool/nodeforge %.2f' "$(echo "${T[$where/bmaptool]} / $nf" | bc -l)"
+    nf=$(median "${T[$where/nodeforge]}")
+    dd_t=$(median "${T[$where/dd]}")
+    printf '   %-5s dd %.2f s, ' "$where" "$dd_t"
+    if [ -n "${T[$where/bmaptool]:-}" ]; then bt=$(median "${T[$where/bmaptool]}"); printf 'bmaptool %.2f s, ' "$bt"; fi
+    printf 'nodeforge %.2f s  ->  %.1fx faster than dd' "$nf" "$(echo "$dd_t / $nf" | bc -l)"
+    [ -n "${T[$where/bmaptool]:-}" ] && printf ', bmaptool/nodeforge %.2f' "$(echo "$bt / $nf" | bc -l)"
     echo
 done
