@@ -322,3 +322,19 @@ fn image_ending_mid_block_is_written_and_verified() {
     assert_eq!(std::fs::metadata(&target).unwrap().len(), 16 * MIB + 512);
     assert_mapped_equal(&image, &target, &bmap);
 }
+
+#[test]
+fn missing_device_is_not_created_as_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = standard_image(dir.path());
+    let missing = std::path::Path::new("/dev/nodeforge-test-no-such-disk");
+    let err = flash_with(&args(&image, missing), "", None).0.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<SafetyRefusal>(),
+            Some(SafetyRefusal::NoSuchDevice { .. })
+        ),
+        "{err:#}"
+    );
+    assert!(!missing.exists());
+}

@@ -143,6 +143,8 @@ pub enum SafetyRefusal {
     NotRemovable { device: String, model: String },
     #[error("{device} is the image itself; write to another file or device")]
     SameAsImage { device: String },
+    #[error("{device} does not exist; is the card plugged in? `lsblk` lists the disks")]
+    NoSuchDevice { device: String },
 }
 
 /// What the image needs from its target.
@@ -233,12 +235,27 @@ pub fn inspect(root: &Path, target: &Path) -> Result<TargetInfo> {
             inspect_block(root, target, DevNum::from_rdev(m.rdev()))
         }
         Some(m) if m.is_file() => inspect_file(target, Some(&m)),
+        // A mistyped device name must not become a multi-GiB file in RAM.
+        None if under_dev(target) => Err(SafetyRefusal::NoSuchDevice {
+            device: target.display().to_string(),
+        }
+        .into()),
         None => inspect_file(target, None),
         Some(_) => bail!(
             "{} is neither a block device nor a regular file",
             target.display()
         ),
     }
+}
+
+fn under_dev(target: &Path) -> bool {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::canonicalize(parent)
+        .map(|p| p.starts_with("/dev"))
+        .unwrap_or(false)
 }
 
 fn inspect_file(target: &Path, meta: Option<&fs::Metadata>) -> Result<TargetInfo> {
