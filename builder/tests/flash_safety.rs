@@ -168,3 +168,36 @@ fn unknown_device_number_is_an_error_naming_it() {
     let msg = format!("{err:#}");
     assert!(msg.contains("8:240") && msg.contains("/dev/sdz"), "{msg}");
 }
+
+#[test]
+fn sd_card_in_a_built_in_slot_counts_as_removable() {
+    let info = inspect("machine", "mmcblk1", 179, 8);
+    assert!(info.removable);
+    assert_eq!(refusal(&info, false), None);
+}
+
+#[test]
+fn file_target_needs_room_for_the_mapped_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = device::inspect(&root("machine"), &dir.path().join("new.img")).unwrap();
+    let room = info.room.expect("files report free space");
+    let fits = ImageFacts {
+        size: 64 * GIB,
+        mapped_bytes: room / 2,
+        file_id: None,
+    };
+    assert_eq!(
+        device::check(&info, &fits, false),
+        Ok(()),
+        "a sparse 64 GiB image with little data fits"
+    );
+    let too_big = ImageFacts {
+        size: 64 * GIB,
+        mapped_bytes: room + 1,
+        file_id: None,
+    };
+    assert!(matches!(
+        device::check(&info, &too_big, false),
+        Err(SafetyRefusal::TooSmall { .. })
+    ));
+}

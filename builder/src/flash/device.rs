@@ -358,7 +358,10 @@ pub fn inspect_block(root: &Path, path: &Path, dev: DevNum) -> Result<TargetInfo
         devnum: Some(dev),
         model,
         size,
-        removable: read("removable").as_deref() == Some("1"),
+        // Built-in SD slots report removable=0 although the card is
+        // removable; the MMC layer knows it is an SD card.
+        removable: read("removable").as_deref() == Some("1")
+            || read("device/type").as_deref() == Some("SD"),
         read_only: read("ro").as_deref() == Some("1"),
         partition_of,
         mounts,
