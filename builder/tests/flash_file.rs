@@ -57,8 +57,21 @@ fn leaves_unmapped_data_but_wipes_old_partition_tables() {
 #[test]
 fn reads_zstd_and_xz_images_with_the_bmap_of_the_raw_image() {
     let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    // Little incompressible data: xz compresses noise at only a few MB/s.
+    let image = make_image(
+        &dir.path().join("node.img"),
+        24 * MIB,
+        &[(4096, 20_000), (2 * MIB + 100, 600_000), (9 * MIB, MIB)],
+    );
+    // A mapped run longer than one 8 MiB chunk, of zeros so it compresses.
+    File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .write_all_at(&vec![0u8; 9 * MIB as usize], 12 * MIB)
+        .unwrap();
     let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
+    assert!(bmap.ranges.iter().any(|r| r.last - r.first + 1 > 2048), "a range spans chunks");
     let raw = std::fs::read(&image).unwrap();
     let zst = dir.path().join("node.img.zst");
     std::fs::write(&zst, zstd::encode_all(&raw[..], 1).unwrap()).unwrap();
