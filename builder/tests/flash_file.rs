@@ -71,7 +71,10 @@ fn reads_zstd_and_xz_images_with_the_bmap_of_the_raw_image() {
         .write_all_at(&vec![0u8; 9 * MIB as usize], 12 * MIB)
         .unwrap();
     let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
-    assert!(bmap.ranges.iter().any(|r| r.last - r.first + 1 > 2048), "a range spans chunks");
+    assert!(
+        bmap.ranges.iter().any(|r| r.last - r.first + 1 > 2048),
+        "a range spans chunks"
+    );
     let raw = std::fs::read(&image).unwrap();
     let zst = dir.path().join("node.img.zst");
     std::fs::write(&zst, zstd::encode_all(&raw[..], 1).unwrap()).unwrap();
@@ -350,4 +353,40 @@ fn missing_device_is_not_created_as_a_file() {
         "{err:#}"
     );
     assert!(!missing.exists());
+}
+
+#[test]
+fn bmap_with_512_byte_blocks_is_written_and_verified() {
+    use nodeforge::bmap::BmapRange;
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let image = standard_image(dir.path());
+    let data = std::fs::read(&image).unwrap();
+    // Ranges that start and end mid-page, one longer than a chunk.
+    let spans = [(0u64, 33u64), (2049, 2100), (40_001, 40_001 + 20_000)];
+    let ranges = spans
+        .iter()
+        .map(|&(first, last)| BmapRange {
+            first,
+            last,
+            sha256: Some(
+                Sha256::digest(&data[first as usize * 512..(last as usize + 1) * 512]).into(),
+            ),
+        })
+        .collect();
+    let bmap = Bmap {
+        image_size: 64 * MIB,
+        block_size: 512,
+        ranges,
+    };
+    let bmap_path = dir.path().join("small-blocks.bmap");
+    std::fs::write(&bmap_path, bmap.to_xml()).unwrap();
+    let target = used_disk(&dir.path().join("card"), 64 * MIB, 0xEE);
+    let mut a = args(&image, &target);
+    a.bmap = Some(bmap_path);
+    let report = flash_with(&a, "", None).0.unwrap();
+    assert_eq!(report.verify.unwrap().bytes, bmap.mapped_bytes());
+    assert_mapped_equal(&image, &target, &bmap);
+    // Just outside a range: old content (not in the table zones).
+    assert_eq!(read_at(&target, 2101 * 512, 1), vec![0xEE]);
 }

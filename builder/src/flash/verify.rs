@@ -161,11 +161,12 @@ fn check_ranges(
         .filter(|c| wanted(c.range))
         .collect();
     const BUFFERS: usize = 3;
-    let (full_tx, full_rx) = sync_channel::<(usize, AlignedBuf)>(BUFFERS);
+    let (full_tx, full_rx) = sync_channel::<(usize, AlignedBuf, usize)>(BUFFERS);
     let (empty_tx, empty_rx) = channel::<AlignedBuf>();
     for _ in 0..BUFFERS {
+        // Room to widen a chunk to whole aligned blocks on both sides.
         empty_tx
-            .send(AlignedBuf::new(CHUNK))
+            .send(AlignedBuf::new(CHUNK + 2 * ALIGN))
             .map_err(|_| anyhow!("buffer pool closed"))?;
     }
     let mut bad = Vec::new();
@@ -178,15 +179,22 @@ fn check_ranges(
                     return Ok(());
                 };
                 let len = (c.end - c.start) as usize;
-                // O_DIRECT reads must be whole aligned blocks; the image may
-                // end mid-block, so read up to the boundary and keep `len`.
+                // O_DIRECT reads whole aligned blocks: bmaps with small
+                // blocks and images ending mid-block need the chunk widened,
+                // keeping `len` bytes from `skip` on.
+                let (from, skip) = if direct {
+                    let from = c.start / ALIGN as u64 * ALIGN as u64;
+                    (from, (c.start - from) as usize)
+                } else {
+                    (c.start, 0)
+                };
                 let want = if direct {
-                    len.div_ceil(ALIGN) * ALIGN
+                    (skip + len).div_ceil(ALIGN) * ALIGN
                 } else {
                     len
                 };
                 buf.set_len(want);
-                let got = read_up_to(file, &mut buf, c.start).with_context(|| {
+                let got = read_up_to(file, &mut buf, from).with_context(|| {
                     format!(
                         "reading back range {}..{} from {}",
                         c.start,
@@ -194,28 +202,29 @@ fn check_ranges(
                         path.display()
                     )
                 })?;
-                if got < len {
-                    return Err(anyhow!(
+                if got < skip + len {
+                    bail!(
                         "{} ends at byte {} before the image's range {}..{}",
                         path.display(),
-                        c.start + got as u64,
+                        from + got as u64,
                         c.start,
                         c.end
-                    ));
+                    );
                 }
-                buf.set_len(len);
-                if full_tx.send((i, buf)).is_err() {
+                buf.set_len(skip + len);
+                if full_tx.send((i, buf, skip)).is_err() {
                     return Ok(());
                 }
             }
             Ok(())
         });
         let mut hasher = Sha256::new();
-        for (i, buf) in full_rx.iter() {
+        for (i, buf, skip) in full_rx.iter() {
             let c = &plan[i];
-            hasher.update(&buf[..]);
-            bytes += buf.len() as u64;
-            progress.inc(buf.len() as u64);
+            let data = &buf[skip..];
+            hasher.update(data);
+            bytes += data.len() as u64;
+            progress.inc(data.len() as u64);
             let _ = empty_tx.send(buf);
             if !c.ends_range {
                 continue;

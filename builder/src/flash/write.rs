@@ -231,7 +231,9 @@ pub fn plan_chunks(bmap: &Bmap, max: u64) -> Vec<Chunk> {
         let span = bmap.byte_range(r);
         let mut pos = span.start;
         while pos < span.end {
-            let mut end = (pos + max).min(span.end);
+            // Cut at multiples of `max` so that inner chunks stay aligned
+            // even when a bmap's small blocks start a range mid-page.
+            let mut end = ((pos / max + 1) * max).min(span.end);
             if let Some(c) = cuts.iter().find(|&&c| c > pos && c < end) {
                 end = *c;
             }
