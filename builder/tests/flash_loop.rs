@@ -98,3 +98,26 @@ fn device_held_exclusively_elsewhere_is_busy() {
     let err = format!("{:#}", flash_with(&a, "", None).0.unwrap_err());
     assert!(err.contains("is busy"), "{err}");
 }
+
+#[test]
+fn write_error_past_the_device_end_names_the_range() {
+    use indicatif::ProgressBar;
+    use nodeforge::flash::device::TargetKind;
+    use nodeforge::flash::source::ImageSource;
+    use nodeforge::flash::write::{self, Target};
+    need_loop!();
+    let dir = tempfile::tempdir().unwrap();
+    let image = standard_image(dir.path());
+    let bmap = bmap::Bmap::create(&image).unwrap();
+    // Past the safety checks on purpose: a device that ends mid-image.
+    let backing = used_disk(&dir.path().join("short"), 24 * MIB, 0xEE);
+    let dev = LoopDev::attach(&backing).unwrap();
+    let mut src = ImageSource::open(&image).unwrap();
+    let mut target = Target::open(&dev.path, TargetKind::BlockDevice, bmap.image_size).unwrap();
+    let err = write::write_image(&mut src, &bmap, &mut target, &ProgressBar::hidden()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("writing range") && msg.contains(&dev.path.display().to_string()),
+        "{msg}"
+    );
+}

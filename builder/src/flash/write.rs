@@ -335,6 +335,7 @@ pub fn write_planned(
     let mut written = 0u64;
     let mut since_sync = 0u64;
     std::thread::scope(|s| -> Result<()> {
+        let empty_tx = empty_tx;
         let check = &check;
         let reader = s.spawn(move || -> Result<()> {
             let mut hasher = Sha256::new();
@@ -383,7 +384,9 @@ pub fn write_planned(
             }
             Ok(())
         })();
+        // Unblock the reader whichever channel it waits on.
         drop(full_rx);
+        drop(empty_tx);
         let read = reader
             .join()
             .map_err(|_| anyhow!("image reader thread panicked"))?;
