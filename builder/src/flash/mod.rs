@@ -203,11 +203,10 @@ fn verify_step(
     skip: &[Range<u64>],
     msg: &'static str,
 ) -> Result<VerifyReport> {
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        progress(bmap.mapped_bytes(), msg)
-    };
+    let bar = progress(bmap.mapped_bytes(), msg);
+    if !args.quiet {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+    }
     let report = verify::verify(&args.device, bmap, skip, &bar)?;
     bar.finish_and_clear();
     Ok(report)
@@ -266,8 +265,10 @@ pub fn confirm(info: &TargetInfo, input: &mut dyn BufRead, out: &mut dyn Write) 
     }
 }
 
+/// A styled bar that draws nowhere until it is added to a MultiProgress or
+/// given a target (drawing earlier leaves a stale copy on the terminal).
 fn progress(total: u64, msg: &'static str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
     if let Ok(style) = ProgressStyle::with_template(
         "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
     ) {

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc::{channel, sync_channel, Receiver};
+use std::sync::mpsc::{channel, sync_channel};
 use std::time::{Duration, Instant};
 
 /// One bmap range whose bytes on the target differ from the image.
@@ -146,8 +146,7 @@ fn finish(
     })
 }
 
-/// Reads back and hashes the ranges `wanted` selects (one thread reads
-/// while this one hashes); returns the mismatches and the bytes read.
+/// Reads back and hashes the ranges `wanted` selects.
 fn check_ranges(
     path: &Path,
     file: &File,
@@ -160,8 +159,22 @@ fn check_ranges(
         .into_iter()
         .filter(|c| wanted(c.range))
         .collect();
+    read_and_hash(path, file, direct, bmap, plan.iter(), progress)
+}
+
+/// Reads `chunks` (whole ranges, in order) back from the target on one
+/// thread while hashing them on this one; returns the mismatching ranges
+/// and the bytes read.
+fn read_and_hash<'p>(
+    path: &Path,
+    file: &File,
+    direct: bool,
+    bmap: &Bmap,
+    chunks: impl Iterator<Item = &'p Chunk> + Send,
+    progress: &ProgressBar,
+) -> Result<(Vec<BadRange>, u64)> {
     const BUFFERS: usize = 3;
-    let (full_tx, full_rx) = sync_channel::<(usize, AlignedBuf, usize)>(BUFFERS);
+    let (full_tx, full_rx) = sync_channel::<(&Chunk, AlignedBuf, usize)>(BUFFERS);
     let (empty_tx, empty_rx) = channel::<AlignedBuf>();
     for _ in 0..BUFFERS {
         // Room to widen a chunk to whole aligned blocks on both sides.
@@ -172,9 +185,8 @@ fn check_ranges(
     let mut bad = Vec::new();
     let mut bytes = 0u64;
     std::thread::scope(|s| -> Result<()> {
-        let plan = &plan;
         let reader = s.spawn(move || -> Result<()> {
-            for (i, c) in plan.iter().enumerate() {
+            for c in chunks {
                 let Ok(mut buf) = empty_rx.recv() else {
                     return Ok(());
                 };
@@ -212,15 +224,14 @@ fn check_ranges(
                     );
                 }
                 buf.set_len(skip + len);
-                if full_tx.send((i, buf, skip)).is_err() {
+                if full_tx.send((c, buf, skip)).is_err() {
                     return Ok(());
                 }
             }
             Ok(())
         });
         let mut hasher = Sha256::new();
-        for (i, buf, skip) in full_rx.iter() {
-            let c = &plan[i];
+        for (c, buf, skip) in full_rx.iter() {
             let data = &buf[skip..];
             hasher.update(data);
             bytes += data.len() as u64;
@@ -291,7 +302,10 @@ pub fn write_and_verify(
     let outcome: RefCell<(Vec<BadRange>, u64)> = RefCell::new((Vec::new(), 0));
     let written = std::thread::scope(|s| -> Result<WriteReport> {
         let (file, plan_ref, path_ref) = (&file, &plan, &path);
-        let handle = s.spawn(move || follow_writes(path_ref, file, bmap, plan_ref, rx, verify_bar));
+        // Reads back, in order, the chunks the writer reports as written.
+        let written = rx.into_iter().map(move |i| &plan_ref[i]);
+        let handle =
+            s.spawn(move || read_and_hash(path_ref, file, true, bmap, written, verify_bar));
         let handle = RefCell::new(Some(handle));
         let join = || -> Result<()> {
             tx.borrow_mut().take();
@@ -336,52 +350,6 @@ pub fn write_and_verify(
     bad.extend(more_bad);
     bytes += more_bytes;
     finish(&path, bmap, bad, bytes, started).map(|v| (write, v))
-}
-
-/// Reads back, in order, the chunks the writer reports as written.
-fn follow_writes(
-    path: &Path,
-    file: &File,
-    bmap: &Bmap,
-    plan: &[Chunk],
-    rx: Receiver<usize>,
-    progress: &ProgressBar,
-) -> Result<(Vec<BadRange>, u64)> {
-    let mut buf = AlignedBuf::new(CHUNK);
-    let mut hasher = Sha256::new();
-    let (mut bad, mut bytes) = (Vec::new(), 0u64);
-    for i in rx.iter() {
-        let c = &plan[i];
-        buf.set_len((c.end - c.start) as usize);
-        let got = read_up_to(file, &mut buf, c.start).with_context(|| {
-            format!(
-                "reading back range {}..{} from {}",
-                c.start,
-                c.end,
-                path.display()
-            )
-        })?;
-        if got < buf.len() {
-            bail!(
-                "{} ends at byte {} before the image's range {}..{}",
-                path.display(),
-                c.start + got as u64,
-                c.start,
-                c.end
-            );
-        }
-        hasher.update(&buf[..]);
-        bytes += buf.len() as u64;
-        progress.inc(buf.len() as u64);
-        if c.ends_range {
-            bad.extend(mismatch(
-                bmap,
-                c.range,
-                std::mem::take(&mut hasher).finalize().into(),
-            ));
-        }
-    }
-    Ok((bad, bytes))
 }
 
 /// After a read-back mismatch: if the image itself does not match its bmap
