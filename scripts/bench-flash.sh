@@ -75,6 +75,7 @@ time_run() {
 }
 
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+fastest() { tr ' ' '\n' <<<"$1" | grep . | sort -g | head -1; }
 
 fresh_file() { rm -f "$dir/target.img"; }
 fresh_loop() {
@@ -112,14 +113,16 @@ if [ $loop = 1 ]; then
     losetup -d "$loopdev"; loopdev=""
 fi
 
-echo "== results, medians of $ROUNDS (nodeforge reads everything back to verify; bmaptool checks the image while copying; dd checks nothing)"
+echo "== results over $ROUNDS rounds, median and fastest (nodeforge reads everything back to verify; bmaptool checks the image while copying; dd checks nothing)"
 for where in file loop; do
     [ -n "${T[$where/nodeforge]:-}" ] || continue
-    nf=$(median "${T[$where/nodeforge]}")
-    dd_t=$(median "${T[$where/dd]}")
-    printf '   %-5s dd %.2f s, ' "$where" "$dd_t"
-    if [ -n "${T[$where/bmaptool]:-}" ]; then bt=$(median "${T[$where/bmaptool]}"); printf 'bmaptool %.2f s, ' "$bt"; fi
-    printf 'nodeforge %.2f s  ->  %.1fx faster than dd' "$nf" "$(echo "$dd_t / $nf" | bc -l)"
-    [ -n "${T[$where/bmaptool]:-}" ] && printf ', bmaptool/nodeforge %.2f' "$(echo "$bt / $nf" | bc -l)"
-    echo
+    for stat in median fastest; do
+        nf=$($stat "${T[$where/nodeforge]}")
+        dd_t=$($stat "${T[$where/dd]}")
+        printf '   %-5s %-8s dd %6.2f s, ' "$where" "$stat" "$dd_t"
+        if [ -n "${T[$where/bmaptool]:-}" ]; then bt=$($stat "${T[$where/bmaptool]}"); printf 'bmaptool %6.2f s, ' "$bt"; fi
+        printf 'nodeforge %6.2f s  ->  %4.1fx faster than dd' "$nf" "$(echo "$dd_t / $nf" | bc -l)"
+        [ -n "${T[$where/bmaptool]:-}" ] && printf ', bmaptool/nodeforge %.2f' "$(echo "$bt / $nf" | bc -l)"
+        echo
+    done
 done
