@@ -1,4 +1,5 @@
-//! Reading a flashed target back, past the page cache, against the bmap.
+//! Reading a flashed target back, past the page cache, against the bmap:
+//! after writing (`verify`) or while writing (`write_and_verify`).
 
 use super::buf::{AlignedBuf, ALIGN};
 use super::source::ImageSource;
