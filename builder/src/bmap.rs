@@ -247,11 +247,8 @@ impl Bmap {
 /// Creates the bmap of `image` and writes it to `out`; returns it.
 pub fn write_bmap(image: &Path, out: &Path) -> Result<Bmap> {
     let bmap = Bmap::create(image)?;
-    let tmp = out.with_extension("bmap.tmp");
-    std::fs::write(&tmp, bmap.to_xml())
-        .with_context(|| format!("writing bmap {}", tmp.display()))?;
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    crate::fsutil::atomic_write(out, bmap.to_xml().as_bytes())
+        .with_context(|| format!("writing bmap {}", out.display()))?;
     Ok(bmap)
 }
 

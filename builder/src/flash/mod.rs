@@ -46,6 +46,9 @@ pub struct FlashArgs {
     /// No progress bars or summary.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// The node's seed, stamped into the boot partition after the write.
+    #[command(flatten)]
+    pub seed: crate::customize::SeedArgs,
 }
 
 /// A per-node change made to the target after the image is written and
@@ -87,9 +90,10 @@ pub fn run(args: &FlashArgs) -> Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut output = std::io::stderr();
+    let stamp = args.seed.seed()?.map(crate::customize::SeedStamp);
     let env = Env {
         sys_root: Path::new("/"),
-        stamp: None,
+        stamp: stamp.as_ref().map(|s| s as &dyn Stamp),
         input: &mut input,
         output: &mut output,
     };

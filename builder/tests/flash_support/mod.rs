@@ -85,6 +85,7 @@ pub fn args(image: &Path, device: &Path) -> FlashArgs {
         force: false,
         no_verify: false,
         quiet: true,
+        seed: Default::default(),
     }
 }
 

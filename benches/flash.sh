@@ -4,7 +4,7 @@
 # incompressible data in a few dozen extents, to a regular file and to a
 # loop device. Prints times and ratios.
 #
-# Usage: scripts/bench-flash.sh    (root for the loop-device half)
+# Usage: benches/flash.sh    (root for the loop-device half)
 # Env:   BENCH_DIR   scratch directory (default: a new one under /var/tmp);
 #                    needs ~18 GiB free, removed afterwards
 #        IMAGE_GIB   image size (default 8), EXTENTS (36), EXTENT_MIB (42)
@@ -34,8 +34,8 @@ if [ "$avail_kib" -lt "$need_kib" ]; then
 fi
 
 echo "== building (cargo build --release)"
-(cd "$repo" && cargo build --release -q -p nodeforge --example flash)
-flash="${CARGO_TARGET_DIR:-$repo/target}/release/examples/flash"
+(cd "$repo" && cargo build --release -q -p nodeforge)
+nodeforge="${CARGO_TARGET_DIR:-$repo/target}/release/nodeforge"
 
 echo "== making a ${IMAGE_GIB} GiB sparse image with ${EXTENTS} x ${EXTENT_MIB} MiB of random data"
 img="$dir/node.img"
@@ -50,7 +50,7 @@ for i in $(seq 0 $((EXTENTS - 1))); do
     dd if=/dev/urandom of="$img" bs=1M count="$EXTENT_MIB" seek="$off" conv=notrunc status=none
 done
 sync
-"$flash" make-bmap "$img" "$img.bmap"
+"$nodeforge" bmap "$img" -o "$img.bmap"
 mapped=$(du -m "$img" | cut -f1)
 echo "   image: $(du -h --apparent-size "$img" | cut -f1) apparent, ${mapped} MiB mapped"
 
@@ -91,7 +91,7 @@ for r in $(seq "$ROUNDS"); do
     if [ $have_bmaptool = 1 ]; then
         fresh_file; time_run file/bmaptool bmaptool copy --bmap "$img.bmap" "$img" "$dir/target.img"
     fi
-    fresh_file; time_run file/nodeforge "$flash" "$img" "$dir/target.img" --yes --quiet
+    fresh_file; time_run file/nodeforge "$nodeforge" flash "$img" "$dir/target.img" --yes --quiet
 done
 cmp -n $((IMAGE_GIB << 30)) "$img" "$dir/target.img" && echo "   (nodeforge's file target is byte-identical to the image)"
 fresh_file
@@ -108,7 +108,7 @@ if [ $loop = 1 ]; then
             fresh_loop; time_run loop/bmaptool bmaptool copy --bmap "$img.bmap" "$img" "$loopdev"
         fi
         # Loop devices are not removable: --force.
-        fresh_loop; time_run loop/nodeforge "$flash" "$img" "$loopdev" --yes --force --quiet
+        fresh_loop; time_run loop/nodeforge "$nodeforge" flash "$img" "$loopdev" --yes --force --quiet
     done
     losetup -d "$loopdev"; loopdev=""
 fi
