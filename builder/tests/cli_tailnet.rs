@@ -50,10 +50,15 @@ fn aerovista() -> Project {
         p.write(
             &format!("profiles/{name}.toml"),
             &format!(
-                "extends = \"base.toml\"\nname = \"{name}\"\n\n[tailscale]\ntags = [\"{tag}\"]\n\n{rules}"
+                "extends = \"base.toml\"\nname = \"{name}\"\n\n[tailscale]\ntags = [\"{tag}\"]\nfleet = \"aerovista\"\n\n{rules}"
             ),
         );
     }
+    // A single-host role outside the fleet: not among core's metrics senders.
+    p.write(
+        "profiles/cloud.toml",
+        "extends = \"base.toml\"\nname = \"cloud\"\n[tailscale]\ntags = [\"tag:cloud\"]\n",
+    );
     p
 }
 
@@ -74,10 +79,20 @@ fn generated_policy_gives_the_seeds_access_and_nothing_else() {
     let text = std::fs::read_to_string(p.path("policy.hujson")).unwrap();
     let policy = Policy::parse(&text).unwrap();
     let seed = Policy::parse(include_str!("fixtures/aerovista-acl.hujson")).unwrap();
-    assert_eq!(policy.tag_owners, seed.tag_owners);
+    let mut owners = policy.tag_owners.clone();
+    assert_eq!(
+        owners.remove("tag:cloud"),
+        Some(vec!["autogroup:admin".to_owned()])
+    );
+    assert_eq!(owners, seed.tag_owners);
 
     // A user (not a tagged node) is a source too: only `*` rules apply.
-    let sources: Vec<&str> = TAGS.iter().copied().chain(["alice@example.com"]).collect();
+    // tag:cloud is outside the fleet: it reaches core's gateway only.
+    let sources: Vec<&str> = TAGS
+        .iter()
+        .copied()
+        .chain(["alice@example.com", "tag:cloud"])
+        .collect();
     let mut allowed = 0;
     for src in &sources {
         for dst in TAGS {
@@ -98,8 +113,9 @@ fn generated_policy_gives_the_seeds_access_and_nothing_else() {
         }
     }
     // core: 6 tags × 16 ports; ai 3, workspace 2 on data; 5 other tags ×
-    // 4 core ports; the user 2.
-    assert_eq!(allowed, 96 + 3 + 2 + 5 * 4 + 2);
+    // 4 core ports; the user and tag:cloud 2 each.
+    assert_eq!(allowed, 96 + 3 + 2 + 5 * 4 + 2 + 2);
+    assert!(allows(&policy, "tag:core", "tag:cloud", 22));
 
     // Without -o the policy goes to stdout, the same text.
     let out = p.nodeforge(&["tailnet", "policy", "profiles"]);

@@ -130,6 +130,9 @@ pub struct TailscaleFile {
     /// Who may apply this role's tags (the policy's tagOwners); default
     /// `autogroup:admin`.
     pub owners: Option<Vec<Spanned<String>>>,
+    /// The fleet the role belongs to (e.g. `aerovista`): `accept.from =
+    /// "fleet"` means the other roles of the same fleet.
+    pub fleet: Option<Spanned<String>>,
     /// What this role's nodes may reach on the tailnet.
     #[serde(default)]
     pub allow: Vec<AllowFile>,
@@ -153,7 +156,8 @@ pub struct AllowFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptFile {
-    /// A tag, `*` (anyone on the tailnet) or `fleet` (every other role's tags).
+    /// A tag, `*` (anyone on the tailnet) or `fleet` (the other roles of
+    /// this role's fleet).
     pub from: Spanned<String>,
     #[serde(default)]
     pub ports: Vec<Spanned<u16>>,

@@ -116,6 +116,8 @@ pub struct Tailscale {
     pub standin: bool,
     /// tagOwners of this role's tags in the tailnet policy.
     pub owners: Vec<String>,
+    /// Roles of one fleet are each other's `fleet` in accept rules.
+    pub fleet: Option<String>,
     pub allow: Vec<TailnetAllow>,
     pub accept: Vec<TailnetAccept>,
 }

@@ -11,7 +11,8 @@ use super::{TailnetAccept, TailnetAllow, Tailscale};
 /// Owner of a role's tags when the profile names none: the tailnet's admins,
 /// as the seed's policy has it.
 pub const DEFAULT_OWNER: &str = "autogroup:admin";
-/// `accept.from` value meaning every role's tags but this role's own.
+/// `accept.from` value meaning the tags of the other roles of this role's
+/// fleet.
 pub const FLEET: &str = "fleet";
 
 pub fn tailscale(
@@ -47,6 +48,21 @@ pub fn tailscale(
                 .collect()
         }
     };
+    let fleet = t.fleet.as_ref().and_then(|f| {
+        let v = f.get_ref();
+        let ok = !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Some(v.clone())
+        } else {
+            errors.push(ctx.error_at(
+                f,
+                format!("fleet `{v}` must be lowercase letters, digits and hyphens"),
+            ));
+            None
+        }
+    });
     let allow = t
         .allow
         .iter()
@@ -95,6 +111,7 @@ pub fn tailscale(
         timeout_secs: t.timeout_secs.unwrap_or(default_timeout),
         standin: t.standin,
         owners,
+        fleet,
         allow,
         accept,
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::profile::Profile;
 
-/// `accept.from` value meaning every role's tags but the accepting role's.
+/// `accept.from` value meaning the other roles of the accepting role's fleet.
 const FLEET: &str = "fleet";
 
 /// A Tailscale policy file: the parts nodeforge writes.
@@ -109,11 +109,7 @@ pub fn generate(profiles: &[Profile]) -> Result<Policy, PolicyError> {
         for a in &t.accept {
             let src: Vec<String> = match a.from.as_str() {
                 "*" => vec!["*".into()],
-                FLEET => all_tags
-                    .iter()
-                    .filter(|tag| !t.tags.iter().any(|own| own == *tag))
-                    .map(|s| s.to_string())
-                    .collect(),
+                FLEET => fleet_tags(&roles, t),
                 tag => {
                     known(p, "accept.from", tag)?;
                     vec![tag.to_owned()]
@@ -128,6 +124,23 @@ pub fn generate(profiles: &[Profile]) -> Result<Policy, PolicyError> {
         }
     }
     Ok(Policy { tag_owners, acls })
+}
+
+/// The tags of the roles in `t`'s fleet (roles without a fleet form one
+/// together), but not `t`'s own, in the order the roles came.
+fn fleet_tags(
+    roles: &[(&Profile, &crate::profile::Tailscale)],
+    t: &crate::profile::Tailscale,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (_, other) in roles.iter().filter(|(_, o)| o.fleet == t.fleet) {
+        for tag in &other.tags {
+            if !t.tags.contains(tag) && !out.contains(tag) {
+                out.push(tag.clone());
+            }
+        }
+    }
+    out
 }
 
 /// `host:port` entries for every host and port (`host:*` when no ports).
