@@ -130,8 +130,8 @@ pub struct TailscaleFile {
     /// Who may apply this role's tags (the policy's tagOwners); default
     /// `autogroup:admin`.
     pub owners: Option<Vec<Spanned<String>>>,
-    /// The fleet the role belongs to (e.g. `aerovista`): `accept.from =
-    /// "fleet"` means the other roles of the same fleet.
+    /// The fleet the role belongs to: `accept.from = "fleet"` means the
+    /// other roles of the same fleet (roles naming none form one).
     pub fleet: Option<Spanned<String>>,
     /// What this role's nodes may reach on the tailnet.
     #[serde(default)]
