@@ -85,11 +85,14 @@ pub fn deb822(repo: &AptRepository) -> String {
 /// Writes keyrings and local repositories under `cache_dir/nodeforge-apt/`
 /// and returns the extra mirror lines for mmdebstrap.
 pub fn prepare(cache_dir: &Path, apt: &Apt) -> Result<Vec<String>> {
-    let host = cache_dir.join(HOST_DIR);
     let mut lines = Vec::new();
     if apt.repositories.is_empty() && apt.local.is_empty() {
         return Ok(lines);
     }
+    // apt reads signed-by and file: paths as they are: they must be absolute.
+    let host = std::path::absolute(cache_dir)
+        .with_context(|| format!("resolving {}", cache_dir.display()))?
+        .join(HOST_DIR);
     fs::create_dir_all(host.join("keys"))
         .with_context(|| format!("creating {}", host.display()))?;
     for repo in &apt.repositories {
