@@ -142,7 +142,8 @@ fn repositories_reach_mmdebstrap_and_stay_in_the_image() {
     let cache = fs::canonicalize(p.path("cache")).unwrap();
     let keyring = cache.join(format!("nodeforge-apt/keys/{}.gpg", FIXTURE_FPR.trim()));
     assert!(
-        args.lines().any(|l| l == format!(
+        args.lines().any(|l| l
+            == format!(
             "deb [signed-by={}] https://nvidia.github.io/libnvidia-container/stable/deb/amd64 /",
             keyring.display()
         )),

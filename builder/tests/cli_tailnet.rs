@@ -117,6 +117,32 @@ fn generated_policy_gives_the_seeds_access_and_nothing_else() {
     assert_eq!(allowed, 96 + 3 + 2 + 5 * 4 + 2 + 2);
     assert!(allows(&policy, "tag:core", "tag:cloud", 22));
 
+    // The policy carries tests for Tailscale to run when it is saved: the
+    // evaluator's view, which the control server then confirms.
+    let ai = policy.tests.iter().find(|t| t.src == "tag:ai").unwrap();
+    assert!(ai.accept.contains(&"tag:data:6379".to_owned()));
+    assert!(ai.accept.contains(&"tag:core:443".to_owned()));
+    assert!(ai.deny.contains(&"tag:data:22".to_owned()));
+    assert!(ai.deny.contains(&"tag:workspace:5432".to_owned()));
+    for t in &policy.tests {
+        for d in &t.accept {
+            let (host, port) = d.rsplit_once(':').unwrap();
+            assert!(
+                allows(&seed, &t.src, host, port.parse().unwrap()),
+                "{} -> {d}",
+                t.src
+            );
+        }
+        for d in &t.deny {
+            let (host, port) = d.rsplit_once(':').unwrap();
+            assert!(
+                !allows(&seed, &t.src, host, port.parse().unwrap()),
+                "{} -> {d}",
+                t.src
+            );
+        }
+    }
+
     // Without -o the policy goes to stdout, the same text.
     let out = p.nodeforge(&["tailnet", "policy", "profiles"]);
     assert!(out.status.success(), "{}", stderr(&out));
