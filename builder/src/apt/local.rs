@@ -47,9 +47,14 @@ pub fn build_repo(src: &Path, dest: &Path) -> Result<()> {
     if dest.join("Packages").is_file() {
         return Ok(());
     }
-    let partial = fsutil::partial_path(dest);
-    let _ = fs::remove_dir_all(&partial);
-    fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    // A private temporary name: two builds may index the same packages at once.
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".local-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a directory in {}", parent.display()))?;
+    let partial = tmp.path();
     let mut index = String::new();
     for deb in debs_in(src).with_context(|| format!("reading {}", src.display()))? {
         let name = deb
@@ -78,9 +83,14 @@ pub fn build_repo(src: &Path, dest: &Path) -> Result<()> {
     }
     fs::write(partial.join("Packages"), index)
         .with_context(|| format!("writing {}/Packages", partial.display()))?;
-    fs::rename(&partial, dest)
-        .with_context(|| format!("renaming {} to {}", partial.display(), dest.display()))?;
-    Ok(())
+    match fs::rename(partial, dest) {
+        Ok(()) => Ok(()),
+        // Another build finished the same repository first.
+        Err(_) if dest.join("Packages").is_file() => Ok(()),
+        Err(e) => {
+            Err(e).with_context(|| format!("renaming {} to {}", partial.display(), dest.display()))
+        }
+    }
 }
 
 #[cfg(test)]
