@@ -49,6 +49,7 @@ pub struct MintKeyArgs {
     /// File holding the OAuth client's secret (default: $TS_OAUTH_CLIENT_SECRET).
     #[arg(long)]
     pub oauth_secret_file: Option<PathBuf>,
+    /// Tailscale's API (another URL only for tests against a local server).
     #[arg(long, default_value = DEFAULT_API)]
     pub api: String,
     /// Write the key to this file (mode 0600), or `-` for standard output.
