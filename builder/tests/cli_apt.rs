@@ -125,6 +125,10 @@ fn wrong_fingerprint_is_refused_at_its_line() {
 
 /// A temporary GnuPG home with one new signing key: (home, fingerprint).
 fn gpg_key(dir: &Path, uid: &str) -> (PathBuf, String) {
+    gpg_key_algo(dir, uid, "ed25519")
+}
+
+fn gpg_key_algo(dir: &Path, uid: &str, algo: &str) -> (PathBuf, String) {
     let home = dir.join("gnupg");
     fs::create_dir_all(&home).unwrap();
     let gpg = |args: &[&str]| {
@@ -142,7 +146,7 @@ fn gpg_key(dir: &Path, uid: &str) -> (PathBuf, String) {
             .stdout_text()
             .unwrap()
     };
-    gpg(&["--quick-gen-key", uid, "ed25519", "sign", "never"]);
+    gpg(&["--quick-gen-key", uid, algo, "sign", "never"]);
     let colons = gpg(&["--with-colons", "--list-keys", uid]);
     let fpr = colons
         .lines()
@@ -180,7 +184,42 @@ fn fingerprint_matches_gpg_for_a_new_key() {
         .run()
         .unwrap()
         .stdout;
-    assert_eq!(openpgp::primary_fingerprints(&binary).unwrap(), vec![fpr]);
+    assert_eq!(
+        openpgp::primary_fingerprints(&binary).unwrap(),
+        vec![fpr.clone()]
+    );
+
+    // An RSA key: its packet is longer than 255 bytes (two-byte length).
+    let (rsa_home, rsa_fpr) = {
+        let d = dir.path().join("rsa");
+        std::fs::create_dir_all(&d).unwrap();
+        gpg_key_algo(&d, "rsa test <rsa@nodeforge.invalid>", "rsa2048")
+    };
+    let rsa = gpg_export(&rsa_home, &rsa_fpr);
+    assert_eq!(
+        openpgp::primary_fingerprints(rsa.as_bytes()).unwrap(),
+        vec![rsa_fpr.clone()]
+    );
+
+    // In a profile: two keys in one file, or a secret key, are refused.
+    let p = Project::new();
+    p.write("keys/two.asc", &format!("{armored}{rsa}"));
+    profile_with_repo(&p, &nvidia_repo(Some("keys/two.asc"), Some(&fpr)));
+    let err = stderr(&p.nodeforge(&["check", "profiles/gpu.toml"]));
+    assert!(
+        err.contains("holds 2 keys") && err.contains(&rsa_fpr),
+        "{err}"
+    );
+    let secret = Cmd::new("gpg")
+        .env("GNUPGHOME", &home)
+        .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+        .args(["--armor", "--export-secret-keys", &fpr])
+        .stdout_text()
+        .unwrap();
+    p.write("keys/secret.asc", &secret);
+    profile_with_repo(&p, &nvidia_repo(Some("keys/secret.asc"), Some(&fpr)));
+    let err = stderr(&p.nodeforge(&["check", "profiles/gpu.toml"]));
+    assert!(err.contains("secret key"), "{err}");
 }
 
 /// The stand-in `tailscale` package, built with dpkg-deb.

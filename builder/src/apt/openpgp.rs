@@ -241,6 +241,32 @@ mod tests {
     }
 
     #[test]
+    fn new_format_packet_headers_give_the_same_fingerprint() {
+        let bin = dearmor(FIXTURE.as_bytes()).unwrap();
+        // gpg writes the key packet with an old-format header (tag 6,
+        // one-byte length): rewrite it as a new-format header (0xC6).
+        assert_eq!(bin[0] & 0xC0, 0x80, "old format expected");
+        assert_eq!((bin[0] >> 2) & 0x0f, TAG_PUBLIC_KEY);
+        let len = bin[1] as usize;
+        assert!(len < 192);
+        let mut new = vec![0xC0 | TAG_PUBLIC_KEY, len as u8];
+        new.extend_from_slice(&bin[2..]);
+        assert_eq!(
+            primary_fingerprints(&new).unwrap(),
+            vec![FIXTURE_FPR.trim().to_owned()]
+        );
+        // And with a five-octet length.
+        let mut five = vec![0xC0 | TAG_PUBLIC_KEY, 255, 0, 0, 0, len as u8];
+        five.extend_from_slice(&bin[2..]);
+        assert_eq!(
+            primary_fingerprints(&five).unwrap(),
+            primary_fingerprints(&new).unwrap()
+        );
+        // A truncated packet is an error, not a panic.
+        assert!(primary_fingerprints(&new[..10]).is_err());
+    }
+
+    #[test]
     fn damaged_armor_is_refused() {
         let damaged = FIXTURE.replacen("m", "n", 1);
         assert!(primary_fingerprints(damaged.as_bytes()).is_err());
