@@ -22,6 +22,6 @@ fi
 
 apt-get update
 apt-get install -y --no-install-recommends \
-  ca-certificates tar zstd xz-utils gdisk dosfstools ovmf bmap-tools
+  ca-certificates tar zstd xz-utils gdisk dosfstools ovmf bmap-tools gnupg apt-utils
 apt-get install -y --no-install-recommends "${backports[@]}" \
   mmdebstrap e2fsprogs qemu-system-x86 qemu-utils

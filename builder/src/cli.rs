@@ -66,6 +66,11 @@ pub enum Command {
         #[arg(long, global = true)]
         cache_dir: Option<PathBuf>,
     },
+    /// The tailnet: policy file from the profiles, auth keys through the API.
+    Tailnet {
+        #[command(subcommand)]
+        command: crate::tailnet::cli::TailnetCommand,
+    },
     /// List the host programs nodeforge needs; --install installs the missing ones.
     Doctor {
         #[arg(long)]
@@ -186,6 +191,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cache { command, cache_dir } => cache_cmd(command, cache_dir),
+        Command::Tailnet { command } => crate::tailnet::cli::run(command),
         Command::Doctor { install } => {
             let (text, missing) = doctor::report();
             print!("{text}");

@@ -1,6 +1,7 @@
 //! nodeforge: builds bootable per-role node images and provisions the
 //! machines that boot them.
 
+pub mod apt;
 pub mod bmap;
 pub mod boot;
 pub mod build;
@@ -15,3 +16,4 @@ pub mod fleet;
 pub mod fsutil;
 pub mod plan;
 pub mod profile;
+pub mod tailnet;
