@@ -1,6 +1,7 @@
 //! nodeforge: builds bootable per-role node images and provisions the
 //! machines that boot them.
 
+pub mod binfmt;
 pub mod bmap;
 pub mod boot;
 pub mod build;
@@ -10,5 +11,6 @@ pub mod doctor;
 pub mod exec;
 pub mod flash;
 pub mod fsutil;
+pub mod initramfs;
 pub mod plan;
 pub mod profile;

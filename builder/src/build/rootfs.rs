@@ -6,8 +6,10 @@ use anyhow::{Context, Result};
 
 use super::progress::StepOutcome;
 use super::{BuildContext, StepReport};
+use crate::binfmt;
 use crate::exec::Cmd;
 use crate::fsutil;
+use crate::profile::InitramfsKind;
 
 /// Documentation, man pages and translations are never read on a node and
 /// make up a large part of a minimal system.
@@ -61,8 +63,18 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     Ok(outcome)
 }
 
+/// With nodeforge's initramfs, Debian's generator would only cost time
+/// (minutes under emulation): update-initramfs is diverted to /bin/true
+/// while packages install, and the diversion is removed at the end so the
+/// node's own kernel upgrades make an initramfs again as usual.
+const DIVERT_INITRAMFS: &str = "chroot \"$1\" dpkg-divert --quiet --local --rename \
+     --add /usr/sbin/update-initramfs && ln -s /bin/true \"$1/usr/sbin/update-initramfs\"";
+const RESTORE_INITRAMFS: &str = "rm -f \"$1/usr/sbin/update-initramfs\" && chroot \"$1\" \
+     dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs";
+
 fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     let p = &ctx.plan.profile;
+    binfmt::require(p.hardware.arch)?;
     let mut cmd = Cmd::new("mmdebstrap")
         .arg("--mode=root")
         .arg("--variant=minbase")
@@ -71,6 +83,14 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
         .arg(format!("--include={}", ctx.plan.packages.join(",")));
     for ex in DPKG_EXCLUDES {
         cmd = cmd.arg(format!("--dpkgopt={ex}"));
+    }
+    match p.hardware.initramfs {
+        InitramfsKind::InitramfsTools => {}
+        InitramfsKind::Nodeforge => {
+            cmd = cmd
+                .arg(format!("--essential-hook={DIVERT_INITRAMFS}"))
+                .arg(format!("--customize-hook={RESTORE_INITRAMFS}"));
+        }
     }
     if let Some(epoch) = std::env::var_os("SOURCE_DATE_EPOCH") {
         cmd = cmd.env("SOURCE_DATE_EPOCH", epoch);

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::error::ProfileError;
-use super::file::UserFile;
+use super::file::{Arch, Firmware, HardwareFile, InitramfsKind, UserFile};
 use super::{Disk, User};
 
 /// A file being read: its path and text, to locate errors in it.
@@ -208,6 +208,48 @@ pub fn user(ctx: &FileCtx, u: &UserFile) -> Result<User, Vec<ProfileError>> {
         sudo: u.sudo,
         authorized_keys: keys,
     })
+}
+
+/// A hardware file's parts that only make sense together.
+pub fn hardware(h: &HardwareFile) -> Result<(), String> {
+    match (h.firmware, &h.rpi) {
+        (Firmware::Rpi, None) => {
+            return Err(
+                "firmware = \"rpi\" needs an [rpi] table with device_trees (and the firmware_files the board loads)"
+                    .into(),
+            )
+        }
+        (Firmware::Rpi, Some(rpi)) => {
+            if h.arch != Arch::Arm64 {
+                return Err("firmware = \"rpi\" boots 64-bit kernels only: set arch = \"arm64\"".into());
+            }
+            if rpi.device_trees.is_empty() {
+                return Err("[rpi] device_trees is empty: list the board's .dtb files (e.g. bcm2711-rpi-4-b.dtb)".into());
+            }
+            for f in rpi.firmware_files.iter().chain(&rpi.device_trees) {
+                if f.is_empty() || f.contains('/') || f.starts_with('.') {
+                    return Err(format!("[rpi] file `{f}` must be a plain file name"));
+                }
+            }
+            if rpi.config.iter().any(|l| l.contains('\n')) {
+                return Err("[rpi] config entries are single config.txt lines".into());
+            }
+        }
+        (Firmware::Uefi, Some(_)) => {
+            return Err("an [rpi] table needs firmware = \"rpi\"".into())
+        }
+        (Firmware::Uefi, None) => {}
+    }
+    match h.initramfs {
+        InitramfsKind::Nodeforge if h.initramfs_modules.is_empty() => Err(
+            "initramfs = \"nodeforge\" needs initramfs_modules: the drivers that reach the root filesystem (e.g. virtio_blk, ext4)"
+                .into(),
+        ),
+        InitramfsKind::InitramfsTools if !h.initramfs_modules.is_empty() => Err(
+            "initramfs_modules is only used with initramfs = \"nodeforge\"".into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The smallest root filesystem worth building.
