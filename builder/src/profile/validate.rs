@@ -297,6 +297,35 @@ mod tests {
         assert!(package_name("a b").is_err());
     }
 
+    fn hw(text: &str) -> Result<(), String> {
+        hardware(&toml::from_str::<HardwareFile>(text).unwrap())
+    }
+
+    #[test]
+    fn hardware_combinations() {
+        let pi = "arch = \"arm64\"\nfirmware = \"rpi\"\ninitramfs = \"nodeforge\"\ninitramfs_modules = [\"ext4\"]\n[rpi]\ndevice_trees = [\"bcm2711-rpi-4-b.dtb\"]\n";
+        assert_eq!(hw(pi), Ok(()));
+        assert!(hw(&pi.replace("arm64", "amd64"))
+            .unwrap_err()
+            .contains("arch = \"arm64\""));
+        let no_table = "arch = \"arm64\"\nfirmware = \"rpi\"\n";
+        assert!(hw(no_table).unwrap_err().contains("[rpi]"));
+        assert!(hw(&pi.replace("bcm2711-rpi-4-b.dtb", "../x.dtb"))
+            .unwrap_err()
+            .contains("plain file name"));
+        assert!(hw(&pi.replace("[\"bcm2711-rpi-4-b.dtb\"]", "[]"))
+            .unwrap_err()
+            .contains("device_trees is empty"));
+        let uefi_with_rpi = pi.replace("firmware = \"rpi\"", "firmware = \"uefi\"");
+        assert!(hw(&uefi_with_rpi)
+            .unwrap_err()
+            .contains("needs firmware = \"rpi\""));
+        let no_modules = "arch = \"arm64\"\nfirmware = \"uefi\"\ninitramfs = \"nodeforge\"\n";
+        assert!(hw(no_modules).unwrap_err().contains("initramfs_modules"));
+        let stray = "arch = \"amd64\"\nfirmware = \"uefi\"\ninitramfs_modules = [\"ext4\"]\n";
+        assert!(hw(stray).unwrap_err().contains("only used with"));
+    }
+
     #[test]
     fn tags() {
         assert!(tailscale_tag("tag:core").is_ok());
