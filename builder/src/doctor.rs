@@ -134,6 +134,12 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "gcc-aarch64-linux-gnu",
         false,
     ),
+    req(
+        "arm64 C library for linking",
+        Probe::File("/usr/aarch64-linux-gnu/lib/crt1.o"),
+        "libc6-dev-arm64-cross",
+        false,
+    ),
     Requirement {
         what: "build the arm64 agent",
         probe: Probe::RustTarget("aarch64-unknown-linux-gnu"),
