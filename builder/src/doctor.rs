@@ -106,6 +106,12 @@ pub const REQUIREMENTS: &[Requirement] = &[
         false,
     ),
     req(
+        "check MBR (tests)",
+        Probe::Program("sfdisk"),
+        "fdisk",
+        false,
+    ),
+    req(
         "decompress kernel modules",
         Probe::Program("xz"),
         "xz-utils",
