@@ -22,7 +22,7 @@ fi
 
 apt-get update
 apt-get install -y --no-install-recommends \
-  ca-certificates tar zstd xz-utils e2fsprogs gdisk fdisk dosfstools cpio ovmf \
+  ca-certificates tar zstd xz-utils e2fsprogs gdisk fdisk dosfstools cpio ovmf kmod openssl \
   qemu-efi-aarch64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 apt-get install -y --no-install-recommends "${backports[@]}" \
   mmdebstrap qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils

@@ -118,6 +118,18 @@ pub const REQUIREMENTS: &[Requirement] = &[
         false,
     ),
     req(
+        "module index for arm64 images",
+        Probe::Program("depmod"),
+        "kmod",
+        false,
+    ),
+    req(
+        "CA links for arm64 images",
+        Probe::Program("openssl"),
+        "openssl",
+        false,
+    ),
+    req(
         "run arm64 programs",
         Probe::Program("qemu-aarch64-static"),
         "qemu-user-static",

@@ -171,6 +171,10 @@ fn rootfs_key(p: &Profile, packages: &[String]) -> String {
     if p.hardware.initramfs != InitramfsKind::InitramfsTools {
         key["initramfs"] = serde_json::to_value(p.hardware.initramfs).unwrap_or_default();
     }
+    // A foreign-architecture bootstrap defers some work to the host.
+    if p.hardware.arch != crate::build::host_arch() {
+        key["cross_recipe"] = 1.into();
+    }
     sha256_bytes(key.to_string().as_bytes())
 }
 

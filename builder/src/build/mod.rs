@@ -1,6 +1,7 @@
 //! `nodeforge build`: one function that reads as the list of steps.
 
 mod agent;
+mod cross;
 mod image;
 mod initrd;
 mod outputs;

@@ -4,12 +4,14 @@ use std::fs;
 
 use anyhow::{Context, Result};
 
+use super::cross::{self, Deferred};
+use super::host_arch;
 use super::progress::StepOutcome;
 use super::{BuildContext, StepReport};
 use crate::binfmt;
 use crate::exec::Cmd;
 use crate::fsutil;
-use crate::profile::InitramfsKind;
+use crate::profile::{Arch, InitramfsKind};
 
 /// Documentation, man pages and translations are never read on a node and
 /// make up a large part of a minimal system.
@@ -63,15 +65,6 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     Ok(outcome)
 }
 
-/// With nodeforge's initramfs, Debian's generator would only cost time
-/// (minutes under emulation): update-initramfs is diverted to /bin/true
-/// while packages install, and the diversion is removed at the end so the
-/// node's own kernel upgrades make an initramfs again as usual.
-const DIVERT_INITRAMFS: &str = "chroot \"$1\" dpkg-divert --quiet --local --rename \
-     --add /usr/sbin/update-initramfs && ln -s /bin/true \"$1/usr/sbin/update-initramfs\"";
-const RESTORE_INITRAMFS: &str = "rm -f \"$1/usr/sbin/update-initramfs\" && chroot \"$1\" \
-     dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs";
-
 fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     let p = &ctx.plan.profile;
     binfmt::require(p.hardware.arch)?;
@@ -84,13 +77,26 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     for ex in DPKG_EXCLUDES {
         cmd = cmd.arg(format!("--dpkgopt={ex}"));
     }
+    let mut deferred = Vec::new();
     match p.hardware.initramfs {
         InitramfsKind::InitramfsTools => {}
-        InitramfsKind::Nodeforge => {
-            cmd = cmd
-                .arg(format!("--essential-hook={DIVERT_INITRAMFS}"))
-                .arg(format!("--customize-hook={RESTORE_INITRAMFS}"));
+        // Debian's generator would only cost time (minutes under
+        // emulation): nodeforge writes the initramfs after the bootstrap.
+        InitramfsKind::Nodeforge => deferred.push(Deferred::UpdateInitramfs),
+    }
+    if p.hardware.arch != host_arch() {
+        deferred.extend([Deferred::Depmod, Deferred::UpdateCaCertificates]);
+        match p.hardware.arch {
+            Arch::Arm64 => cmd = cmd.env("QEMU_CPU", cross::QEMU_CPU_ARM64),
+            Arch::Amd64 => {}
         }
+    }
+    let hooks = cross::hooks(&deferred);
+    for h in &hooks.essential {
+        cmd = cmd.arg(format!("--essential-hook={h}"));
+    }
+    for h in &hooks.customize {
+        cmd = cmd.arg(format!("--customize-hook={h}"));
     }
     if let Some(epoch) = std::env::var_os("SOURCE_DATE_EPOCH") {
         cmd = cmd.env("SOURCE_DATE_EPOCH", epoch);
