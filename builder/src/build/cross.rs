@@ -68,9 +68,22 @@ pub struct Hooks {
     pub customize: Vec<String>,
 }
 
-/// The hooks for a bootstrap that defers `deferred`.
-pub fn hooks(deferred: &[Deferred]) -> Hooks {
+/// openssh-server's postinst makes the host keys only where none exist:
+/// made natively first, the RSA key search (seconds of emulated bignum
+/// work) and six emulated ssh-keygen runs are saved. Without ssh-keygen on
+/// the host the postinst makes them as usual.
+const SSH_HOST_KEYS: &str = "if command -v ssh-keygen >/dev/null; then \
+     mkdir -p \"$1/etc/ssh\" && for t in rsa ecdsa ed25519; do \
+     ssh-keygen -q -t \"$t\" -N '' -f \"$1/etc/ssh/ssh_host_${t}_key\" </dev/null || exit 1; \
+     done; fi";
+
+/// The hooks for a bootstrap that defers `deferred`; with `ssh_keys`, the
+/// SSH host keys are made natively before openssh-server installs.
+pub fn hooks(deferred: &[Deferred], ssh_keys: bool) -> Hooks {
     let mut h = Hooks::default();
+    if ssh_keys {
+        h.essential.push(SSH_HOST_KEYS.to_owned());
+    }
     for d in deferred {
         let path = d.path();
         // The host's dpkg-divert edits the target's diversion list natively.
@@ -99,7 +112,7 @@ mod tests {
 
     #[test]
     fn every_diversion_is_removed_after_its_work_is_redone() {
-        let h = hooks(&[Deferred::UpdateInitramfs, Deferred::Depmod]);
+        let h = hooks(&[Deferred::UpdateInitramfs, Deferred::Depmod], false);
         assert_eq!(h.essential.len(), 2);
         assert!(h.essential[0].contains("--add /usr/sbin/update-initramfs"));
         assert!(h.essential[1].contains("ln -s /bin/true \"$1/usr/sbin/depmod\""));
@@ -111,6 +124,27 @@ mod tests {
             .customize
             .iter()
             .all(|c| !c.contains("chroot \"$1\" depmod")));
+    }
+
+    #[test]
+    fn ssh_host_keys_are_made_natively_where_the_postinst_looks() {
+        let h = hooks(&[], true);
+        assert_eq!(h.essential.len(), 1);
+        assert!(h.customize.is_empty());
+        if crate::exec::find_program("ssh-keygen").is_none() {
+            eprintln!("SKIPPED: ssh-keygen is not installed");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        crate::exec::Cmd::new("sh")
+            .args(["-c", &h.essential[0], "hook"])
+            .arg(root.path())
+            .run()
+            .unwrap();
+        for t in ["rsa", "ecdsa", "ed25519"] {
+            let key = root.path().join(format!("etc/ssh/ssh_host_{t}_key"));
+            assert!(key.is_file() && key.with_extension("pub").is_file(), "{t}");
+        }
     }
 
     /// The ca-certificates hook on a tree without emulation: a fake

@@ -91,7 +91,9 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
             Arch::Amd64 => {}
         }
     }
-    let hooks = cross::hooks(&deferred);
+    let foreign = p.hardware.arch != host_arch();
+    let ssh_keys = foreign && ctx.plan.packages.iter().any(|p| p == "openssh-server");
+    let hooks = cross::hooks(&deferred, ssh_keys);
     for h in &hooks.essential {
         cmd = cmd.arg(format!("--essential-hook={h}"));
     }
