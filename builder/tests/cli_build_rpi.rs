@@ -56,6 +56,7 @@ fn project() -> Project {
             "dtb",
         ),
         ("usr/bin/busybox", "busybox binary"),
+        ("etc/default/raspi-firmware", "#ROOTPART=/dev/mmcblk0p2\n"),
         (
             &format!("{modules}/modules.dep"),
             "kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\n",
@@ -226,6 +227,15 @@ fn pi_image_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
     assert!(
         fstab.contains(&format!("PARTUUID={}\t/boot/firmware\tvfat", boot.partuuid)),
         "{fstab}"
+    );
+    assert!(
+        debugfs("cat /etc/default/raspi-firmware")
+            .contains(&format!("ROOTPART=\"PARTUUID={}\"", root.partuuid)),
+        "kernel upgrades on the node keep the root by PARTUUID"
+    );
+    assert_eq!(
+        debugfs("cat /etc/default/raspi-firmware-custom"),
+        "# Written by nodeforge: the hardware's config.txt lines.\ndtparam=audio=off\n"
     );
     assert!(
         !debugfs("ls -l /boot/firmware").contains("start4.elf"),

@@ -42,6 +42,16 @@ const FAT_TYPES: [u8; 3] = [0x0B, 0x0C, 0x0E];
 /// virt's first serial port (PL011).
 const VIRT_CONSOLE: &str = "console=ttyAMA0,115200";
 
+/// The architecture an image runs on, without copying anything out: MBR
+/// images are Raspberry Pi (arm64) images, GPT images say it by their root
+/// partition type.
+pub fn arch_of(image: &Path) -> Result<Arch> {
+    match mbr::read(image)? {
+        Some(_) => Ok(Arch::Arm64),
+        None => image_arch(image),
+    }
+}
+
 /// Looks at the image's partition table; for a Pi image, copies its
 /// kernel and initrd into `tmp`.
 pub fn inspect(image: &Path, tmp: &Path) -> Result<BootSpec> {

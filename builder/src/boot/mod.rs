@@ -17,7 +17,7 @@ use crate::build::host_arch;
 use crate::exec::tail_lines;
 
 mod machine;
-pub use machine::{image_arch, inspect, virt_append, BootSpec};
+pub use machine::{arch_of, image_arch, inspect, virt_append, BootSpec};
 
 /// How long a KVM guest may stay silent on the serial console before KVM
 /// is judged broken on this host.
@@ -107,9 +107,8 @@ impl Vm {
     /// Starts the image; with `Accel::Auto`, KVM is tried and abandoned for
     /// TCG if it fails its trial.
     pub fn start(opts: &VmOptions) -> Result<Vm> {
-        let probe = tempfile::tempdir().context("creating a temporary directory")?;
         // KVM runs guests of the host's architecture only.
-        let native = inspect(&opts.image, probe.path())?.arch() == host_arch();
+        let native = arch_of(&opts.image)? == host_arch();
         let try_kvm = match opts.accel {
             Accel::Tcg => false,
             Accel::Kvm => true,

@@ -49,6 +49,9 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         "/etc/systemd/network/80-nodeforge-dhcp.network",
         DHCP_NETWORK,
     )?;
+    if let Some(rpi) = &p.hardware.rpi {
+        raspi_firmware_defaults(ctx, rpi)?;
+    }
     for unit in ["systemd-networkd.service", "systemd-resolved.service"] {
         enable_unit(&ctx.rootfs, unit)?;
     }
@@ -68,6 +71,34 @@ fn fstab(ctx: &BuildContext) -> String {
          PARTUUID={}\t{mount}\tvfat\tumask=0077,nofail\t0\t2\n",
         root.partuuid, esp.partuuid
     )
+}
+
+/// raspi-firmware's kernel hook rewrites the boot partition when the node
+/// upgrades its kernel: tell it the root by PARTUUID (as cmdline.txt has
+/// it) and the hardware's config.txt lines, so an upgraded node boots the
+/// same way.
+fn raspi_firmware_defaults(ctx: &BuildContext, rpi: &crate::profile::RpiFile) -> Result<()> {
+    let defaults = ctx.target("/etc/default/raspi-firmware");
+    if !defaults.is_file() {
+        return Ok(());
+    }
+    let root = ctx.plan.layout.partition(PartitionKind::Root);
+    let mut text =
+        fs::read_to_string(&defaults).with_context(|| format!("reading {}", defaults.display()))?;
+    text.push_str(&format!(
+        "\n# Written by nodeforge: the root partition as cmdline.txt names it.\nROOTPART=\"PARTUUID={}\"\n",
+        root.partuuid
+    ));
+    write(ctx, "/etc/default/raspi-firmware", &text)?;
+    if !rpi.config.is_empty() {
+        let mut custom = String::from("# Written by nodeforge: the hardware's config.txt lines.\n");
+        for line in &rpi.config {
+            custom.push_str(line);
+            custom.push('\n');
+        }
+        write(ctx, "/etc/default/raspi-firmware-custom", &custom)?;
+    }
+    Ok(())
 }
 
 fn write(ctx: &BuildContext, path: &str, contents: &str) -> Result<()> {
