@@ -285,6 +285,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mbr_images_are_arm64_and_gpt_images_say_their_arch() {
+        use crate::disk::{gpt_table, mbr, DiskLayout, TableKind};
+        let dir = tempfile::tempdir().unwrap();
+        for (table, arch) in [
+            (TableKind::Mbr, Arch::Arm64),
+            (TableKind::Gpt, Arch::Amd64),
+            (TableKind::Gpt, Arch::Arm64),
+        ] {
+            let path = dir.path().join("d.img");
+            let f = fs::File::create(&path).unwrap();
+            let l = DiskLayout::fat_and_root(table, 700 << 20, 64 << 20, arch, "s").unwrap();
+            f.set_len(l.size).unwrap();
+            match table {
+                TableKind::Mbr => mbr::write(&f, &path, &l).unwrap(),
+                TableKind::Gpt => gpt_table::write(&f, &path, &l).unwrap(),
+            }
+            assert_eq!(arch_of(&path).unwrap(), arch, "{table:?}");
+        }
+    }
+
+    #[test]
     fn pi_consoles_become_virts_serial_port() {
         let a = virt_append(
             "root=PARTUUID=0badcafe-02 rw console=tty1 console=ttyS1,115200 rootwait\n",
