@@ -294,7 +294,13 @@ mod tests {
             (TableKind::Gpt, Arch::Arm64),
         ] {
             let path = dir.path().join("d.img");
-            let f = fs::File::create(&path).unwrap();
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
             let l = DiskLayout::fat_and_root(table, 700 << 20, 64 << 20, arch, "s").unwrap();
             f.set_len(l.size).unwrap();
             match table {
