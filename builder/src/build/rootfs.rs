@@ -77,6 +77,7 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     for ex in DPKG_EXCLUDES {
         cmd = cmd.arg(format!("--dpkgopt={ex}"));
     }
+    let foreign = p.hardware.arch != host_arch();
     let mut deferred = Vec::new();
     match p.hardware.initramfs {
         InitramfsKind::InitramfsTools => {}
@@ -84,14 +85,13 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
         // emulation): nodeforge writes the initramfs after the bootstrap.
         InitramfsKind::Nodeforge => deferred.push(Deferred::UpdateInitramfs),
     }
-    if p.hardware.arch != host_arch() {
+    if foreign {
         deferred.extend([Deferred::Depmod, Deferred::UpdateCaCertificates]);
         match p.hardware.arch {
             Arch::Arm64 => cmd = cmd.env("QEMU_CPU", cross::QEMU_CPU_ARM64),
             Arch::Amd64 => {}
         }
     }
-    let foreign = p.hardware.arch != host_arch();
     let ssh_keys = foreign && ctx.plan.packages.iter().any(|p| p == "openssh-server");
     let hooks = cross::hooks(&deferred, ssh_keys);
     for h in &hooks.essential {
