@@ -22,6 +22,19 @@ fi
 
 apt-get update
 apt-get install -y --no-install-recommends \
-  ca-certificates tar zstd xz-utils gdisk dosfstools ovmf bmap-tools gnupg apt-utils
+  ca-certificates tar zstd xz-utils gdisk fdisk dosfstools cpio ovmf kmod openssl \
+  bmap-tools gnupg apt-utils qemu-efi-aarch64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 apt-get install -y --no-install-recommends "${backports[@]}" \
-  mmdebstrap e2fsprogs qemu-system-x86 qemu-utils
+  mmdebstrap e2fsprogs qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils
+
+# arm64 images are bootstrapped through qemu-user: register it with
+# binfmt_misc (not mounted on a fresh machine).
+if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+/usr/lib/systemd/systemd-binfmt
+
+# The first-boot agent is cross-built for arm64 images.
+if command -v rustup >/dev/null; then
+  rustup target add aarch64-unknown-linux-gnu
+fi

@@ -201,11 +201,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 if !still.is_empty() {
                     bail!(
                         "still missing after install: {}",
-                        still
-                            .iter()
-                            .map(|r| r.package)
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        still.iter().map(|r| r.what).collect::<Vec<_>>().join(", ")
                     );
                 }
                 println!("all host prerequisites are installed");

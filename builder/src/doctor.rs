@@ -6,22 +6,40 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::binfmt;
 use crate::exec::{find_program, Cmd};
+use crate::profile::Arch;
 
 #[derive(Debug, Clone, Copy)]
 enum Probe {
     Program(&'static str),
     File(&'static str),
+    /// qemu-user registered with binfmt_misc for this architecture.
+    Binfmt(Arch),
+    /// The Rust standard library for this target is installed.
+    RustTarget(&'static str),
+}
+
+/// How `--install` provides a missing requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fix {
+    Apt {
+        package: &'static str,
+        /// On Debian bookworm this comes from bookworm-backports (QEMU
+        /// must match the backported qemu-utils).
+        backports: bool,
+    },
+    /// Mount binfmt_misc and run systemd-binfmt (after the apt packages).
+    Binfmt,
+    /// `rustup target add`.
+    Rustup(&'static str),
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Requirement {
     pub what: &'static str,
     probe: Probe,
-    pub package: &'static str,
-    /// On Debian bookworm this comes from bookworm-backports (QEMU must
-    /// match the backported qemu-utils).
-    pub backports: bool,
+    pub fix: Fix,
 }
 
 const fn req(
@@ -33,8 +51,7 @@ const fn req(
     Requirement {
         what,
         probe,
-        package,
-        backports,
+        fix: Fix::Apt { package, backports },
     }
 }
 
@@ -88,6 +105,64 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "dosfstools",
         false,
     ),
+    req(
+        "check MBR (tests)",
+        Probe::Program("sfdisk"),
+        "fdisk",
+        false,
+    ),
+    req(
+        "decompress kernel modules",
+        Probe::Program("xz"),
+        "xz-utils",
+        false,
+    ),
+    req(
+        "module index for arm64 images",
+        Probe::Program("depmod"),
+        "kmod",
+        false,
+    ),
+    req(
+        "CA links for arm64 images",
+        Probe::Program("openssl"),
+        "openssl",
+        false,
+    ),
+    req(
+        "run arm64 programs",
+        Probe::Program("qemu-aarch64-static"),
+        "qemu-user-static",
+        true,
+    ),
+    Requirement {
+        what: "arm64 emulation in chroots",
+        probe: Probe::Binfmt(Arch::Arm64),
+        fix: Fix::Binfmt,
+    },
+    req(
+        "UEFI firmware for arm64",
+        Probe::File("/usr/share/AAVMF/AAVMF_CODE.fd"),
+        "qemu-efi-aarch64",
+        false,
+    ),
+    req(
+        "link the arm64 agent",
+        Probe::Program("aarch64-linux-gnu-gcc"),
+        "gcc-aarch64-linux-gnu",
+        false,
+    ),
+    req(
+        "arm64 C library for linking",
+        Probe::File("/usr/aarch64-linux-gnu/lib/crt1.o"),
+        "libc6-dev-arm64-cross",
+        false,
+    ),
+    Requirement {
+        what: "build the arm64 agent",
+        probe: Probe::RustTarget("aarch64-unknown-linux-gnu"),
+        fix: Fix::Rustup("aarch64-unknown-linux-gnu"),
+    },
 ];
 
 impl Requirement {
@@ -95,14 +170,41 @@ impl Requirement {
         match self.probe {
             Probe::Program(p) => find_program(p).is_some(),
             Probe::File(f) => Path::new(f).is_file(),
+            Probe::Binfmt(arch) => binfmt::problem(arch).is_none(),
+            Probe::RustTarget(t) => rust_target_installed(t),
         }
     }
 
     pub fn probe_name(&self) -> &'static str {
         match self.probe {
-            Probe::Program(p) | Probe::File(p) => p,
+            Probe::Program(p) | Probe::File(p) | Probe::RustTarget(p) => p,
+            Probe::Binfmt(arch) => binfmt::entry_name(arch),
         }
     }
+
+    /// How to get it, for the report.
+    pub fn remedy(&self) -> String {
+        match self.fix {
+            Fix::Apt { package, .. } => format!("package {package}"),
+            Fix::Binfmt => "systemd-binfmt".into(),
+            Fix::Rustup(t) => format!("rustup target add {t}"),
+        }
+    }
+}
+
+/// Whether rustc has the standard library for `target`.
+fn rust_target_installed(target: &str) -> bool {
+    Cmd::new("rustc")
+        .args(["--print", "sysroot"])
+        .stdout_text()
+        .map(|root| {
+            Path::new(root.trim())
+                .join("lib/rustlib")
+                .join(target)
+                .join("lib")
+                .is_dir()
+        })
+        .unwrap_or(false)
 }
 
 /// One line per requirement; returns the missing ones.
@@ -112,11 +214,11 @@ pub fn report() -> (String, Vec<Requirement>) {
     for r in REQUIREMENTS {
         let ok = r.present();
         text.push_str(&format!(
-            "{} {:<26} {:<32} (package {})\n",
+            "{} {:<27} {:<32} ({})\n",
             if ok { "ok     " } else { "MISSING" },
             r.what,
             r.probe_name(),
-            r.package
+            r.remedy()
         ));
         if !ok {
             missing.push(*r);
@@ -136,7 +238,33 @@ pub fn install(missing: &[Requirement]) -> Result<()> {
         bail!("installing packages needs root: run `sudo nodeforge doctor --install`");
     }
     let bookworm = debian_codename().as_deref() == Some("bookworm");
-    if bookworm && missing.iter().any(|r| r.backports) {
+    let apt_missing: Vec<(&'static str, bool)> = missing
+        .iter()
+        .filter_map(|r| match r.fix {
+            Fix::Apt { package, backports } => Some((package, backports)),
+            _ => None,
+        })
+        .collect();
+    if !apt_missing.is_empty() {
+        install_apt(&apt_missing, bookworm)?;
+    }
+    if missing.iter().any(|r| r.fix == Fix::Binfmt) {
+        binfmt::enable()?;
+    }
+    for r in missing {
+        if let Fix::Rustup(target) = r.fix {
+            Cmd::new("rustup")
+                .args(["target", "add", target])
+                .inherit_output()
+                .run()
+                .with_context(|| format!("adding the Rust target {target}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn install_apt(missing: &[(&'static str, bool)], bookworm: bool) -> Result<()> {
+    if bookworm && missing.iter().any(|(_, bpo)| *bpo) {
         ensure_backports()?;
     }
     let apt = |args: &[&str]| {
@@ -147,11 +275,10 @@ pub fn install(missing: &[Requirement]) -> Result<()> {
             .run()
     };
     apt(&["update"]).context("updating apt's package lists")?;
-    let (bpo, plain): (Vec<&Requirement>, Vec<&Requirement>) =
-        missing.iter().partition(|r| bookworm && r.backports);
+    let (bpo, plain): (Vec<_>, Vec<_>) = missing.iter().partition(|(_, b)| bookworm && *b);
     if !plain.is_empty() {
         let mut args = vec!["install", "-y", "--no-install-recommends"];
-        args.extend(plain.iter().map(|r| r.package));
+        args.extend(plain.iter().map(|(p, _)| *p));
         apt(&args).context("installing host packages")?;
     }
     if !bpo.is_empty() {
@@ -162,7 +289,7 @@ pub fn install(missing: &[Requirement]) -> Result<()> {
             "-t",
             "bookworm-backports",
         ];
-        args.extend(bpo.iter().map(|r| r.package));
+        args.extend(bpo.iter().map(|(p, _)| *p));
         apt(&args).context("installing host packages from bookworm-backports")?;
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! machines that boot them.
 
 pub mod apt;
+pub mod binfmt;
 pub mod bmap;
 pub mod boot;
 pub mod build;
@@ -14,6 +15,7 @@ pub mod exec;
 pub mod flash;
 pub mod fleet;
 pub mod fsutil;
+pub mod initramfs;
 pub mod plan;
 pub mod profile;
 pub mod tailnet;

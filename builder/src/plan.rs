@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::disk::DiskLayout;
+use crate::disk::{DiskLayout, TableKind};
 use crate::fsutil::sha256_bytes;
-use crate::profile::{self, Profile};
+use crate::profile::{self, Firmware, InitramfsKind, Profile};
 
 /// Bumped when the way a rootfs is made changes, so old cache entries are
 /// not reused for a different recipe.
@@ -60,7 +60,8 @@ impl Plan {
         let packages = profile.all_packages();
         let rootfs_key = rootfs_key(&profile, &packages)?;
         let profile_hash = profile_hash(&profile, &overlay_files)?;
-        let layout = DiskLayout::esp_and_root(
+        let layout = DiskLayout::fat_and_root(
+            profile.hardware.firmware.table(),
             profile.disk.size.0,
             profile.disk.esp_size.0,
             profile.hardware.arch,
@@ -145,14 +146,20 @@ impl Plan {
                 if f.template { " (template)" } else { "" }
             ));
         }
-        line(format!(
-            "disk       {} bytes, GPT {}",
-            self.layout.size, self.layout.disk_guid
-        ));
+        line(match self.layout.table {
+            TableKind::Gpt => format!(
+                "disk       {} bytes, GPT {}",
+                self.layout.size, self.layout.disk_guid
+            ),
+            TableKind::Mbr => format!(
+                "disk       {} bytes, MBR signature {:08x}",
+                self.layout.size, self.layout.mbr_signature
+            ),
+        });
         for part in &self.layout.partitions {
             line(format!(
                 "  {} {:<5} offset {:>12} size {:>12} partuuid {}",
-                part.number, part.label, part.offset, part.size, part.part_guid
+                part.number, part.label, part.offset, part.size, part.partuuid
             ));
         }
         line("steps".into());
@@ -174,6 +181,15 @@ fn rootfs_key(p: &Profile, packages: &[String]) -> Result<String> {
     });
     if let Some(apt) = crate::apt::cache_key_part(&p.apt)? {
         key["apt"] = apt;
+    }
+    // Only a non-default initramfs changes mmdebstrap's hooks; leaving the
+    // key of default builds as it was keeps their caches valid.
+    if p.hardware.initramfs != InitramfsKind::InitramfsTools {
+        key["initramfs"] = serde_json::to_value(p.hardware.initramfs).unwrap_or_default();
+    }
+    // A foreign-architecture bootstrap defers some work to the host.
+    if p.hardware.arch != crate::build::host_arch() {
+        key["cross_recipe"] = 1.into();
     }
     Ok(sha256_bytes(key.to_string().as_bytes()))
 }
@@ -265,6 +281,14 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()>
     Ok(())
 }
 
+/// The step that writes the firmware's FAT partition.
+pub fn boot_step_name(firmware: Firmware) -> &'static str {
+    match firmware {
+        Firmware::Uefi => "esp",
+        Firmware::Rpi => "boot-partition",
+    }
+}
+
 fn step_plans(
     p: &Profile,
     packages: &[String],
@@ -321,14 +345,35 @@ fn step_plans(
             )],
         ),
         step(
-            "esp",
+            "initramfs",
+            vec![match p.hardware.initramfs {
+                InitramfsKind::InitramfsTools => "initramfs-tools, inside the image".into(),
+                InitramfsKind::Nodeforge => format!(
+                    "busybox + modules [{}], written on the host",
+                    p.hardware.initramfs_modules.join(", ")
+                ),
+            }],
+        ),
+        step(
+            boot_step_name(p.hardware.firmware),
             vec![
-                "systemd-boot, kernel, initrd, loader entry".into(),
+                match p.hardware.firmware {
+                    Firmware::Uefi => "systemd-boot, kernel, initrd, loader entry".into(),
+                    Firmware::Rpi => {
+                        "Pi firmware, device trees, config.txt, cmdline.txt, kernel, initrd".into()
+                    }
+                },
                 format!("FAT32 {}", p.disk.esp_size),
             ],
         ),
         step("root-fs", vec!["mkfs.ext4 -d".into()]),
-        step("partition-table", vec!["GPT: esp, root".into()]),
+        step(
+            "partition-table",
+            vec![match p.hardware.firmware.table() {
+                TableKind::Gpt => "GPT: esp, root".into(),
+                TableKind::Mbr => "MBR: boot (FAT32, active), root".into(),
+            }],
+        ),
         step(
             "outputs",
             p.outputs

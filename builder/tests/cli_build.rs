@@ -122,6 +122,7 @@ fn offline_build_produces_image_checksum_and_manifest() {
             "overlays",
             "users",
             "agent",
+            "initramfs",
             "esp",
             "root-fs",
             "partition-table",
@@ -142,7 +143,7 @@ fn offline_build_produces_image_checksum_and_manifest() {
     assert_eq!(manifest["packages"][0]["name"], "systemd");
     assert_eq!(manifest["packages"][0]["version"], "257.9-1");
     assert_eq!(manifest["facts"]["kernel"], "6.1.0-test");
-    assert_eq!(manifest["steps"].as_array().unwrap().len(), 8);
+    assert_eq!(manifest["steps"].as_array().unwrap().len(), 9);
     assert!(manifest["steps"][0]["seconds"].as_f64().is_some());
 
     // The partition table and ESP read back with our own readers…

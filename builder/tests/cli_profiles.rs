@@ -260,3 +260,40 @@ fn repository_profiles_all_check() {
         profiles.len()
     );
 }
+
+#[test]
+fn repository_hardware_files_all_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let mut hardware: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("hardware"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    hardware.sort();
+    let names: Vec<String> = hardware
+        .iter()
+        .map(|h| h.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in ["rpi4", "rpi5", "arm64-virt", "x86-64-uefi"] {
+        assert!(names.iter().any(|n| n == want), "hardware/{want}.toml");
+    }
+    let p = Project::new();
+    for hw in &hardware {
+        let profile = p.write(
+            "profiles/hw.toml",
+            &format!("name = \"hw\"\nhardware = \"{}\"\n", hw.display()),
+        );
+        let out = p.nodeforge(&["plan", profile.to_str().unwrap()]);
+        assert!(out.status.success(), "{}: {}", hw.display(), stderr(&out));
+        let plan = stdout(&out);
+        let stem = hw.file_stem().unwrap().to_string_lossy();
+        let table = if stem.starts_with("rpi") {
+            "MBR signature"
+        } else {
+            "GPT "
+        };
+        assert!(plan.contains(table), "{}: {plan}", hw.display());
+    }
+}

@@ -10,7 +10,7 @@ use nodeforge_firstboot::config::{BakedConfig, TailscaleConfig, BAKED_CONFIG_PAT
 use super::progress::StepOutcome;
 use super::system::enable_unit;
 use super::{BuildContext, StepReport};
-use crate::exec::Cmd;
+use crate::exec::{find_program, Cmd};
 use crate::profile::{Arch, Profile};
 
 pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
@@ -107,29 +107,59 @@ fn build_from_source(workspace: &Path, arch: Arch) -> Result<PathBuf> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    Cmd::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--locked",
-            "-p",
-            "nodeforge-firstboot",
-            "--target",
-            arch.rust_target(),
-        ])
-        .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .run()
-        .context("building the first-boot agent for the image")?;
+    let mut cmd = Cmd::new(cargo);
+    if let Some((var, linker)) = cross_linker(arch) {
+        // A linker the user configured (env or .cargo/config.toml) wins.
+        if std::env::var_os(var).is_none() {
+            if find_program(linker).is_none() {
+                bail!(
+                    "building the agent for {} needs the cross linker {linker}: install it with                      `nodeforge doctor --install` (Debian package gcc-aarch64-linux-gnu)",
+                    arch.rust_target()
+                );
+            }
+            cmd = cmd.env(var, linker);
+        }
+    }
+    cmd.args([
+        "build",
+        "--quiet",
+        "--release",
+        "--locked",
+        "-p",
+        "nodeforge-firstboot",
+        "--target",
+        arch.rust_target(),
+    ])
+    .arg("--manifest-path")
+    .arg(workspace.join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .run()
+    .context("building the first-boot agent for the image")?;
     Ok(target_dir
         .join(arch.rust_target())
         .join("release/nodeforge-firstboot"))
 }
 
-fn host_arch() -> Arch {
+/// The environment variable that names cargo's linker for `arch` and
+/// Debian's cross gcc for it, when `arch` is not the host's.
+pub fn cross_linker(arch: Arch) -> Option<(&'static str, &'static str)> {
+    if arch == host_arch() {
+        return None;
+    }
+    Some(match arch {
+        Arch::Amd64 => (
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
+            "x86_64-linux-gnu-gcc",
+        ),
+        Arch::Arm64 => (
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+            "aarch64-linux-gnu-gcc",
+        ),
+    })
+}
+
+pub fn host_arch() -> Arch {
     if cfg!(target_arch = "aarch64") {
         Arch::Arm64
     } else {

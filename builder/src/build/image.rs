@@ -8,11 +8,13 @@ use anyhow::{bail, Context, Result};
 
 use super::progress::StepOutcome;
 use super::reproducible;
+use super::rpi;
 use super::{BuildContext, StepReport};
 use crate::disk::esp::{self, Content};
-use crate::disk::{gpt_table, PartitionKind};
+use crate::disk::{gpt_table, mbr, PartitionKind, TableKind};
 use crate::exec::Cmd;
 use crate::fsutil;
+use crate::profile::Firmware;
 
 /// The image being written. Removed on drop unless it was committed, so a
 /// failed build leaves nothing behind.
@@ -66,9 +68,59 @@ pub fn image_path(ctx: &BuildContext) -> PathBuf {
         .join(format!("{}.img", ctx.plan.profile.name))
 }
 
-pub fn write_esp(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
-    let arch = ctx.plan.profile.hardware.arch;
+/// Writes the firmware's FAT partition: the ESP on UEFI, the boot
+/// partition on a Raspberry Pi.
+pub fn write_boot_partition(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let (kernel, initrd, version) = find_kernel(&ctx.rootfs)?;
+    let p = &ctx.plan.profile;
+    let root = ctx.plan.layout.partition(PartitionKind::Root);
+    let mut options = vec![format!("root=PARTUUID={}", root.partuuid), "rw".to_string()];
+    options.extend(p.hardware.kernel_cmdline.iter().cloned());
+    let (files, label) = match p.hardware.firmware {
+        Firmware::Uefi => (uefi_files(ctx, kernel, initrd, &version, &options)?, "ESP"),
+        Firmware::Rpi => {
+            let rpi = p
+                .hardware
+                .rpi
+                .as_ref()
+                .context("firmware = \"rpi\" without an [rpi] table")?;
+            let files = rpi::boot_files(&rpi::BootInputs {
+                rootfs: &ctx.rootfs,
+                rpi,
+                kernel,
+                initrd,
+                kernel_version: &version,
+                cmdline: &options,
+                hardware: &p.hardware.name,
+                profile: &p.name,
+            })?;
+            (files, "BOOT")
+        }
+    };
+    let part = ctx.plan.layout.partition(PartitionKind::Esp).clone();
+    let image = PartialImage::create(&image_path(ctx), ctx.plan.layout.size)?;
+    let volume = esp::Volume {
+        id: esp::volume_id_from(&part.fs_uuid),
+        label,
+        epoch: ctx.epoch,
+    };
+    esp::write(&image.file, part.offset, part.size, &volume, &files)
+        .with_context(|| format!("writing the {label} partition to {}", image.path.display()))?;
+    ctx.facts.insert("kernel".into(), version.into());
+    ctx.image = Some(image);
+    Ok(StepOutcome::Done)
+}
+
+/// systemd-boot as the removable-media loader, its entry, kernel, initrd.
+fn uefi_files(
+    ctx: &BuildContext,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    version: &str,
+    options: &[String],
+) -> Result<Vec<(String, Content)>> {
+    let p = &ctx.plan.profile;
+    let arch = p.hardware.arch;
     let sd_boot = ctx.target(&format!(
         "/usr/lib/systemd/boot/efi/{}",
         arch.systemd_boot_file()
@@ -82,21 +134,13 @@ pub fn write_esp(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome
                 .display()
         );
     }
-    let root = ctx.plan.layout.partition(PartitionKind::Root);
-    let esp_part = ctx.plan.layout.partition(PartitionKind::Esp).clone();
-    let p = &ctx.plan.profile;
-    let mut options = vec![
-        format!("root=PARTUUID={}", root.part_guid),
-        "rw".to_string(),
-    ];
-    options.extend(p.hardware.kernel_cmdline.iter().cloned());
     let entry = format!(
         "title   nodeforge {} ({})\nversion {version}\nlinux   /nodeforge/vmlinuz\ninitrd  /nodeforge/initrd.img\noptions {}\n",
         p.name,
         p.role,
         options.join(" ")
     );
-    let files = vec![
+    Ok(vec![
         (
             format!("EFI/BOOT/{}", arch.efi_boot_file()),
             Content::File(sd_boot.clone()),
@@ -115,22 +159,22 @@ pub fn write_esp(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome
         ),
         ("nodeforge/vmlinuz".into(), Content::File(kernel)),
         ("nodeforge/initrd.img".into(), Content::File(initrd)),
-    ];
-    let image = PartialImage::create(&image_path(ctx), ctx.plan.layout.size)?;
-    let volume = esp::Volume {
-        id: esp::volume_id_from(&esp_part.fs_uuid),
-        label: "ESP",
-        epoch: ctx.epoch,
-    };
-    esp::write(&image.file, esp_part.offset, esp_part.size, &volume, &files)
-        .with_context(|| format!("writing the ESP to {}", image.path.display()))?;
-    ctx.facts.insert("kernel".into(), version.into());
-    ctx.image = Some(image);
-    Ok(StepOutcome::Done)
+    ])
 }
 
 /// The newest kernel and its initrd in the target's /boot.
-fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
+pub fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    let version = kernel_version(root)?;
+    let boot = root.join("boot");
+    let initrd = boot.join(format!("initrd.img-{version}"));
+    if !initrd.is_file() {
+        bail!("kernel {version} has no initrd in /boot (is initramfs-tools installed?)");
+    }
+    Ok((boot.join(format!("vmlinuz-{version}")), initrd, version))
+}
+
+/// The newest kernel version in the target's /boot.
+pub fn kernel_version(root: &Path) -> Result<String> {
     let boot = root.join("boot");
     let mut versions: Vec<String> = fs::read_dir(&boot)
         .with_context(|| format!("reading {}", boot.display()))?
@@ -143,14 +187,9 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
         })
         .collect();
     versions.sort_by(|a, b| compare_versions(a, b));
-    let Some(version) = versions.pop() else {
-        bail!("the image has no kernel in /boot: add a kernel package (e.g. linux-image-amd64) to the hardware's packages");
-    };
-    let initrd = boot.join(format!("initrd.img-{version}"));
-    if !initrd.is_file() {
-        bail!("kernel {version} has no initrd in /boot (is initramfs-tools installed?)");
-    }
-    Ok((boot.join(format!("vmlinuz-{version}")), initrd, version))
+    versions.pop().context(
+        "the image has no kernel in /boot: add a kernel package (e.g. linux-image-amd64) to the hardware's packages",
+    )
 }
 
 /// Orders "6.12.9" before "6.12.10": numeric runs compare as numbers.
@@ -202,7 +241,10 @@ pub fn write_partition_table(ctx: &mut BuildContext, _: &[StepReport]) -> Result
         .image
         .as_ref()
         .context("the image file was not created")?;
-    gpt_table::write(&image.file, &image.path, &ctx.plan.layout)?;
+    match ctx.plan.layout.table {
+        TableKind::Gpt => gpt_table::write(&image.file, &image.path, &ctx.plan.layout)?,
+        TableKind::Mbr => mbr::write(&image.file, &image.path, &ctx.plan.layout)?,
+    }
     Ok(StepOutcome::Done)
 }
 

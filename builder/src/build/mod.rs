@@ -1,12 +1,15 @@
 //! `nodeforge build`: one function that reads as the list of steps.
 
 mod agent;
+mod cross;
 mod image;
+mod initrd;
 mod outputs;
 mod overlay;
 pub mod progress;
 pub mod reproducible;
 mod rootfs;
+pub mod rpi;
 mod system;
 pub mod users;
 
@@ -17,6 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+pub use agent::{cross_linker, host_arch};
 use progress::Reporter;
 pub use progress::{Output, StepOutcome, StepReport};
 
@@ -67,13 +71,15 @@ pub struct BuildContext<'a> {
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
     check_privileges()?;
     let mut ctx = BuildContext::new(plan, opts)?;
-    let mut steps = Steps::new(opts.output, 9);
+    let mut steps = Steps::new(opts.output, 10);
     steps.run("rootfs", &mut ctx, rootfs::run)?;
     steps.run("system", &mut ctx, system::run)?;
     steps.run("overlays", &mut ctx, overlay::run)?;
     steps.run("users", &mut ctx, users::run)?;
     steps.run("agent", &mut ctx, agent::run)?;
-    steps.run("esp", &mut ctx, image::write_esp)?;
+    steps.run("initramfs", &mut ctx, initrd::run)?;
+    let boot_step = crate::plan::boot_step_name(plan.profile.hardware.firmware);
+    steps.run(boot_step, &mut ctx, image::write_boot_partition)?;
     steps.run("root-fs", &mut ctx, image::write_root_fs)?;
     steps.run("partition-table", &mut ctx, image::write_partition_table)?;
     let mut result = None;

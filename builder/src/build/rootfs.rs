@@ -4,10 +4,14 @@ use std::fs;
 
 use anyhow::{Context, Result};
 
+use super::cross::{self, Deferred};
+use super::host_arch;
 use super::progress::StepOutcome;
 use super::{BuildContext, StepReport};
+use crate::binfmt;
 use crate::exec::Cmd;
 use crate::fsutil;
+use crate::profile::{Arch, InitramfsKind};
 
 /// Documentation, man pages and translations are never read on a node and
 /// make up a large part of a minimal system.
@@ -76,6 +80,7 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
 
 fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     let p = &ctx.plan.profile;
+    binfmt::require(p.hardware.arch)?;
     let mut cmd = Cmd::new("mmdebstrap")
         .arg("--mode=root")
         .arg("--variant=minbase")
@@ -84,6 +89,29 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
         .arg(format!("--include={}", ctx.plan.packages.join(",")));
     for ex in DPKG_EXCLUDES {
         cmd = cmd.arg(format!("--dpkgopt={ex}"));
+    }
+    let foreign = p.hardware.arch != host_arch();
+    let mut deferred = Vec::new();
+    match p.hardware.initramfs {
+        InitramfsKind::InitramfsTools => {}
+        // Debian's generator would only cost time (minutes under
+        // emulation): nodeforge writes the initramfs after the bootstrap.
+        InitramfsKind::Nodeforge => deferred.push(Deferred::UpdateInitramfs),
+    }
+    if foreign {
+        deferred.extend([Deferred::Depmod, Deferred::UpdateCaCertificates]);
+        match p.hardware.arch {
+            Arch::Arm64 => cmd = cmd.env("QEMU_CPU", cross::QEMU_CPU_ARM64),
+            Arch::Amd64 => {}
+        }
+    }
+    let ssh_keys = foreign && ctx.plan.packages.iter().any(|p| p == "openssh-server");
+    let hooks = cross::hooks(&deferred, ssh_keys);
+    for h in &hooks.essential {
+        cmd = cmd.arg(format!("--essential-hook={h}"));
+    }
+    for h in &hooks.customize {
+        cmd = cmd.arg(format!("--customize-hook={h}"));
     }
     if let Some(epoch) = ctx.epoch {
         cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());

@@ -11,10 +11,6 @@ use super::progress::StepOutcome;
 use super::{BuildContext, StepReport};
 use crate::disk::PartitionKind;
 
-/// Where the ESP is mounted on a running node (the agent reads its seed
-/// there).
-pub const ESP_MOUNT: &str = "/boot/efi";
-
 const DHCP_NETWORK: &str = "\
 # Written by nodeforge: DHCP on every wired interface.
 [Match]
@@ -36,7 +32,14 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         ),
     )?;
     write(ctx, "/etc/fstab", &fstab(ctx))?;
-    fs::create_dir_all(ctx.target(ESP_MOUNT))?;
+    // The partition mounted there would hide whatever packages put below
+    // the mount point (raspi-firmware copies itself into /boot/firmware).
+    let mount = p.hardware.firmware.boot_mount();
+    let dir = ctx.target(mount);
+    if dir.is_dir() {
+        fs::remove_dir_all(&dir).with_context(|| format!("emptying {mount} in the image"))?;
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {mount} in the image"))?;
     // An empty machine-id makes systemd generate one per machine at first
     // boot, so one image serves many machines.
     write(ctx, "/etc/machine-id", "")?;
@@ -46,6 +49,9 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         "/etc/systemd/network/80-nodeforge-dhcp.network",
         DHCP_NETWORK,
     )?;
+    if let Some(rpi) = &p.hardware.rpi {
+        raspi_firmware_defaults(ctx, rpi)?;
+    }
     for unit in ["systemd-networkd.service", "systemd-resolved.service"] {
         enable_unit(&ctx.rootfs, unit)?;
     }
@@ -93,12 +99,43 @@ fn fstab(ctx: &BuildContext) -> String {
     let layout = &ctx.plan.layout;
     let root = layout.partition(PartitionKind::Root);
     let esp = layout.partition(PartitionKind::Esp);
+    // The seed on this partition may hold an auth key until the agent
+    // scrubs it: root only.
+    let mount = ctx.plan.profile.hardware.firmware.boot_mount();
     format!(
         "# Written by nodeforge; partitions are found by PARTUUID.\n\
          PARTUUID={}\t/\text4\terrors=remount-ro\t0\t1\n\
-         PARTUUID={}\t{ESP_MOUNT}\tvfat\tumask=0077,nofail\t0\t2\n",
-        root.part_guid, esp.part_guid
+         PARTUUID={}\t{mount}\tvfat\tumask=0077,nofail\t0\t2\n",
+        root.partuuid, esp.partuuid
     )
+}
+
+/// raspi-firmware's kernel hook rewrites the boot partition when the node
+/// upgrades its kernel: tell it the root by PARTUUID (as cmdline.txt has
+/// it) and the hardware's config.txt lines, so an upgraded node boots the
+/// same way.
+fn raspi_firmware_defaults(ctx: &BuildContext, rpi: &crate::profile::RpiFile) -> Result<()> {
+    let defaults = ctx.target("/etc/default/raspi-firmware");
+    if !defaults.is_file() {
+        return Ok(());
+    }
+    let root = ctx.plan.layout.partition(PartitionKind::Root);
+    let mut text =
+        fs::read_to_string(&defaults).with_context(|| format!("reading {}", defaults.display()))?;
+    text.push_str(&format!(
+        "\n# Written by nodeforge: the root partition as cmdline.txt names it.\nROOTPART=\"PARTUUID={}\"\n",
+        root.partuuid
+    ));
+    write(ctx, "/etc/default/raspi-firmware", &text)?;
+    if !rpi.config.is_empty() {
+        let mut custom = String::from("# Written by nodeforge: the hardware's config.txt lines.\n");
+        for line in &rpi.config {
+            custom.push_str(line);
+            custom.push('\n');
+        }
+        write(ctx, "/etc/default/raspi-firmware-custom", &custom)?;
+    }
+    Ok(())
 }
 
 fn write(ctx: &BuildContext, path: &str, contents: &str) -> Result<()> {

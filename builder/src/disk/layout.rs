@@ -11,10 +11,23 @@ pub const SECTOR: u64 = 512;
 pub const ALIGN: u64 = 1 << 20;
 /// The backup GPT at the end of the disk: 32 sectors of entries + header.
 const GPT_BACKUP_SECTORS: u64 = 33;
+/// MBR partition types: FAT32 with LBA addressing (what the Raspberry Pi
+/// boot ROM looks for) and Linux.
+pub const MBR_FAT32_LBA: u8 = 0x0C;
+pub const MBR_LINUX: u8 = 0x83;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    Gpt,
+    Mbr,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionKind {
+    /// The FAT partition the firmware reads: the ESP on UEFI, the boot
+    /// partition on a Raspberry Pi.
     Esp,
     Root,
 }
@@ -27,8 +40,18 @@ pub struct PartitionSpec {
     /// Byte offset of the first byte.
     pub offset: u64,
     pub size: u64,
+    /// GPT partition type (used when the table is GPT).
     pub type_guid: Uuid,
+    /// MBR partition type byte (used when the table is MBR).
+    pub mbr_type: u8,
+    /// MBR "active" flag: the Pi boot ROM does not need it, but some
+    /// firmware and tools look for a bootable FAT partition.
+    pub bootable: bool,
+    /// GPT unique partition GUID (used when the table is GPT).
     pub part_guid: Uuid,
+    /// What `root=PARTUUID=` and fstab name the partition by: the GPT
+    /// GUID, or `SSSSSSSS-NN` (disk signature, partition number) on MBR.
+    pub partuuid: String,
     /// Filesystem UUID (ext4) or volume serial (FAT, low 32 bits).
     pub fs_uuid: Uuid,
 }
@@ -48,7 +71,10 @@ impl PartitionSpec {
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskLayout {
     pub size: u64,
+    pub table: TableKind,
     pub disk_guid: Uuid,
+    /// MBR disk signature (bytes 440..444), derived like the GUIDs.
+    pub mbr_signature: u32,
     pub partitions: Vec<PartitionSpec>,
 }
 
@@ -72,36 +98,81 @@ pub fn derived_uuid(seed: &str, what: &str) -> Uuid {
 }
 
 impl DiskLayout {
-    /// An ESP of `esp_size` at 1 MiB and a root partition filling the rest.
-    /// `seed` (the profile hash) makes the GUIDs deterministic.
+    /// A GPT disk: an ESP of `esp_size` at 1 MiB and a root partition
+    /// filling the rest. `seed` (the profile hash) makes the GUIDs
+    /// deterministic.
     pub fn esp_and_root(size: u64, esp_size: u64, arch: Arch, seed: &str) -> Result<Self, String> {
+        Self::fat_and_root(TableKind::Gpt, size, esp_size, arch, seed)
+    }
+
+    /// A FAT partition of `fat_size` at 1 MiB and a root partition filling
+    /// the rest, under a partition table of `table`'s kind.
+    pub fn fat_and_root(
+        table: TableKind,
+        size: u64,
+        fat_size: u64,
+        arch: Arch,
+        seed: &str,
+    ) -> Result<Self, String> {
         let size = size / ALIGN * ALIGN;
         let esp_start = ALIGN;
-        let esp_size = esp_size.div_ceil(ALIGN) * ALIGN;
+        let esp_size = fat_size.div_ceil(ALIGN) * ALIGN;
         let root_start = esp_start + esp_size;
-        // Last byte a partition may use is before the backup GPT; keep the
+        // Last byte a partition may use is before the backup GPT (an MBR
+        // has none, but the same end keeps both layouts alike); keep the
         // end aligned too.
         let usable_end = size.saturating_sub(GPT_BACKUP_SECTORS * SECTOR) / ALIGN * ALIGN;
         if usable_end <= root_start {
             return Err(format!(
-                "disk of {size} bytes has no room for a root partition after a {esp_size}-byte ESP"
+                "disk of {size} bytes has no room for a root partition after a {esp_size}-byte boot partition"
             ));
         }
-        let part = |number, kind, label: &str, offset, size, type_guid| PartitionSpec {
-            number,
-            kind,
-            label: label.to_owned(),
-            offset,
-            size,
-            type_guid,
-            part_guid: derived_uuid(seed, &format!("{label}/partition")),
-            fs_uuid: derived_uuid(seed, &format!("{label}/filesystem")),
+        if table == TableKind::Mbr && size / SECTOR > u64::from(u32::MAX) {
+            return Err(format!(
+                "disk of {size} bytes is too large for an MBR partition table (2 TiB at most)"
+            ));
+        }
+        let disk_guid = derived_uuid(seed, "disk");
+        let b = disk_guid.as_bytes();
+        // A zero signature means "none" to some tools; never derive one.
+        let mbr_signature = u32::from_le_bytes([b[0], b[1], b[2], b[3]]).max(1);
+        let part = |number: u32, kind, label: &str, offset, size, type_guid, mbr_type| {
+            let part_guid = derived_uuid(seed, &format!("{label}/partition"));
+            PartitionSpec {
+                number,
+                kind,
+                label: label.to_owned(),
+                offset,
+                size,
+                type_guid,
+                mbr_type,
+                bootable: kind == PartitionKind::Esp && table == TableKind::Mbr,
+                part_guid,
+                partuuid: match table {
+                    TableKind::Gpt => part_guid.to_string(),
+                    TableKind::Mbr => format!("{mbr_signature:08x}-{number:02x}"),
+                },
+                fs_uuid: derived_uuid(seed, &format!("{label}/filesystem")),
+            }
         };
         Ok(DiskLayout {
             size,
-            disk_guid: derived_uuid(seed, "disk"),
+            table,
+            disk_guid,
+            mbr_signature,
             partitions: vec![
-                part(1, PartitionKind::Esp, "esp", esp_start, esp_size, ESP_TYPE),
+                part(
+                    1,
+                    PartitionKind::Esp,
+                    match table {
+                        TableKind::Gpt => "esp",
+                        TableKind::Mbr => "boot",
+                    },
+                    esp_start,
+                    esp_size,
+                    ESP_TYPE,
+                    MBR_FAT32_LBA,
+                ),
                 part(
                     2,
                     PartitionKind::Root,
@@ -109,6 +180,7 @@ impl DiskLayout {
                     root_start,
                     usable_end - root_start,
                     root_type(arch),
+                    MBR_LINUX,
                 ),
             ],
         })
@@ -151,6 +223,29 @@ mod tests {
         assert_eq!(a.disk_guid, a2.disk_guid);
         assert_ne!(a.disk_guid, b.disk_guid);
         assert_ne!(a.partitions[0].part_guid, a.partitions[1].part_guid);
+    }
+
+    #[test]
+    fn mbr_layout_names_partitions_by_signature_and_number() {
+        let l =
+            DiskLayout::fat_and_root(TableKind::Mbr, 2 << 30, 256 << 20, Arch::Arm64, "p").unwrap();
+        let boot = l.partition(PartitionKind::Esp);
+        let root = l.partition(PartitionKind::Root);
+        assert_eq!(l.table, TableKind::Mbr);
+        assert_ne!(l.mbr_signature, 0);
+        assert_eq!(boot.partuuid, format!("{:08x}-01", l.mbr_signature));
+        assert_eq!(root.partuuid, format!("{:08x}-02", l.mbr_signature));
+        assert!(boot.bootable && !root.bootable);
+        assert_eq!((boot.mbr_type, root.mbr_type), (0x0C, 0x83));
+        let gpt = DiskLayout::esp_and_root(2 << 30, 256 << 20, Arch::Arm64, "p").unwrap();
+        assert_eq!(
+            gpt.partition(PartitionKind::Root).partuuid,
+            gpt.partition(PartitionKind::Root).part_guid.to_string()
+        );
+        assert!(!gpt.partition(PartitionKind::Esp).bootable);
+        assert!(
+            DiskLayout::fat_and_root(TableKind::Mbr, 3 << 40, 1 << 28, Arch::Arm64, "p").is_err()
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod esp;
 mod fat_fixup;
 pub mod gpt_table;
 pub mod layout;
+pub mod mbr;
 pub mod region;
 
-pub use layout::{DiskLayout, PartitionKind, PartitionSpec};
+pub use layout::{DiskLayout, PartitionKind, PartitionSpec, TableKind};

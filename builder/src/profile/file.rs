@@ -174,6 +174,41 @@ pub struct HardwareFile {
     pub packages: Vec<String>,
     #[serde(default)]
     pub kernel_cmdline: Vec<String>,
+    /// Who makes the initramfs (default: Debian's initramfs-tools).
+    #[serde(default)]
+    pub initramfs: InitramfsKind,
+    /// Kernel modules the nodeforge initramfs loads to reach the root
+    /// filesystem (their dependencies are added).
+    #[serde(default)]
+    pub initramfs_modules: Vec<String>,
+    /// Raspberry Pi boot partition contents; required with `firmware = "rpi"`.
+    pub rpi: Option<RpiFile>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpiFile {
+    /// Files of Debian's raspi-firmware (/usr/lib/raspi-firmware/) the
+    /// board's boot ROM or EEPROM loads (start4.elf, fixup4.dat …).
+    #[serde(default)]
+    pub firmware_files: Vec<String>,
+    /// Device trees from the kernel package's broadcom/ directory.
+    pub device_trees: Vec<String>,
+    /// Extra config.txt lines, after the ones nodeforge writes.
+    #[serde(default)]
+    pub config: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitramfsKind {
+    /// Debian's initramfs-tools, run inside the image by the kernel package.
+    #[default]
+    InitramfsTools,
+    /// A small busybox initramfs written by nodeforge on the build host:
+    /// a foreign-architecture image then runs no initramfs generator under
+    /// emulation (update-initramfs is diverted in the image).
+    Nodeforge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -222,4 +257,26 @@ impl Arch {
 pub enum Firmware {
     /// UEFI with a GPT disk and systemd-boot on the ESP.
     Uefi,
+    /// Raspberry Pi boot ROM/EEPROM: an MBR disk whose first partition is
+    /// FAT32 with the Pi firmware, config.txt, cmdline.txt, kernel and initrd.
+    Rpi,
+}
+
+impl Firmware {
+    /// Where the FAT boot partition is mounted on a running node (the
+    /// agent looks for the per-node seed there).
+    pub fn boot_mount(self) -> &'static str {
+        match self {
+            Firmware::Uefi => "/boot/efi",
+            Firmware::Rpi => "/boot/firmware",
+        }
+    }
+
+    /// The partition table the firmware reads.
+    pub fn table(self) -> crate::disk::TableKind {
+        match self {
+            Firmware::Uefi => crate::disk::TableKind::Gpt,
+            Firmware::Rpi => crate::disk::TableKind::Mbr,
+        }
+    }
 }

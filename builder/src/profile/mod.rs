@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use error::{ProfileError, ProfileErrors};
-pub use file::{Arch, Firmware, OutputFormat};
+pub use file::{Arch, Firmware, InitramfsKind, OutputFormat, RpiFile};
 pub use resolve::load;
 pub use size::ByteSize;
 
@@ -56,6 +56,9 @@ pub struct Hardware {
     pub firmware: Firmware,
     pub packages: Vec<String>,
     pub kernel_cmdline: Vec<String>,
+    pub initramfs: InitramfsKind,
+    pub initramfs_modules: Vec<String>,
+    pub rpi: Option<RpiFile>,
 }
 
 #[derive(Debug, Clone, Serialize)]

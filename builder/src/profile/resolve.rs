@@ -293,6 +293,7 @@ fn load_hardware(ctx: &FileCtx, name: &Spanned<String>) -> Result<Hardware, Prof
     let hw_ctx = FileCtx::read(&path)?;
     let file: HardwareFile = toml::from_str(&hw_ctx.source)
         .map_err(|e| ProfileError::from_toml(&hw_ctx.path, &hw_ctx.source, &e))?;
+    validate::hardware(&file).map_err(|msg| ProfileError::whole_file(&path, msg))?;
     Ok(Hardware {
         name: file.name.unwrap_or_else(|| name.get_ref().clone()),
         description: file.description.unwrap_or_default(),
@@ -301,6 +302,9 @@ fn load_hardware(ctx: &FileCtx, name: &Spanned<String>) -> Result<Hardware, Prof
         firmware: file.firmware,
         packages: file.packages,
         kernel_cmdline: file.kernel_cmdline,
+        initramfs: file.initramfs,
+        initramfs_modules: file.initramfs_modules,
+        rpi: file.rpi,
     })
 }
 

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::error::ProfileError;
-use super::file::UserFile;
+use super::file::{Arch, Firmware, HardwareFile, InitramfsKind, UserFile};
 use super::{Disk, User};
 
 /// A file being read: its path and text, to locate errors in it.
@@ -210,6 +210,48 @@ pub fn user(ctx: &FileCtx, u: &UserFile) -> Result<User, Vec<ProfileError>> {
     })
 }
 
+/// A hardware file's parts that only make sense together.
+pub fn hardware(h: &HardwareFile) -> Result<(), String> {
+    match (h.firmware, &h.rpi) {
+        (Firmware::Rpi, None) => {
+            return Err(
+                "firmware = \"rpi\" needs an [rpi] table with device_trees (and the firmware_files the board loads)"
+                    .into(),
+            )
+        }
+        (Firmware::Rpi, Some(rpi)) => {
+            if h.arch != Arch::Arm64 {
+                return Err("firmware = \"rpi\" boots 64-bit kernels only: set arch = \"arm64\"".into());
+            }
+            if rpi.device_trees.is_empty() {
+                return Err("[rpi] device_trees is empty: list the board's .dtb files (e.g. bcm2711-rpi-4-b.dtb)".into());
+            }
+            for f in rpi.firmware_files.iter().chain(&rpi.device_trees) {
+                if f.is_empty() || f.contains('/') || f.starts_with('.') {
+                    return Err(format!("[rpi] file `{f}` must be a plain file name"));
+                }
+            }
+            if rpi.config.iter().any(|l| l.contains('\n')) {
+                return Err("[rpi] config entries are single config.txt lines".into());
+            }
+        }
+        (Firmware::Uefi, Some(_)) => {
+            return Err("an [rpi] table needs firmware = \"rpi\"".into())
+        }
+        (Firmware::Uefi, None) => {}
+    }
+    match h.initramfs {
+        InitramfsKind::Nodeforge if h.initramfs_modules.is_empty() => Err(
+            "initramfs = \"nodeforge\" needs initramfs_modules: the drivers that reach the root filesystem (e.g. virtio_blk, ext4)"
+                .into(),
+        ),
+        InitramfsKind::InitramfsTools if !h.initramfs_modules.is_empty() => Err(
+            "initramfs_modules is only used with initramfs = \"nodeforge\"".into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The smallest root filesystem worth building.
 const MIN_ROOT: u64 = 512 << 20;
 /// UEFI firmware needs FAT32 for the ESP, which needs ~33 MiB at least.
@@ -253,6 +295,35 @@ mod tests {
         assert!(package_name("g++").is_ok());
         assert!(package_name("Bad").is_err());
         assert!(package_name("a b").is_err());
+    }
+
+    fn hw(text: &str) -> Result<(), String> {
+        hardware(&toml::from_str::<HardwareFile>(text).unwrap())
+    }
+
+    #[test]
+    fn hardware_combinations() {
+        let pi = "arch = \"arm64\"\nfirmware = \"rpi\"\ninitramfs = \"nodeforge\"\ninitramfs_modules = [\"ext4\"]\n[rpi]\ndevice_trees = [\"bcm2711-rpi-4-b.dtb\"]\n";
+        assert_eq!(hw(pi), Ok(()));
+        assert!(hw(&pi.replace("arm64", "amd64"))
+            .unwrap_err()
+            .contains("arch = \"arm64\""));
+        let no_table = "arch = \"arm64\"\nfirmware = \"rpi\"\n";
+        assert!(hw(no_table).unwrap_err().contains("[rpi]"));
+        assert!(hw(&pi.replace("bcm2711-rpi-4-b.dtb", "../x.dtb"))
+            .unwrap_err()
+            .contains("plain file name"));
+        assert!(hw(&pi.replace("[\"bcm2711-rpi-4-b.dtb\"]", "[]"))
+            .unwrap_err()
+            .contains("device_trees is empty"));
+        let uefi_with_rpi = pi.replace("firmware = \"rpi\"", "firmware = \"uefi\"");
+        assert!(hw(&uefi_with_rpi)
+            .unwrap_err()
+            .contains("needs firmware = \"rpi\""));
+        let no_modules = "arch = \"arm64\"\nfirmware = \"uefi\"\ninitramfs = \"nodeforge\"\n";
+        assert!(hw(no_modules).unwrap_err().contains("initramfs_modules"));
+        let stray = "arch = \"amd64\"\nfirmware = \"uefi\"\ninitramfs_modules = [\"ext4\"]\n";
+        assert!(hw(stray).unwrap_err().contains("only used with"));
     }
 
     #[test]

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::disk::{gpt_table, layout};
+use crate::build::host_arch;
 use crate::exec::tail_lines;
-use crate::profile::Arch;
+
+mod machine;
+pub use machine::{arch_of, image_arch, inspect, virt_append, BootSpec};
 
 /// How long a KVM guest may stay silent on the serial console before KVM
 /// is judged broken on this host.
@@ -105,10 +107,14 @@ impl Vm {
     /// Starts the image; with `Accel::Auto`, KVM is tried and abandoned for
     /// TCG if it fails its trial.
     pub fn start(opts: &VmOptions) -> Result<Vm> {
+        // KVM runs guests of the host's architecture only.
+        let native = arch_of(&opts.image)? == host_arch();
         let try_kvm = match opts.accel {
             Accel::Tcg => false,
             Accel::Kvm => true,
-            Accel::Auto => Path::new("/dev/kvm").exists() && !KVM_BROKEN.load(Ordering::Relaxed),
+            Accel::Auto => {
+                native && Path::new("/dev/kvm").exists() && !KVM_BROKEN.load(Ordering::Relaxed)
+            }
         };
         if try_kvm {
             let mut vm = Vm::spawn(opts, Accel::Kvm)?;
@@ -130,7 +136,7 @@ impl Vm {
 
     fn spawn(opts: &VmOptions, accel: Accel) -> Result<Vm> {
         let tmp = tempfile::tempdir().context("creating a temporary directory for QEMU")?;
-        let arch = image_arch(&opts.image)?;
+        let spec = inspect(&opts.image, tmp.path())?;
         let log = opts
             .log
             .clone()
@@ -138,8 +144,8 @@ impl Vm {
         let _ = fs::remove_file(&log);
         File::create(&log).with_context(|| format!("creating console log {}", log.display()))?;
         let stderr_log = tmp.path().join("qemu.stderr");
-        let args = qemu_args(opts, arch, accel, &log, tmp.path())?;
-        let program = qemu_program(arch);
+        let args = machine::qemu_args(opts, &spec, accel, &log, tmp.path())?;
+        let program = machine::qemu_program(spec.arch());
         let child = Command::new(program)
             .args(&args)
             .stdin(Stdio::null())
@@ -285,133 +291,4 @@ pub fn boot(opts: &VmOptions, expect: &str, timeout: Duration) -> Result<(Accel,
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// The architecture of a disk image, from its root partition type.
-pub fn image_arch(image: &Path) -> Result<Arch> {
-    let parts = gpt_table::read(image)?;
-    for arch in [Arch::Amd64, Arch::Arm64] {
-        if parts.iter().any(|p| p.type_guid == layout::root_type(arch)) {
-            return Ok(arch);
-        }
-    }
-    bail!(
-        "{} has no root partition of a type nodeforge knows",
-        image.display()
-    )
-}
-
-fn qemu_program(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Amd64 => "qemu-system-x86_64",
-        Arch::Arm64 => "qemu-system-aarch64",
-    }
-}
-
-/// UEFI firmware: code (read-only) and a variable store template.
-fn firmware(arch: Arch) -> Result<(PathBuf, PathBuf)> {
-    let candidates: &[(&str, &str)] = match arch {
-        Arch::Amd64 => &[
-            (
-                "/usr/share/OVMF/OVMF_CODE_4M.fd",
-                "/usr/share/OVMF/OVMF_VARS_4M.fd",
-            ),
-            (
-                "/usr/share/OVMF/OVMF_CODE.fd",
-                "/usr/share/OVMF/OVMF_VARS.fd",
-            ),
-        ],
-        Arch::Arm64 => &[(
-            "/usr/share/AAVMF/AAVMF_CODE.fd",
-            "/usr/share/AAVMF/AAVMF_VARS.fd",
-        )],
-    };
-    candidates
-        .iter()
-        .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
-        .find(|(c, v)| c.is_file() && v.is_file())
-        .with_context(|| {
-            format!(
-                "no UEFI firmware for {} (looked for {}): install it with `nodeforge doctor --install`",
-                arch.debian(),
-                candidates.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
-            )
-        })
-}
-
-fn qemu_args(
-    opts: &VmOptions,
-    arch: Arch,
-    accel: Accel,
-    log: &Path,
-    tmp: &Path,
-) -> Result<Vec<String>> {
-    let (code, vars_template) = firmware(arch)?;
-    let vars = tmp.join("vars.fd");
-    fs::copy(&vars_template, &vars)
-        .with_context(|| format!("copying {}", vars_template.display()))?;
-    let (machine, cpu) = match (arch, accel) {
-        (Arch::Amd64, Accel::Kvm) => ("q35,accel=kvm", "host"),
-        (Arch::Amd64, _) => ("q35,accel=tcg", "max"),
-        (Arch::Arm64, _) => ("virt,accel=tcg", "max"),
-    };
-    let mut fwd = String::new();
-    if let Some(p) = opts.ssh_port {
-        fwd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
-    }
-    for (host, guest) in &opts.forwards {
-        fwd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-    }
-    let image = opts
-        .image
-        .canonicalize()
-        .with_context(|| format!("opening image {}", opts.image.display()))?;
-    let mut drive = format!(
-        "file={},format=raw,if=virtio,cache=unsafe",
-        qemu_escape(&image)
-    );
-    if !opts.persist {
-        drive.push_str(",snapshot=on");
-    }
-    Ok([
-        "-machine",
-        machine,
-        "-cpu",
-        cpu,
-        "-smp",
-        &opts.cpus.to_string(),
-        "-m",
-        &opts.memory_mb.to_string(),
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-drive",
-        &format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            qemu_escape(&code)
-        ),
-        "-drive",
-        &format!("if=pflash,format=raw,unit=1,file={}", qemu_escape(&vars)),
-        "-drive",
-        &drive,
-        "-netdev",
-        &format!("user,id=net0{fwd}"),
-        "-device",
-        "virtio-net-pci,netdev=net0",
-        "-device",
-        "virtio-rng-pci",
-        "-chardev",
-        &format!("file,id=console,path={}", qemu_escape(log)),
-        "-serial",
-        "chardev:console",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect())
-}
-
-/// QEMU option values use ',' as a separator; a literal comma is doubled.
-fn qemu_escape(p: &Path) -> String {
-    p.to_string_lossy().replace(',', ",,")
 }

@@ -1,0 +1,278 @@
+//! The Raspberry Pi pipeline end to end without a network or emulation:
+//! a fake arm64 rootfs (kernel, Pi firmware, device tree, busybox, a
+//! compressed ext4 module) sits in the cache under the plan's key, so the
+//! initramfs, the FAT boot partition, the ext4 root and the MBR are all
+//! written for real and checked with outside tools. Needs root.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
+
+use common::{is_root, stderr, Project, KEY};
+use nodeforge::disk::{esp, mbr};
+
+const VERSION: &str = "6.12.0-test-arm64";
+const PI: &str = r#"arch = "arm64"
+firmware = "rpi"
+packages = ["linux-image-arm64", "raspi-firmware", "busybox-static"]
+kernel_cmdline = ["console=ttyS1,115200", "rootwait"]
+initramfs = "nodeforge"
+initramfs_modules = ["ext4"]
+
+[rpi]
+firmware_files = ["start4.elf", "fixup4.dat"]
+device_trees = ["bcm2711-rpi-4-b.dtb"]
+config = ["dtparam=audio=off"]
+"#;
+
+fn project() -> Project {
+    let p = Project::new();
+    p.write("hardware/pi.toml", PI);
+    p.write(
+        "profiles/pi.toml",
+        &format!("name = \"pi\"\nhardware = \"pi\"\noverlays = [\"base\"]\n[debian]\ncomponents = [\"main\", \"non-free-firmware\"]\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n"),
+    );
+    p.write("agent", "#!/bin/sh\necho fake arm64 agent\n");
+    let tree = p.path("fake-rootfs");
+    let modules = format!("usr/lib/modules/{VERSION}");
+    for (rel, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n"),
+        ("etc/group", "root:x:0:\nsudo:x:27:\n"),
+        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
+        ("etc/gshadow", "root:*::\nsudo:*::\n"),
+        (
+            "var/lib/dpkg/status",
+            "Package: raspi-firmware\nStatus: install ok installed\nArchitecture: all\nVersion: 1.2\n\n",
+        ),
+        (&format!("boot/vmlinuz-{VERSION}"), "arm64 kernel"),
+        ("usr/lib/raspi-firmware/start4.elf", "start4"),
+        ("usr/lib/raspi-firmware/fixup4.dat", "fixup4"),
+        // What raspi-firmware's hook copies below the mount point.
+        ("boot/firmware/start4.elf", "hidden copy"),
+        (
+            &format!("usr/lib/linux-image-{VERSION}/broadcom/bcm2711-rpi-4-b.dtb"),
+            "dtb",
+        ),
+        ("usr/bin/busybox", "busybox binary"),
+        ("etc/default/raspi-firmware", "#ROOTPART=/dev/mmcblk0p2\n"),
+        (
+            &format!("{modules}/modules.dep"),
+            "kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\n",
+        ),
+        (&format!("{modules}/kernel/fs/jbd2/jbd2.ko"), "jbd2 object"),
+        (&format!("{modules}/kernel/fs/ext4/ext4.ko"), "ext4 object"),
+    ] {
+        let f = tree.join(rel);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, text).unwrap();
+    }
+    // Debian ships modules xz-compressed; the initramfs holds them plain.
+    let ok = Command::new("xz")
+        .arg(tree.join(format!("{modules}/kernel/fs/ext4/ext4.ko")))
+        .status()
+        .expect("xz (xz-utils) is installed");
+    assert!(ok.success());
+    let plan = p.nodeforge(&["plan", "--json", "profiles/pi.toml"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let key = plan["rootfs_key"].as_str().unwrap();
+    fs::create_dir_all(p.path("cache/rootfs")).unwrap();
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(p.path(&format!("cache/rootfs/{key}.tar")))
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    p
+}
+
+fn copy_out(img: &fs::File, offset: u64, size: u64, dest: &std::path::Path) {
+    let mut b = vec![0u8; size as usize];
+    img.read_exact_at(&mut b, offset).unwrap();
+    fs::write(dest, b).unwrap();
+}
+
+#[test]
+fn pi_image_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
+    if !is_root() {
+        eprintln!("SKIPPED: builds need root");
+        return;
+    }
+    let p = project();
+    let out = p.nodeforge(&[
+        "build",
+        "profiles/pi.toml",
+        "--output",
+        "out",
+        "--cache-dir",
+        "cache",
+        "--agent",
+        "agent",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["event"] == "step-end")
+        .map(|e| {
+            (
+                e["report"]["name"].as_str().unwrap().to_owned(),
+                e["report"]["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        steps.contains(&("initramfs".into(), "done".into()))
+            && steps.contains(&("boot-partition".into(), "done".into()))
+            && steps.contains(&("partition-table".into(), "done".into())),
+        "{steps:?}"
+    );
+
+    let img_path = p.path("out/pi.img");
+    let parts = mbr::read(&img_path).unwrap().expect("an MBR disk");
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    let (boot, root) = (&parts[0], &parts[1]);
+    assert_eq!((boot.mbr_type, boot.bootable), (0x0C, true));
+    assert_eq!((root.mbr_type, root.bootable), (0x83, false));
+    assert_eq!(boot.offset, 1 << 20);
+
+    let sfdisk = Command::new("sfdisk")
+        .arg("--dump")
+        .arg(&img_path)
+        .output()
+        .expect("sfdisk (fdisk) is installed");
+    let dump = String::from_utf8_lossy(&sfdisk.stdout);
+    assert!(dump.contains("label: dos"), "{dump}");
+    assert!(dump.contains("type=c, bootable"), "{dump}");
+    assert!(dump.contains("type=83"), "{dump}");
+
+    let img = fs::File::open(&img_path).unwrap();
+    let read = |name: &str| esp::read_file(&img, boot.offset, boot.size, name).unwrap();
+    let cmdline = String::from_utf8(read("cmdline.txt")).unwrap();
+    assert_eq!(
+        cmdline,
+        format!(
+            "root=PARTUUID={} rw console=ttyS1,115200 rootwait\n",
+            root.partuuid
+        )
+    );
+    let config = String::from_utf8(read("config.txt")).unwrap();
+    for line in [
+        "arm_64bit=1",
+        "kernel=vmlinuz",
+        "initramfs initrd.img followkernel",
+        "dtparam=audio=off",
+    ] {
+        assert!(config.lines().any(|l| l == line), "{line} in:\n{config}");
+    }
+    assert_eq!(read("start4.elf"), b"start4");
+    assert_eq!(read("fixup4.dat"), b"fixup4");
+    assert_eq!(read("bcm2711-rpi-4-b.dtb"), b"dtb");
+    assert_eq!(read("vmlinuz"), b"arm64 kernel");
+    let initrd = read("initrd.img");
+    assert!(initrd.starts_with(b"070701"), "a newc cpio");
+    let text = String::from_utf8_lossy(&initrd);
+    assert!(text.contains("ext4 object"), "module decompressed");
+    assert!(text.contains("kernel/fs/jbd2/jbd2.ko\nkernel/fs/ext4/ext4.ko\n"));
+    assert!(text.contains("switch_root"));
+
+    let vfat = p.path("boot.vfat");
+    copy_out(&img, boot.offset, boot.size, &vfat);
+    let fsck = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(&vfat)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+
+    let ext4 = p.path("root.ext4");
+    copy_out(&img, root.offset, root.size, &ext4);
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&ext4)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let debugfs = |req: &str| {
+        let o = Command::new("debugfs")
+            .args(["-R", req])
+            .arg(&ext4)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let fstab = debugfs("cat /etc/fstab");
+    assert!(
+        fstab.contains(&format!("PARTUUID={}\t/\text4", root.partuuid)),
+        "{fstab}"
+    );
+    assert!(
+        fstab.contains(&format!("PARTUUID={}\t/boot/firmware\tvfat", boot.partuuid)),
+        "{fstab}"
+    );
+    assert!(
+        debugfs("cat /etc/default/raspi-firmware")
+            .contains(&format!("ROOTPART=\"PARTUUID={}\"", root.partuuid)),
+        "kernel upgrades on the node keep the root by PARTUUID"
+    );
+    assert_eq!(
+        debugfs("cat /etc/default/raspi-firmware-custom"),
+        "# Written by nodeforge: the hardware's config.txt lines.\ndtparam=audio=off\n"
+    );
+    assert!(
+        !debugfs("ls -l /boot/firmware").contains("start4.elf"),
+        "files below the mount point are removed"
+    );
+    assert_eq!(
+        debugfs("cat /usr/bin/nodeforge-firstboot"),
+        "#!/bin/sh\necho fake arm64 agent\n"
+    );
+}
+
+#[test]
+fn missing_pi_firmware_names_the_package() {
+    if !is_root() {
+        eprintln!("SKIPPED: builds need root");
+        return;
+    }
+    let p = project();
+    // Point the hardware at a firmware file the fake rootfs lacks; the
+    // rootfs key does not change (only packages shape it).
+    p.write("hardware/pi.toml", &PI.replace("fixup4.dat", "start4x.elf"));
+    let out = p.nodeforge(&[
+        "build",
+        "profiles/pi.toml",
+        "--output",
+        "out",
+        "--cache-dir",
+        "cache",
+        "--agent",
+        "agent",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("build step `boot-partition` failed"), "{err}");
+    assert!(
+        err.contains("start4x.elf") && err.contains("raspi-firmware"),
+        "{err}"
+    );
+    assert!(!p.path("out/pi.img").exists());
+}
