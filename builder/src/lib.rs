@@ -13,5 +13,6 @@ pub mod exec;
 pub mod flash;
 pub mod fleet;
 pub mod fsutil;
+pub mod oci;
 pub mod plan;
 pub mod profile;

@@ -1,6 +1,7 @@
 //! `nodeforge build`: one function that reads as the list of steps.
 
 mod agent;
+mod containers;
 mod image;
 mod outputs;
 mod overlay;
@@ -32,6 +33,9 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// The agent binary to install; built from the source tree when unset.
     pub agent: Option<PathBuf>,
+    /// Take container image blobs from the cache only; a missing one is an
+    /// error naming it.
+    pub offline: bool,
 }
 
 /// What a finished build produced.
@@ -67,12 +71,13 @@ pub struct BuildContext<'a> {
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
     check_privileges()?;
     let mut ctx = BuildContext::new(plan, opts)?;
-    let mut steps = Steps::new(opts.output, 9);
+    let mut steps = Steps::new(opts.output, 10);
     steps.run("rootfs", &mut ctx, rootfs::run)?;
     steps.run("system", &mut ctx, system::run)?;
     steps.run("overlays", &mut ctx, overlay::run)?;
     steps.run("users", &mut ctx, users::run)?;
     steps.run("agent", &mut ctx, agent::run)?;
+    steps.run("containers", &mut ctx, containers::run)?;
     steps.run("esp", &mut ctx, image::write_esp)?;
     steps.run("root-fs", &mut ctx, image::write_root_fs)?;
     steps.run("partition-table", &mut ctx, image::write_partition_table)?;
