@@ -9,6 +9,8 @@ pub mod fixture;
 pub mod lock;
 pub mod manifest;
 pub mod reference;
+#[cfg(test)]
+mod registry_tests;
 
 use std::fmt;
 
