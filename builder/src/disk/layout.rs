@@ -65,7 +65,7 @@ pub fn root_type(arch: Arch) -> Uuid {
 
 /// Namespace for the image's GUIDs: they are derived from the build's
 /// inputs, so the same inputs give the same disk.
-const NAMESPACE: Uuid = Uuid::from_u128(0x6e6f6465_666f_7267_6520_6775_69647321);
+const NAMESPACE: Uuid = Uuid::from_u128(0x6e6f_6465_666f_7267_6520_6775_6964_7321);
 
 pub fn derived_uuid(seed: &str, what: &str) -> Uuid {
     Uuid::new_v5(&NAMESPACE, format!("{seed}/{what}").as_bytes())

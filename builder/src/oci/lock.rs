@@ -293,7 +293,8 @@ mod tests {
             ..lock.images[0].clone()
         });
         assert!(LockFile::check(Some(&lock2), &p, pp, "amd64", &[by_index]).is_ok());
-        let err = LockFile::check(Some(&lock2), &p, pp, "amd64", &[bad.clone()]).unwrap_err();
+        let err =
+            LockFile::check(Some(&lock2), &p, pp, "amd64", std::slice::from_ref(&bad)).unwrap_err();
         assert!(matches!(err, LockError::DigestMismatch { .. }));
         assert!(err.to_string().contains(&bad), "{err}");
     }

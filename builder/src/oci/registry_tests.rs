@@ -32,22 +32,33 @@ fn reference(reg: &TestRegistry, rest: &str) -> Reference {
 #[test]
 fn resolves_tags_and_picks_the_platform_from_an_index() {
     let reg = TestRegistry::start().unwrap();
-    let single = reg.push_image("team/web", Some("1"), &small_image("amd64", "one")).unwrap();
+    let single = reg
+        .push_image("team/web", Some("1"), &small_image("amd64", "one"))
+        .unwrap();
     let (index, per_arch) = reg
         .push_index(
             "team/multi",
             "1",
-            &[("amd64", &small_image("amd64", "a")), ("arm64", &small_image("arm64", "b"))],
+            &[
+                ("amd64", &small_image("amd64", "a")),
+                ("arm64", &small_image("arm64", "b")),
+            ],
         )
         .unwrap();
     let client = Client::new().unwrap();
 
-    let r = client.resolve(&reference(&reg, "team/web:1"), AMD64).unwrap();
+    let r = client
+        .resolve(&reference(&reg, "team/web:1"), AMD64)
+        .unwrap();
     assert_eq!(r.digest, single);
     assert_eq!(r.index_digest, None);
 
-    let amd = client.resolve(&reference(&reg, "team/multi:1"), AMD64).unwrap();
-    let arm = client.resolve(&reference(&reg, "team/multi:1"), ARM64).unwrap();
+    let amd = client
+        .resolve(&reference(&reg, "team/multi:1"), AMD64)
+        .unwrap();
+    let arm = client
+        .resolve(&reference(&reg, "team/multi:1"), ARM64)
+        .unwrap();
     assert_eq!(amd.digest, per_arch[0]);
     assert_eq!(arm.digest, per_arch[1]);
     assert_eq!(amd.index_digest.as_ref(), Some(&index));
@@ -63,8 +74,12 @@ fn resolves_tags_and_picks_the_platform_from_an_index() {
 #[test]
 fn a_moved_tag_does_not_change_what_a_digest_fetches() {
     let reg = TestRegistry::start().unwrap();
-    let first = reg.push_image("web", Some("1"), &small_image("amd64", "first")).unwrap();
-    let second = reg.push_image("web", Some("1"), &small_image("amd64", "second")).unwrap();
+    let first = reg
+        .push_image("web", Some("1"), &small_image("amd64", "first"))
+        .unwrap();
+    let second = reg
+        .push_image("web", Some("1"), &small_image("amd64", "second"))
+        .unwrap();
     assert_ne!(first, second);
     let client = Client::new().unwrap();
     let image = reference(&reg, "web:1");
@@ -72,37 +87,60 @@ fn a_moved_tag_does_not_change_what_a_digest_fetches() {
     let (m, body, d) = client.manifest(&image, first.as_str()).unwrap();
     assert_eq!(d, first);
     assert_eq!(Digest::of(&body), first);
-    let Manifest::Image(m) = m else { panic!("not an image manifest") };
+    let Manifest::Image(m) = m else {
+        panic!("not an image manifest")
+    };
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::new(cache_dir.path());
-    let config = cache.fetch(&client, &image, &m.config.digest, Some(m.config.size)).unwrap();
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(config).unwrap()).unwrap();
+    let config = cache
+        .fetch(&client, &image, &m.config.digest, Some(m.config.size))
+        .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config).unwrap()).unwrap();
     assert_eq!(config["config"]["Labels"]["nodeforge.test"], "first");
 }
 
 #[test]
 fn missing_image_unreachable_registry_and_no_platform_name_the_image() {
     let reg = TestRegistry::start().unwrap();
-    reg.push_index("armonly", "1", &[("arm64", &small_image("arm64", "x"))]).unwrap();
+    reg.push_index("armonly", "1", &[("arm64", &small_image("arm64", "x"))])
+        .unwrap();
     let client = Client::new().unwrap();
 
-    let err = client.resolve(&reference(&reg, "nothere:1"), AMD64).unwrap_err();
+    let err = client
+        .resolve(&reference(&reg, "nothere:1"), AMD64)
+        .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("{}/nothere:1", reg.addr)), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{}/nothere:1", reg.addr)),
+        "{err}"
+    );
 
     let bad = format!("nothere@sha256:{}", "0".repeat(64));
     let err = client.resolve(&reference(&reg, &bad), AMD64).unwrap_err();
     assert!(err.to_string().contains("nothere@sha256:000"), "{err}");
 
-    let err = client.resolve(&reference(&reg, "armonly:1"), AMD64).unwrap_err();
-    assert!(err.to_string().contains("no manifest for linux/amd64"), "{err}");
+    let err = client
+        .resolve(&reference(&reg, "armonly:1"), AMD64)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no manifest for linux/amd64"),
+        "{err}"
+    );
     assert!(err.to_string().contains("armonly:1"), "{err}");
 
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gone = Reference::parse(&format!("127.0.0.1:{port}/web:1")).unwrap();
     let err = client.resolve(&gone, AMD64).unwrap_err();
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{port}/web:1")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}/web:1")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -124,15 +162,22 @@ fn blob_downloads_resume_with_a_range_and_corrupt_partials_are_dropped() {
     let mut wrong = layer[..layer.len() / 2].to_vec();
     wrong[0] ^= 0xff;
     std::fs::write(&partial, &wrong).unwrap();
-    let err = cache.fetch(&client, &image, &d, Some(layer.len() as u64)).unwrap_err();
+    let err = cache
+        .fetch(&client, &image, &d, Some(layer.len() as u64))
+        .unwrap_err();
     let err = format!("{err:#}");
-    assert!(err.contains("expected") && err.contains(d.as_str()), "{err}");
+    assert!(
+        err.contains("expected") && err.contains(d.as_str()),
+        "{err}"
+    );
     assert!(!partial.exists(), "a corrupt partial download was kept");
     assert!(cache.get(&d).is_none());
 
     // A right prefix continues to the whole blob.
     std::fs::write(&partial, &layer[..layer.len() / 3]).unwrap();
-    let p = cache.fetch(&client, &image, &d, Some(layer.len() as u64)).unwrap();
+    let p = cache
+        .fetch(&client, &image, &d, Some(layer.len() as u64))
+        .unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), *layer);
     assert!(!partial.exists());
     // Cached now: no registry needed.
@@ -192,7 +237,9 @@ fn token_server(manifest: Vec<u8>) -> TokenServer {
                 "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(&body));
+            let _ = conn
+                .write_all(head.as_bytes())
+                .and_then(|_| conn.write_all(&body));
         }
     });
     TokenServer { addr, requests }
@@ -216,10 +263,22 @@ fn bearer_token_auth_follows_the_challenge() {
     client.manifest(&image, r.digest.as_str()).unwrap();
     let reqs = server.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 4, "{reqs:#?}");
-    assert!(reqs[0].starts_with("/v2/priv/app/manifests/1 auth=None"), "{reqs:#?}");
+    assert!(
+        reqs[0].starts_with("/v2/priv/app/manifests/1 auth=None"),
+        "{reqs:#?}"
+    );
     assert!(reqs[1].starts_with("/token?"), "{reqs:#?}");
-    assert!(reqs[1].contains("scope=repository%3Apriv%2Fapp%3Apull"), "{reqs:#?}");
+    assert!(
+        reqs[1].contains("scope=repository%3Apriv%2Fapp%3Apull"),
+        "{reqs:#?}"
+    );
     assert!(reqs[1].contains("service=test-registry"), "{reqs:#?}");
-    assert!(reqs[2].ends_with("auth=Some(\"bearer t0ken\")"), "{reqs:#?}");
-    assert!(reqs[3].ends_with("auth=Some(\"bearer t0ken\")"), "{reqs:#?}");
+    assert!(
+        reqs[2].ends_with("auth=Some(\"bearer t0ken\")"),
+        "{reqs:#?}"
+    );
+    assert!(
+        reqs[3].ends_with("auth=Some(\"bearer t0ken\")"),
+        "{reqs:#?}"
+    );
 }
