@@ -88,6 +88,18 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "dosfstools",
         false,
     ),
+    req(
+        "OCI registry (tests)",
+        Probe::Program("docker-registry"),
+        "docker-registry",
+        false,
+    ),
+    req(
+        "busybox for test images (tests)",
+        Probe::File("/bin/busybox"),
+        "busybox-static",
+        false,
+    ),
 ];
 
 impl Requirement {
