@@ -60,7 +60,7 @@ pub struct ImageEntry {
 pub struct ProbeEntry {
     /// The compose service the probe reports for.
     pub service: String,
-    /// An HTTP GET that must answer 2xx or 3xx, e.g. `http://127.0.0.1:8080/`.
+    /// An HTTP GET that must answer 200, e.g. `http://127.0.0.1:8080/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
     /// A TCP connect to `host:port`.

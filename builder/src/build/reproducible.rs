@@ -21,12 +21,12 @@ pub fn source_date_epoch(profile: &Profile) -> Result<Option<i64>> {
             .with_context(|| format!("SOURCE_DATE_EPOCH={s} is not a number of seconds"))?;
         return Ok(Some(epoch));
     }
-    Ok(profile
+    profile
         .debian
         .snapshot
         .as_deref()
         .map(snapshot_epoch)
-        .transpose()?)
+        .transpose()
 }
 
 /// Seconds since 1970 of a snapshot.debian.org timestamp `YYYYMMDDTHHMMSSZ`.

@@ -61,7 +61,7 @@ pub struct StackFile {
 #[serde(deny_unknown_fields)]
 pub struct ProbeFile {
     pub service: Spanned<String>,
-    /// `http://host:port/path`: healthy when it answers 2xx or 3xx.
+    /// `http://host:port/path`: healthy when it answers 200.
     pub http: Option<Spanned<String>>,
     /// `host:port`: healthy when a TCP connect succeeds.
     pub tcp: Option<Spanned<String>>,
