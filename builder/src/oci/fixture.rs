@@ -34,8 +34,12 @@ pub struct TestImage {
 impl TestRegistry {
     /// Starts a registry on a free loopback port and waits for `/v2/`.
     pub fn start() -> Result<TestRegistry> {
+        TestRegistry::start_on(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    }
+
+    /// Starts a registry on 127.0.0.1:`port` (for profiles that name it).
+    pub fn start_on(port: u16) -> Result<TestRegistry> {
         let dir = tempfile::tempdir().context("creating the registry's directory")?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
