@@ -33,10 +33,17 @@ impl BlobCache {
         self.dir.join(format!(".{}.partial", d.hex()))
     }
 
-    /// The cached blob's path, if it is in the cache.
+    /// The cached blob's path, if it is in the cache. Its modification
+    /// time is set to now: `nodeforge cache prune` ages blobs by it.
     pub fn get(&self, d: &Digest) -> Option<PathBuf> {
         let p = self.path(d);
-        p.is_file().then_some(p)
+        if !p.is_file() {
+            return None;
+        }
+        if let Ok(f) = OpenOptions::new().write(true).open(&p) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        Some(p)
     }
 
     pub fn read(&self, d: &Digest) -> Result<Vec<u8>> {
