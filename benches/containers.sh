@@ -24,10 +24,12 @@ nf=$tdir/release/nodeforge
 work=$(mktemp -d /var/tmp/nodeforge-bench-oci.XXXXXX)
 
 coproc REG { "$tdir/release/examples/bench_registry" "$small" "$large"; }
-cleanup() { exec {REG[1]}>&- 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; rm -rf "$work"; }
+reg_pid=$REG_PID reg_in=${REG[1]} reg_out=${REG[0]}
+# Closing its stdin ends the helper, which stops its registry.
+cleanup() { exec {reg_in}>&- 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 refs=(); blobs=()
-while read -r kind ref bytes <&"${REG[0]}"; do
+while read -r kind ref bytes <&"$reg_out"; do
   [ "$kind" = READY ] && break
   refs+=("$ref"); blobs+=("$bytes")
 done

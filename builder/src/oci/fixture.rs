@@ -33,8 +33,19 @@ pub struct TestImage {
 
 impl TestRegistry {
     /// Starts a registry on a free loopback port and waits for `/v2/`.
+    /// The port is free when picked but another process may take it before
+    /// the registry binds it: then another port is tried.
     pub fn start() -> Result<TestRegistry> {
-        TestRegistry::start_on(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        let mut attempt = 0;
+        loop {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            match TestRegistry::start_on(port) {
+                Err(e) if attempt < 5 && format!("{e:#}").contains("address already in use") => {
+                    attempt += 1
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Starts a registry on 127.0.0.1:`port` (for profiles that name it).
@@ -55,7 +66,7 @@ impl TestRegistry {
             .arg(&config)
             .spawn_logged(&dir.path().join("registry.log"))
             .context("starting the test registry (apt-get install docker-registry)")?;
-        let reg = TestRegistry {
+        let mut reg = TestRegistry {
             child,
             addr,
             http: Http::builder().timeout(Duration::from_secs(30)).build()?,
@@ -63,6 +74,13 @@ impl TestRegistry {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
+            if let Ok(Some(status)) = reg.child.try_wait() {
+                bail!(
+                    "docker-registry exited ({status}) before answering on {}; its log:\n{}",
+                    reg.addr,
+                    reg.log()
+                );
+            }
             if let Ok(r) = reg.http.get(reg.url("/v2/")).send() {
                 if r.status().is_success() {
                     return Ok(reg);
