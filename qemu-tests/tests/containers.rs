@@ -26,8 +26,10 @@ fn stack_starts_offline_at_first_boot_and_answers_on_its_port() {
     let registry = TestRegistry::start_on(REGISTRY_PORT)
         .unwrap_or_else(|e| panic!("starting docker-registry on 127.0.0.1:{REGISTRY_PORT}: {e:#}"));
     let image = busybox_httpd_image("amd64", Path::new("/bin/busybox"), INDEX, 8080).unwrap();
+    // gzip layers, as real registries serve them: the engine must
+    // decompress them when it loads the baked archive.
     let digest = registry
-        .push_image("nodeforge-test/web", Some("1"), &image)
+        .push_image_gzip("nodeforge-test/web", Some("1"), &image)
         .unwrap();
     let profile_path = workspace_root().join(PROFILE);
     let profile = nodeforge::profile::load(&profile_path).unwrap();

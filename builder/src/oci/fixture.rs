@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use reqwest::blocking::Client as Http;
 use reqwest::header::{CONTENT_TYPE, LOCATION};
 
-use super::manifest::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_MANIFEST};
+use super::manifest::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_LAYER_TAR_GZIP, OCI_MANIFEST};
 use super::Digest;
 use crate::exec::Cmd;
 
@@ -170,18 +170,36 @@ impl TestRegistry {
     /// Pushes an image's blobs and manifest, tagged `tag` (none: by digest
     /// only). Returns the manifest digest.
     pub fn push_image(&self, repo: &str, tag: Option<&str>, image: &TestImage) -> Result<Digest> {
-        let body = self.image_manifest(repo, image)?;
+        let body = self.image_manifest(repo, image, false)?;
         let digest = Digest::of(&body);
         self.push_manifest(repo, tag.unwrap_or(digest.as_str()), OCI_MANIFEST, &body)
     }
 
-    fn image_manifest(&self, repo: &str, image: &TestImage) -> Result<Vec<u8>> {
+    /// Like [`push_image`](Self::push_image) with gzip-compressed layers,
+    /// as real registries serve them (the config keeps the uncompressed
+    /// digests as diff IDs).
+    pub fn push_image_gzip(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        image: &TestImage,
+    ) -> Result<Digest> {
+        let body = self.image_manifest(repo, image, true)?;
+        let digest = Digest::of(&body);
+        self.push_manifest(repo, tag.unwrap_or(digest.as_str()), OCI_MANIFEST, &body)
+    }
+
+    fn image_manifest(&self, repo: &str, image: &TestImage, gzip: bool) -> Result<Vec<u8>> {
         let config = self.push_blob(repo, &image.config)?;
         let mut layers = Vec::new();
         for l in &image.layers {
-            let d = self.push_blob(repo, l)?;
+            let (blob, media_type) = match gzip {
+                true => (gzip_bytes(self.dir.path(), l)?, OCI_LAYER_TAR_GZIP),
+                false => (l.clone(), OCI_LAYER_TAR),
+            };
+            let d = self.push_blob(repo, &blob)?;
             layers.push(
-                serde_json::json!({"mediaType": OCI_LAYER_TAR, "digest": d, "size": l.len()}),
+                serde_json::json!({"mediaType": media_type, "digest": d, "size": blob.len()}),
             );
         }
         Ok(serde_json::to_vec(&serde_json::json!({
@@ -203,7 +221,7 @@ impl TestRegistry {
         let mut entries = Vec::new();
         let mut digests = Vec::new();
         for (arch, image) in images {
-            let body = self.image_manifest(repo, image)?;
+            let body = self.image_manifest(repo, image, false)?;
             let d = self.push_manifest(repo, Digest::of(&body).as_str(), OCI_MANIFEST, &body)?;
             entries.push(serde_json::json!({
                 "mediaType": OCI_MANIFEST, "digest": d, "size": body.len(),
@@ -223,6 +241,16 @@ impl Drop for TestRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `data` compressed with gzip (`-n`: no name or time, so the same input
+/// gives the same blob).
+fn gzip_bytes(scratch: &Path, data: &[u8]) -> Result<Vec<u8>> {
+    let f = scratch.join("layer.tar");
+    std::fs::write(&f, data)?;
+    let out = Cmd::new("gzip").args(["-n", "-c", "-6"]).arg(&f).run()?;
+    std::fs::remove_file(&f)?;
+    Ok(out.stdout)
 }
 
 /// A tar of `(path, mode, content)` files; a content starting with `->`

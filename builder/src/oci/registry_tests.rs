@@ -282,3 +282,29 @@ fn bearer_token_auth_follows_the_challenge() {
         "{reqs:#?}"
     );
 }
+
+#[test]
+fn gzip_layers_are_fetched_as_served() {
+    let reg = TestRegistry::start().unwrap();
+    let image = small_image("amd64", "zipped");
+    reg.push_image_gzip("zipped", Some("1"), &image).unwrap();
+    let client = Client::new().unwrap();
+    let r = reference(&reg, "zipped:1");
+    let m = client.resolve(&r, AMD64).unwrap().manifest;
+    let layer = &m.layers[0];
+    assert_eq!(
+        layer.media_type.as_deref(),
+        Some(super::manifest::OCI_LAYER_TAR_GZIP)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::new(dir.path());
+    let p = cache
+        .fetch(&client, &r, &layer.digest, Some(layer.size))
+        .unwrap();
+    let out = crate::exec::Cmd::new("gzip")
+        .args(["-dc"])
+        .arg(&p)
+        .run()
+        .unwrap();
+    assert_eq!(out.stdout, image.layers[0]);
+}
