@@ -22,7 +22,7 @@ fi
 
 apt-get update
 apt-get install -y --no-install-recommends \
-  ca-certificates tar zstd xz-utils gdisk dosfstools ovmf \
+  ca-certificates tar zstd xz-utils gdisk dosfstools ovmf bmap-tools gnupg apt-utils \
   docker-registry busybox-static
 apt-get install -y --no-install-recommends "${backports[@]}" \
   mmdebstrap e2fsprogs qemu-system-x86 qemu-utils

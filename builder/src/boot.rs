@@ -223,6 +223,11 @@ impl Vm {
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                // The guest may have printed the text just before it exited.
+                let console = self.console();
+                if console.contains(expect) {
+                    return Ok(self.started.elapsed());
+                }
                 return Err(WaitError::Exited {
                     status: status.to_string(),
                     expect: expect.into(),

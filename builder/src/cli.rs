@@ -9,9 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::boot::{self, Accel, VmOptions};
 use crate::build::{self, BuildOptions, Output};
 use crate::cache::{self, Cache};
-use crate::customize::{self, SeedOptions};
+use crate::customize::{self, SeedArgs};
 use crate::doctor;
-use crate::fleet::Fleet;
 use crate::plan::Plan;
 use crate::profile::ByteSize;
 
@@ -51,6 +50,17 @@ pub enum Command {
     /// Stamp a per-node seed (hostname, auth key, SSH keys, tags) into an
     /// image's boot partition.
     Customize(CustomizeArgs),
+    /// Write an image to an SD card or USB stick: only its mapped blocks,
+    /// verified, refusing the wrong disk; optionally stamping the node's seed.
+    Flash(crate::flash::FlashArgs),
+    /// Write an image's block map (bmaptool's format 2.0): the ranges that
+    /// hold data, with their sha256. Builds write one for every image.
+    Bmap {
+        image: PathBuf,
+        /// Where to write it [default: IMAGE.bmap].
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Inspect or prune the build cache.
     Cache {
         #[command(subcommand)]
@@ -58,6 +68,11 @@ pub enum Command {
         /// The cache (default: $NODEFORGE_CACHE_DIR or ~/.cache/nodeforge).
         #[arg(long, global = true)]
         cache_dir: Option<PathBuf>,
+    },
+    /// The tailnet: policy file from the profiles, auth keys through the API.
+    Tailnet {
+        #[command(subcommand)]
+        command: crate::tailnet::cli::TailnetCommand,
     },
     /// List the host programs nodeforge needs; --install installs the missing ones.
     Doctor {
@@ -91,6 +106,9 @@ pub struct BuildArgs {
     /// a registry.
     #[arg(long)]
     pub offline: bool,
+    /// Build twice (the second time from scratch) and compare the images.
+    #[arg(long)]
+    pub verify_reproducible: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,52 +127,6 @@ pub enum CacheCommand {
         #[arg(long)]
         max_size: Option<String>,
     },
-}
-
-/// Per-node seed values, shared by `customize` and `flash`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SeedArgs {
-    /// Take the node's values from the fleet file (see --fleet).
-    #[arg(long)]
-    pub node: Option<String>,
-    /// The fleet file that --node looks in.
-    #[arg(long, default_value = "fleet.toml")]
-    pub fleet: PathBuf,
-    #[arg(long)]
-    pub hostname: Option<String>,
-    /// File holding the Tailscale auth key, or - for standard input (never the key itself).
-    #[arg(long)]
-    pub authkey_file: Option<PathBuf>,
-    /// An OpenSSH public key line, or a .pub file; repeatable.
-    #[arg(long = "ssh-key")]
-    pub ssh_keys: Vec<String>,
-    /// An extra tailnet tag (tag:name); repeatable.
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
-}
-
-impl SeedArgs {
-    /// The seed options these flags describe (flags over fleet values), or
-    /// None when no seed value was given.
-    pub fn options(&self) -> Result<Option<SeedOptions>> {
-        let mut opts = match &self.node {
-            Some(name) => Fleet::load(&self.fleet)?.seed_options(name)?,
-            None => SeedOptions::default(),
-        };
-        if self.hostname.is_some() {
-            opts.hostname = self.hostname.clone();
-        }
-        if self.authkey_file.is_some() {
-            opts.authkey_file = self.authkey_file.clone();
-        }
-        opts.ssh_keys.extend(self.ssh_keys.iter().cloned());
-        opts.tags.extend(self.tags.iter().cloned());
-        let empty = opts.hostname.is_none()
-            && opts.authkey_file.is_none()
-            && opts.ssh_keys.is_empty()
-            && opts.tags.is_empty();
-        Ok((!empty).then_some(opts))
-    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,7 +180,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Lock { profile } => lock_cmd(&profile),
         Command::Boot(args) => boot_cmd(args),
         Command::Customize(args) => customize_cmd(args),
+        Command::Flash(args) => crate::flash::run(&args),
+        Command::Bmap { image, output } => {
+            let out = output.unwrap_or_else(|| {
+                let name = image
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                image.with_file_name(format!("{name}.bmap"))
+            });
+            let bmap = crate::bmap::write_bmap(&image, &out)?;
+            println!(
+                "{}: {} of {} bytes mapped",
+                out.display(),
+                bmap.mapped_bytes(),
+                bmap.image_size
+            );
+            Ok(())
+        }
         Command::Cache { command, cache_dir } => cache_cmd(command, cache_dir),
+        Command::Tailnet { command } => crate::tailnet::cli::run(command),
         Command::Doctor { install } => {
             let (text, missing) = doctor::report();
             print!("{text}");
@@ -276,6 +267,31 @@ fn build_cmd(args: BuildArgs) -> Result<()> {
         agent: args.agent,
         offline: args.offline,
     };
+    if args.verify_reproducible {
+        let (result, check) = build::verify_reproducible(&plan, &opts)?;
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({"event": "reproducible", "result": result, "check": check})
+            ),
+            _ => println!(
+                "built {} twice: sha256 {} and {}",
+                result.image.display(),
+                check.first,
+                check.second
+            ),
+        }
+        if !check.identical {
+            bail!(
+                "the two builds differ (partitions: {})",
+                check.differing_partitions.join(", ")
+            );
+        }
+        if output == Output::Human {
+            println!("reproducible: the two images are identical");
+        }
+        return Ok(());
+    }
     let result = build::build(&plan, &opts)?;
     match output {
         Output::Json => println!(
@@ -340,10 +356,9 @@ fn boot_cmd(args: BootArgs) -> Result<()> {
 }
 
 fn customize_cmd(args: CustomizeArgs) -> Result<()> {
-    let Some(opts) = args.seed.options()? else {
+    let Some(seed) = args.seed.seed()? else {
         bail!("nothing to stamp: give --node, --hostname, --authkey-file, --ssh-key or --tag");
     };
-    let seed = opts.to_seed()?;
     let target = match &args.output {
         Some(out) => {
             customize::sparse_copy(&args.image, out)?;

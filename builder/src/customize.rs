@@ -1,9 +1,11 @@
 //! `nodeforge customize`: stamps a per-node seed into an image's boot
 //! partition (the ESP, or the Pi's FAT boot partition) in-process, so one
-//! role image serves many machines.
+//! role image serves many machines. The same writer stamps seeds during
+//! `nodeforge flash`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -11,12 +13,12 @@ use anyhow::{bail, Context, Result};
 use fatfs::{FileSystem, FsOptions};
 use nodeforge_firstboot::seed::{AuthKey, Seed, SEED_FILE_NAME};
 
-use crate::disk::gpt_table;
-use crate::disk::layout::ESP_TYPE;
+use crate::disk::layout::{ESP_TYPE, SECTOR};
 use crate::disk::region::Region;
 
 /// MBR partition types of FAT filesystems (the Pi's boot partition).
 const MBR_FAT_TYPES: [u8; 4] = [0x0B, 0x0C, 0x0E, 0x06];
+const MBR_GPT_PROTECTIVE: u8 = 0xEE;
 
 /// Where the seed goes: the boot partition's byte range in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,24 +30,36 @@ pub struct BootPartition {
 /// Finds the FAT partition that carries the seed: the GPT ESP, else the
 /// first FAT partition of an MBR disk.
 pub fn boot_partition(image: &Path) -> Result<BootPartition> {
-    let mut f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    boot_partition_in(&f)
+        .with_context(|| format!("finding the boot partition of {}", image.display()))
+}
+
+/// [`boot_partition`] of an open disk or image.
+pub fn boot_partition_in(f: &File) -> Result<BootPartition> {
     let mut sector = [0u8; 512];
-    f.read_exact(&mut sector)
-        .with_context(|| format!("reading the partition table of {}", image.display()))?;
+    f.read_exact_at(&mut sector, 0)
+        .context("reading the partition table")?;
     if sector[510..] != [0x55, 0xAA] {
-        bail!(
-            "{} has no partition table (is it a nodeforge disk image?)",
-            image.display()
-        );
+        bail!("no partition table (is it a nodeforge disk image?)");
     }
     let entries: Vec<&[u8]> = (0..4)
         .map(|i| &sector[446 + 16 * i..446 + 16 * (i + 1)])
         .collect();
-    if entries.iter().any(|e| e[4] == 0xEE) {
-        let esp = gpt_table::find(image, ESP_TYPE, "EFI system (ESP)")?;
+    if entries.iter().any(|e| e[4] == MBR_GPT_PROTECTIVE) {
+        let disk = gpt::GptConfig::new()
+            .writable(false)
+            .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+            .open_from_device(f)
+            .context("reading the GPT")?;
+        let esp = disk
+            .partitions()
+            .values()
+            .find(|p| p.part_type_guid.guid == ESP_TYPE)
+            .context("the GPT has no EFI system partition (ESP) to hold a seed")?;
         return Ok(BootPartition {
-            offset: esp.offset,
-            size: esp.size,
+            offset: esp.first_lba * SECTOR,
+            size: (esp.last_lba + 1 - esp.first_lba) * SECTOR,
         });
     }
     for e in entries {
@@ -53,36 +67,34 @@ pub fn boot_partition(image: &Path) -> Result<BootPartition> {
             let lba = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as u64;
             let count = u32::from_le_bytes([e[12], e[13], e[14], e[15]]) as u64;
             return Ok(BootPartition {
-                offset: lba * 512,
-                size: count * 512,
+                offset: lba * SECTOR,
+                size: count * SECTOR,
             });
         }
     }
-    bail!(
-        "{} has no FAT boot partition to hold a seed",
-        image.display()
-    )
+    bail!("no FAT boot partition to hold a seed")
 }
 
 /// Writes `seed` as nodeforge-seed.toml into the image's boot partition.
-/// An earlier seed's bytes are overwritten in place first: a deleted or
-/// truncated FAT file's data stays on the medium, and it may hold a key.
 pub fn stamp(image: &Path, seed: &Seed) -> Result<()> {
     seed.validate()
         .map_err(anyhow::Error::msg)
         .context("the seed is not valid")?;
-    let part = boot_partition(image)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(image)
         .with_context(|| format!("opening {} for writing", image.display()))?;
+    let part = boot_partition_in(&file)
+        .with_context(|| format!("finding the boot partition of {}", image.display()))?;
     write_seed(&file, part, seed)
         .with_context(|| format!("writing the seed into {}", image.display()))?;
     file.sync_all()
         .with_context(|| format!("syncing {}", image.display()))
 }
 
+/// An earlier seed's bytes are overwritten in place first: a deleted or
+/// truncated FAT file's data stays on the medium, and it may hold a key.
 fn write_seed(file: &File, part: BootPartition, seed: &Seed) -> Result<()> {
     let fs = FileSystem::new(
         Region::new(file, part.offset, part.size),
@@ -108,10 +120,15 @@ fn write_seed(file: &File, part: BootPartition, seed: &Seed) -> Result<()> {
 
 /// Reads the seed back from an image (None when it has none).
 pub fn read_seed(image: &Path) -> Result<Option<Seed>> {
-    let part = boot_partition(image)?;
     let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    read_seed_in(&file).with_context(|| format!("reading the seed of {}", image.display()))
+}
+
+/// [`read_seed`] of an open disk or image.
+pub fn read_seed_in(file: &File) -> Result<Option<Seed>> {
+    let part = boot_partition_in(file)?;
     let fs = FileSystem::new(
-        Region::new(&file, part.offset, part.size),
+        Region::new(file, part.offset, part.size),
         FsOptions::new().update_accessed_date(false),
     )
     .context("opening the boot partition's FAT filesystem")?;
@@ -123,7 +140,7 @@ pub fn read_seed(image: &Path) -> Result<Option<Seed>> {
     f.read_to_string(&mut text)?;
     Seed::from_toml(&text)
         .map(Some)
-        .map_err(|e| anyhow::anyhow!("{SEED_FILE_NAME} in {}: {e}", image.display()))
+        .map_err(|e| anyhow::anyhow!("{SEED_FILE_NAME}: {e}"))
 }
 
 /// Reads an auth key from a file, or from standard input for `-`; never
@@ -165,7 +182,7 @@ pub fn sparse_copy(image: &Path, out: &Path) -> Result<()> {
     crate::fsutil::commit_partial(&partial, out)
 }
 
-/// The seed described by command-line options.
+/// The seed described by command-line or fleet-file values.
 #[derive(Debug, Default, Clone)]
 pub struct SeedOptions {
     pub hostname: Option<String>,
@@ -201,5 +218,83 @@ impl SeedOptions {
         };
         seed.validate().map_err(anyhow::Error::msg)?;
         Ok(seed)
+    }
+}
+
+/// Per-node seed values on the command line, shared by `customize` and
+/// `flash`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SeedArgs {
+    /// Take the node's values from the fleet file (see --fleet).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The fleet file that --node looks in.
+    #[arg(long, default_value = "fleet.toml")]
+    pub fleet: PathBuf,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// File holding the Tailscale auth key, or - for standard input (never the key itself).
+    #[arg(long)]
+    pub authkey_file: Option<PathBuf>,
+    /// An OpenSSH public key line, or a .pub file; repeatable.
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<String>,
+    /// An extra tailnet tag (tag:name); repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+impl SeedArgs {
+    /// The seed these flags describe (flags over fleet values), or None
+    /// when no seed value was given.
+    pub fn seed(&self) -> Result<Option<Seed>> {
+        let mut opts = match &self.node {
+            Some(name) => crate::fleet::Fleet::load(&self.fleet)?.seed_options(name)?,
+            None => SeedOptions::default(),
+        };
+        if self.hostname.is_some() {
+            opts.hostname = self.hostname.clone();
+        }
+        if self.authkey_file.is_some() {
+            opts.authkey_file = self.authkey_file.clone();
+        }
+        opts.ssh_keys.extend(self.ssh_keys.iter().cloned());
+        opts.tags.extend(self.tags.iter().cloned());
+        let empty = opts.hostname.is_none()
+            && opts.authkey_file.is_none()
+            && opts.ssh_keys.is_empty()
+            && opts.tags.is_empty();
+        if empty {
+            return Ok(None);
+        }
+        opts.to_seed().map(Some)
+    }
+}
+
+/// The seed as a flash stamp: written into the target's boot partition
+/// after the image is verified, then read back from the device.
+pub struct SeedStamp(pub Seed);
+
+impl crate::flash::Stamp for SeedStamp {
+    fn describe(&self) -> String {
+        format!(
+            "seed for {}",
+            self.0.hostname.as_deref().unwrap_or("this node")
+        )
+    }
+
+    fn apply(&self, target: &mut File) -> Result<Vec<Range<u64>>> {
+        let part = boot_partition_in(target)?;
+        write_seed(target, part, &self.0)?;
+        target.sync_all().context("syncing the seed")?;
+        Ok(std::iter::once(part.offset..part.offset + part.size).collect())
+    }
+
+    fn check(&self, target: &mut File) -> Result<()> {
+        match read_seed_in(target)? {
+            Some(found) if found == self.0 => Ok(()),
+            Some(_) => bail!("the seed read back from the target differs from the one written"),
+            None => bail!("no seed found on the target after writing it"),
+        }
     }
 }

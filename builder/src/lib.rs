@@ -1,6 +1,7 @@
 //! nodeforge: builds bootable per-role node images and provisions the
 //! machines that boot them.
 
+pub mod apt;
 pub mod bmap;
 pub mod boot;
 pub mod build;
@@ -16,3 +17,4 @@ pub mod fsutil;
 pub mod oci;
 pub mod plan;
 pub mod profile;
+pub mod tailnet;

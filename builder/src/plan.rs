@@ -71,7 +71,7 @@ impl Plan {
     pub fn from_profile(profile: Profile) -> Result<Plan> {
         let overlay_files = list_overlay_files(&profile)?;
         let packages = profile.all_packages();
-        let rootfs_key = rootfs_key(&profile, &packages);
+        let rootfs_key = rootfs_key(&profile, &packages)?;
         let lock_path = lock::lock_path(profile.sources.last().expect("a profile has a source"));
         let lock = if profile.stacks.is_empty() {
             None
@@ -137,6 +137,19 @@ impl Plan {
             p.debian.mirror,
             p.debian.components.join(", ")
         ));
+        for r in &p.apt.repositories {
+            line(format!(
+                "apt repo   {} {} {} [{}] key {}",
+                r.name,
+                r.url,
+                r.suite,
+                r.components.join(", "),
+                r.fingerprint
+            ));
+        }
+        for d in &p.apt.local {
+            line(format!("apt local  {}", d.display()));
+        }
         line(format!("hostname   {}", p.hostname));
         line(format!("hash       {}", self.profile_hash));
         line(format!(
@@ -199,8 +212,8 @@ impl Plan {
     }
 }
 
-fn rootfs_key(p: &Profile, packages: &[String]) -> String {
-    let key = serde_json::json!({
+fn rootfs_key(p: &Profile, packages: &[String]) -> Result<String> {
+    let mut key = serde_json::json!({
         "recipe": ROOTFS_RECIPE,
         "suite": p.debian.suite,
         "mirror": p.debian.mirror,
@@ -208,7 +221,10 @@ fn rootfs_key(p: &Profile, packages: &[String]) -> String {
         "arch": p.hardware.arch.debian(),
         "packages": packages,
     });
-    sha256_bytes(key.to_string().as_bytes())
+    if let Some(apt) = crate::apt::cache_key_part(&p.apt)? {
+        key["apt"] = apt;
+    }
+    Ok(sha256_bytes(key.to_string().as_bytes()))
 }
 
 fn profile_hash(
@@ -230,6 +246,11 @@ fn profile_hash(
     // Where the files sit on this machine must not change the hash.
     if let Some(obj) = resolved.as_object_mut() {
         obj.remove("sources");
+        // Key files and local .deb folders count by fingerprint and content.
+        match crate::apt::cache_key_part(&p.apt)? {
+            Some(apt) => obj.insert("apt".into(), apt),
+            None => obj.remove("apt"),
+        };
         if let Some(hw) = obj.get_mut("hardware").and_then(|h| h.as_object_mut()) {
             hw.remove("file");
         }
@@ -339,6 +360,11 @@ fn step_plans(
                     p.debian.components.join(",")
                 ),
                 format!("{} packages", packages.len()),
+                format!(
+                    "{} signed repositories, {} local .deb directories",
+                    p.apt.repositories.len(),
+                    p.apt.local.len()
+                ),
                 format!("cache key {}", &rootfs_key[..16]),
             ],
         ),

@@ -26,6 +26,13 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/nodeforge-cache"))
 }
 
+/// Where a guest's serial console is kept, so a failure can be read whole.
+pub fn console_log(name: &str) -> PathBuf {
+    let dir = workspace_root().join("target/qemu-tests/logs");
+    std::fs::create_dir_all(&dir).expect("creating the console log directory");
+    dir.join(format!("{name}.log"))
+}
+
 pub fn output_dir(name: &str) -> PathBuf {
     workspace_root().join("target/qemu-tests").join(name)
 }
@@ -120,4 +127,46 @@ pub fn run_check(program: &str, args: &[&str], target: &Path) -> (bool, String) 
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// The value after `=== report-NAME ` on the console of a guest running
+/// the boot-report overlay (the last one, for a disk booted twice).
+pub fn report_value(console: &str, name: &str) -> Option<String> {
+    let marker = format!("=== report-{name} ");
+    console
+        .lines()
+        .filter_map(|l| {
+            l.split_once(&marker)
+                .map(|(_, v)| v.trim_end_matches('\r').to_owned())
+        })
+        .next_back()
+}
+
+/// Copies an image to a new sparse file (guests that write to their disk
+/// get their own copy).
+pub fn copy_image(image: &Path, dest: &Path) {
+    nodeforge::customize::sparse_copy(image, dest)
+        .unwrap_or_else(|e| panic!("copying {}: {e:#}", image.display()));
+}
+
+/// Does `needle` occur anywhere in the file? Reads it in overlapping
+/// chunks so a match across a chunk boundary is found too.
+pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut buf = vec![0u8; 8 << 20];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = f.read(&mut buf).expect("reading the image");
+        if n == 0 {
+            return false;
+        }
+        let mut window = std::mem::take(&mut carry);
+        window.extend_from_slice(&buf[..n]);
+        if window.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        carry = window[window.len().saturating_sub(needle.len() - 1)..].to_vec();
+    }
 }

@@ -35,6 +35,18 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         .with_context(|| format!("writing {}", unit.display()))?;
     enable_unit(&ctx.rootfs, UNIT_NAME)?;
 
+    if ctx
+        .plan
+        .profile
+        .tailscale
+        .as_ref()
+        .is_some_and(|t| t.standin)
+    {
+        let path = ctx.target("/usr/bin/tailscale");
+        fs::write(&path, nodeforge_firstboot::TAILSCALE_STANDIN)
+            .with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
     let cfg = baked_config(&ctx.plan.profile);
     let path = ctx.target(BAKED_CONFIG_PATH);
     fs::create_dir_all(path.parent().expect("has parent"))?;

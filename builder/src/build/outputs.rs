@@ -55,6 +55,9 @@ pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome,
         .expect("has a name")
         .to_string_lossy()
         .into_owned();
+    // bmaptool's format: flash (ours or bmaptool) writes only these ranges.
+    let bmap_path = ctx.opts.output_dir.join(format!("{name}.bmap"));
+    crate::bmap::write_bmap(&final_path, &bmap_path)?;
     let sha_path = ctx.opts.output_dir.join(format!("{name}.sha256"));
     fsutil::atomic_write(&sha_path, format!("{sha256}  {name}\n").as_bytes())?;
 

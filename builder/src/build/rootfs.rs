@@ -69,6 +69,8 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         .arg(&ctx.rootfs)
         .run()
         .with_context(|| format!("unpacking the base rootfs {}", tar.display()))?;
+    crate::apt::install_in_image(&ctx.rootfs, &p.apt)
+        .context("installing the profile's apt repositories into the image")?;
     Ok(outcome)
 }
 
@@ -90,9 +92,12 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
         // Snapshot Release files are past their Valid-Until by design.
         cmd = cmd.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
     }
+    // Signed third-party repositories and local .debs, as extra sources lines.
+    let extra = crate::apt::prepare(&ctx.cache.dir, &p.apt)?;
     cmd.arg(&p.debian.suite)
         .arg(out)
         .arg(&p.debian.mirror)
+        .args(extra)
         .run()
         .with_context(|| {
             format!(

@@ -49,8 +49,45 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     for unit in ["systemd-networkd.service", "systemd-resolved.service"] {
         enable_unit(&ctx.rootfs, unit)?;
     }
+    remove_ssh_host_keys(ctx)?;
     Ok(StepOutcome::Done)
 }
+
+/// openssh-server's postinst made host keys inside the build: every
+/// machine flashed from the image would share them. They are removed, and
+/// sshd makes its own at first start (the first-boot agent makes them too
+/// and keeps whichever exist).
+fn remove_ssh_host_keys(ctx: &BuildContext) -> Result<()> {
+    let ssh = ctx.target("/etc/ssh");
+    let Ok(entries) = fs::read_dir(&ssh) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+            fs::remove_file(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    if ctx.target("/usr/lib/systemd/system/ssh.service").is_file() {
+        write(
+            ctx,
+            "/etc/systemd/system/ssh.service.d/10-nodeforge-host-keys.conf",
+            SSH_KEYGEN_DROPIN,
+        )?;
+    }
+    Ok(())
+}
+
+/// sshd refuses to start without host keys; `ssh-keygen -A` makes the
+/// missing ones before Debian's own `sshd -t` check runs.
+const SSH_KEYGEN_DROPIN: &str = "\
+# Written by nodeforge: per-machine host keys, made at first start.
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+";
 
 fn fstab(ctx: &BuildContext) -> String {
     let layout = &ctx.plan.layout;

@@ -21,6 +21,8 @@ pub struct ProfileFile {
     pub hardware: Option<Spanned<String>>,
     pub hostname: Option<Spanned<String>>,
     pub debian: Option<DebianFile>,
+    /// Extra apt sources: signed third-party repositories, local .debs.
+    pub apt: Option<AptFile>,
     #[serde(default)]
     pub packages: Vec<Spanned<String>>,
     #[serde(default)]
@@ -78,6 +80,40 @@ pub struct DebianFile {
     pub components: Option<Vec<Spanned<String>>>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AptFile {
+    #[serde(default)]
+    pub repositories: Vec<RepositoryFile>,
+    #[serde(default)]
+    pub local: Vec<LocalDebsFile>,
+}
+
+/// `[[apt.repositories]]`: a third-party apt repository and its signing key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryFile {
+    pub name: Spanned<String>,
+    pub url: Spanned<String>,
+    /// A suite (`stable`), or a flat repository's path ending in `/`.
+    pub suite: Spanned<String>,
+    #[serde(default)]
+    pub components: Vec<Spanned<String>>,
+    /// The repository's public key (armored or binary), relative to the
+    /// profile's folder or the project root. Required: unsigned
+    /// repositories are refused.
+    pub key: Option<Spanned<String>>,
+    /// The key's OpenPGP v4 fingerprint, checked against the file.
+    pub fingerprint: Option<Spanned<String>>,
+}
+
+/// `[[apt.local]]`: a directory of .deb files, an offline package source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDebsFile {
+    pub path: Spanned<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserFile {
@@ -119,6 +155,44 @@ pub enum OutputFormat {
 pub struct TailscaleFile {
     pub tags: Vec<Spanned<String>>,
     pub timeout_secs: Option<u64>,
+    /// Install the stand-in `tailscale` CLI (tests only: the real client
+    /// cannot be installed on the build machines).
+    #[serde(default)]
+    pub standin: bool,
+    /// Who may apply this role's tags (the policy's tagOwners); default
+    /// `autogroup:admin`.
+    pub owners: Option<Vec<Spanned<String>>>,
+    /// The fleet the role belongs to: `accept.from = "fleet"` means the
+    /// other roles of the same fleet (roles naming none form one).
+    pub fleet: Option<Spanned<String>>,
+    /// What this role's nodes may reach on the tailnet.
+    #[serde(default)]
+    pub allow: Vec<AllowFile>,
+    /// Who may reach this role's nodes.
+    #[serde(default)]
+    pub accept: Vec<AcceptFile>,
+}
+
+/// `[[tailscale.allow]]`: this role's tags reach `to` on `ports`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowFile {
+    /// A tag (`tag:data`) or `*` for every destination.
+    pub to: Spanned<String>,
+    /// Empty or absent: every port.
+    #[serde(default)]
+    pub ports: Vec<Spanned<u16>>,
+}
+
+/// `[[tailscale.accept]]`: `from` reaches this role's tags on `ports`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptFile {
+    /// A tag, `*` (anyone on the tailnet) or `fleet` (the other roles of
+    /// this role's fleet).
+    pub from: Spanned<String>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<u16>>,
 }
 
 #[derive(Debug, Deserialize)]

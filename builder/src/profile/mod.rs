@@ -1,10 +1,12 @@
 //! Profiles: a role's declarative description, its `extends` chain and
 //! its hardware class, resolved into one validated [`Profile`].
 
+mod apt;
 pub mod error;
 mod file;
 mod resolve;
 pub mod size;
+mod tailnet;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,8 @@ pub struct Profile {
     pub sources: Vec<PathBuf>,
     pub hardware: Hardware,
     pub debian: Debian,
+    /// Extra apt sources (signed repositories, local .deb directories).
+    pub apt: Apt,
     /// Packages the profile chain asks for (hardware and required ones are
     /// added by [`Profile::all_packages`]).
     pub packages: Vec<String>,
@@ -94,6 +98,26 @@ pub struct Debian {
     pub components: Vec<String>,
 }
 
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Apt {
+    pub repositories: Vec<AptRepository>,
+    /// Directories of .deb files.
+    pub local: Vec<PathBuf>,
+}
+
+/// A signed third-party repository whose key file was checked against its
+/// declared fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AptRepository {
+    pub name: String,
+    pub url: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    pub key: PathBuf,
+    /// 40 uppercase hex digits.
+    pub fingerprint: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Overlay {
     pub name: String,
@@ -120,6 +144,27 @@ pub struct Disk {
 pub struct Tailscale {
     pub tags: Vec<String>,
     pub timeout_secs: u64,
+    pub standin: bool,
+    /// tagOwners of this role's tags in the tailnet policy.
+    pub owners: Vec<String>,
+    /// Roles of one fleet are each other's `fleet` in accept rules.
+    pub fleet: Option<String>,
+    pub allow: Vec<TailnetAllow>,
+    pub accept: Vec<TailnetAccept>,
+}
+
+/// This role's tags may reach `to` (a tag or `*`) on `ports` (empty: all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TailnetAllow {
+    pub to: String,
+    pub ports: Vec<u16>,
+}
+
+/// `from` (a tag, `*` or `fleet`) may reach this role's tags on `ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TailnetAccept {
+    pub from: String,
+    pub ports: Vec<u16>,
 }
 
 impl Profile {

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use super::apt;
 use super::error::{ProfileError, ProfileErrors};
 use super::file::{HardwareFile, OutputFormat, ProfileFile};
+use super::tailnet;
 use super::validate::{self, FileCtx};
 use super::STACK_PACKAGES;
-use super::{ByteSize, Debian, Disk, Hardware, Overlay, Profile, Stack, Tailscale, User};
+use super::{ByteSize, Debian, Disk, Hardware, Overlay, Profile, Stack, User};
 
 const DEFAULT_SUITE: &str = "trixie";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
@@ -105,6 +107,7 @@ struct Merged {
     mirror: Option<String>,
     snapshot: Option<String>,
     components: Option<Vec<String>>,
+    apt: super::Apt,
     packages: Vec<String>,
     overlays: Vec<Overlay>,
     users: Vec<User>,
@@ -112,7 +115,7 @@ struct Merged {
     esp_size: Option<ByteSize>,
     outputs: Option<Vec<OutputFormat>>,
     vars: BTreeMap<String, serde_json::Value>,
-    tailscale: Option<Tailscale>,
+    tailscale: Option<super::Tailscale>,
     stacks: Vec<Stack>,
 }
 
@@ -158,6 +161,9 @@ impl Merged {
                 self.components = Some(comps);
             }
         }
+        if let Some(a) = &f.apt {
+            apt::merge(ctx, a, &mut self.apt, errors);
+        }
         for p in &f.packages {
             match validate::package_name(p.get_ref()) {
                 Ok(()) => push_unique(&mut self.packages, p.get_ref().clone()),
@@ -201,17 +207,12 @@ impl Merged {
             self.vars.insert(k.clone(), toml_to_json(v));
         }
         if let Some(t) = &f.tailscale {
-            let mut tags = Vec::new();
-            for tag in &t.tags {
-                match validate::tailscale_tag(tag.get_ref()) {
-                    Ok(()) => tags.push(tag.get_ref().clone()),
-                    Err(msg) => errors.push(ctx.error_at(tag, msg)),
-                }
-            }
-            self.tailscale = Some(Tailscale {
-                tags,
-                timeout_secs: t.timeout_secs.unwrap_or(DEFAULT_TAILSCALE_TIMEOUT),
-            });
+            self.tailscale = Some(tailnet::tailscale(
+                ctx,
+                t,
+                DEFAULT_TAILSCALE_TIMEOUT,
+                errors,
+            ));
         }
         let mut names = Vec::new();
         for st in &f.stacks {
@@ -307,6 +308,7 @@ impl Merged {
                 snapshot: self.snapshot,
                 components: self.components.unwrap_or_else(|| vec!["main".into()]),
             },
+            apt: self.apt,
             packages: self.packages,
             overlays: self.overlays,
             users: self.users,

@@ -1,0 +1,123 @@
+//! Flashing to real block devices (loop devices). Skipped, saying why, when
+//! not root or without loop devices.
+
+mod flash_support;
+
+use flash_support::*;
+use nodeforge::bmap;
+use nodeforge::flash::device::SafetyRefusal;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+
+macro_rules! need_loop {
+    () => {
+        if let Some(why) = loop_unavailable() {
+            eprintln!("skipping: loop devices unavailable ({why})");
+            return;
+        }
+    };
+}
+
+#[test]
+fn flashes_a_used_loop_device_with_force() {
+    need_loop!();
+    let dir = tempfile::tempdir().unwrap();
+    let image = standard_image(dir.path());
+    let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
+    let backing = used_disk(&dir.path().join("disk"), 96 * MIB, 0xEE);
+    let dev = LoopDev::attach(&backing).unwrap();
+
+    // Loop devices report removable=0: refused without --force.
+    let mut a = args(&image, &dev.path);
+    let err = flash_with(&a, "", None).0.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<SafetyRefusal>(),
+            Some(SafetyRefusal::NotRemovable { .. })
+        ),
+        "{err:#}"
+    );
+    assert!(
+        read_at(&dev.path, 0, 4096).iter().all(|&b| b == 0xEE),
+        "refused flash wrote nothing"
+    );
+
+    a.force = true;
+    a.quiet = false;
+    let (r, out) = flash_with(&a, "", None);
+    let report = r.unwrap_or_else(|e| panic!("{e:#}\n{out}"));
+    assert!(
+        out.contains("loop device backed by") && out.contains("Removable: NO"),
+        "{out}"
+    );
+    assert_eq!(report.verify.unwrap().bytes, bmap.mapped_bytes());
+    assert_mapped_equal(&image, &dev.path, &bmap);
+    // Unmapped ranges keep old data; the old disk's tail (backup GPT) is gone.
+    assert!(read_at(&dev.path, 45 * MIB, 4096)
+        .iter()
+        .all(|&b| b == 0xEE));
+    assert!(read_at(&dev.path, 96 * MIB - 4096, 4096)
+        .iter()
+        .all(|&b| b == 0));
+}
+
+#[test]
+fn too_small_loop_device_is_refused() {
+    need_loop!();
+    let dir = tempfile::tempdir().unwrap();
+    let image = standard_image(dir.path());
+    let backing = used_disk(&dir.path().join("small"), 32 * MIB, 0xEE);
+    let dev = LoopDev::attach(&backing).unwrap();
+    let mut a = args(&image, &dev.path);
+    a.force = true;
+    let err = flash_with(&a, "", None).0.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<SafetyRefusal>(),
+            Some(SafetyRefusal::TooSmall { .. })
+        ),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn device_held_exclusively_elsewhere_is_busy() {
+    need_loop!();
+    let dir = tempfile::tempdir().unwrap();
+    let image = standard_image(dir.path());
+    let backing = used_disk(&dir.path().join("disk"), 64 * MIB, 0xEE);
+    let dev = LoopDev::attach(&backing).unwrap();
+    // Stands in for a mount or another flasher holding the device.
+    let _holder = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&dev.path)
+        .unwrap();
+    let mut a = args(&image, &dev.path);
+    a.force = true;
+    let err = format!("{:#}", flash_with(&a, "", None).0.unwrap_err());
+    assert!(err.contains("is busy"), "{err}");
+}
+
+#[test]
+fn write_error_past_the_device_end_names_the_range() {
+    use indicatif::ProgressBar;
+    use nodeforge::flash::device::TargetKind;
+    use nodeforge::flash::source::ImageSource;
+    use nodeforge::flash::write::{self, Target};
+    need_loop!();
+    let dir = tempfile::tempdir().unwrap();
+    let image = standard_image(dir.path());
+    let bmap = bmap::Bmap::create(&image).unwrap();
+    // Past the safety checks on purpose: a device that ends mid-image.
+    let backing = used_disk(&dir.path().join("short"), 24 * MIB, 0xEE);
+    let dev = LoopDev::attach(&backing).unwrap();
+    let mut src = ImageSource::open(&image).unwrap();
+    let mut target = Target::open(&dev.path, TargetKind::BlockDevice, bmap.image_size).unwrap();
+    let err = write::write_image(&mut src, &bmap, &mut target, &ProgressBar::hidden()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("writing range") && msg.contains(&dev.path.display().to_string()),
+        "{msg}"
+    );
+}
