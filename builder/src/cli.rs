@@ -42,6 +42,9 @@ pub enum Command {
     },
     /// Build a profile's disk image.
     Build(BuildArgs),
+    /// Resolve the container images of a profile's stacks to digests for
+    /// its architecture and write them to `<profile>.lock.toml`.
+    Lock { profile: PathBuf },
     /// Boot an image in QEMU and wait for a line on its serial console.
     Boot(BootArgs),
     /// Stamp a per-node seed (hostname, auth key, SSH keys, tags) into an
@@ -99,6 +102,10 @@ pub struct BuildArgs {
     /// First-boot agent binary to install (default: built from source).
     #[arg(long)]
     pub agent: Option<PathBuf>,
+    /// Build container images from the blob cache alone, never contacting
+    /// a registry.
+    #[arg(long)]
+    pub offline: bool,
     /// Build twice (the second time from scratch) and compare the images.
     #[arg(long)]
     pub verify_reproducible: bool,
@@ -170,6 +177,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Build(args) => build_cmd(args),
+        Command::Lock { profile } => lock_cmd(&profile),
         Command::Boot(args) => boot_cmd(args),
         Command::Customize(args) => customize_cmd(args),
         Command::Flash(args) => crate::flash::run(&args),
@@ -253,6 +261,7 @@ fn build_cmd(args: BuildArgs) -> Result<()> {
         output,
         no_cache: args.no_cache,
         agent: args.agent,
+        offline: args.offline,
     };
     if args.verify_reproducible {
         let (result, check) = build::verify_reproducible(&plan, &opts)?;
@@ -297,6 +306,28 @@ fn build_cmd(args: BuildArgs) -> Result<()> {
         }
         Output::Quiet => {}
     }
+    Ok(())
+}
+
+fn lock_cmd(profile: &std::path::Path) -> Result<()> {
+    let p = crate::profile::load(profile)?;
+    if p.stacks.is_empty() {
+        bail!(
+            "{}: the profile has no stacks, so there is nothing to lock",
+            profile.display()
+        );
+    }
+    let client = crate::oci::Client::new()?;
+    let (lock, path) = crate::oci::lock::lock(&p, profile, &client)?;
+    for im in &lock.images {
+        println!("{}  {}", im.digest, im.reference);
+    }
+    println!(
+        "wrote {} ({} images for {})",
+        path.display(),
+        lock.images.len(),
+        lock.arch
+    );
     Ok(())
 }
 

@@ -163,6 +163,18 @@ pub const REQUIREMENTS: &[Requirement] = &[
         probe: Probe::RustTarget("aarch64-unknown-linux-gnu"),
         fix: Fix::Rustup("aarch64-unknown-linux-gnu"),
     },
+    req(
+        "OCI registry (tests)",
+        Probe::Program("docker-registry"),
+        "docker-registry",
+        false,
+    ),
+    req(
+        "busybox for test images (tests)",
+        Probe::File("/bin/busybox"),
+        "busybox-static",
+        false,
+    ),
 ];
 
 impl Requirement {

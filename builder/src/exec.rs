@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -95,6 +95,24 @@ impl Cmd {
             );
         }
         Ok(output)
+    }
+
+    /// Starts a long-running program (a server a test talks to) with its
+    /// output going to `log`; the caller owns the child and must end it.
+    pub fn spawn_logged(&self, log: &Path) -> Result<Child> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut c = self.command();
+        c.stdout(out).stderr(err);
+        c.spawn().map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (not installed? `nodeforge doctor --install` installs the host tools)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("starting `{self}`: {e}{hint}")
+        })
     }
 
     /// Runs and returns stdout as UTF-8 text.

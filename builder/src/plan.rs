@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::disk::{DiskLayout, TableKind};
 use crate::fsutil::sha256_bytes;
+use crate::oci::lock::{self, LockFile, LockedImage};
 use crate::profile::{self, Firmware, InitramfsKind, Profile};
 
 /// Bumped when the way a rootfs is made changes, so old cache entries are
@@ -26,7 +27,19 @@ pub struct Plan {
     pub layout: DiskLayout,
     /// Cache key of the base rootfs: only what shapes mmdebstrap's output.
     pub rootfs_key: String,
+    /// The lock file beside the profile, read when the profile has stacks.
+    pub lock_path: PathBuf,
+    pub lock: Option<LockFile>,
+    /// Every container image the stacks name, with its locked digest.
+    pub images: Vec<PlannedImage>,
     pub steps: Vec<StepPlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedImage {
+    pub reference: String,
+    /// None until `nodeforge lock` has resolved it.
+    pub locked: Option<LockedImage>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,7 +72,20 @@ impl Plan {
         let overlay_files = list_overlay_files(&profile)?;
         let packages = profile.all_packages();
         let rootfs_key = rootfs_key(&profile, &packages)?;
-        let profile_hash = profile_hash(&profile, &overlay_files)?;
+        let lock_path = lock::lock_path(profile.sources.last().expect("a profile has a source"));
+        let lock = if profile.stacks.is_empty() {
+            None
+        } else {
+            LockFile::read(&lock_path)?
+        };
+        let images: Vec<PlannedImage> = lock::profile_images(&profile)
+            .into_iter()
+            .map(|reference| PlannedImage {
+                locked: lock.as_ref().and_then(|l| l.find(&reference)).cloned(),
+                reference,
+            })
+            .collect();
+        let profile_hash = profile_hash(&profile, &overlay_files, &images)?;
         let layout = DiskLayout::fat_and_root(
             profile.hardware.firmware.table(),
             profile.disk.size.0,
@@ -76,6 +102,9 @@ impl Plan {
             overlay_files,
             layout,
             rootfs_key,
+            lock_path,
+            lock,
+            images,
             steps,
         })
     }
@@ -146,6 +175,26 @@ impl Plan {
                 if f.template { " (template)" } else { "" }
             ));
         }
+        if !p.stacks.is_empty() {
+            line(format!("stacks     (lock {})", self.lock_path.display()));
+            for st in &p.stacks {
+                line(format!(
+                    "  {:<14} {} ({} images, {} probes, health within {}s)",
+                    st.name,
+                    st.compose.display(),
+                    st.images.len(),
+                    st.probes.len(),
+                    st.health_timeout_secs
+                ));
+            }
+            for im in &self.images {
+                let state = match &im.locked {
+                    Some(l) => format!("{} ({})", l.digest, l.platform),
+                    None => "NOT LOCKED: run `nodeforge lock`".into(),
+                };
+                line(format!("  image {} -> {state}", im.reference));
+            }
+        }
         line(match self.layout.table {
             TableKind::Gpt => format!(
                 "disk       {} bytes, GPT {}",
@@ -194,10 +243,19 @@ fn rootfs_key(p: &Profile, packages: &[String]) -> Result<String> {
     Ok(sha256_bytes(key.to_string().as_bytes()))
 }
 
-fn profile_hash(p: &Profile, overlay_files: &[OverlayFile]) -> Result<String> {
+fn profile_hash(
+    p: &Profile,
+    overlay_files: &[OverlayFile],
+    images: &[PlannedImage],
+) -> Result<String> {
     let mut sources = Vec::new();
     for path in p.sources.iter().chain(std::iter::once(&p.hardware.file)) {
         let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        sources.push(sha256_bytes(&text));
+    }
+    for st in &p.stacks {
+        let text =
+            fs::read(&st.compose).with_context(|| format!("reading {}", st.compose.display()))?;
         sources.push(sha256_bytes(&text));
     }
     let mut resolved = serde_json::to_value(p)?;
@@ -217,25 +275,44 @@ fn profile_hash(p: &Profile, overlay_files: &[OverlayFile]) -> Result<String> {
                 o.remove("dir");
             }
         }
+        if let Some(sts) = obj.get_mut("stacks").and_then(|o| o.as_array_mut()) {
+            for s in sts.iter_mut().filter_map(|o| o.as_object_mut()) {
+                s.remove("compose");
+            }
+        }
     }
     let files: Vec<(&str, &str, &str)> = overlay_files
         .iter()
         .map(|f| (f.overlay.as_str(), f.target.as_str(), f.sha256.as_str()))
         .collect();
-    let all =
-        serde_json::json!({ "profile": resolved, "sources": sources, "overlay_files": files });
+    let locked: Vec<Option<&str>> = images
+        .iter()
+        .map(|i| i.locked.as_ref().map(|l| l.digest.as_str()))
+        .collect();
+    let all = serde_json::json!({
+        "profile": resolved, "sources": sources, "overlay_files": files, "images": locked,
+    });
     Ok(sha256_bytes(all.to_string().as_bytes()))
 }
 
 /// Every file of every overlay, sorted by target path, later overlays
-/// overriding earlier ones.
+/// overriding earlier ones. Stack compose templates are rendered by the
+/// containers step, not copied as overlay files.
 fn list_overlay_files(p: &Profile) -> Result<Vec<OverlayFile>> {
     let mut out: Vec<OverlayFile> = Vec::new();
+    let compose: Vec<PathBuf> = p
+        .stacks
+        .iter()
+        .map(|s| fs::canonicalize(&s.compose).unwrap_or_else(|_| s.compose.clone()))
+        .collect();
     for ov in &p.overlays {
         let mut files = Vec::new();
         walk(&ov.dir, &ov.dir, &mut files)
             .with_context(|| format!("reading overlay `{}` at {}", ov.name, ov.dir.display()))?;
         for (rel, source) in files {
+            if compose.contains(&fs::canonicalize(&source).unwrap_or_else(|_| source.clone())) {
+                continue;
+            }
             let template = rel.ends_with(TEMPLATE_SUFFIX);
             let target = format!("/{}", rel.strip_suffix(TEMPLATE_SUFFIX).unwrap_or(&rel));
             let bytes = match fs::symlink_metadata(&source)?.file_type().is_symlink() {
@@ -343,6 +420,13 @@ fn step_plans(
                 "nodeforge-firstboot for {}",
                 p.hardware.arch.rust_target()
             )],
+        ),
+        step(
+            "containers",
+            p.stacks
+                .iter()
+                .map(|s| format!("stack {}: {} images", s.name, s.images.len()))
+                .collect(),
         ),
         step(
             "initramfs",

@@ -11,12 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{is_root, stderr, Project, KEY};
-
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n";
-const GROUP: &str = "root:x:0:\nsudo:x:27:\nshadow:x:42:\n";
-const STATUS: &str =
-    "Package: systemd\nStatus: install ok installed\nArchitecture: amd64\nVersion: 257.9-1\n\n";
+use common::{install_fake_rootfs, is_root, stderr, Project, KEY};
 
 fn project() -> Project {
     let p = Project::new();
@@ -25,38 +20,7 @@ fn project() -> Project {
         &format!("name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\noverlays = [\"base\"]\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n"),
     );
     p.write("agent", "#!/bin/sh\necho fake agent\n");
-    // The fake base rootfs, stored where the plan says its cache entry is.
-    let tree = p.path("fake-rootfs");
-    for (rel, text) in [
-        ("etc/passwd", PASSWD),
-        ("etc/group", GROUP),
-        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
-        ("etc/gshadow", "root:*::\nsudo:*::\n"),
-        ("etc/skel/.profile", "# profile\n"),
-        ("var/lib/dpkg/status", STATUS),
-        ("boot/vmlinuz-6.1.0-test", "kernel"),
-        ("boot/initrd.img-6.1.0-test", "initrd"),
-        ("usr/lib/systemd/boot/efi/systemd-bootx64.efi", "sd-boot"),
-    ] {
-        let f = tree.join(rel);
-        fs::create_dir_all(f.parent().unwrap()).unwrap();
-        fs::write(f, text).unwrap();
-    }
-    let plan = p.nodeforge(&["plan", "--json", "profiles/x.toml"]);
-    assert!(plan.status.success(), "{}", stderr(&plan));
-    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let key = plan["rootfs_key"].as_str().unwrap();
-    fs::create_dir_all(p.path("cache/rootfs")).unwrap();
-    let tar = p.path(&format!("cache/rootfs/{key}.tar"));
-    let ok = Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&tree)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    install_fake_rootfs(&p, "profiles/x.toml");
     p
 }
 
@@ -122,6 +86,7 @@ fn offline_build_produces_image_checksum_and_manifest() {
             "overlays",
             "users",
             "agent",
+            "containers",
             "initramfs",
             "esp",
             "root-fs",
@@ -143,7 +108,7 @@ fn offline_build_produces_image_checksum_and_manifest() {
     assert_eq!(manifest["packages"][0]["name"], "systemd");
     assert_eq!(manifest["packages"][0]["version"], "257.9-1");
     assert_eq!(manifest["facts"]["kernel"], "6.1.0-test");
-    assert_eq!(manifest["steps"].as_array().unwrap().len(), 9);
+    assert_eq!(manifest["steps"].as_array().unwrap().len(), 10);
     assert!(manifest["steps"][0]["seconds"].as_f64().is_some());
 
     // The partition table and ESP read back with our own readers…

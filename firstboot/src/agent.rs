@@ -82,6 +82,8 @@ pub struct Agent<'a> {
     pub sleep: &'a dyn Fn(Duration),
     pub notifier: Notifier,
     pub tailscale_bin: String,
+    /// Service probes of the containers step (real network checks).
+    pub probe: &'a dyn Fn(&crate::stacks::ProbeEntry) -> Result<(), String>,
 }
 
 impl<'a> Agent<'a> {
@@ -97,6 +99,7 @@ impl<'a> Agent<'a> {
             sleep: &std::thread::sleep,
             notifier: Notifier::disabled(),
             tailscale_bin: "tailscale".into(),
+            probe: &crate::steps::probe,
         }
     }
 
@@ -152,6 +155,7 @@ impl<'a> Agent<'a> {
             status.secrets = prev.secrets;
             status.seed_source = prev.seed_source;
             status.hostname = prev.hostname;
+            status.services = prev.services;
         }
         for rec in &journal.finished {
             if let Some(s) = status.step_mut(&rec.name) {
@@ -209,6 +213,7 @@ impl<'a> Agent<'a> {
             seed: &seed,
             seed_source: source.as_ref(),
             tailscale_bin: &self.tailscale_bin,
+            probe: self.probe,
             notes: Notes::default(),
         };
         status.hostname = Some(ctx.hostname().to_string());
@@ -235,6 +240,9 @@ impl<'a> Agent<'a> {
             let (wall, cpu, children) = sample.elapsed();
             if ctx.notes.tailscale_ip.is_some() {
                 status.tailscale_ip = ctx.notes.tailscale_ip.clone();
+            }
+            if let Some(s) = ctx.notes.services.take() {
+                status.services = s;
             }
             if let Some(s) = &ctx.notes.secrets {
                 status.secrets = Some(redact(s, key.as_deref()));

@@ -17,6 +17,7 @@ pub mod notify;
 pub mod runner;
 pub mod seed;
 pub mod seeding;
+pub mod stacks;
 pub mod status;
 pub mod steps;
 pub mod tailscale;

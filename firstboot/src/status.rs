@@ -109,6 +109,28 @@ pub struct Status {
     #[serde(default)]
     pub runs: u32,
     pub steps: Vec<StepStatus>,
+    /// The compose stacks' services, as the containers step last saw them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One compose service's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub stack: String,
+    pub service: String,
+    /// `healthy`, `running` (no healthcheck or probe), `starting`,
+    /// `unhealthy`, `probe-failing`, `exited`, `missing` …
+    pub state: String,
+    pub healthy: bool,
+    /// The compose healthcheck's verdict, when the service has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// The probe the profile declared (`http URL` or `tcp ADDR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl Status {
@@ -130,6 +152,7 @@ impl Status {
             agent_cpu_ms: 0.0,
             runs: 0,
             steps: steps.iter().map(|s| StepStatus::pending(s)).collect(),
+            services: Vec::new(),
         }
     }
 
@@ -212,6 +235,16 @@ impl Status {
             if let Some(e) = &s.error {
                 let r = s.reason.as_deref().unwrap_or("error");
                 out.push_str(&format!(" {r}: {e}"));
+            }
+            out.push('\n');
+        }
+        for s in &self.services {
+            out.push_str(&format!("  service {}/{}: {}", s.stack, s.service, s.state));
+            if let Some(p) = &s.probe {
+                out.push_str(&format!(" (probe {p})"));
+            }
+            if let Some(d) = &s.detail {
+                out.push_str(&format!(": {d}"));
             }
             out.push('\n');
         }

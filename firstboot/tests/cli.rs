@@ -307,18 +307,30 @@ fn notifies_systemd_ready() {
     let n = Node::new("tskey-auth-cli-4");
     let sock_path = n.path("/notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    // Read while the agent runs, as systemd does: a datagram socket queues
+    // only a few messages, and the agent sends one per step.
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut msgs = Vec::new();
+        while let Ok(len) = sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..len]).into_owned();
+            let ready = m.starts_with("READY=1");
+            msgs.push(m);
+            if ready {
+                break;
+            }
+        }
+        msgs
+    });
     let out = n
         .cmd(&["run"])
         .env("NOTIFY_SOCKET", &sock_path)
         .output()
         .unwrap();
     assert!(out.status.success());
-    sock.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 4096];
-    let mut msgs = Vec::new();
-    while let Ok(len) = sock.recv(&mut buf) {
-        msgs.push(String::from_utf8_lossy(&buf[..len]).into_owned());
-    }
+    let msgs = reader.join().unwrap();
     assert!(
         msgs.iter().any(|m| m.starts_with("STATUS=step 6/")),
         "{msgs:?}"

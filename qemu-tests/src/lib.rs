@@ -76,6 +76,7 @@ pub fn build_profile(profile: &str) -> BuildResult {
         output: Output::Human,
         no_cache: false,
         agent: None,
+        offline: false,
     };
     let result = build::build(&plan, &opts).unwrap_or_else(|e| panic!("building {profile}: {e:#}"));
     builds.insert(path, result.clone());

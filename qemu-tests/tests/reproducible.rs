@@ -18,6 +18,7 @@ fn base_built_twice_from_scratch_is_identical() {
         output: Output::Human,
         no_cache: false,
         agent: None,
+        offline: false,
     };
     let (first, check) =
         build::verify_reproducible(&plan, &opts).unwrap_or_else(|e| panic!("{e:#}"));

@@ -1,6 +1,7 @@
 //! `nodeforge build`: one function that reads as the list of steps.
 
 mod agent;
+mod containers;
 mod cross;
 mod image;
 mod initrd;
@@ -36,6 +37,9 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// The agent binary to install; built from the source tree when unset.
     pub agent: Option<PathBuf>,
+    /// Take container image blobs from the cache only; a missing one is an
+    /// error naming it.
+    pub offline: bool,
 }
 
 /// What a finished build produced.
@@ -71,12 +75,13 @@ pub struct BuildContext<'a> {
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
     check_privileges()?;
     let mut ctx = BuildContext::new(plan, opts)?;
-    let mut steps = Steps::new(opts.output, 10);
+    let mut steps = Steps::new(opts.output, 11);
     steps.run("rootfs", &mut ctx, rootfs::run)?;
     steps.run("system", &mut ctx, system::run)?;
     steps.run("overlays", &mut ctx, overlay::run)?;
     steps.run("users", &mut ctx, users::run)?;
     steps.run("agent", &mut ctx, agent::run)?;
+    steps.run("containers", &mut ctx, containers::run)?;
     steps.run("initramfs", &mut ctx, initrd::run)?;
     let boot_step = crate::plan::boot_step_name(plan.profile.hardware.firmware);
     steps.run(boot_step, &mut ctx, image::write_boot_partition)?;

@@ -59,7 +59,7 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
 }
 
 /// tera hides the useful part of an error in its source chain.
-fn tera_error_chain(e: &tera::Error) -> String {
+pub(super) fn tera_error_chain(e: &tera::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

@@ -35,6 +35,38 @@ pub struct ProfileFile {
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,
     pub tailscale: Option<TailscaleFile>,
+    /// Compose stacks baked into the image with their container images.
+    #[serde(default)]
+    pub stacks: Vec<StackFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackFile {
+    pub name: Spanned<String>,
+    /// The compose file, a tera template, relative to `overlays/`
+    /// (e.g. `web/compose.yaml.tera`).
+    pub compose: Spanned<String>,
+    /// Written to the stack's `.env` and seen by the template as `env`.
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    /// Container images the stack runs, e.g. `docker.io/library/nginx:1.27`.
+    #[serde(default)]
+    pub images: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub probes: Vec<ProbeFile>,
+    /// Bound on the wait for the stack's services to become healthy.
+    pub health_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeFile {
+    pub service: Spanned<String>,
+    /// `http://host:port/path`: healthy when it answers 200.
+    pub http: Option<Spanned<String>>,
+    /// `host:port`: healthy when a TCP connect succeeds.
+    pub tcp: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

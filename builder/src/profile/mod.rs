@@ -45,6 +45,37 @@ pub struct Profile {
     pub outputs: Vec<OutputFormat>,
     pub vars: BTreeMap<String, serde_json::Value>,
     pub tailscale: Option<Tailscale>,
+    pub stacks: Vec<Stack>,
+}
+
+/// Packages an image with stacks needs (trixie's names: the engine, its
+/// CLI and the compose plugin are three packages).
+pub const STACK_PACKAGES: &[&str] = &["docker.io", "docker-cli", "docker-compose"];
+
+/// A compose stack and the container images it needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stack {
+    pub name: String,
+    /// The compose template (rendered with tera at build time).
+    pub compose: PathBuf,
+    pub env: BTreeMap<String, String>,
+    /// Image references as the profile writes them (each parses).
+    pub images: Vec<String>,
+    pub probes: Vec<Probe>,
+    pub health_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Probe {
+    pub service: String,
+    pub check: ProbeCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeCheck {
+    Http(String),
+    Tcp(String),
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -11,7 +11,8 @@ use super::error::{ProfileError, ProfileErrors};
 use super::file::{HardwareFile, OutputFormat, ProfileFile};
 use super::tailnet;
 use super::validate::{self, FileCtx};
-use super::{ByteSize, Debian, Disk, Hardware, Overlay, Profile, User};
+use super::STACK_PACKAGES;
+use super::{ByteSize, Debian, Disk, Hardware, Overlay, Profile, Stack, User};
 
 const DEFAULT_SUITE: &str = "trixie";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
@@ -115,6 +116,7 @@ struct Merged {
     outputs: Option<Vec<OutputFormat>>,
     vars: BTreeMap<String, serde_json::Value>,
     tailscale: Option<super::Tailscale>,
+    stacks: Vec<Stack>,
 }
 
 impl Merged {
@@ -212,6 +214,28 @@ impl Merged {
                 errors,
             ));
         }
+        let mut names = Vec::new();
+        for st in &f.stacks {
+            if names.contains(st.name.get_ref()) {
+                errors.push(ctx.error_at(
+                    &st.name,
+                    format!(
+                        "stack `{}` is declared twice in this file",
+                        st.name.get_ref()
+                    ),
+                ));
+                continue;
+            }
+            names.push(st.name.get_ref().clone());
+            match validate::stack(ctx, st) {
+                // A child's stack replaces its parent's stack of that name.
+                Ok(stack) => {
+                    self.stacks.retain(|x| x.name != stack.name);
+                    self.stacks.push(stack);
+                }
+                Err(mut es) => errors.append(&mut es),
+            }
+        }
     }
 
     fn finish(
@@ -248,6 +272,26 @@ impl Merged {
                 None => errors.push(ProfileError::whole_file(&leaf.path, msg)),
             }
         }
+        if !self.stacks.is_empty() {
+            let have = |p: &&str| {
+                self.packages.iter().any(|x| x == p) || hardware.packages.iter().any(|x| x == p)
+            };
+            let missing: Vec<&str> = STACK_PACKAGES
+                .iter()
+                .filter(|p| !have(p))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                errors.push(ProfileError::whole_file(
+                    &leaf.path,
+                    format!(
+                        "the profile has stacks but its packages lack {}: the image needs the \
+                         Docker engine, its CLI and the compose plugin (add them to `packages`)",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+        }
         Some(Profile {
             role: self.role.unwrap_or_else(|| name.clone()),
             hostname: self.hostname.unwrap_or_else(|| name.clone()),
@@ -272,6 +316,7 @@ impl Merged {
             outputs: self.outputs.unwrap_or_else(|| vec![OutputFormat::Raw]),
             vars: self.vars,
             tailscale: self.tailscale,
+            stacks: self.stacks,
         })
     }
 }

@@ -8,8 +8,12 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::error::ProfileError;
-use super::file::{Arch, Firmware, HardwareFile, InitramfsKind, UserFile};
-use super::{Disk, User};
+use super::file::{Arch, Firmware, HardwareFile, InitramfsKind, StackFile, UserFile};
+use super::{Disk, Probe, ProbeCheck, Stack, User};
+use crate::oci::Reference;
+
+/// Default bound on waiting for a stack's services to become healthy.
+const DEFAULT_HEALTH_TIMEOUT: u64 = 180;
 
 /// A file being read: its path and text, to locate errors in it.
 #[derive(Debug, Clone)]
@@ -53,6 +57,38 @@ impl FileCtx {
         }
         out.push(self.dir().join(kind).join(&name));
         out
+    }
+
+    /// A stack's compose template: a path below `overlays/` (beside the
+    /// profiles folder, then beside this file).
+    pub fn find_compose(&self, value: &Spanned<String>) -> Result<PathBuf, ProfileError> {
+        let v = value.get_ref();
+        if v.starts_with('/') || v.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(self.error_at(
+                value,
+                format!("compose `{v}` must be a relative path below overlays/, e.g. `web/compose.yaml.tera`"),
+            ));
+        }
+        let mut candidates = Vec::new();
+        if let Some(root) = self.dir().parent() {
+            candidates.push(root.join("overlays").join(v));
+        }
+        candidates.push(self.dir().join("overlays").join(v));
+        candidates
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .ok_or_else(|| {
+                let looked: Vec<String> =
+                    candidates.iter().map(|p| p.display().to_string()).collect();
+                self.error_at(
+                    value,
+                    format!(
+                        "compose file `{v}` not found (looked for {})",
+                        looked.join(", ")
+                    ),
+                )
+            })
     }
 
     pub fn find_file(&self, kind: &str, value: &Spanned<String>) -> Result<PathBuf, ProfileError> {
@@ -249,6 +285,133 @@ pub fn hardware(h: &HardwareFile) -> Result<(), String> {
             "initramfs_modules is only used with initramfs = \"nodeforge\"".into(),
         ),
         _ => Ok(()),
+    }
+}
+
+/// Compose project names: lowercase letters, digits, `-` and `_`.
+fn stack_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("stack name `{n}` is not valid: lowercase letters, digits, `-` and `_`, starting with a letter or digit"))
+    }
+}
+
+fn env_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn probe_http(u: &str) -> Result<(), String> {
+    let rest = u.strip_prefix("http://").unwrap_or("");
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!(
+            "http probe `{u}` must be an http:// URL, e.g. http://127.0.0.1:8080/"
+        ));
+    }
+    Ok(())
+}
+
+fn probe_tcp(a: &str) -> Result<(), String> {
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "tcp probe `{a}` must be `host:port`, e.g. 127.0.0.1:5432"
+        )),
+    }
+}
+
+/// Validates a stack entry; every bad key is reported at its line.
+pub fn stack(ctx: &FileCtx, s: &StackFile) -> Result<Stack, Vec<ProfileError>> {
+    let mut errors = Vec::new();
+    if let Err(msg) = stack_name(s.name.get_ref()) {
+        errors.push(ctx.error_at(&s.name, msg));
+    }
+    let compose = ctx
+        .find_compose(&s.compose)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let mut env = std::collections::BTreeMap::new();
+    for (k, v) in &s.env {
+        if !env_name(k) {
+            errors.push(ctx.error_at(
+                v,
+                format!("environment name `{k}` is not valid: letters, digits and `_`"),
+            ));
+        } else if v.get_ref().contains(['\n', '\'']) {
+            errors.push(ctx.error_at(
+                v,
+                format!("environment value of `{k}` must be one line without `'` (it is written single-quoted to the stack's .env)"),
+            ));
+        } else {
+            env.insert(k.clone(), v.get_ref().clone());
+        }
+    }
+    let mut images: Vec<String> = Vec::new();
+    for i in &s.images {
+        match Reference::parse(i.get_ref()) {
+            Ok(_) if images.contains(i.get_ref()) => {
+                errors.push(ctx.error_at(i, format!("image `{}` is listed twice", i.get_ref())))
+            }
+            Ok(_) => images.push(i.get_ref().clone()),
+            Err(msg) => errors.push(ctx.error_at(i, msg)),
+        }
+    }
+    let mut probes = Vec::new();
+    for p in &s.probes {
+        let check = match (&p.http, &p.tcp) {
+            (Some(u), None) => probe_http(u.get_ref())
+                .map(|_| ProbeCheck::Http(u.get_ref().clone()))
+                .map_err(|m| ctx.error_at(u, m)),
+            (None, Some(a)) => probe_tcp(a.get_ref())
+                .map(|_| ProbeCheck::Tcp(a.get_ref().clone()))
+                .map_err(|m| ctx.error_at(a, m)),
+            _ => Err(ctx.error_at(
+                &p.service,
+                format!(
+                    "probe of service `{}` needs exactly one of `http` and `tcp`",
+                    p.service.get_ref()
+                ),
+            )),
+        };
+        match check {
+            Ok(check) => probes.push(Probe {
+                service: p.service.get_ref().clone(),
+                check,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if s.health_timeout_secs == Some(0) {
+        errors.push(ProfileError::at(
+            &ctx.path,
+            &ctx.source,
+            Some(s.name.span()),
+            format!(
+                "stack `{}`: health_timeout_secs must be at least 1",
+                s.name.get_ref()
+            ),
+        ));
+    }
+    match compose {
+        Some(compose) if errors.is_empty() => Ok(Stack {
+            name: s.name.get_ref().clone(),
+            compose,
+            env,
+            images,
+            probes,
+            health_timeout_secs: s.health_timeout_secs.unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+        }),
+        _ => Err(errors),
     }
 }
 

@@ -75,3 +75,46 @@ extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n";
+const GROUP: &str = "root:x:0:\nsudo:x:27:\nshadow:x:42:\n";
+const STATUS: &str =
+    "Package: systemd\nStatus: install ok installed\nArchitecture: amd64\nVersion: 257.9-1\n\n";
+
+/// Puts a small fake base rootfs into `p`'s cache/ under the key the plan
+/// of `profile` computes, so a build runs every later step for real
+/// without mmdebstrap or a network.
+pub fn install_fake_rootfs(p: &Project, profile: &str) {
+    // The fake base rootfs, stored where the plan says its cache entry is.
+    let tree = p.path("fake-rootfs");
+    for (rel, text) in [
+        ("etc/passwd", PASSWD),
+        ("etc/group", GROUP),
+        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
+        ("etc/gshadow", "root:*::\nsudo:*::\n"),
+        ("etc/skel/.profile", "# profile\n"),
+        ("var/lib/dpkg/status", STATUS),
+        ("boot/vmlinuz-6.1.0-test", "kernel"),
+        ("boot/initrd.img-6.1.0-test", "initrd"),
+        ("usr/lib/systemd/boot/efi/systemd-bootx64.efi", "sd-boot"),
+    ] {
+        let f = tree.join(rel);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, text).unwrap();
+    }
+    let plan = p.nodeforge(&["plan", "--json", profile]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let key = plan["rootfs_key"].as_str().unwrap();
+    fs::create_dir_all(p.path("cache/rootfs")).unwrap();
+    let tar = p.path(&format!("cache/rootfs/{key}.tar"));
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}

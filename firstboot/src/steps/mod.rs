@@ -16,12 +16,14 @@ use crate::config::BakedConfig;
 use crate::runner::CommandRunner;
 use crate::seed::Seed;
 
+mod containers;
 mod grow;
 mod network;
 mod scrub;
 mod system;
 mod tailnet;
 
+pub use containers::{image_actions, parse_ps, probe, service_status, ImageAction, PsEntry};
 pub use grow::{plan_grow, GrowPlan};
 pub use tailnet::AUTHKEY_RUN_PATH;
 
@@ -34,6 +36,7 @@ pub enum Step {
     Network,
     Tailscale,
     ScrubSecrets,
+    Containers,
     Complete,
 }
 
@@ -47,6 +50,7 @@ impl Step {
         Step::Network,
         Step::Tailscale,
         Step::ScrubSecrets,
+        Step::Containers,
         Step::Complete,
     ];
 
@@ -60,6 +64,7 @@ impl Step {
             Step::Network => "network",
             Step::Tailscale => "tailscale",
             Step::ScrubSecrets => "scrub-secrets",
+            Step::Containers => "containers",
             Step::Complete => "complete",
         }
     }
@@ -73,6 +78,7 @@ impl Step {
             Step::Network => network::wait_for_network(ctx),
             Step::Tailscale => tailnet::join(ctx),
             Step::ScrubSecrets => scrub::scrub_secrets(ctx),
+            Step::Containers => containers::containers(ctx),
             Step::Complete => Ok(Outcome::Done("first boot finished".into())),
         }
     }
@@ -104,10 +110,12 @@ impl std::fmt::Display for SeedSource {
 }
 
 /// Facts steps learn that status.json reports beside the step list.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Notes {
     pub tailscale_ip: Option<String>,
     pub secrets: Option<String>,
+    /// Per-service state of the compose stacks.
+    pub services: Option<Vec<crate::status::ServiceStatus>>,
 }
 
 /// Everything a step may use. Paths are in-image absolute paths resolved
@@ -125,6 +133,8 @@ pub struct Ctx<'a> {
     pub seed_source: Option<&'a SeedSource>,
     /// Program used for the Tailscale CLI (`tailscale`, or a stand-in).
     pub tailscale_bin: &'a str,
+    /// Checks a service's HTTP/TCP probe; injected so tests need no server.
+    pub probe: &'a dyn Fn(&crate::stacks::ProbeEntry) -> Result<(), String>,
     pub notes: Notes,
 }
 

@@ -74,6 +74,26 @@ pub struct World {
     pub nostate_polls: u32,
     /// Programs that are not installed.
     pub missing: Vec<&'static str>,
+    pub docker: DockerWorld,
+}
+
+/// The Docker engine as the containers step sees it.
+#[derive(Debug, Clone, Default)]
+pub struct DockerWorld {
+    /// `docker info` fails this many times first (engine starting).
+    pub engine_down_polls: u32,
+    /// Images in the engine: (ID, repo:tag).
+    pub images: Vec<(String, String)>,
+    /// What loading an archive adds: archive path -> (ID, repo:tag).
+    pub archives: Vec<(String, String, String)>,
+    /// `docker compose config --services` output.
+    pub services: String,
+    /// Successive `docker compose ps` outputs; the last one repeats.
+    pub ps: Vec<String>,
+    /// Probe answers, in order; `Ok` once they run out.
+    pub probe_failures: u32,
+    pub loads: u32,
+    pub ups: u32,
 }
 
 /// Where to simulate a kill.
@@ -216,8 +236,17 @@ impl Machine {
         quiet_simulated_kills();
         self.summaries.borrow_mut().clear();
         let sleep = |d: Duration| *self.slept.borrow_mut() += d;
+        let probe = |_: &nodeforge_firstboot::stacks::ProbeEntry| {
+            let mut w = self.world.borrow_mut();
+            if w.docker.probe_failures > 0 {
+                w.docker.probe_failures -= 1;
+                return Err("connection refused".to_string());
+            }
+            Ok(())
+        };
         let mut agent = Agent::new(self.root(), self, self);
         agent.sleep = &sleep;
+        agent.probe = &probe;
         let r = catch_unwind(AssertUnwindSafe(|| agent.run()));
         match r {
             Ok(r) => Some(r),
@@ -389,8 +418,64 @@ impl Machine {
                 let out = self.world.borrow().journal_out.clone();
                 CmdOutput { code: Some(if out.is_empty() { 1 } else { 0 }), stdout: out, ..Default::default() }
             }
+            l if l.starts_with("docker ") => self.docker(cmd),
             other => panic!("unexpected command `{other}`"),
         })
+    }
+}
+
+impl Machine {
+    fn docker(&self, cmd: &Cmd) -> CmdOutput {
+        let mut w = self.world.borrow_mut();
+        let d = &mut w.docker;
+        let args: Vec<&str> = cmd.args.iter().map(String::as_str).collect();
+        match args.as_slice() {
+            ["info", ..] if d.engine_down_polls > 0 => {
+                d.engine_down_polls -= 1;
+                CmdOutput::fail(
+                    1,
+                    "Cannot connect to the Docker daemon at unix:///var/run/docker.sock",
+                )
+            }
+            ["info", ..] => CmdOutput::ok("26.1.5+dfsg1\n"),
+            ["image", "ls", ..] => CmdOutput::ok(
+                &d.images
+                    .iter()
+                    .map(|(id, tag)| format!("{id} {tag}\n"))
+                    .collect::<String>(),
+            ),
+            ["load", "--quiet", "--input", archive] => {
+                let Some((_, id, tag)) = d.archives.iter().find(|a| a.0 == *archive).cloned()
+                else {
+                    return CmdOutput::fail(
+                        1,
+                        &format!("open {archive}: no such file or directory"),
+                    );
+                };
+                d.images.push((id, tag.clone()));
+                d.loads += 1;
+                CmdOutput::ok(&format!("Loaded image: {tag}\n"))
+            }
+            ["tag", id, tag] => {
+                d.images.push((id.to_string(), tag.to_string()));
+                CmdOutput::ok("")
+            }
+            ["compose", .., "up", "--detach", "--pull", "never", "--no-build", "--remove-orphans"] =>
+            {
+                d.ups += 1;
+                CmdOutput::ok("")
+            }
+            ["compose", .., "config", "--services"] => CmdOutput::ok(&d.services),
+            ["compose", .., "ps", "--all", "--format", "json"] => {
+                let out = if d.ps.len() > 1 {
+                    d.ps.remove(0)
+                } else {
+                    d.ps.first().cloned().unwrap_or_default()
+                };
+                CmdOutput::ok(&out)
+            }
+            other => panic!("unexpected docker command {other:?}"),
+        }
     }
 }
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Benchmark: container images baked into a node image. Starts a local
+# docker-registry holding two images (busybox httpd plus SMALL_MIB and
+# LARGE_MIB of incompressible data), locks and builds a profile with one
+# stack for each, and prints:
+#   - each build's step times: cold (mmdebstrap, blobs fetched), warm blob
+#     cache, warm --offline;
+#   - the disk space the image gains per MiB of container image (the
+#     difference between the two builds' allocated bytes over the
+#     difference of their blob bytes), and archive bytes per blob byte.
+# Run as root from the repository: benches/containers.sh
+# Needs docker-registry and busybox-static (scripts/host-packages.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+small=${SMALL_MIB:-8}
+large=${LARGE_MIB:-72}
+tdir=${CARGO_TARGET_DIR:-$repo/target}
+cargo build --release --locked -q -p nodeforge --bin nodeforge --example bench_registry
+# The agent is built now so its compile time is not counted as build time.
+cargo build --release --locked -q -p nodeforge-firstboot --target x86_64-unknown-linux-gnu
+agent=$tdir/x86_64-unknown-linux-gnu/release/nodeforge-firstboot
+nf=$tdir/release/nodeforge
+work=$(mktemp -d /var/tmp/nodeforge-bench-oci.XXXXXX)
+
+coproc REG { "$tdir/release/examples/bench_registry" "$small" "$large"; }
+reg_pid=$REG_PID reg_in=${REG[1]} reg_out=${REG[0]}
+# Closing its stdin ends the helper, which stops its registry.
+cleanup() { exec {reg_in}>&- 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+refs=(); blobs=()
+while read -r kind ref bytes <&"$reg_out"; do
+  [ "$kind" = READY ] && break
+  refs+=("$ref"); blobs+=("$bytes")
+done
+[ "${#refs[@]}" = 2 ] || { echo "the bench registry did not start" >&2; exit 1; }
+
+mkdir -p "$work/profiles" "$work/overlays/bench"
+cat > "$work/overlays/bench/compose.yaml.tera" <<'YAML'
+services:
+  web:
+    image: {{ images[env.IMAGE] }}
+    pull_policy: never
+YAML
+for i in 0 1; do
+  cat > "$work/profiles/bench$i.toml" <<TOML
+extends = "$repo/profiles/base.toml"
+name = "bench$i"
+packages = ["docker.io", "docker-cli", "docker-compose"]
+[disk]
+size = "3GiB"
+[[stacks]]
+name = "web"
+compose = "bench/compose.yaml.tera"
+images = ["${refs[$i]}"]
+env = { IMAGE = "${refs[$i]}" }
+TOML
+  "$nf" lock "$work/profiles/bench$i.toml" > /dev/null
+done
+
+run() {
+  local label=$1 profile=$2; shift 2
+  local start end
+  start=$(date +%s.%N)
+  "$nf" build "$work/profiles/$profile.toml" --output "$work/out" --cache-dir "$work/cache" \
+    --agent "$agent" --json "$@" > "$work/$label.jsonl"
+  end=$(date +%s.%N)
+  python3 - "$work/$label.jsonl" "$label" "$start" "$end" "$work/out/$profile.manifest.json" <<'PY'
+import json, sys
+path, label, start, end, manifest = sys.argv[1:6]
+events = [json.loads(l) for l in open(path)]
+steps = [e["report"] for e in events if e["event"] == "step-end"]
+result = next(e["result"] for e in events if e["event"] == "result")
+c = json.load(open(manifest))["facts"]["containers"]
+print(f"== {label}: {float(end) - float(start):.1f} s wall")
+print("   " + ", ".join(f"{s['name']} {s['seconds']:.2f}" for s in steps))
+print(f"   container blobs {c['blob_bytes'] / 2**20:.1f} MiB, archives {c['archive_bytes'] / 2**20:.1f} MiB, "
+      f"image data {result['allocated'] / 2**20:.1f} MiB")
+open(path + ".sum", "w").write(f"{result['allocated']} {c['blob_bytes']} {c['archive_bytes']}\n")
+PY
+}
+
+run "cold (mmdebstrap, blobs fetched)" bench0
+cp "$work/cold (mmdebstrap, blobs fetched).jsonl.sum" "$work/small.sum"
+run "warm blob cache" bench0
+run "warm blob cache, --offline" bench0 --offline
+run "large image, blobs fetched" bench1
+cp "$work/large image, blobs fetched.jsonl.sum" "$work/large.sum"
+run "large image, warm blob cache" bench1
+read -r a0 b0 r0 < "$work/small.sum"
+read -r a1 b1 r1 < "$work/large.sum"
+python3 - "$a0" "$b0" "$a1" "$b1" "$r1" <<'PY'
+import sys
+a0, b0, a1, b1, r1 = map(int, sys.argv[1:6])
+print(f"== image data added per MiB of container image: {(a1 - a0) / (b1 - b0):.3f} MiB "
+      f"({(a1 - a0) / 2**20:.1f} MiB more data for {(b1 - b0) / 2**20:.1f} MiB more blobs)")
+print(f"   archive bytes per blob byte: {r1 / b1:.4f}")
+PY

@@ -1,0 +1,228 @@
+//! Step `containers`: each stack's compose file rendered into
+//! /etc/nodeforge/stacks/<stack>/, each locked image as a `docker load`-able
+//! archive under /var/lib/nodeforge/images/, and /etc/nodeforge/stacks.toml
+//! telling the agent what to load, start and probe.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use anyhow::{bail, Context, Result};
+use nodeforge_firstboot::stacks::{
+    ImageEntry, ProbeEntry, StackEntry, StacksManifest, IMAGES_DIR, STACKS_DIR,
+    STACKS_MANIFEST_PATH,
+};
+
+use super::overlay::tera_error_chain;
+use super::progress::StepOutcome;
+use super::{BuildContext, StepReport};
+use crate::fsutil;
+use crate::oci::archive;
+use crate::oci::cache::BlobCache;
+use crate::oci::lock::{profile_images, LockFile};
+use crate::oci::manifest::{ImageManifest, Manifest};
+use crate::oci::{Client, Digest, Reference};
+use crate::profile::{ProbeCheck, Stack};
+
+pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+    let plan = ctx.plan;
+    let p = &plan.profile;
+    if p.stacks.is_empty() {
+        return Ok(StepOutcome::Skipped("the profile has no stacks".into()));
+    }
+    let refs = profile_images(p);
+    let locked = LockFile::check(
+        plan.lock.as_ref(),
+        &plan.lock_path,
+        p.sources.last().expect("a profile has a source"),
+        p.hardware.arch.debian(),
+        &refs,
+    )?;
+    let cache = BlobCache::new(&ctx.opts.cache_dir);
+    let client = match ctx.opts.offline {
+        true => None,
+        false => Some(Client::new().context("setting up the registry client")?),
+    };
+    fs::create_dir_all(ctx.target(IMAGES_DIR))
+        .with_context(|| format!("creating {IMAGES_DIR} in the image"))?;
+    let mut images: BTreeMap<String, ImageEntry> = BTreeMap::new();
+    let mut facts = Vec::new();
+    let (mut blob_total, mut archive_total) = (0u64, 0u64);
+    for (r, l) in refs.iter().zip(locked) {
+        let parsed = Reference::parse(r).map_err(anyhow::Error::msg)?;
+        let manifest = ensure_blobs(&cache, client.as_ref(), &parsed, &l.digest)
+            .with_context(|| format!("fetching image {r} ({})", l.digest))?;
+        let tag = parsed.load_tag(&l.digest);
+        let archive = format!("{IMAGES_DIR}/{}.tar", l.digest.hex());
+        let info = archive::write(&ctx.target(&archive), &tag, &l.digest, &manifest, &cache)
+            .with_context(|| format!("writing the archive of image {r}"))?;
+        blob_total += info.blob_bytes;
+        archive_total += info.archive_bytes;
+        facts.push(serde_json::json!({
+            "reference": r, "digest": l.digest, "tag": tag,
+            "blob_bytes": info.blob_bytes, "archive_bytes": info.archive_bytes,
+        }));
+        images.insert(
+            r.clone(),
+            ImageEntry {
+                reference: r.clone(),
+                tag,
+                digest: l.digest.to_string(),
+                image_id: manifest.config.digest.to_string(),
+                archive,
+            },
+        );
+    }
+    let mut manifest = StacksManifest::default();
+    for st in &p.stacks {
+        manifest.stacks.push(write_stack(ctx, st, &images)?);
+    }
+    let path = ctx.target(STACKS_MANIFEST_PATH);
+    fs::create_dir_all(path.parent().expect("has parent"))?;
+    fsutil::atomic_write(&path, manifest.to_toml().as_bytes())
+        .with_context(|| format!("writing {STACKS_MANIFEST_PATH} in the image"))?;
+    ctx.facts.insert(
+        "containers".into(),
+        serde_json::json!({
+            "images": facts, "blob_bytes": blob_total, "archive_bytes": archive_total,
+            "offline": ctx.opts.offline,
+        }),
+    );
+    Ok(StepOutcome::Done)
+}
+
+/// The image manifest of `digest`, with it, its config and its layers in
+/// the cache: from there if present, else from the registry (unless
+/// offline, which names the missing blob instead).
+fn ensure_blobs(
+    cache: &BlobCache,
+    client: Option<&Client>,
+    image: &Reference,
+    digest: &Digest,
+) -> Result<ImageManifest> {
+    let need_client = |what: &str, d: &Digest| {
+        client.ok_or_else(|| {
+            anyhow::anyhow!(
+                "offline build: {what} {d} of image {image} is not in the blob cache ({}); \
+                 build once without --offline to fetch it",
+                cache.path(d).display()
+            )
+        })
+    };
+    let body = match cache.get(digest) {
+        Some(_) => cache.read(digest)?,
+        None => {
+            // `manifest` checks the body against the digest asked for.
+            let (_, body, _) = need_client("manifest", digest)?.manifest(image, digest.as_str())?;
+            cache.put(digest, &body)?;
+            body
+        }
+    };
+    let manifest = match Manifest::parse(None, &body).map_err(anyhow::Error::msg)? {
+        Manifest::Image(m) => m,
+        Manifest::Index(_) => bail!(
+            "the locked digest {digest} of {image} is an index, not a platform's manifest: run `nodeforge lock` again"
+        ),
+    };
+    for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
+        if cache.get(&d.digest).is_none() {
+            let c = need_client("blob", &d.digest)?;
+            cache.fetch(c, image, &d.digest, Some(d.size))?;
+        }
+    }
+    Ok(manifest)
+}
+
+/// Renders the stack's compose template and `.env` into the image and
+/// returns its entry of the manifest.
+fn write_stack(
+    ctx: &BuildContext,
+    st: &Stack,
+    images: &BTreeMap<String, ImageEntry>,
+) -> Result<StackEntry> {
+    let dir = format!("{STACKS_DIR}/{}", st.name);
+    fs::create_dir_all(ctx.target(&dir)).with_context(|| format!("creating {dir} in the image"))?;
+    let tags: BTreeMap<&str, &str> = images
+        .iter()
+        .filter(|(r, _)| st.images.contains(r))
+        .map(|(r, e)| (r.as_str(), e.tag.as_str()))
+        .collect();
+    let mut vars = ctx.plan.profile.template_context();
+    vars["stack"] = st.name.clone().into();
+    vars["env"] = serde_json::to_value(&st.env)?;
+    vars["images"] = serde_json::to_value(&tags)?;
+    let vars = tera::Context::from_serialize(vars).context("preparing template variables")?;
+    let text = fs::read_to_string(&st.compose)
+        .with_context(|| format!("reading compose template {}", st.compose.display()))?;
+    let rendered = tera::Tera::one_off(&text, &vars, false)
+        .map_err(|e| anyhow::anyhow!("{}", tera_error_chain(&e)))
+        .with_context(|| {
+            format!(
+                "rendering compose template {} of stack {}",
+                st.compose.display(),
+                st.name
+            )
+        })?;
+    let compose = format!("{dir}/compose.yaml");
+    fsutil::atomic_write(&ctx.target(&compose), rendered.as_bytes())
+        .with_context(|| format!("writing {compose} in the image"))?;
+    let env_file = if st.env.is_empty() {
+        None
+    } else {
+        let path = format!("{dir}/.env");
+        fsutil::atomic_write(&ctx.target(&path), env_file(&st.env).as_bytes())
+            .with_context(|| format!("writing {path} in the image"))?;
+        Some(path)
+    };
+    Ok(StackEntry {
+        name: st.name.clone(),
+        compose,
+        env_file,
+        health_timeout_secs: st.health_timeout_secs,
+        images: st
+            .images
+            .iter()
+            .filter_map(|r| images.get(r).cloned())
+            .collect(),
+        probes: st
+            .probes
+            .iter()
+            .map(|p| ProbeEntry {
+                service: p.service.clone(),
+                http: match &p.check {
+                    ProbeCheck::Http(u) => Some(u.clone()),
+                    ProbeCheck::Tcp(_) => None,
+                },
+                tcp: match &p.check {
+                    ProbeCheck::Tcp(a) => Some(a.clone()),
+                    ProbeCheck::Http(_) => None,
+                },
+            })
+            .collect(),
+    })
+}
+
+/// A compose `.env`: single-quoted values are taken literally (no
+/// interpolation); validation keeps `'` and newlines out of values.
+pub fn env_file(env: &BTreeMap<String, String>) -> String {
+    env.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_are_quoted_literally() {
+        let env = BTreeMap::from([
+            ("PORT".to_owned(), "8080".to_owned()),
+            (
+                "GREETING".to_owned(),
+                "hello $USER # not a comment".to_owned(),
+            ),
+        ]);
+        assert_eq!(
+            env_file(&env),
+            "GREETING='hello $USER # not a comment'\nPORT='8080'\n"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! A real OCI registry for tests and benchmarks: Debian's `docker-registry`
+//! on loopback with storage in a temp dir, filled over its HTTP API with
+//! small images made here (a busybox layer, a config, a manifest).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use reqwest::blocking::Client as Http;
+use reqwest::header::{CONTENT_TYPE, LOCATION};
+
+use super::manifest::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_LAYER_TAR_GZIP, OCI_MANIFEST};
+use super::Digest;
+use crate::exec::Cmd;
+
+/// A running `docker-registry serve`, stopped when dropped.
+pub struct TestRegistry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    http: Http,
+    dir: tempfile::TempDir,
+}
+
+/// An image's content: a config and uncompressed layer tars.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    pub config: Vec<u8>,
+    pub layers: Vec<Vec<u8>>,
+}
+
+impl TestRegistry {
+    /// Starts a registry on a free loopback port and waits for `/v2/`.
+    /// The port is free when picked but another process may take it before
+    /// the registry binds it: then another port is tried.
+    pub fn start() -> Result<TestRegistry> {
+        let mut attempt = 0;
+        loop {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            match TestRegistry::start_on(port) {
+                Err(e) if attempt < 5 && format!("{e:#}").contains("address already in use") => {
+                    attempt += 1
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Starts a registry on 127.0.0.1:`port` (for profiles that name it).
+    pub fn start_on(port: u16) -> Result<TestRegistry> {
+        let dir = tempfile::tempdir().context("creating the registry's directory")?;
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let child = Cmd::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .spawn_logged(&dir.path().join("registry.log"))
+            .context("starting the test registry (apt-get install docker-registry)")?;
+        let mut reg = TestRegistry {
+            child,
+            addr,
+            http: Http::builder().timeout(Duration::from_secs(30)).build()?,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = reg.child.try_wait() {
+                bail!(
+                    "docker-registry exited ({status}) before answering on {}; its log:\n{}",
+                    reg.addr,
+                    reg.log()
+                );
+            }
+            if let Ok(r) = reg.http.get(reg.url("/v2/")).send() {
+                if r.status().is_success() {
+                    return Ok(reg);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "docker-registry did not answer on {} within 15s; its log:\n{}",
+                    reg.addr,
+                    reg.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Uploads a blob (monolithic POST then PUT) and returns its digest.
+    pub fn push_blob(&self, repo: &str, data: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(data);
+        let r = self
+            .http
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/")))
+            .send()?;
+        if r.status().as_u16() != 202 {
+            bail!("starting an upload to {repo}: HTTP {}", r.status());
+        }
+        let loc = r
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .context("upload response without Location")?
+            .to_owned();
+        let loc = if loc.starts_with("http") {
+            loc
+        } else {
+            self.url(&loc)
+        };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = self
+            .http
+            .put(format!("{loc}{sep}digest={digest}"))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(data.to_vec())
+            .send()?;
+        if r.status().as_u16() != 201 {
+            bail!(
+                "uploading blob {digest} to {repo}: HTTP {}: {}",
+                r.status(),
+                r.text().unwrap_or_default()
+            );
+        }
+        Ok(digest)
+    }
+
+    /// Puts a manifest or index under `reference` (a tag or its digest).
+    pub fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<Digest> {
+        let r = self
+            .http
+            .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
+            .header(CONTENT_TYPE, media_type)
+            .body(body.to_vec())
+            .send()?;
+        if r.status().as_u16() != 201 {
+            bail!(
+                "putting manifest {repo}:{reference}: HTTP {}: {}",
+                r.status(),
+                r.text().unwrap_or_default()
+            );
+        }
+        Ok(Digest::of(body))
+    }
+
+    /// Pushes an image's blobs and manifest, tagged `tag` (none: by digest
+    /// only). Returns the manifest digest.
+    pub fn push_image(&self, repo: &str, tag: Option<&str>, image: &TestImage) -> Result<Digest> {
+        let body = self.image_manifest(repo, image, false)?;
+        let digest = Digest::of(&body);
+        self.push_manifest(repo, tag.unwrap_or(digest.as_str()), OCI_MANIFEST, &body)
+    }
+
+    /// Like [`push_image`](Self::push_image) with gzip-compressed layers,
+    /// as real registries serve them (the config keeps the uncompressed
+    /// digests as diff IDs).
+    pub fn push_image_gzip(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        image: &TestImage,
+    ) -> Result<Digest> {
+        let body = self.image_manifest(repo, image, true)?;
+        let digest = Digest::of(&body);
+        self.push_manifest(repo, tag.unwrap_or(digest.as_str()), OCI_MANIFEST, &body)
+    }
+
+    fn image_manifest(&self, repo: &str, image: &TestImage, gzip: bool) -> Result<Vec<u8>> {
+        let config = self.push_blob(repo, &image.config)?;
+        let mut layers = Vec::new();
+        for l in &image.layers {
+            let (blob, media_type) = match gzip {
+                true => (gzip_bytes(self.dir.path(), l)?, OCI_LAYER_TAR_GZIP),
+                false => (l.clone(), OCI_LAYER_TAR),
+            };
+            let d = self.push_blob(repo, &blob)?;
+            layers.push(
+                serde_json::json!({"mediaType": media_type, "digest": d, "size": blob.len()}),
+            );
+        }
+        Ok(serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config, "size": image.config.len()},
+            "layers": layers,
+        }))?)
+    }
+
+    /// Pushes one image per `(arch, image)` and an index of them tagged
+    /// `tag`. Returns the index digest and each platform manifest's digest.
+    pub fn push_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        images: &[(&str, &TestImage)],
+    ) -> Result<(Digest, Vec<Digest>)> {
+        let mut entries = Vec::new();
+        let mut digests = Vec::new();
+        for (arch, image) in images {
+            let body = self.image_manifest(repo, image, false)?;
+            let d = self.push_manifest(repo, Digest::of(&body).as_str(), OCI_MANIFEST, &body)?;
+            entries.push(serde_json::json!({
+                "mediaType": OCI_MANIFEST, "digest": d, "size": body.len(),
+                "platform": {"architecture": arch, "os": "linux"},
+            }));
+            digests.push(d);
+        }
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries,
+        }))?;
+        Ok((self.push_manifest(repo, tag, OCI_INDEX, &index)?, digests))
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `data` compressed with gzip (`-n`: no name or time, so the same input
+/// gives the same blob).
+fn gzip_bytes(scratch: &Path, data: &[u8]) -> Result<Vec<u8>> {
+    let f = scratch.join("layer.tar");
+    std::fs::write(&f, data)?;
+    let out = Cmd::new("gzip").args(["-n", "-c", "-6"]).arg(&f).run()?;
+    std::fs::remove_file(&f)?;
+    Ok(out.stdout)
+}
+
+/// A tar of `(path, mode, content)` files; a content starting with `->`
+/// makes a symlink to the rest. Fixed owner and times.
+pub fn layer_tar(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, mode, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(*mode);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        if let Some(target) = data.strip_prefix(b"->") {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            tar.append_link(&mut h, path, std::str::from_utf8(target)?)?;
+        } else {
+            h.set_size(data.len() as u64);
+            tar.append_data(&mut h, path, *data)?;
+        }
+    }
+    Ok(tar.into_inner()?)
+}
+
+/// An image config for `arch` with the given layers (uncompressed, so
+/// their digests are the diff IDs) and command.
+pub fn image_config(arch: &str, layers: &[Vec<u8>], cmd: &[&str], label: &str) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        "config": {"Cmd": cmd, "WorkingDir": "/", "Labels": {"nodeforge.test": label}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": layers.iter().map(|_| serde_json::json!({"created_by": "nodeforge fixture"})).collect::<Vec<_>>(),
+    }))
+    .expect("JSON serialises")
+}
+
+/// A busybox image serving `index` over HTTP on `port` (busybox httpd),
+/// made from the host's static busybox (Debian's busybox-static).
+pub fn busybox_httpd_image(
+    arch: &str,
+    busybox: &Path,
+    index: &str,
+    port: u16,
+) -> Result<TestImage> {
+    let bin = std::fs::read(busybox).with_context(|| {
+        format!(
+            "reading {} (apt-get install busybox-static)",
+            busybox.display()
+        )
+    })?;
+    let layer = layer_tar(&[
+        ("bin/busybox", 0o755, &bin),
+        ("bin/sh", 0o777, b"->busybox"),
+        ("www/index.html", 0o644, index.as_bytes()),
+    ])?;
+    let port = port.to_string();
+    let cmd = [
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-v",
+        "-p",
+        &port,
+        "-h",
+        "/www",
+    ];
+    Ok(TestImage {
+        config: image_config(arch, std::slice::from_ref(&layer), &cmd, index),
+        layers: vec![layer],
+    })
+}

@@ -1,0 +1,310 @@
+//! Lock files: every image a profile's stacks name, resolved to the digest
+//! of its manifest for the profile's architecture. `nodeforge lock` writes
+//! `profiles/<name>.lock.toml`; builds read it and never resolve tags.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Client, Digest, Platform, Reference};
+use crate::fsutil;
+use crate::profile::Profile;
+
+pub const LOCK_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockFile {
+    pub version: u32,
+    /// The architecture the digests were chosen for.
+    pub arch: String,
+    #[serde(default)]
+    pub images: Vec<LockedImage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedImage {
+    /// The reference as the profile writes it.
+    pub reference: String,
+    /// The platform's image manifest.
+    pub digest: Digest,
+    /// The index the reference pointed at, when it was multi-platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<Digest>,
+    pub platform: String,
+}
+
+/// Why a profile's images cannot be built from its lock file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    #[error("image {image} is not in the lock file {lock}: run `nodeforge lock {profile}`")]
+    NotLocked {
+        image: String,
+        lock: String,
+        profile: String,
+    },
+    #[error(
+        "image {image}: its digest {wanted} does not match the lock file {lock}, which has {locked}: \
+         run `nodeforge lock {profile}`"
+    )]
+    DigestMismatch {
+        image: String,
+        wanted: Digest,
+        locked: String,
+        lock: String,
+        profile: String,
+    },
+    #[error("the lock file {lock} is for {locked}, the profile builds for {arch}: run `nodeforge lock {profile}`")]
+    WrongArch {
+        lock: String,
+        locked: String,
+        arch: String,
+        profile: String,
+    },
+}
+
+/// The lock file beside a profile: `x.toml` → `x.lock.toml`.
+pub fn lock_path(profile_path: &Path) -> PathBuf {
+    let stem = profile_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    profile_path.with_file_name(format!("{stem}.lock.toml"))
+}
+
+impl LockFile {
+    /// Reads a lock file; `None` when there is none.
+    pub fn read(path: &Path) -> Result<Option<LockFile>> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading lock file {}", path.display()))
+            }
+        };
+        let lock: LockFile = toml::from_str(&text)
+            .with_context(|| format!("parsing lock file {}", path.display()))?;
+        if lock.version != LOCK_VERSION {
+            bail!(
+                "lock file {} has version {}, this nodeforge reads version {LOCK_VERSION}",
+                path.display(),
+                lock.version
+            );
+        }
+        Ok(Some(lock))
+    }
+
+    pub fn to_toml(&self) -> String {
+        format!(
+            "# Written by `nodeforge lock`: the image digests builds use. Commit it.\n{}",
+            toml::to_string_pretty(self).expect("LockFile always serialises")
+        )
+    }
+
+    pub fn find(&self, reference: &str) -> Option<&LockedImage> {
+        self.images.iter().find(|i| i.reference == reference)
+    }
+
+    /// The locked entry of every image in `references`, checked against
+    /// the profile: present, for the right architecture, and matching any
+    /// digest the reference pins.
+    pub fn check<'a>(
+        lock: Option<&'a LockFile>,
+        lock_path: &Path,
+        profile_path: &Path,
+        arch: &str,
+        references: &[String],
+    ) -> Result<Vec<&'a LockedImage>, LockError> {
+        let names = (
+            lock_path.display().to_string(),
+            profile_path.display().to_string(),
+        );
+        let mut out = Vec::new();
+        for r in references {
+            let entry = lock
+                .and_then(|l| l.find(r))
+                .ok_or_else(|| LockError::NotLocked {
+                    image: r.clone(),
+                    lock: names.0.clone(),
+                    profile: names.1.clone(),
+                })?;
+            let l = lock.expect("an entry was found in it");
+            if l.arch != arch {
+                return Err(LockError::WrongArch {
+                    lock: names.0.clone(),
+                    locked: l.arch.clone(),
+                    arch: arch.to_owned(),
+                    profile: names.1.clone(),
+                });
+            }
+            let pinned = Reference::parse(r).ok().and_then(|p| p.digest);
+            if let Some(wanted) = pinned {
+                if entry.digest != wanted && entry.index_digest.as_ref() != Some(&wanted) {
+                    return Err(LockError::DigestMismatch {
+                        image: r.clone(),
+                        wanted,
+                        locked: match &entry.index_digest {
+                            Some(i) => format!("{} (index {i})", entry.digest),
+                            None => entry.digest.to_string(),
+                        },
+                        lock: names.0.clone(),
+                        profile: names.1.clone(),
+                    });
+                }
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+/// Every image of every stack, each once, in profile order.
+pub fn profile_images(p: &Profile) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in &p.stacks {
+        for i in &s.images {
+            if !out.contains(i) {
+                out.push(i.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Resolves every image of the profile for its architecture and writes the
+/// lock file beside `profile_path`. Returns the lock and where it went.
+pub fn lock(
+    profile: &Profile,
+    profile_path: &Path,
+    client: &Client,
+) -> Result<(LockFile, PathBuf)> {
+    let platform = Platform {
+        arch: profile.hardware.arch,
+    };
+    let mut images = Vec::new();
+    for r in profile_images(profile) {
+        let parsed = Reference::parse(&r).map_err(anyhow::Error::msg)?;
+        let resolved = client
+            .resolve(&parsed, platform)
+            .with_context(|| format!("locking image {r} for {platform}"))?;
+        images.push(LockedImage {
+            reference: r,
+            digest: resolved.digest,
+            index_digest: resolved.index_digest,
+            platform: platform.to_string(),
+        });
+    }
+    let lock = LockFile {
+        version: LOCK_VERSION,
+        arch: profile.hardware.arch.debian().to_owned(),
+        images,
+    };
+    let path = lock_path(profile_path);
+    fsutil::atomic_write(&path, lock.to_toml().as_bytes())
+        .with_context(|| format!("writing lock file {}", path.display()))?;
+    Ok((lock, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> Digest {
+        Digest::from_hex(&c.to_string().repeat(64)).unwrap()
+    }
+
+    fn sample() -> LockFile {
+        LockFile {
+            version: LOCK_VERSION,
+            arch: "amd64".into(),
+            images: vec![LockedImage {
+                reference: "127.0.0.1:5000/web:1".into(),
+                digest: d('a'),
+                index_digest: Some(d('b')),
+                platform: "linux/amd64".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn lock_path_is_beside_the_profile() {
+        assert_eq!(
+            lock_path(Path::new("profiles/core.toml")),
+            Path::new("profiles/core.lock.toml")
+        );
+    }
+
+    #[test]
+    fn round_trip_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock.toml");
+        fs::write(&p, sample().to_toml()).unwrap();
+        let lock = LockFile::read(&p).unwrap().unwrap();
+        assert_eq!(lock, sample());
+        assert!(LockFile::read(&dir.path().join("none.toml"))
+            .unwrap()
+            .is_none());
+        let pp = Path::new("x.toml");
+        let ok = LockFile::check(
+            Some(&lock),
+            &p,
+            pp,
+            "amd64",
+            &["127.0.0.1:5000/web:1".into()],
+        )
+        .unwrap();
+        assert_eq!(ok[0].digest, d('a'));
+
+        let missing =
+            LockFile::check(Some(&lock), &p, pp, "amd64", &["other:1".into()]).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("image other:1 is not in the lock file"),
+            "{missing}"
+        );
+        assert!(matches!(
+            LockFile::check(None, &p, pp, "amd64", &["127.0.0.1:5000/web:1".into()]),
+            Err(LockError::NotLocked { .. })
+        ));
+        let arch = LockFile::check(
+            Some(&lock),
+            &p,
+            pp,
+            "arm64",
+            &["127.0.0.1:5000/web:1".into()],
+        )
+        .unwrap_err();
+        assert!(matches!(arch, LockError::WrongArch { .. }), "{arch}");
+
+        // A pinned digest must be the locked manifest or its index.
+        let mut lock2 = lock.clone();
+        let by_index = format!("127.0.0.1:5000/web:1@{}", d('b'));
+        let bad = format!("127.0.0.1:5000/web:1@{}", d('c'));
+        lock2.images.push(LockedImage {
+            reference: by_index.clone(),
+            ..lock.images[0].clone()
+        });
+        lock2.images.push(LockedImage {
+            reference: bad.clone(),
+            ..lock.images[0].clone()
+        });
+        assert!(LockFile::check(Some(&lock2), &p, pp, "amd64", &[by_index]).is_ok());
+        let err =
+            LockFile::check(Some(&lock2), &p, pp, "amd64", std::slice::from_ref(&bad)).unwrap_err();
+        assert!(matches!(err, LockError::DigestMismatch { .. }));
+        assert!(err.to_string().contains(&bad), "{err}");
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock.toml");
+        fs::write(&p, "version = 9\narch = \"amd64\"\n").unwrap();
+        let err = LockFile::read(&p).unwrap_err().to_string();
+        assert!(err.contains("version 9"), "{err}");
+    }
+}

@@ -1,0 +1,122 @@
+//! Container images from OCI registries: references, the distribution API
+//! client, lock files, a content-addressed blob cache and `docker load`-able
+//! archives.
+
+pub mod archive;
+pub mod cache;
+pub mod client;
+pub mod fixture;
+pub mod lock;
+pub mod manifest;
+pub mod reference;
+#[cfg(test)]
+mod registry_tests;
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use client::{Client, RegistryError};
+pub use reference::Reference;
+
+/// A content digest. Only sha256 is accepted: it is what registries use and
+/// what the cache and the checks here compute.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Digest, String> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("digest `{s}` must start with `sha256:`"))?;
+        if hex.len() != 64
+            || !hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
+            return Err(format!(
+                "digest `{s}` must be `sha256:` and 64 lowercase hex digits"
+            ));
+        }
+        Ok(Digest(s.to_owned()))
+    }
+
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Digest {
+        Digest(format!("sha256:{}", crate::fsutil::sha256_bytes(data)))
+    }
+
+    pub fn from_hex(hex: &str) -> Result<Digest, String> {
+        Digest::parse(&format!("sha256:{hex}"))
+    }
+
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The platform an image is chosen for: Linux on the profile's arch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Platform {
+    pub arch: crate::profile::Arch,
+}
+
+impl Platform {
+    /// OCI's (Go's) architecture name.
+    pub fn oci_arch(&self) -> &'static str {
+        match self.arch {
+            crate::profile::Arch::Amd64 => "amd64",
+            crate::profile::Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "linux/{}", self.oci_arch())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests() {
+        let d = Digest::of(b"abc");
+        assert_eq!(
+            d.as_str(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
+        assert!(Digest::parse(
+            "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+        )
+        .is_err());
+        assert!(Digest::parse("sha512:abc").is_err());
+        assert!(Digest::from_hex("00").is_err());
+    }
+}

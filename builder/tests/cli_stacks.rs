@@ -1,0 +1,311 @@
+//! Stacks end to end through the CLI: located profile errors, `nodeforge
+//! lock` against a real registry (Debian's docker-registry on loopback),
+//! and builds (on the fake cached rootfs) that bake the locked images,
+//! ignore moved tags, work `--offline` from the cache and name the image
+//! when they cannot.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{install_fake_rootfs, is_root, stderr, stdout, Project};
+use nodeforge::oci::fixture::{busybox_httpd_image, TestRegistry};
+use nodeforge_firstboot::stacks::StacksManifest;
+
+const DOCKER: &str = "packages = [\"docker.io\", \"docker-cli\", \"docker-compose\"]\n";
+const COMPOSE: &str = "services:\n  web:\n    image: {{ images[\"IMAGE\"] }}\n    pull_policy: never\n    restart: unless-stopped\n    environment:\n      GREETING: ${GREETING}\n# {{ stack }} on {{ hostname }}\n";
+
+/// A project whose profile `profiles/s.toml` has one stack running `image`.
+fn project(image: &str) -> Project {
+    let p = Project::new();
+    p.write(
+        "profiles/s.toml",
+        &format!(
+            "name = \"s\"\nhardware = \"pc\"\n{DOCKER}[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n\n\
+             [[stacks]]\nname = \"web\"\ncompose = \"web/compose.yaml.tera\"\nimages = [\"{image}\"]\n\
+             env = {{ GREETING = \"hello $there\" }}\nhealth_timeout_secs = 90\n\
+             [[stacks.probes]]\nservice = \"web\"\nhttp = \"http://127.0.0.1:8080/\"\n"
+        ),
+    );
+    p.write(
+        "overlays/web/compose.yaml.tera",
+        &COMPOSE.replace("IMAGE", image),
+    );
+    p.write("agent", "#!/bin/sh\necho fake agent\n");
+    p
+}
+
+fn check_fails_with(p: &Project, wants: &[&str]) {
+    let out = p.nodeforge(&["check", "profiles/s.toml"]);
+    assert!(!out.status.success(), "check passed: {}", stdout(&out));
+    let err = stderr(&out);
+    for w in wants {
+        assert!(err.contains(w), "expected {w:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn stack_errors_are_located() {
+    let p = project("127.0.0.1:5000/Web:1");
+    check_fails_with(
+        &p,
+        &[
+            "profiles/s.toml:11:11:",
+            "image reference `127.0.0.1:5000/Web:1`",
+        ],
+    );
+
+    let p = project("127.0.0.1:5000/web:1");
+    let text = fs::read_to_string(p.path("profiles/s.toml")).unwrap();
+    p.write(
+        "profiles/s.toml",
+        &text.replace("http = ", "tcp = \"127.0.0.1:1\"\nhttp = "),
+    );
+    check_fails_with(
+        &p,
+        &["profiles/s.toml:15:11:", "exactly one of `http` and `tcp`"],
+    );
+
+    p.write(
+        "profiles/s.toml",
+        &text.replace("web/compose.yaml.tera", "web/nope.yaml"),
+    );
+    check_fails_with(
+        &p,
+        &[
+            "profiles/s.toml:10:11:",
+            "compose file `web/nope.yaml` not found",
+        ],
+    );
+
+    p.write(
+        "profiles/s.toml",
+        &text.replace(DOCKER, "packages = [\"docker.io\"]\n"),
+    );
+    check_fails_with(&p, &["lack docker-cli, docker-compose"]);
+
+    p.write(
+        "profiles/s.toml",
+        &text.replace("name = \"web\"", "name = \"Web Stack\""),
+    );
+    check_fails_with(&p, &["profiles/s.toml:9:8:", "stack name `Web Stack`"]);
+}
+
+#[test]
+fn plan_lists_stack_images_and_whether_they_are_locked() {
+    let p = project("127.0.0.1:5000/web:1");
+    let out = p.nodeforge(&["plan", "profiles/s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("image 127.0.0.1:5000/web:1 -> NOT LOCKED"),
+        "{text}"
+    );
+    assert!(text.contains("containers"), "{text}");
+    // The compose template is the stack's, not an overlay file.
+    let out = p.nodeforge(&["plan", "--json", "profiles/s.toml"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["overlay_files"].as_array().unwrap().len(), 0, "{plan}");
+    assert_eq!(
+        plan["profile"]["stacks"][0]["probes"][0]["check"]["http"],
+        "http://127.0.0.1:8080/"
+    );
+}
+
+#[test]
+fn lock_of_a_missing_image_fails_naming_it() {
+    let reg = TestRegistry::start().unwrap();
+    let image = format!("{}/absent:1", reg.addr);
+    let p = project(&image);
+    let out = p.nodeforge(&["lock", "profiles/s.toml"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("image {image}")) && err.contains("not found"),
+        "{err}"
+    );
+    assert!(!p.path("profiles/s.lock.toml").exists());
+}
+
+const BUILD: &[&str] = &[
+    "build",
+    "profiles/s.toml",
+    "--output",
+    "out",
+    "--quiet",
+    "--agent",
+    "agent",
+];
+
+fn build(p: &Project, cache: &str, extra: &[&str]) -> std::process::Output {
+    p.nodeforge(&[BUILD, &["--cache-dir", cache], extra].concat())
+}
+
+/// Reads a file of the built image's root filesystem with debugfs.
+fn image_file(p: &Project, path: &str) -> Vec<u8> {
+    let img = p.path("out/s.img");
+    let parts = nodeforge::disk::gpt_table::read(&img).unwrap();
+    let root = p.path("root.ext4");
+    if !root.exists() {
+        use std::os::unix::fs::FileExt;
+        let mut b = vec![0u8; parts[1].size as usize];
+        fs::File::open(&img)
+            .unwrap()
+            .read_exact_at(&mut b, parts[1].offset)
+            .unwrap();
+        fs::write(&root, b).unwrap();
+    }
+    let dest = p.path("dumped");
+    let _ = fs::remove_file(&dest);
+    let ok = Command::new("debugfs")
+        .args(["-R", &format!("dump {path} {}", dest.display())])
+        .arg(&root)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success() && dest.exists(), "{path} is not in the image");
+    fs::read(&dest).unwrap()
+}
+
+fn tar_member(tar: &[u8], name: &str) -> Vec<u8> {
+    let mut ar = tar::Archive::new(tar);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap() == Path::new(name) {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+            return v;
+        }
+    }
+    panic!("{name} not in the archive");
+}
+
+#[test]
+fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
+    if !is_root() {
+        eprintln!("SKIPPED: builds need root");
+        return;
+    }
+    let reg = TestRegistry::start().unwrap();
+    let image = format!("{}/team/web:1", reg.addr);
+    let first = busybox_httpd_image("amd64", Path::new("/bin/busybox"), "first", 8080).unwrap();
+    let locked = reg.push_image("team/web", Some("1"), &first).unwrap();
+    let p = project(&image);
+    install_fake_rootfs(&p, "profiles/s.toml");
+
+    let out = p.nodeforge(&["lock", "profiles/s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = fs::read_to_string(p.path("profiles/s.lock.toml")).unwrap();
+    assert!(lock.contains(&format!("digest = \"{locked}\"")), "{lock}");
+    assert!(lock.contains("platform = \"linux/amd64\""), "{lock}");
+
+    // The tag moves after locking: the build still bakes the locked image.
+    let second = busybox_httpd_image("amd64", Path::new("/bin/busybox"), "second", 8080).unwrap();
+    let moved = reg.push_image("team/web", Some("1"), &second).unwrap();
+    assert_ne!(moved, locked);
+    let out = build(&p, "cache", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let manifest = StacksManifest::from_toml(
+        &String::from_utf8(image_file(&p, "/etc/nodeforge/stacks.toml")).unwrap(),
+    )
+    .unwrap();
+    let st = &manifest.stacks[0];
+    assert_eq!(st.name, "web");
+    assert_eq!(st.health_timeout_secs, 90);
+    assert_eq!(st.probes[0].http.as_deref(), Some("http://127.0.0.1:8080/"));
+    assert_eq!(st.images[0].digest, locked.to_string());
+    assert_eq!(st.images[0].tag, image);
+    let compose = String::from_utf8(image_file(&p, &st.compose)).unwrap();
+    assert!(
+        compose.contains(&format!("image: {image}\n    pull_policy: never")),
+        "{compose}"
+    );
+    assert!(compose.contains("# web on s"), "{compose}");
+    let env = image_file(&p, st.env_file.as_deref().unwrap());
+    assert_eq!(env, b"GREETING='hello $there'\n");
+
+    let archive = image_file(&p, &st.images[0].archive);
+    let dm: serde_json::Value =
+        serde_json::from_slice(&tar_member(&archive, "manifest.json")).unwrap();
+    assert_eq!(dm[0]["RepoTags"][0], image.as_str());
+    let config = tar_member(&archive, dm[0]["Config"].as_str().unwrap());
+    assert_eq!(
+        nodeforge::oci::Digest::of(&config).to_string(),
+        st.images[0].image_id
+    );
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(config["config"]["Labels"]["nodeforge.test"], "first");
+    assert_eq!(
+        tar_member(&archive, dm[0]["Layers"][0].as_str().unwrap()),
+        first.layers[0]
+    );
+    let built: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.path("out/s.manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        built["facts"]["containers"]["images"][0]["digest"],
+        locked.to_string()
+    );
+
+    // No registry: --offline builds from the warm cache…
+    drop(reg);
+    let out = build(&p, "cache", &["--offline"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // …and with a cold blob cache names what is missing, as does an online
+    // build that cannot reach the registry.
+    fs::create_dir_all(p.path("cache2")).unwrap();
+    fs::rename(p.path("cache/rootfs"), p.path("cache2/rootfs")).unwrap();
+    let out = build(&p, "cache2", &["--offline"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "manifest {locked} of image {image} is not in the blob cache"
+        )),
+        "{err}"
+    );
+    let out = build(&p, "cache2", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("image {image}: registry at")) && err.contains("unreachable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unlocked_or_mismatched_images_fail_the_build_naming_them() {
+    if !is_root() {
+        eprintln!("SKIPPED: builds need root");
+        return;
+    }
+    let pinned = format!("127.0.0.1:5000/web:1@sha256:{}", "1".repeat(64));
+    let p = project(&pinned);
+    install_fake_rootfs(&p, "profiles/s.toml");
+    let out = build(&p, "cache", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("build step `containers` failed"), "{err}");
+    assert!(
+        err.contains(&format!("image {pinned} is not in the lock file")),
+        "{err}"
+    );
+
+    p.write(
+        "profiles/s.lock.toml",
+        &format!(
+            "version = 1\narch = \"amd64\"\n[[images]]\nreference = \"{pinned}\"\ndigest = \"sha256:{}\"\nplatform = \"linux/amd64\"\n",
+            "2".repeat(64)
+        ),
+    );
+    let out = build(&p, "cache", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("image {pinned}: its digest sha256:1111")),
+        "{err}"
+    );
+    assert!(err.contains("does not match the lock file"), "{err}");
+}

@@ -1,0 +1,475 @@
+//! Start the baked compose stacks: load the image archives the engine does
+//! not have yet, `docker compose up -d` each stack with pulls forbidden,
+//! then wait (bounded) until every service is healthy: its compose
+//! healthcheck says so, or it runs and the profile's probe answers.
+//! Restarting crashed services is the engine's job (restart policies).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use super::{Ctx, Outcome};
+use crate::fsutil::{read_optional, under};
+use crate::runner::Cmd;
+use crate::stacks::{ImageEntry, ProbeEntry, StackEntry, StacksManifest, STACKS_MANIFEST_PATH};
+use crate::status::ServiceStatus;
+
+/// How long the engine may take to answer after boot.
+const ENGINE_WAIT: Duration = Duration::from_secs(120);
+const LOAD_TIMEOUT: Duration = Duration::from_secs(900);
+const UP_TIMEOUT: Duration = Duration::from_secs(600);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_secs(2);
+
+pub fn containers(ctx: &mut Ctx<'_>) -> Result<Outcome> {
+    let path = under(ctx.root, STACKS_MANIFEST_PATH);
+    let Some(text) = read_optional(&path)? else {
+        return Ok(Outcome::Skipped("the image has no stacks".into()));
+    };
+    let manifest =
+        StacksManifest::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if manifest.stacks.is_empty() {
+        return Ok(Outcome::Skipped("the image has no stacks".into()));
+    }
+    wait_for_engine(ctx)?;
+
+    let listed = ctx.runner.run(&docker([
+        "image",
+        "ls",
+        "--no-trunc",
+        "--format",
+        "{{.ID}} {{.Repository}}:{{.Tag}}",
+    ]))?;
+    let all_images: Vec<&ImageEntry> = manifest.stacks.iter().flat_map(|s| &s.images).collect();
+    let actions = image_actions(&all_images, &listed.stdout);
+    let loaded = actions
+        .iter()
+        .filter(|a| matches!(a, ImageAction::Load { .. }))
+        .count();
+    for a in &actions {
+        let cmd = match a {
+            ImageAction::Load { archive, .. } => {
+                docker(["load", "--quiet", "--input", archive]).timeout(LOAD_TIMEOUT)
+            }
+            ImageAction::Tag { id, tag } => docker(["tag", id, tag]),
+        };
+        ctx.runner.run(&cmd).with_context(|| a.to_string())?;
+    }
+
+    for s in &manifest.stacks {
+        let up = compose(s).args([
+            "up",
+            "--detach",
+            "--pull",
+            "never",
+            "--no-build",
+            "--remove-orphans",
+        ]);
+        ctx.runner
+            .run(&up.timeout(UP_TIMEOUT))
+            .with_context(|| format!("starting stack {}", s.name))?;
+    }
+
+    let mut services = Vec::new();
+    for s in &manifest.stacks {
+        services.extend(wait_healthy(ctx, s)?);
+    }
+    let healthy = services.iter().filter(|s| s.healthy).count();
+    let detail = format!(
+        "{} stacks up, {healthy}/{} services healthy, {loaded} of {} images loaded",
+        manifest.stacks.len(),
+        services.len(),
+        all_images.len()
+    );
+    let all_healthy = healthy == services.len();
+    ctx.notes.services = Some(services);
+    if !all_healthy {
+        bail!(
+            "{detail}: {}",
+            unhealthy_summary(ctx.notes.services.as_deref().unwrap_or(&[]))
+        );
+    }
+    Ok(Outcome::Done(detail))
+}
+
+fn docker<I, S>(args: I) -> Cmd
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    Cmd::new("docker").args(args).timeout(QUERY_TIMEOUT)
+}
+
+/// `docker compose` for one stack: its project name, file and `.env`.
+pub fn compose(s: &StackEntry) -> Cmd {
+    let mut c = docker(["compose", "--project-name", &s.name, "--file", &s.compose]);
+    if let Some(env) = &s.env_file {
+        c = c.args(["--env-file", env.as_str()]);
+    }
+    c
+}
+
+/// The engine starts alongside us; poll `docker info` until it answers.
+fn wait_for_engine(ctx: &Ctx<'_>) -> Result<()> {
+    let start = Instant::now();
+    let mut slept = Duration::ZERO;
+    loop {
+        let out = ctx
+            .runner
+            .output(&docker(["info", "--format", "{{.ServerVersion}}"]))?;
+        if out.success() {
+            return Ok(());
+        }
+        if slept.max(start.elapsed()) >= ENGINE_WAIT {
+            bail!(
+                "the Docker engine did not answer within {} s: {}",
+                ENGINE_WAIT.as_secs(),
+                out.stderr.trim()
+            );
+        }
+        (ctx.sleep)(POLL);
+        slept += POLL;
+    }
+}
+
+/// What to do so the engine holds every baked image under its tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageAction {
+    Load {
+        archive: String,
+        tag: String,
+    },
+    /// The image is there (an earlier, interrupted run) but not its tag.
+    Tag {
+        id: String,
+        tag: String,
+    },
+}
+
+impl std::fmt::Display for ImageAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageAction::Load { archive, tag } => write!(f, "loading image {tag} from {archive}"),
+            ImageAction::Tag { id, tag } => write!(f, "tagging image {id} as {tag}"),
+        }
+    }
+}
+
+/// Decides from `docker image ls` output (`<ID> <repo>:<tag>` lines) which
+/// archives to load and which present images only need their tag.
+pub fn image_actions(images: &[&ImageEntry], image_ls: &str) -> Vec<ImageAction> {
+    let mut ids = BTreeSet::new();
+    let mut pairs = BTreeSet::new();
+    for l in image_ls.lines() {
+        if let Some((id, name)) = l.trim().split_once(' ') {
+            ids.insert(id.to_owned());
+            pairs.insert((id.to_owned(), name.trim().to_owned()));
+        }
+    }
+    let mut out = Vec::new();
+    for im in images {
+        let action = if pairs.contains(&(im.image_id.clone(), im.tag.clone())) {
+            continue;
+        } else if ids.contains(&im.image_id) {
+            ImageAction::Tag {
+                id: im.image_id.clone(),
+                tag: im.tag.clone(),
+            }
+        } else {
+            ImageAction::Load {
+                archive: im.archive.clone(),
+                tag: im.tag.clone(),
+            }
+        };
+        if !out.contains(&action) {
+            out.push(action);
+        }
+    }
+    out
+}
+
+/// One line of `docker compose ps --format json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PsEntry {
+    #[serde(rename = "Service")]
+    pub service: String,
+    #[serde(rename = "State", default)]
+    pub state: String,
+    #[serde(rename = "Health", default)]
+    pub health: String,
+    #[serde(rename = "ExitCode", default)]
+    pub exit_code: i64,
+}
+
+/// Parses `docker compose ps --format json`: one object per line (compose
+/// 2.21 and later) or one array (earlier).
+pub fn parse_ps(text: &str) -> Result<Vec<PsEntry>> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(Vec::new());
+    }
+    if t.starts_with('[') {
+        return serde_json::from_str(t).context("parsing `docker compose ps` output");
+    }
+    t.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .with_context(|| format!("parsing `docker compose ps` line {l:?}"))
+        })
+        .collect()
+}
+
+/// Each service's state, from its containers and its probe's result
+/// (`None`: no probe declared).
+pub fn service_status(
+    stack: &str,
+    service: &str,
+    ps: &[PsEntry],
+    probe: Option<(&ProbeEntry, Result<(), String>)>,
+) -> ServiceStatus {
+    let mut st = ServiceStatus {
+        stack: stack.to_owned(),
+        service: service.to_owned(),
+        state: "missing".into(),
+        healthy: false,
+        health: None,
+        probe: probe.as_ref().map(|(p, _)| probe_target(p)),
+        detail: None,
+    };
+    let Some(c) = ps.iter().find(|e| e.service == service) else {
+        st.detail = Some("no container".into());
+        return st;
+    };
+    st.health = (!c.health.is_empty()).then(|| c.health.clone());
+    if c.state != "running" {
+        st.state = c.state.clone();
+        if c.state == "exited" {
+            st.detail = Some(format!("exit code {}", c.exit_code));
+        }
+        return st;
+    }
+    match c.health.as_str() {
+        "" | "healthy" => {}
+        other => {
+            st.state = other.to_owned();
+            return st;
+        }
+    }
+    match probe {
+        Some((_, Err(e))) => {
+            st.state = "probe-failing".into();
+            st.detail = Some(e);
+        }
+        _ => {
+            st.healthy = true;
+            st.state = if c.health == "healthy" || st.probe.is_some() {
+                "healthy"
+            } else {
+                "running"
+            }
+            .into();
+        }
+    }
+    st
+}
+
+fn probe_target(p: &ProbeEntry) -> String {
+    match (&p.http, &p.tcp) {
+        (Some(u), _) => format!("http {u}"),
+        (None, Some(a)) => format!("tcp {a}"),
+        (None, None) => "none".into(),
+    }
+}
+
+/// Polls the stack until every service is healthy or its time is up.
+fn wait_healthy(ctx: &Ctx<'_>, s: &StackEntry) -> Result<Vec<ServiceStatus>> {
+    let names = ctx
+        .runner
+        .run(&compose(s).args(["config", "--services"]))
+        .with_context(|| format!("listing the services of stack {}", s.name))?;
+    let services: Vec<String> = names
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let limit = Duration::from_secs(s.health_timeout_secs);
+    let start = Instant::now();
+    let mut slept = Duration::ZERO;
+    loop {
+        let out = ctx
+            .runner
+            .run(&compose(s).args(["ps", "--all", "--format", "json"]))
+            .with_context(|| format!("asking for the state of stack {}", s.name))?;
+        let ps = parse_ps(&out.stdout)?;
+        let states: Vec<ServiceStatus> = services
+            .iter()
+            .map(|svc| {
+                let probe = s.probes.iter().find(|p| &p.service == svc);
+                let result = probe.map(|p| (p, (ctx.probe)(p)));
+                service_status(&s.name, svc, &ps, result)
+            })
+            .collect();
+        if states.iter().all(|st| st.healthy) || slept.max(start.elapsed()) >= limit {
+            return Ok(states);
+        }
+        (ctx.sleep)(POLL);
+        slept += POLL;
+    }
+}
+
+fn unhealthy_summary(services: &[ServiceStatus]) -> String {
+    services
+        .iter()
+        .filter(|s| !s.healthy)
+        .map(|s| match &s.detail {
+            Some(d) => format!("{}/{} {} ({d})", s.stack, s.service, s.state),
+            None => format!("{}/{} {}", s.stack, s.service, s.state),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The real probe: a TCP connect, or an HTTP GET answering 200.
+pub fn probe(p: &ProbeEntry) -> Result<(), String> {
+    let timeout = Duration::from_secs(5);
+    if let Some(url) = &p.http {
+        return crate::http::get(url, timeout)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"));
+    }
+    if let Some(addr) = &p.tcp {
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<_> = addr
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {addr}: {e}"))?
+            .collect();
+        let mut last = format!("{addr} resolved to no address");
+        for a in addrs {
+            match std::net::TcpStream::connect_timeout(&a, timeout) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("connecting to {a}: {e}"),
+            }
+        }
+        return Err(last);
+    }
+    Err("probe has neither http nor tcp".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id: char, tag: &str) -> ImageEntry {
+        ImageEntry {
+            reference: tag.into(),
+            tag: tag.into(),
+            digest: format!("sha256:{}", "d".repeat(64)),
+            image_id: format!("sha256:{}", id.to_string().repeat(64)),
+            archive: format!("/var/lib/nodeforge/images/{id}.tar"),
+        }
+    }
+
+    #[test]
+    fn loads_only_missing_images_and_retags_present_ones() {
+        let (a, b, c) = (
+            image('a', "r/a:1"),
+            image('b', "r/b:1"),
+            image('c', "r/c:1"),
+        );
+        let ls = format!(
+            "sha256:{} r/a:1\nsha256:{} <none>:<none>\n",
+            "a".repeat(64),
+            "b".repeat(64)
+        );
+        let actions = image_actions(&[&a, &b, &c, &c], &ls);
+        assert_eq!(
+            actions,
+            vec![
+                ImageAction::Tag {
+                    id: b.image_id.clone(),
+                    tag: "r/b:1".into()
+                },
+                ImageAction::Load {
+                    archive: c.archive.clone(),
+                    tag: "r/c:1".into()
+                },
+            ]
+        );
+        assert!(image_actions(&[&a], &ls).is_empty());
+    }
+
+    #[test]
+    fn parses_ps_lines_and_arrays() {
+        let line = r#"{"Name":"web-web-1","Service":"web","State":"running","Health":"healthy","ExitCode":0}"#;
+        let two = format!(
+            "{line}\n{}\n",
+            line.replace("\"web\"", "\"db\"").replace("healthy", "")
+        );
+        let ps = parse_ps(&two).unwrap();
+        assert_eq!(ps.len(), 2);
+        assert_eq!(ps[1].service, "db");
+        assert_eq!(ps[1].health, "");
+        assert_eq!(parse_ps(&format!("[{line}]")).unwrap()[0].health, "healthy");
+        assert!(parse_ps("").unwrap().is_empty());
+        assert!(parse_ps("not json").is_err());
+    }
+
+    #[test]
+    fn service_health_from_state_healthcheck_and_probe() {
+        let ps = |state: &str, health: &str| PsEntry {
+            service: "web".into(),
+            state: state.into(),
+            health: health.into(),
+            exit_code: 2,
+        };
+        let probe = ProbeEntry {
+            service: "web".into(),
+            http: Some("http://127.0.0.1:8080/".into()),
+            tcp: None,
+        };
+        let st = |e: &[PsEntry], p: Option<Result<(), String>>| {
+            service_status("s", "web", e, p.map(|r| (&probe, r)))
+        };
+        let s = st(&[ps("running", "healthy")], None);
+        assert!(s.healthy && s.state == "healthy");
+        let s = st(&[ps("running", "")], None);
+        assert!(s.healthy && s.state == "running");
+        let s = st(&[ps("running", "")], Some(Ok(())));
+        assert!(
+            s.healthy
+                && s.state == "healthy"
+                && s.probe.as_deref() == Some("http http://127.0.0.1:8080/")
+        );
+        let s = st(&[ps("running", "")], Some(Err("refused".into())));
+        assert!(!s.healthy && s.state == "probe-failing" && s.detail.as_deref() == Some("refused"));
+        let s = st(&[ps("running", "starting")], Some(Ok(())));
+        assert!(!s.healthy && s.state == "starting");
+        let s = st(&[ps("running", "unhealthy")], None);
+        assert!(!s.healthy && s.state == "unhealthy");
+        let s = st(&[ps("exited", "")], None);
+        assert!(!s.healthy && s.state == "exited" && s.detail.as_deref() == Some("exit code 2"));
+        let s = st(&[], None);
+        assert!(!s.healthy && s.state == "missing");
+    }
+
+    #[test]
+    fn compose_command_names_project_file_and_env() {
+        let s = StackEntry {
+            name: "web".into(),
+            compose: "/etc/nodeforge/stacks/web/compose.yaml".into(),
+            env_file: Some("/etc/nodeforge/stacks/web/.env".into()),
+            health_timeout_secs: 10,
+            images: vec![],
+            probes: vec![],
+        };
+        assert_eq!(
+            compose(&s).arg("ps").to_string(),
+            "docker compose --project-name web --file /etc/nodeforge/stacks/web/compose.yaml --env-file /etc/nodeforge/stacks/web/.env ps"
+        );
+    }
+}

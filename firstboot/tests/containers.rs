@@ -1,0 +1,200 @@
+//! The containers step against the fake machine's Docker engine: images
+//! loaded only when missing, stacks started with pulls forbidden, a
+//! bounded wait for health, per-service state in status.json, and resumes
+//! that repeat nothing harmful.
+
+mod common;
+
+use common::{Kill, Machine};
+use nodeforge_firstboot::stacks::{
+    ImageEntry, ProbeEntry, StackEntry, StacksManifest, STACKS_MANIFEST_PATH,
+};
+use nodeforge_firstboot::status::{RunState, StepState};
+
+const WEB_ID: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const DB_ID: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+fn ps(web: (&str, &str), db: (&str, &str)) -> String {
+    format!(
+        "{{\"Service\":\"web\",\"State\":\"{}\",\"Health\":\"{}\",\"ExitCode\":0}}\n{{\"Service\":\"db\",\"State\":\"{}\",\"Health\":\"{}\",\"ExitCode\":0}}\n",
+        web.0, web.1, db.0, db.1
+    )
+}
+
+/// A machine without a tailnet (no seed needed) whose image has one stack:
+/// `web` (no healthcheck, an HTTP probe) and `db` (a compose healthcheck).
+fn machine() -> Machine {
+    let m = Machine::bare();
+    let baked = m.read("/etc/nodeforge/firstboot.toml");
+    let baked = baked.split("[tailscale]").next().unwrap().to_string();
+    m.write("/etc/nodeforge/firstboot.toml", &baked);
+    let image = |id: &str, tag: &str, n: &str| ImageEntry {
+        reference: tag.into(),
+        tag: tag.into(),
+        digest: format!("sha256:{}", n.repeat(64)),
+        image_id: id.into(),
+        archive: format!("/var/lib/nodeforge/images/{n}.tar"),
+    };
+    let manifest = StacksManifest {
+        stacks: vec![StackEntry {
+            name: "app".into(),
+            compose: "/etc/nodeforge/stacks/app/compose.yaml".into(),
+            env_file: None,
+            health_timeout_secs: 60,
+            images: vec![
+                image(WEB_ID, "reg.example/web:1", "1"),
+                image(DB_ID, "reg.example/db:2", "2"),
+            ],
+            probes: vec![ProbeEntry {
+                service: "web".into(),
+                http: Some("http://127.0.0.1:8080/".into()),
+                tcp: None,
+            }],
+        }],
+    };
+    m.write(STACKS_MANIFEST_PATH, &manifest.to_toml());
+    {
+        let mut w = m.world.borrow_mut();
+        let d = &mut w.docker;
+        d.images = vec![(DB_ID.into(), "reg.example/db:2".into())];
+        d.archives = vec![
+            (
+                "/var/lib/nodeforge/images/1.tar".into(),
+                WEB_ID.into(),
+                "reg.example/web:1".into(),
+            ),
+            (
+                "/var/lib/nodeforge/images/2.tar".into(),
+                DB_ID.into(),
+                "reg.example/db:2".into(),
+            ),
+        ];
+        d.services = "web\ndb\n".into();
+    }
+    m
+}
+
+#[test]
+fn stacks_start_without_pulls_and_report_each_service() {
+    let m = machine();
+    {
+        let mut w = m.world.borrow_mut();
+        w.docker.engine_down_polls = 2;
+        w.docker.probe_failures = 1;
+        w.docker.ps = vec![
+            ps(("running", ""), ("running", "starting")),
+            ps(("running", ""), ("running", "healthy")),
+        ];
+    }
+    let st = m.boot().unwrap().unwrap();
+    assert_eq!(st.state, RunState::Complete);
+    let step = st.steps.iter().find(|s| s.name == "containers").unwrap();
+    assert_eq!(step.state, StepState::Done, "{step:?}");
+    assert_eq!(
+        step.detail.as_deref(),
+        Some("1 stacks up, 2/2 services healthy, 1 of 2 images loaded")
+    );
+    // Only the missing image was loaded; compose may never pull.
+    assert_eq!(m.calls_starting("docker load"), 1);
+    assert_eq!(
+        m.calls_starting("docker load --quiet --input /var/lib/nodeforge/images/1.tar"),
+        1
+    );
+    let up = "docker compose --project-name app --file /etc/nodeforge/stacks/app/compose.yaml up --detach --pull never";
+    assert_eq!(m.calls_starting(up), 1, "{:#?}", m.calls.borrow());
+    assert_eq!(m.calls_starting("docker info"), 3);
+    // The engine wait and the health wait slept, bounded, through `sleep`.
+    assert!(*m.slept.borrow() >= std::time::Duration::from_secs(6));
+
+    let persisted: serde_json::Value =
+        serde_json::from_str(&m.read("/var/lib/nodeforge/status.json")).unwrap();
+    let services = persisted["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{persisted:#}");
+    assert_eq!(services[0]["service"], "web");
+    assert_eq!(services[0]["state"], "healthy");
+    assert_eq!(services[0]["probe"], "http http://127.0.0.1:8080/");
+    assert_eq!(services[1]["service"], "db");
+    assert_eq!(services[1]["health"], "healthy");
+    assert_eq!(services[1]["healthy"], true);
+    let text = st.render();
+    assert!(
+        text.contains("service app/web: healthy (probe http http://127.0.0.1:8080/)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unhealthy_service_fails_the_step_after_its_timeout() {
+    let m = machine();
+    m.world.borrow_mut().docker.ps = vec![ps(("running", ""), ("running", "unhealthy"))];
+    let err = m.boot().unwrap().unwrap_err().to_string();
+    assert!(err.contains("step containers failed"), "{err}");
+    assert!(
+        err.contains("1/2 services healthy") && err.contains("app/db unhealthy"),
+        "{err}"
+    );
+    let slept = *m.slept.borrow();
+    assert!(
+        slept >= std::time::Duration::from_secs(60) && slept <= std::time::Duration::from_secs(64),
+        "the wait is bounded by health_timeout_secs: slept {slept:?}"
+    );
+    let st = m.status();
+    assert_eq!(st.state, RunState::Failed);
+    let db = st.services.iter().find(|s| s.service == "db").unwrap();
+    assert_eq!((db.state.as_str(), db.healthy), ("unhealthy", false));
+    assert!(m
+        .summaries
+        .borrow()
+        .iter()
+        .any(|l| l.contains("FAILED at containers")));
+}
+
+#[test]
+fn an_exited_service_is_reported_with_its_state() {
+    let m = machine();
+    m.world.borrow_mut().docker.ps = vec![format!(
+        "{{\"Service\":\"web\",\"State\":\"exited\",\"Health\":\"\",\"ExitCode\":127}}\n"
+    )];
+    let err = m.boot().unwrap().unwrap_err().to_string();
+    assert!(err.contains("app/web exited (exit code 127)"), "{err}");
+    assert!(err.contains("app/db missing (no container)"), "{err}");
+}
+
+#[test]
+fn a_kill_after_loading_resumes_without_loading_again() {
+    let m = machine();
+    m.world.borrow_mut().docker.ps = vec![ps(("running", ""), ("running", "healthy"))];
+    assert!(m.boot_with_kill(Kill::AfterCmd("docker load")));
+    let st = m.boot().unwrap().unwrap();
+    assert_eq!(st.state, RunState::Complete);
+    assert_eq!(m.world.borrow().docker.loads, 1, "{:#?}", m.calls.borrow());
+    assert_eq!(m.world.borrow().docker.ups, 1);
+    // Later boots confirm from the journal and keep the services' record.
+    let again = m.boot().unwrap().unwrap();
+    assert_eq!(again.services.len(), 2);
+    assert_eq!(m.world.borrow().docker.ups, 1);
+}
+
+#[test]
+fn an_engine_that_never_answers_fails_naming_it() {
+    let m = machine();
+    m.world.borrow_mut().docker.engine_down_polls = u32::MAX;
+    let err = m.boot().unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("the Docker engine did not answer within 120 s"),
+        "{err}"
+    );
+    assert!(err.contains("Cannot connect to the Docker daemon"), "{err}");
+    assert_eq!(m.calls_starting("docker compose"), 0);
+}
+
+#[test]
+fn an_image_without_stacks_skips_the_step() {
+    let m = machine();
+    std::fs::remove_file(m.path(STACKS_MANIFEST_PATH)).unwrap();
+    let st = m.boot().unwrap().unwrap();
+    let step = st.steps.iter().find(|s| s.name == "containers").unwrap();
+    assert_eq!(step.state, StepState::Skipped);
+    assert_eq!(step.detail.as_deref(), Some("the image has no stacks"));
+    assert_eq!(m.calls_starting("docker"), 0);
+}
