@@ -249,6 +249,35 @@ fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
         locked.to_string()
     );
 
+    // Editing the compose file re-runs the steps after the rootfs; the
+    // rootfs layer (whose key must not include stacks) is reused.
+    p.write(
+        "overlays/web/compose.yaml.tera",
+        &COMPOSE
+            .replace("IMAGE", &image)
+            .replace("# {{ stack }}", "# edited {{ stack }}"),
+    );
+    let args: Vec<&str> = BUILD.iter().copied().filter(|a| *a != "--quiet").collect();
+    let out = p.nodeforge(&[&args[..], &["--cache-dir", "cache", "--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ends: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "step-end")
+        .map(|e| e["report"].clone())
+        .collect();
+    let status = |name: &str| {
+        ends.iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["status"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(status("rootfs").as_deref(), Some("reused"), "{ends:?}");
+    assert_eq!(status("containers").as_deref(), Some("done"), "{ends:?}");
+    // The extracted root filesystem is of the earlier build.
+    fs::remove_file(p.path("root.ext4")).unwrap();
+    let compose = String::from_utf8(image_file(&p, &st.compose)).unwrap();
+    assert!(compose.contains("# edited web on s"), "{compose}");
+
     // No registry: --offline builds from the warm cache…
     drop(reg);
     let out = build(&p, "cache", &["--offline"]);
