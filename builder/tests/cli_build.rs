@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{install_fake_rootfs, is_root, stderr, Project, KEY};
+use common::{assert_fsck_clean, install_fake_rootfs, is_root, stderr, Project, KEY};
 
 fn project() -> Project {
     let p = Project::new();
@@ -140,16 +140,7 @@ fn offline_build_produces_image_checksum_and_manifest() {
         f.read_exact_at(&mut b, parts[0].offset).unwrap();
     }
     fs::write(&esp, b).unwrap();
-    let fsck = Command::new("fsck.vfat")
-        .arg("-n")
-        .arg(&esp)
-        .output()
-        .expect("fsck.vfat (dosfstools) is installed");
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert_fsck_clean("fsck.vfat", "-n", &esp);
     // …and the root filesystem with e2fsprogs.
     let root = p.path("root.ext4");
     let data = {
@@ -159,16 +150,7 @@ fn offline_build_produces_image_checksum_and_manifest() {
         b
     };
     fs::write(&root, data).unwrap();
-    let fsck = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert_fsck_clean("e2fsck", "-fn", &root);
     let cat = |path: &str| {
         let o = Command::new("debugfs")
             .args(["-R", &format!("cat {path}")])

@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 
-use common::{is_root, stderr, Project, KEY};
+use common::{assert_fsck_clean, is_root, stderr, Project, KEY};
 use nodeforge::disk::{esp, mbr};
 
 const VERSION: &str = "6.12.0-test-arm64";
@@ -187,29 +187,11 @@ fn pi_image_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
 
     let vfat = p.path("boot.vfat");
     copy_out(&img, boot.offset, boot.size, &vfat);
-    let fsck = Command::new("fsck.vfat")
-        .arg("-n")
-        .arg(&vfat)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert_fsck_clean("fsck.vfat", "-n", &vfat);
 
     let ext4 = p.path("root.ext4");
     copy_out(&img, root.offset, root.size, &ext4);
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&ext4)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert_fsck_clean("e2fsck", "-fn", &ext4);
     let debugfs = |req: &str| {
         let o = Command::new("debugfs")
             .args(["-R", req])

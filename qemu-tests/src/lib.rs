@@ -170,3 +170,17 @@ pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
         carry = window[window.len().saturating_sub(needle.len() - 1)..].to_vec();
     }
 }
+
+/// Names of the packages a build's manifest lists as installed.
+pub fn manifest_packages(manifest: &Path) -> Vec<String> {
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(manifest).unwrap_or_else(|e| panic!("reading {}: {e}", manifest.display())),
+    )
+    .expect("the manifest is JSON");
+    m["packages"]
+        .as_array()
+        .expect("the manifest lists packages")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}

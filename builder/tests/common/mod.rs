@@ -118,3 +118,21 @@ pub fn install_fake_rootfs(p: &Project, profile: &str) {
         .unwrap();
     assert!(ok.success());
 }
+
+/// Runs a filesystem checker (`fsck.vfat -n`, `e2fsck -fn`) on `target`
+/// and fails the test with its output unless it finds the filesystem clean.
+pub fn assert_fsck_clean(program: &str, flag: &str, target: &Path) {
+    let out = Command::new(program)
+        .arg(flag)
+        .arg(target)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running {program} (install it: nodeforge doctor --install): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {flag} {}:\n{}",
+        target.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
