@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::apt;
 use super::error::{ProfileError, ProfileErrors};
 use super::file::{HardwareFile, OutputFormat, ProfileFile};
+use super::storage;
 use super::tailnet;
 use super::validate::{self, FileCtx};
 use super::STACK_PACKAGES;
@@ -117,6 +118,7 @@ struct Merged {
     vars: BTreeMap<String, serde_json::Value>,
     tailscale: Option<super::Tailscale>,
     stacks: Vec<Stack>,
+    storage: Vec<nodeforge_firstboot::config::StorageRule>,
 }
 
 impl Merged {
@@ -214,6 +216,7 @@ impl Merged {
                 errors,
             ));
         }
+        storage::merge(ctx, &f.storage, &mut self.storage, errors);
         let mut names = Vec::new();
         for st in &f.stacks {
             if names.contains(st.name.get_ref()) {
@@ -292,6 +295,23 @@ impl Merged {
                 ));
             }
         }
+        let have = |p: &&str| {
+            self.packages.iter().any(|x| x == p) || hardware.packages.iter().any(|x| x == p)
+        };
+        let lacking: Vec<&str> = storage::needed_packages(&self.storage)
+            .into_iter()
+            .filter(|p| !have(p))
+            .collect();
+        if !lacking.is_empty() {
+            errors.push(ProfileError::whole_file(
+                &leaf.path,
+                format!(
+                    "the profile has storage rules but its packages (and its hardware's) lack {}: \
+                     the agent partitions and formats with them (use hardware = \"storage\" or add them)",
+                    lacking.join(", ")
+                ),
+            ));
+        }
         Some(Profile {
             role: self.role.unwrap_or_else(|| name.clone()),
             hostname: self.hostname.unwrap_or_else(|| name.clone()),
@@ -317,6 +337,7 @@ impl Merged {
             vars: self.vars,
             tailscale: self.tailscale,
             stacks: self.stacks,
+            storage: self.storage,
         })
     }
 }
