@@ -253,6 +253,13 @@ pub struct HardwareFile {
     pub initramfs_modules: Vec<String>,
     /// Raspberry Pi boot partition contents; required with `firmware = "rpi"`.
     pub rpi: Option<RpiFile>,
+    /// Signed third-party repositories the hardware's packages come from
+    /// (a profile's repository of the same name replaces one).
+    pub apt: Option<AptFile>,
+    /// File trees (in overlays/) every image for this hardware gets, before
+    /// the profile's own.
+    #[serde(default)]
+    pub overlays: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

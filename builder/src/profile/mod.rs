@@ -93,6 +93,10 @@ pub struct Hardware {
     pub initramfs: InitramfsKind,
     pub initramfs_modules: Vec<String>,
     pub rpi: Option<RpiFile>,
+    /// The hardware's own repositories and overlays (merged into the
+    /// profile's by [`load`]).
+    pub apt: Apt,
+    pub overlays: Vec<Overlay>,
 }
 
 #[derive(Debug, Clone, Serialize)]

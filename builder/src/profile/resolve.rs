@@ -133,9 +133,8 @@ impl Merged {
             }
         }
         if let Some(hw) = &f.hardware {
-            match load_hardware(ctx, hw) {
-                Ok(h) => self.hardware = Some(h),
-                Err(e) => errors.push(e),
+            if let Some(h) = load_hardware(ctx, hw, errors) {
+                self.hardware = Some(h);
             }
         }
         if let Some(d) = &f.debian {
@@ -312,6 +311,14 @@ impl Merged {
                 ),
             ));
         }
+        let apt = with_hardware_apt(&hardware, self.apt);
+        let mut overlays: Vec<Overlay> = hardware
+            .overlays
+            .iter()
+            .filter(|o| !self.overlays.iter().any(|x| x.dir == o.dir))
+            .cloned()
+            .collect();
+        overlays.extend(self.overlays);
         Some(Profile {
             role: self.role.unwrap_or_else(|| name.clone()),
             hostname: self.hostname.unwrap_or_else(|| name.clone()),
@@ -328,9 +335,9 @@ impl Merged {
                 snapshot: self.snapshot,
                 components: self.components.unwrap_or_else(|| vec!["main".into()]),
             },
-            apt: self.apt,
+            apt,
             packages: self.packages,
-            overlays: self.overlays,
+            overlays,
             users: self.users,
             disk,
             outputs: self.outputs.unwrap_or_else(|| vec![OutputFormat::Raw]),
@@ -339,6 +346,30 @@ impl Merged {
             stacks: self.stacks,
             storage: self.storage,
         })
+    }
+}
+
+/// The hardware's repositories first, unless the profile declares one of
+/// the same name; then the profile's.
+fn with_hardware_apt(hw: &Hardware, profile: super::Apt) -> super::Apt {
+    let mut repositories: Vec<_> = hw
+        .apt
+        .repositories
+        .iter()
+        .filter(|r| !profile.repositories.iter().any(|x| x.name == r.name))
+        .cloned()
+        .collect();
+    repositories.extend(profile.repositories);
+    let mut local = hw.apt.local.clone();
+    local.extend(
+        profile
+            .local
+            .into_iter()
+            .filter(|d| !hw.apt.local.contains(d)),
+    );
+    super::Apt {
+        repositories,
+        local,
     }
 }
 
@@ -354,13 +385,49 @@ fn push_unique(list: &mut Vec<String>, item: String) {
     }
 }
 
-fn load_hardware(ctx: &FileCtx, name: &Spanned<String>) -> Result<Hardware, ProfileError> {
+fn load_hardware(
+    ctx: &FileCtx,
+    name: &Spanned<String>,
+    errors: &mut Vec<ProfileError>,
+) -> Option<Hardware> {
+    match read_hardware(ctx, name, errors) {
+        Ok(h) => h,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    }
+}
+
+fn read_hardware(
+    ctx: &FileCtx,
+    name: &Spanned<String>,
+    errors: &mut Vec<ProfileError>,
+) -> Result<Option<Hardware>, ProfileError> {
     let path = ctx.find_file("hardware", name)?;
     let hw_ctx = FileCtx::read(&path)?;
     let file: HardwareFile = toml::from_str(&hw_ctx.source)
         .map_err(|e| ProfileError::from_toml(&hw_ctx.path, &hw_ctx.source, &e))?;
     validate::hardware(&file).map_err(|msg| ProfileError::whole_file(&path, msg))?;
-    Ok(Hardware {
+    let before = errors.len();
+    let mut hw_apt = super::Apt::default();
+    if let Some(a) = &file.apt {
+        apt::merge(&hw_ctx, a, &mut hw_apt, errors);
+    }
+    let mut overlays = Vec::new();
+    for o in &file.overlays {
+        match hw_ctx.find_dir("overlays", o) {
+            Ok(dir) => overlays.push(Overlay {
+                name: o.get_ref().clone(),
+                dir,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() > before {
+        return Ok(None);
+    }
+    Ok(Some(Hardware {
         name: file.name.unwrap_or_else(|| name.get_ref().clone()),
         description: file.description.unwrap_or_default(),
         file: path,
@@ -371,7 +438,9 @@ fn load_hardware(ctx: &FileCtx, name: &Spanned<String>) -> Result<Hardware, Prof
         initramfs: file.initramfs,
         initramfs_modules: file.initramfs_modules,
         rpi: file.rpi,
-    })
+        apt: hw_apt,
+        overlays,
+    }))
 }
 
 fn toml_to_json(v: &toml::Value) -> serde_json::Value {
