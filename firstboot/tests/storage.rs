@@ -100,6 +100,40 @@ fn interrupted_formatting_finishes_without_partitioning_again() {
 }
 
 #[test]
+fn mount_racing_systemd_is_fine_but_a_failed_mount_is_not() {
+    let m = machine_with(MEDIA_RULE);
+    m.add_disk("vdb", 64, "media-01");
+    m.world.borrow_mut().mount_race = true;
+    m.boot().unwrap().unwrap();
+    let s = step(&m, "storage");
+    assert!(
+        s.detail
+            .as_deref()
+            .unwrap()
+            .contains("mounted at /srv/media by systemd"),
+        "{s:?}"
+    );
+
+    // A mount that really fails is an ordinary, retried failure.
+    let m = machine_with(MEDIA_RULE);
+    m.add_disk("vdb", 64, "media-01");
+    m.write("/etc/fstab", "# empty\n");
+    m.world.borrow_mut().missing.push("mount");
+    let err = m.boot().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunError::Step {
+                step: "storage",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 1);
+}
+
+#[test]
 fn labelled_disk_is_mounted_not_formatted() {
     let m = machine_with(MEDIA_RULE);
     m.add_disk("vdb", 64, "media-01");

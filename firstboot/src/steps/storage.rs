@@ -404,8 +404,15 @@ fn mount(ctx: &mut Ctx<'_>, rule: &StorageRule, dev: &str) -> Result<String> {
         .any(|m| m.mount_point == rule.mount);
     if mounted {
         did.push_str(&format!(", already mounted at {}", rule.mount));
+    } else if let Err(e) = ctx.runner.run(&Cmd::new("mount").arg(&rule.mount)) {
+        // systemd may have mounted it from fstab meanwhile (`nofail`
+        // mounts do not hold up the boot, so they race the agent).
+        let now = disks::mounts(ctx.root)?;
+        if !now.iter().any(|m| m.mount_point == rule.mount) {
+            return Err(e);
+        }
+        did.push_str(&format!(", mounted at {} by systemd", rule.mount));
     } else {
-        ctx.runner.run(&Cmd::new("mount").arg(&rule.mount))?;
         did.push_str(&format!(", mounted /dev/{dev} at {}", rule.mount));
     }
     Ok(did)

@@ -78,6 +78,9 @@ pub struct World {
     /// Data-disk commands that took effect: sfdisk on a data disk, mkfs.
     pub data_partitionings: u32,
     pub mkfs: u32,
+    /// systemd mounts the fstab line just before the agent's `mount`,
+    /// which then fails with "already mounted".
+    pub mount_race: bool,
 }
 
 /// The Docker engine as the containers step sees it.
@@ -645,6 +648,12 @@ impl Machine {
                     16 * index + 1
                 ));
                 self.write("/proc/self/mountinfo", &mi);
+                if self.world.borrow().mount_race {
+                    return CmdOutput::fail(
+                        32,
+                        &format!("mount: {mp}: /dev/{n} already mounted on {mp}."),
+                    );
+                }
                 return CmdOutput::ok("");
             }
         }
