@@ -339,17 +339,21 @@ mod tests {
         );
     }
 
+    fn direct_spec(append: &str) -> BootSpec {
+        BootSpec::Direct {
+            arch: Arch::Arm64,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            append: append.into(),
+        }
+    }
+
     #[test]
     fn direct_boot_passes_kernel_initrd_and_command_line() {
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("x.img");
         fs::write(&img, b"").unwrap();
-        let spec = BootSpec::Direct {
-            arch: Arch::Arm64,
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            append: "root=x console=ttyAMA0,115200".into(),
-        };
+        let spec = direct_spec("root=x console=ttyAMA0,115200");
         let args = qemu_args(
             &VmOptions::new(&img),
             &spec,
@@ -375,12 +379,7 @@ mod tests {
         let data = tmp.path().join("data.img");
         fs::write(&img, b"").unwrap();
         fs::write(&data, b"").unwrap();
-        let spec = BootSpec::Direct {
-            arch: Arch::Arm64,
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            append: "root=x".into(),
-        };
+        let spec = direct_spec("root=x");
         let opts = VmOptions {
             extra_disks: vec![super::super::ExtraDisk {
                 path: data.clone(),
