@@ -12,7 +12,9 @@ use anyhow::{Context, Result};
 
 use crate::fsutil::under;
 
-/// How much of each end of a disk is searched for signatures.
+/// How much of each end of a disk is searched for signatures: tables at
+/// either end, and a filesystem starting anywhere in the first MiB (so a
+/// partition whose table was wiped still counts as data).
 pub const PROBE_BYTES: u64 = 1 << 20;
 /// How much of a partition is read for its filesystem label.
 const SUPERBLOCK_BYTES: u64 = 128 << 10;
@@ -276,6 +278,15 @@ pub fn signatures(head: &[u8], tail: &[u8]) -> Vec<String> {
     if let Some(fs) = filesystem_in(head) {
         out.push(describe_fs(&fs));
     }
+    // Filesystems of partitions (starting on a sector boundary within the
+    // first MiB), whether or not a partition table still points at them.
+    let mut off = 512;
+    while off <= PROBE_BYTES as usize && off < head.len() {
+        if let Some(fs) = filesystem_in(&head[off..]) {
+            out.push(format!("{} at byte {off}", describe_fs(&fs)));
+        }
+        off += 512;
+    }
     let end = tail.len();
     if !gpt && end >= 512 && at(tail, end - 512, b"EFI PART") {
         out.push("a GPT backup header".to_string());
@@ -297,7 +308,9 @@ pub fn describe_fs(fs: &FsFound) -> String {
 /// Reads the disk's first and last MiB and returns [`signatures`].
 pub fn disk_signatures(root: &Path, disk: &DiskInfo) -> Result<Vec<String>> {
     let dev = under(root, &disk.dev());
-    let head = read_at(&dev, 0, PROBE_BYTES)?;
+    // The first MiB plus room for a superblock of a filesystem starting
+    // at its end (btrfs keeps its own 64 KiB in).
+    let head = read_at(&dev, 0, PROBE_BYTES + SUPERBLOCK_BYTES)?;
     let tail_start = disk.bytes.saturating_sub(PROBE_BYTES);
     let tail = read_at(&dev, tail_start, PROBE_BYTES)?;
     Ok(signatures(&head, &tail))
@@ -357,6 +370,13 @@ mod tests {
         let n = tail.len();
         tail[n - 512..n - 504].copy_from_slice(b"EFI PART");
         assert_eq!(signatures(&zero, &tail), ["a GPT backup header"]);
+        // A partition's filesystem at 1 MiB, its table gone.
+        let mut head = vec![0u8; (1 << 20) + 4096];
+        head[(1 << 20)..].copy_from_slice(&ext4("old"));
+        assert_eq!(
+            signatures(&head, &zero),
+            ["ext4 labelled \"old\" at byte 1048576"]
+        );
     }
 
     #[test]

@@ -224,6 +224,26 @@ fn disk_holding_data_is_refused_by_name_and_the_rest_runs() {
 }
 
 #[test]
+fn filesystem_behind_a_wiped_table_is_data() {
+    let m = machine_with(MEDIA_RULE);
+    m.add_disk("vdb", 64, "media-01");
+    // A partition's ext4 at 1 MiB; the table that pointed at it is gone.
+    patch(&m.path("/dev/vdb"), (1 << 20) + 1080, &[0x53, 0xEF]);
+    patch(&m.path("/dev/vdb"), (1 << 20) + 1144, b"photos");
+    m.boot().unwrap().unwrap_err();
+    let s = step(&m, "storage");
+    assert_eq!(s.reason.as_deref(), Some("disk-holds-data"));
+    assert!(
+        s.error
+            .unwrap()
+            .contains("ext4 labelled \"photos\" at byte 1048576"),
+        "{:?}",
+        step(&m, "storage")
+    );
+    assert_eq!(m.calls_starting("sfdisk --quiet"), 0);
+}
+
+#[test]
 fn root_disk_is_never_considered() {
     // The root disk (8 GiB, vda) is the largest and matches; with no other
     // disk the rule finds nothing.

@@ -331,7 +331,8 @@ fn apply(ctx: &mut Ctx<'_>, rule: &StorageRule, d: &DiskInfo) -> Result<String> 
                 reason: "disk-holds-data",
                 message: format!(
                     "storage `{label}`: {} holds data ({what}): it is never formatted; \
-                     if it may be erased, run `wipefs --all {}` and reboot, else change the rule",
+                     if it may be erased, clear it (`wipefs --all` on each of its partitions, \
+                     then on {}) and reboot, else change the rule",
                     describe_disk(d),
                     d.dev()
                 ),
