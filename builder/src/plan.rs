@@ -417,10 +417,19 @@ fn step_plans(
         ),
         step(
             "agent",
-            vec![format!(
+            std::iter::once(format!(
                 "nodeforge-firstboot for {}",
                 p.hardware.arch.rust_target()
-            )],
+            ))
+            .chain(p.storage.iter().map(|r| {
+                format!(
+                    "storage {}: {} at {} (formatted only if blank)",
+                    r.label,
+                    r.filesystem.name(),
+                    r.mount
+                )
+            }))
+            .collect(),
         ),
         step(
             "containers",

@@ -68,6 +68,7 @@ pub fn baked_config(p: &Profile) -> BakedConfig {
             tags: t.tags.clone(),
             timeout_secs: t.timeout_secs,
         }),
+        storage: p.storage.clone(),
         ..BakedConfig::new(&p.name, &p.role, &p.hostname)
     }
 }

@@ -20,17 +20,20 @@ mod containers;
 mod grow;
 mod network;
 mod scrub;
+mod storage;
 mod system;
 mod tailnet;
 
 pub use containers::{image_actions, parse_ps, probe, service_status, ImageAction, PsEntry};
 pub use grow::{plan_grow, GrowPlan};
+pub use storage::{fstab_line, matches as disk_matches, Refusal, CLAIMS_PATH};
 pub use tailnet::AUTHKEY_RUN_PATH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Hostname,
     GrowRoot,
+    Storage,
     SshHostKeys,
     AuthorizedKeys,
     Network,
@@ -45,6 +48,7 @@ impl Step {
     pub const ALL: &'static [Step] = &[
         Step::Hostname,
         Step::GrowRoot,
+        Step::Storage,
         Step::SshHostKeys,
         Step::AuthorizedKeys,
         Step::Network,
@@ -59,6 +63,7 @@ impl Step {
         match self {
             Step::Hostname => "hostname",
             Step::GrowRoot => "grow-root",
+            Step::Storage => "storage",
             Step::SshHostKeys => "ssh-host-keys",
             Step::AuthorizedKeys => "authorized-keys",
             Step::Network => "network",
@@ -73,6 +78,7 @@ impl Step {
         match self {
             Step::Hostname => system::hostname(ctx),
             Step::GrowRoot => grow::grow_root(ctx),
+            Step::Storage => storage::storage(ctx),
             Step::SshHostKeys => system::ssh_host_keys(ctx),
             Step::AuthorizedKeys => system::authorized_keys(ctx),
             Step::Network => network::wait_for_network(ctx),
@@ -80,6 +86,25 @@ impl Step {
             Step::ScrubSecrets => scrub::scrub_secrets(ctx),
             Step::Containers => containers::containers(ctx),
             Step::Complete => Ok(Outcome::Done("first boot finished".into())),
+        }
+    }
+
+    /// Must this step wait while `failed` stays failed? After a
+    /// [`Refusal`] the agent runs the steps that do not: the node joins
+    /// the tailnet so it can be fixed, but no stack starts writing where
+    /// its data disk should be mounted.
+    pub fn waits_for(self, failed: Step) -> bool {
+        match self {
+            Step::Complete => true,
+            Step::Containers => failed == Step::Storage,
+            Step::Hostname
+            | Step::GrowRoot
+            | Step::Storage
+            | Step::SshHostKeys
+            | Step::AuthorizedKeys
+            | Step::Network
+            | Step::Tailscale
+            | Step::ScrubSecrets => false,
         }
     }
 }
