@@ -19,4 +19,5 @@ pub mod initramfs;
 pub mod oci;
 pub mod plan;
 pub mod profile;
+pub mod serve;
 pub mod tailnet;
