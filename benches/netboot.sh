@@ -12,7 +12,7 @@ clients=${1:-20}
 accel=${NETBOOT_ACCEL:-tcg}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 cargo build --release --locked -q -p nodeforge
-nf=$PWD/target/release/nodeforge
+nf=${CARGO_TARGET_DIR:-$PWD/target}/release/nodeforge
 work=$(mktemp -d /tmp/nodeforge-netboot-bench.XXXXXX)
 trap 'kill "${serve_pid:-}" "${qemu_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 

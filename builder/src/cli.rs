@@ -77,6 +77,17 @@ pub enum Command {
     /// Network-boot a fleet: iPXE scripts, kernels, root squashfs and
     /// once-only seeds by MAC address over HTTP (and iPXE over TFTP).
     Serve(crate::serve::ServeArgs),
+    /// Runs on a machine netbooted in install mode (its initramfs starts
+    /// it): writes the role's image to the local disk the fleet's rule
+    /// picks, as `flash` does, and stamps the node's seed.
+    #[command(hide = true)]
+    Netinstall {
+        /// The install order `nodeforge serve` made for this machine.
+        order_url: String,
+        /// Where the image's mapped ranges are staged (RAM on a netbooted machine).
+        #[arg(long, default_value = "/var/tmp")]
+        staging_dir: PathBuf,
+    },
     /// List the host programs nodeforge needs; --install installs the missing ones.
     Doctor {
         #[arg(long)]
@@ -207,6 +218,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Cache { command, cache_dir } => cache_cmd(command, cache_dir),
         Command::Tailnet { command } => crate::tailnet::cli::run(command),
         Command::Serve(args) => crate::serve::run(&args),
+        Command::Netinstall {
+            order_url,
+            staging_dir,
+        } => crate::install::run(&order_url, &staging_dir),
         Command::Doctor { install } => {
             let (text, missing) = doctor::report();
             print!("{text}");

@@ -15,7 +15,8 @@
 //! mac = "52:54:00:12:34:56"
 //! ```
 //!
-//! `serve` also reads `default_node` (top level) and `artifacts`.
+//! `serve` also reads `default_node` (top level), `artifacts`, `mode`,
+//! `install_disk` and `force`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,21 @@ pub struct NodeValues {
     /// The build whose netboot files `serve` hands this machine (a
     /// profile's `name`; default: the name of `profile`).
     pub artifacts: Option<String>,
+    /// `diskless` (default): run from RAM; `install`: write the role's
+    /// disk image to a local disk and boot from it.
+    pub mode: Option<NodeMode>,
+    /// Install mode: which disk (see [`crate::install::DiskRule`]).
+    pub install_disk: Option<String>,
+    /// Install mode: overwrite a disk that holds data.
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeMode {
+    #[default]
+    Diskless,
+    Install,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -16,6 +16,7 @@ pub mod flash;
 pub mod fleet;
 pub mod fsutil;
 pub mod initramfs;
+pub mod install;
 pub mod oci;
 pub mod plan;
 pub mod profile;

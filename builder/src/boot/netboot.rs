@@ -17,8 +17,8 @@ pub struct NetbootVmOptions {
     pub mac: String,
     pub memory_mb: u32,
     pub cpus: u32,
-    /// A local disk (raw), written to in place.
-    pub disk: Option<PathBuf>,
+    /// Local disks (raw), written to in place.
+    pub disks: Vec<PathBuf>,
     /// Serial console log; a temporary file when unset.
     pub log: Option<PathBuf>,
 }
@@ -38,7 +38,7 @@ impl Vm {
 pub fn netboot_args(opts: &NetbootVmOptions, log: &Path) -> Result<Vec<String>> {
     let mut args = super::machine::common_args("pc,accel=tcg", "max", opts.cpus, opts.memory_mb);
     args.extend(["-boot".into(), "n".into()]);
-    if let Some(disk) = &opts.disk {
+    for disk in &opts.disks {
         let disk = disk
             .canonicalize()
             .with_context(|| format!("opening disk {}", disk.display()))?;
@@ -76,7 +76,7 @@ mod tests {
             mac: "52:54:00:12:34:56".into(),
             memory_mb: 1536,
             cpus: 2,
-            disk: None,
+            disks: Vec::new(),
             log: None,
         };
         let a = netboot_args(&opts, Path::new("/tmp/c.log"))

@@ -5,13 +5,17 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::{bail, Context, Result};
 
 use super::image::kernel_version;
-use super::BuildContext;
-use crate::exec::Cmd;
+use super::{host_arch, BuildContext};
+use crate::exec::{find_program, Cmd};
 use crate::fsutil;
 use crate::initramfs::netboot::{self, ROOT_PARAM};
+use crate::install::INSTALLER_PATH;
+use crate::profile::Arch;
 
 /// iPXE variable `nodeforge serve` sets to the URL these files are under.
 pub const BASE_VAR: &str = "nodeforge-base";
@@ -55,10 +59,88 @@ pub fn write(ctx: &mut BuildContext) -> Result<NetbootFiles> {
         .with_context(|| format!("making the netboot initramfs for kernel {version}"))?;
     fsutil::atomic_write(&out(&files.initrd), &initrd.bytes)?;
 
+    // Into the squashfs only: the disk image is already written.
+    match installer_binary(ctx.plan.profile.hardware.arch)? {
+        Some(bin) => install_installer(ctx, &bin)?,
+        None => eprintln!(
+            "nodeforge: no nodeforge binary for {} to put in the netboot root: its machines \
+             can run diskless but not install (set NODEFORGE_INSTALLER to one)",
+            ctx.plan.profile.hardware.arch.debian()
+        ),
+    }
     write_squashfs(&ctx.rootfs, &out(&files.squashfs), ctx.epoch)?;
     let script = ipxe_script(&files, &p.name, &p.role, &p.hardware.kernel_cmdline);
     fsutil::atomic_write(&out(&files.script), script.as_bytes())?;
     Ok(files)
+}
+
+/// The nodeforge program for install mode (`netinstall`) on `arch`:
+/// $NODEFORGE_INSTALLER, else this program when it is `nodeforge` on the
+/// same architecture, else (tests) built from this source tree.
+fn installer_binary(arch: Arch) -> Result<Option<PathBuf>> {
+    if let Some(p) = std::env::var_os("NODEFORGE_INSTALLER").map(PathBuf::from) {
+        if !p.is_file() {
+            bail!("NODEFORGE_INSTALLER={} does not exist", p.display());
+        }
+        return Ok(Some(p));
+    }
+    if arch != host_arch() {
+        return Ok(None);
+    }
+    let me = std::env::current_exe().context("finding this program")?;
+    if me.file_name().is_some_and(|n| n == "nodeforge") {
+        return Ok(Some(me));
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|w| w.join("builder/Cargo.toml").is_file());
+    let Some(ws) = workspace else {
+        return Ok(None);
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    // The dev profile: the test run has its dependencies built already.
+    Cmd::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "-p",
+            "nodeforge",
+            "--bin",
+            "nodeforge",
+        ])
+        .arg("--manifest-path")
+        .arg(ws.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .run()
+        .context("building nodeforge for the netboot root's installer")?;
+    Ok(Some(target_dir.join("debug/nodeforge")))
+}
+
+fn install_installer(ctx: &BuildContext, bin: &Path) -> Result<()> {
+    let dest = ctx.target(INSTALLER_PATH);
+    fs::create_dir_all(dest.parent().expect("has a parent"))?;
+    fs::copy(bin, &dest).with_context(|| {
+        format!(
+            "copying {} into the netboot root as {INSTALLER_PATH}",
+            bin.display()
+        )
+    })?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
+    if find_program("strip").is_some() {
+        // A debug build carries ~100 MB of symbols the node would hold in RAM.
+        Cmd::new("strip")
+            .arg("--strip-debug")
+            .arg(&dest)
+            .run()
+            .with_context(|| format!("stripping {}", dest.display()))?;
+    }
+    Ok(())
 }
 
 /// The root as a squashfs; with an epoch, every time in it is the epoch

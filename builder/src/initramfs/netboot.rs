@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::{assemble, Built, Extra, INIT_PRELUDE};
+use crate::install::{INSTALLER_PATH, INSTALL_PARAM};
 
 /// Kernel command-line parameter naming the root squashfs's URL.
 pub const ROOT_PARAM: &str = "nodeforge.root";
@@ -29,6 +30,16 @@ const NIC_MODULES: [&str; 10] = [
     "r8169",
     "tg3",
 ];
+/// Disk drivers, taken when the kernel has them: install mode writes the
+/// local disk from the initramfs.
+const DISK_MODULES: [&str; 6] = [
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "ahci",
+    "nvme",
+    "mmc_block",
+];
 /// How many rounds of DHCP on every interface before giving up.
 const DHCP_ROUNDS: u32 = 10;
 
@@ -39,7 +50,7 @@ pub fn build(rootfs: &Path, version: &str) -> Result<Built> {
         rootfs,
         version,
         &wanted,
-        &NIC_MODULES,
+        &[&NIC_MODULES[..], &DISK_MODULES[..]].concat(),
         &init_script(),
         &[Extra {
             path: "/etc/udhcpc.script",
@@ -119,6 +130,21 @@ mount -t tmpfs -o mode=0755 tmpfs /media/rw
 mkdir -p /media/rw/upper /media/rw/work
 mount -t overlay -o lowerdir=/media/lower,upperdir=/media/rw/upper,workdir=/media/rw/work overlay /newroot \
     || fail "cannot mount the overlay root"
+order=$(param {INSTALL_PARAM})
+if [ -n "$order" ]; then
+    # Install mode: the fetched root's installer writes the role's image to
+    # a local disk; then the machine restarts into it.
+    [ -x /newroot{INSTALLER_PATH} ] || fail "this build has no installer ({INSTALLER_PATH}); rebuild it with the host's nodeforge"
+    mount -t proc proc /newroot/proc
+    mount -t sysfs sysfs /newroot/sys
+    mount --bind /dev /newroot/dev
+    if chroot /newroot {INSTALLER_PATH} netinstall "$order"; then
+        echo "nodeforge-netboot: installed; restarting into the installed system"
+        sync
+        reboot -f
+    fi
+    fail "installing from $order failed"
+fi
 # The image's fstab names its disk's partitions; a diskless node has none.
 echo "# nodeforge netboot: root is the squashfs under a RAM overlay" > /newroot/etc/fstab
 # The system's own network setup starts from the interface as the
@@ -146,6 +172,11 @@ mod tests {
         assert!(s.contains("wget -q -O /media/ram/root.squashfs \"$url\""));
         assert!(s.contains("lowerdir=/media/lower,upperdir=/media/rw/upper"));
         assert!(s.contains("exec switch_root /newroot /sbin/init"));
+        assert!(s.contains("order=$(param nodeforge.install)"), "{s}");
+        assert!(
+            s.contains("chroot /newroot /usr/lib/nodeforge/nodeforge netinstall \"$order\""),
+            "{s}"
+        );
         // Braces of the shell survive the format string.
         assert!(s.contains("fail() {\n") && s.contains("${w#*=}"), "{s}");
     }

@@ -7,7 +7,8 @@ use std::fmt;
 use anyhow::{bail, Context, Result};
 use nodeforge_firstboot::seed::Seed;
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, NodeMode};
+use crate::install::disk::DiskRule;
 
 /// A MAC address, as iPXE's `${mac}` (colons) or `${mac:hexhyp}` (dashes)
 /// spells it, case-insensitive.
@@ -56,6 +57,16 @@ pub struct Node {
     /// The build whose netboot files it boots (`<artifacts>.vmlinuz` …).
     pub artifacts: String,
     pub seed: Seed,
+    /// Install mode: which disk, and whether one holding data may be
+    /// overwritten; None for diskless.
+    pub install: Option<InstallPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallPlan {
+    /// The fleet's `install_disk`, checked.
+    pub disk: String,
+    pub force: bool,
 }
 
 /// The fleet's machines by MAC address.
@@ -160,10 +171,25 @@ fn node(fleet: &Fleet, name: &str) -> Result<Node> {
              which build it boots"
         ),
     };
+    let install = match values.mode.unwrap_or_default() {
+        NodeMode::Diskless => None,
+        NodeMode::Install => {
+            let disk = values
+                .install_disk
+                .clone()
+                .unwrap_or_else(|| "smallest-empty".into());
+            DiskRule::parse(&disk).with_context(|| format!("fleet node `{name}`"))?;
+            Some(InstallPlan {
+                disk,
+                force: values.force.unwrap_or(false),
+            })
+        }
+    };
     Ok(Node {
         name: name.to_owned(),
         artifacts,
         seed,
+        install,
     })
 }
 
@@ -242,6 +268,10 @@ mod tests {
                 "same MAC address 52:54:00:00:00:0a",
             ),
             ("", "nothing to serve"),
+            (
+                "[nodes.a]\nmac = \"52:54:00:00:00:0a\"\nartifacts = \"w\"\nmode = \"install\"\ninstall_disk = \"sda\"\n",
+                "fleet node `a`: install_disk `sda`",
+            ),
             ("[nodes.a]\nartifacts = \"w\"\n", "nothing to serve"),
         ] {
             let (_d, f) = fleet(text);

@@ -7,13 +7,19 @@
 //!   byte ranges;
 //! - `/nodes/<mac>/seed.toml`: the node's seed, once (it carries the auth
 //!   key), then 410 Gone.
+//!
+//! Install-mode nodes boot the same files with `nodeforge.install=` (their
+//! order, `/nodes/<mac>/install.toml`) instead of the seed; they also get
+//! `<build>.img` and its `.bmap`, and POST `/nodes/<mac>/installed` when
+//! done, after which their script sends them to their local disk.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::nodes::{Lookup, Mac, Node, NodeTable};
+use super::nodes::{InstallPlan, Lookup, Mac, Node, NodeTable};
 use crate::build::netboot::{NetbootFiles, BASE_VAR, NODE_VAR};
+use crate::install::{InstallOrder, INSTALL_PARAM};
 use nodeforge_firstboot::seed::SEED_CMDLINE_PARAM;
 
 /// A request as the routes see it.
@@ -88,6 +94,7 @@ pub struct App {
     pub nodes: NodeTable,
     pub artifacts: PathBuf,
     seeds_served: Mutex<HashSet<Mac>>,
+    installed: Mutex<HashSet<Mac>>,
 }
 
 impl App {
@@ -96,14 +103,20 @@ impl App {
             nodes,
             artifacts,
             seeds_served: Mutex::new(HashSet::new()),
+            installed: Mutex::new(HashSet::new()),
         }
     }
 
     pub fn respond(&self, req: &Request) -> Response {
-        if req.method != "GET" && req.method != "HEAD" {
-            return Response::text(405, "only GET and HEAD\n");
-        }
         let path = req.path.split('?').next().unwrap_or("");
+        let allowed = match req.method.as_str() {
+            "GET" | "HEAD" => !path.ends_with("/installed"),
+            "POST" => path.ends_with("/installed"),
+            _ => false,
+        };
+        if !allowed {
+            return Response::text(405, "method not allowed here\n");
+        }
         if path == "/boot.ipxe" {
             // iPXE fills in its own MAC address.
             return Response::ipxe("#!ipxe\nchain /nodes/${mac:hexhyp}/boot.ipxe\n".into());
@@ -130,21 +143,34 @@ impl App {
                 .for_node(mac, None)
             }
         };
-        let resp = match file {
-            "boot.ipxe" => self.node_script(req, mac, &node),
-            "seed.toml" => self.seed(mac, &node),
+        let resp = match (file, &node.install) {
+            ("boot.ipxe", _) => self.node_script(req, mac, &node),
+            ("seed.toml", _) => self.seed(mac, &node),
+            ("install.toml", Some(plan)) => match base_url(req, mac) {
+                Ok(base) => install_order(&base, &node, plan),
+                Err(r) => r,
+            },
+            ("installed", Some(_)) => {
+                lock(&self.installed).insert(mac);
+                Response::text(200, "noted: it boots from its disk from now on\n")
+            }
             _ => self.artifact(req, &node, file),
         };
         resp.for_node(mac, Some(&node))
     }
 
-    /// The build's script with the node's URLs set before it.
+    /// The build's script with the node's URLs set before it; an
+    /// installed node is sent to its local disk instead.
     fn node_script(&self, req: &Request, mac: Mac, node: &Node) -> Response {
-        let Some(host) = &req.host else {
-            return Response::text(
-                400,
-                "no Host header: cannot tell the machine where to fetch from\n",
-            );
+        if node.install.is_some() && lock(&self.installed).contains(&mac) {
+            return Response::ipxe(format!(
+                "#!ipxe\necho nodeforge serve: {mac} (node {}) is installed; booting from its local disk\nexit\n",
+                node.name
+            ));
+        }
+        let base = match base_url(req, mac) {
+            Ok(b) => b,
+            Err(r) => return r,
         };
         let files = NetbootFiles::of(&node.artifacts);
         let path = self.artifacts.join(&files.script);
@@ -160,23 +186,25 @@ impl App {
                 )
             }
         };
-        let base = format!("http://{host}/nodes/{}/", mac.hyphenated());
         let body = build_script
             .strip_prefix("#!ipxe\n")
             .unwrap_or(&build_script);
+        let params = match node.install {
+            None => format!("{SEED_CMDLINE_PARAM}={base}seed.toml"),
+            Some(_) => format!("{INSTALL_PARAM}={base}install.toml"),
+        };
         Response::ipxe(format!(
             "#!ipxe\n\
              # nodeforge serve: {mac} is fleet node {name}\n\
              set {BASE_VAR} {base}\n\
-             set {NODE_VAR} {SEED_CMDLINE_PARAM}={base}seed.toml\n\
+             set {NODE_VAR} {params}\n\
              {body}",
             name = node.name,
         ))
     }
 
     fn seed(&self, mac: Mac, node: &Node) -> Response {
-        let mut served = self.seeds_served.lock().unwrap_or_else(|e| e.into_inner());
-        if !served.insert(mac) {
+        if !lock(&self.seeds_served).insert(mac) {
             return Response::text(
                 410,
                 format!(
@@ -194,7 +222,12 @@ impl App {
 
     fn artifact(&self, req: &Request, node: &Node, file: &str) -> Response {
         let files = NetbootFiles::of(&node.artifacts);
-        if ![&files.kernel, &files.initrd, &files.squashfs].contains(&&file.to_string()) {
+        let mut offered = vec![files.kernel, files.initrd, files.squashfs];
+        if node.install.is_some() {
+            offered.push(format!("{}.img", node.artifacts));
+            offered.push(format!("{}.img.bmap", node.artifacts));
+        }
+        if !offered.iter().any(|f| f == file) {
             return Response::text(404, format!("node {} has no file {file:?}\n", node.name));
         }
         let path = self.artifacts.join(file);
@@ -211,6 +244,37 @@ impl App {
             }
         };
         file_response(&path, len, req.range.as_deref())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `http://<host>/nodes/<mac>/`, with the host the machine reached us at.
+fn base_url(req: &Request, mac: Mac) -> Result<String, Response> {
+    match &req.host {
+        Some(host) => Ok(format!("http://{host}/nodes/{}/", mac.hyphenated())),
+        None => Err(Response::text(
+            400,
+            "no Host header: cannot tell the machine where to fetch from\n",
+        )),
+    }
+}
+
+fn install_order(base: &str, node: &Node, plan: &InstallPlan) -> Response {
+    let order = InstallOrder {
+        node: node.name.clone(),
+        image: format!("{base}{}.img", node.artifacts),
+        bmap: format!("{base}{}.img.bmap", node.artifacts),
+        seed: format!("{base}seed.toml"),
+        done: format!("{base}installed"),
+        disk: plan.disk.clone(),
+        force: plan.force,
+    };
+    Response {
+        content_type: "application/toml",
+        ..Response::text(200, toml::to_string(&order).expect("an order serialises"))
     }
 }
 
