@@ -49,6 +49,15 @@ pub fn write(ctx: &mut BuildContext) -> Result<NetbootFiles> {
     let p = &ctx.plan.profile;
     let files = NetbootFiles::of(&p.name);
     let out = |name: &str| ctx.opts.output_dir.join(name);
+    if !["usr/bin/busybox", "bin/busybox"]
+        .iter()
+        .any(|b| ctx.rootfs.join(b).is_file())
+    {
+        bail!(
+            "the netboot initramfs runs the image's static busybox: add \"busybox-static\" to \
+             the profile's packages"
+        );
+    }
     let version = kernel_version(&ctx.rootfs)?;
 
     let kernel = ctx.target(&format!("/boot/vmlinuz-{version}"));
