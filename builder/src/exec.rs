@@ -135,7 +135,7 @@ impl fmt::Display for Cmd {
     }
 }
 
-fn shell_quote(s: &OsStr) -> String {
+pub(crate) fn shell_quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
     let plain = !s.is_empty()
         && s.chars()

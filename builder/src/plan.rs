@@ -237,9 +237,10 @@ fn rootfs_key(p: &Profile, packages: &[String]) -> Result<String> {
     if p.hardware.initramfs != InitramfsKind::InitramfsTools {
         key["initramfs"] = serde_json::to_value(p.hardware.initramfs).unwrap_or_default();
     }
-    // A foreign-architecture bootstrap defers some work to the host.
+    // A foreign-architecture bootstrap defers some work to the host (2:
+    // the packages after the essential set are unpacked by the host's dpkg).
     if p.hardware.arch != crate::build::host_arch() {
-        key["cross_recipe"] = 1.into();
+        key["cross_recipe"] = 2.into();
     }
     Ok(sha256_bytes(key.to_string().as_bytes()))
 }

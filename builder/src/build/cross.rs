@@ -10,6 +10,8 @@
 //! removed at the end, and the same work is then done natively on the
 //! host against the finished tree. Package scripts themselves still run
 //! inside the target (chroot), so nothing touches the host's own files.
+//! After the essential set, the host's dpkg unpacks the packages (native
+//! decompression and file writes) while the target's dpkg configures them.
 
 /// The programs whose work moves to the host, with the native command
 /// that redoes it afterwards.
@@ -112,6 +114,51 @@ pub fn hooks(deferred: &[Deferred], ssh_keys: bool) -> Hooks {
     h
 }
 
+/// The wrapper apt runs as dpkg for the packages after the essential set
+/// (arguments: the target root, then mmdebstrap's `--unset=TMPDIR dpkg`,
+/// then apt's own). `--unpack` goes to the host's dpkg with `--root`:
+/// decompressing and writing the files natively instead of emulated takes
+/// most of an unpack's time, and its maintainer scripts still run chrooted
+/// in the target. Everything else (configure, triggers, queries) runs the
+/// target's own dpkg in the chroot, as mmdebstrap would: the host dpkg
+/// counts arm64 as a foreign architecture and `all` as amd64, so only the
+/// target's dpkg checks dependencies right. For the same reason the native
+/// unpack takes `--force-depends` (apt has ordered the packages already;
+/// the chrooted configure checks every dependency). The host dpkg does not
+/// read the target's dpkg.cfg.d, so the path filters come as options.
+fn native_unpack_wrapper(dpkg_filters: &[&str]) -> String {
+    let filters: Vec<String> = dpkg_filters.iter().map(|f| format!("'--{f}'")).collect();
+    format!(
+        "root=$1; shift\n\
+         while [ $# -gt 0 ]; do a=$1; shift; [ \"$a\" = dpkg ] && break; done\n\
+         [ \"$a\" = dpkg ] || {{ echo \"nodeforge dpkg wrapper: no dpkg in mmdebstrap's command\" >&2; exit 2; }}\n\
+         unset TMPDIR\n\
+         case \" $* \" in\n\
+         *\" --unpack \"*) exec dpkg --root=\"$root\" --log=\"$root/var/log/dpkg.log\" \
+         --force-unsafe-io --force-depends {} \"$@\" ;;\n\
+         *) exec chroot \"$root\" dpkg \"$@\" ;;\n\
+         esac\n",
+        filters.join(" ")
+    )
+}
+
+/// Essential hook that makes apt unpack the remaining packages natively
+/// (see [`native_unpack_wrapper`]): the wrapper is written next to
+/// mmdebstrap's apt configuration (both are removed with its temporary
+/// directory), and the configuration appended so apt runs it unchrooted.
+pub fn native_unpack_hook(dpkg_filters: &[&str]) -> String {
+    format!(
+        "[ -n \"$MMDEBSTRAP_APT_CONFIG\" ] || {{ echo 'mmdebstrap set no MMDEBSTRAP_APT_CONFIG' >&2; exit 1; }}; \
+         w=\"$MMDEBSTRAP_APT_CONFIG.nodeforge-dpkg\"; \
+         printf '%s' {} > \"$w\" && \
+         printf '%s\\n' 'DPkg::Chroot-Directory \"\";' 'DPkg::Options:: \"sh\";' \
+         \"DPkg::Options:: \\\"$w\\\";\" \"DPkg::Options:: \\\"$1\\\";\" >> \"$MMDEBSTRAP_APT_CONFIG\"",
+        crate::exec::shell_quote(std::ffi::OsStr::new(&native_unpack_wrapper(
+            dpkg_filters
+        )))
+    )
+}
+
 /// The CPU qemu-user emulates for the bootstrap: Debian's arm64 baseline
 /// is ARMv8.0, and without pointer authentication and SVE to emulate the
 /// same programs take ~20 % less time than on QEMU's default `max`.
@@ -156,6 +203,97 @@ mod tests {
             let key = root.path().join(format!("etc/ssh/ssh_host_{t}_key"));
             assert!(key.is_file() && key.with_extension("pub").is_file(), "{t}");
         }
+    }
+
+    /// Runs the native-unpack hook against a fake apt configuration, then
+    /// the wrapper it wrote with stand-in `dpkg` and `chroot` that record
+    /// their arguments: unpacks go to the host's dpkg with the root, the
+    /// log and the path filters; everything else to the chroot's dpkg.
+    #[test]
+    fn apt_unpacks_natively_and_configures_in_the_chroot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let conf = d.join("apt.conf");
+        std::fs::write(&conf, "Dir \"/r\";\n").unwrap();
+        let hook = native_unpack_hook(&["path-exclude=/usr/share/man/*"]);
+        crate::exec::Cmd::new("sh")
+            .args(["-c", &hook, "hook", "/tmp/root dir"])
+            .env("MMDEBSTRAP_APT_CONFIG", &conf)
+            .run()
+            .unwrap();
+        let wrapper = format!("{}.nodeforge-dpkg", conf.display());
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert!(text.starts_with("Dir \"/r\";\nDPkg::Chroot-Directory \"\";\n"));
+        assert!(text.contains(&format!("DPkg::Options:: \"{wrapper}\";\n")));
+        assert!(text.ends_with("DPkg::Options:: \"/tmp/root dir\";\n"));
+        if let Some(apt_config) = crate::exec::find_program("apt-config") {
+            let dump = crate::exec::Cmd::new(apt_config)
+                .arg("dump")
+                .env("APT_CONFIG", &conf)
+                .stdout_text()
+                .unwrap();
+            assert!(
+                dump.contains("DPkg::Options:: \"/tmp/root dir\";"),
+                "{dump}"
+            );
+        }
+        let bin = d.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for prog in ["dpkg", "chroot"] {
+            let p = bin.join(prog);
+            std::fs::write(
+                &p,
+                format!(
+                    "#!/bin/sh\necho {prog} \"$@\" >> \"{}/calls\"\n",
+                    d.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        // How apt starts it: Dir::Bin::dpkg=env, mmdebstrap's options, ours first.
+        for args in [
+            &[
+                "--status-fd",
+                "9",
+                "--no-triggers",
+                "--unpack",
+                "/tmp/root dir/a.deb",
+            ][..],
+            &["--status-fd", "9", "--configure", "a:arm64"][..],
+        ] {
+            crate::exec::Cmd::new("sh")
+                .arg(&wrapper)
+                .args(["/tmp/root dir", "--unset=TMPDIR", "dpkg"])
+                .args(args)
+                .env("PATH", &path)
+                .run()
+                .unwrap();
+        }
+        let calls = std::fs::read_to_string(d.join("calls")).unwrap();
+        let lines: Vec<&str> = calls.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "dpkg --root=/tmp/root dir --log=/tmp/root dir/var/log/dpkg.log --force-unsafe-io \
+                 --force-depends --path-exclude=/usr/share/man/* --status-fd 9 --no-triggers --unpack \
+                 /tmp/root dir/a.deb",
+                "chroot /tmp/root dir dpkg --status-fd 9 --configure a:arm64",
+            ]
+        );
+        // Without mmdebstrap's `dpkg` word the wrapper refuses to guess.
+        assert!(crate::exec::Cmd::new("sh")
+            .arg(&wrapper)
+            .args(["/r", "--configure", "a"])
+            .env("PATH", &path)
+            .run()
+            .is_err());
     }
 
     /// The ca-certificates hook on a tree without emulation: a fake

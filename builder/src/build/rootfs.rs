@@ -106,7 +106,12 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
         }
     }
     let ssh_keys = foreign && ctx.plan.packages.iter().any(|p| p == "openssh-server");
-    let hooks = cross::hooks(&deferred, ssh_keys);
+    let mut hooks = cross::hooks(&deferred, ssh_keys);
+    if foreign {
+        hooks
+            .essential
+            .push(cross::native_unpack_hook(DPKG_EXCLUDES));
+    }
     for h in &hooks.essential {
         cmd = cmd.arg(format!("--essential-hook={h}"));
     }
