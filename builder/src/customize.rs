@@ -215,6 +215,7 @@ impl SeedOptions {
                 .transpose()?,
             tailscale_tags: self.tags.clone(),
             ssh_authorized_keys: keys,
+            stack_secrets: Default::default(),
         };
         seed.validate().map_err(anyhow::Error::msg)?;
         Ok(seed)

@@ -8,7 +8,7 @@ use std::fs;
 
 use anyhow::{bail, Context, Result};
 use nodeforge_firstboot::stacks::{
-    ImageEntry, ProbeEntry, StackEntry, StacksManifest, IMAGES_DIR, STACKS_DIR,
+    secrets_file, ImageEntry, ProbeEntry, StackEntry, StacksManifest, IMAGES_DIR, STACKS_DIR,
     STACKS_MANIFEST_PATH,
 };
 
@@ -18,7 +18,7 @@ use super::{BuildContext, StepReport};
 use crate::fsutil;
 use crate::oci::archive;
 use crate::oci::cache::BlobCache;
-use crate::oci::lock::{profile_images, LockFile};
+use crate::oci::lock::{self, profile_images, LockFile};
 use crate::oci::manifest::{ImageManifest, Manifest};
 use crate::oci::{Client, Digest, Reference};
 use crate::profile::{ProbeCheck, Stack};
@@ -40,7 +40,11 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let cache = BlobCache::new(&ctx.opts.cache_dir);
     let client = match ctx.opts.offline {
         true => None,
-        false => Some(Client::new().context("setting up the registry client")?),
+        false => Some(
+            Client::new()
+                .context("setting up the registry client")?
+                .with_mirrors(lock::mirrors(&locked)?),
+        ),
     };
     fs::create_dir_all(ctx.target(IMAGES_DIR))
         .with_context(|| format!("creating {IMAGES_DIR} in the image"))?;
@@ -177,6 +181,8 @@ fn write_stack(
         name: st.name.clone(),
         compose,
         env_file,
+        secrets: st.secrets.clone(),
+        secrets_file: (!st.secrets.is_empty()).then(|| secrets_file(&st.name)),
         health_timeout_secs: st.health_timeout_secs,
         images: st
             .images
@@ -204,7 +210,7 @@ fn write_stack(
 /// A compose `.env`: single-quoted values are taken literally (no
 /// interpolation); validation keeps `'` and newlines out of values.
 pub fn env_file(env: &BTreeMap<String, String>) -> String {
-    env.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect()
+    nodeforge_firstboot::stacks::env_file(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 #[cfg(test)]

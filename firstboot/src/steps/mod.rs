@@ -20,6 +20,7 @@ mod containers;
 mod grow;
 mod network;
 mod scrub;
+mod secrets;
 mod system;
 mod tailnet;
 
@@ -33,6 +34,7 @@ pub enum Step {
     GrowRoot,
     SshHostKeys,
     AuthorizedKeys,
+    StackSecrets,
     Network,
     Tailscale,
     ScrubSecrets,
@@ -47,6 +49,7 @@ impl Step {
         Step::GrowRoot,
         Step::SshHostKeys,
         Step::AuthorizedKeys,
+        Step::StackSecrets,
         Step::Network,
         Step::Tailscale,
         Step::ScrubSecrets,
@@ -61,6 +64,7 @@ impl Step {
             Step::GrowRoot => "grow-root",
             Step::SshHostKeys => "ssh-host-keys",
             Step::AuthorizedKeys => "authorized-keys",
+            Step::StackSecrets => "stack-secrets",
             Step::Network => "network",
             Step::Tailscale => "tailscale",
             Step::ScrubSecrets => "scrub-secrets",
@@ -75,6 +79,7 @@ impl Step {
             Step::GrowRoot => grow::grow_root(ctx),
             Step::SshHostKeys => system::ssh_host_keys(ctx),
             Step::AuthorizedKeys => system::authorized_keys(ctx),
+            Step::StackSecrets => secrets::stack_secrets(ctx),
             Step::Network => network::wait_for_network(ctx),
             Step::Tailscale => tailnet::join(ctx),
             Step::ScrubSecrets => scrub::scrub_secrets(ctx),
