@@ -150,22 +150,7 @@ fn write_stack(
         .filter(|(r, _)| st.images.contains(r))
         .map(|(r, e)| (r.as_str(), e.tag.as_str()))
         .collect();
-    let mut vars = ctx.plan.profile.template_context();
-    vars["stack"] = st.name.clone().into();
-    vars["env"] = serde_json::to_value(&st.env)?;
-    vars["images"] = serde_json::to_value(&tags)?;
-    let vars = tera::Context::from_serialize(vars).context("preparing template variables")?;
-    let text = fs::read_to_string(&st.compose)
-        .with_context(|| format!("reading compose template {}", st.compose.display()))?;
-    let rendered = tera::Tera::one_off(&text, &vars, false)
-        .map_err(|e| anyhow::anyhow!("{}", tera_error_chain(&e)))
-        .with_context(|| {
-            format!(
-                "rendering compose template {} of stack {}",
-                st.compose.display(),
-                st.name
-            )
-        })?;
+    let rendered = render_compose(&ctx.plan.profile, st, &tags)?;
     let compose = format!("{dir}/compose.yaml");
     fsutil::atomic_write(&ctx.target(&compose), rendered.as_bytes())
         .with_context(|| format!("writing {compose} in the image"))?;
@@ -205,6 +190,32 @@ fn write_stack(
             })
             .collect(),
     })
+}
+
+/// The stack's compose file: its template rendered with the profile's
+/// template context, `stack`, `env` and `images` (each reference → the
+/// tag its image loads as).
+pub fn render_compose(
+    profile: &crate::profile::Profile,
+    st: &Stack,
+    tags: &BTreeMap<&str, &str>,
+) -> Result<String> {
+    let mut vars = profile.template_context();
+    vars["stack"] = st.name.clone().into();
+    vars["env"] = serde_json::to_value(&st.env)?;
+    vars["images"] = serde_json::to_value(tags)?;
+    let vars = tera::Context::from_serialize(vars).context("preparing template variables")?;
+    let text = fs::read_to_string(&st.compose)
+        .with_context(|| format!("reading compose template {}", st.compose.display()))?;
+    tera::Tera::one_off(&text, &vars, false)
+        .map_err(|e| anyhow::anyhow!("{}", tera_error_chain(&e)))
+        .with_context(|| {
+            format!(
+                "rendering compose template {} of stack {}",
+                st.compose.display(),
+                st.name
+            )
+        })
 }
 
 /// A compose `.env`: single-quoted values are taken literally (no

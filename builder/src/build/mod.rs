@@ -1,7 +1,7 @@
 //! `nodeforge build`: one function that reads as the list of steps.
 
 mod agent;
-mod containers;
+pub mod containers;
 mod cross;
 mod image;
 mod initrd;

@@ -38,6 +38,10 @@ pub struct ProfileFile {
     /// Compose stacks baked into the image with their container images.
     #[serde(default)]
     pub stacks: Vec<StackFile>,
+    /// Stacks of the extended profiles this one leaves out, by name (a
+    /// test profile that boots a role without its services).
+    #[serde(default)]
+    pub exclude_stacks: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
