@@ -94,6 +94,20 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     Ok(StepOutcome::Done)
 }
 
+/// Refuses a profile whose stacks' images are not all locked (or locked
+/// for another architecture), naming the command that fixes it.
+pub fn check_locked(plan: &crate::plan::Plan) -> Result<()> {
+    let p = &plan.profile;
+    LockFile::check(
+        plan.lock.as_ref(),
+        &plan.lock_path,
+        p.sources.last().expect("a profile has a source"),
+        p.hardware.arch.debian(),
+        &profile_images(p),
+    )?;
+    Ok(())
+}
+
 /// The image manifest of `digest`, with it, its config and its layers in
 /// the cache: from there if present, else from the registry (unless
 /// offline, which names the missing blob instead).

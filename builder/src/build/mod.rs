@@ -74,6 +74,8 @@ pub struct BuildContext<'a> {
 /// Builds the image described by `plan`.
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
     check_privileges()?;
+    // Before minutes of bootstrap: images are built from locked digests only.
+    containers::check_locked(plan)?;
     let mut ctx = BuildContext::new(plan, opts)?;
     let mut steps = Steps::new(opts.output, 11);
     steps.run("rootfs", &mut ctx, rootfs::run)?;
