@@ -15,6 +15,8 @@ trap 'rm -rf "$work"' EXIT
 run() {
   local label=$1; shift
   local start end
+  # Without its image, an unchanged profile is built again, not reused.
+  rm -f "$work"/out/*.img
   start=$(date +%s.%N)
   ./target/release/nodeforge build "$profile" --output "$work/out" --cache-dir "$work/cache" --json "$@" > "$work/$label.jsonl"
   end=$(date +%s.%N)

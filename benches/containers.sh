@@ -23,17 +23,10 @@ agent=$tdir/x86_64-unknown-linux-gnu/release/nodeforge-firstboot
 nf=$tdir/release/nodeforge
 work=$(mktemp -d /var/tmp/nodeforge-bench-oci.XXXXXX)
 
-coproc REG { "$tdir/release/examples/bench_registry" "$small" "$large"; }
-reg_pid=$REG_PID reg_in=${REG[1]} reg_out=${REG[0]}
-# Closing its stdin ends the helper, which stops its registry.
-cleanup() { exec {reg_in}>&- 2>/dev/null || true; wait "$reg_pid" 2>/dev/null || true; rm -rf "$work"; }
+. benches/lib/registry.sh
+cleanup() { stop_bench_registry; rm -rf "$work"; }
 trap cleanup EXIT
-refs=(); blobs=()
-while read -r kind ref bytes <&"$reg_out"; do
-  [ "$kind" = READY ] && break
-  refs+=("$ref"); blobs+=("$bytes")
-done
-[ "${#refs[@]}" = 2 ] || { echo "the bench registry did not start" >&2; exit 1; }
+start_bench_registry "$tdir" "$small" "$large"
 
 mkdir -p "$work/profiles" "$work/overlays/bench"
 cat > "$work/overlays/bench/compose.yaml.tera" <<'YAML'
@@ -61,6 +54,8 @@ done
 run() {
   local label=$1 profile=$2; shift 2
   local start end
+  # Without its image, an unchanged profile is built again, not reused.
+  rm -f "$work/out/$profile.img"
   start=$(date +%s.%N)
   "$nf" build "$work/profiles/$profile.toml" --output "$work/out" --cache-dir "$work/cache" \
     --agent "$agent" --json "$@" > "$work/$label.jsonl"

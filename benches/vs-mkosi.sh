@@ -27,15 +27,22 @@ cp /usr/share/keyrings/debian-archive-keyring.gpg "$work/mkosi/pmt/etc/apt/trust
   printf '[Build]\nPackageManagerTrees=pmt\n\n'
   printf '[Output]\nFormat=disk\nImageId=mkosi-base\nCompressOutput=no\n\n'
   printf '[Content]\nBootable=yes\nBootloader=systemd-boot\nPackages='
-  echo "$packages" | paste -sd' '
+  # mkosi splits lists at commas (a space-separated line is one name).
+  echo "$packages" | paste -sd,
 } > "$work/mkosi/mkosi.conf"
 
 time_it() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); python3 -c "print(f'{$e-$s:.1f}')"; }
 
+echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== nodeforge (cold cache)"
 nf=$(time_it ./target/release/nodeforge build profiles/base.toml --quiet --output "$work/nf-out" --cache-dir "$work/nf-cache")
 echo "== mkosi (cold cache)"
-mk=$( (cd "$work/mkosi" && time_it mkosi -f build > "$work/mkosi.log" 2>&1) ) || { tail -20 "$work/mkosi.log"; exit 1; }
+# Only mkosi's own output goes to the log; time_it prints the seconds.
+if ! mk=$(cd "$work/mkosi" && time_it sh -c 'exec mkosi -f build > ../mkosi.log 2>&1'); then
+  echo "mkosi failed; the end of its log:" >&2
+  tail -20 "$work/mkosi.log" >&2
+  exit 1
+fi
 
 nf_img="$work/nf-out/base.img"
 mk_img=$(ls "$work"/mkosi/mkosi-base*.raw | head -1)

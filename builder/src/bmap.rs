@@ -61,6 +61,13 @@ impl Bmap {
 
     /// Scans `image` for mapped ranges and hashes each one.
     pub fn create(image: &Path) -> Result<Bmap> {
+        Ok(Bmap::create_with_image_sha256(image)?.0)
+    }
+
+    /// [`Bmap::create`] that also returns the sha256 of the whole image,
+    /// from the same single read of its mapped ranges: holes are fed to
+    /// the whole-image hash as zeros without reading them.
+    pub fn create_with_image_sha256(image: &Path) -> Result<(Bmap, String)> {
         let file =
             File::open(image).with_context(|| format!("opening image {}", image.display()))?;
         let image_size = file
@@ -76,11 +83,14 @@ impl Bmap {
             block_size: BLOCK_SIZE,
             ranges: Vec::new(),
         };
+        let mut whole = Sha256::new();
+        let mut hashed_to = 0u64;
         let mut buf = vec![0u8; 4 << 20];
         for r in &mut ranges {
             let span = bmap.byte_range(r);
+            feed_zeros(&mut whole, span.start - hashed_to);
             r.sha256 = Some(
-                hash_file_range(&file, span.clone(), &mut buf).with_context(|| {
+                hash_file_range(&file, span.clone(), &mut buf, &mut whole).with_context(|| {
                     format!(
                         "hashing bytes {}..{} of {}",
                         span.start,
@@ -89,9 +99,11 @@ impl Bmap {
                     )
                 })?,
             );
+            hashed_to = span.end;
         }
+        feed_zeros(&mut whole, image_size - hashed_to);
         bmap.ranges = ranges;
-        Ok(bmap)
+        Ok((bmap, hex::encode(whole.finalize())))
     }
 
     /// Reads and checks a bmap file (ours or `bmaptool create`'s).
@@ -247,9 +259,14 @@ impl Bmap {
 /// Creates the bmap of `image` and writes it to `out`; returns it.
 pub fn write_bmap(image: &Path, out: &Path) -> Result<Bmap> {
     let bmap = Bmap::create(image)?;
-    crate::fsutil::atomic_write(out, bmap.to_xml().as_bytes())
-        .with_context(|| format!("writing bmap {}", out.display()))?;
+    save(&bmap, out)?;
     Ok(bmap)
+}
+
+/// Writes `bmap` to `out` atomically.
+pub fn save(bmap: &Bmap, out: &Path) -> Result<()> {
+    crate::fsutil::atomic_write(out, bmap.to_xml().as_bytes())
+        .with_context(|| format!("writing bmap {}", out.display()))
 }
 
 /// The bmap path for an image: `X.img.bmap`, or for `X.img.zst`/`X.img.xz`
@@ -265,16 +282,33 @@ pub fn bmap_path_for(image: &Path) -> Option<std::path::PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-fn hash_file_range(file: &File, span: Range<u64>, buf: &mut [u8]) -> Result<[u8; 32]> {
+/// Hashes `span` of `file`, feeding the same bytes to `whole` too.
+fn hash_file_range(
+    file: &File,
+    span: Range<u64>,
+    buf: &mut [u8],
+    whole: &mut Sha256,
+) -> Result<[u8; 32]> {
     let mut h = Sha256::new();
     let mut pos = span.start;
     while pos < span.end {
         let n = ((span.end - pos) as usize).min(buf.len());
         file.read_exact_at(&mut buf[..n], pos)?;
         h.update(&buf[..n]);
+        whole.update(&buf[..n]);
         pos += n as u64;
     }
     Ok(h.finalize().into())
+}
+
+/// Feeds `len` zero bytes (a hole of the image) to `h`.
+fn feed_zeros(h: &mut Sha256, mut len: u64) {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..n]);
+        len -= n as u64;
+    }
 }
 
 /// bmaptool's rule: hash the file with the first occurrence of the stored
@@ -425,6 +459,24 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn one_pass_image_hash_equals_hashing_every_byte() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.img");
+        let mut f = File::create(&path).unwrap();
+        // Data, a hole, data not block-aligned, and a hole at the end.
+        f.write_all(&[7u8; 5000]).unwrap();
+        f.seek(SeekFrom::Start(3 << 20)).unwrap();
+        f.write_all(b"middle").unwrap();
+        f.set_len((8 << 20) + 100).unwrap();
+        drop(f);
+        let (bmap, sha) = Bmap::create_with_image_sha256(&path).unwrap();
+        assert_eq!(sha, crate::fsutil::sha256_file(&path).unwrap());
+        assert_eq!(bmap, Bmap::create(&path).unwrap());
+        assert!(bmap.mapped_bytes() < 1 << 20, "holes are not mapped");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::profile::{self, Firmware, InitramfsKind, Profile};
 
 /// Bumped when the way a rootfs is made changes, so old cache entries are
 /// not reused for a different recipe.
-pub const ROOTFS_RECIPE: u32 = 1;
+/// 2: initramfs-tools makes the initrd once, after every package.
+pub const ROOTFS_RECIPE: u32 = 2;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -417,10 +418,19 @@ fn step_plans(
         ),
         step(
             "agent",
-            vec![format!(
+            std::iter::once(format!(
                 "nodeforge-firstboot for {}",
                 p.hardware.arch.rust_target()
-            )],
+            ))
+            .chain(p.storage.iter().map(|r| {
+                format!(
+                    "storage {}: {} at {} (formatted only if blank)",
+                    r.label,
+                    r.filesystem.name(),
+                    r.mount
+                )
+            }))
+            .collect(),
         ),
         step(
             "containers",

@@ -258,3 +258,64 @@ fn same_inputs_give_the_same_image_bytes() {
     let second = build("out2");
     assert_eq!(first, second);
 }
+
+/// The step names and statuses of a `build --json` run.
+fn step_statuses(out: &std::process::Output) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "step-end")
+        .map(|e| {
+            (
+                e["report"]["name"].as_str().unwrap().to_owned(),
+                e["report"]["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_unchanged_rebuild_reuses_the_image_and_a_changed_input_rebuilds() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = project();
+    let build = [BUILD, &["--json"]].concat();
+    let first = p.nodeforge(&build);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(step_statuses(&first).len(), 11);
+    let sha = fs::read_to_string(p.path("out/x.img.sha256")).unwrap();
+
+    // Same inputs, image untouched: nothing is rebuilt.
+    let again = p.nodeforge(&build);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        step_statuses(&again),
+        [("outputs".to_owned(), "reused".to_owned())]
+    );
+    assert_eq!(fs::read_to_string(p.path("out/x.img.sha256")).unwrap(), sha);
+
+    // The image changed in place since (as `customize` without -o does):
+    // it is not handed out as built; the build runs again.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(p.path("out/x.img"))
+            .unwrap();
+        f.write_all_at(b"edited", 4096 * 40).unwrap();
+    }
+    let after_edit = p.nodeforge(&build);
+    assert!(after_edit.status.success(), "{}", stderr(&after_edit));
+    assert_eq!(step_statuses(&after_edit).len(), 11);
+
+    // A changed overlay file changes the key: the steps run again, the
+    // cached rootfs is reused.
+    p.write("overlays/base/etc/motd", "changed\n");
+    let changed = p.nodeforge(&build);
+    assert!(changed.status.success(), "{}", stderr(&changed));
+    let steps = step_statuses(&changed);
+    assert_eq!(steps.len(), 11);
+    assert_eq!(steps[0], ("rootfs".to_owned(), "reused".to_owned()));
+    assert_eq!(steps[2], ("overlays".to_owned(), "done".to_owned()));
+}

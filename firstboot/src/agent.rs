@@ -16,7 +16,7 @@ use crate::runner::CommandRunner;
 use crate::seed::TSKEY_PREFIX;
 use crate::seeding::{load_seed, SeedLoadError};
 use crate::status::{now_rfc3339, RunState, Sample, Status, StepState, StepStatus};
-use crate::steps::{Ctx, Notes, Outcome, Step};
+use crate::steps::{Ctx, Notes, Outcome, Refusal, Step};
 use crate::tailscale::TailscaleError;
 use crate::READY_MARKER;
 
@@ -54,6 +54,10 @@ pub enum RunError {
     /// A step failed; it is retried on the next start.
     #[error("step {step} failed: {message}")]
     Step { step: &'static str, message: String },
+    /// A step refused to act (a disk holding data): the other steps ran,
+    /// and only a person can fix it, so systemd does not retry.
+    #[error("step {step} refused: {message}")]
+    Refused { step: &'static str, message: String },
     /// Anything else (seed server unreachable, state not writable, …).
     #[error("{0:#}")]
     Other(anyhow::Error),
@@ -63,7 +67,7 @@ impl RunError {
     /// 3 is listed in the unit's RestartPreventExitStatus.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) | RunError::BadSeed(_) => 3,
+            RunError::Config(_) | RunError::BadSeed(_) | RunError::Refused { .. } => 3,
             RunError::Step { .. } | RunError::Other(_) => 1,
         }
     }
@@ -219,9 +223,17 @@ impl<'a> Agent<'a> {
         status.hostname = Some(ctx.hostname().to_string());
 
         let total = Step::ALL.len();
+        // Steps that refused this run, with their messages.
+        let mut refused: Vec<(Step, String)> = Vec::new();
         for (i, &step) in Step::ALL.iter().enumerate() {
             let name = step.name();
             if journal.is_finished(name) {
+                continue;
+            }
+            if let Some((r, _)) = refused.iter().find(|(r, _)| step.waits_for(*r)) {
+                if let Some(s) = status.step_mut(name) {
+                    s.detail = Some(format!("waits for step {}", r.name()));
+                }
                 continue;
             }
             self.observer.before_step(step);
@@ -292,6 +304,16 @@ impl<'a> Agent<'a> {
                     }
                     status.state = RunState::Failed;
                     status.error = Some(format!("{name}: {message}"));
+                    if refusal(&e).is_some() {
+                        // Not journaled: the next boot looks again.
+                        self.write_status(&mut status, &t0, false)?;
+                        self.observer.progress(&format!(
+                            "nodeforge-firstboot: [{}/{total}] {name} refused: {message}",
+                            i + 1
+                        ));
+                        refused.push((step, message));
+                        continue;
+                    }
                     self.write_status(&mut status, &t0, true)?;
                     self.fail_line(&format!(
                         "FAILED at {name} ({}): {message}; will retry; see `nodeforge-firstboot status`",
@@ -303,6 +325,24 @@ impl<'a> Agent<'a> {
                     });
                 }
             }
+        }
+        if let Some((step, message)) = refused.into_iter().next() {
+            let name = step.name();
+            status.state = RunState::Failed;
+            status.error = Some(format!("{name}: {message}"));
+            self.write_status(&mut status, &t0, true)?;
+            self.fail_line(&format!(
+                "FAILED at {name} ({}): {message}; the steps that do not need it ran; \
+                 fix it and reboot; see `nodeforge-firstboot status`",
+                status
+                    .step_mut(name)
+                    .and_then(|s| s.reason.clone())
+                    .unwrap_or_default()
+            ));
+            return Err(RunError::Refused {
+                step: name,
+                message,
+            });
         }
         status.state = RunState::Complete;
         self.finish(status, &t0, false)
@@ -360,7 +400,12 @@ fn failure_reason(e: &anyhow::Error) -> &'static str {
     e.chain()
         .find_map(|c| c.downcast_ref::<TailscaleError>())
         .map(TailscaleError::reason)
+        .or_else(|| refusal(e).map(|r| r.reason))
         .unwrap_or("error")
+}
+
+fn refusal(e: &anyhow::Error) -> Option<&Refusal> {
+    e.chain().find_map(|c| c.downcast_ref::<Refusal>())
 }
 
 /// Removes auth keys from text bound for the console, journal or status

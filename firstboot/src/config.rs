@@ -28,6 +28,10 @@ pub struct BakedConfig {
     /// Bound on waiting for a default route, in seconds.
     #[serde(default = "default_network_timeout")]
     pub network_timeout_secs: u64,
+    /// Data disks: which disk each rule takes, and how it is formatted
+    /// (once, only when blank) and mounted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage: Vec<StorageRule>,
 }
 
 /// The ESP on UEFI images, the firmware partition on Raspberry Pi.
@@ -56,6 +60,160 @@ fn default_tailscale_timeout() -> u64 {
     60
 }
 
+/// A data disk rule: the disk it takes, its filesystem label (how it is
+/// recognised and mounted later), filesystem, mount point and options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageRule {
+    pub label: String,
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// Absolute mount point.
+    pub mount: String,
+    /// Mount options besides `nofail` (which is always added).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    #[serde(rename = "match")]
+    pub matcher: DiskMatch,
+}
+
+/// Which disks a rule may take; every given condition must hold. Globs
+/// know `*` and `?`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Glob on the disk's model (sysfs `device/model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Glob on the disk's serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Glob on a name in /dev/disk/by-id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_id: Option<String>,
+    /// Glob on a name in /dev/disk/by-path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_path: Option<String>,
+    /// Of the disks that match, take the largest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub largest: bool,
+}
+
+impl DiskMatch {
+    /// True when no condition is given (a rule must say which disk).
+    pub fn is_empty(&self) -> bool {
+        *self == DiskMatch::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    #[default]
+    Ext4,
+    Xfs,
+}
+
+impl Filesystem {
+    pub fn name(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
+
+    /// The longest label the filesystem stores.
+    pub fn max_label(self) -> usize {
+        match self {
+            Filesystem::Ext4 => 16,
+            Filesystem::Xfs => 12,
+        }
+    }
+
+    /// The command that makes the filesystem on `dev` with `label`.
+    pub fn mkfs(self, dev: &str, label: &str) -> Vec<String> {
+        let v: &[&str] = match self {
+            Filesystem::Ext4 => &["mkfs.ext4", "-q", "-L", label, dev],
+            Filesystem::Xfs => &["mkfs.xfs", "-q", "-L", label, dev],
+        };
+        v.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// Why a storage rule is unusable; shared by the builder's profile check
+/// and the agent.
+pub fn check_storage_rule(rule: &StorageRule) -> Result<(), String> {
+    let l = &rule.label;
+    if l.is_empty()
+        || l.len() > rule.filesystem.max_label()
+        || !l
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "storage label `{l}` must be 1 to {} letters, digits, `-` or `_` ({} labels)",
+            rule.filesystem.max_label(),
+            rule.filesystem.name()
+        ));
+    }
+    let m = &rule.mount;
+    if !m.starts_with('/')
+        || m == "/"
+        || m.contains("//")
+        || m.split('/').any(|c| c == "." || c == "..")
+        || m.contains(|c: char| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "storage `{l}`: mount point `{m}` must be an absolute path below / without spaces, `.` or `..`"
+        ));
+    }
+    if rule.matcher.is_empty() {
+        return Err(format!(
+            "storage `{l}`: no disk matcher: give at least one of min_size, max_size, model, serial, by_id, by_path, largest"
+        ));
+    }
+    if let (Some(lo), Some(hi)) = (rule.matcher.min_bytes, rule.matcher.max_bytes) {
+        if lo > hi {
+            return Err(format!("storage `{l}`: min_size is above max_size"));
+        }
+    }
+    for o in &rule.options {
+        if o.is_empty() || o.contains(|c: char| c == ',' || c.is_whitespace()) {
+            return Err(format!(
+                "storage `{l}`: mount option `{o}` must be one option without commas or spaces"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Shell-style glob with `*` and `?` (no classes), whole string.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
 impl BakedConfig {
     /// A config with every optional setting at its default, for struct
     /// update syntax: `BakedConfig { admin_user, ..BakedConfig::new(p, r, h) }`.
@@ -68,6 +226,7 @@ impl BakedConfig {
             tailscale: None,
             seed_paths: default_seed_paths(),
             network_timeout_secs: default_network_timeout(),
+            storage: Vec::new(),
         }
     }
 
@@ -97,6 +256,18 @@ mod tests {
             }),
             seed_paths: default_seed_paths(),
             network_timeout_secs: 5,
+            storage: vec![StorageRule {
+                label: "media".into(),
+                filesystem: Filesystem::Xfs,
+                mount: "/srv/media".into(),
+                options: vec!["noatime".into()],
+                matcher: DiskMatch {
+                    min_bytes: Some(1 << 30),
+                    serial: Some("WD-*".into()),
+                    largest: true,
+                    ..DiskMatch::default()
+                },
+            }],
         };
         assert_eq!(BakedConfig::from_toml(&cfg.to_toml()).unwrap(), cfg);
     }
@@ -107,6 +278,68 @@ mod tests {
         assert_eq!(cfg, BakedConfig::new("a", "b", "c"));
         assert_eq!(cfg.seed_paths, default_seed_paths());
         assert_eq!(cfg.network_timeout_secs, 120);
+    }
+
+    #[test]
+    fn globs_match_whole_names() {
+        for (p, t, want) in [
+            ("WD-*", "WD-123", true),
+            ("WD-*", "xWD-123", false),
+            ("*-part?", "virtio-data-part1", true),
+            ("*-part?", "virtio-data-part12", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("*", "", true),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} vs {t}");
+        }
+    }
+
+    #[test]
+    fn storage_rules_are_checked() {
+        let good = StorageRule {
+            label: "media".into(),
+            filesystem: Filesystem::Ext4,
+            mount: "/srv/media".into(),
+            options: vec!["noatime".into()],
+            matcher: DiskMatch {
+                largest: true,
+                ..DiskMatch::default()
+            },
+        };
+        assert_eq!(check_storage_rule(&good), Ok(()));
+        let bad = |f: &dyn Fn(&mut StorageRule), want: &str| {
+            let mut r = good.clone();
+            f(&mut r);
+            let e = check_storage_rule(&r).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        };
+        bad(&|r| r.matcher = DiskMatch::default(), "no disk matcher");
+        bad(
+            &|r| r.mount = "srv/media".into(),
+            "must be an absolute path",
+        );
+        bad(&|r| r.mount = "/".into(), "must be an absolute path");
+        bad(
+            &|r| r.mount = "/srv/../etc".into(),
+            "must be an absolute path",
+        );
+        bad(&|r| r.label = "a-label-far-too-long".into(), "1 to 16");
+        bad(
+            &|r| {
+                r.filesystem = Filesystem::Xfs;
+                r.label = "thirteen-char".into()
+            },
+            "1 to 12",
+        );
+        bad(&|r| r.options = vec!["a,b".into()], "mount option");
+        bad(
+            &|r| {
+                r.matcher.min_bytes = Some(2);
+                r.matcher.max_bytes = Some(1)
+            },
+            "min_size is above max_size",
+        );
     }
 
     #[test]

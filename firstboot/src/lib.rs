@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod disks;
 pub mod fsutil;
 pub mod http;
 pub mod journal;

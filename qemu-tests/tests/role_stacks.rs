@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use nodeforge::boot::{Vm, VmOptions};
+use nodeforge::boot::{ExtraDisk, Vm, VmOptions};
 use nodeforge::disk::gpt_table;
 use nodeforge::oci::fixture::{stand_in_image, TestRegistry};
 use nodeforge::oci::{Client, Mirror, Mirrors, Reference};
@@ -62,8 +62,13 @@ struct Booted {
 }
 
 /// Serves the stand-ins, locks the test profile through the mirror,
-/// builds it, stamps a seed and boots it to the status line.
-fn build_and_boot(profile: &str, seed_secrets: &[(&str, &str)]) -> Booted {
+/// builds it, stamps a seed and boots it to the status line, with a blank
+/// sparse data disk of `data_disk_gib` attached when given.
+fn build_and_boot(
+    profile: &str,
+    seed_secrets: &[(&str, &str)],
+    data_disk_gib: Option<u64>,
+) -> Booted {
     require_root();
     let registry =
         TestRegistry::start().unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"));
@@ -112,9 +117,22 @@ fn build_and_boot(profile: &str, seed_secrets: &[(&str, &str)]) -> Booted {
     }
     nodeforge::customize::stamp(&image, &seed).unwrap();
 
+    let extra_disks: Vec<ExtraDisk> = data_disk_gib
+        .map(|gib| {
+            let path = dir.path().join("data-disk.img");
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_len(gib << 30).unwrap();
+            ExtraDisk {
+                path,
+                serial: "role-data-disk".into(),
+            }
+        })
+        .into_iter()
+        .collect();
     let _slot = vm_slot();
     let opts = VmOptions {
         memory_mb: 2048,
+        extra_disks,
         log: Some(qemu_tests::console_log(&p.name)),
         ..VmOptions::new(&image)
     };
@@ -183,7 +201,7 @@ const LOGS: (&str, &[&str]) = ("logs", &["alloy"]);
 
 #[test]
 fn core_role_boots_with_its_gateway_and_monitoring_up() {
-    let b = build_and_boot("qemu-tests/profiles/role-core.toml", &[]);
+    let b = build_and_boot("qemu-tests/profiles/role-core.toml", &[], None);
     assert_all_healthy(
         &b.status,
         &[
@@ -239,6 +257,7 @@ fn data_role_boots_with_its_databases_up_and_a_seeded_secret() {
     let b = build_and_boot(
         "qemu-tests/profiles/role-data.toml",
         &[("POSTGRES_PASSWORD", "seeded-postgres-password")],
+        None,
     );
     assert_all_healthy(
         &b.status,
@@ -270,8 +289,17 @@ fn data_role_boots_with_its_databases_up_and_a_seeded_secret() {
 }
 
 #[test]
-fn media_role_boots_with_its_streaming_services_up() {
-    let b = build_and_boot("qemu-tests/profiles/role-media.toml", &[]);
+fn media_role_boots_with_its_data_disk_and_streaming_services_up() {
+    // The role's storage rule takes the largest disk of 64 GiB or more
+    // for /srv/media: a blank sparse one is attached, formatted at first
+    // boot and mounted before the stacks start.
+    let b = build_and_boot("qemu-tests/profiles/role-media.toml", &[], Some(64));
+    let storage = step(&b.status, "storage");
+    assert_eq!(storage["state"], "done", "{storage:#}");
+    assert!(
+        storage["detail"].as_str().unwrap().contains("/srv/media"),
+        "{storage:#}"
+    );
     assert_all_healthy(
         &b.status,
         &[

@@ -243,9 +243,26 @@ pub fn qemu_args(
     if !opts.persist {
         drive.push_str(",snapshot=on");
     }
+    args.extend(["-drive".into(), drive]);
+    for (i, d) in opts.extra_disks.iter().enumerate() {
+        let path = d
+            .path
+            .canonicalize()
+            .with_context(|| format!("opening extra disk {}", d.path.display()))?;
+        args.extend([
+            "-drive".into(),
+            format!(
+                "file={},format=raw,if=none,id=extra{i},cache=unsafe",
+                qemu_escape(&path)
+            ),
+            "-device".into(),
+            format!(
+                "virtio-blk-pci,drive=extra{i},serial={}",
+                d.serial.replace(',', ",,")
+            ),
+        ]);
+    }
     args.extend([
-        "-drive".into(),
-        drive,
         "-netdev".into(),
         format!("user,id=net0{fwd}"),
         "-device".into(),
@@ -322,17 +339,21 @@ mod tests {
         );
     }
 
+    fn direct_spec(append: &str) -> BootSpec {
+        BootSpec::Direct {
+            arch: Arch::Arm64,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            append: append.into(),
+        }
+    }
+
     #[test]
     fn direct_boot_passes_kernel_initrd_and_command_line() {
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("x.img");
         fs::write(&img, b"").unwrap();
-        let spec = BootSpec::Direct {
-            arch: Arch::Arm64,
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            append: "root=x console=ttyAMA0,115200".into(),
-        };
+        let spec = direct_spec("root=x console=ttyAMA0,115200");
         let args = qemu_args(
             &VmOptions::new(&img),
             &spec,
@@ -349,5 +370,44 @@ mod tests {
         );
         assert!(!joined.contains("pflash"), "{joined}");
         assert!(joined.contains("if=virtio"), "{joined}");
+    }
+
+    #[test]
+    fn extra_disks_follow_the_image_with_their_serials() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("x.img");
+        let data = tmp.path().join("data.img");
+        fs::write(&img, b"").unwrap();
+        fs::write(&data, b"").unwrap();
+        let spec = direct_spec("root=x");
+        let opts = VmOptions {
+            extra_disks: vec![super::super::ExtraDisk {
+                path: data.clone(),
+                serial: "blank-1".into(),
+            }],
+            ..VmOptions::new(&img)
+        };
+        let args = qemu_args(
+            &opts,
+            &spec,
+            Accel::Tcg,
+            &tmp.path().join("log"),
+            tmp.path(),
+        )
+        .unwrap();
+        let joined = args.join(" ");
+        let root = joined.find("if=virtio").unwrap();
+        let extra = joined
+            .find(&format!(
+                "file={},format=raw,if=none,id=extra0,cache=unsafe",
+                data.display()
+            ))
+            .unwrap_or_else(|| panic!("{joined}"));
+        assert!(root < extra, "{joined}");
+        assert!(
+            joined.contains("-device virtio-blk-pci,drive=extra0,serial=blank-1"),
+            "{joined}"
+        );
+        assert!(!joined[extra..].contains("snapshot=on"), "{joined}");
     }
 }

@@ -49,6 +49,17 @@ pub struct VmOptions {
     pub persist: bool,
     /// Serial console log; a temporary file when unset.
     pub log: Option<PathBuf>,
+    /// More raw disks, attached as virtio disks after the image (always
+    /// written through, so a test can inspect them afterwards).
+    pub extra_disks: Vec<ExtraDisk>,
+}
+
+/// A raw disk file for the guest, with the serial number it reports
+/// (seen in /dev/disk/by-id/virtio-SERIAL).
+#[derive(Debug, Clone)]
+pub struct ExtraDisk {
+    pub path: PathBuf,
+    pub serial: String,
 }
 
 impl VmOptions {
@@ -62,6 +73,7 @@ impl VmOptions {
             forwards: Vec::new(),
             persist: false,
             log: None,
+            extra_disks: Vec::new(),
         }
     }
 }

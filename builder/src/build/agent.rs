@@ -16,8 +16,7 @@ use crate::profile::{Arch, Profile};
 pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
 
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
-    let arch = ctx.plan.profile.hardware.arch;
-    let binary = agent_binary(ctx.opts.agent.as_deref(), arch)?;
+    let binary = ctx.agent_binary.clone();
     let dest = ctx.target(nodeforge_firstboot::BINARY_PATH);
     fs::create_dir_all(dest.parent().expect("has parent"))?;
     fs::copy(&binary, &dest).with_context(|| {
@@ -69,6 +68,7 @@ pub fn baked_config(p: &Profile) -> BakedConfig {
             tags: t.tags.clone(),
             timeout_secs: t.timeout_secs,
         }),
+        storage: p.storage.clone(),
         ..BakedConfig::new(&p.name, &p.role, &p.hostname)
     }
 }
@@ -76,7 +76,7 @@ pub fn baked_config(p: &Profile) -> BakedConfig {
 /// The agent binary for `arch`: the one given (`--agent` or
 /// $NODEFORGE_AGENT), else built from this source tree with cargo, else the
 /// one installed beside `nodeforge`.
-fn agent_binary(given: Option<&Path>, arch: Arch) -> Result<PathBuf> {
+pub(super) fn agent_binary(given: Option<&Path>, arch: Arch) -> Result<PathBuf> {
     if let Some(p) = given
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("NODEFORGE_AGENT").map(PathBuf::from))

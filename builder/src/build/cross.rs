@@ -17,6 +17,10 @@
 pub enum Deferred {
     /// Debian's initramfs generator; nodeforge writes the initramfs itself.
     UpdateInitramfs,
+    /// Debian's initramfs generator, run once at the end: the kernel's
+    /// postinst and initramfs-tools' trigger would each make the initrd
+    /// (measured: 6.6 s each for the amd64 base, 30 % of the bootstrap).
+    UpdateInitramfsOnce,
     /// Kernel module index; host depmod writes the same files.
     Depmod,
     /// /etc/ssl/certs; the target's own script runs with the host's shell
@@ -27,7 +31,9 @@ pub enum Deferred {
 impl Deferred {
     fn path(self) -> &'static str {
         match self {
-            Deferred::UpdateInitramfs => "/usr/sbin/update-initramfs",
+            Deferred::UpdateInitramfs | Deferred::UpdateInitramfsOnce => {
+                "/usr/sbin/update-initramfs"
+            }
             Deferred::Depmod => "/usr/sbin/depmod",
             Deferred::UpdateCaCertificates => "/usr/sbin/update-ca-certificates",
         }
@@ -38,6 +44,11 @@ impl Deferred {
         match self {
             // nodeforge's initramfs step makes it.
             Deferred::UpdateInitramfs => None,
+            // Runs the target's generator in the target, for every kernel.
+            Deferred::UpdateInitramfsOnce => Some(
+                "if ls \"$1\"/usr/lib/modules/*/modules.order >/dev/null 2>&1; then \
+                 chroot \"$1\" update-initramfs -c -k all; fi",
+            ),
             Deferred::Depmod => Some(
                 "for d in \"$1\"/usr/lib/modules/*/; do \
                  [ -f \"$d/modules.order\" ] && depmod -b \"$1\" -a \"$(basename \"$d\")\"; \

@@ -12,6 +12,7 @@ pub mod reproducible;
 mod rootfs;
 pub mod rpi;
 mod system;
+mod uptodate;
 pub mod users;
 
 use std::fs;
@@ -67,6 +68,10 @@ pub struct BuildContext<'a> {
     /// Facts steps learn for the manifest (kernel version …).
     pub facts: serde_json::Map<String, serde_json::Value>,
     pub cache: Cache,
+    /// The first-boot agent binary for the image's architecture.
+    pub agent_binary: PathBuf,
+    /// Key of everything the image is made from (see uptodate.rs).
+    pub image_key: String,
     _work: tempfile::TempDir,
     _lock: BuildLock,
 }
@@ -77,6 +82,22 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
     // Before minutes of bootstrap: images are built from locked digests only.
     containers::check_locked(plan)?;
     let mut ctx = BuildContext::new(plan, opts)?;
+    if !opts.no_cache {
+        if let Some(mut done) = uptodate::reusable_outputs(plan, &opts.output_dir, &ctx.image_key)?
+        {
+            let mut steps = Steps::new(opts.output, 1);
+            let reason = format!(
+                "{} was built from the same inputs (image key {}) and is unchanged",
+                done.image.display(),
+                &ctx.image_key[..12]
+            );
+            steps.run("outputs", &mut ctx, |_, _| {
+                Ok(StepOutcome::Reused(reason.clone()))
+            })?;
+            done.steps = steps.reports;
+            return Ok(done);
+        }
+    }
     let mut steps = Steps::new(opts.output, 11);
     steps.run("rootfs", &mut ctx, rootfs::run)?;
     steps.run("system", &mut ctx, system::run)?;
@@ -173,11 +194,16 @@ impl<'a> BuildContext<'a> {
             .tempdir_in(&work_parent)
             .with_context(|| format!("creating a work directory in {}", work_parent.display()))?;
         let rootfs = work.path().join("rootfs");
+        let epoch = reproducible::source_date_epoch(&plan.profile)?;
+        let agent_binary = agent::agent_binary(opts.agent.as_deref(), plan.profile.hardware.arch)?;
+        let image_key = uptodate::image_key(plan, &agent_binary, epoch)?;
         Ok(BuildContext {
             plan,
             opts,
             rootfs,
-            epoch: reproducible::source_date_epoch(&plan.profile)?,
+            epoch,
+            agent_binary,
+            image_key,
             image: None,
             facts: serde_json::Map::new(),
             cache,

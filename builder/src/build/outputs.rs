@@ -23,6 +23,8 @@ pub struct Manifest<'a> {
     pub role: &'a str,
     pub profile_hash: &'a str,
     pub rootfs_key: &'a str,
+    /// Key of every input of the image; an unchanged rebuild reuses it.
+    pub image_key: &'a str,
     pub arch: &'static str,
     pub suite: &'a str,
     pub image: String,
@@ -45,7 +47,8 @@ pub struct Package {
 pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome, BuildResult)> {
     let final_path = image_path(ctx);
     let image = ctx.image.take().context("the image file was not created")?;
-    let sha256 = fsutil::sha256_file(&image.path)?;
+    // One read of the mapped ranges gives both the bmap and the sha256.
+    let (bmap, sha256) = crate::bmap::Bmap::create_with_image_sha256(&image.path)?;
     let allocated = fs::metadata(&image.path)?.blocks() * 512;
     let packages = read_dpkg_status(&ctx.target("/var/lib/dpkg/status"))?;
     image.commit(&final_path)?;
@@ -57,7 +60,7 @@ pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome,
         .into_owned();
     // bmaptool's format: flash (ours or bmaptool) writes only these ranges.
     let bmap_path = ctx.opts.output_dir.join(format!("{name}.bmap"));
-    crate::bmap::write_bmap(&final_path, &bmap_path)?;
+    crate::bmap::save(&bmap, &bmap_path)?;
     let sha_path = ctx.opts.output_dir.join(format!("{name}.sha256"));
     fsutil::atomic_write(&sha_path, format!("{sha256}  {name}\n").as_bytes())?;
 
@@ -68,6 +71,7 @@ pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome,
         role: &plan.profile.role,
         profile_hash: &plan.profile_hash,
         rootfs_key: &plan.rootfs_key,
+        image_key: &ctx.image_key,
         arch: plan.profile.hardware.arch.debian(),
         suite: &plan.profile.debian.suite,
         image: name.clone(),

@@ -93,7 +93,7 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     let foreign = p.hardware.arch != host_arch();
     let mut deferred = Vec::new();
     match p.hardware.initramfs {
-        InitramfsKind::InitramfsTools => {}
+        InitramfsKind::InitramfsTools => deferred.push(Deferred::UpdateInitramfsOnce),
         // Debian's generator would only cost time (minutes under
         // emulation): nodeforge writes the initramfs after the bootstrap.
         InitramfsKind::Nodeforge => deferred.push(Deferred::UpdateInitramfs),

@@ -42,6 +42,44 @@ pub struct ProfileFile {
     /// test profile that boots a role without its services).
     #[serde(default)]
     pub exclude_stacks: Vec<Spanned<String>>,
+    /// Data disks: which disk, formatted how (once, only when blank),
+    /// mounted where.
+    #[serde(default)]
+    pub storage: Vec<StorageFile>,
+}
+
+/// `[[storage]]`: a data disk rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    /// The filesystem label: how the disk is recognised and mounted.
+    pub label: Spanned<String>,
+    /// `ext4` (default) or `xfs`.
+    pub filesystem: Option<Spanned<nodeforge_firstboot::config::Filesystem>>,
+    /// Absolute mount point.
+    pub mount: Spanned<String>,
+    #[serde(default)]
+    pub options: Vec<Spanned<String>>,
+    /// Which disk: every given condition must hold.
+    #[serde(rename = "match")]
+    pub matcher: Option<Spanned<MatchFile>>,
+}
+
+/// `[storage.match]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    pub min_size: Option<ByteSize>,
+    pub max_size: Option<ByteSize>,
+    /// Globs (`*`, `?`) on the model, the serial number, and names in
+    /// /dev/disk/by-id and /dev/disk/by-path.
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub by_id: Option<String>,
+    pub by_path: Option<String>,
+    /// Of the matching disks (root's never among them), take the largest.
+    #[serde(default)]
+    pub largest: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +262,13 @@ pub struct HardwareFile {
     pub initramfs_modules: Vec<String>,
     /// Raspberry Pi boot partition contents; required with `firmware = "rpi"`.
     pub rpi: Option<RpiFile>,
+    /// Signed third-party repositories the hardware's packages come from
+    /// (a profile's repository of the same name replaces one).
+    pub apt: Option<AptFile>,
+    /// File trees (in overlays/) every image for this hardware gets, before
+    /// the profile's own.
+    #[serde(default)]
+    pub overlays: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

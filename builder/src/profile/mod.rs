@@ -6,6 +6,7 @@ pub mod error;
 mod file;
 mod resolve;
 pub mod size;
+mod storage;
 mod tailnet;
 mod validate;
 
@@ -46,6 +47,8 @@ pub struct Profile {
     pub vars: BTreeMap<String, serde_json::Value>,
     pub tailscale: Option<Tailscale>,
     pub stacks: Vec<Stack>,
+    /// Data disk rules the first-boot agent applies.
+    pub storage: Vec<nodeforge_firstboot::config::StorageRule>,
 }
 
 /// Packages an image with stacks needs (trixie's names: the engine, its
@@ -92,6 +95,10 @@ pub struct Hardware {
     pub initramfs: InitramfsKind,
     pub initramfs_modules: Vec<String>,
     pub rpi: Option<RpiFile>,
+    /// The hardware's own repositories and overlays (merged into the
+    /// profile's by [`load`]).
+    pub apt: Apt,
+    pub overlays: Vec<Overlay>,
 }
 
 #[derive(Debug, Clone, Serialize)]

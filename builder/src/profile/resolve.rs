@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::apt;
 use super::error::{ProfileError, ProfileErrors};
 use super::file::{HardwareFile, OutputFormat, ProfileFile};
+use super::storage;
 use super::tailnet;
 use super::validate::{self, FileCtx};
 use super::STACK_PACKAGES;
@@ -117,6 +118,7 @@ struct Merged {
     vars: BTreeMap<String, serde_json::Value>,
     tailscale: Option<super::Tailscale>,
     stacks: Vec<Stack>,
+    storage: Vec<nodeforge_firstboot::config::StorageRule>,
 }
 
 impl Merged {
@@ -131,9 +133,8 @@ impl Merged {
             }
         }
         if let Some(hw) = &f.hardware {
-            match load_hardware(ctx, hw) {
-                Ok(h) => self.hardware = Some(h),
-                Err(e) => errors.push(e),
+            if let Some(h) = load_hardware(ctx, hw, errors) {
+                self.hardware = Some(h);
             }
         }
         if let Some(d) = &f.debian {
@@ -214,6 +215,7 @@ impl Merged {
                 errors,
             ));
         }
+        storage::merge(ctx, &f.storage, &mut self.storage, errors);
         for x in &f.exclude_stacks {
             if !self.stacks.iter().any(|s| &s.name == x.get_ref()) {
                 errors.push(ctx.error_at(
@@ -304,6 +306,31 @@ impl Merged {
                 ));
             }
         }
+        let have = |p: &&str| {
+            self.packages.iter().any(|x| x == p) || hardware.packages.iter().any(|x| x == p)
+        };
+        let lacking: Vec<&str> = storage::needed_packages(&self.storage)
+            .into_iter()
+            .filter(|p| !have(p))
+            .collect();
+        if !lacking.is_empty() {
+            errors.push(ProfileError::whole_file(
+                &leaf.path,
+                format!(
+                    "the profile has storage rules but its packages (and its hardware's) lack {}: \
+                     the agent partitions and formats with them (use hardware = \"storage\" or add them)",
+                    lacking.join(", ")
+                ),
+            ));
+        }
+        let apt = with_hardware_apt(&hardware, self.apt);
+        let mut overlays: Vec<Overlay> = hardware
+            .overlays
+            .iter()
+            .filter(|o| !self.overlays.iter().any(|x| x.dir == o.dir))
+            .cloned()
+            .collect();
+        overlays.extend(self.overlays);
         Some(Profile {
             role: self.role.unwrap_or_else(|| name.clone()),
             hostname: self.hostname.unwrap_or_else(|| name.clone()),
@@ -320,16 +347,41 @@ impl Merged {
                 snapshot: self.snapshot,
                 components: self.components.unwrap_or_else(|| vec!["main".into()]),
             },
-            apt: self.apt,
+            apt,
             packages: self.packages,
-            overlays: self.overlays,
+            overlays,
             users: self.users,
             disk,
             outputs: self.outputs.unwrap_or_else(|| vec![OutputFormat::Raw]),
             vars: self.vars,
             tailscale: self.tailscale,
             stacks: self.stacks,
+            storage: self.storage,
         })
+    }
+}
+
+/// The hardware's repositories first, unless the profile declares one of
+/// the same name; then the profile's.
+fn with_hardware_apt(hw: &Hardware, profile: super::Apt) -> super::Apt {
+    let mut repositories: Vec<_> = hw
+        .apt
+        .repositories
+        .iter()
+        .filter(|r| !profile.repositories.iter().any(|x| x.name == r.name))
+        .cloned()
+        .collect();
+    repositories.extend(profile.repositories);
+    let mut local = hw.apt.local.clone();
+    local.extend(
+        profile
+            .local
+            .into_iter()
+            .filter(|d| !hw.apt.local.contains(d)),
+    );
+    super::Apt {
+        repositories,
+        local,
     }
 }
 
@@ -345,13 +397,49 @@ fn push_unique(list: &mut Vec<String>, item: String) {
     }
 }
 
-fn load_hardware(ctx: &FileCtx, name: &Spanned<String>) -> Result<Hardware, ProfileError> {
+fn load_hardware(
+    ctx: &FileCtx,
+    name: &Spanned<String>,
+    errors: &mut Vec<ProfileError>,
+) -> Option<Hardware> {
+    match read_hardware(ctx, name, errors) {
+        Ok(h) => h,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    }
+}
+
+fn read_hardware(
+    ctx: &FileCtx,
+    name: &Spanned<String>,
+    errors: &mut Vec<ProfileError>,
+) -> Result<Option<Hardware>, ProfileError> {
     let path = ctx.find_file("hardware", name)?;
     let hw_ctx = FileCtx::read(&path)?;
     let file: HardwareFile = toml::from_str(&hw_ctx.source)
         .map_err(|e| ProfileError::from_toml(&hw_ctx.path, &hw_ctx.source, &e))?;
     validate::hardware(&file).map_err(|msg| ProfileError::whole_file(&path, msg))?;
-    Ok(Hardware {
+    let before = errors.len();
+    let mut hw_apt = super::Apt::default();
+    if let Some(a) = &file.apt {
+        apt::merge(&hw_ctx, a, &mut hw_apt, errors);
+    }
+    let mut overlays = Vec::new();
+    for o in &file.overlays {
+        match hw_ctx.find_dir("overlays", o) {
+            Ok(dir) => overlays.push(Overlay {
+                name: o.get_ref().clone(),
+                dir,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() > before {
+        return Ok(None);
+    }
+    Ok(Some(Hardware {
         name: file.name.unwrap_or_else(|| name.get_ref().clone()),
         description: file.description.unwrap_or_default(),
         file: path,
@@ -362,7 +450,9 @@ fn load_hardware(ctx: &FileCtx, name: &Spanned<String>) -> Result<Hardware, Prof
         initramfs: file.initramfs,
         initramfs_modules: file.initramfs_modules,
         rpi: file.rpi,
-    })
+        apt: hw_apt,
+        overlays,
+    }))
 }
 
 fn toml_to_json(v: &toml::Value) -> serde_json::Value {

@@ -136,3 +136,18 @@ pub fn assert_fsck_clean(program: &str, flag: &str, target: &Path) {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `nodeforge build PROFILE` into out/ with cache/ and the fake agent
+/// file `agent` (see [`install_fake_rootfs`]).
+pub fn offline_build(p: &Project, profile: &str) -> Output {
+    p.nodeforge(&[
+        "build",
+        profile,
+        "--output",
+        "out",
+        "--cache-dir",
+        "cache",
+        "--agent",
+        "agent",
+    ])
+}

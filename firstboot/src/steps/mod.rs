@@ -21,17 +21,20 @@ mod grow;
 mod network;
 mod scrub;
 mod secrets;
+mod storage;
 mod system;
 mod tailnet;
 
 pub use containers::{image_actions, parse_ps, probe, service_status, ImageAction, PsEntry};
 pub use grow::{plan_grow, GrowPlan};
+pub use storage::{fstab_line, matches as disk_matches, Refusal, CLAIMS_PATH};
 pub use tailnet::AUTHKEY_RUN_PATH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Hostname,
     GrowRoot,
+    Storage,
     SshHostKeys,
     AuthorizedKeys,
     StackSecrets,
@@ -47,6 +50,7 @@ impl Step {
     pub const ALL: &'static [Step] = &[
         Step::Hostname,
         Step::GrowRoot,
+        Step::Storage,
         Step::SshHostKeys,
         Step::AuthorizedKeys,
         Step::StackSecrets,
@@ -62,6 +66,7 @@ impl Step {
         match self {
             Step::Hostname => "hostname",
             Step::GrowRoot => "grow-root",
+            Step::Storage => "storage",
             Step::SshHostKeys => "ssh-host-keys",
             Step::AuthorizedKeys => "authorized-keys",
             Step::StackSecrets => "stack-secrets",
@@ -77,6 +82,7 @@ impl Step {
         match self {
             Step::Hostname => system::hostname(ctx),
             Step::GrowRoot => grow::grow_root(ctx),
+            Step::Storage => storage::storage(ctx),
             Step::SshHostKeys => system::ssh_host_keys(ctx),
             Step::AuthorizedKeys => system::authorized_keys(ctx),
             Step::StackSecrets => secrets::stack_secrets(ctx),
@@ -85,6 +91,26 @@ impl Step {
             Step::ScrubSecrets => scrub::scrub_secrets(ctx),
             Step::Containers => containers::containers(ctx),
             Step::Complete => Ok(Outcome::Done("first boot finished".into())),
+        }
+    }
+
+    /// Must this step wait while `failed` stays failed? After a
+    /// [`Refusal`] the agent runs the steps that do not: the node joins
+    /// the tailnet so it can be fixed, but no stack starts writing where
+    /// its data disk should be mounted.
+    pub fn waits_for(self, failed: Step) -> bool {
+        match self {
+            Step::Complete => true,
+            Step::Containers => failed == Step::Storage,
+            Step::Hostname
+            | Step::GrowRoot
+            | Step::Storage
+            | Step::SshHostKeys
+            | Step::AuthorizedKeys
+            | Step::StackSecrets
+            | Step::Network
+            | Step::Tailscale
+            | Step::ScrubSecrets => false,
         }
     }
 }

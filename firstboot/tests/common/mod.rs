@@ -75,6 +75,12 @@ pub struct World {
     /// Programs that are not installed.
     pub missing: Vec<&'static str>,
     pub docker: DockerWorld,
+    /// Data-disk commands that took effect: sfdisk on a data disk, mkfs.
+    pub data_partitionings: u32,
+    pub mkfs: u32,
+    /// systemd mounts the fstab line just before the agent's `mount`,
+    /// which then fails with "already mounted".
+    pub mount_race: bool,
 }
 
 /// The Docker engine as the containers step sees it.
@@ -200,6 +206,15 @@ impl Machine {
             r.join("sys/dev/block/254:2"),
         )
         .unwrap();
+        // The root disk is listed like any other: the storage step must
+        // leave it alone by itself.
+        fs::create_dir_all(r.join("sys/block")).unwrap();
+        std::os::unix::fs::symlink("../devices/pci0/virtio1/block/vda", r.join("sys/block/vda"))
+            .unwrap();
+        let dev = r.join("dev/vda");
+        fs::create_dir_all(dev.parent().unwrap()).unwrap();
+        let f = fs::File::create(&dev).unwrap();
+        f.set_len(DISK_SECTORS * 512).unwrap();
         Machine {
             dir,
             world: RefCell::new(World {
@@ -383,6 +398,10 @@ impl Machine {
                 ))
             }
             "sfdisk --relocate gpt-bak-std /dev/vda" => CmdOutput::ok(""),
+            l if l.starts_with("sfdisk --quiet /dev/vd") => self.data_sfdisk(cmd),
+            "udevadm settle --timeout=30" => CmdOutput::ok(""),
+            l if l.starts_with("mkfs.ext4 -q -L ") => self.data_mkfs(cmd),
+            l if l.starts_with("mount /") => self.data_mount(cmd),
             "sfdisk --no-reread --no-tell-kernel -N 2 /dev/vda" => {
                 assert_eq!(cmd.stdin.as_deref(), Some(", +\n"));
                 let mut w = self.world.borrow_mut();
@@ -514,4 +533,141 @@ impl Observer for Machine {
             panic!("{KILLED} after step {}", step.name());
         }
     }
+}
+
+/// Data disks: virtio disk `index` (1 = vdb) is 254:(16*index), its first
+/// partition 254:(16*index+1).
+impl Machine {
+    fn disk_dir(&self, name: &str) -> PathBuf {
+        self.path(&format!("/sys/devices/pci0/virtio-{name}/block/{name}"))
+    }
+
+    /// Adds a zeroed data disk of `mib` MiB with a serial number.
+    pub fn add_disk(&self, name: &str, mib: u64, serial: &str) {
+        let index = (name.as_bytes()[2] - b'a') as u64;
+        let dir = self.disk_dir(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("size"), format!("{}\n", mib << 11)).unwrap();
+        fs::write(dir.join("serial"), format!("{serial}\n")).unwrap();
+        let sys = |p: &str| self.path(p);
+        std::os::unix::fs::symlink(
+            format!("../devices/pci0/virtio-{name}/block/{name}"),
+            sys(&format!("/sys/block/{name}")),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../devices/pci0/virtio-{name}/block/{name}"),
+            sys(&format!("/sys/dev/block/254:{}", 16 * index)),
+        )
+        .unwrap();
+        let f = fs::File::create(self.path(&format!("/dev/{name}"))).unwrap();
+        f.set_len(mib << 20).unwrap();
+        fs::create_dir_all(self.path("/dev/disk/by-id")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../{name}"),
+            self.path(&format!("/dev/disk/by-id/virtio-{serial}")),
+        )
+        .unwrap();
+    }
+
+    /// What a GPT with one partition looks like to the kernel and on disk.
+    pub fn partition_disk(&self, name: &str) {
+        let index = (name.as_bytes()[2] - b'a') as u64;
+        let dev = self.path(&format!("/dev/{name}"));
+        patch(&dev, 510, &[0x55, 0xAA]);
+        patch(&dev, 512, b"EFI PART");
+        let len = fs::metadata(&dev).unwrap().len();
+        let part = format!("{name}1");
+        let pdir = self.disk_dir(name).join(&part);
+        fs::create_dir_all(&pdir).unwrap();
+        fs::write(pdir.join("partition"), "1\n").unwrap();
+        fs::write(pdir.join("start"), "2048\n").unwrap();
+        let f = fs::File::create(self.path(&format!("/dev/{part}"))).unwrap();
+        f.set_len(len.saturating_sub(2 << 20)).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../devices/pci0/virtio-{name}/block/{name}/{part}"),
+            self.path(&format!("/sys/dev/block/254:{}", 16 * index + 1)),
+        )
+        .unwrap();
+    }
+
+    /// Writes an ext4 superblock signature with `label` on a device.
+    pub fn put_ext4(&self, kernel_name: &str, label: &str) {
+        let dev = self.path(&format!("/dev/{kernel_name}"));
+        patch(&dev, 1080, &[0x53, 0xEF]);
+        let mut l = [0u8; 16];
+        l[..label.len()].copy_from_slice(label.as_bytes());
+        patch(&dev, 1144, &l);
+    }
+
+    fn data_sfdisk(&self, cmd: &Cmd) -> CmdOutput {
+        let dev = &cmd.args[1];
+        let name = dev.trim_start_matches("/dev/");
+        assert!(
+            cmd.stdin
+                .as_deref()
+                .is_some_and(|s| s.starts_with("label: gpt\n") && s.contains("name=")),
+            "{cmd:?}"
+        );
+        self.partition_disk(name);
+        self.world.borrow_mut().data_partitionings += 1;
+        CmdOutput::ok("")
+    }
+
+    fn data_mkfs(&self, cmd: &Cmd) -> CmdOutput {
+        let (label, dev) = (&cmd.args[2], &cmd.args[3]);
+        self.put_ext4(dev.trim_start_matches("/dev/"), label);
+        self.world.borrow_mut().mkfs += 1;
+        CmdOutput::ok("")
+    }
+
+    fn data_mount(&self, cmd: &Cmd) -> CmdOutput {
+        let mp = &cmd.args[0];
+        let fstab = self.read("/etc/fstab");
+        let Some(label) = fstab.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&mp.as_str())).then(|| f[0].trim_start_matches("LABEL=").to_string())
+        }) else {
+            return CmdOutput::fail(1, &format!("mount: {mp}: can't find in /etc/fstab."));
+        };
+        // The partition whose ext4 carries the label.
+        for entry in fs::read_dir(self.path("/dev")).unwrap() {
+            let e = entry.unwrap();
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !n.ends_with('1') || !n.starts_with("vd") {
+                continue;
+            }
+            let mut head = vec![0u8; 1160];
+            use std::io::Read;
+            let _ = fs::File::open(e.path()).unwrap().read(&mut head).unwrap();
+            if head[1144..1144 + label.len()] == *label.as_bytes() {
+                let index = (n.as_bytes()[2] - b'a') as u64;
+                let mut mi = self.read("/proc/self/mountinfo");
+                mi.push_str(&format!(
+                    "40 22 254:{} / {mp} rw,relatime - ext4 /dev/{n} rw\n",
+                    16 * index + 1
+                ));
+                self.write("/proc/self/mountinfo", &mi);
+                if self.world.borrow().mount_race {
+                    return CmdOutput::fail(
+                        32,
+                        &format!("mount: {mp}: /dev/{n} already mounted on {mp}."),
+                    );
+                }
+                return CmdOutput::ok("");
+            }
+        }
+        CmdOutput::fail(
+            32,
+            &format!("mount: {mp}: special device LABEL={label} does not exist."),
+        )
+    }
+}
+
+/// Writes `bytes` at `offset` of a (sparse) file without reading it.
+pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
 }

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Benchmark: cold build and warm rebuild after a small edit, in one run on
+# this machine, for
+#   - base: profiles/base.toml (it has no compose stack, so the edit is
+#     its hostname: the rebuild re-runs every step after the cached rootfs);
+#   - a role with a compose stack: base + Docker + one stack served by a
+#     local registry (busybox httpd); the edit is one line of the compose
+#     file;
+# and an unchanged rebuild (the outputs are reused). Prints each build's
+# steps, the warm/cold ratios and the issue's targets (cold base at most
+# 180 s, warm rebuild at most 15 s). Run as root from the repository:
+#   benches/rebuild.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+tdir=${CARGO_TARGET_DIR:-$repo/target}
+cargo build --release --locked -q -p nodeforge --bin nodeforge --example bench_registry
+# The agent is built now so its compile time is not counted as build time.
+cargo build --release --locked -q -p nodeforge-firstboot --target x86_64-unknown-linux-gnu
+agent=$tdir/x86_64-unknown-linux-gnu/release/nodeforge-firstboot
+nf=$tdir/release/nodeforge
+work=$(mktemp -d /var/tmp/nodeforge-bench-rebuild.XXXXXX)
+. benches/lib/registry.sh
+cleanup() { stop_bench_registry; rm -rf "$work"; }
+trap cleanup EXIT
+start_bench_registry "$tdir" 8 8
+echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+mkdir -p "$work/profiles" "$work/overlays/web"
+cat > "$work/profiles/base.toml" <<TOML
+extends = "$repo/profiles/base.toml"
+name = "bench-base"
+hostname = "bench-a"
+TOML
+cat > "$work/overlays/web/compose.yaml.tera" <<'YAML'
+services:
+  web:
+    image: {{ images[env.IMAGE] }}
+    pull_policy: never
+    ports: ["8080:80"]
+YAML
+cat > "$work/profiles/role.toml" <<TOML
+extends = "$repo/profiles/base.toml"
+name = "bench-role"
+packages = ["docker.io", "docker-cli", "docker-compose"]
+[disk]
+size = "3GiB"
+[[stacks]]
+name = "web"
+compose = "web/compose.yaml.tera"
+images = ["${refs[0]}"]
+env = { IMAGE = "${refs[0]}" }
+TOML
+"$nf" lock "$work/profiles/role.toml" > /dev/null
+
+# run LABEL PROFILE: builds, prints the steps, stores the wall time.
+run() {
+  local label=$1 profile=$2 start end
+  start=$(date +%s.%N)
+  "$nf" build "$work/profiles/$profile.toml" --output "$work/out" --cache-dir "$work/cache" \
+    --agent "$agent" --json > "$work/run.jsonl"
+  end=$(date +%s.%N)
+  python3 - "$work/run.jsonl" "$label" "$start" "$end" "$work/$label.seconds" <<'PY'
+import json, sys
+path, label, start, end, out = sys.argv[1:6]
+wall = float(end) - float(start)
+steps = [json.loads(l)["report"] for l in open(path) if '"step-end"' in l]
+print(f"== {label}: {wall:.1f} s wall")
+print("   " + ", ".join(f"{s['name']} {s['seconds']:.2f}" + ("" if s["status"] == "done" else f" ({s['status']})") for s in steps))
+open(out, "w").write(f"{wall}\n")
+PY
+}
+
+run base-cold base
+sed -i 's/^hostname = "bench-a"/hostname = "bench-b"/' "$work/profiles/base.toml"
+run base-warm-edit base
+run base-unchanged base
+run role-cold role
+sed -i 's/"8080:80"/"8081:80"/' "$work/overlays/web/compose.yaml.tera"
+run role-warm-compose-edit role
+run role-unchanged role
+
+python3 - "$work" <<'PY'
+import sys
+t = {n: float(open(f"{sys.argv[1]}/{n}.seconds").read()) for n in
+     ["base-cold", "base-warm-edit", "base-unchanged", "role-cold", "role-warm-compose-edit", "role-unchanged"]}
+print(f"== base: cold {t['base-cold']:.1f} s (target at most 180 s), warm after an edit "
+      f"{t['base-warm-edit']:.1f} s = {t['base-warm-edit'] / t['base-cold']:.3f} of cold, unchanged {t['base-unchanged']:.1f} s")
+print(f"== role with a stack: cold {t['role-cold']:.1f} s, warm after a compose edit "
+      f"{t['role-warm-compose-edit']:.1f} s (target at most 15 s) = {t['role-warm-compose-edit'] / t['role-cold']:.3f} of cold, "
+      f"unchanged {t['role-unchanged']:.1f} s")
+PY

@@ -1,0 +1,89 @@
+//! Whole-build reuse: when the image in the output directory was built
+//! from exactly the same inputs and is unchanged since, nothing is rebuilt.
+//!
+//! The image key covers everything an image is made from: the resolved
+//! profile with the content of every file it reads (profile_hash), the
+//! base rootfs key, the agent binary, the nodeforge binary itself and
+//! SOURCE_DATE_EPOCH. The image is re-hashed before it is reused, so an
+//! image changed in place since (`nodeforge customize` without `-o`) is
+//! rebuilt rather than handed out as pristine.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use super::BuildResult;
+use crate::fsutil::{sha256_bytes, sha256_file};
+use crate::plan::Plan;
+use crate::profile::OutputFormat;
+
+/// The key of the image `plan` builds with `agent` and `epoch`.
+pub fn image_key(plan: &Plan, agent: &Path, epoch: Option<i64>) -> Result<String> {
+    let builder = std::env::current_exe().context("finding the nodeforge binary")?;
+    let key = serde_json::json!({
+        "profile": plan.profile_hash,
+        "rootfs": plan.rootfs_key,
+        "agent": sha256_file(agent)?,
+        "builder": sha256_file(&builder)?,
+        "epoch": epoch,
+    });
+    Ok(sha256_bytes(key.to_string().as_bytes()))
+}
+
+/// The fields of an earlier build's manifest that decide reuse.
+#[derive(Deserialize)]
+struct EarlierManifest {
+    #[serde(default)]
+    image_key: Option<String>,
+    sha256: String,
+    image_size: u64,
+}
+
+/// The outputs of `plan` in `output_dir`, when they were built under `key`
+/// and are intact; `None` when the image must be built.
+pub fn reusable_outputs(plan: &Plan, output_dir: &Path, key: &str) -> Result<Option<BuildResult>> {
+    let name = &plan.profile.name;
+    let manifest: PathBuf = output_dir.join(format!("{name}.manifest.json"));
+    let image = output_dir.join(format!("{name}.img"));
+    let Ok(text) = fs::read(&manifest) else {
+        return Ok(None);
+    };
+    let Ok(earlier) = serde_json::from_slice::<EarlierManifest>(&text) else {
+        return Ok(None);
+    };
+    if earlier.image_key.as_deref() != Some(key) {
+        return Ok(None);
+    }
+    let mut companions = vec![
+        output_dir.join(format!("{name}.img.sha256")),
+        output_dir.join(format!("{name}.img.bmap")),
+    ];
+    for format in &plan.profile.outputs {
+        match format {
+            OutputFormat::Raw => {}
+            OutputFormat::Qcow2 => companions.push(output_dir.join(format!("{name}.qcow2"))),
+        }
+    }
+    if !image.is_file() || companions.iter().any(|p| !p.is_file()) {
+        return Ok(None);
+    }
+    let (bmap, sha256) = crate::bmap::Bmap::create_with_image_sha256(&image)?;
+    if sha256 != earlier.sha256 || bmap.image_size != earlier.image_size {
+        return Ok(None);
+    }
+    let allocated = fs::metadata(&image)
+        .with_context(|| format!("reading {}", image.display()))?
+        .blocks()
+        * 512;
+    Ok(Some(BuildResult {
+        image,
+        sha256,
+        manifest,
+        image_size: earlier.image_size,
+        allocated,
+        steps: Vec::new(),
+    }))
+}
