@@ -24,7 +24,7 @@ apt-get update
 apt-get install -y --no-install-recommends \
   ca-certificates tar zstd xz-utils gdisk fdisk dosfstools cpio ovmf kmod openssl \
   bmap-tools gnupg apt-utils qemu-efi-aarch64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-  docker-registry busybox-static
+  docker-registry busybox-static squashfs-tools ipxe ipxe-qemu seabios curl
 apt-get install -y --no-install-recommends "${backports[@]}" \
   mmdebstrap e2fsprogs qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils
 

@@ -81,6 +81,20 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::tailnet::cli::TailnetCommand,
     },
+    /// Network-boot a fleet: iPXE scripts, kernels, root squashfs and
+    /// once-only seeds by MAC address over HTTP (and iPXE over TFTP).
+    Serve(crate::serve::ServeArgs),
+    /// Runs on a machine netbooted in install mode (its initramfs starts
+    /// it): writes the role's image to the local disk the fleet's rule
+    /// picks, as `flash` does, and stamps the node's seed.
+    #[command(hide = true)]
+    Netinstall {
+        /// The install order `nodeforge serve` made for this machine.
+        order_url: String,
+        /// Where the image's mapped ranges are staged (RAM on a netbooted machine).
+        #[arg(long, default_value = "/var/tmp")]
+        staging_dir: PathBuf,
+    },
     /// List the host programs nodeforge needs; --install installs the missing ones.
     Doctor {
         #[arg(long)]
@@ -116,6 +130,9 @@ pub struct BuildArgs {
     /// Build twice (the second time from scratch) and compare the images.
     #[arg(long)]
     pub verify_reproducible: bool,
+    /// More output formats besides the profile's [outputs] (e.g. netboot); repeatable.
+    #[arg(long = "format", value_enum)]
+    pub formats: Vec<crate::profile::OutputFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +224,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Cache { command, cache_dir } => cache_cmd(command, cache_dir),
         Command::Tailnet { command } => crate::tailnet::cli::run(command),
+        Command::Serve(args) => crate::serve::run(&args),
+        Command::Netinstall {
+            order_url,
+            staging_dir,
+        } => crate::install::run(&order_url, &staging_dir),
         Command::Doctor { install } => {
             let (text, missing) = doctor::report();
             print!("{text}");
@@ -254,7 +276,12 @@ fn check(profiles: &[PathBuf]) -> Result<()> {
 }
 
 fn build_cmd(args: BuildArgs) -> Result<()> {
-    let plan = Plan::load(&args.profile)?;
+    let mut plan = Plan::load(&args.profile)?;
+    for f in &args.formats {
+        if !plan.profile.outputs.contains(f) {
+            plan.profile.outputs.push(*f);
+        }
+    }
     let output = if args.json {
         Output::Json
     } else if args.quiet {

@@ -170,6 +170,30 @@ pub const REQUIREMENTS: &[Requirement] = &[
         false,
     ),
     req(
+        "netboot root filesystem",
+        Probe::Program("mksquashfs"),
+        "squashfs-tools",
+        false,
+    ),
+    req(
+        "iPXE for TFTP clients (serve --tftp)",
+        Probe::File("/usr/lib/ipxe/undionly.kpxe"),
+        "ipxe",
+        false,
+    ),
+    req(
+        "iPXE ROMs for netboot guests",
+        Probe::File("/usr/lib/ipxe/qemu/efi-virtio.rom"),
+        "ipxe-qemu",
+        false,
+    ),
+    req(
+        "fetch over HTTP and TFTP (tests, benches)",
+        Probe::Program("curl"),
+        "curl",
+        false,
+    ),
+    req(
         "busybox for test images (tests)",
         Probe::File("/bin/busybox"),
         "busybox-static",

@@ -14,6 +14,9 @@
 //! profile = "profiles/sentinel.toml"
 //! mac = "52:54:00:12:34:56"
 //! ```
+//!
+//! `serve` also reads `default_node` (top level), `artifacts`, `mode`,
+//! `install_disk` and `force`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,24 @@ pub struct NodeValues {
     pub profile: Option<PathBuf>,
     /// The machine's MAC address (for `serve`).
     pub mac: Option<String>,
+    /// The build whose netboot files `serve` hands this machine (a
+    /// profile's `name`; default: the name of `profile`).
+    pub artifacts: Option<String>,
+    /// `diskless` (default): run from RAM; `install`: write the role's
+    /// disk image to a local disk and boot from it.
+    pub mode: Option<NodeMode>,
+    /// Install mode: which disk (see [`crate::install::DiskRule`]).
+    pub install_disk: Option<String>,
+    /// Install mode: overwrite a disk that holds data.
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeMode {
+    #[default]
+    Diskless,
+    Install,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -46,6 +67,10 @@ pub struct Fleet {
     pub defaults: NodeValues,
     #[serde(default)]
     pub nodes: BTreeMap<String, NodeValues>,
+    /// The node `serve` boots a machine whose MAC no node names (each such
+    /// machine gets the node's hostname with its MAC appended); without
+    /// it, unknown machines are refused.
+    pub default_node: Option<String>,
     #[serde(skip)]
     pub dir: PathBuf,
 }

@@ -280,12 +280,16 @@ fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
 
     // No registry: --offline builds from the warm cache…
     drop(reg);
+    // Without the image, the unchanged profile is built, not reused.
+    fs::remove_file(p.path("out/s.img")).unwrap();
     let out = build(&p, "cache", &["--offline"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(p.path("out/s.img").is_file());
     // …and with a cold blob cache names what is missing, as does an online
     // build that cannot reach the registry.
     fs::create_dir_all(p.path("cache2")).unwrap();
     fs::rename(p.path("cache/rootfs"), p.path("cache2/rootfs")).unwrap();
+    fs::remove_file(p.path("out/s.img")).unwrap();
     let out = build(&p, "cache2", &["--offline"]);
     assert!(!out.status.success());
     let err = stderr(&out);

@@ -173,23 +173,7 @@ pub fn qemu_args(
         (Arch::Arm64, Accel::Kvm) => ("virt,accel=kvm", "host"),
         (Arch::Arm64, _) => ("virt,accel=tcg", "max,pauth-impdef=on"),
     };
-    let mut args: Vec<String> = [
-        "-machine",
-        machine,
-        "-cpu",
-        cpu,
-        "-smp",
-        &opts.cpus.to_string(),
-        "-m",
-        &opts.memory_mb.to_string(),
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = common_args(machine, cpu, opts.cpus, opts.memory_mb);
     match spec {
         BootSpec::Uefi(_) => {
             let (code, vars_template) = firmware(arch)?;
@@ -277,6 +261,28 @@ pub fn qemu_args(
     Ok(args)
 }
 
+/// Machine, CPU, memory; no default devices, no display, and QEMU exits
+/// when the guest reboots.
+pub(super) fn common_args(machine: &str, cpu: &str, cpus: u32, memory_mb: u32) -> Vec<String> {
+    [
+        "-machine",
+        machine,
+        "-cpu",
+        cpu,
+        "-smp",
+        &cpus.to_string(),
+        "-m",
+        &memory_mb.to_string(),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Grows a variable store copy to virt's flash size (some distributions
 /// ship it smaller than the bank).
 fn pad_flash(path: &Path) -> Result<()> {
@@ -293,7 +299,7 @@ fn pad_flash(path: &Path) -> Result<()> {
 }
 
 /// QEMU option values use ',' as a separator; a literal comma is doubled.
-fn qemu_escape(p: &Path) -> String {
+pub(super) fn qemu_escape(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 

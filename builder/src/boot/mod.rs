@@ -17,7 +17,9 @@ use crate::build::host_arch;
 use crate::exec::tail_lines;
 
 mod machine;
+mod netboot;
 pub use machine::{arch_of, image_arch, inspect, virt_append, BootSpec};
+pub use netboot::NetbootVmOptions;
 
 /// How long a KVM guest may stay silent on the serial console before KVM
 /// is judged broken on this host.
@@ -149,17 +151,22 @@ impl Vm {
     fn spawn(opts: &VmOptions, accel: Accel) -> Result<Vm> {
         let tmp = tempfile::tempdir().context("creating a temporary directory for QEMU")?;
         let spec = inspect(&opts.image, tmp.path())?;
-        let log = opts
-            .log
-            .clone()
-            .unwrap_or_else(|| tmp.path().join("console.log"));
-        let _ = fs::remove_file(&log);
-        File::create(&log).with_context(|| format!("creating console log {}", log.display()))?;
-        let stderr_log = tmp.path().join("qemu.stderr");
+        let log = fresh_log(opts.log.clone(), tmp.path())?;
         let args = machine::qemu_args(opts, &spec, accel, &log, tmp.path())?;
-        let program = machine::qemu_program(spec.arch());
+        Vm::launch(machine::qemu_program(spec.arch()), &args, log, accel, tmp)
+    }
+
+    /// Starts QEMU with `args`; its stderr is kept in `tmp`.
+    fn launch(
+        program: &str,
+        args: &[String],
+        log: PathBuf,
+        accel: Accel,
+        tmp: tempfile::TempDir,
+    ) -> Result<Vm> {
+        let stderr_log = tmp.path().join("qemu.stderr");
         let child = Command::new(program)
-            .args(&args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr_log)?)
@@ -286,6 +293,14 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// An empty console log: `log`, or one in `tmp`.
+fn fresh_log(log: Option<PathBuf>, tmp: &Path) -> Result<PathBuf> {
+    let log = log.unwrap_or_else(|| tmp.join("console.log"));
+    let _ = fs::remove_file(&log);
+    File::create(&log).with_context(|| format!("creating console log {}", log.display()))?;
+    Ok(log)
 }
 
 /// Starts the image, waits for `expect`, stops the guest. With `Auto`, a

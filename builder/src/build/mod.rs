@@ -5,6 +5,7 @@ pub mod containers;
 mod cross;
 mod image;
 mod initrd;
+pub mod netboot;
 mod outputs;
 mod overlay;
 pub mod progress;

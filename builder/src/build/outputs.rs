@@ -107,6 +107,9 @@ pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome,
                     .with_context(|| format!("writing {}", out.display()))?;
                 fsutil::commit_partial(&partial, &out)?;
             }
+            OutputFormat::Netboot => {
+                super::netboot::write(ctx)?;
+            }
         }
     }
     let result = BuildResult {

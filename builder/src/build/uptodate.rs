@@ -65,6 +65,12 @@ pub fn reusable_outputs(plan: &Plan, output_dir: &Path, key: &str) -> Result<Opt
         match format {
             OutputFormat::Raw => {}
             OutputFormat::Qcow2 => companions.push(output_dir.join(format!("{name}.qcow2"))),
+            OutputFormat::Netboot => {
+                let files = super::netboot::NetbootFiles::of(name);
+                for f in [files.kernel, files.initrd, files.squashfs, files.script] {
+                    companions.push(output_dir.join(f));
+                }
+            }
         }
     }
     if !image.is_file() || companions.iter().any(|p| !p.is_file()) {

@@ -7,6 +7,7 @@
 
 pub mod cpio;
 pub mod modules;
+pub mod netboot;
 
 use std::fs;
 use std::path::Path;
@@ -34,6 +35,27 @@ pub struct Built {
 
 /// Builds the initramfs for kernel `version` of the system in `rootfs`.
 pub fn build(rootfs: &Path, version: &str, wanted: &[String], root_uuid: Uuid) -> Result<Built> {
+    assemble(rootfs, version, wanted, &[], &init_script(root_uuid), &[])
+}
+
+/// A file the initramfs carries besides busybox, the modules and /init.
+pub struct Extra<'a> {
+    pub path: &'a str,
+    pub mode: u32,
+    pub data: &'a [u8],
+}
+
+/// The cpio archive: busybox, the `wanted` modules (and those of
+/// `optional` the kernel has) with their dependencies, `extra` files, and
+/// `init` as /init.
+fn assemble(
+    rootfs: &Path,
+    version: &str,
+    wanted: &[String],
+    optional: &[&str],
+    init: &str,
+    extra: &[Extra],
+) -> Result<Built> {
     let busybox = BUSYBOX
         .iter()
         .map(|p| rootfs.join(p))
@@ -56,7 +78,16 @@ pub fn build(rootfs: &Path, version: &str, wanted: &[String], root_uuid: Uuid) -
         &read_index("modules.dep")?,
         &read_index("modules.builtin").unwrap_or_default(),
     );
-    let order = index.resolve(wanted).map_err(|missing| {
+    let mut all: Vec<String> = wanted.to_vec();
+    all.extend(optional.iter().map(|m| m.to_string()));
+    let order = match index.resolve(&all) {
+        Err(missing) if missing.iter().all(|m| optional.contains(&m.as_str())) => {
+            all.retain(|m| !missing.contains(m));
+            index.resolve(&all)
+        }
+        other => other,
+    };
+    let order = order.map_err(|missing| {
         anyhow::anyhow!(
             "kernel {version} has no module {} (neither in modules.dep nor built in): fix the \
              hardware's initramfs_modules",
@@ -103,7 +134,10 @@ pub fn build(rootfs: &Path, version: &str, wanted: &[String], root_uuid: Uuid) -
         list.push('\n');
     }
     w.file(&format!("/{MODULE_LIST}"), 0o644, list.as_bytes())?;
-    w.file("/init", 0o755, init_script(root_uuid).as_bytes())?;
+    for e in extra {
+        w.file(e.path, e.mode, e.data)?;
+    }
+    w.file("/init", 0o755, init.as_bytes())?;
     Ok(Built {
         bytes: w.finish()?,
         modules: order.iter().map(|m| modules::module_name(m)).collect(),
@@ -151,15 +185,7 @@ pub fn init_script(root_uuid: Uuid) -> String {
         r#"#!/bin/sh
 # nodeforge initramfs: load the drivers that reach the root filesystem,
 # mount it and hand over to its init.
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
-mount -t proc -o nosuid,nodev,noexec proc /proc
-mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-while read -r m; do
-    insmod "/lib/modules/$m" 2>/dev/null
-done < /{MODULE_LIST}
-root="UUID={root_uuid}"
+{prelude}root="UUID={root_uuid}"
 tries=0
 until dev=$(findfs "$root" 2>/dev/null); do
     tries=$((tries + 1))
@@ -180,9 +206,22 @@ umount /proc /sys
 mount --move /dev /newroot/dev
 exec switch_root /newroot /sbin/init "$@"
 "#,
-        tries = ROOT_WAIT_SECS * 5
+        tries = ROOT_WAIT_SECS * 5,
+        prelude = INIT_PRELUDE,
     )
 }
+
+/// The start of every /init: busybox's applets, the kernel's virtual
+/// filesystems, the modules.
+const INIT_PRELUDE: &str = r#"/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+while read -r m; do
+    insmod "/lib/modules/$m" 2>/dev/null
+done < /etc/nodeforge-modules
+"#;
 
 #[cfg(test)]
 mod tests {

@@ -188,13 +188,18 @@ pub struct OutputsFile {
     pub formats: Option<Vec<OutputFormat>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// A raw disk image, `<name>.img`.
     Raw,
     /// A qcow2 copy of the raw image, `<name>.qcow2`.
     Qcow2,
+    /// PXE/iPXE boot files: `<name>.vmlinuz`, `<name>.initrd`, the root as
+    /// `<name>.squashfs` and `<name>.boot.ipxe` (see `nodeforge serve`).
+    Netboot,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,126 @@
+//! `nodeforge serve`: network boot for a fleet. Machines are recognised
+//! by MAC address (the fleet file); each gets its build's kernel, initrd
+//! and root squashfs over HTTP, and its seed once. Optionally a TFTP
+//! server hands the iPXE binary to firmware that only speaks TFTP.
+
+pub mod http;
+pub mod nodes;
+pub mod routes;
+pub mod tftp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::fleet::Fleet;
+use nodes::NodeTable;
+use routes::App;
+
+/// Where log lines go (stderr for the command, a buffer in tests).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Where Debian's ipxe package puts undionly.kpxe and ipxe.efi.
+pub const IPXE_DIR: &str = "/usr/lib/ipxe";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The fleet file: nodes by MAC address, their builds and seeds.
+    #[arg(long)]
+    pub nodes: PathBuf,
+    /// Address for HTTP.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Also serve the iPXE binaries over TFTP, on this address.
+    #[arg(long, num_args = 0..=1, default_missing_value = "0.0.0.0:69")]
+    pub tftp: Option<SocketAddr>,
+    /// The directory TFTP serves.
+    #[arg(long, default_value = IPXE_DIR)]
+    pub tftp_root: PathBuf,
+    /// Where the builds' netboot files are (`nodeforge build -o DIR --format netboot`).
+    #[arg(long, default_value = "out")]
+    pub artifacts: PathBuf,
+}
+
+/// A running server (for tests and benches: on its own runtime thread).
+pub struct Running {
+    pub http: SocketAddr,
+    pub tftp: Option<SocketAddr>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Checks the fleet and the builds it names, binds the sockets.
+pub fn start(args: &ServeArgs, log: Log) -> Result<Running> {
+    let fleet = Fleet::load(&args.nodes)?;
+    let nodes = NodeTable::from_fleet(&fleet)?;
+    for name in nodes.artifacts() {
+        let files = crate::build::netboot::NetbootFiles::of(name);
+        for f in [&files.kernel, &files.initrd, &files.squashfs, &files.script] {
+            let p = args.artifacts.join(f);
+            if !p.is_file() {
+                anyhow::bail!(
+                    "{} is missing: build the profile named `{name}` with `nodeforge build -o {} \
+                     --format netboot PROFILE`",
+                    p.display(),
+                    args.artifacts.display()
+                );
+            }
+        }
+    }
+    let app = Arc::new(App::new(nodes, args.artifacts.clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listener = runtime
+        .block_on(TcpListener::bind(args.listen))
+        .with_context(|| format!("listening on {} for HTTP", args.listen))?;
+    let http_addr = listener.local_addr()?;
+    let tftp_addr = match args.tftp {
+        Some(addr) => {
+            let sock = runtime.block_on(UdpSocket::bind(addr)).with_context(|| {
+                format!("binding {addr} for TFTP (port 69 needs root or CAP_NET_BIND_SERVICE)")
+            })?;
+            let bound = sock.local_addr()?;
+            let (root, log) = (args.tftp_root.clone(), log.clone());
+            runtime.spawn(async move {
+                if let Err(e) = tftp::serve(sock, root, log.clone()).await {
+                    log(&format!("TFTP server stopped: {e}"));
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    let http_log = log.clone();
+    runtime.spawn(async move {
+        if let Err(e) = http::serve(listener, app, http_log.clone()).await {
+            http_log(&format!("HTTP server stopped: {e}"));
+        }
+    });
+    Ok(Running {
+        http: http_addr,
+        tftp: tftp_addr,
+        _runtime: runtime,
+    })
+}
+
+/// `nodeforge serve`: runs until killed.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let log: Log = Arc::new(|line: &str| eprintln!("{line}"));
+    let running = start(args, log)?;
+    eprintln!(
+        "nodeforge serve: HTTP on {} (machines chain http://ADDRESS:{}/boot.ipxe){}",
+        running.http,
+        running.http.port(),
+        match running.tftp {
+            Some(t) => format!(", TFTP on {t} from {}", args.tftp_root.display()),
+            None => String::new(),
+        }
+    );
+    loop {
+        std::thread::park();
+    }
+}
