@@ -39,3 +39,30 @@ fi
 if command -v rustup >/dev/null; then
   rustup target add aarch64-unknown-linux-gnu
 fi
+
+# Compose files are validated with trixie's docker-compose (v2, Go, static
+# enough to run here); bookworm's is the old Python one. Fetched with a
+# private apt configuration so the host's sources stay as they are, and
+# installed at a fixed path the tests look for.
+compose_bin=/usr/local/lib/nodeforge/docker-compose
+if [ ! -x "$compose_bin" ]; then
+  apt_dir=$(mktemp -d)
+  mkdir -p "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/deb"
+  cat > "$apt_dir/trixie.sources" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt_opts=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$apt_dir"
+    -o "Dir::State=$apt_dir/state" -o "Dir::State::status=/dev/null"
+    -o "Dir::Cache=$apt_dir/cache" -o "APT::Architecture=amd64"
+    -o "APT::Sandbox::User=root")
+  apt-get "${apt_opts[@]}" update
+  (cd "$apt_dir/deb" && apt-get "${apt_opts[@]}" download docker-compose)
+  dpkg-deb -x "$apt_dir"/deb/docker-compose_*.deb "$apt_dir/root"
+  install -D -m 0755 "$apt_dir/root/usr/libexec/docker/cli-plugins/docker-compose" "$compose_bin"
+  rm -rf "$apt_dir"
+fi
+"$compose_bin" version

@@ -44,7 +44,14 @@ pub enum Command {
     Build(BuildArgs),
     /// Resolve the container images of a profile's stacks to digests for
     /// its architecture and write them to `<profile>.lock.toml`.
-    Lock { profile: PathBuf },
+    Lock {
+        profile: PathBuf,
+        /// Resolve a registry's images through a mirror, keeping their
+        /// names: `--mirror docker.io=http://127.0.0.1:5000` (repeatable).
+        /// The lock records it, and builds fetch the blobs from it.
+        #[arg(long = "mirror", value_name = "REGISTRY=URL", value_parser = crate::oci::Mirror::parse)]
+        mirrors: Vec<crate::oci::Mirror>,
+    },
     /// Boot an image in QEMU and wait for a line on its serial console.
     Boot(BootArgs),
     /// Stamp a per-node seed (hostname, auth key, SSH keys, tags) into an
@@ -194,7 +201,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Build(args) => build_cmd(args),
-        Command::Lock { profile } => lock_cmd(&profile),
+        Command::Lock { profile, mirrors } => lock_cmd(&profile, mirrors),
         Command::Boot(args) => boot_cmd(args),
         Command::Customize(args) => customize_cmd(args),
         Command::Flash(args) => crate::flash::run(&args),
@@ -336,7 +343,7 @@ fn build_cmd(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn lock_cmd(profile: &std::path::Path) -> Result<()> {
+fn lock_cmd(profile: &std::path::Path, mirrors: Vec<crate::oci::Mirror>) -> Result<()> {
     let p = crate::profile::load(profile)?;
     if p.stacks.is_empty() {
         bail!(
@@ -344,7 +351,7 @@ fn lock_cmd(profile: &std::path::Path) -> Result<()> {
             profile.display()
         );
     }
-    let client = crate::oci::Client::new()?;
+    let client = crate::oci::Client::new()?.with_mirrors(crate::oci::Mirrors::new(mirrors));
     let (lock, path) = crate::oci::lock::lock(&p, profile, &client)?;
     for im in &lock.images {
         println!("{}  {}", im.digest, im.reference);

@@ -160,6 +160,27 @@ pub fn read_auth_key(source: &Path) -> Result<AuthKey> {
     AuthKey::from_file(source).map_err(anyhow::Error::msg)
 }
 
+/// Reads a stack secret's value from a file: one line, trailing newline
+/// trimmed. Errors name the secret and the file, never the value.
+fn read_stack_secret(name: &str, file: &Path) -> Result<AuthKey> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading stack secret {name} from {}", file.display()))?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    nodeforge_firstboot::seed::validate_secret(name, value)
+        .map_err(|e| anyhow::anyhow!("{e} (in {})", file.display()))?;
+    Ok(AuthKey::new(value))
+}
+
+/// `NAME=FILE` of `--stack-secret`.
+fn parse_stack_secret(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((n, f)) if !n.is_empty() && !f.is_empty() => Ok((n.to_owned(), PathBuf::from(f))),
+        _ => Err(format!(
+            "`{s}` must be NAME=FILE, e.g. POSTGRES_PASSWORD=secrets/pg (the file holds the value)"
+        )),
+    }
+}
+
 /// Copies `image` to `out` keeping it sparse, for `customize -o`.
 pub fn sparse_copy(image: &Path, out: &Path) -> Result<()> {
     let src = File::open(image).with_context(|| format!("opening {}", image.display()))?;
@@ -189,6 +210,8 @@ pub struct SeedOptions {
     pub authkey_file: Option<PathBuf>,
     pub ssh_keys: Vec<String>,
     pub tags: Vec<String>,
+    /// Stack secrets by name, each read from a file (never given inline).
+    pub stack_secret_files: Vec<(String, PathBuf)>,
 }
 
 impl SeedOptions {
@@ -215,6 +238,11 @@ impl SeedOptions {
                 .transpose()?,
             tailscale_tags: self.tags.clone(),
             ssh_authorized_keys: keys,
+            stack_secrets: self
+                .stack_secret_files
+                .iter()
+                .map(|(name, file)| Ok((name.clone(), read_stack_secret(name, file)?)))
+                .collect::<Result<_>>()?,
         };
         seed.validate().map_err(anyhow::Error::msg)?;
         Ok(seed)
@@ -242,6 +270,11 @@ pub struct SeedArgs {
     /// An extra tailnet tag (tag:name); repeatable.
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// A value for a secret the image's stacks declare, read from a file:
+    /// NAME=FILE; repeatable. Undeclared secrets are ignored by the node;
+    /// secrets not given are generated at first boot.
+    #[arg(long = "stack-secret", value_name = "NAME=FILE", value_parser = parse_stack_secret)]
+    pub stack_secrets: Vec<(String, PathBuf)>,
 }
 
 impl SeedArgs {
@@ -260,10 +293,13 @@ impl SeedArgs {
         }
         opts.ssh_keys.extend(self.ssh_keys.iter().cloned());
         opts.tags.extend(self.tags.iter().cloned());
+        opts.stack_secret_files
+            .extend(self.stack_secrets.iter().cloned());
         let empty = opts.hostname.is_none()
             && opts.authkey_file.is_none()
             && opts.ssh_keys.is_empty()
-            && opts.tags.is_empty();
+            && opts.tags.is_empty()
+            && opts.stack_secret_files.is_empty();
         if empty {
             return Ok(None);
         }

@@ -108,6 +108,7 @@ impl Fleet {
                 .map(|p| self.dir.join(p)),
             ssh_keys,
             tags,
+            ..SeedOptions::default()
         })
     }
 }

@@ -180,11 +180,12 @@ impl Plan {
             line(format!("stacks     (lock {})", self.lock_path.display()));
             for st in &p.stacks {
                 line(format!(
-                    "  {:<14} {} ({} images, {} probes, health within {}s)",
+                    "  {:<14} {} ({} images, {} probes, {} secrets, health within {}s)",
                     st.name,
                     st.compose.display(),
                     st.images.len(),
                     st.probes.len(),
+                    st.secrets.len(),
                     st.health_timeout_secs
                 ));
             }

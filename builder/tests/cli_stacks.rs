@@ -320,7 +320,18 @@ fn unlocked_or_mismatched_images_fail_the_build_naming_them() {
     let out = build(&p, "cache", &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("build step `containers` failed"), "{err}");
+    // Refused before any step runs, with the command to run.
+    assert!(!err.contains("build step"), "{err}");
+    assert!(
+        err.contains("the profile's stacks name 1 container images but it has no lock file")
+            && err.contains("run `nodeforge lock profiles/s.toml` (with `--mirror REGISTRY=URL`"),
+        "{err}"
+    );
+    p.write(
+        "profiles/s.lock.toml",
+        "version = 1\narch = \"amd64\"\nimages = []\n",
+    );
+    let err = stderr(&build(&p, "cache", &[]));
     assert!(
         err.contains(&format!("image {pinned} is not in the lock file")),
         "{err}"
@@ -341,4 +352,60 @@ fn unlocked_or_mismatched_images_fail_the_build_naming_them() {
         "{err}"
     );
     assert!(err.contains("does not match the lock file"), "{err}");
+}
+
+#[test]
+fn secrets_are_names_only_and_excluded_stacks_must_exist() {
+    let p = project("127.0.0.1:5000/web:1");
+    let text = fs::read_to_string(p.path("profiles/s.toml")).unwrap();
+    p.write(
+        "profiles/s.toml",
+        &text.replace(
+            "health_timeout_secs = 90\n",
+            "health_timeout_secs = 90\nsecrets = [\"DB_PASSWORD\", \"GREETING\", \"bad-name\", \"DB_PASSWORD\"]\n",
+        ),
+    );
+    check_fails_with(
+        &p,
+        &[
+            "`GREETING` is both a secret and an env value",
+            "secret name `bad-name` is not valid",
+            "secret `DB_PASSWORD` is listed twice",
+        ],
+    );
+
+    p.write(
+        "profiles/s.toml",
+        &text.replace(
+            "health_timeout_secs = 90\n",
+            "health_timeout_secs = 90\nsecrets = [\"DB_PASSWORD\"]\n",
+        ),
+    );
+    let out = p.nodeforge(&["plan", "profiles/s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(1 images, 1 probes, 1 secrets,"),
+        "{}",
+        stdout(&out)
+    );
+
+    p.write(
+        "profiles/t.toml",
+        "extends = \"s.toml\"\nname = \"t\"\nexclude_stacks = [\"web\", \"nope\"]\n",
+    );
+    let out = p.nodeforge(&["check", "profiles/t.toml"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out)
+            .contains("exclude_stacks names `nope`, which no profile this one extends declares"),
+        "{}",
+        stderr(&out)
+    );
+    p.write(
+        "profiles/t.toml",
+        "extends = \"s.toml\"\nname = \"t\"\nexclude_stacks = [\"web\"]\n",
+    );
+    let out = p.nodeforge(&["plan", "profiles/t.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("stacks "), "{}", stdout(&out));
 }

@@ -166,3 +166,54 @@ fn customize_refuses_a_key_on_the_command_line_and_bad_values() {
     let out = nodeforge(dir.path(), &["customize", "node.img"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to stamp"));
 }
+
+#[test]
+fn customize_stamps_stack_secrets_read_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    image(dir.path());
+    fs::write(dir.path().join("pg"), "pg-secret-value\n").unwrap();
+    let out = nodeforge(
+        dir.path(),
+        &[
+            "customize",
+            "node.img",
+            "--stack-secret",
+            "POSTGRES_PASSWORD=pg",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seed = nodeforge::customize::read_seed(&dir.path().join("node.img"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seed.stack_secrets["POSTGRES_PASSWORD"].expose(),
+        "pg-secret-value"
+    );
+
+    // Values only from files; a bad one is named without its value.
+    let out = nodeforge(
+        dir.path(),
+        &[
+            "customize",
+            "node.img",
+            "--stack-secret",
+            "POSTGRES_PASSWORD",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be NAME=FILE"));
+    fs::write(dir.path().join("bad"), "it's\n").unwrap();
+    let out = nodeforge(
+        dir.path(),
+        &["customize", "node.img", "--stack-secret", "A=bad"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("stack secret A") && !err.contains("it's"),
+        "{err}"
+    );
+}

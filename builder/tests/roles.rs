@@ -1,6 +1,7 @@
 //! The repository's own role profiles: each passes `nodeforge check`, the
-//! tailnet policy generated from them gives the seed's access, and core's
-//! Prometheus configuration scrapes what the seed's does.
+//! tailnet policy generated from them gives the seed's access, core's
+//! Prometheus configuration scrapes what the seed's does, and every
+//! stack's compose file passes the real `docker compose config`.
 
 mod common;
 
@@ -110,9 +111,11 @@ fn core_scrapes_what_the_seed_scrapes() {
     let text = std::fs::read_to_string(&file.source).unwrap();
     let ctx = tera::Context::from_serialize(plan.profile.template_context()).unwrap();
     let rendered = tera::Tera::one_off(&text, &ctx, false).unwrap();
-    // The seed's scrape_configs (shared/seeds/001…, "Prometheus Scrape Config").
+    // The seed's scrape_configs (shared/seeds/001…, "Prometheus Scrape
+    // Config"); Prometheus runs in a container, so the host's own
+    // node_exporter is the Docker host gateway, not localhost.
     for (job, target) in [
-        ("nxcore-node", "localhost:9100"),
+        ("nxcore-node", "host.docker.internal:9100"),
         ("nxcore-containers", "cadvisor:8080"),
         ("datacore-node", "datacore.tail79107c.ts.net:9100"),
         ("datacore-postgres", "datacore.tail79107c.ts.net:9187"),
@@ -127,5 +130,175 @@ fn core_scrapes_what_the_seed_scrapes() {
             rendered.contains(&entry),
             "{entry:?} missing from:\n{rendered}"
         );
+    }
+}
+
+/// Where scripts/host-packages.sh puts trixie's docker-compose (v2).
+const COMPOSE_BIN: &str = "/usr/local/lib/nodeforge/docker-compose";
+
+/// Every role's stacks, rendered as the build renders them (each image
+/// under the tag it loads as) and checked by the real compose: the file
+/// is valid, every image is one the stack declares and is never pulled,
+/// every probe names a service, and each secret the stack declares is
+/// interpolated from the secrets file rather than written in the file.
+#[test]
+fn every_stack_passes_docker_compose_config() {
+    if !Path::new(COMPOSE_BIN).is_file() {
+        eprintln!("skipped: {COMPOSE_BIN} is missing (scripts/host-packages.sh installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = Vec::new();
+    for file in profiles() {
+        let profile = nodeforge::profile::load(&file).unwrap();
+        for st in &profile.stacks {
+            let digest = nodeforge::oci::Digest::of(st.name.as_bytes());
+            let tags: Vec<(String, String)> = st
+                .images
+                .iter()
+                .map(|r| {
+                    let t = nodeforge::oci::Reference::parse(r)
+                        .unwrap()
+                        .load_tag(&digest);
+                    (r.clone(), t)
+                })
+                .collect();
+            let tag_map = tags.iter().map(|(r, t)| (r.as_str(), t.as_str())).collect();
+            let rendered =
+                nodeforge::build::containers::render_compose(&profile, st, &tag_map).unwrap();
+            let stack_dir = dir.path().join(format!("{}-{}", profile.name, st.name));
+            std::fs::create_dir_all(&stack_dir).unwrap();
+            let compose = stack_dir.join("compose.yaml");
+            std::fs::write(&compose, &rendered).unwrap();
+            let env = stack_dir.join(".env");
+            std::fs::write(&env, nodeforge::build::containers::env_file(&st.env)).unwrap();
+            let secrets = stack_dir.join("secrets.env");
+            let placeholder = |n: &str| format!("placeholder-{}", n.to_lowercase());
+            let values: Vec<(String, String)> = st
+                .secrets
+                .iter()
+                .map(|n| (n.clone(), placeholder(n)))
+                .collect();
+            std::fs::write(
+                &secrets,
+                nodeforge_firstboot::stacks::env_file(
+                    values.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+            )
+            .unwrap();
+            let what = format!("{} stack {}", file.display(), st.name);
+            let out = Command::new(COMPOSE_BIN)
+                .arg("--project-name")
+                .arg(&st.name)
+                .arg("--file")
+                .arg(&compose)
+                .arg("--env-file")
+                .arg(&env)
+                .arg("--env-file")
+                .arg(&secrets)
+                .args(["config", "--format", "json"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{what}: docker compose config failed:\n{}\n{rendered}",
+                stderr(&out)
+            );
+            assert!(
+                !stderr(&out).contains("variable is not set"),
+                "{what}: {}",
+                stderr(&out)
+            );
+            let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let services = config["services"].as_object().unwrap();
+            for (name, svc) in services {
+                // A password or key in the environment must be a secret
+                // from the secrets file, never a literal.
+                if let Some(env) = svc["environment"].as_object() {
+                    for (k, v) in env {
+                        let sensitive =
+                            ["PASSWORD", "SECRET", "_KEY"].iter().any(|w| k.contains(w));
+                        assert!(
+                            !sensitive || v.as_str().is_some_and(|v| v.contains("placeholder-")),
+                            "{what}: service {name} sets {k} to a literal, not a declared secret"
+                        );
+                    }
+                }
+                let image = svc["image"].as_str().unwrap_or("");
+                assert!(
+                    tags.iter().any(|(_, t)| t == image),
+                    "{what}: service {name} runs {image}, which the stack does not declare"
+                );
+                assert_eq!(svc["pull_policy"], "never", "{what}: service {name}");
+            }
+            for (_, t) in &tags {
+                assert!(
+                    services.values().any(|s| s["image"] == t.as_str()),
+                    "{what}: image {t} is declared but no service runs it"
+                );
+            }
+            for p in &st.probes {
+                assert!(
+                    services.contains_key(&p.service),
+                    "{what}: probe of unknown service {}",
+                    p.service
+                );
+            }
+            let resolved = String::from_utf8_lossy(&out.stdout);
+            for (n, v) in &values {
+                assert!(
+                    resolved.contains(v.as_str()),
+                    "{what}: secret {n} is declared but the compose file never uses it"
+                );
+            }
+            checked.push(what);
+        }
+    }
+    eprintln!("{} stacks checked: {checked:#?}", checked.len());
+    for role in [
+        "core",
+        "data",
+        "ai",
+        "workspace",
+        "media",
+        "sentinel",
+        "controlplane",
+        "cloud",
+        "observability",
+    ] {
+        assert!(
+            checked
+                .iter()
+                .any(|c| c.contains(&format!("profiles/{role}.toml stack {role}"))),
+            "profiles/{role}.toml has no `{role}` stack: {checked:#?}"
+        );
+    }
+}
+
+/// A stack's compose template is rendered by the containers step only: if
+/// it also sat in an overlay the profile applies (say a test profile that
+/// excludes the stack but keeps the role's overlay), the overlay step would
+/// render it without the stack's variables and fail the build.
+#[test]
+fn no_profile_applies_a_compose_template_as_an_overlay_file() {
+    let files = nodeforge::tailnet::profile_files(&[
+        root().join("profiles"),
+        root().join("qemu-tests/profiles"),
+    ])
+    .unwrap();
+    for f in files
+        .iter()
+        .filter(|f| !f.to_string_lossy().ends_with(".lock.toml"))
+    {
+        let plan = nodeforge::plan::Plan::load(f).unwrap();
+        for o in &plan.overlay_files {
+            assert!(
+                !o.source.to_string_lossy().ends_with("compose.yaml.tera"),
+                "{}: overlay file {} is a compose template ({})",
+                f.display(),
+                o.target,
+                o.source.display()
+            );
+        }
     }
 }

@@ -79,6 +79,11 @@ pub struct Seed {
     /// Extra OpenSSH public keys for the image's admin user.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_authorized_keys: Vec<String>,
+    /// Values for the secrets the image's stacks declare, by name
+    /// (`POSTGRES_PASSWORD = "…"`); a declared secret not given here is
+    /// generated at first boot. Scrubbed with the auth key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stack_secrets: std::collections::BTreeMap<String, AuthKey>,
 }
 
 /// Why a seed was refused.
@@ -122,7 +127,15 @@ impl Seed {
                 format!("ssh_authorized_keys[{i}] is not an OpenSSH public key: {e}")
             })?;
         }
+        for (name, v) in &self.stack_secrets {
+            validate_secret(name, v.expose())?;
+        }
         Ok(())
+    }
+
+    /// Whether the seed holds anything the scrub step must remove.
+    pub fn has_secrets(&self) -> bool {
+        self.tailscale_auth_key.is_some() || !self.stack_secrets.is_empty()
     }
 
     /// The same seed with the auth key removed: what the scrub step writes
@@ -130,9 +143,29 @@ impl Seed {
     pub fn without_secrets(&self) -> Seed {
         Seed {
             tailscale_auth_key: None,
+            stack_secrets: Default::default(),
             ..self.clone()
         }
     }
+}
+
+/// A stack secret: an environment name, and a value of one line without
+/// `'` (it is written single-quoted to the stack's secrets file). The
+/// message names the secret, never the value.
+pub fn validate_secret(name: &str, value: &str) -> Result<(), String> {
+    let name_ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !name_ok {
+        return Err(format!(
+            "stack secret name {name:?} is not valid: letters, digits and `_`"
+        ));
+    }
+    if value.is_empty() || value.contains(['\n', '\r', '\'']) {
+        return Err(format!(
+            "stack secret {name} must be one non-empty line without `'`"
+        ));
+    }
+    Ok(())
 }
 
 /// RFC 1123 host name: dot-separated labels of letters, digits and inner
@@ -177,6 +210,7 @@ mod tests {
             tailscale_auth_key: Some(AuthKey::new("tskey-auth-abc123")),
             tailscale_tags: vec!["tag:lab".into()],
             ssh_authorized_keys: vec![KEY.into()],
+            stack_secrets: Default::default(),
         }
     }
 
@@ -213,6 +247,26 @@ mod tests {
         let clean = s.without_secrets().to_toml();
         assert!(!clean.contains("tskey"), "{clean}");
         assert!(clean.contains("media-3"));
+    }
+
+    #[test]
+    fn stack_secrets_are_validated_hidden_and_scrubbed() {
+        let s = Seed::from_toml("[stack_secrets]\nPOSTGRES_PASSWORD = \"s3cr3t-value\"\n").unwrap();
+        assert_eq!(
+            s.stack_secrets["POSTGRES_PASSWORD"].expose(),
+            "s3cr3t-value"
+        );
+        assert!(s.has_secrets());
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        assert!(!s.without_secrets().to_toml().contains("s3cr3t"));
+        assert!(!s.without_secrets().has_secrets());
+        let e = Seed::from_toml("[stack_secrets]\nA = \"it's\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("stack secret A") && !e.to_string().contains("it's"),
+            "{e}"
+        );
+        let e = Seed::from_toml("[stack_secrets]\n\"a-b\" = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("a-b"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,33 @@ pub const STACKS_MANIFEST_PATH: &str = "/etc/nodeforge/stacks.toml";
 pub const STACKS_DIR: &str = "/etc/nodeforge/stacks";
 /// Directory holding the `docker load`-able image archives.
 pub const IMAGES_DIR: &str = "/var/lib/nodeforge/images";
+/// Directory of the per-stack secrets files the agent writes at first boot
+/// (mode 0600, never in the image).
+pub const SECRETS_DIR: &str = "/var/lib/nodeforge/secrets";
+
+/// The secrets file of a stack that declares secrets.
+pub fn secrets_file(stack: &str) -> String {
+    format!("{SECRETS_DIR}/{stack}.env")
+}
+
+/// A compose env file: single-quoted values are taken literally (no
+/// interpolation); callers keep `'` and newlines out of values.
+pub fn env_file<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    vars.into_iter()
+        .map(|(k, v)| format!("{k}='{v}'\n"))
+        .collect()
+}
+
+/// Parses what [`env_file`] writes; other lines are ignored.
+pub fn parse_env_file(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            let v = v.strip_prefix('\'')?.strip_suffix('\'')?;
+            Some((k.trim().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +56,13 @@ pub struct StackEntry {
     /// In-image path of the stack's `.env` file, when it has environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_file: Option<String>,
+    /// Names of the secrets the compose file interpolates: taken from the
+    /// seed or generated once, into `secrets_file`, before `compose up`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// In-image path of the secrets env file (see [`secrets_file`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_file: Option<String>,
     /// Bound on waiting for all services of the stack to become healthy.
     pub health_timeout_secs: u64,
     #[serde(default)]
@@ -88,6 +122,8 @@ mod tests {
                 name: "web".into(),
                 compose: "/etc/nodeforge/stacks/web/compose.yaml".into(),
                 env_file: Some("/etc/nodeforge/stacks/web/.env".into()),
+                secrets: vec!["DB_PASSWORD".into()],
+                secrets_file: Some(secrets_file("web")),
                 health_timeout_secs: 120,
                 images: vec![ImageEntry {
                     reference: "127.0.0.1:5000/web:1".into(),
@@ -119,6 +155,16 @@ mod tests {
         assert!(text.contains("http = \"http://127.0.0.1:8080/\""), "{text}");
         assert!(text.contains("tcp = \"127.0.0.1:5432\""), "{text}");
         assert_eq!(StacksManifest::from_toml(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn env_files_round_trip() {
+        let text = env_file([("A", "x y $Z"), ("B", "")]);
+        assert_eq!(text, "A='x y $Z'\nB=''\n");
+        let back = parse_env_file(&format!("# comment\n{text}junk\n"));
+        assert_eq!(back.len(), 2);
+        assert_eq!(back["A"], "x y $Z");
+        assert_eq!(secrets_file("db"), "/var/lib/nodeforge/secrets/db.env");
     }
 
     #[test]

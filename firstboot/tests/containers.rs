@@ -7,7 +7,8 @@ mod common;
 
 use common::{Kill, Machine};
 use nodeforge_firstboot::stacks::{
-    ImageEntry, ProbeEntry, StackEntry, StacksManifest, STACKS_MANIFEST_PATH,
+    parse_env_file, secrets_file, ImageEntry, ProbeEntry, StackEntry, StacksManifest,
+    STACKS_MANIFEST_PATH,
 };
 use nodeforge_firstboot::status::{RunState, StepState};
 
@@ -40,6 +41,8 @@ fn machine() -> Machine {
             name: "app".into(),
             compose: "/etc/nodeforge/stacks/app/compose.yaml".into(),
             env_file: None,
+            secrets: vec![],
+            secrets_file: None,
             health_timeout_secs: 60,
             images: vec![
                 image(WEB_ID, "reg.example/web:1", "1"),
@@ -197,4 +200,53 @@ fn an_image_without_stacks_skips_the_step() {
     assert_eq!(step.state, StepState::Skipped);
     assert_eq!(step.detail.as_deref(), Some("the image has no stacks"));
     assert_eq!(m.calls_starting("docker"), 0);
+}
+
+#[test]
+fn declared_secrets_come_from_the_seed_or_are_generated_once_and_the_seed_is_scrubbed() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = machine();
+    let mut manifest =
+        StacksManifest::from_toml(&m.read(STACKS_MANIFEST_PATH)).expect("manifest parses");
+    manifest.stacks[0].secrets = vec!["DB_PASSWORD".into(), "SESSION_KEY".into()];
+    manifest.stacks[0].secrets_file = Some(secrets_file("app"));
+    m.write(STACKS_MANIFEST_PATH, &manifest.to_toml());
+    m.write(
+        "/boot/efi/nodeforge-seed.toml",
+        "[stack_secrets]\nDB_PASSWORD = \"from-the-seed-1\"\n",
+    );
+    m.world.borrow_mut().docker.ps = vec![ps(("running", ""), ("running", "healthy"))];
+    // Killed after the secrets were written: the next boot keeps them.
+    assert!(m.boot_with_kill(Kill::AfterCmd("docker load")));
+    let path = m.path(&secrets_file("app"));
+    let first = parse_env_file(&m.read(&secrets_file("app")));
+    assert_eq!(first["DB_PASSWORD"], "from-the-seed-1");
+    assert_eq!(first["SESSION_KEY"].len(), 32, "{first:?}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The seed's value left the boot partition with the scrub.
+    assert!(!m
+        .read("/boot/efi/nodeforge-seed.toml")
+        .contains("from-the-seed"));
+
+    let st = m.boot().unwrap().unwrap();
+    assert_eq!(st.state, RunState::Complete);
+    assert_eq!(parse_env_file(&m.read(&secrets_file("app"))), first);
+    let step = st.steps.iter().find(|s| s.name == "stack-secrets").unwrap();
+    assert_eq!(
+        step.detail.as_deref(),
+        Some("2 secrets of 1 stacks: 1 generated, 1 from the seed, 0 kept")
+    );
+    let up = "docker compose --project-name app --file /etc/nodeforge/stacks/app/compose.yaml --env-file /var/lib/nodeforge/secrets/app.env up";
+    assert_eq!(m.calls_starting(up), 1, "{:#?}", m.calls.borrow());
+    // No secret value ever reaches a command line.
+    let calls = m.calls.borrow();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("from-the-seed-1") || c.contains(&first["SESSION_KEY"])),
+        "{calls:#?}"
+    );
 }

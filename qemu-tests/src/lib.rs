@@ -184,3 +184,16 @@ pub fn manifest_packages(manifest: &Path) -> Vec<String> {
         .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
         .collect()
 }
+
+/// What the test-status overlay's unit prints once first boot ends.
+pub const STATUS_MARKER: &str = "NODEFORGE-TEST-STATUS {";
+
+/// The status.json the test-status unit printed on the console.
+pub fn console_status(console: &str) -> serde_json::Value {
+    let line = console
+        .lines()
+        .find_map(|l| l.split_once("NODEFORGE-TEST-STATUS ").map(|(_, j)| j))
+        .expect("status line on the console");
+    serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("status.json from the console ({e}): {line}"))
+}

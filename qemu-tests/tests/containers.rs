@@ -12,13 +12,12 @@ use std::time::Duration;
 use nodeforge::boot::{Vm, VmOptions};
 use nodeforge::oci::fixture::{busybox_httpd_image, TestRegistry};
 use nodeforge::oci::Client;
-use qemu_tests::{build_profile, require_root, vm_slot, workspace_root};
+use qemu_tests::{build_profile, require_root, vm_slot, workspace_root, STATUS_MARKER};
 
 const PROFILE: &str = "qemu-tests/profiles/test-containers.toml";
 /// The registry address the profile's image reference names.
 const REGISTRY_PORT: u16 = 55123;
 const INDEX: &str = "hello from a baked nodeforge stack\n";
-const STATUS_MARKER: &str = "NODEFORGE-TEST-STATUS {";
 
 #[test]
 fn stack_starts_offline_at_first_boot_and_answers_on_its_port() {
@@ -67,12 +66,7 @@ fn stack_starts_offline_at_first_boot_and_answers_on_its_port() {
     // The line is written at once; give the log a moment to hold all of it.
     std::thread::sleep(Duration::from_secs(1));
     let console = vm.console();
-    let line = console
-        .lines()
-        .find_map(|l| l.split_once("NODEFORGE-TEST-STATUS ").map(|(_, j)| j))
-        .expect("status line on the console");
-    let status: serde_json::Value = serde_json::from_str(line.trim())
-        .unwrap_or_else(|e| panic!("status.json from the console ({e}): {line}"));
+    let status = qemu_tests::console_status(&console);
     eprintln!(
         "first boot finished after {:.1}s: {status:#}",
         took.as_secs_f64()

@@ -42,6 +42,7 @@ fn stamped_copy(dir: &std::path::Path, name: &str, key: &str) -> std::path::Path
         authkey_file: Some(key_file),
         ssh_keys: vec![SSH_KEY.into()],
         tags: vec!["tag:lab".into()],
+        ..SeedOptions::default()
     }
     .to_seed()
     .unwrap();

@@ -1,4 +1,5 @@
-//! profiles/sentinel.toml (Raspberry Pi 4, arm64) built for real on this
+//! profiles/sentinel.toml (Raspberry Pi 4, arm64; through
+//! qemu-tests/profiles/sentinel.toml, without its stacks) built for real on this
 //! x86-64 host through qemu-user, its SD card layout checked from the
 //! image file with outside tools, and booted under qemu-system-aarch64
 //! (`virt`, the image's own kernel and initrd) to the agent's line.
@@ -12,7 +13,9 @@ use qemu_tests::{build_profile, extract, run_check, vm_slot};
 
 #[test]
 fn sentinel_sd_layout_is_mbr_fat32_boot_and_ext4_root() {
-    let built = build_profile("profiles/sentinel.toml");
+    // The boot test's profile: the role without its stacks (which need a
+    // lock), and one arm64 build shared by both tests.
+    let built = build_profile("qemu-tests/profiles/sentinel.toml");
     let parts = mbr::read(&built.image)
         .unwrap()
         .expect("the sentinel image has an MBR partition table");

@@ -98,6 +98,7 @@ fn blank_disk_formatted_once_and_disk_with_data_left_alone() {
         authkey_file: Some(key_file),
         ssh_keys: Vec::new(),
         tags: Vec::new(),
+        ..SeedOptions::default()
     }
     .to_seed()
     .unwrap();

@@ -8,7 +8,7 @@ use std::fs;
 
 use anyhow::{bail, Context, Result};
 use nodeforge_firstboot::stacks::{
-    ImageEntry, ProbeEntry, StackEntry, StacksManifest, IMAGES_DIR, STACKS_DIR,
+    secrets_file, ImageEntry, ProbeEntry, StackEntry, StacksManifest, IMAGES_DIR, STACKS_DIR,
     STACKS_MANIFEST_PATH,
 };
 
@@ -18,7 +18,7 @@ use super::{BuildContext, StepReport};
 use crate::fsutil;
 use crate::oci::archive;
 use crate::oci::cache::BlobCache;
-use crate::oci::lock::{profile_images, LockFile};
+use crate::oci::lock::{self, profile_images, LockFile};
 use crate::oci::manifest::{ImageManifest, Manifest};
 use crate::oci::{Client, Digest, Reference};
 use crate::profile::{ProbeCheck, Stack};
@@ -40,7 +40,11 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let cache = BlobCache::new(&ctx.opts.cache_dir);
     let client = match ctx.opts.offline {
         true => None,
-        false => Some(Client::new().context("setting up the registry client")?),
+        false => Some(
+            Client::new()
+                .context("setting up the registry client")?
+                .with_mirrors(lock::mirrors(&locked)?),
+        ),
     };
     fs::create_dir_all(ctx.target(IMAGES_DIR))
         .with_context(|| format!("creating {IMAGES_DIR} in the image"))?;
@@ -88,6 +92,20 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         }),
     );
     Ok(StepOutcome::Done)
+}
+
+/// Refuses a profile whose stacks' images are not all locked (or locked
+/// for another architecture), naming the command that fixes it.
+pub fn check_locked(plan: &crate::plan::Plan) -> Result<()> {
+    let p = &plan.profile;
+    LockFile::check(
+        plan.lock.as_ref(),
+        &plan.lock_path,
+        p.sources.last().expect("a profile has a source"),
+        p.hardware.arch.debian(),
+        &profile_images(p),
+    )?;
+    Ok(())
 }
 
 /// The image manifest of `digest`, with it, its config and its layers in
@@ -146,22 +164,7 @@ fn write_stack(
         .filter(|(r, _)| st.images.contains(r))
         .map(|(r, e)| (r.as_str(), e.tag.as_str()))
         .collect();
-    let mut vars = ctx.plan.profile.template_context();
-    vars["stack"] = st.name.clone().into();
-    vars["env"] = serde_json::to_value(&st.env)?;
-    vars["images"] = serde_json::to_value(&tags)?;
-    let vars = tera::Context::from_serialize(vars).context("preparing template variables")?;
-    let text = fs::read_to_string(&st.compose)
-        .with_context(|| format!("reading compose template {}", st.compose.display()))?;
-    let rendered = tera::Tera::one_off(&text, &vars, false)
-        .map_err(|e| anyhow::anyhow!("{}", tera_error_chain(&e)))
-        .with_context(|| {
-            format!(
-                "rendering compose template {} of stack {}",
-                st.compose.display(),
-                st.name
-            )
-        })?;
+    let rendered = render_compose(&ctx.plan.profile, st, &tags)?;
     let compose = format!("{dir}/compose.yaml");
     fsutil::atomic_write(&ctx.target(&compose), rendered.as_bytes())
         .with_context(|| format!("writing {compose} in the image"))?;
@@ -177,6 +180,8 @@ fn write_stack(
         name: st.name.clone(),
         compose,
         env_file,
+        secrets: st.secrets.clone(),
+        secrets_file: (!st.secrets.is_empty()).then(|| secrets_file(&st.name)),
         health_timeout_secs: st.health_timeout_secs,
         images: st
             .images
@@ -201,10 +206,36 @@ fn write_stack(
     })
 }
 
+/// The stack's compose file: its template rendered with the profile's
+/// template context, `stack`, `env` and `images` (each reference → the
+/// tag its image loads as).
+pub fn render_compose(
+    profile: &crate::profile::Profile,
+    st: &Stack,
+    tags: &BTreeMap<&str, &str>,
+) -> Result<String> {
+    let mut vars = profile.template_context();
+    vars["stack"] = st.name.clone().into();
+    vars["env"] = serde_json::to_value(&st.env)?;
+    vars["images"] = serde_json::to_value(tags)?;
+    let vars = tera::Context::from_serialize(vars).context("preparing template variables")?;
+    let text = fs::read_to_string(&st.compose)
+        .with_context(|| format!("reading compose template {}", st.compose.display()))?;
+    tera::Tera::one_off(&text, &vars, false)
+        .map_err(|e| anyhow::anyhow!("{}", tera_error_chain(&e)))
+        .with_context(|| {
+            format!(
+                "rendering compose template {} of stack {}",
+                st.compose.display(),
+                st.name
+            )
+        })
+}
+
 /// A compose `.env`: single-quoted values are taken literally (no
 /// interpolation); validation keeps `'` and newlines out of values.
 pub fn env_file(env: &BTreeMap<String, String>) -> String {
-    env.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect()
+    nodeforge_firstboot::stacks::env_file(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 #[cfg(test)]

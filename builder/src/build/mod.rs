@@ -1,7 +1,7 @@
 //! `nodeforge build`: one function that reads as the list of steps.
 
 mod agent;
-mod containers;
+pub mod containers;
 mod cross;
 mod image;
 mod initrd;
@@ -80,6 +80,8 @@ pub struct BuildContext<'a> {
 /// Builds the image described by `plan`.
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
     check_privileges()?;
+    // Before minutes of bootstrap: images are built from locked digests only.
+    containers::check_locked(plan)?;
     let mut ctx = BuildContext::new(plan, opts)?;
     if !opts.no_cache {
         if let Some(mut done) = uptodate::reusable_outputs(plan, &opts.output_dir, &ctx.image_key)?

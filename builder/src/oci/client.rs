@@ -10,7 +10,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW_AUTHENTICA
 use reqwest::StatusCode;
 
 use super::manifest::{self, Manifest};
-use super::{Digest, Platform, Reference};
+use super::{Digest, Mirrors, Platform, Reference};
 
 /// Why talking to a registry failed; every variant names the image.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,7 @@ pub struct Client {
     http: reqwest::blocking::Client,
     /// Bearer tokens by registry and repository (pull scope).
     tokens: Mutex<HashMap<String, String>>,
+    mirrors: Mirrors,
 }
 
 impl Client {
@@ -68,7 +69,24 @@ impl Client {
         Ok(Client {
             http,
             tokens: Mutex::new(HashMap::new()),
+            mirrors: Mirrors::default(),
         })
+    }
+
+    /// The same client, sending each mirrored registry's requests to its
+    /// mirror.
+    pub fn with_mirrors(self, mirrors: Mirrors) -> Client {
+        Client { mirrors, ..self }
+    }
+
+    /// The mirror `image` is fetched through, if any.
+    pub fn mirror_of(&self, image: &Reference) -> Option<&super::Mirror> {
+        self.mirrors.for_image(image)
+    }
+
+    /// Where `image`'s API requests go: its mirror's URL, else its registry.
+    pub fn api_base(&self, image: &Reference) -> String {
+        self.mirrors.api_base(image)
     }
 
     /// Fetches the manifest `reference` (a tag or digest) of `image`'s
@@ -80,7 +98,7 @@ impl Client {
     ) -> Result<(Manifest, Vec<u8>, Digest), RegistryError> {
         let url = format!(
             "{}/{}/manifests/{reference}",
-            image.api_base(),
+            self.api_base(image),
             image.repository
         );
         let what = format!("manifest {reference}");
@@ -156,7 +174,11 @@ impl Client {
         digest: &Digest,
         offset: u64,
     ) -> Result<(Response, bool), RegistryError> {
-        let url = format!("{}/{}/blobs/{digest}", image.api_base(), image.repository);
+        let url = format!(
+            "{}/{}/blobs/{digest}",
+            self.api_base(image),
+            image.repository
+        );
         let what = format!("blob {digest}");
         let resp = self.send(image, &what, || {
             let req = self.http.get(&url);
@@ -191,7 +213,7 @@ impl Client {
         };
         let mut resp = with_token(build(), &cached)
             .send()
-            .map_err(|e| unreachable(image, e))?;
+            .map_err(|e| unreachable(image, &self.api_base(image), e))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge = resp
                 .headers()
@@ -215,7 +237,7 @@ impl Client {
                 .insert(key, token.clone());
             resp = with_token(build(), &Some(token))
                 .send()
-                .map_err(|e| unreachable(image, e))?;
+                .map_err(|e| unreachable(image, &self.api_base(image), e))?;
         }
         let status = resp.status();
         if status.is_success() {
@@ -267,7 +289,7 @@ impl Client {
             .get(realm)
             .query(&query)
             .send()
-            .map_err(|e| unreachable(image, e))?;
+            .map_err(|e| unreachable(image, realm, e))?;
         if !resp.status().is_success() {
             return Err(RegistryError::Denied {
                 image: image.to_string(),
@@ -297,7 +319,7 @@ fn protocol(image: &Reference, detail: String) -> RegistryError {
     }
 }
 
-fn unreachable(image: &Reference, e: reqwest::Error) -> RegistryError {
+fn unreachable(image: &Reference, url: &str, e: reqwest::Error) -> RegistryError {
     let mut detail = e.to_string();
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
@@ -307,7 +329,7 @@ fn unreachable(image: &Reference, e: reqwest::Error) -> RegistryError {
     }
     RegistryError::Unreachable {
         image: image.to_string(),
-        url: image.api_base(),
+        url: url.to_owned(),
         detail,
     }
 }

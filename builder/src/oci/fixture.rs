@@ -325,3 +325,21 @@ pub fn busybox_httpd_image(
         layers: vec![layer],
     })
 }
+
+/// A stand-in for a public image in boot tests: busybox httpd answering on
+/// `port` with a page naming `name`. It is started through `sh -c` as its
+/// entrypoint, so the arguments a compose file gives the real image (its
+/// `command:`) are accepted and ignored. Images made for different ports
+/// share their one layer.
+pub fn stand_in_image(arch: &str, busybox: &Path, name: &str, port: u16) -> Result<TestImage> {
+    let index = format!("nodeforge stand-in for {name}\n");
+    let mut image = busybox_httpd_image(arch, busybox, "nodeforge stand-in\n", port)?;
+    let mut config: serde_json::Value = serde_json::from_slice(&image.config)?;
+    let script = format!("exec /bin/busybox httpd -f -v -p {port} -h /www");
+    config["config"]["Entrypoint"] =
+        serde_json::json!(["/bin/busybox", "sh", "-c", script, "stand-in"]);
+    config["config"]["Cmd"] = serde_json::Value::Null;
+    config["config"]["Labels"]["nodeforge.stand-in"] = index.trim_end().into();
+    image.config = serde_json::to_vec(&config)?;
+    Ok(image)
+}

@@ -35,11 +35,25 @@ pub struct LockedImage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_digest: Option<Digest>,
     pub platform: String,
+    /// The mirror the digest was resolved through (`nodeforge lock
+    /// --mirror`); builds fetch the blobs from it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 /// Why a profile's images cannot be built from its lock file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
+    #[error(
+        "the profile's stacks name {count} container images but it has no lock file {lock}: \
+         run `nodeforge lock {profile}` (with `--mirror REGISTRY=URL` when the registry is \
+         only reachable through a mirror); builds use locked digests only"
+    )]
+    NoLockFile {
+        count: usize,
+        lock: String,
+        profile: String,
+    },
     #[error("image {image} is not in the lock file {lock}: run `nodeforge lock {profile}`")]
     NotLocked {
         image: String,
@@ -122,6 +136,13 @@ impl LockFile {
             lock_path.display().to_string(),
             profile_path.display().to_string(),
         );
+        if lock.is_none() && !references.is_empty() {
+            return Err(LockError::NoLockFile {
+                count: references.len(),
+                lock: names.0,
+                profile: names.1,
+            });
+        }
         let mut out = Vec::new();
         for r in references {
             let entry = lock
@@ -161,6 +182,23 @@ impl LockFile {
     }
 }
 
+/// The mirrors the locked images were resolved through, for the build to
+/// fetch their blobs from the same place.
+pub fn mirrors(locked: &[&LockedImage]) -> Result<super::Mirrors> {
+    let mut out = Vec::new();
+    for l in locked {
+        if let Some(url) = &l.mirror {
+            let r = Reference::parse(&l.reference).map_err(anyhow::Error::msg)?;
+            out.push(
+                super::Mirror::parse(&format!("{}={url}", r.registry))
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("the lock file's mirror of {}", l.reference))?,
+            );
+        }
+    }
+    Ok(super::Mirrors::new(out))
+}
+
 /// Every image of every stack, each once, in profile order.
 pub fn profile_images(p: &Profile) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -191,6 +229,7 @@ pub fn lock(
             .resolve(&parsed, platform)
             .with_context(|| format!("locking image {r} for {platform}"))?;
         images.push(LockedImage {
+            mirror: client.mirror_of(&parsed).map(|m| m.url.clone()),
             reference: r,
             digest: resolved.digest,
             index_digest: resolved.index_digest,
@@ -225,6 +264,7 @@ mod tests {
                 digest: d('a'),
                 index_digest: Some(d('b')),
                 platform: "linux/amd64".into(),
+                mirror: Some("http://127.0.0.1:5000".into()),
             }],
         }
     }
@@ -266,10 +306,14 @@ mod tests {
                 .contains("image other:1 is not in the lock file"),
             "{missing}"
         );
-        assert!(matches!(
-            LockFile::check(None, &p, pp, "amd64", &["127.0.0.1:5000/web:1".into()]),
-            Err(LockError::NotLocked { .. })
-        ));
+        let none =
+            LockFile::check(None, &p, pp, "amd64", &["127.0.0.1:5000/web:1".into()]).unwrap_err();
+        assert!(matches!(none, LockError::NoLockFile { count: 1, .. }));
+        assert!(
+            none.to_string()
+                .contains("run `nodeforge lock x.toml` (with `--mirror REGISTRY=URL`"),
+            "{none}"
+        );
         let arch = LockFile::check(
             Some(&lock),
             &p,

@@ -8,6 +8,7 @@ pub mod client;
 pub mod fixture;
 pub mod lock;
 pub mod manifest;
+pub mod mirror;
 pub mod reference;
 #[cfg(test)]
 mod registry_tests;
@@ -17,6 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use client::{Client, RegistryError};
+pub use mirror::{Mirror, Mirrors};
 pub use reference::Reference;
 
 /// A content digest. Only sha256 is accepted: it is what registries use and

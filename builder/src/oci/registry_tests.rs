@@ -308,3 +308,60 @@ fn gzip_layers_are_fetched_as_served() {
         .unwrap();
     assert_eq!(out.stdout, image.layers[0]);
 }
+
+#[test]
+fn lock_through_a_mirror_keeps_the_public_name_and_builds_fetch_from_it() {
+    // The test registry plays a Docker Hub mirror: it serves the image
+    // under the repository the public reference names.
+    let reg = TestRegistry::start().unwrap();
+    let digest = reg
+        .push_image("library/redis", Some("7.4"), &small_image("amd64", "redis"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("overlays/r")).unwrap();
+    std::fs::write(
+        dir.path().join("overlays/r/compose.yaml.tera"),
+        "services: {}\n",
+    )
+    .unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/base.toml");
+    let profile_path = dir.path().join("r.toml");
+    std::fs::write(
+        &profile_path,
+        format!(
+            "extends = \"{}\"\nname = \"r\"\npackages = [\"docker.io\", \"docker-cli\", \"docker-compose\"]\n\
+             [[stacks]]\nname = \"r\"\ncompose = \"r/compose.yaml.tera\"\nimages = [\"redis:7.4\"]\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let profile = crate::profile::load(&profile_path).unwrap();
+    let mirror = super::Mirror::parse(&format!("docker.io=http://{}", reg.addr)).unwrap();
+    let client = Client::new()
+        .unwrap()
+        .with_mirrors(super::Mirrors::new([mirror.clone()]));
+    let (lock, path) = super::lock::lock(&profile, &profile_path, &client).unwrap();
+    assert_eq!(lock.images[0].reference, "redis:7.4");
+    assert_eq!(lock.images[0].digest, digest);
+    assert_eq!(lock.images[0].mirror.as_deref(), Some(mirror.url.as_str()));
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains(&format!("mirror = \"{}\"", mirror.url)),
+        "{text}"
+    );
+
+    // The build's client routes by what the lock recorded.
+    let locked: Vec<&super::lock::LockedImage> = lock.images.iter().collect();
+    let build_client = Client::new()
+        .unwrap()
+        .with_mirrors(super::lock::mirrors(&locked).unwrap());
+    let r = Reference::parse("redis:7.4").unwrap();
+    assert_eq!(build_client.api_base(&r), format!("http://{}/v2", reg.addr));
+    let (_, _, d) = build_client.manifest(&r, digest.as_str()).unwrap();
+    assert_eq!(d, digest);
+    // Without the mirror the public registry is asked, and named.
+    assert_eq!(
+        Client::new().unwrap().api_base(&r),
+        "https://registry-1.docker.io/v2"
+    );
+}

@@ -38,6 +38,10 @@ pub struct ProfileFile {
     /// Compose stacks baked into the image with their container images.
     #[serde(default)]
     pub stacks: Vec<StackFile>,
+    /// Stacks of the extended profiles this one leaves out, by name (a
+    /// test profile that boots a role without its services).
+    #[serde(default)]
+    pub exclude_stacks: Vec<Spanned<String>>,
     /// Data disks: which disk, formatted how (once, only when blank),
     /// mounted where.
     #[serde(default)]
@@ -88,6 +92,11 @@ pub struct StackFile {
     /// Written to the stack's `.env` and seen by the template as `env`.
     #[serde(default)]
     pub env: BTreeMap<String, Spanned<String>>,
+    /// Names of secrets the compose file interpolates (`${DB_PASSWORD}`):
+    /// never values; the first-boot agent takes each from the node's seed
+    /// or generates it once, into a 0600 env file.
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
     /// Container images the stack runs, e.g. `docker.io/library/nginx:1.27`.
     #[serde(default)]
     pub images: Vec<Spanned<String>>,

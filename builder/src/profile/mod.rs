@@ -62,6 +62,8 @@ pub struct Stack {
     /// The compose template (rendered with tera at build time).
     pub compose: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// Names of the secrets the agent provides at first boot.
+    pub secrets: Vec<String>,
     /// Image references as the profile writes them (each parses).
     pub images: Vec<String>,
     pub probes: Vec<Probe>,

@@ -216,6 +216,18 @@ impl Merged {
             ));
         }
         storage::merge(ctx, &f.storage, &mut self.storage, errors);
+        for x in &f.exclude_stacks {
+            if !self.stacks.iter().any(|s| &s.name == x.get_ref()) {
+                errors.push(ctx.error_at(
+                    x,
+                    format!(
+                        "exclude_stacks names `{}`, which no profile this one extends declares",
+                        x.get_ref()
+                    ),
+                ));
+            }
+            self.stacks.retain(|s| &s.name != x.get_ref());
+        }
         let mut names = Vec::new();
         for st in &f.stacks {
             if names.contains(st.name.get_ref()) {

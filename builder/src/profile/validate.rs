@@ -356,6 +356,21 @@ pub fn stack(ctx: &FileCtx, s: &StackFile) -> Result<Stack, Vec<ProfileError>> {
             env.insert(k.clone(), v.get_ref().clone());
         }
     }
+    let mut secrets: Vec<String> = Vec::new();
+    for n in &s.secrets {
+        let name = n.get_ref();
+        let msg = if !env_name(name) {
+            format!("secret name `{name}` is not valid: letters, digits and `_`")
+        } else if secrets.contains(name) {
+            format!("secret `{name}` is listed twice")
+        } else if env.contains_key(name) {
+            format!("`{name}` is both a secret and an env value: a secret's value never goes in the profile")
+        } else {
+            secrets.push(name.clone());
+            continue;
+        };
+        errors.push(ctx.error_at(n, msg));
+    }
     let mut images: Vec<String> = Vec::new();
     for i in &s.images {
         match Reference::parse(i.get_ref()) {
@@ -407,6 +422,7 @@ pub fn stack(ctx: &FileCtx, s: &StackFile) -> Result<Stack, Vec<ProfileError>> {
             name: s.name.get_ref().clone(),
             compose,
             env,
+            secrets,
             images,
             probes,
             health_timeout_secs: s.health_timeout_secs.unwrap_or(DEFAULT_HEALTH_TIMEOUT),

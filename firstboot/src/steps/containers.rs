@@ -23,13 +23,21 @@ const UP_TIMEOUT: Duration = Duration::from_secs(600);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_secs(2);
 
-pub fn containers(ctx: &mut Ctx<'_>) -> Result<Outcome> {
-    let path = under(ctx.root, STACKS_MANIFEST_PATH);
+/// The baked stacks manifest, `None` when the image has none.
+pub fn load_manifest(root: &std::path::Path) -> Result<Option<StacksManifest>> {
+    let path = under(root, STACKS_MANIFEST_PATH);
     let Some(text) = read_optional(&path)? else {
+        return Ok(None);
+    };
+    StacksManifest::from_toml(&text)
+        .map(Some)
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+pub fn containers(ctx: &mut Ctx<'_>) -> Result<Outcome> {
+    let Some(manifest) = load_manifest(ctx.root)? else {
         return Ok(Outcome::Skipped("the image has no stacks".into()));
     };
-    let manifest =
-        StacksManifest::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?;
     if manifest.stacks.is_empty() {
         return Ok(Outcome::Skipped("the image has no stacks".into()));
     }
@@ -105,7 +113,7 @@ where
 /// `docker compose` for one stack: its project name, file and `.env`.
 pub fn compose(s: &StackEntry) -> Cmd {
     let mut c = docker(["compose", "--project-name", &s.name, "--file", &s.compose]);
-    if let Some(env) = &s.env_file {
+    for env in s.env_file.iter().chain(&s.secrets_file) {
         c = c.args(["--env-file", env.as_str()]);
     }
     c
@@ -463,13 +471,15 @@ mod tests {
             name: "web".into(),
             compose: "/etc/nodeforge/stacks/web/compose.yaml".into(),
             env_file: Some("/etc/nodeforge/stacks/web/.env".into()),
+            secrets: vec!["DB_PASSWORD".into()],
+            secrets_file: Some("/var/lib/nodeforge/secrets/web.env".into()),
             health_timeout_secs: 10,
             images: vec![],
             probes: vec![],
         };
         assert_eq!(
             compose(&s).arg("ps").to_string(),
-            "docker compose --project-name web --file /etc/nodeforge/stacks/web/compose.yaml --env-file /etc/nodeforge/stacks/web/.env ps"
+            "docker compose --project-name web --file /etc/nodeforge/stacks/web/compose.yaml --env-file /etc/nodeforge/stacks/web/.env --env-file /var/lib/nodeforge/secrets/web.env ps"
         );
     }
 }

@@ -20,6 +20,7 @@ mod containers;
 mod grow;
 mod network;
 mod scrub;
+mod secrets;
 mod storage;
 mod system;
 mod tailnet;
@@ -36,6 +37,7 @@ pub enum Step {
     Storage,
     SshHostKeys,
     AuthorizedKeys,
+    StackSecrets,
     Network,
     Tailscale,
     ScrubSecrets,
@@ -51,6 +53,7 @@ impl Step {
         Step::Storage,
         Step::SshHostKeys,
         Step::AuthorizedKeys,
+        Step::StackSecrets,
         Step::Network,
         Step::Tailscale,
         Step::ScrubSecrets,
@@ -66,6 +69,7 @@ impl Step {
             Step::Storage => "storage",
             Step::SshHostKeys => "ssh-host-keys",
             Step::AuthorizedKeys => "authorized-keys",
+            Step::StackSecrets => "stack-secrets",
             Step::Network => "network",
             Step::Tailscale => "tailscale",
             Step::ScrubSecrets => "scrub-secrets",
@@ -81,6 +85,7 @@ impl Step {
             Step::Storage => storage::storage(ctx),
             Step::SshHostKeys => system::ssh_host_keys(ctx),
             Step::AuthorizedKeys => system::authorized_keys(ctx),
+            Step::StackSecrets => secrets::stack_secrets(ctx),
             Step::Network => network::wait_for_network(ctx),
             Step::Tailscale => tailnet::join(ctx),
             Step::ScrubSecrets => scrub::scrub_secrets(ctx),
@@ -102,6 +107,7 @@ impl Step {
             | Step::Storage
             | Step::SshHostKeys
             | Step::AuthorizedKeys
+            | Step::StackSecrets
             | Step::Network
             | Step::Tailscale
             | Step::ScrubSecrets => false,

@@ -74,7 +74,7 @@ fn scrub_seed_file(path: &Path) -> Result<bool> {
         return Ok(false);
     };
     let has_key = Seed::from_toml(&text)
-        .map(|s| s.tailscale_auth_key.is_some())
+        .map(|s| s.has_secrets())
         .unwrap_or(false);
     let mut clean = match Seed::from_toml(&text) {
         Ok(seed) if has_key => seed.without_secrets().to_toml(),
