@@ -555,17 +555,27 @@ fn status_reaches_systemd() {
     let m = Machine::new();
     let sock_path = m.path("/notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_nonblocking(true).unwrap();
+    // Read as systemd does, while the agent runs: a datagram socket queues
+    // only a few messages (net.unix.max_dgram_qlen), then the sender waits.
+    let reader = std::thread::spawn(move || {
+        let mut msgs = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let ready = msg.starts_with("READY=1");
+            msgs.push(msg);
+            if ready {
+                break;
+            }
+        }
+        msgs
+    });
     let mut agent = nodeforge_firstboot::agent::Agent::new(m.root(), &m, &m);
     let sleep = |_| {};
     agent.sleep = &sleep;
     agent.notifier = nodeforge_firstboot::notify::Notifier::to_socket(sock_path.to_str().unwrap());
     agent.run().unwrap();
-    let mut msgs = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = sock.recv(&mut buf) {
-        msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    let msgs = reader.join().unwrap();
     assert_eq!(
         msgs.first().map(String::as_str),
         Some(format!("STATUS=step 1/{}: hostname", Step::ALL.len()).as_str())
