@@ -57,7 +57,7 @@ fn hardware_overlay_and_storage_rules_reach_the_image() {
     );
     p.write("agent", "#!/bin/sh\necho fake agent\n");
     install_fake_rootfs(&p, "profiles/x.toml");
-    let out = offline_build(&p, "profiles/x.toml");
+    let out = offline_build(&p, "profiles/x.toml", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
 
     let img = p.path("out/x.img");

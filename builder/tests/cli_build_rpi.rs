@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 
-use common::{assert_fsck_clean, is_root, stderr, Project, KEY};
+use common::{assert_fsck_clean, is_root, offline_build, stderr, store_rootfs_tree, Project, KEY};
 use nodeforge::disk::{esp, mbr};
 
 const VERSION: &str = "6.12.0-test-arm64";
@@ -74,20 +74,7 @@ fn project() -> Project {
         .status()
         .expect("xz (xz-utils) is installed");
     assert!(ok.success());
-    let plan = p.nodeforge(&["plan", "--json", "profiles/pi.toml"]);
-    assert!(plan.status.success(), "{}", stderr(&plan));
-    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let key = plan["rootfs_key"].as_str().unwrap();
-    fs::create_dir_all(p.path("cache/rootfs")).unwrap();
-    let ok = Command::new("tar")
-        .arg("-cf")
-        .arg(p.path(&format!("cache/rootfs/{key}.tar")))
-        .arg("-C")
-        .arg(&tree)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    store_rootfs_tree(&p, &tree, "profiles/pi.toml");
     p
 }
 
@@ -104,17 +91,7 @@ fn pi_image_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
         return;
     }
     let p = project();
-    let out = p.nodeforge(&[
-        "build",
-        "profiles/pi.toml",
-        "--output",
-        "out",
-        "--cache-dir",
-        "cache",
-        "--agent",
-        "agent",
-        "--json",
-    ]);
+    let out = offline_build(&p, "profiles/pi.toml", &["--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -239,16 +216,7 @@ fn missing_pi_firmware_names_the_package() {
     // Point the hardware at a firmware file the fake rootfs lacks; the
     // rootfs key does not change (only packages shape it).
     p.write("hardware/pi.toml", &PI.replace("fixup4.dat", "start4x.elf"));
-    let out = p.nodeforge(&[
-        "build",
-        "profiles/pi.toml",
-        "--output",
-        "out",
-        "--cache-dir",
-        "cache",
-        "--agent",
-        "agent",
-    ]);
+    let out = offline_build(&p, "profiles/pi.toml", &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("build step `boot-partition` failed"), "{err}");

@@ -102,6 +102,12 @@ pub fn install_fake_rootfs(p: &Project, profile: &str) {
         fs::create_dir_all(f.parent().unwrap()).unwrap();
         fs::write(f, text).unwrap();
     }
+    store_rootfs_tree(p, &tree, profile);
+}
+
+/// Stores `tree` as the cached base rootfs of `profile` in `p`'s cache/,
+/// under the key the plan computes.
+pub fn store_rootfs_tree(p: &Project, tree: &Path, profile: &str) {
     let plan = p.nodeforge(&["plan", "--json", profile]);
     assert!(plan.status.success(), "{}", stderr(&plan));
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
@@ -112,7 +118,7 @@ pub fn install_fake_rootfs(p: &Project, profile: &str) {
         .arg("-cf")
         .arg(&tar)
         .arg("-C")
-        .arg(&tree)
+        .arg(tree)
         .arg(".")
         .status()
         .unwrap();
@@ -138,9 +144,9 @@ pub fn assert_fsck_clean(program: &str, flag: &str, target: &Path) {
 }
 
 /// `nodeforge build PROFILE` into out/ with cache/ and the fake agent
-/// file `agent` (see [`install_fake_rootfs`]).
-pub fn offline_build(p: &Project, profile: &str) -> Output {
-    p.nodeforge(&[
+/// file `agent` (see [`install_fake_rootfs`]), with `extra` arguments.
+pub fn offline_build(p: &Project, profile: &str, extra: &[&str]) -> Output {
+    let args = [
         "build",
         profile,
         "--output",
@@ -149,5 +155,6 @@ pub fn offline_build(p: &Project, profile: &str) -> Output {
         "cache",
         "--agent",
         "agent",
-    ])
+    ];
+    p.nodeforge(&[&args[..], extra].concat())
 }
