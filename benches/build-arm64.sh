@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: the arm64 Raspberry Pi image (profiles/sentinel.toml, built
+# Benchmark: the arm64 Raspberry Pi image (the sentinel role, built
 # through qemu-user) against the x86-64 base image (profiles/base.toml),
 # both cold (fresh, empty cache directories, so mmdebstrap runs for each)
 # in one run on this machine. Prints each build's steps and the
@@ -7,7 +7,10 @@
 #   benches/build-arm64.sh [arm64-profile] [amd64-profile]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-arm_profile=${1:-profiles/sentinel.toml}
+# The sentinel role's packages without its container stacks: their images
+# need a lock file made against the public registries (see
+# qemu-tests/profiles/sentinel.toml).
+arm_profile=${1:-qemu-tests/profiles/sentinel.toml}
 x86_profile=${2:-profiles/base.toml}
 cargo build --release --locked -q -p nodeforge
 # Build both agents now so compile time is not counted as build time.

@@ -47,6 +47,61 @@ pub fn sync_parent(path: &Path) -> Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding
+/// `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    let vfs = nix::sys::statvfs::statvfs(dir)
+        .with_context(|| format!("checking free space in {}", dir.display()))?;
+    Ok(vfs.blocks_available() as u64 * vfs.fragment_size() as u64)
+}
+
+/// Fails, naming the directory and both sizes, when the filesystem holding
+/// `dir` has less than `needed` bytes free: a build that would stop half
+/// way with ENOSPC says so before it writes anything.
+pub fn require_free_space(dir: &Path, needed: u64, what: &str) -> Result<()> {
+    let free = free_bytes(dir)?;
+    if free < needed {
+        anyhow::bail!(
+            "not enough free space in {}: {what} needs about {} MiB, {} MiB are free. \
+             Free some space there (for example `nodeforge cache prune --max-size 5G`) \
+             or choose another directory",
+            dir.display(),
+            needed.div_ceil(1 << 20),
+            free / (1 << 20)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes the regular files under `root` take once written into a
+/// filesystem with 4 KiB blocks (directories and symlinks count one block).
+pub fn tree_bytes(root: &Path) -> Result<u64> {
+    const BLOCK: u64 = 4096;
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        total += BLOCK;
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("inspecting {}", entry.path().display()))?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                let len = entry
+                    .metadata()
+                    .with_context(|| format!("inspecting {}", entry.path().display()))?
+                    .len();
+                total += len.div_ceil(BLOCK) * BLOCK;
+            } else {
+                total += BLOCK;
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// sha256 of a file's whole contents, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -91,6 +146,22 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"{}");
         assert!(!partial_path(&p).exists());
         assert_eq!(partial_path(&p).file_name().unwrap(), ".out.json.partial");
+    }
+
+    #[test]
+    fn tree_bytes_counts_blocks_and_free_space_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/a"), vec![1u8; 5000]).unwrap();
+        fs::write(dir.path().join("b"), b"x").unwrap();
+        // two directories, 8 KiB for `a`, 4 KiB for `b`
+        assert_eq!(tree_bytes(dir.path()).unwrap(), 4 * 4096 + 4096);
+        require_free_space(dir.path(), 1, "a test").unwrap();
+        let err = require_free_space(dir.path(), u64::MAX / 2, "the root filesystem")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not enough free space in"), "{err}");
+        assert!(err.contains("the root filesystem needs about"), "{err}");
     }
 
     #[test]

@@ -239,9 +239,11 @@ fn rootfs_key(p: &Profile, packages: &[String]) -> Result<String> {
         key["initramfs"] = serde_json::to_value(p.hardware.initramfs).unwrap_or_default();
     }
     // A foreign-architecture bootstrap defers some work to the host (2:
-    // the packages after the essential set are unpacked by the host's dpkg).
+    // the packages after the essential set are unpacked by the host's dpkg;
+    // 3: the essential set's too; 4: the interpreters and common tools
+    // run natively while packages configure).
     if p.hardware.arch != crate::build::host_arch() {
-        key["cross_recipe"] = 2.into();
+        key["cross_recipe"] = 4.into();
     }
     Ok(sha256_bytes(key.to_string().as_bytes()))
 }

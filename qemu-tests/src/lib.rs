@@ -37,6 +37,39 @@ pub fn output_dir(name: &str) -> PathBuf {
     workspace_root().join("target/qemu-tests").join(name)
 }
 
+/// Output directories this test process built into. A full test run
+/// builds a dozen images of 0.4 to 0.9 GB each; CI machines may have only
+/// a few GB free, so each process removes its own when it exits
+/// (NODEFORGE_KEEP_TEST_IMAGES=1 keeps them for inspection).
+static BUILT_OUTPUTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
+}
+
+extern "C" fn remove_built_outputs() {
+    if std::env::var_os("NODEFORGE_KEEP_TEST_IMAGES").is_some() {
+        return;
+    }
+    let dirs = BUILT_OUTPUTS.lock().unwrap_or_else(|e| e.into_inner());
+    for dir in dirs.iter() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn remove_at_exit(dir: PathBuf) {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function with the C runtime; it runs once
+    // at process exit, after the tests have finished.
+    REGISTERED.call_once(|| unsafe {
+        atexit(remove_built_outputs);
+    });
+    BUILT_OUTPUTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir);
+}
+
 /// Boot tests need root for the build (mmdebstrap) and fail loudly
 /// without it rather than pass having tested nothing.
 pub fn require_root() {
@@ -70,6 +103,7 @@ pub fn build_profile(profile: &str) -> BuildResult {
         return r.clone();
     }
     let plan = Plan::load(&path).unwrap_or_else(|e| panic!("planning {profile}: {e:#}"));
+    remove_at_exit(output_dir(&plan.profile.name));
     let opts = BuildOptions {
         output_dir: output_dir(&plan.profile.name),
         cache_dir: cache_dir(),

@@ -211,6 +211,20 @@ pub fn write_root_fs(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOut
         .as_ref()
         .context("the image file was not created")?;
     let root = ctx.plan.layout.partition(PartitionKind::Root);
+    // The tree's data lands in the image file: check both that the
+    // partition can hold it and that the host's disk can.
+    let tree = fsutil::tree_bytes(&ctx.rootfs)?;
+    if tree + tree / 20 > root.size {
+        bail!(
+            "the root filesystem ({} MiB) cannot hold the image's {} MiB of files: \
+             raise [disk] size in profile {}",
+            root.size >> 20,
+            tree >> 20,
+            ctx.plan.profile.name
+        );
+    }
+    let out_dir = image.path.parent().unwrap_or(Path::new("."));
+    fsutil::require_free_space(out_dir, tree + tree / 10, "the root filesystem's data")?;
     let mut cmd = Cmd::new("mkfs.ext4")
         .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root", "-U"])
         .arg(root.fs_uuid.to_string())

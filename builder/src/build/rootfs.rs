@@ -25,6 +25,9 @@ const DPKG_EXCLUDES: &[&str] = &[
     "path-exclude=/usr/share/lintian/*",
 ];
 
+/// Below this much free space a failed bootstrap is blamed on the disk.
+const LOW_SPACE: u64 = 512 << 20;
+
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let plan = ctx.plan;
     let dir = ctx.cache.rootfs_dir();
@@ -42,10 +45,19 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         let partial = dir.join(format!(".{}.partial.tar", plan.rootfs_key));
         let _ = fs::remove_file(&partial);
         let result = mmdebstrap(ctx, &partial);
-        if result.is_err() {
+        if let Err(e) = result {
             let _ = fs::remove_file(&partial);
+            // A full disk shows up as a failing package script; say so.
+            return Err(match fsutil::free_bytes(&dir) {
+                Ok(free) if free < LOW_SPACE => e.context(format!(
+                    "only {} MiB are free in {}: free some space (`nodeforge cache prune`) \
+                     or set NODEFORGE_CACHE_DIR to a larger disk",
+                    free >> 20,
+                    dir.display()
+                )),
+                _ => e,
+            });
         }
-        result?;
         fsutil::commit_partial(&partial, &tar)?;
         StepOutcome::Done
     };
@@ -76,6 +88,41 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     crate::apt::install_in_image(&ctx.rootfs, &p.apt)
         .context("installing the profile's apt repositories into the image")?;
     Ok(outcome)
+}
+
+/// Puts [`cross::essential_chroot_wrapper`] first on mmdebstrap's PATH,
+/// in the build's work directory (outside the target's root).
+/// Set, a foreign-architecture bootstrap runs maintainer scripts with the
+/// target's own interpreters and tools, all emulated (slower): for
+/// comparing trees (benches/cross-tree.sh).
+const EMULATE_SCRIPTS: &str = "NODEFORGE_EMULATE_SCRIPTS";
+
+fn with_essential_wrapper(ctx: &BuildContext, cmd: Cmd, native_tools: bool) -> Result<Cmd> {
+    let real = crate::exec::find_program("chroot")
+        .context("chroot(8) is not installed on this host (Debian package coreutils)")?;
+    let work = ctx.rootfs.parent().unwrap_or(std::path::Path::new("/"));
+    let bin = work.join("native-bin");
+    fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    let wrapper = bin.join("chroot");
+    fs::write(
+        &wrapper,
+        cross::essential_chroot_wrapper(&real, DPKG_EXCLUDES),
+    )
+    .with_context(|| format!("writing {}", wrapper.display()))?;
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .with_context(|| format!("making {} executable", wrapper.display()))?;
+    let tools = bin.join("native-tools");
+    let script = if native_tools {
+        cross::native_tools()
+    } else {
+        "exit 0".to_owned()
+    };
+    fs::write(&tools, script).with_context(|| format!("writing {}", tools.display()))?;
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    Ok(cmd.env("PATH", format!("{}:{path}", bin.display())))
 }
 
 fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
@@ -111,6 +158,13 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
         hooks
             .essential
             .push(cross::native_unpack_hook(DPKG_EXCLUDES));
+        let native_tools = std::env::var_os(EMULATE_SCRIPTS).is_none();
+        cmd = with_essential_wrapper(ctx, cmd, native_tools)?;
+        if native_tools {
+            hooks.essential.push(cross::native_tools());
+            // First: the deferred work below runs target programs.
+            hooks.customize.insert(0, cross::native_tools_undo());
+        }
     }
     for h in &hooks.essential {
         cmd = cmd.arg(format!("--essential-hook={h}"));

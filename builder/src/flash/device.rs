@@ -263,9 +263,7 @@ fn inspect_file(target: &Path, meta: Option<&fs::Metadata>) -> Result<TargetInfo
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let vfs = nix::sys::statvfs::statvfs(dir)
-        .with_context(|| format!("checking free space in {}", dir.display()))?;
-    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+    let free = crate::fsutil::free_bytes(dir)?;
     let own = meta.map(|m| m.blocks() * 512).unwrap_or(0);
     Ok(TargetInfo {
         path: target.to_path_buf(),
