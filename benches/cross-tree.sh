@@ -21,7 +21,7 @@ for mode in native emulated; do
   unset NODEFORGE_EMULATE_SCRIPTS
   echo "$mode build: $(( $(date +%s) - start )) s"
   mkdir "$work/tree-$mode"
-  tar -xf "$work"/cache-$mode/rootfs/*.tar -C "$work/tree-$mode"
+  tar --zstd -xf "$work"/cache-$mode/rootfs/*.tar.zst -C "$work/tree-$mode"
   (cd "$work/tree-$mode" && find . -printf '%y %m %u %g %p -> %l\n' | sort > "$work/$mode.list" &&
     find . -type f ! -path './var/log/*' ! -path './var/cache/*' ! -name 'ssh_host_*' \
       -exec sha256sum {} + | sort -k2 > "$work/$mode.sum")

@@ -23,6 +23,10 @@ use crate::profile::ByteSize;
 const ROOTFS: &str = "rootfs";
 const BLOBS: &str = "blobs/sha256";
 const WORK: &str = "work";
+/// Base rootfs entries are zstd-compressed tarballs: half the size of a
+/// plain tar (744 MB became 337 MB for a role), for ~1 s more per build.
+pub const ROOTFS_SUFFIX: &str = "tar.zst";
+const ROOTFS_EXT: &str = ".tar.zst";
 
 pub struct Cache {
     pub dir: PathBuf,
@@ -92,7 +96,7 @@ impl Cache {
     }
 
     pub fn rootfs_tar(&self, key: &str) -> PathBuf {
-        self.rootfs_dir().join(format!("{key}.tar"))
+        self.rootfs_dir().join(format!("{key}.{ROOTFS_SUFFIX}"))
     }
 
     pub fn work_dir(&self) -> PathBuf {
@@ -115,7 +119,7 @@ impl Cache {
     /// Every finished entry, most recently used first.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        for (kind, sub, suffix) in [("rootfs", ROOTFS, ".tar"), ("blob", BLOBS, "")] {
+        for (kind, sub, suffix) in [("rootfs", ROOTFS, ROOTFS_EXT), ("blob", BLOBS, "")] {
             let dir = self.dir.join(sub);
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd {
@@ -187,7 +191,9 @@ impl Cache {
             if let Ok(rd) = fs::read_dir(self.dir.join(sub)) {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if name.contains(".partial") {
+                    // and plain-tar rootfs entries of older nodeforge versions
+                    let legacy = sub == ROOTFS && name.ends_with(".tar");
+                    if name.contains(".partial") || legacy {
                         report.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
                         fs::remove_file(e.path())
                             .with_context(|| format!("removing {}", e.path().display()))?;
@@ -312,13 +318,15 @@ mod tests {
         entry(&c, "old", 100, now - 30 * 86400);
         entry(&c, "mid", 100, now - 3600);
         entry(&c, "new", 100, now);
-        fs::write(c.rootfs_dir().join(".x.partial.tar"), "half").unwrap();
+        fs::write(c.rootfs_dir().join(".x.partial.tar.zst"), "half").unwrap();
+        fs::write(c.rootfs_dir().join("old-format.tar"), "plain").unwrap();
         fs::create_dir_all(c.work_dir().join("base-abc/rootfs")).unwrap();
         let ls: Vec<String> = c.entries().unwrap().into_iter().map(|e| e.key).collect();
         assert_eq!(ls, ["new", "mid", "old"]);
 
         let r = c.prune(Some(Duration::from_secs(7 * 86400)), None).unwrap();
-        assert_eq!((r.removed, r.leftovers, r.kept), (1, 2, 2));
+        assert_eq!((r.removed, r.leftovers, r.kept), (1, 3, 2));
+        assert!(!c.rootfs_dir().join("old-format.tar").exists());
         assert!(!c.rootfs_tar("old").exists());
         assert!(!c.rootfs_dir().join("old.json").exists());
         assert!(!c.work_dir().join("base-abc").exists());

@@ -77,9 +77,9 @@ for a in "$@"; do
     case "$a" in *signed-by=*) k=${{a#*signed-by=}}; k=${{k%%]*}}; [ -s "$k" ] || {{ echo "no keyring $k" >&2; exit 1; }} ;; esac
     case "$a" in *file:*) d=${{a#*file:}}; d=${{d%% *}}; [ -s "$d/Packages" ] || {{ echo "no index $d/Packages" >&2; exit 1; }} ;; esac
   fi
-  case "$a" in *.tar) target="$a" ;; esac
+  case "$a" in *.tar.zst) target="$a" ;; esac
 done
-tar -cf "$target" -C "$tree" .
+tar --zstd -cf "$target" -C "$tree" .
 "#,
         args = p.path("mmdebstrap.args").display(),
         tree = tree.display()

@@ -42,7 +42,11 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         ))
     } else {
         // mmdebstrap picks the output format from the name's extension.
-        let partial = dir.join(format!(".{}.partial.tar", plan.rootfs_key));
+        let partial = dir.join(format!(
+            ".{}.partial.{}",
+            plan.rootfs_key,
+            crate::cache::ROOTFS_SUFFIX
+        ));
         let _ = fs::remove_file(&partial);
         let result = mmdebstrap(ctx, &partial);
         if let Err(e) = result {
@@ -78,6 +82,7 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
             "--preserve-permissions",
             "--same-owner",
             "--numeric-owner",
+            "--zstd",
         ])
         .args(["--xattrs", "--xattrs-include=*", "--file"])
         .arg(&tar)
@@ -175,6 +180,8 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     if let Some(epoch) = ctx.epoch {
         cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
     }
+    // mmdebstrap compresses the cache entry with plain `zstd`: on every core.
+    cmd = cmd.env("ZSTD_NBTHREADS", "0");
     if p.debian.snapshot.is_some() {
         // Snapshot Release files are past their Valid-Until by design.
         cmd = cmd.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");

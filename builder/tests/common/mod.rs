@@ -113,8 +113,9 @@ pub fn store_rootfs_tree(p: &Project, tree: &Path, profile: &str) {
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let key = plan["rootfs_key"].as_str().unwrap();
     fs::create_dir_all(p.path("cache/rootfs")).unwrap();
-    let tar = p.path(&format!("cache/rootfs/{key}.tar"));
+    let tar = p.path(&format!("cache/rootfs/{key}.tar.zst"));
     let ok = Command::new("tar")
+        .arg("--zstd")
         .arg("-cf")
         .arg(&tar)
         .arg("-C")
