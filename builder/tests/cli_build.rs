@@ -33,16 +33,7 @@ fn fake_tool(p: &Project, name: &str, script: &str) -> std::path::PathBuf {
     dir
 }
 
-const BUILD: &[&str] = &[
-    "build",
-    "profiles/x.toml",
-    "--output",
-    "out",
-    "--cache-dir",
-    "cache",
-    "--agent",
-    "agent",
-];
+const BUILD: &[&str] = common::BUILD_X;
 
 fn out_files(p: &Project) -> Vec<String> {
     match fs::read_dir(p.path("out")) {

@@ -92,17 +92,7 @@ tar --zstd -cf "$target" -C "$tree" .
 
 fn build(p: &Project) {
     let out = p.nodeforge_with_path(
-        &[
-            "build",
-            "profiles/x.toml",
-            "--output",
-            "out",
-            "--cache-dir",
-            "cache",
-            "--agent",
-            "agent",
-            "--quiet",
-        ],
+        &[common::BUILD_X, &["--quiet"]].concat(),
         Some(&p.path("fakebin")),
     );
     assert!(out.status.success(), "{}", stderr(&out));

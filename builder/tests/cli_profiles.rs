@@ -213,14 +213,7 @@ fn build_of_broken_profile_builds_nothing() {
         "profiles/x.toml",
         "name = \"x\"\nhardware = \"pc\"\nbogus = 1\n",
     );
-    let out = p.nodeforge(&[
-        "build",
-        "profiles/x.toml",
-        "--output",
-        "out",
-        "--cache-dir",
-        "cache",
-    ]);
+    let out = p.nodeforge(common::BUILD_X);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("profiles/x.toml:3:1:"),

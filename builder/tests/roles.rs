@@ -19,19 +19,24 @@ fn profiles() -> Vec<PathBuf> {
     nodeforge::tailnet::profile_files(&[root().join("profiles")]).unwrap()
 }
 
+/// Every role the seeds describe, each with a profile and a stack of its
+/// own name.
+const ROLES: [&str; 9] = [
+    "core",
+    "data",
+    "ai",
+    "workspace",
+    "media",
+    "sentinel",
+    "controlplane",
+    "cloud",
+    "observability",
+];
+
 #[test]
 fn every_profile_checks() {
     let files = profiles();
-    for role in [
-        "core",
-        "data",
-        "ai",
-        "workspace",
-        "media",
-        "controlplane",
-        "cloud",
-        "observability",
-    ] {
+    for role in ROLES {
         assert!(
             files.iter().any(|f| f.ends_with(format!("{role}.toml"))),
             "profiles/{role}.toml is missing"
@@ -255,17 +260,7 @@ fn every_stack_passes_docker_compose_config() {
         }
     }
     eprintln!("{} stacks checked: {checked:#?}", checked.len());
-    for role in [
-        "core",
-        "data",
-        "ai",
-        "workspace",
-        "media",
-        "sentinel",
-        "controlplane",
-        "cloud",
-        "observability",
-    ] {
+    for role in ROLES {
         assert!(
             checked
                 .iter()

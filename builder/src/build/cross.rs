@@ -127,17 +127,29 @@ pub fn hooks(deferred: &[Deferred], ssh_keys: bool) -> Hooks {
 /// the chrooted configure checks every dependency). The host dpkg does not
 /// read the target's dpkg.cfg.d, so the path filters come as options.
 fn native_unpack_wrapper(dpkg_filters: &[&str]) -> String {
-    let filters: Vec<String> = dpkg_filters.iter().map(|f| format!("'--{f}'")).collect();
     format!(
         "root=$1; shift\n\
          while [ $# -gt 0 ]; do a=$1; shift; [ \"$a\" = dpkg ] && break; done\n\
          [ \"$a\" = dpkg ] || {{ echo \"nodeforge dpkg wrapper: no dpkg in mmdebstrap's command\" >&2; exit 2; }}\n\
          unset TMPDIR\n\
          case \" $* \" in\n\
-         *\" --unpack \"*) exec dpkg --root=\"$root\" --log=\"$root/var/log/dpkg.log\" \
-         --force-unsafe-io --force-depends {} \"$@\" ;;\n\
+         *\" --unpack \"*) exec {} \"$@\" ;;\n\
          *) exec chroot \"$root\" dpkg \"$@\" ;;\n\
          esac\n",
+        host_unpack(dpkg_filters)
+    )
+}
+
+/// The host's dpkg unpacking into the target at shell variable `$root`
+/// (packages follow): its log is the target's, and the path filters come
+/// as options because the host's dpkg does not read the target's
+/// dpkg.cfg.d. `--force-depends` because the host's dpkg sees arm64 as a
+/// foreign architecture; the target's dpkg checks dependencies when it
+/// configures.
+fn host_unpack(dpkg_filters: &[&str]) -> String {
+    let filters: Vec<String> = dpkg_filters.iter().map(|f| format!("'--{f}'")).collect();
+    format!(
+        "dpkg --root=\"$root\" --log=\"$root/var/log/dpkg.log\" --force-unsafe-io --force-depends {}",
         filters.join(" ")
     )
 }
@@ -172,13 +184,12 @@ pub fn native_unpack_hook(dpkg_filters: &[&str]) -> String {
 /// Between the two, `native-tools` next to the wrapper (the script
 /// [`native_tools`]) runs, so the essential set configures natively too.
 pub fn essential_chroot_wrapper(real_chroot: &std::path::Path, dpkg_filters: &[&str]) -> String {
-    let filters: Vec<String> = dpkg_filters.iter().map(|f| format!("'--{f}'")).collect();
     ESSENTIAL_CHROOT_WRAPPER
         .replace(
             "@CHROOT@",
             &crate::exec::shell_quote(real_chroot.as_os_str()),
         )
-        .replace("@FILTERS@", &filters.join(" "))
+        .replace("@HOST_UNPACK@", &host_unpack(dpkg_filters))
 }
 
 const ESSENTIAL_CHROOT_WRAPPER: &str = r#"#!/bin/sh
@@ -187,8 +198,7 @@ if [ $# -gt 5 ] && [ "$2 $3 $4" = 'dpkg --install --force-depends' ]; then
   root=$1; status=$5; shift 5
   names=$(for d in "$@"; do dpkg-deb --field "$root$d" Package || exit 1; done) || exit 1
   for d in "$@"; do set -- "$@" "$root$d"; shift; done
-  dpkg --root="$root" --log="$root/var/log/dpkg.log" --force-unsafe-io --force-depends \
-    @FILTERS@ "$status" --unpack "$@" || exit $?
+  @HOST_UNPACK@ "$status" --unpack "$@" || exit $?
   sh "${0%/*}/native-tools" "$root" || exit $?
   exec @CHROOT@ "$root" dpkg --force-depends "$status" --configure $names
 fi
@@ -241,17 +251,18 @@ pub fn native_tools_undo() -> String {
     NATIVE_TOOLS_UNDO_SCRIPT.replace("@TOOLS@", &NATIVE_TOOLS_LIST.join(" "))
 }
 
-/// Essential hook that makes the target's shell, perl and common tools
-/// ([`NATIVE_TOOLS_LIST`]) run natively while packages configure. Most maintainer-script time
-/// under emulation is interpreter work: dash running the scripts and perl
-/// running debconf and deb-systemd-helper, dozens of times per package.
-/// The host's `dash` and `perl` are put in place of the target's (each
-/// diverted with dpkg-divert, so dpkg keeps the real files), with the
-/// host's shared libraries and perl's own modules at the host's paths,
-/// which no package of the target's architecture uses. The scripts still
-/// run chrooted and read and write only the target; every program they
-/// start besides the interpreters is the target's. If any of those paths
-/// already exists in the target, nothing is changed. [`NATIVE_TOOLS_UNDO_SCRIPT`]
+/// Script that makes the target's shell, perl and common tools
+/// ([`NATIVE_TOOLS_LIST`]) run natively while packages configure. Most
+/// maintainer-script time under emulation is interpreter and tool work:
+/// dash running the scripts, perl running debconf and deb-systemd-helper,
+/// grep and sed, dozens of times per package. The host's programs are put
+/// in place of the target's (each diverted with dpkg-divert, so dpkg keeps
+/// the real files), with the host's shared libraries and perl's own
+/// modules at the host's paths, which no package of the target's
+/// architecture uses. The scripts still run chrooted and read and write
+/// only the target; any other program they start is the target's. If any
+/// of those paths already exists in the target, nothing is changed; run a
+/// second time, it does nothing. [`NATIVE_TOOLS_UNDO_SCRIPT`]
 /// removes all of it before the image is finished.
 const NATIVE_TOOLS_SCRIPT: &str = r#"r=$1; list="$r/var/lib/nodeforge-native.list"
 [ ! -e "$list" ] || exit 0
@@ -283,7 +294,7 @@ for t in $tools; do
   cp "$t" "$r$t" || exit 1
 done"#;
 
-/// Customize hook: puts the target's own dash and perl back and removes
+/// Customize hook: puts the target's own programs back and removes
 /// every file and directory [`NATIVE_TOOLS_SCRIPT`] added.
 const NATIVE_TOOLS_UNDO_SCRIPT: &str = r#"r=$1; list="$r/var/lib/nodeforge-native.list"
 [ -f "$list" ] || exit 0

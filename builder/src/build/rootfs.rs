@@ -166,6 +166,10 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
         let native_tools = std::env::var_os(EMULATE_SCRIPTS).is_none();
         cmd = with_essential_wrapper(ctx, cmd, native_tools)?;
         if native_tools {
+            // The chroot wrapper runs it before the essential set
+            // configures; as a hook it covers an mmdebstrap whose essential
+            // install the wrapper does not recognise (then it is a no-op
+            // when the wrapper already ran it).
             hooks.essential.push(cross::native_tools());
             // First: the deferred work below runs target programs.
             hooks.customize.insert(0, cross::native_tools_undo());

@@ -144,18 +144,23 @@ pub fn assert_fsck_clean(program: &str, flag: &str, target: &Path) {
     );
 }
 
-/// `nodeforge build PROFILE` into out/ with cache/ and the fake agent
-/// file `agent` (see [`install_fake_rootfs`]), with `extra` arguments.
+/// `nodeforge build profiles/x.toml` into out/ with cache/ and the fake
+/// agent file `agent` (see [`install_fake_rootfs`]).
+pub const BUILD_X: &[&str] = &[
+    "build",
+    "profiles/x.toml",
+    "--output",
+    "out",
+    "--cache-dir",
+    "cache",
+    "--agent",
+    "agent",
+];
+
+/// [`BUILD_X`] for `profile`, with `extra` arguments.
 pub fn offline_build(p: &Project, profile: &str, extra: &[&str]) -> Output {
-    let args = [
-        "build",
-        profile,
-        "--output",
-        "out",
-        "--cache-dir",
-        "cache",
-        "--agent",
-        "agent",
-    ];
-    p.nodeforge(&[&args[..], extra].concat())
+    let mut args = BUILD_X.to_vec();
+    args[1] = profile;
+    args.extend_from_slice(extra);
+    p.nodeforge(&args)
 }
