@@ -1,5 +1,6 @@
-//! The build cache: content-addressed layers (base rootfs tarballs, and
-//! container blobs under blobs/sha256/), with locking so two builds and a
+//! The build cache: content-addressed layers (base rootfs tarballs, each
+//! tree step's changes under layers/, and container blobs under
+//! blobs/sha256/), with locking so two builds and a
 //! prune can run at once safely.
 //!
 //! Builds hold a shared lock on the cache for their whole run; `prune`
@@ -21,6 +22,7 @@ use crate::fsutil;
 use crate::profile::ByteSize;
 
 const ROOTFS: &str = "rootfs";
+const LAYERS: &str = "layers";
 const BLOBS: &str = "blobs/sha256";
 const WORK: &str = "work";
 /// Base rootfs entries are zstd-compressed tarballs: half the size of a
@@ -99,6 +101,20 @@ impl Cache {
         self.rootfs_dir().join(format!("{key}.{ROOTFS_SUFFIX}"))
     }
 
+    pub fn layers_dir(&self) -> PathBuf {
+        self.dir.join(LAYERS)
+    }
+
+    /// A tree step's layer (see build/layers.rs): its tarball…
+    pub fn layer_tar(&self, key: &str) -> PathBuf {
+        self.layers_dir().join(format!("{key}{ROOTFS_EXT}"))
+    }
+
+    /// …and what it deletes, its facts and when it was used.
+    pub fn layer_meta_path(&self, key: &str) -> PathBuf {
+        self.layers_dir().join(format!("{key}.json"))
+    }
+
     pub fn work_dir(&self) -> PathBuf {
         self.dir.join(WORK)
     }
@@ -119,7 +135,11 @@ impl Cache {
     /// Every finished entry, most recently used first.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        for (kind, sub, suffix) in [("rootfs", ROOTFS, ROOTFS_EXT), ("blob", BLOBS, "")] {
+        for (kind, sub, suffix) in [
+            ("rootfs", ROOTFS, ROOTFS_EXT),
+            ("layer", LAYERS, ROOTFS_EXT),
+            ("blob", BLOBS, ""),
+        ] {
             let dir = self.dir.join(sub);
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd {
@@ -187,7 +207,7 @@ impl Cache {
             }
         }
         // Unfinished writes and work trees: no build is running now.
-        for sub in [ROOTFS, BLOBS] {
+        for sub in [ROOTFS, LAYERS, BLOBS] {
             if let Ok(rd) = fs::read_dir(self.dir.join(sub)) {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
@@ -236,7 +256,7 @@ fn read_meta(path: &Path) -> Option<EntryMeta> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -321,11 +341,37 @@ mod tests {
         fs::write(c.rootfs_dir().join(".x.partial.tar.zst"), "half").unwrap();
         fs::write(c.rootfs_dir().join("old-format.tar"), "plain").unwrap();
         fs::create_dir_all(c.work_dir().join("base-abc/rootfs")).unwrap();
-        let ls: Vec<String> = c.entries().unwrap().into_iter().map(|e| e.key).collect();
-        assert_eq!(ls, ["new", "mid", "old"]);
+        // A tree step's layer, and one a killed build was writing.
+        fs::create_dir_all(c.layers_dir()).unwrap();
+        fs::write(c.layer_tar("lay"), vec![0u8; 10]).unwrap();
+        let meta = EntryMeta {
+            summary: "overlays of x".into(),
+            created: now - 60 * 86400,
+            last_used: now - 60 * 86400,
+        };
+        fs::write(c.layer_meta_path("lay"), serde_json::to_vec(&meta).unwrap()).unwrap();
+        fs::write(c.layers_dir().join(".lay2.partial.x1.tar.zst"), "half").unwrap();
+        let ls: Vec<(String, &str)> = c
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.kind))
+            .collect();
+        assert_eq!(
+            ls,
+            [
+                ("new".to_owned(), "rootfs"),
+                ("mid".to_owned(), "rootfs"),
+                ("old".to_owned(), "rootfs"),
+                ("lay".to_owned(), "layer")
+            ]
+        );
 
         let r = c.prune(Some(Duration::from_secs(7 * 86400)), None).unwrap();
-        assert_eq!((r.removed, r.leftovers, r.kept), (1, 3, 2));
+        assert_eq!((r.removed, r.leftovers, r.kept), (2, 4, 2));
+        assert!(!c.layer_tar("lay").exists());
+        assert!(!c.layer_meta_path("lay").exists());
+        assert!(!c.layers_dir().join(".lay2.partial.x1.tar.zst").exists());
         assert!(!c.rootfs_dir().join("old-format.tar").exists());
         assert!(!c.rootfs_tar("old").exists());
         assert!(!c.rootfs_dir().join("old.json").exists());

@@ -313,12 +313,16 @@ fn build_cmd(args: BuildArgs) -> Result<()> {
         }
         if !check.identical {
             bail!(
-                "the two builds differ (partitions: {})",
-                check.differing_partitions.join(", ")
+                "the two builds differ (partitions: [{}]; files: [{}])",
+                check.differing_partitions.join(", "),
+                check.differing_files.join(", ")
             );
         }
         if output == Output::Human {
-            println!("reproducible: the two images are identical");
+            println!(
+                "reproducible: the two images and the {} files beside them are identical",
+                check.compared_files
+            );
         }
         return Ok(());
     }

@@ -2,6 +2,7 @@
 //! is built, so `nodeforge plan` can show it and caches can key on it.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -51,6 +52,8 @@ pub struct OverlayFile {
     pub source: PathBuf,
     pub template: bool,
     pub sha256: String,
+    /// The source is executable (git keeps only this bit of the mode).
+    pub executable: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,7 +95,7 @@ impl Plan {
             profile.disk.size.0,
             profile.disk.esp_size.0,
             profile.hardware.arch,
-            &profile_hash,
+            &layout_seed(&profile),
         )
         .map_err(anyhow::Error::msg)?;
         let steps = step_plans(&profile, &packages, &overlay_files, &rootfs_key);
@@ -248,6 +251,22 @@ fn rootfs_key(p: &Profile, packages: &[String]) -> Result<String> {
     Ok(sha256_bytes(key.to_string().as_bytes()))
 }
 
+/// The seed of the disk's and partitions' GUIDs and the filesystems'
+/// UUIDs: what names the disk (the profile's name, its hardware and its
+/// geometry), not its contents. Like systemd-repart's seed, it keeps them
+/// stable across edits of an overlay or a compose file, so fstab (and the
+/// layers of the steps that write it) stay the same.
+fn layout_seed(p: &Profile) -> String {
+    let seed = serde_json::json!({
+        "name": p.name,
+        "arch": p.hardware.arch.debian(),
+        "firmware": p.hardware.firmware,
+        "size": p.disk.size.0,
+        "esp_size": p.disk.esp_size.0,
+    });
+    sha256_bytes(seed.to_string().as_bytes())
+}
+
 fn profile_hash(
     p: &Profile,
     overlay_files: &[OverlayFile],
@@ -286,9 +305,16 @@ fn profile_hash(
             }
         }
     }
-    let files: Vec<(&str, &str, &str)> = overlay_files
+    let files: Vec<(&str, &str, &str, bool)> = overlay_files
         .iter()
-        .map(|f| (f.overlay.as_str(), f.target.as_str(), f.sha256.as_str()))
+        .map(|f| {
+            (
+                f.overlay.as_str(),
+                f.target.as_str(),
+                f.sha256.as_str(),
+                f.executable,
+            )
+        })
         .collect();
     let locked: Vec<Option<&str>> = images
         .iter()
@@ -320,7 +346,10 @@ fn list_overlay_files(p: &Profile) -> Result<Vec<OverlayFile>> {
             }
             let template = rel.ends_with(TEMPLATE_SUFFIX);
             let target = format!("/{}", rel.strip_suffix(TEMPLATE_SUFFIX).unwrap_or(&rel));
-            let bytes = match fs::symlink_metadata(&source)?.file_type().is_symlink() {
+            let meta = fs::symlink_metadata(&source)?;
+            let executable =
+                !meta.file_type().is_symlink() && meta.permissions().mode() & 0o111 != 0;
+            let bytes = match meta.file_type().is_symlink() {
                 true => fs::read_link(&source)?
                     .to_string_lossy()
                     .into_owned()
@@ -336,6 +365,7 @@ fn list_overlay_files(p: &Profile) -> Result<Vec<OverlayFile>> {
                 source,
                 template,
                 sha256: sha256_bytes(&bytes),
+                executable,
             });
         }
     }
@@ -437,6 +467,13 @@ fn step_plans(
         ),
         step(
             "containers",
+            vec![format!(
+                "{} locked images as docker-load archives",
+                lock::profile_images(p).len()
+            )],
+        ),
+        step(
+            "stacks",
             p.stacks
                 .iter()
                 .map(|s| format!("stack {}: {} images", s.name, s.images.len()))

@@ -78,6 +78,7 @@ fn offline_build_produces_image_checksum_and_manifest() {
             "users",
             "agent",
             "containers",
+            "stacks",
             "initramfs",
             "esp",
             "root-fs",
@@ -99,7 +100,7 @@ fn offline_build_produces_image_checksum_and_manifest() {
     assert_eq!(manifest["packages"][0]["name"], "systemd");
     assert_eq!(manifest["packages"][0]["version"], "257.9-1");
     assert_eq!(manifest["facts"]["kernel"], "6.1.0-test");
-    assert_eq!(manifest["steps"].as_array().unwrap().len(), 10);
+    assert_eq!(manifest["steps"].as_array().unwrap().len(), 11);
     assert!(manifest["steps"][0]["seconds"].as_f64().is_some());
 
     // The partition table and ESP read back with our own readers…
@@ -274,7 +275,7 @@ fn an_unchanged_rebuild_reuses_the_image_and_a_changed_input_rebuilds() {
     let build = [BUILD, &["--json"]].concat();
     let first = p.nodeforge(&build);
     assert!(first.status.success(), "{}", stderr(&first));
-    assert_eq!(step_statuses(&first).len(), 11);
+    assert_eq!(step_statuses(&first).len(), 12);
     let sha = fs::read_to_string(p.path("out/x.img.sha256")).unwrap();
 
     // Same inputs, image untouched: nothing is rebuilt.
@@ -298,15 +299,71 @@ fn an_unchanged_rebuild_reuses_the_image_and_a_changed_input_rebuilds() {
     }
     let after_edit = p.nodeforge(&build);
     assert!(after_edit.status.success(), "{}", stderr(&after_edit));
-    assert_eq!(step_statuses(&after_edit).len(), 11);
+    assert_eq!(step_statuses(&after_edit).len(), 12);
 
-    // A changed overlay file changes the key: the steps run again, the
-    // cached rootfs is reused.
+    // A changed overlay file changes the key: the steps from `overlays` on
+    // run again; the rootfs and the `system` step's layer are reused.
     p.write("overlays/base/etc/motd", "changed\n");
     let changed = p.nodeforge(&build);
     assert!(changed.status.success(), "{}", stderr(&changed));
     let steps = step_statuses(&changed);
-    assert_eq!(steps.len(), 11);
-    assert_eq!(steps[0], ("rootfs".to_owned(), "reused".to_owned()));
-    assert_eq!(steps[2], ("overlays".to_owned(), "done".to_owned()));
+    let status = |name: &str| {
+        steps
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_str())
+            .unwrap_or_else(|| panic!("no step {name} in {steps:?}"))
+    };
+    assert_eq!(steps.len(), 12);
+    assert_eq!(status("rootfs"), "reused");
+    assert_eq!(status("system"), "reused");
+    for ran in ["overlays", "users", "agent", "root-fs"] {
+        assert_eq!(status(ran), "done", "{ran} in {steps:?}");
+    }
+}
+
+/// Layers restored from the cache give the same image, byte for byte, as
+/// the steps that made them: a second output directory gets every tree
+/// step from the cache and the same sha256.
+#[test]
+fn an_image_from_cached_layers_is_identical_to_the_built_one() {
+    if skip_unless_root() {
+        return;
+    }
+    let p = project();
+    let build = |out: &str| {
+        let mut args = [BUILD, &["--json"]].concat();
+        let at = args.iter().position(|a| *a == "--output").unwrap();
+        args[at + 1] = out;
+        let run = p.nodeforge_with_env(&args, &[("SOURCE_DATE_EPOCH", "1763600000")]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        run
+    };
+    let first = build("out");
+    let layered = ["system", "overlays", "users", "agent"];
+    for (name, status) in step_statuses(&first) {
+        if layered.contains(&name.as_str()) {
+            assert_eq!(status, "done", "{name}");
+        }
+    }
+    let second = build("out2");
+    let steps = step_statuses(&second);
+    for name in layered {
+        assert!(
+            steps.contains(&(name.to_owned(), "reused".to_owned())),
+            "{name} not reused: {steps:?}"
+        );
+    }
+    assert_eq!(
+        fs::read(p.path("out/x.img")).unwrap(),
+        fs::read(p.path("out2/x.img")).unwrap(),
+        "the image from cached layers differs from the built one"
+    );
+    // `cache ls` lists the layers with the step that made them.
+    let ls = p.nodeforge(&["cache", "ls", "--cache-dir", "cache"]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    let text = String::from_utf8_lossy(&ls.stdout);
+    for name in layered {
+        assert!(text.contains(&format!("{name} of x:")), "{text}");
+    }
 }

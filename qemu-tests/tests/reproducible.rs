@@ -1,16 +1,21 @@
 //! The same profile built twice from scratch (fresh caches, so mmdebstrap
-//! runs both times) gives the same image, byte for byte. Its own test
-//! binary: it sets SOURCE_DATE_EPOCH for the process.
+//! runs both times) gives the same image and the same netboot files, byte
+//! for byte; a third build, from the first build's cached layers, gives
+//! the same image again. Its own test binary: it sets SOURCE_DATE_EPOCH
+//! for the process.
 
-use nodeforge::build::{self, BuildOptions, Output};
+use nodeforge::build::{self, BuildOptions, Output, StepOutcome};
 use nodeforge::plan::Plan;
 use qemu_tests::{require_root, workspace_root};
 
 #[test]
-fn base_built_twice_from_scratch_is_identical() {
+fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
     require_root();
     std::env::set_var("SOURCE_DATE_EPOCH", "1763600000");
-    let plan = Plan::load(&workspace_root().join("profiles/base.toml")).unwrap();
+    // Base plus busybox-static, written as a disk image and as netboot
+    // files, so both kinds of output are compared.
+    let profile = workspace_root().join("qemu-tests/profiles/netboot.toml");
+    let plan = Plan::load(&profile).unwrap();
     let scratch = tempfile::tempdir_in(workspace_root().join("target")).unwrap();
     let opts = BuildOptions {
         output_dir: scratch.path().join("out"),
@@ -25,4 +30,24 @@ fn base_built_twice_from_scratch_is_identical() {
     assert!(first.image.is_file());
     assert!(check.identical, "builds differ: {check:?}");
     assert!(check.differing_partitions.is_empty());
+    // sha256, bmap and the four netboot files.
+    assert_eq!(check.compared_files, 6, "{check:?}");
+
+    let from_layers = BuildOptions {
+        output_dir: scratch.path().join("out-from-layers"),
+        ..opts
+    };
+    let third = build::build(&plan, &from_layers).unwrap_or_else(|e| panic!("{e:#}"));
+    for name in ["rootfs", "system", "agent"] {
+        let step = third.steps.iter().find(|s| s.name == name).unwrap();
+        assert!(
+            matches!(step.outcome, StepOutcome::Reused(_)),
+            "{name}: {:?}",
+            step.outcome
+        );
+    }
+    assert_eq!(
+        third.sha256, first.sha256,
+        "the image from cached layers differs"
+    );
 }

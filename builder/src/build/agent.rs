@@ -15,6 +15,16 @@ use crate::profile::{Arch, Profile};
 
 pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
 
+/// The agent binary by content, its baked config and the stand-in switch.
+pub fn inputs(plan: &crate::plan::Plan, agent_sha256: &str) -> serde_json::Value {
+    let p = &plan.profile;
+    serde_json::json!({
+        "agent": agent_sha256,
+        "config": baked_config(p).to_toml(),
+        "tailscale_standin": p.tailscale.as_ref().is_some_and(|t| t.standin),
+    })
+}
+
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let binary = ctx.agent_binary.clone();
     let dest = ctx.target(nodeforge_firstboot::BINARY_PATH);

@@ -1,7 +1,9 @@
-//! Step `containers`: each stack's compose file rendered into
-//! /etc/nodeforge/stacks/<stack>/, each locked image as a `docker load`-able
-//! archive under /var/lib/nodeforge/images/, and /etc/nodeforge/stacks.toml
-//! telling the agent what to load, start and probe.
+//! Two steps. `containers`: each locked image as a `docker load`-able
+//! archive under /var/lib/nodeforge/images/. `stacks`: each stack's
+//! compose file rendered into /etc/nodeforge/stacks/<stack>/, and
+//! /etc/nodeforge/stacks.toml telling the agent what to load, start and
+//! probe. Apart, a compose edit re-runs only `stacks`; the archives come
+//! from `containers`' cached layer.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,7 +25,49 @@ use crate::oci::manifest::{ImageManifest, Manifest};
 use crate::oci::{Client, Digest, Reference};
 use crate::profile::{ProbeCheck, Stack};
 
-pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+/// What the archives are made from: the architecture and each image's
+/// locked digest (the tag it loads as derives from both).
+pub fn images_inputs(plan: &crate::plan::Plan) -> serde_json::Value {
+    let images: Vec<(&str, Option<&str>)> = plan
+        .images
+        .iter()
+        .map(|i| {
+            (
+                i.reference.as_str(),
+                i.locked.as_ref().map(|l| l.digest.as_str()),
+            )
+        })
+        .collect();
+    serde_json::json!({ "arch": plan.profile.hardware.arch.debian(), "images": images })
+}
+
+/// What the compose files and the stacks manifest are made from: each
+/// stack's settings and template (by content), and the template context.
+pub fn stacks_inputs(plan: &crate::plan::Plan) -> Result<serde_json::Value> {
+    let mut stacks = Vec::new();
+    for st in &plan.profile.stacks {
+        let template = fs::read(&st.compose)
+            .with_context(|| format!("reading compose template {}", st.compose.display()))?;
+        let mut v = serde_json::to_value(st)?;
+        v["compose"] = fsutil::sha256_bytes(&template).into();
+        stacks.push(v);
+    }
+    Ok(serde_json::json!({ "stacks": stacks, "vars": plan.profile.template_context() }))
+}
+
+/// The fields of the `containers` fact the `stacks` step reads back (the
+/// fact survives in the layer when `containers` is reused).
+#[derive(serde::Deserialize)]
+struct ArchivedImage {
+    reference: String,
+    tag: String,
+    digest: String,
+    image_id: String,
+    archive: String,
+}
+
+/// Step `containers`.
+pub fn write_images(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let plan = ctx.plan;
     let p = &plan.profile;
     if p.stacks.is_empty() {
@@ -48,7 +92,6 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     };
     fs::create_dir_all(ctx.target(IMAGES_DIR))
         .with_context(|| format!("creating {IMAGES_DIR} in the image"))?;
-    let mut images: BTreeMap<String, ImageEntry> = BTreeMap::new();
     let mut facts = Vec::new();
     let (mut blob_total, mut archive_total) = (0u64, 0u64);
     for (r, l) in refs.iter().zip(locked) {
@@ -63,19 +106,47 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         archive_total += info.archive_bytes;
         facts.push(serde_json::json!({
             "reference": r, "digest": l.digest, "tag": tag,
+            "image_id": manifest.config.digest, "archive": archive,
             "blob_bytes": info.blob_bytes, "archive_bytes": info.archive_bytes,
         }));
-        images.insert(
-            r.clone(),
-            ImageEntry {
-                reference: r.clone(),
-                tag,
-                digest: l.digest.to_string(),
-                image_id: manifest.config.digest.to_string(),
-                archive,
-            },
-        );
     }
+    ctx.facts.insert(
+        "containers".into(),
+        serde_json::json!({
+            "images": facts, "blob_bytes": blob_total, "archive_bytes": archive_total,
+            "offline": ctx.opts.offline,
+        }),
+    );
+    Ok(StepOutcome::Done)
+}
+
+/// Step `stacks`.
+pub fn write_stacks(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+    let p = &ctx.plan.profile;
+    if p.stacks.is_empty() {
+        return Ok(StepOutcome::Skipped("the profile has no stacks".into()));
+    }
+    let archived: Vec<ArchivedImage> = ctx
+        .facts
+        .get("containers")
+        .and_then(|c| c.get("images"))
+        .map(|v| serde_json::from_value(v.clone()))
+        .transpose()
+        .context("reading the containers step's image list")?
+        .context("the containers step recorded no images")?;
+    let images: BTreeMap<String, ImageEntry> = archived
+        .into_iter()
+        .map(|a| {
+            let entry = ImageEntry {
+                reference: a.reference,
+                tag: a.tag,
+                digest: a.digest,
+                image_id: a.image_id,
+                archive: a.archive,
+            };
+            (entry.reference.clone(), entry)
+        })
+        .collect();
     let mut manifest = StacksManifest::default();
     for st in &p.stacks {
         manifest.stacks.push(write_stack(ctx, st, &images)?);
@@ -84,13 +155,6 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     fs::create_dir_all(path.parent().expect("has parent"))?;
     fsutil::atomic_write(&path, manifest.to_toml().as_bytes())
         .with_context(|| format!("writing {STACKS_MANIFEST_PATH} in the image"))?;
-    ctx.facts.insert(
-        "containers".into(),
-        serde_json::json!({
-            "images": facts, "blob_bytes": blob_total, "archive_bytes": archive_total,
-            "offline": ctx.opts.offline,
-        }),
-    );
     Ok(StepOutcome::Done)
 }
 

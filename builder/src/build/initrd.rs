@@ -13,6 +13,15 @@ use crate::disk::PartitionKind;
 use crate::initramfs;
 use crate::profile::InitramfsKind;
 
+pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
+    let hw = &plan.profile.hardware;
+    serde_json::json!({
+        "initramfs": hw.initramfs,
+        "modules": hw.initramfs_modules,
+        "root": plan.layout.partition(PartitionKind::Root).fs_uuid,
+    })
+}
+
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let hw = &ctx.plan.profile.hardware;
     match hw.initramfs {

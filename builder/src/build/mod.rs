@@ -5,6 +5,7 @@ pub mod containers;
 mod cross;
 mod image;
 mod initrd;
+pub mod layers;
 pub mod netboot;
 mod outputs;
 mod overlay;
@@ -73,6 +74,11 @@ pub struct BuildContext<'a> {
     pub agent_binary: PathBuf,
     /// Key of everything the image is made from (see uptodate.rs).
     pub image_key: String,
+    pub agent_sha256: String,
+    /// Key of the tree as built so far: the rootfs, then each step's layer.
+    layer_key: String,
+    /// The tree's entries after the last step that ran here, if known.
+    tree_snapshot: Option<layers::Snapshot>,
     _work: tempfile::TempDir,
     _lock: BuildLock,
 }
@@ -99,14 +105,19 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
             return Ok(done);
         }
     }
-    let mut steps = Steps::new(opts.output, 11);
+    let mut steps = Steps::new(opts.output, 12);
     steps.run("rootfs", &mut ctx, rootfs::run)?;
-    steps.run("system", &mut ctx, system::run)?;
-    steps.run("overlays", &mut ctx, overlay::run)?;
-    steps.run("users", &mut ctx, users::run)?;
-    steps.run("agent", &mut ctx, agent::run)?;
-    steps.run("containers", &mut ctx, containers::run)?;
-    steps.run("initramfs", &mut ctx, initrd::run)?;
+    // Each tree step's changes are a cached layer (see layers.rs).
+    steps.run_layered("system", &mut ctx, system::inputs(plan), system::run)?;
+    steps.run_layered("overlays", &mut ctx, overlay::inputs(plan), overlay::run)?;
+    steps.run_layered("users", &mut ctx, users::inputs(plan), users::run)?;
+    let agent = agent::inputs(plan, &ctx.agent_sha256);
+    steps.run_layered("agent", &mut ctx, agent, agent::run)?;
+    let images = containers::images_inputs(plan);
+    steps.run_layered("containers", &mut ctx, images, containers::write_images)?;
+    let stacks = containers::stacks_inputs(plan)?;
+    steps.run_layered("stacks", &mut ctx, stacks, containers::write_stacks)?;
+    steps.run_layered("initramfs", &mut ctx, initrd::inputs(plan), initrd::run)?;
     let boot_step = crate::plan::boot_step_name(plan.profile.hardware.firmware);
     steps.run(boot_step, &mut ctx, image::write_boot_partition)?;
     steps.run("root-fs", &mut ctx, image::write_root_fs)?;
@@ -130,6 +141,11 @@ pub struct Reproducibility {
     pub second: String,
     /// Partitions (by label) whose bytes differ.
     pub differing_partitions: Vec<String>,
+    /// The files written beside the image (netboot files, qcow2, bmap …)
+    /// that differ, by name.
+    pub differing_files: Vec<String>,
+    /// How many of those files were compared.
+    pub compared_files: usize,
 }
 
 /// Builds `plan` twice — the second time from scratch, with a fresh cache
@@ -164,11 +180,22 @@ pub fn verify_reproducible(
             differing.push(part.label.clone());
         }
     }
+    let companions = uptodate::companion_names(plan);
+    let mut differing_files = Vec::new();
+    for name in &companions {
+        let a = crate::fsutil::sha256_file(&opts.output_dir.join(name))?;
+        let b = crate::fsutil::sha256_file(&second_opts.output_dir.join(name))?;
+        if a != b {
+            differing_files.push(name.clone());
+        }
+    }
     let report = Reproducibility {
-        identical: first.sha256 == second.sha256,
+        identical: first.sha256 == second.sha256 && differing_files.is_empty(),
         first: first.sha256.clone(),
         second: second.sha256.clone(),
         differing_partitions: differing,
+        differing_files,
+        compared_files: companions.len(),
     };
     Ok((first, report))
 }
@@ -197,7 +224,15 @@ impl<'a> BuildContext<'a> {
         let rootfs = work.path().join("rootfs");
         let epoch = reproducible::source_date_epoch(&plan.profile)?;
         let agent_binary = agent::agent_binary(opts.agent.as_deref(), plan.profile.hardware.arch)?;
-        let image_key = uptodate::image_key(plan, &agent_binary, epoch)?;
+        let agent_sha256 = crate::fsutil::sha256_file(&agent_binary)?;
+        let builder_sha256 = uptodate::builder_sha256()?;
+        let image_key = uptodate::image_key(plan, &agent_sha256, &builder_sha256, epoch);
+        // Every step's code is in the nodeforge binary.
+        let layer_key = layers::chain_key(
+            &plan.rootfs_key,
+            "rootfs",
+            &serde_json::json!({ "builder": builder_sha256 }),
+        );
         Ok(BuildContext {
             plan,
             opts,
@@ -205,6 +240,9 @@ impl<'a> BuildContext<'a> {
             epoch,
             agent_binary,
             image_key,
+            agent_sha256,
+            layer_key,
+            tree_snapshot: None,
             image: None,
             facts: serde_json::Map::new(),
             cache,
@@ -258,6 +296,75 @@ impl Steps {
                 Err(e.context(format!("build step `{name}` failed")))
             }
         }
+    }
+}
+
+impl Steps {
+    /// Runs a step that changes only the tree, through the layer cache: a
+    /// layer under the same chained key is applied instead of running the
+    /// step; otherwise the step runs and what it changed is stored.
+    fn run_layered<'a, F>(
+        &mut self,
+        name: &str,
+        ctx: &mut BuildContext<'a>,
+        inputs: serde_json::Value,
+        mut step: F,
+    ) -> Result<()>
+    where
+        F: FnMut(&mut BuildContext<'a>, &[StepReport]) -> Result<StepOutcome>,
+    {
+        let key = layers::chain_key(&ctx.layer_key, name, &inputs);
+        ctx.layer_key = key.clone();
+        self.run(name, ctx, |ctx, reports| {
+            if !ctx.opts.no_cache {
+                if let Some(meta) = layers::find(&ctx.cache, &key) {
+                    layers::apply(&ctx.cache, &key, &meta, &ctx.rootfs)?;
+                    ctx.tree_snapshot = None;
+                    ctx.facts.extend(meta.facts);
+                    return Ok(StepOutcome::Reused(format!(
+                        "layer {} from the cache",
+                        &key[..12]
+                    )));
+                }
+            }
+            let before = match ctx.tree_snapshot.take() {
+                Some(s) => s,
+                None => layers::snapshot(&ctx.rootfs)?,
+            };
+            let marker = ctx.rootfs.with_file_name("layer-marker");
+            let watch = layers::TreeWatch::start(before, &marker)?;
+            let facts_before = ctx.facts.clone();
+            let outcome = step(ctx, reports)?;
+            let (delta, after) = watch.finish(&ctx.rootfs)?;
+            ctx.tree_snapshot = Some(after);
+            if outcome != StepOutcome::Done {
+                return Ok(outcome);
+            }
+            let facts = ctx
+                .facts
+                .iter()
+                .filter(|(k, v)| facts_before.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let now = crate::cache::now_secs();
+            let meta = layers::LayerMeta {
+                step: name.to_owned(),
+                summary: format!(
+                    "{name} of {}: {} paths, {} deleted",
+                    ctx.plan.profile.name,
+                    delta.changed.len(),
+                    delta.deleted.len()
+                ),
+                created: now,
+                last_used: now,
+                deleted: delta.deleted.clone(),
+                facts,
+            };
+            // Refused (a secret in the tree) means only: not cached.
+            let _ = layers::store(&ctx.cache, &key, &ctx.rootfs, &delta, &meta)
+                .with_context(|| format!("caching the {name} step's layer"))?;
+            Ok(outcome)
+        })
     }
 }
 

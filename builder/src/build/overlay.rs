@@ -9,6 +9,14 @@ use anyhow::{Context, Result};
 use super::progress::StepOutcome;
 use super::{BuildContext, StepReport};
 
+/// Every overlay file by content and mode, and the template variables.
+pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
+    serde_json::json!({
+        "files": plan.overlay_files.iter().map(|f| (&f.target, &f.sha256, f.template, f.executable)).collect::<Vec<_>>(),
+        "vars": plan.profile.template_context(),
+    })
+}
+
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let files = &ctx.plan.overlay_files;
     if files.is_empty() {

@@ -20,6 +20,18 @@ Name=en* eth*
 DHCP=yes
 ";
 
+/// What this step writes depends on: the hostname, the firmware and the
+/// partitions fstab names.
+pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
+    let p = &plan.profile;
+    serde_json::json!({
+        "hostname": p.hostname,
+        "firmware": p.hardware.firmware,
+        "rpi": p.hardware.rpi,
+        "partitions": plan.layout.partitions,
+    })
+}
+
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let p = &ctx.plan.profile;
     write(ctx, "/etc/hostname", &format!("{}\n", p.hostname))?;

@@ -20,17 +20,45 @@ use crate::fsutil::{sha256_bytes, sha256_file};
 use crate::plan::Plan;
 use crate::profile::OutputFormat;
 
-/// The key of the image `plan` builds with `agent` and `epoch`.
-pub fn image_key(plan: &Plan, agent: &Path, epoch: Option<i64>) -> Result<String> {
-    let builder = std::env::current_exe().context("finding the nodeforge binary")?;
+/// The key of the image `plan` builds with this agent, this nodeforge
+/// binary and `epoch`.
+pub fn image_key(
+    plan: &Plan,
+    agent_sha256: &str,
+    builder_sha256: &str,
+    epoch: Option<i64>,
+) -> String {
     let key = serde_json::json!({
         "profile": plan.profile_hash,
         "rootfs": plan.rootfs_key,
-        "agent": sha256_file(agent)?,
-        "builder": sha256_file(&builder)?,
+        "agent": agent_sha256,
+        "builder": builder_sha256,
         "epoch": epoch,
     });
-    Ok(sha256_bytes(key.to_string().as_bytes()))
+    sha256_bytes(key.to_string().as_bytes())
+}
+
+/// sha256 of the running nodeforge binary.
+pub fn builder_sha256() -> Result<String> {
+    let builder = std::env::current_exe().context("finding the nodeforge binary")?;
+    sha256_file(&builder)
+}
+
+/// The files a build writes beside the image and its manifest.
+pub fn companion_names(plan: &Plan) -> Vec<String> {
+    let name = &plan.profile.name;
+    let mut names = vec![format!("{name}.img.sha256"), format!("{name}.img.bmap")];
+    for format in &plan.profile.outputs {
+        match format {
+            OutputFormat::Raw => {}
+            OutputFormat::Qcow2 => names.push(format!("{name}.qcow2")),
+            OutputFormat::Netboot => {
+                let files = super::netboot::NetbootFiles::of(name);
+                names.extend([files.kernel, files.initrd, files.squashfs, files.script]);
+            }
+        }
+    }
+    names
 }
 
 /// The fields of an earlier build's manifest that decide reuse.
@@ -57,22 +85,10 @@ pub fn reusable_outputs(plan: &Plan, output_dir: &Path, key: &str) -> Result<Opt
     if earlier.image_key.as_deref() != Some(key) {
         return Ok(None);
     }
-    let mut companions = vec![
-        output_dir.join(format!("{name}.img.sha256")),
-        output_dir.join(format!("{name}.img.bmap")),
-    ];
-    for format in &plan.profile.outputs {
-        match format {
-            OutputFormat::Raw => {}
-            OutputFormat::Qcow2 => companions.push(output_dir.join(format!("{name}.qcow2"))),
-            OutputFormat::Netboot => {
-                let files = super::netboot::NetbootFiles::of(name);
-                for f in [files.kernel, files.initrd, files.squashfs, files.script] {
-                    companions.push(output_dir.join(f));
-                }
-            }
-        }
-    }
+    let companions: Vec<PathBuf> = companion_names(plan)
+        .iter()
+        .map(|n| output_dir.join(n))
+        .collect();
     if !image.is_file() || companions.iter().any(|p| !p.is_file()) {
         return Ok(None);
     }

@@ -123,6 +123,10 @@ fn add_member(text: &str, group: &str, member: &str, field: usize) -> String {
     out
 }
 
+pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
+    serde_json::json!({ "users": plan.profile.users })
+}
+
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let users = &ctx.plan.profile.users;
     if users.is_empty() {

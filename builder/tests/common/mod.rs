@@ -40,6 +40,16 @@ impl Project {
         self.nodeforge_with_path(args, None)
     }
 
+    /// Runs the CLI with extra environment variables.
+    pub fn nodeforge_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_nodeforge"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
     /// Runs the CLI with `extra_path` in front of PATH (fake tools).
     pub fn nodeforge_with_path(&self, args: &[&str], extra_path: Option<&Path>) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeforge"));
