@@ -2,7 +2,11 @@
 # Benchmark: nodeforge against mkosi building a comparable image — Debian
 # trixie, the same package set as profiles/base.toml, a bootable UEFI disk
 # with systemd-boot — cold (empty caches) on the same machine, in one run.
-# Prints times, image sizes and the ratios. Run as root from the repo:
+# Prints times, image sizes and the ratios. Then, where it can be had, the
+# size of Debian's official genericcloud image of the same release against
+# nodeforge's (GENERICCLOUD_RAW=FILE uses a copy already downloaded;
+# otherwise it is fetched, and a failed fetch is reported, not fatal).
+# Run as root from the repo:
 #   benches/vs-mkosi.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,3 +64,24 @@ print(f"image size   nodeforge {a[0]/M:7.0f} MiB mkosi {a[3]/M:7.0f} MiB")
 print(f"data blocks  nodeforge {a[1]/M:7.0f} MiB mkosi {a[4]/M:7.0f} MiB   ratio {a[1]/a[4]:.2f}")
 print(f"zstd -3      nodeforge {a[2]/M:7.0f} MiB mkosi {a[5]/M:7.0f} MiB   ratio {a[2]/a[5]:.2f}")
 PY
+
+# Debian's genericcloud image (cloud-init, a cloud kernel, no Docker): the
+# image a user would otherwise start from. Sizes only: it is not built here.
+gc_url=https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.raw
+gc=${GENERICCLOUD_RAW:-}
+if [ -z "$gc" ] && curl -fsSL --max-time 900 -o "$work/gc.raw" "$gc_url" 2> "$work/gc.err"; then
+  gc=$work/gc.raw
+fi
+if [ -n "$gc" ]; then
+  # Downloaded, its zero blocks take space: count only the data.
+  cp --sparse=always "$gc" "$work/gc.sparse"
+  python3 - "$(alloc "$nf_img")" "$(zsize "$nf_img")" "$(alloc "$work/gc.sparse")" "$(zsize "$gc")" <<'PY'
+import sys
+a = [int(x) for x in sys.argv[1:]]
+M = 2**20
+print(f"data blocks  nodeforge {a[0]/M:7.0f} MiB genericcloud {a[2]/M:7.0f} MiB   ratio {a[0]/a[2]:.2f}")
+print(f"zstd -3      nodeforge {a[1]/M:7.0f} MiB genericcloud {a[3]/M:7.0f} MiB   ratio {a[1]/a[3]:.2f}")
+PY
+else
+  echo "genericcloud: not compared, $gc_url could not be fetched: $(head -c 200 "$work/gc.err")"
+fi

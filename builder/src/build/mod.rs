@@ -297,9 +297,7 @@ impl Steps {
             }
         }
     }
-}
 
-impl Steps {
     /// Runs a step that changes only the tree, through the layer cache: a
     /// layer under the same chained key is applied instead of running the
     /// step; otherwise the step runs and what it changed is stored.
