@@ -377,7 +377,14 @@ mod tests {
         let cache = Cache::new(dir.path().join("cache"));
         let (built, restored) = (dir.path().join("built"), dir.path().join("restored"));
         tree(&built);
-        tree(&restored);
+        // The same earlier tree, times and all.
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&built)
+            .arg(&restored)
+            .status()
+            .unwrap();
+        assert!(copied.success());
         let watch =
             TreeWatch::start(snapshot(&built).unwrap(), &dir.path().join("marker")).unwrap();
         step(&built);
