@@ -25,10 +25,9 @@ const ROOTFS: &str = "rootfs";
 const LAYERS: &str = "layers";
 const BLOBS: &str = "blobs/sha256";
 const WORK: &str = "work";
-/// Base rootfs entries are zstd-compressed tarballs: half the size of a
-/// plain tar (744 MB became 337 MB for a role), for ~1 s more per build.
-pub const ROOTFS_SUFFIX: &str = "tar.zst";
-const ROOTFS_EXT: &str = ".tar.zst";
+/// Rootfs and layer entries are zstd-compressed tarballs: half the size of
+/// a plain tar (744 MB became 337 MB for a role), for ~1 s more per build.
+pub const TARBALL_EXT: &str = ".tar.zst";
 
 pub struct Cache {
     pub dir: PathBuf,
@@ -98,7 +97,7 @@ impl Cache {
     }
 
     pub fn rootfs_tar(&self, key: &str) -> PathBuf {
-        self.rootfs_dir().join(format!("{key}.{ROOTFS_SUFFIX}"))
+        self.rootfs_dir().join(format!("{key}{TARBALL_EXT}"))
     }
 
     pub fn layers_dir(&self) -> PathBuf {
@@ -107,7 +106,7 @@ impl Cache {
 
     /// A tree step's layer (see build/layers.rs): its tarball…
     pub fn layer_tar(&self, key: &str) -> PathBuf {
-        self.layers_dir().join(format!("{key}{ROOTFS_EXT}"))
+        self.layers_dir().join(format!("{key}{TARBALL_EXT}"))
     }
 
     /// …and what it deletes, its facts and when it was used.
@@ -119,25 +118,22 @@ impl Cache {
         self.dir.join(WORK)
     }
 
-    /// Records that an entry was made or used now.
+    /// Records that a rootfs entry was made or used now.
     pub fn touch_rootfs(&self, key: &str, summary: &str) -> Result<()> {
-        let path = self.rootfs_dir().join(format!("{key}.json"));
-        let now = now_secs();
-        let mut meta = read_meta(&path).unwrap_or(EntryMeta {
-            summary: summary.to_owned(),
-            created: now,
-            last_used: now,
-        });
-        meta.last_used = now;
-        fsutil::atomic_write(&path, &serde_json::to_vec_pretty(&meta)?)
+        touch(&self.rootfs_dir().join(format!("{key}.json")), summary)
+    }
+
+    /// Records that a layer was used now.
+    pub fn touch_layer(&self, key: &str) -> Result<()> {
+        touch(&self.layer_meta_path(key), "")
     }
 
     /// Every finished entry, most recently used first.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         for (kind, sub, suffix) in [
-            ("rootfs", ROOTFS, ROOTFS_EXT),
-            ("layer", LAYERS, ROOTFS_EXT),
+            ("rootfs", ROOTFS, TARBALL_EXT),
+            ("layer", LAYERS, TARBALL_EXT),
             ("blob", BLOBS, ""),
         ] {
             let dir = self.dir.join(sub);
@@ -250,6 +246,20 @@ pub struct PruneReport {
     pub leftovers: usize,
     pub kept: usize,
     pub kept_bytes: u64,
+}
+
+/// Sets `last_used` in the metadata file at `path` to now, keeping
+/// whatever else it holds (a layer's deletions and facts); a missing or
+/// unreadable one is made anew with `summary`.
+fn touch(path: &Path, summary: &str) -> Result<()> {
+    let now = now_secs();
+    let mut meta = fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| serde_json::json!({ "summary": summary, "created": now }));
+    meta["last_used"] = now.into();
+    fsutil::atomic_write(path, &serde_json::to_vec_pretty(&meta)?)
 }
 
 fn read_meta(path: &Path) -> Option<EntryMeta> {

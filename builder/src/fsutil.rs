@@ -78,28 +78,36 @@ pub fn require_free_space(dir: &Path, needed: u64, what: &str) -> Result<()> {
 pub fn tree_bytes(root: &Path) -> Result<u64> {
     const BLOCK: u64 = 4096;
     let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        total += BLOCK;
+    walk_tree(root, |_, meta| {
+        total += match meta.is_file() {
+            true => meta.len().div_ceil(BLOCK) * BLOCK,
+            false => BLOCK,
+        };
+    })?;
+    Ok(total)
+}
+
+/// Calls `f` with every entry under `root`, by path relative to it (the
+/// root itself as ""), without following symlinks.
+pub fn walk_tree(root: &Path, mut f: impl FnMut(&Path, &fs::Metadata)) -> Result<()> {
+    let meta = fs::symlink_metadata(root).with_context(|| format!("reading {}", root.display()))?;
+    f(Path::new(""), &meta);
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
         for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-            let kind = entry
-                .file_type()
+            let child = rel.join(entry.file_name());
+            let meta = entry
+                .metadata()
                 .with_context(|| format!("inspecting {}", entry.path().display()))?;
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                let len = entry
-                    .metadata()
-                    .with_context(|| format!("inspecting {}", entry.path().display()))?
-                    .len();
-                total += len.div_ceil(BLOCK) * BLOCK;
-            } else {
-                total += BLOCK;
+            f(&child, &meta);
+            if meta.is_dir() {
+                stack.push(child);
             }
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 /// sha256 of a file's whole contents, as lowercase hex.

@@ -225,23 +225,7 @@ fn same_inputs_give_the_same_image_bytes() {
     }
     let p = project();
     let build = |out: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_nodeforge"))
-            .args([
-                "build",
-                "profiles/x.toml",
-                "--quiet",
-                "--cache-dir",
-                "cache",
-                "--agent",
-                "agent",
-                "--output",
-                out,
-            ])
-            .current_dir(p.dir.path())
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
+        build_into(&p, out, &["--quiet"]);
         fs::read_to_string(p.path(&format!("{out}/x.img.sha256"))).unwrap()
     };
     let first = build("out1");
@@ -249,6 +233,17 @@ fn same_inputs_give_the_same_image_bytes() {
     std::thread::sleep(Duration::from_millis(1100));
     let second = build("out2");
     assert_eq!(first, second);
+}
+
+/// [`BUILD`] into the output directory `out` with a fixed
+/// SOURCE_DATE_EPOCH and `extra` arguments; the build must succeed.
+fn build_into(p: &Project, out: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = [BUILD, extra].concat();
+    let at = args.iter().position(|a| *a == "--output").unwrap();
+    args[at + 1] = out;
+    let run = p.nodeforge_with_env(&args, &[("SOURCE_DATE_EPOCH", "1763600000")]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    run
 }
 
 /// The step names and statuses of a `build --json` run.
@@ -331,14 +326,7 @@ fn an_image_from_cached_layers_is_identical_to_the_built_one() {
         return;
     }
     let p = project();
-    let build = |out: &str| {
-        let mut args = [BUILD, &["--json"]].concat();
-        let at = args.iter().position(|a| *a == "--output").unwrap();
-        args[at + 1] = out;
-        let run = p.nodeforge_with_env(&args, &[("SOURCE_DATE_EPOCH", "1763600000")]);
-        assert!(run.status.success(), "{}", stderr(&run));
-        run
-    };
+    let build = |out: &str| build_into(&p, out, &["--json"]);
     let first = build("out");
     let layered = ["system", "overlays", "users", "agent"];
     for (name, status) in step_statuses(&first) {

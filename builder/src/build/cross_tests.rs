@@ -3,6 +3,35 @@
 
 use super::*;
 
+/// Stand-in programs in `dir/bin` that append their name and arguments to
+/// `dir/calls`, then run their body; returns the bin directory and a PATH
+/// that finds them first.
+fn recording_stand_ins(
+    dir: &std::path::Path,
+    programs: &[(&str, &str)],
+) -> (std::path::PathBuf, String) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (prog, body) in programs {
+        let p = bin.join(prog);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho {prog} \"$@\" >> \"{}/calls\"\n{body}",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (bin, path)
+}
+
 #[test]
 fn every_diversion_is_removed_after_its_work_is_redone() {
     let h = hooks(&[Deferred::UpdateInitramfs, Deferred::Depmod], false);
@@ -72,25 +101,7 @@ fn apt_unpacks_natively_and_configures_in_the_chroot() {
             "{dump}"
         );
     }
-    let bin = d.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    for prog in ["dpkg", "chroot"] {
-        let p = bin.join(prog);
-        std::fs::write(
-            &p,
-            format!(
-                "#!/bin/sh\necho {prog} \"$@\" >> \"{}/calls\"\n",
-                d.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let (_, path) = recording_stand_ins(d, &[("dpkg", ""), ("chroot", "")]);
     // How apt starts it: Dir::Bin::dpkg=env, mmdebstrap's options, ours first.
     for args in [
         &[
@@ -138,36 +149,21 @@ fn apt_unpacks_natively_and_configures_in_the_chroot() {
 fn essential_install_unpacks_natively_and_configures_in_the_chroot() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bin = d.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let stand_in = |prog: &str, body: &str| {
-        let p = bin.join(prog);
-        std::fs::write(
-            &p,
-            format!(
-                "#!/bin/sh\necho {prog} \"$@\" >> \"{}/calls\"\n{body}",
-                d.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        p
-    };
-    stand_in("dpkg", "");
-    stand_in("native-tools", "");
-    stand_in("dpkg-deb", "n=${2##*/}; echo ${n%%_*}\n");
-    let real = stand_in("real-chroot", "");
+    let (bin, path) = recording_stand_ins(
+        d,
+        &[
+            ("dpkg", ""),
+            ("native-tools", ""),
+            ("dpkg-deb", "n=${2##*/}; echo ${n%%_*}\n"),
+            ("real-chroot", ""),
+        ],
+    );
     let wrapper = bin.join("chroot");
     std::fs::write(
         &wrapper,
-        essential_chroot_wrapper(&real, &["path-exclude=/usr/share/man/*"]),
+        essential_chroot_wrapper(&bin.join("real-chroot"), &["path-exclude=/usr/share/man/*"]),
     )
     .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let run = |args: &[&str]| {
         crate::exec::Cmd::new("sh")
             .arg(&wrapper)

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::exec::Cmd;
-use crate::fsutil::{self, sha256_bytes};
+use crate::fsutil::{self, sha256_bytes, walk_tree};
 
 /// A layer's key: the key of the tree it applies to, the step's name and
 /// the step's inputs. The chain starts from the base rootfs key and the
@@ -70,7 +70,7 @@ const S_IFMT: u32 = 0o170000;
 
 pub fn snapshot(root: &Path) -> Result<Snapshot> {
     let mut entries = HashMap::new();
-    scan(root, |rel, meta| {
+    walk_tree(root, |rel, meta| {
         entries.insert(rel.to_path_buf(), meta.mode() & S_IFMT);
     })?;
     Ok(entries)
@@ -95,7 +95,7 @@ impl TreeWatch {
     pub fn finish(mut self, root: &Path) -> Result<(TreeDelta, Snapshot)> {
         let mut delta = TreeDelta::default();
         let mut after = HashMap::with_capacity(self.before.len());
-        scan(root, |rel, meta| {
+        walk_tree(root, |rel, meta| {
             let kind = meta.mode() & S_IFMT;
             after.insert(rel.to_path_buf(), kind);
             let earlier = self.before.remove(rel);
@@ -125,29 +125,6 @@ fn rel_string(rel: &Path) -> String {
         true => ".".into(),
         false => rel.to_string_lossy().into_owned(),
     }
-}
-
-/// Calls `f` with every entry under `root` (the root itself as ""),
-/// without following symlinks.
-fn scan(root: &Path, mut f: impl FnMut(&Path, &fs::Metadata)) -> Result<()> {
-    let meta = fs::symlink_metadata(root).with_context(|| format!("reading {}", root.display()))?;
-    f(Path::new(""), &meta);
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-            let child = rel.join(entry.file_name());
-            let meta = entry
-                .metadata()
-                .with_context(|| format!("inspecting {}", entry.path().display()))?;
-            f(&child, &meta);
-            if meta.is_dir() {
-                stack.push(child);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Paths a layer must never hold: a node's secrets are made on the node,
@@ -279,12 +256,7 @@ pub fn apply(cache: &Cache, key: &str, meta: &LayerMeta, root: &Path) -> Result<
         .arg(&tar)
         .run()
         .with_context(|| format!("applying the cached layer {}", tar.display()))?;
-    let mut used = meta.clone();
-    used.last_used = crate::cache::now_secs();
-    fsutil::atomic_write(
-        &cache.layer_meta_path(key),
-        &serde_json::to_vec_pretty(&used)?,
-    )
+    cache.touch_layer(key)
 }
 
 #[cfg(test)]
@@ -295,7 +267,7 @@ mod tests {
     /// Every entry with its type, mode, owner, mtime, link target and content.
     fn listing(root: &Path) -> Vec<String> {
         let mut out = Vec::new();
-        scan(root, |rel, m| {
+        walk_tree(root, |rel, m| {
             let path = root.join(rel);
             let what = if m.file_type().is_symlink() {
                 fs::read_link(&path).unwrap().display().to_string()

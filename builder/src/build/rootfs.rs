@@ -43,9 +43,9 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     } else {
         // mmdebstrap picks the output format from the name's extension.
         let partial = dir.join(format!(
-            ".{}.partial.{}",
+            ".{}.partial{}",
             plan.rootfs_key,
-            crate::cache::ROOTFS_SUFFIX
+            crate::cache::TARBALL_EXT
         ));
         let _ = fs::remove_file(&partial);
         let result = mmdebstrap(ctx, &partial);
@@ -95,13 +95,13 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     Ok(outcome)
 }
 
-/// Puts [`cross::essential_chroot_wrapper`] first on mmdebstrap's PATH,
-/// in the build's work directory (outside the target's root).
 /// Set, a foreign-architecture bootstrap runs maintainer scripts with the
 /// target's own interpreters and tools, all emulated (slower): for
 /// comparing trees (benches/cross-tree.sh).
 const EMULATE_SCRIPTS: &str = "NODEFORGE_EMULATE_SCRIPTS";
 
+/// Puts [`cross::essential_chroot_wrapper`] first on mmdebstrap's PATH,
+/// in the build's work directory (outside the target's root).
 fn with_essential_wrapper(ctx: &BuildContext, cmd: Cmd, native_tools: bool) -> Result<Cmd> {
     let real = crate::exec::find_program("chroot")
         .context("chroot(8) is not installed on this host (Debian package coreutils)")?;
