@@ -99,6 +99,10 @@ pub enum Command {
     Doctor {
         #[arg(long)]
         install: bool,
+        /// Print the apt packages of every requirement, one a line (those
+        /// from bookworm-backports on bookworm marked so), and nothing else.
+        #[arg(long, conflicts_with = "install")]
+        packages: bool,
     },
 }
 
@@ -229,7 +233,16 @@ pub fn run(cli: Cli) -> Result<()> {
             order_url,
             staging_dir,
         } => crate::install::run(&order_url, &staging_dir),
-        Command::Doctor { install } => {
+        Command::Doctor { packages: true, .. } => {
+            for p in doctor::apt_packages(false) {
+                println!("{p}");
+            }
+            for p in doctor::apt_packages(true) {
+                println!("{p} bookworm-backports");
+            }
+            Ok(())
+        }
+        Command::Doctor { install, .. } => {
             let (text, missing) = doctor::report();
             print!("{text}");
             if install {

@@ -13,6 +13,8 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    /// Working directory; the caller's when unset.
+    dir: Option<std::path::PathBuf>,
     /// Output is passed through to our stderr instead of captured.
     inherit_output: bool,
 }
@@ -23,6 +25,7 @@ impl Cmd {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
             envs: Vec::new(),
+            dir: None,
             inherit_output: false,
         }
     }
@@ -48,6 +51,12 @@ impl Cmd {
         self
     }
 
+    /// Runs the program in `dir`.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
     /// Let the program write to our terminal (long-running tools whose
     /// progress the user wants to see).
     pub fn inherit_output(mut self) -> Self {
@@ -60,6 +69,9 @@ impl Cmd {
         c.args(&self.args);
         for (k, v) in &self.envs {
             c.env(k, v);
+        }
+        if let Some(dir) = &self.dir {
+            c.current_dir(dir);
         }
         c.stdin(Stdio::null());
         if self.inherit_output {

@@ -16,7 +16,9 @@ use crate::profile::{self, Firmware, InitramfsKind, Profile};
 /// Bumped when the way a rootfs is made changes, so old cache entries are
 /// not reused for a different recipe.
 /// 2: initramfs-tools makes the initrd once, after every package.
-pub const ROOTFS_RECIPE: u32 = 2;
+/// 3: the host's /etc/resolv.conf and /etc/hostname, which mmdebstrap
+///    copies in, are taken out again.
+pub const ROOTFS_RECIPE: u32 = 3;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -29,6 +31,10 @@ pub struct Plan {
     pub layout: DiskLayout,
     /// Cache key of the base rootfs: only what shapes mmdebstrap's output.
     pub rootfs_key: String,
+    /// SOURCE_DATE_EPOCH (or the pinned snapshot's time): the time every
+    /// file of the image carries; None stamps the build's own time. Part
+    /// of the rootfs key, so of every key chained from it.
+    pub epoch: Option<i64>,
     /// The lock file beside the profile, read when the profile has stacks.
     pub lock_path: PathBuf,
     pub lock: Option<LockFile>,
@@ -75,7 +81,8 @@ impl Plan {
     pub fn from_profile(profile: Profile) -> Result<Plan> {
         let overlay_files = list_overlay_files(&profile)?;
         let packages = profile.all_packages();
-        let rootfs_key = rootfs_key(&profile, &packages)?;
+        let epoch = crate::build::reproducible::source_date_epoch(&profile)?;
+        let rootfs_key = rootfs_key(&profile, &packages, epoch)?;
         let lock_path = lock::lock_path(profile.sources.last().expect("a profile has a source"));
         let lock = if profile.stacks.is_empty() {
             None
@@ -106,6 +113,7 @@ impl Plan {
             overlay_files,
             layout,
             rootfs_key,
+            epoch,
             lock_path,
             lock,
             images,
@@ -224,9 +232,12 @@ impl Plan {
     }
 }
 
-fn rootfs_key(p: &Profile, packages: &[String]) -> Result<String> {
+fn rootfs_key(p: &Profile, packages: &[String], epoch: Option<i64>) -> Result<String> {
     let mut key = serde_json::json!({
         "recipe": ROOTFS_RECIPE,
+        // mmdebstrap stamps files with it (null: the build's own time), so
+        // a tree made without it is never reused by a build with one.
+        "epoch": epoch,
         "suite": p.debian.suite,
         "mirror": p.debian.mirror,
         "components": p.debian.components,
@@ -241,11 +252,17 @@ fn rootfs_key(p: &Profile, packages: &[String]) -> Result<String> {
     if p.hardware.initramfs != InitramfsKind::InitramfsTools {
         key["initramfs"] = serde_json::to_value(p.hardware.initramfs).unwrap_or_default();
     }
+    let foreign = p.hardware.arch != crate::build::host_arch();
+    key["host_tools"] = crate::build::reproducible::rootfs_tools(foreign);
+    // The bench's all-emulated bootstrap must not share entries with ours.
+    if std::env::var_os(crate::build::EMULATE_SCRIPTS).is_some() {
+        key["emulated_scripts"] = true.into();
+    }
     // A foreign-architecture bootstrap defers some work to the host (2:
     // the packages after the essential set are unpacked by the host's dpkg;
     // 3: the essential set's too; 4: the interpreters and common tools
     // run natively while packages configure).
-    if p.hardware.arch != crate::build::host_arch() {
+    if foreign {
         key["cross_recipe"] = 4.into();
     }
     Ok(sha256_bytes(key.to_string().as_bytes()))
@@ -519,3 +536,7 @@ fn step_plans(
         ),
     ]
 }
+
+#[cfg(test)]
+#[path = "plan_keys_tests.rs"]
+mod keys_tests;

@@ -11,17 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_fsck_clean, install_fake_rootfs, is_root, stderr, Project, KEY};
+use common::{assert_fsck_clean, is_root, stderr, Project, KEY};
 
 fn project() -> Project {
-    let p = Project::new();
-    p.write(
-        "profiles/x.toml",
-        &format!("name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\noverlays = [\"base\"]\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n"),
-    );
-    p.write("agent", "#!/bin/sh\necho fake agent\n");
-    install_fake_rootfs(&p, "profiles/x.toml");
-    p
+    common::x_project()
 }
 
 fn fake_tool(p: &Project, name: &str, script: &str) -> std::path::PathBuf {
@@ -241,7 +234,7 @@ fn build_into(p: &Project, out: &str, extra: &[&str]) -> std::process::Output {
     let mut args = [BUILD, extra].concat();
     let at = args.iter().position(|a| *a == "--output").unwrap();
     args[at + 1] = out;
-    let run = p.nodeforge_with_env(&args, &[("SOURCE_DATE_EPOCH", "1763600000")]);
+    let run = p.nodeforge_with_env(&args, &[("SOURCE_DATE_EPOCH", common::TEST_EPOCH)]);
     assert!(run.status.success(), "{}", stderr(&run));
     run
 }

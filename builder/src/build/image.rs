@@ -225,7 +225,7 @@ pub fn write_root_fs(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOut
     }
     let out_dir = image.path.parent().unwrap_or(Path::new("."));
     fsutil::require_free_space(out_dir, tree + tree / 10, "the root filesystem's data")?;
-    let mut cmd = Cmd::new("mkfs.ext4")
+    let mut cmd = reproducible::hermetic(Cmd::new("mkfs.ext4"))
         .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root", "-U"])
         .arg(root.fs_uuid.to_string())
         .arg("-E")

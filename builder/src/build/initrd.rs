@@ -34,8 +34,14 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     }
     let version = kernel_version(&ctx.rootfs)?;
     let root = ctx.plan.layout.partition(PartitionKind::Root);
-    let built = initramfs::build(&ctx.rootfs, &version, &hw.initramfs_modules, root.fs_uuid)
-        .with_context(|| format!("making the initramfs for kernel {version}"))?;
+    let built = initramfs::build(
+        &ctx.rootfs,
+        &version,
+        &hw.initramfs_modules,
+        root.fs_uuid,
+        ctx.epoch.unwrap_or(0),
+    )
+    .with_context(|| format!("making the initramfs for kernel {version}"))?;
     let dest = ctx.target(&format!("/boot/initrd.img-{version}"));
     fs::write(&dest, &built.bytes).with_context(|| format!("writing {}", dest.display()))?;
     ctx.facts.insert(

@@ -27,6 +27,7 @@ use serde::Serialize;
 pub use agent::{cross_linker, host_arch};
 use progress::Reporter;
 pub use progress::{Output, StepOutcome, StepReport};
+pub use rootfs::EMULATE_SCRIPTS;
 
 use crate::cache::{BuildLock, Cache};
 use crate::plan::Plan;
@@ -154,7 +155,7 @@ pub fn verify_reproducible(
     plan: &Plan,
     opts: &BuildOptions,
 ) -> Result<(BuildResult, Reproducibility)> {
-    if reproducible::source_date_epoch(&plan.profile)?.is_none() {
+    if plan.epoch.is_none() {
         bail!(
             "the build would be stamped with the current time: set SOURCE_DATE_EPOCH \
              (e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)) or pin [debian] snapshot in the profile"
@@ -222,7 +223,7 @@ impl<'a> BuildContext<'a> {
             .tempdir_in(&work_parent)
             .with_context(|| format!("creating a work directory in {}", work_parent.display()))?;
         let rootfs = work.path().join("rootfs");
-        let epoch = reproducible::source_date_epoch(&plan.profile)?;
+        let epoch = plan.epoch;
         let agent_binary = agent::agent_binary(opts.agent.as_deref(), plan.profile.hardware.arch)?;
         let agent_sha256 = crate::fsutil::sha256_file(&agent_binary)?;
         let builder_sha256 = uptodate::builder_sha256()?;

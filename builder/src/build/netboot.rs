@@ -64,7 +64,7 @@ pub fn write(ctx: &mut BuildContext) -> Result<NetbootFiles> {
     let bytes = fs::read(&kernel).with_context(|| format!("reading {}", kernel.display()))?;
     fsutil::atomic_write(&out(&files.kernel), &bytes)?;
 
-    let initrd = netboot::build(&ctx.rootfs, &version)
+    let initrd = netboot::build(&ctx.rootfs, &version, ctx.epoch.unwrap_or(0))
         .with_context(|| format!("making the netboot initramfs for kernel {version}"))?;
     fsutil::atomic_write(&out(&files.initrd), &initrd.bytes)?;
 
@@ -86,8 +86,10 @@ pub fn write(ctx: &mut BuildContext) -> Result<NetbootFiles> {
 /// The nodeforge program for install mode (`netinstall`) on `arch`:
 /// $NODEFORGE_INSTALLER, else this program when it is `nodeforge` on the
 /// same architecture, else (tests) built from this source tree.
+pub const INSTALLER_VAR: &str = "NODEFORGE_INSTALLER";
+
 fn installer_binary(arch: Arch) -> Result<Option<PathBuf>> {
-    if let Some(p) = std::env::var_os("NODEFORGE_INSTALLER").map(PathBuf::from) {
+    if let Some(p) = std::env::var_os(INSTALLER_VAR).map(PathBuf::from) {
         if !p.is_file() {
             bail!("NODEFORGE_INSTALLER={} does not exist", p.display());
         }
@@ -158,13 +160,10 @@ fn install_installer(ctx: &BuildContext, bin: &Path) -> Result<()> {
 fn write_squashfs(rootfs: &Path, dest: &Path, epoch: Option<i64>) -> Result<PathBuf> {
     let partial = fsutil::partial_path(dest);
     let _ = fs::remove_file(&partial);
-    let mut cmd = Cmd::new("mksquashfs").arg(rootfs).arg(&partial).args([
-        "-noappend",
-        "-no-progress",
-        "-quiet",
-        "-comp",
-        "zstd",
-    ]);
+    let mut cmd = super::reproducible::hermetic(Cmd::new("mksquashfs"))
+        .arg(rootfs)
+        .arg(&partial)
+        .args(["-noappend", "-no-progress", "-quiet", "-comp", "zstd"]);
     if let Some(epoch) = epoch {
         // mksquashfs takes SOURCE_DATE_EPOCH as -mkfs-time and -all-time
         // (and refuses the flags when the variable is set too).

@@ -99,7 +99,7 @@ pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome,
                     .output_dir
                     .join(format!("{}.qcow2", plan.profile.name));
                 let partial = fsutil::partial_path(&out);
-                Cmd::new("qemu-img")
+                super::reproducible::hermetic(Cmd::new("qemu-img"))
                     .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
                     .arg(&final_path)
                     .arg(&partial)

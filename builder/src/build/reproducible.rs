@@ -8,7 +8,50 @@ use anyhow::{bail, Context, Result};
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
-use crate::profile::Profile;
+use crate::exec::Cmd;
+use crate::profile::{OutputFormat, Profile};
+
+/// The host programs that write a build's bytes run with a fixed locale
+/// and time zone, whatever the calling shell has: a tool that formats a
+/// date or sorts by locale then writes the same bytes everywhere.
+pub fn hermetic(cmd: Cmd) -> Cmd {
+    cmd.env("LC_ALL", "C.UTF-8")
+        .env("LANGUAGE", "")
+        .env("TZ", "UTC")
+}
+
+/// The Debian packages of the host tools whose version shapes the bytes
+/// of the base rootfs (mmdebstrap; for a foreign architecture the host's
+/// dpkg unpacks, see cross.rs), with their installed versions.
+pub fn rootfs_tools(foreign: bool) -> serde_json::Value {
+    let mut tools = vec!["mmdebstrap"];
+    if foreign {
+        tools.push("dpkg");
+    }
+    versions(&tools)
+}
+
+/// The same for the steps after the tree: mkfs.ext4 writes the root
+/// filesystem, mksquashfs the netboot root, qemu-img the qcow2.
+pub fn image_tools(profile: &Profile) -> serde_json::Value {
+    let mut tools = vec!["e2fsprogs"];
+    for f in &profile.outputs {
+        match f {
+            OutputFormat::Raw => {}
+            OutputFormat::Qcow2 => tools.push("qemu-utils"),
+            OutputFormat::Netboot => tools.push("squashfs-tools"),
+        }
+    }
+    versions(&tools)
+}
+
+fn versions(packages: &[&str]) -> serde_json::Value {
+    packages
+        .iter()
+        .map(|p| (p.to_string(), crate::doctor::installed_version(p).into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
 
 /// The build's timestamp: $SOURCE_DATE_EPOCH if set, else the pinned
 /// Debian snapshot's time, else none (file times are then the build's).

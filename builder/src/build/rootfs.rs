@@ -67,11 +67,13 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     };
     let p = &plan.profile;
     let summary = format!(
-        "{} {} [{}], {} packages",
+        "{} {} [{}], {} packages, epoch {}",
         p.debian.suite,
         p.hardware.arch.debian(),
         p.debian.components.join(","),
-        plan.packages.len()
+        plan.packages.len(),
+        plan.epoch
+            .map_or_else(|| "none (build time)".to_owned(), |e| e.to_string())
     );
     ctx.cache.touch_rootfs(&plan.rootfs_key, &summary)?;
     fs::create_dir_all(&ctx.rootfs)
@@ -98,7 +100,16 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
 /// Set, a foreign-architecture bootstrap runs maintainer scripts with the
 /// target's own interpreters and tools, all emulated (slower): for
 /// comparing trees (benches/cross-tree.sh).
-const EMULATE_SCRIPTS: &str = "NODEFORGE_EMULATE_SCRIPTS";
+pub const EMULATE_SCRIPTS: &str = "NODEFORGE_EMULATE_SCRIPTS";
+
+/// mmdebstrap copies the host's resolv.conf and hostname into the tree
+/// (for compatibility with debootstrap): the image would carry the build
+/// machine's nameserver and name, and differ from machine to machine.
+/// Taken out only where they are still the host's copies (systemd-resolved
+/// makes resolv.conf a link of its own); the system step writes hostname.
+const DROP_HOST_FILES: &str = "for f in etc/resolv.conf etc/hostname; do \
+     if [ -f \"$1/$f\" ] && [ ! -L \"$1/$f\" ] && cmp -s \"/$f\" \"$1/$f\"; then rm -f \"$1/$f\"; fi; \
+     done";
 
 /// Puts [`cross::essential_chroot_wrapper`] first on mmdebstrap's PATH,
 /// in the build's work directory (outside the target's root).
@@ -132,8 +143,21 @@ fn with_essential_wrapper(ctx: &BuildContext, cmd: Cmd, native_tools: bool) -> R
 
 fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     let p = &ctx.plan.profile;
+    crate::doctor::require_program("mmdebstrap", "bootstrapping the rootfs")?;
+    let foreign = p.hardware.arch != host_arch();
+    if foreign {
+        // mmdebstrap only says "install arch-test", minutes later on a slow start.
+        crate::doctor::require_program(
+            "arch-test",
+            &format!(
+                "bootstrapping an {} rootfs on this {} host",
+                p.hardware.arch.debian(),
+                host_arch().debian()
+            ),
+        )?;
+    }
     binfmt::require(p.hardware.arch)?;
-    let mut cmd = Cmd::new("mmdebstrap")
+    let mut cmd = super::reproducible::hermetic(Cmd::new("mmdebstrap"))
         .arg("--mode=root")
         .arg("--variant=minbase")
         .arg(format!("--architectures={}", p.hardware.arch.debian()))
@@ -142,7 +166,6 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     for ex in DPKG_EXCLUDES {
         cmd = cmd.arg(format!("--dpkgopt={ex}"));
     }
-    let foreign = p.hardware.arch != host_arch();
     let mut deferred = Vec::new();
     match p.hardware.initramfs {
         InitramfsKind::InitramfsTools => deferred.push(Deferred::UpdateInitramfsOnce),
@@ -178,6 +201,7 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     for h in &hooks.essential {
         cmd = cmd.arg(format!("--essential-hook={h}"));
     }
+    hooks.customize.push(DROP_HOST_FILES.to_owned());
     for h in &hooks.customize {
         cmd = cmd.arg(format!("--customize-hook={h}"));
     }

@@ -3,8 +3,11 @@
 //!
 //! The image key covers everything an image is made from: the resolved
 //! profile with the content of every file it reads (profile_hash), the
-//! base rootfs key, the agent binary, the nodeforge binary itself and
-//! SOURCE_DATE_EPOCH. The image is re-hashed before it is reused, so an
+//! base rootfs key (with SOURCE_DATE_EPOCH and the bootstrap tools'
+//! versions), the agent binary, the nodeforge binary itself, the epoch, the
+//! versions of the host tools that write the filesystems (mkfs.ext4,
+//! mksquashfs, qemu-img) and a netboot installer named by
+//! $NODEFORGE_INSTALLER. The image is re-hashed before it is reused, so an
 //! image changed in place since (`nodeforge customize` without `-o`) is
 //! rebuilt rather than handed out as pristine.
 
@@ -28,13 +31,20 @@ pub fn image_key(
     builder_sha256: &str,
     epoch: Option<i64>,
 ) -> String {
-    let key = serde_json::json!({
+    let mut key = serde_json::json!({
         "profile": plan.profile_hash,
         "rootfs": plan.rootfs_key,
         "agent": agent_sha256,
         "builder": builder_sha256,
         "epoch": epoch,
+        "host_tools": super::reproducible::image_tools(&plan.profile),
     });
+    // The netboot root carries this program for install mode.
+    if let Some(installer) = std::env::var_os(super::netboot::INSTALLER_VAR) {
+        key["installer"] = sha256_file(Path::new(&installer))
+            .unwrap_or_else(|_| installer.to_string_lossy().into_owned())
+            .into();
+    }
     sha256_bytes(key.to_string().as_bytes())
 }
 
@@ -108,4 +118,50 @@ pub fn reusable_outputs(plan: &Plan, output_dir: &Path, key: &str) -> Result<Opt
         allocated,
         steps: Vec::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Plan {
+        let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/base.toml");
+        Plan::load(&profile).unwrap()
+    }
+
+    #[test]
+    fn every_input_of_the_image_is_in_its_key() {
+        let p = base();
+        let key = |p: &Plan, agent: &str, builder: &str, epoch| image_key(p, agent, builder, epoch);
+        let before = key(&p, "agent", "builder", None);
+        assert_eq!(
+            before,
+            key(&base(), "agent", "builder", None),
+            "same inputs"
+        );
+        assert_ne!(before, key(&p, "agent2", "builder", None), "agent binary");
+        assert_ne!(
+            before,
+            key(&p, "agent", "builder2", None),
+            "nodeforge binary"
+        );
+        assert_ne!(before, key(&p, "agent", "builder", Some(1)), "epoch");
+        let mut q = base();
+        q.profile_hash = "other".into();
+        assert_ne!(
+            before,
+            key(&q, "agent", "builder", None),
+            "profile and its files"
+        );
+        let mut q = base();
+        q.rootfs_key = "other".into();
+        assert_ne!(before, key(&q, "agent", "builder", None), "base rootfs");
+        let mut q = base();
+        q.profile.outputs.push(OutputFormat::Netboot);
+        assert_ne!(
+            before,
+            key(&q, "agent", "builder", None),
+            "mksquashfs's version joins the key with a netboot output"
+        );
+    }
 }

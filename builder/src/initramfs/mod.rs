@@ -34,8 +34,23 @@ pub struct Built {
 }
 
 /// Builds the initramfs for kernel `version` of the system in `rootfs`.
-pub fn build(rootfs: &Path, version: &str, wanted: &[String], root_uuid: Uuid) -> Result<Built> {
-    assemble(rootfs, version, wanted, &[], &init_script(root_uuid), &[])
+/// Every entry carries `mtime` (the build's epoch; 0 when it has none).
+pub fn build(
+    rootfs: &Path,
+    version: &str,
+    wanted: &[String],
+    root_uuid: Uuid,
+    mtime: i64,
+) -> Result<Built> {
+    assemble(
+        rootfs,
+        version,
+        wanted,
+        &[],
+        &init_script(root_uuid),
+        &[],
+        mtime,
+    )
 }
 
 /// A file the initramfs carries besides busybox, the modules and /init.
@@ -55,6 +70,7 @@ fn assemble(
     optional: &[&str],
     init: &str,
     extra: &[Extra],
+    mtime: i64,
 ) -> Result<Built> {
     let busybox = BUSYBOX
         .iter()
@@ -95,11 +111,8 @@ fn assemble(
         )
     })?;
 
-    let mtime = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut w = CpioWriter::new(Vec::new(), mtime);
+    // newc headers hold 32 bits of time.
+    let mut w = CpioWriter::new(Vec::new(), mtime.clamp(0, u32::MAX.into()) as u32);
     for d in [
         "/",
         "/bin",
@@ -262,17 +275,17 @@ mod tests {
             "kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\n",
         )
         .unwrap();
-        let built = build(r, "6.12.0-arm64", &["ext4".into()], Uuid::from_u128(7)).unwrap();
+        let built = build(r, "6.12.0-arm64", &["ext4".into()], Uuid::from_u128(7), 0).unwrap();
         assert_eq!(built.modules, ["jbd2", "ext4"]);
         let text = String::from_utf8_lossy(&built.bytes);
         assert!(text.contains("kernel/fs/jbd2/jbd2.ko\nkernel/fs/ext4/ext4.ko\n"));
         assert!(text.contains("ext4 object") && text.contains("busybox"));
-        let err = build(r, "6.12.0-arm64", &["nvme".into()], Uuid::nil())
+        let err = build(r, "6.12.0-arm64", &["nvme".into()], Uuid::nil(), 0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no module nvme"), "{err}");
         fs::remove_file(r.join("usr/bin/busybox")).unwrap();
-        let err = build(r, "6.12.0-arm64", &["ext4".into()], Uuid::nil())
+        let err = build(r, "6.12.0-arm64", &["ext4".into()], Uuid::nil(), 0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("busybox-static"), "{err}");

@@ -44,7 +44,7 @@ const DISK_MODULES: [&str; 6] = [
 const DHCP_ROUNDS: u32 = 10;
 
 /// Builds the netboot initramfs for kernel `version` of `rootfs`.
-pub fn build(rootfs: &Path, version: &str) -> Result<Built> {
+pub fn build(rootfs: &Path, version: &str, mtime: i64) -> Result<Built> {
     let wanted: Vec<String> = REQUIRED_MODULES.iter().map(|m| m.to_string()).collect();
     assemble(
         rootfs,
@@ -57,6 +57,7 @@ pub fn build(rootfs: &Path, version: &str) -> Result<Built> {
             mode: 0o755,
             data: UDHCPC_SCRIPT.as_bytes(),
         }],
+        mtime,
     )
 }
 
@@ -196,7 +197,7 @@ mod tests {
             "kernel/net/packet/af_packet.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/block/loop.ko\n",
         )
         .unwrap();
-        let err = build(r, "6.12.0-amd64").unwrap_err().to_string();
+        let err = build(r, "6.12.0-amd64", 0).unwrap_err().to_string();
         assert!(err.contains("no module squashfs"), "{err}");
         let builtin = fs::read_to_string(md.join("modules.builtin")).unwrap();
         fs::write(
@@ -204,7 +205,7 @@ mod tests {
             builtin + "kernel/fs/squashfs/squashfs.ko\n",
         )
         .unwrap();
-        let built = build(r, "6.12.0-amd64").unwrap();
+        let built = build(r, "6.12.0-amd64", 0).unwrap();
         assert_eq!(built.modules, ["virtio_net"]);
         let text = String::from_utf8_lossy(&built.bytes);
         assert!(text.contains("etc/udhcpc.script") && text.contains("$router"));

@@ -91,6 +91,20 @@ const GROUP: &str = "root:x:0:\nsudo:x:27:\nshadow:x:42:\n";
 const STATUS: &str =
     "Package: systemd\nStatus: install ok installed\nArchitecture: amd64\nVersion: 257.9-1\n\n";
 
+/// A project with `profiles/x.toml` (one sudo user, an overlay), a fake
+/// agent file `agent` and the fake rootfs in its cache: what [`BUILD_X`]
+/// builds.
+pub fn x_project() -> Project {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        &format!("name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\noverlays = [\"base\"]\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n"),
+    );
+    p.write("agent", "#!/bin/sh\necho fake agent\n");
+    install_fake_rootfs(&p, "profiles/x.toml");
+    p
+}
+
 /// Puts a small fake base rootfs into `p`'s cache/ under the key the plan
 /// of `profile` computes, so a build runs every later step for real
 /// without mmdebstrap or a network.
@@ -115,25 +129,43 @@ pub fn install_fake_rootfs(p: &Project, profile: &str) {
     store_rootfs_tree(p, &tree, profile);
 }
 
+/// The SOURCE_DATE_EPOCH of the tests that fix one.
+pub const TEST_EPOCH: &str = "1763600000";
+
 /// Stores `tree` as the cached base rootfs of `profile` in `p`'s cache/,
-/// under the key the plan computes.
+/// under the keys the plan computes without an epoch and with
+/// [`TEST_EPOCH`] (the epoch is part of the key).
 pub fn store_rootfs_tree(p: &Project, tree: &Path, profile: &str) {
-    let plan = p.nodeforge(&["plan", "--json", profile]);
-    assert!(plan.status.success(), "{}", stderr(&plan));
-    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let key = plan["rootfs_key"].as_str().unwrap();
     fs::create_dir_all(p.path("cache/rootfs")).unwrap();
-    let tar = p.path(&format!("cache/rootfs/{key}.tar.zst"));
-    let ok = Command::new("tar")
-        .arg("--zstd")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(tree)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    for epoch in [None, Some(TEST_EPOCH)] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeforge"));
+        cmd.args(["plan", "--json", profile])
+            .current_dir(p.dir.path());
+        match epoch {
+            Some(e) => cmd.env("SOURCE_DATE_EPOCH", e),
+            None => cmd.env_remove("SOURCE_DATE_EPOCH"),
+        };
+        let plan = cmd.output().unwrap();
+        assert!(plan.status.success(), "{}", stderr(&plan));
+        let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+        let key = plan["rootfs_key"].as_str().unwrap();
+        let tar = p.path(&format!("cache/rootfs/{key}.tar.zst"));
+        let ok = Command::new("tar")
+            .arg("--zstd")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(tree)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(
+            ok.success(),
+            "packing {} into {}",
+            tree.display(),
+            tar.display()
+        );
+    }
 }
 
 /// Runs a filesystem checker (`fsck.vfat -n`, `e2fsck -fn`) on `target`

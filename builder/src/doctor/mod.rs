@@ -1,14 +1,25 @@
-//! `nodeforge doctor`: the host programs a build and a boot need, and
-//! (`--install`) apt installing the missing ones.
+//! `nodeforge doctor`: the host programs a build and a boot need (the one
+//! list is in table.rs), and (`--install`) installing the missing ones.
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+mod compose;
+mod table;
+#[cfg(test)]
+mod table_tests;
+
+pub use compose::COMPOSE_BIN;
+pub use table::REQUIREMENTS;
+
 use crate::binfmt;
 use crate::exec::{find_program, Cmd};
 use crate::profile::Arch;
+
+/// Debian's CA bundle (ca-certificates).
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 #[derive(Debug, Clone, Copy)]
 enum Probe {
@@ -33,6 +44,9 @@ pub enum Fix {
     Binfmt,
     /// `rustup target add`.
     Rustup(&'static str),
+    /// trixie's docker-compose v2 at [`COMPOSE_BIN`] (bookworm's is the
+    /// old Python one).
+    TrixieCompose,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -42,172 +56,21 @@ pub struct Requirement {
     pub fix: Fix,
 }
 
-const fn req(
-    what: &'static str,
-    probe: Probe,
-    package: &'static str,
-    backports: bool,
-) -> Requirement {
-    Requirement {
-        what,
-        probe,
-        fix: Fix::Apt { package, backports },
-    }
-}
-
-pub const REQUIREMENTS: &[Requirement] = &[
-    req(
-        "bootstrap Debian",
-        Probe::Program("mmdebstrap"),
-        "mmdebstrap",
-        true,
-    ),
-    req(
-        "ext4 root filesystem",
-        Probe::Program("mkfs.ext4"),
-        "e2fsprogs",
-        true,
-    ),
-    req("unpack cached rootfs", Probe::Program("tar"), "tar", false),
-    req(
-        "boot x86-64 images",
-        Probe::Program("qemu-system-x86_64"),
-        "qemu-system-x86",
-        true,
-    ),
-    req(
-        "boot arm64 images",
-        Probe::Program("qemu-system-aarch64"),
-        "qemu-system-arm",
-        true,
-    ),
-    req(
-        "UEFI firmware for x86-64",
-        Probe::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
-        "ovmf",
-        false,
-    ),
-    req(
-        "qcow2 output",
-        Probe::Program("qemu-img"),
-        "qemu-utils",
-        true,
-    ),
-    req(
-        "check GPT (tests)",
-        Probe::Program("sgdisk"),
-        "gdisk",
-        false,
-    ),
-    req(
-        "check FAT (tests)",
-        Probe::Program("fsck.vfat"),
-        "dosfstools",
-        false,
-    ),
-    req(
-        "check MBR (tests)",
-        Probe::Program("sfdisk"),
-        "fdisk",
-        false,
-    ),
-    req(
-        "decompress kernel modules",
-        Probe::Program("xz"),
-        "xz-utils",
-        false,
-    ),
-    req(
-        "module index for arm64 images",
-        Probe::Program("depmod"),
-        "kmod",
-        false,
-    ),
-    req(
-        "CA links for arm64 images",
-        Probe::Program("openssl"),
-        "openssl",
-        false,
-    ),
-    req(
-        "run arm64 programs",
-        Probe::Program("qemu-aarch64-static"),
-        "qemu-user-static",
-        true,
-    ),
-    Requirement {
-        what: "arm64 emulation in chroots",
-        probe: Probe::Binfmt(Arch::Arm64),
-        fix: Fix::Binfmt,
-    },
-    req(
-        "UEFI firmware for arm64",
-        Probe::File("/usr/share/AAVMF/AAVMF_CODE.fd"),
-        "qemu-efi-aarch64",
-        false,
-    ),
-    req(
-        "link the arm64 agent",
-        Probe::Program("aarch64-linux-gnu-gcc"),
-        "gcc-aarch64-linux-gnu",
-        false,
-    ),
-    req(
-        "arm64 C library for linking",
-        Probe::File("/usr/aarch64-linux-gnu/lib/crt1.o"),
-        "libc6-dev-arm64-cross",
-        false,
-    ),
-    Requirement {
-        what: "build the arm64 agent",
-        probe: Probe::RustTarget("aarch64-unknown-linux-gnu"),
-        fix: Fix::Rustup("aarch64-unknown-linux-gnu"),
-    },
-    req(
-        "OCI registry (tests)",
-        Probe::Program("docker-registry"),
-        "docker-registry",
-        false,
-    ),
-    req(
-        "netboot root filesystem",
-        Probe::Program("mksquashfs"),
-        "squashfs-tools",
-        false,
-    ),
-    req(
-        "iPXE for TFTP clients (serve --tftp)",
-        Probe::File("/usr/lib/ipxe/undionly.kpxe"),
-        "ipxe",
-        false,
-    ),
-    req(
-        "iPXE ROMs for netboot guests",
-        Probe::File("/usr/lib/ipxe/qemu/efi-virtio.rom"),
-        "ipxe-qemu",
-        false,
-    ),
-    req(
-        "fetch over HTTP and TFTP (tests, benches)",
-        Probe::Program("curl"),
-        "curl",
-        false,
-    ),
-    req(
-        "busybox for test images (tests)",
-        Probe::File("/bin/busybox"),
-        "busybox-static",
-        false,
-    ),
-];
-
 impl Requirement {
     pub fn present(&self) -> bool {
-        match self.probe {
+        let found = match self.probe {
             Probe::Program(p) => find_program(p).is_some(),
             Probe::File(f) => Path::new(f).is_file(),
             Probe::Binfmt(arch) => binfmt::problem(arch).is_none(),
             Probe::RustTarget(t) => rust_target_installed(t),
+        };
+        match self.fix {
+            // bookworm's own version is there on a fresh machine, but too old.
+            Fix::Apt {
+                package,
+                backports: true,
+            } if found && is_bookworm() => installed_version(package).contains("~bpo"),
+            _ => found,
         }
     }
 
@@ -221,11 +84,63 @@ impl Requirement {
     /// How to get it, for the report.
     pub fn remedy(&self) -> String {
         match self.fix {
+            Fix::Apt {
+                package,
+                backports: true,
+            } if is_bookworm() => format!("package {package} from bookworm-backports"),
             Fix::Apt { package, .. } => format!("package {package}"),
             Fix::Binfmt => "systemd-binfmt".into(),
             Fix::Rustup(t) => format!("rustup target add {t}"),
+            Fix::TrixieCompose => "docker-compose from trixie".into(),
         }
     }
+}
+
+/// The apt packages of the table, each once, in table order; `backports`
+/// selects those that come from bookworm-backports on bookworm.
+pub fn apt_packages(backports: bool) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for r in REQUIREMENTS {
+        if let Fix::Apt {
+            package,
+            backports: b,
+        } = r.fix
+        {
+            if b == backports && !out.contains(&package) {
+                out.push(package);
+            }
+        }
+    }
+    out
+}
+
+/// Fails unless `program` is on this host, naming the package that has it
+/// and what needs it, before a step that would fail obscurely without it.
+pub fn require_program(program: &str, needed_for: &str) -> Result<()> {
+    match find_program(program) {
+        Some(_) => Ok(()),
+        None => Err(missing_program(program, needed_for)),
+    }
+}
+
+fn missing_program(program: &str, needed_for: &str) -> anyhow::Error {
+    let package = REQUIREMENTS
+        .iter()
+        .find(|r| matches!(r.probe, Probe::Program(p) if p == program))
+        .map(|r| r.remedy())
+        .unwrap_or_else(|| format!("the package that has {program}"));
+    anyhow::anyhow!(
+        "{needed_for} needs {program}, which is not installed on this host: install {package} \
+         (`nodeforge doctor --install` or scripts/host-packages.sh does)"
+    )
+}
+
+/// The installed version of a Debian package, empty when not installed.
+pub fn installed_version(package: &str) -> String {
+    Cmd::new("dpkg-query")
+        .args(["--show", "--showformat=${Version}", package])
+        .stdout_text()
+        .unwrap_or_default()
 }
 
 /// Whether rustc has the standard library for `target`.
@@ -273,7 +188,7 @@ pub fn install(missing: &[Requirement]) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("installing packages needs root: run `sudo nodeforge doctor --install`");
     }
-    let bookworm = debian_codename().as_deref() == Some("bookworm");
+    let bookworm = is_bookworm();
     let apt_missing: Vec<(&'static str, bool)> = missing
         .iter()
         .filter_map(|r| match r.fix {
@@ -286,6 +201,9 @@ pub fn install(missing: &[Requirement]) -> Result<()> {
     }
     if missing.iter().any(|r| r.fix == Fix::Binfmt) {
         binfmt::enable()?;
+    }
+    if missing.iter().any(|r| r.fix == Fix::TrixieCompose) {
+        compose::install()?;
     }
     for r in missing {
         if let Fix::Rustup(target) = r.fix {
@@ -329,6 +247,10 @@ fn install_apt(missing: &[(&'static str, bool)], bookworm: bool) -> Result<()> {
         apt(&args).context("installing host packages from bookworm-backports")?;
     }
     Ok(())
+}
+
+fn is_bookworm() -> bool {
+    debian_codename().as_deref() == Some("bookworm")
 }
 
 fn debian_codename() -> Option<String> {
