@@ -165,7 +165,7 @@ pub fn report() -> (String, Vec<Requirement>) {
     for r in REQUIREMENTS {
         let ok = r.present();
         text.push_str(&format!(
-            "{} {:<27} {:<32} ({})\n",
+            "{} {:<34} {:<40} ({})\n",
             if ok { "ok     " } else { "MISSING" },
             r.what,
             r.probe_name(),

@@ -7,7 +7,7 @@
 # A package the code needs but the table lacks fails the unit test
 # doctor::table_tests on every CI run; this script shows the table's
 # packages really provide what doctor probes for, from nothing.
-# Run as root from the repository: benches/fresh-machine.sh
+# Run as root from the repository: scripts/fresh-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked -q -p nodeforge
