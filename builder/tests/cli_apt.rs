@@ -423,7 +423,7 @@ fn local_deb_directory_becomes_an_indexed_source() {
     let cache = p.path("cache");
     let lines = apt::prepare(&cache, &plan.profile.apt).unwrap();
     assert!(
-        lines[0].starts_with("deb [trusted=yes] file:") && lines[0].ends_with(" ./"),
+        lines[0].starts_with("deb [trusted=yes] copy:") && lines[0].ends_with(" ./"),
         "{}",
         lines[0]
     );
@@ -431,7 +431,7 @@ fn local_deb_directory_becomes_an_indexed_source() {
         .split_whitespace()
         .nth(2)
         .unwrap()
-        .trim_start_matches("file:");
+        .trim_start_matches("copy:");
     let packages = fs::read_to_string(Path::new(dir).join("Packages")).unwrap();
     assert!(
         packages.contains("Package: tailscale\n") && packages.contains("Filename: ./tailscale_"),

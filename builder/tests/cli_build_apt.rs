@@ -75,7 +75,7 @@ for a in "$@"; do
       *) echo "deb $a trixie main" >> "$tree/etc/apt/sources.list" ;;
     esac
     case "$a" in *signed-by=*) k=${{a#*signed-by=}}; k=${{k%%]*}}; [ -s "$k" ] || {{ echo "no keyring $k" >&2; exit 1; }} ;; esac
-    case "$a" in *file:*) d=${{a#*file:}}; d=${{d%% *}}; [ -s "$d/Packages" ] || {{ echo "no index $d/Packages" >&2; exit 1; }} ;; esac
+    case "$a" in *copy:*) d=${{a#*copy:}}; d=${{d%% *}}; [ -s "$d/Packages" ] || {{ echo "no index $d/Packages" >&2; exit 1; }} ;; esac
   fi
   case "$a" in *.tar.zst) target="$a" ;; esac
 done
@@ -141,7 +141,7 @@ fn repositories_reach_mmdebstrap_and_stay_in_the_image() {
     );
     let local = args
         .lines()
-        .find(|l| l.starts_with("deb [trusted=yes] file:/"))
+        .find(|l| l.starts_with("deb [trusted=yes] copy:/"))
         .unwrap_or_else(|| panic!("no local line in {args}"));
     assert!(
         local.contains("/nodeforge-apt/local-") && local.ends_with(" ./"),

@@ -45,7 +45,13 @@ const PORTS: &[u16] = &[
 /// A project with the AeroVista roles' profiles (tailnet parts only).
 fn aerovista() -> Project {
     let p = Project::new();
-    p.write("profiles/base.toml", "name = \"base\"\nhardware = \"pc\"\n");
+    p.write(
+        "profiles/base.toml",
+        &format!(
+            "name = \"base\"\nhardware = \"pc\"\n{}",
+            common::TAILSCALE_CLIENT
+        ),
+    );
     for (name, tag, rules) in ROLES {
         p.write(
             &format!("profiles/{name}.toml"),

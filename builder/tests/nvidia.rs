@@ -91,9 +91,17 @@ fn ai_profile_gets_the_repository_toolkit_and_gpu_runtime() {
         .packages
         .iter()
         .any(|p| p == "nvidia-container-toolkit"));
-    let repo = &plan.profile.apt.repositories[0];
+    let repo = plan
+        .profile
+        .apt
+        .repositories
+        .iter()
+        .find(|r| r.name == "nvidia-container-toolkit")
+        .expect("ai installs NVIDIA's container toolkit repository");
     assert_eq!(repo.fingerprint, NVIDIA_FPR);
-    assert!(repo.key.ends_with("keys/nvidia-container-toolkit.asc"));
+    assert!(
+        matches!(&repo.key, nodeforge::profile::RepoKey::File(k) if k.ends_with("keys/nvidia-container-toolkit.asc"))
+    );
     // What the image's apt gets: the deb822 file names the key's fingerprint.
     let deb822 = nodeforge::apt::deb822(repo);
     assert!(

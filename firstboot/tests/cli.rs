@@ -73,8 +73,10 @@ impl Node {
             .env("NODEFORGE_TAILSCALE", standin())
             .env(
                 "TAILSCALE_STANDIN_DIR",
-                self.path("/var/lib/tailscale-standin"),
+                self.path("/var/lib/tailscale/standin"),
             )
+            // No tailscaled here: the CLI talks to its state file only.
+            .env("TAILSCALE_STANDIN_SOCKET", "")
             .env_remove("NOTIFY_SOCKET");
         c
     }
@@ -84,7 +86,7 @@ impl Node {
     }
 
     fn calls(&self) -> Vec<String> {
-        self.read("/var/lib/tailscale-standin/calls.log")
+        self.read("/var/lib/tailscale/standin/calls.log")
             .lines()
             .map(String::from)
             .collect()
@@ -165,7 +167,7 @@ fn binary_runs_first_boot_with_the_standin() {
         )
     );
     assert!(n
-        .read("/var/lib/tailscale-standin/state")
+        .read("/var/lib/tailscale/standin/state")
         .contains("backend=Running"));
     assert!(!n.read("/boot/efi/nodeforge-seed.toml").contains("tskey-"));
     assert!(n.read("/boot/efi/nodeforge-seed.toml").contains("media-2"));
@@ -211,16 +213,16 @@ fn binary_runs_first_boot_with_the_standin() {
 #[test]
 fn sigkill_after_the_join_does_not_join_again() {
     let n = Node::new("tskey-auth-cli-2");
-    n.write("/var/lib/tailscale-standin/config", "up_delay_after=30\n");
+    n.write("/var/lib/tailscale/standin/config", "up_delay_after=30\n");
     let child = spawn_run(&n);
     n.wait_for("the join", |n| {
-        n.read("/var/lib/tailscale-standin/state")
+        n.read("/var/lib/tailscale/standin/state")
             .contains("backend=Running")
     });
     power_cut(child);
     // the key file is in /run, which a real reboot empties
     fs::remove_dir_all(n.path("/run")).unwrap();
-    n.write("/var/lib/tailscale-standin/config", "");
+    n.write("/var/lib/tailscale/standin/config", "");
     let out = n.run();
     assert!(out.status.success(), "{}", stdout(&out));
     assert_eq!(n.ups(), 1, "{:?}", n.calls());
@@ -230,17 +232,17 @@ fn sigkill_after_the_join_does_not_join_again() {
 #[test]
 fn sigkill_before_the_join_finishes_on_the_next_boot() {
     let n = Node::new("tskey-auth-cli-3");
-    n.write("/var/lib/tailscale-standin/config", "up_delay=30\n");
+    n.write("/var/lib/tailscale/standin/config", "up_delay=30\n");
     let child = spawn_run(&n);
     n.wait_for("tailscale up", |n| n.ups() == 1);
     power_cut(child);
     assert!(
-        n.read("/var/lib/tailscale-standin/state").is_empty(),
+        n.read("/var/lib/tailscale/standin/state").is_empty(),
         "died before joining"
     );
     let st = n.status_json();
     assert_eq!(st["state"], "running", "killed mid-step: {st}");
-    n.write("/var/lib/tailscale-standin/config", "");
+    n.write("/var/lib/tailscale/standin/config", "");
     let out = n.run();
     assert!(out.status.success(), "{}", stdout(&out));
     assert_eq!(
@@ -251,7 +253,7 @@ fn sigkill_before_the_join_finishes_on_the_next_boot() {
         stdout(&out)
     );
     assert!(n
-        .read("/var/lib/tailscale-standin/state")
+        .read("/var/lib/tailscale/standin/state")
         .contains("backend=Running"));
 }
 
@@ -280,7 +282,7 @@ fn standin_failures_get_their_reasons() {
         assert!(!n.path("/run/nodeforge/tailscale-authkey").exists());
     }
     let n = Node::new("tskey-auth-ok");
-    n.write("/var/lib/tailscale-standin/config", "fail=nonet\n");
+    n.write("/var/lib/tailscale/standin/config", "fail=nonet\n");
     assert_eq!(n.run().status.code(), Some(1));
     assert!(n.status_json().to_string().contains("no-network"));
 }
@@ -363,9 +365,22 @@ fn standin_follows_the_cli_and_refuses_keys_on_argv() {
         Command::new(standin())
             .args(args)
             .env("TAILSCALE_STANDIN_DIR", dir.path())
+            .env(
+                "TAILSCALE_STANDIN_SOCKET",
+                dir.path().join("tailscaled.sock"),
+            )
             .output()
             .unwrap()
     };
+    // Like the real CLI, nothing works while tailscaled is not running.
+    let out = ts(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("doesn't appear to be running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(dir.path().join("tailscaled.sock"), "").unwrap();
     let out = ts(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["BackendState"], "NeedsLogin");

@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use nodeforge::build::{self, BuildOptions, BuildResult, Output};
 use nodeforge::plan::Plan;
 
+pub mod test_apt;
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -102,6 +104,7 @@ pub fn build_profile(profile: &str) -> BuildResult {
     if let Some(r) = builds.get(&path) {
         return r.clone();
     }
+    test_apt::ensure().unwrap_or_else(|e| panic!("{e:#}"));
     let plan = Plan::load(&path).unwrap_or_else(|e| panic!("planning {profile}: {e:#}"));
     remove_at_exit(output_dir(&plan.profile.name));
     let opts = BuildOptions {

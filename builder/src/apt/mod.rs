@@ -13,35 +13,37 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::fsutil;
-use crate::profile::{Apt, AptRepository};
+use crate::profile::{Apt, AptRepository, RepoKey};
 
 /// Folder (in the build cache) of the host-side keyrings and local
 /// repositories; sources lines that name it are dropped from the image.
 pub const HOST_DIR: &str = "nodeforge-apt";
 
 /// The repository's key in binary form (what apt's signed-by reads),
-/// checked once more against the declared fingerprint: the file may have
-/// changed since the profile was loaded.
-pub fn keyring(repo: &AptRepository) -> Result<Vec<u8>> {
-    let data = fs::read(&repo.key).with_context(|| {
-        format!(
-            "reading the key of repository `{}` from {}",
-            repo.name,
-            repo.key.display()
-        )
-    })?;
-    let fprs = openpgp::primary_fingerprints(&data).with_context(|| {
-        format!(
-            "key file {} of repository `{}`",
-            repo.key.display(),
-            repo.name
-        )
-    })?;
+/// checked once more against the declared fingerprint: a key file may
+/// have changed since the profile was loaded, and a key from `key_url` is
+/// fetched into `cache_dir` once and checked on every use.
+pub fn keyring(repo: &AptRepository, cache_dir: &Path) -> Result<Vec<u8>> {
+    let (data, from) = match &repo.key {
+        RepoKey::File(path) => {
+            let data = fs::read(path).with_context(|| {
+                format!(
+                    "reading the key of repository `{}` from {}",
+                    repo.name,
+                    path.display()
+                )
+            })?;
+            (data, path.display().to_string())
+        }
+        RepoKey::Url(url) => fetched_key(repo, url, cache_dir)?,
+    };
+    let fprs = openpgp::primary_fingerprints(&data)
+        .with_context(|| format!("key {from} of repository `{}`", repo.name))?;
     if fprs != [repo.fingerprint.clone()] {
         bail!(
-            "repository `{}`: {} now has fingerprint {}, not {}",
+            "repository `{}`: the key {from} has fingerprint {}, not the declared {}: \
+             refusing it (if the vendor rotated its key, check the new fingerprint and declare it)",
             repo.name,
-            repo.key.display(),
             fprs.join(", "),
             repo.fingerprint
         );
@@ -49,12 +51,46 @@ pub fn keyring(repo: &AptRepository) -> Result<Vec<u8>> {
     Ok(openpgp::dearmor(&data)?)
 }
 
+/// The key at `url`, from the cache when an earlier build fetched it.
+/// Stored under the declared fingerprint only after it matched, so a
+/// wrong key is fetched again (and refused again) rather than kept.
+fn fetched_key(repo: &AptRepository, url: &str, cache_dir: &Path) -> Result<(Vec<u8>, String)> {
+    let dir = cache_dir.join(HOST_DIR).join("fetched-keys");
+    let path = dir.join(format!("{}.key", repo.fingerprint));
+    if let Ok(data) = fs::read(&path) {
+        return Ok((data, format!("{} (fetched from {url})", path.display())));
+    }
+    let data = http_get(url).with_context(|| {
+        format!(
+            "fetching the key of repository `{}` from {url} (or download it yourself, check its \
+             fingerprint and set key = \"keys/{}.asc\")",
+            repo.name, repo.name
+        )
+    })?;
+    let fprs = openpgp::primary_fingerprints(&data)
+        .with_context(|| format!("the key fetched from {url} for repository `{}`", repo.name))?;
+    if fprs == [repo.fingerprint.clone()] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fsutil::atomic_write(&path, &data)?;
+    }
+    Ok((data, format!("fetched from {url}")))
+}
+
+fn http_get(url: &str) -> Result<Vec<u8>> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .context("setting up an HTTP client")?;
+    let resp = client.get(url).send()?.error_for_status()?;
+    Ok(resp.bytes()?.to_vec())
+}
+
 /// A one-line sources.list entry for `repo` with its keyring at `keyring`.
 pub fn source_line(repo: &AptRepository, keyring: &Path) -> String {
     let mut line = format!(
         "deb [signed-by={}] {} {}",
         keyring.display(),
-        repo.url,
+        host_url(&repo.url),
         repo.suite
     );
     for c in &repo.components {
@@ -97,7 +133,7 @@ pub fn prepare(cache_dir: &Path, apt: &Apt) -> Result<Vec<String>> {
         .with_context(|| format!("creating {}", host.display()))?;
     for repo in &apt.repositories {
         let path = host.join("keys").join(format!("{}.gpg", repo.fingerprint));
-        fsutil::atomic_write(&path, &keyring(repo)?)?;
+        fsutil::atomic_write(&path, &keyring(repo, cache_dir)?)?;
         lines.push(source_line(repo, &path));
     }
     for dir in &apt.local {
@@ -113,13 +149,23 @@ pub fn prepare(cache_dir: &Path, apt: &Apt) -> Result<Vec<String>> {
 /// Local packages are trusted as they are: they come from the profile's
 /// own tree, not from a network.
 pub fn local_line(repo: &Path) -> String {
-    format!("deb [trusted=yes] file:{} ./", repo.display())
+    format!("deb [trusted=yes] copy:{} ./", repo.display())
+}
+
+/// apt's `file:` method uses packages where they lie, a path that
+/// mmdebstrap's chrooted dpkg cannot see; `copy:` (the same otherwise)
+/// copies them into the chroot's archive cache first.
+fn host_url(url: &str) -> String {
+    match url.strip_prefix("file:") {
+        Some(path) => format!("copy:{path}"),
+        None => url.to_owned(),
+    }
 }
 
 /// In the unpacked rootfs: drops the host-only sources lines mmdebstrap
 /// wrote and installs each repository's key and .sources file, so the
 /// node keeps updating from them.
-pub fn install_in_image(rootfs: &Path, apt: &Apt) -> Result<()> {
+pub fn install_in_image(rootfs: &Path, apt: &Apt, cache_dir: &Path) -> Result<()> {
     let etc_apt = rootfs.join("etc/apt");
     let mut lists: Vec<PathBuf> = vec![etc_apt.join("sources.list")];
     if let Ok(entries) = fs::read_dir(etc_apt.join("sources.list.d")) {
@@ -148,7 +194,8 @@ pub fn install_in_image(rootfs: &Path, apt: &Apt) -> Result<()> {
         for dir in [key.parent(), sources.parent()].into_iter().flatten() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        fs::write(&key, keyring(repo)?).with_context(|| format!("writing {}", key.display()))?;
+        fs::write(&key, keyring(repo, cache_dir)?)
+            .with_context(|| format!("writing {}", key.display()))?;
         fs::write(&sources, deb822(repo))
             .with_context(|| format!("writing {}", sources.display()))?;
     }
@@ -167,10 +214,16 @@ pub fn cache_key_part(apt: &Apt) -> Result<Option<serde_json::Value>> {
         .repositories
         .iter()
         .map(|r| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "name": r.name, "url": r.url, "suite": r.suite,
                 "components": r.components, "fingerprint": r.fingerprint,
-            })
+            });
+            // A repository on this machine is keyed by what it serves: a
+            // rebuilt local repository must not reuse an older tree.
+            if let Some(index) = local_release(r) {
+                v["release"] = fsutil::sha256_bytes(&index).into();
+            }
+            v
         })
         .collect();
     let mut locals = Vec::new();
@@ -182,9 +235,28 @@ pub fn cache_key_part(apt: &Apt) -> Result<Option<serde_json::Value>> {
     ))
 }
 
+/// The signed index of a `file:` repository, when there is one.
+fn local_release(repo: &AptRepository) -> Option<Vec<u8>> {
+    let dir = Path::new(repo.url.strip_prefix("file:")?);
+    let dists = if repo.suite.ends_with('/') {
+        dir.join(&repo.suite)
+    } else {
+        dir.join("dists").join(&repo.suite)
+    };
+    ["InRelease", "Release"]
+        .iter()
+        .find_map(|n| fs::read(dists.join(n)).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FIXTURE_KEY: &str = include_str!("../../tests/fixtures/test-repo-key.asc");
+
+    fn fixture_fpr() -> &'static str {
+        include_str!("../../tests/fixtures/test-repo-key.fpr").trim()
+    }
 
     fn repo(key: PathBuf, fpr: &str) -> AptRepository {
         AptRepository {
@@ -192,9 +264,84 @@ mod tests {
             url: "https://nvidia.github.io/libnvidia-container/stable/deb/amd64".into(),
             suite: "/".into(),
             components: vec![],
-            key,
+            key: RepoKey::File(key),
             fingerprint: fpr.into(),
         }
+    }
+
+    /// Serves `body` to every GET on 127.0.0.1 and counts the requests.
+    fn serve(body: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/key.asc", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, hits)
+    }
+
+    #[test]
+    fn a_key_from_its_url_is_fetched_once_and_checked() {
+        use std::sync::atomic::Ordering;
+        let cache = tempfile::tempdir().unwrap();
+        let (url, hits) = serve(FIXTURE_KEY);
+        let r = AptRepository {
+            key: RepoKey::Url(url.clone()),
+            ..repo(PathBuf::new(), fixture_fpr())
+        };
+        let first = keyring(&r, cache.path()).unwrap();
+        assert_eq!(
+            openpgp::primary_fingerprints(&first).unwrap(),
+            [fixture_fpr()]
+        );
+        let again = keyring(&r, cache.path()).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "fetched once, then from the cache"
+        );
+
+        // Another declared fingerprint: refused, named, and not cached.
+        let wrong = AptRepository {
+            fingerprint: "2596A99EAAB33821893C0A79458CA832957F5868".into(),
+            ..r.clone()
+        };
+        let err = format!("{:#}", keyring(&wrong, cache.path()).unwrap_err());
+        assert!(err.contains(&url), "{err}");
+        assert!(err.contains("not the declared 2596A99E"), "{err}");
+        assert!(err.contains(fixture_fpr()), "{err}");
+        assert!(keyring(&wrong, cache.path()).is_err());
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            3,
+            "a refused key is never kept"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_key_url_says_how_to_do_without_it() {
+        let cache = tempfile::tempdir().unwrap();
+        let r = AptRepository {
+            name: "tailscale".into(),
+            key: RepoKey::Url("http://127.0.0.1:9/nothing.gpg".into()),
+            ..repo(PathBuf::new(), fixture_fpr())
+        };
+        let err = format!("{:#}", keyring(&r, cache.path()).unwrap_err());
+        assert!(err.contains("http://127.0.0.1:9/nothing.gpg"), "{err}");
+        assert!(err.contains("keys/tailscale.asc"), "{err}");
     }
 
     #[test]
@@ -216,8 +363,8 @@ mod tests {
     fn image_keeps_repositories_and_loses_host_lines() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("k.asc");
-        fs::write(&key, include_str!("../../tests/fixtures/test-repo-key.asc")).unwrap();
-        let fpr = include_str!("../../tests/fixtures/test-repo-key.fpr").trim();
+        fs::write(&key, FIXTURE_KEY).unwrap();
+        let fpr = fixture_fpr();
         let apt = Apt {
             repositories: vec![repo(key, fpr)],
             local: vec![],
@@ -233,7 +380,7 @@ mod tests {
             format!("deb http://deb.debian.org/debian trixie main\n{host_line}\ndeb [trusted=yes] file:/c/nodeforge-apt/local-1 ./\n"),
         )
         .unwrap();
-        install_in_image(&root, &apt).unwrap();
+        install_in_image(&root, &apt, dir.path()).unwrap();
         assert_eq!(
             fs::read_to_string(root.join("etc/apt/sources.list")).unwrap(),
             "deb http://deb.debian.org/debian trixie main\n"
@@ -252,9 +399,9 @@ mod tests {
     fn a_key_replaced_after_checking_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("k.asc");
-        fs::write(&key, include_str!("../../tests/fixtures/test-repo-key.asc")).unwrap();
+        fs::write(&key, FIXTURE_KEY).unwrap();
         let r = repo(key, "0000000000000000000000000000000000000000");
-        let err = keyring(&r).unwrap_err().to_string();
-        assert!(err.contains("not 0000"), "{err}");
+        let err = keyring(&r, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not the declared 0000"), "{err}");
     }
 }

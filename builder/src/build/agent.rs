@@ -15,15 +15,17 @@ use crate::profile::{Arch, Profile};
 
 pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
 
-/// The agent binary by content, its baked config and the stand-in switch.
+/// The agent binary by content and its baked config.
 pub fn inputs(plan: &crate::plan::Plan, agent_sha256: &str) -> serde_json::Value {
-    let p = &plan.profile;
     serde_json::json!({
         "agent": agent_sha256,
-        "config": baked_config(p).to_toml(),
-        "tailscale_standin": p.tailscale.as_ref().is_some_and(|t| t.standin),
+        "config": baked_config(&plan.profile).to_toml(),
     })
 }
+
+/// The unit the `tailscale` package ships; the agent's unit is ordered
+/// after it.
+const TAILSCALED_UNIT: &str = "tailscaled.service";
 
 pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
     let binary = ctx.agent_binary.clone();
@@ -44,17 +46,13 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         .with_context(|| format!("writing {}", unit.display()))?;
     enable_unit(&ctx.rootfs, UNIT_NAME)?;
 
-    if ctx
-        .plan
-        .profile
-        .tailscale
-        .as_ref()
-        .is_some_and(|t| t.standin)
-    {
-        let path = ctx.target("/usr/bin/tailscale");
-        fs::write(&path, nodeforge_firstboot::TAILSCALE_STANDIN)
-            .with_context(|| format!("writing {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    // The package's postinst enables it on a running system; in the
+    // image only the links make it start at boot.
+    if ctx.plan.profile.tailscale.is_some() && !enable_unit(&ctx.rootfs, TAILSCALED_UNIT)? {
+        bail!(
+            "the profile configures a tailnet ([tailscale]) but the image has no {TAILSCALED_UNIT}: \
+             install the `tailscale` package from Tailscale's repository (profiles/node.toml does)"
+        );
     }
     let cfg = baked_config(&ctx.plan.profile);
     let path = ctx.target(BAKED_CONFIG_PATH);

@@ -92,7 +92,7 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
         .arg(&ctx.rootfs)
         .run()
         .with_context(|| format!("unpacking the base rootfs {}", tar.display()))?;
-    crate::apt::install_in_image(&ctx.rootfs, &p.apt)
+    crate::apt::install_in_image(&ctx.rootfs, &p.apt, &ctx.cache.dir)
         .context("installing the profile's apt repositories into the image")?;
     Ok(outcome)
 }

@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::error::ProfileError;
 use super::file::{AptFile, RepositoryFile};
 use super::validate::FileCtx;
-use super::{Apt, AptRepository};
+use super::{Apt, AptRepository, RepoKey};
 use crate::apt::openpgp;
 
 /// Adds `file`'s sources to `apt`; a repository with the name of an
@@ -54,13 +54,16 @@ fn repository(
     if !valid_name(name) {
         errors.push(ctx.error_at(&r.name, format!("repository name `{name}` must be lowercase letters, digits, `-`, `_` or `.` (it names files in /etc/apt)")));
     }
-    let url = r.url.get_ref();
+    let url = resolve_url(ctx, r.url.get_ref());
     if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("file:/"))
         || url.contains(char::is_whitespace)
     {
         errors.push(ctx.error_at(
             &r.url,
-            format!("repository `{name}`: url `{url}` must be an http://, https:// or file:/ URL"),
+            format!(
+                "repository `{name}`: url `{}` must be an http://, https:// or file: URL",
+                r.url.get_ref()
+            ),
         ));
     }
     let suite = r.suite.get_ref();
@@ -85,16 +88,31 @@ fn repository(
             ));
         }
     }
-    let Some(key) = &r.key else {
-        errors.push(ctx.error_at(
-            &r.name,
-            format!(
-                "repository `{name}` is unsigned (no `key`): nodeforge refuses unsigned repositories — \
-                 add key = \"keys/{name}.asc\" (the vendor's public key) and its fingerprint"
-            ),
-        ));
-        return None;
+    let (key, key_url) = match (&r.key, &r.key_url) {
+        (Some(k), None) => (k, None),
+        (None, Some(u)) => (u, Some(u)),
+        (Some(_), Some(u)) => {
+            errors.push(ctx.error_at(
+                u,
+                format!("repository `{name}`: give `key` (a file) or `key_url`, not both"),
+            ));
+            return None;
+        }
+        (None, None) => {
+            errors.push(ctx.error_at(
+                &r.name,
+                format!(
+                    "repository `{name}` is unsigned (no `key`): nodeforge refuses unsigned repositories — \
+                     add key = \"keys/{name}.asc\" (the vendor's public key) or key_url = \"https://…\", \
+                     and the key's fingerprint"
+                ),
+            ));
+            return None;
+        }
     };
+    if let Some(u) = key_url {
+        return key_from_url(ctx, r, name, u, &url, errors, before);
+    }
     let path = match find(ctx, key) {
         Ok(p) => p,
         Err(e) => {
@@ -160,9 +178,82 @@ fn repository(
         url: url.trim_end_matches('/').to_owned(),
         suite: suite.clone(),
         components: r.components.iter().map(|c| c.get_ref().clone()).collect(),
-        key: path,
+        key: RepoKey::File(path),
         fingerprint: fpr,
     })
+}
+
+/// A repository whose key is fetched from `key_url` at build time: only
+/// the URL's form and the declared fingerprint can be checked here.
+fn key_from_url(
+    ctx: &FileCtx,
+    r: &RepositoryFile,
+    name: &str,
+    key_url: &Spanned<String>,
+    url: &str,
+    errors: &mut Vec<ProfileError>,
+    before: usize,
+) -> Option<AptRepository> {
+    let u = key_url.get_ref();
+    if !(u.starts_with("https://") || u.starts_with("http://")) || u.contains(char::is_whitespace) {
+        errors.push(ctx.error_at(
+            key_url,
+            format!("repository `{name}`: key_url `{u}` must be an https:// (or http://) URL"),
+        ));
+        return None;
+    }
+    let Some(declared) = &r.fingerprint else {
+        errors.push(ctx.error_at(
+            key_url,
+            format!(
+                "repository `{name}`: a key from key_url needs fingerprint = \"…\" (the vendor's \
+                 published fingerprint): the build refuses any other key"
+            ),
+        ));
+        return None;
+    };
+    let Some(fpr) = openpgp::normalize_fingerprint(declared.get_ref()) else {
+        errors.push(ctx.error_at(
+            declared,
+            format!(
+                "repository `{name}`: fingerprint `{}` is not 40 hex digits",
+                declared.get_ref()
+            ),
+        ));
+        return None;
+    };
+    (errors.len() == before).then(|| AptRepository {
+        name: name.to_owned(),
+        url: url.trim_end_matches('/').to_owned(),
+        suite: r.suite.get_ref().clone(),
+        components: r.components.iter().map(|c| c.get_ref().clone()).collect(),
+        key: RepoKey::Url(u.clone()),
+        fingerprint: fpr,
+    })
+}
+
+/// `file:` followed by a relative path names a folder relative to the
+/// profile's own (apt needs it absolute); other URLs stay as written.
+fn resolve_url(ctx: &FileCtx, url: &str) -> String {
+    match url.strip_prefix("file:") {
+        Some(rest) if !rest.starts_with('/') && !rest.is_empty() => {
+            let dir = ctx.dir().join(rest);
+            let abs = std::path::absolute(&dir).unwrap_or(dir);
+            // Lexically: the folder may not exist yet (a test writes it).
+            let mut clean = PathBuf::new();
+            for c in abs.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        clean.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => clean.push(other),
+                }
+            }
+            format!("file:{}", clean.display())
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn valid_name(n: &str) -> bool {

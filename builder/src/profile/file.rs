@@ -17,6 +17,11 @@ pub struct ProfileFile {
     pub description: Option<String>,
     /// Another profile this one builds on, relative to this file.
     pub extends: Option<Spanned<String>>,
+    /// Fragments merged on top of this file, in order, relative to it
+    /// (e.g. one repository entry several profiles share). A fragment
+    /// may neither extend nor include.
+    #[serde(default)]
+    pub include: Vec<Spanned<String>>,
     /// A hardware class: a name in hardware/ or a path to a TOML file.
     pub hardware: Option<Spanned<String>>,
     pub hostname: Option<Spanned<String>>,
@@ -150,6 +155,10 @@ pub struct RepositoryFile {
     /// profile's folder or the project root. Required: unsigned
     /// repositories are refused.
     pub key: Option<Spanned<String>>,
+    /// Where the vendor publishes the key, for a key whose bytes are not
+    /// kept in the project: the build fetches it once into the cache and
+    /// refuses it unless its fingerprint is the declared one.
+    pub key_url: Option<Spanned<String>>,
     /// The key's OpenPGP v4 fingerprint, checked against the file.
     pub fingerprint: Option<Spanned<String>>,
 }
@@ -207,10 +216,6 @@ pub enum OutputFormat {
 pub struct TailscaleFile {
     pub tags: Vec<Spanned<String>>,
     pub timeout_secs: Option<u64>,
-    /// Install the stand-in `tailscale` CLI (tests only: the real client
-    /// cannot be installed on the build machines).
-    #[serde(default)]
-    pub standin: bool,
     /// Who may apply this role's tags (the policy's tagOwners); default
     /// `autogroup:admin`.
     pub owners: Option<Vec<Spanned<String>>>,

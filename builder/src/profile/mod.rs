@@ -125,9 +125,20 @@ pub struct AptRepository {
     pub url: String,
     pub suite: String,
     pub components: Vec<String>,
-    pub key: PathBuf,
+    pub key: RepoKey,
     /// 40 uppercase hex digits.
     pub fingerprint: String,
+}
+
+/// Where a repository's signing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoKey {
+    /// A file of the project, checked when the profile is loaded.
+    File(PathBuf),
+    /// The vendor's URL: fetched once into the build cache and checked
+    /// against the fingerprint before use (apt::keyring).
+    Url(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,7 +167,6 @@ pub struct Disk {
 pub struct Tailscale {
     pub tags: Vec<String>,
     pub timeout_secs: u64,
-    pub standin: bool,
     /// tagOwners of this role's tags in the tailnet policy.
     pub owners: Vec<String>,
     /// Roles of one fleet are each other's `fleet` in accept rules.

@@ -33,9 +33,16 @@ pub fn load(path: &Path) -> Result<Profile, ProfileErrors> {
     for (ctx, file) in &chain {
         merged.apply(ctx, file, &mut errors);
     }
+    // The profile itself: only fragments it includes come after it.
     let leaf = &chain
-        .last()
-        .expect("chain holds at least the profile itself")
+        .iter()
+        .rev()
+        .find(|(c, _)| c.path == path)
+        .unwrap_or_else(|| {
+            chain
+                .last()
+                .expect("chain holds at least the profile itself")
+        })
         .0;
     let profile = merged.finish(
         leaf,
@@ -89,10 +96,45 @@ fn read_chain(path: &Path) -> Result<Vec<(FileCtx, ProfileFile)>, ProfileError> 
             }
             next = Some(target);
         }
+        // Reversed below: the file, then its fragments in order.
+        let fragments = read_includes(&ctx, &file)?;
+        chain.extend(fragments.into_iter().rev());
         chain.push((ctx, file));
     }
     chain.reverse();
     Ok(chain)
+}
+
+/// The fragments `file` includes, in order.
+fn read_includes(
+    ctx: &FileCtx,
+    file: &ProfileFile,
+) -> Result<Vec<(FileCtx, ProfileFile)>, ProfileError> {
+    let mut out = Vec::new();
+    for inc in &file.include {
+        let target = ctx.dir().join(inc.get_ref());
+        let fctx = FileCtx::read(&target).map_err(|e| {
+            ctx.error_at(
+                inc,
+                format!(
+                    "include `{}`: {}: {}",
+                    inc.get_ref(),
+                    target.display(),
+                    e.message
+                ),
+            )
+        })?;
+        let fragment: ProfileFile = toml::from_str(&fctx.source)
+            .map_err(|e| ProfileError::from_toml(&fctx.path, &fctx.source, &e))?;
+        if let Some(x) = fragment.extends.as_ref().or(fragment.include.first()) {
+            return Err(fctx.error_at(
+                x,
+                "an included fragment may not extend or include: put that in the profile",
+            ));
+        }
+        out.push((fctx, fragment));
+    }
+    Ok(out)
 }
 
 /// The profile as merged so far: a child's scalars replace its parent's,
@@ -309,6 +351,24 @@ impl Merged {
         let have = |p: &&str| {
             self.packages.iter().any(|x| x == p) || hardware.packages.iter().any(|x| x == p)
         };
+        // Without the client the node never joins, and its stacks wait
+        // on real hardware for a step that cannot succeed.
+        if self.tailscale.is_some() {
+            if !have(&"tailscale") {
+                errors.push(ProfileError::whole_file(
+                    &leaf.path,
+                    "the profile joins a tailnet ([tailscale]) but does not install the client: \
+                     add \"tailscale\" to `packages` with Tailscale's repository (extend \
+                     profiles/node.toml, which has both)",
+                ));
+            } else if !self.apt.repositories.iter().any(|r| r.name == "tailscale") {
+                errors.push(ProfileError::whole_file(
+                    &leaf.path,
+                    "the profile installs `tailscale` but names no `tailscale` repository: Debian \
+                     does not package the client (see profiles/node.toml)",
+                ));
+            }
+        }
         let lacking: Vec<&str> = storage::needed_packages(&self.storage)
             .into_iter()
             .filter(|p| !have(p))

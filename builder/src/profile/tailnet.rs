@@ -109,7 +109,6 @@ pub fn tailscale(
     Tailscale {
         tags,
         timeout_secs: t.timeout_secs.unwrap_or(default_timeout),
-        standin: t.standin,
         owners,
         fleet,
         allow,

@@ -8,6 +8,15 @@ use std::process::{Command, Output};
 
 pub const HARDWARE: &str =
     "arch = \"amd64\"\nfirmware = \"uefi\"\npackages = [\"linux-image-amd64\"]\n";
+/// What a profile that joins a tailnet needs (profiles/node.toml has the
+/// same): the client and Tailscale's repository, its key by URL (nothing
+/// is fetched unless a build runs).
+pub const TAILSCALE_CLIENT: &str = "packages = [\"tailscale\"]\n\
+[[apt.repositories]]\nname = \"tailscale\"\nurl = \"https://pkgs.tailscale.com/stable/debian\"\n\
+suite = \"trixie\"\ncomponents = [\"main\"]\n\
+key_url = \"https://pkgs.tailscale.com/stable/debian/trixie.noarmor.gpg\"\n\
+fingerprint = \"2596A99EAAB33821893C0A79458CA832957F5868\"\n";
+
 pub const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHyGOnXmwtm0ELRLdSgkTCO3FxNX3S5ITSp8lQgldASP test@nodeforge";
 
 pub struct Project {
