@@ -78,3 +78,72 @@ fn hardware_overlay_and_storage_rules_reach_the_image() {
     assert_eq!(cfg.storage[0].mount, "/srv/media");
     assert!(cfg.storage[0].matcher.largest);
 }
+
+/// A node that joins a tailnet: tailscaled (from the `tailscale` package)
+/// is enabled and gets the identity check before it starts; an image
+/// without the package's unit is refused, naming it.
+#[test]
+fn a_tailnet_node_enables_tailscaled_with_the_identity_check() {
+    assert!(
+        is_root(),
+        "builds need root: run the suite as root (.ci/run does)"
+    );
+    let p = Project::new();
+    p.write("keys/ts.asc", include_str!("fixtures/test-repo-key.asc"));
+    let fpr = include_str!("fixtures/test-repo-key.fpr").trim();
+    p.write(
+        "profiles/x.toml",
+        &format!("name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\npackages = [\"tailscale\"]\n[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n[[apt.repositories]]\nname = \"tailscale\"\nurl = \"https://pkgs.tailscale.com/stable/debian\"\nsuite = \"trixie\"\ncomponents = [\"main\"]\nkey = \"../keys/ts.asc\"\nfingerprint = \"{fpr}\"\n[tailscale]\ntags = [\"tag:x\"]\n"),
+    );
+    p.write("agent", "#!/bin/sh\necho fake agent\n");
+    install_fake_rootfs(&p, "profiles/x.toml");
+    let out = offline_build(&p, "profiles/x.toml", &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no tailscaled.service")
+            && stderr(&out).contains("`tailscale` package"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The package's unit in the base tree, as the real package installs it.
+    p.write(
+        "fake-rootfs/usr/lib/systemd/system/tailscaled.service",
+        "[Service]\nExecStart=/usr/sbin/tailscaled\n[Install]\nWantedBy=multi-user.target\n",
+    );
+    common::store_rootfs_tree(&p, &p.path("fake-rootfs"), "profiles/x.toml");
+    let out = offline_build(&p, "profiles/x.toml", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let img = p.path("out/x.img");
+    assert_eq!(
+        root_file(
+            &img,
+            p.dir.path(),
+            nodeforge_firstboot::TAILSCALED_DROPIN_PATH
+        ),
+        nodeforge_firstboot::TAILSCALED_DROPIN
+    );
+    let link = Command::new("debugfs")
+        .args([
+            "-R",
+            "stat /etc/systemd/system/multi-user.target.wants/tailscaled.service",
+        ])
+        .arg(p.dir.path().join("root.ext4"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        text.contains("Type: symlink"),
+        "tailscaled.service not enabled:\n{text}"
+    );
+    // The repository the node keeps updating from.
+    let sources = root_file(
+        &img,
+        p.dir.path(),
+        "/etc/apt/sources.list.d/tailscale.sources",
+    );
+    assert!(
+        sources.contains("URIs: https://pkgs.tailscale.com/stable/debian"),
+        "{sources}"
+    );
+}

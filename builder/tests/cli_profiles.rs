@@ -290,3 +290,67 @@ fn repository_hardware_files_all_check() {
         assert!(plan.contains(table), "{}: {plan}", hw.display());
     }
 }
+
+#[test]
+fn an_included_fragment_overrides_a_repository_and_the_lock_stays_beside_the_profile() {
+    let p = Project::new();
+    p.write(
+        "profiles/node.toml",
+        &format!(
+            "name = \"node\"\nhardware = \"pc\"\n{}",
+            common::TAILSCALE_CLIENT
+        ),
+    );
+    p.write("keys/test.asc", include_str!("fixtures/test-repo-key.asc"));
+    let fpr = include_str!("fixtures/test-repo-key.fpr").trim();
+    p.write(
+        "profiles/fragments/repo.toml",
+        &format!("[[apt.repositories]]\nname = \"tailscale\"\nurl = \"file:../../repo\"\nsuite = \"trixie\"\ncomponents = [\"main\"]\nkey = \"../../keys/test.asc\"\nfingerprint = \"{fpr}\"\n"),
+    );
+    p.write(
+        "profiles/t.toml",
+        "extends = \"node.toml\"\nname = \"t\"\ninclude = [\"fragments/repo.toml\"]\n[tailscale]\ntags = [\"tag:t\"]\n",
+    );
+    let out = p.nodeforge(&["plan", "--json", "profiles/t.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let repos = plan["profile"]["apt"]["repositories"].as_array().unwrap();
+    assert_eq!(
+        repos.len(),
+        1,
+        "the fragment's entry replaced node's: {repos:?}"
+    );
+    let repo_dir = p.path("repo");
+    assert_eq!(repos[0]["url"], format!("file:{}", repo_dir.display()));
+    assert_eq!(repos[0]["fingerprint"], fpr);
+    let lock = plan["lock_path"].as_str().unwrap();
+    assert!(lock.ends_with("profiles/t.lock.toml"), "{lock}");
+
+    // A fragment may not pull in more files.
+    p.write(
+        "profiles/fragments/bad.toml",
+        "extends = \"../node.toml\"\n",
+    );
+    p.write(
+        "profiles/u.toml",
+        "extends = \"node.toml\"\nname = \"u\"\ninclude = [\"fragments/bad.toml\"]\n",
+    );
+    check_fails_with(
+        &p,
+        "profiles/u.toml",
+        &[
+            "profiles/fragments/bad.toml:1:",
+            "may not extend or include",
+        ],
+    );
+    // A missing fragment is named where the profile names it.
+    p.write(
+        "profiles/v.toml",
+        "extends = \"node.toml\"\nname = \"v\"\ninclude = [\"fragments/none.toml\"]\n",
+    );
+    check_fails_with(
+        &p,
+        "profiles/v.toml",
+        &["profiles/v.toml:3:", "fragments/none.toml"],
+    );
+}

@@ -197,6 +197,23 @@ fn bad_rules_are_located_in_the_profile() {
     }
 }
 
+/// `nodeforge tailnet mint-key core` with the test client against `url`.
+fn mint(p: &Project, secret: &str, url: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "tailnet",
+        "mint-key",
+        "core",
+        "--oauth-client-id",
+        CLIENT_ID,
+        "--oauth-secret-file",
+        secret,
+        "--api",
+        url,
+    ];
+    args.extend_from_slice(extra);
+    p.nodeforge(&args)
+}
+
 fn secret_file(p: &Project, secret: &str) -> String {
     p.write("oauth-secret", &format!("{secret}\n"));
     "oauth-secret".into()
@@ -208,21 +225,7 @@ fn mint_key_writes_a_private_key_file_and_never_prints_the_key() {
     let api = FakeApi::start(&["tag:core", "tag:data"]).unwrap();
     let secret = secret_file(&p, CLIENT_SECRET);
     let url = api.url();
-    let out = p.nodeforge(&[
-        "tailnet",
-        "mint-key",
-        "core",
-        "--oauth-client-id",
-        CLIENT_ID,
-        "--oauth-secret-file",
-        &secret,
-        "--api",
-        &url,
-        "--expiry",
-        "2h",
-        "-o",
-        "core.key",
-    ]);
+    let out = mint(&p, &secret, &url, &["--expiry", "2h", "-o", "core.key"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let key = std::fs::read_to_string(p.path("core.key")).unwrap();
     let key = key.trim();
@@ -323,4 +326,48 @@ fn mint_key_errors_say_what_to_fix() {
         err.contains("cannot reach the Tailscale API") && err.contains(&url),
         "{err}"
     );
+}
+
+#[test]
+fn mint_key_replace_removes_the_reflashed_machines_stale_device_first() {
+    let p = aerovista();
+    let api = FakeApi::start(&["tag:core"]).unwrap();
+    api.add_device("44444", "nxcore", "nxcore", false);
+    let secret = secret_file(&p, CLIENT_SECRET);
+    let url = api.url();
+    let replace = |host: &str| mint(&p, &secret, &url, &["--replace", host, "-o", "core.key"]);
+    let out = replace("nxcore");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(api.device_ids().is_empty(), "the stale device is gone");
+    assert!(
+        stderr(&out).contains("removed the stale device nxcore (44444)"),
+        "{}",
+        stderr(&out)
+    );
+    let order: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| !r.path.ends_with("/oauth/token"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "GET /api/v2/tailnet/-/devices",
+            "DELETE /api/v2/device/44444",
+            "POST /api/v2/tailnet/-/keys"
+        ],
+        "the device goes before the key is minted"
+    );
+    // An online machine of that name: refused, and no key is minted.
+    api.add_device("55555", "nxcore", "nxcore", true);
+    let keys = api.live_keys().len();
+    let out = replace("nxcore");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("connected to the tailnet right now"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(api.live_keys().len(), keys);
 }

@@ -58,6 +58,10 @@ pub enum RunError {
     /// and only a person can fix it, so systemd does not retry.
     #[error("step {step} refused: {message}")]
     Refused { step: &'static str, message: String },
+    /// A step the node can run without failed (the tailnet join): the
+    /// others ran, and systemd retries the run with backoff.
+    #[error("degraded: step {step} failed: {message}")]
+    Degraded { step: &'static str, message: String },
     /// Anything else (seed server unreachable, state not writable, …).
     #[error("{0:#}")]
     Other(anyhow::Error),
@@ -68,7 +72,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) | RunError::BadSeed(_) | RunError::Refused { .. } => 3,
-            RunError::Step { .. } | RunError::Other(_) => 1,
+            RunError::Step { .. } | RunError::Degraded { .. } | RunError::Other(_) => 1,
         }
     }
 }
@@ -152,6 +156,25 @@ impl<'a> Agent<'a> {
                 Journal::default()
             }
         };
+        // A disk cloned from a joined node (identity-check moved its
+        // tailnet state aside before tailscaled started): the join and
+        // what followed it run again, as for a new node.
+        if let Some(c) = crate::identity::cloned(root)? {
+            let before = journal.finished.len();
+            journal.finished.retain(|r| {
+                ![Step::Tailscale, Step::ScrubSecrets, Step::Complete]
+                    .iter()
+                    .any(|s| s.name() == r.name)
+            });
+            if journal.finished.len() != before {
+                journal.save(root)?;
+                self.observer.progress(&format!(
+                    "nodeforge-firstboot: this disk joined on {} and now runs on {}: joining anew",
+                    c.joined_on.describe(),
+                    c.now_on.describe()
+                ));
+            }
+        }
         let names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
         let mut status = Status::new(&cfg.role, &cfg.profile, &names);
         if let Ok(Some(prev)) = Status::read(root) {
@@ -223,14 +246,21 @@ impl<'a> Agent<'a> {
         status.hostname = Some(ctx.hostname().to_string());
 
         let total = Step::ALL.len();
-        // Steps that refused this run, with their messages.
+        // Steps that refused this run, and steps whose failure leaves the
+        // node useful (see Step::degrades), with their messages.
         let mut refused: Vec<(Step, String)> = Vec::new();
+        let mut degraded: Vec<(Step, String)> = Vec::new();
+        let earlier_error = status_error_before(root);
         for (i, &step) in Step::ALL.iter().enumerate() {
             let name = step.name();
             if journal.is_finished(name) {
                 continue;
             }
-            if let Some((r, _)) = refused.iter().find(|(r, _)| step.waits_for(*r)) {
+            if let Some((r, _)) = refused
+                .iter()
+                .chain(&degraded)
+                .find(|(r, _)| step.waits_for(*r))
+            {
                 if let Some(s) = status.step_mut(name) {
                     s.detail = Some(format!("waits for step {}", r.name()));
                 }
@@ -314,6 +344,18 @@ impl<'a> Agent<'a> {
                         refused.push((step, message));
                         continue;
                     }
+                    if step.degrades() {
+                        // Not journaled: the retry runs it again.
+                        self.write_status(&mut status, &t0, false)?;
+                        self.observer.progress(&format!(
+                            "nodeforge-firstboot: [{}/{total}] {name} failed ({}): {message}; \
+                             going on with the steps that do not need it",
+                            i + 1,
+                            rec.reason.as_deref().unwrap_or("error")
+                        ));
+                        degraded.push((step, message));
+                        continue;
+                    }
                     self.write_status(&mut status, &t0, true)?;
                     self.fail_line(&format!(
                         "FAILED at {name} ({}): {message}; will retry; see `nodeforge-firstboot status`",
@@ -340,6 +382,34 @@ impl<'a> Agent<'a> {
                     .unwrap_or_default()
             ));
             return Err(RunError::Refused {
+                step: name,
+                message,
+            });
+        }
+        if let Some((step, message)) = degraded.into_iter().next() {
+            let name = step.name();
+            let reason = status
+                .step_mut(name)
+                .and_then(|s| s.reason.clone())
+                .unwrap_or_default();
+            status.state = RunState::Degraded;
+            status.error = Some(format!("{name}: {message}"));
+            self.write_status(&mut status, &t0, true)?;
+            let line = format!(
+                "DEGRADED at {name} ({reason}): {message}; the services that do not need it run; \
+                 retrying with backoff (a new seed on the boot partition is read at the next try)"
+            );
+            // Quiet while nothing changes: the console hears of a
+            // failure once, not at every retry (the journal has each one).
+            if earlier_error.as_deref() == status.error.as_deref() {
+                self.observer
+                    .progress(&format!("nodeforge-firstboot: still {line}"));
+                self.notifier
+                    .status(&format!("nodeforge-firstboot: {line}"));
+            } else {
+                self.fail_line(&line);
+            }
+            return Err(RunError::Degraded {
                 step: name,
                 message,
             });
@@ -388,6 +458,14 @@ impl<'a> Agent<'a> {
         self.observer.summary(&line);
         self.notifier.ready(&line);
         Ok(status)
+    }
+}
+
+/// The error the last run ended with, if it ended degraded.
+fn status_error_before(root: &Path) -> Option<String> {
+    match Status::read(root) {
+        Ok(Some(s)) if s.state == RunState::Degraded => s.error,
+        _ => None,
     }
 }
 

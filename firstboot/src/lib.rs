@@ -13,6 +13,7 @@ pub mod config;
 pub mod disks;
 pub mod fsutil;
 pub mod http;
+pub mod identity;
 pub mod journal;
 pub mod notify;
 pub mod runner;
@@ -36,6 +37,12 @@ pub const SYSTEMD_UNIT_PATH: &str = "/usr/lib/systemd/system/nodeforge-firstboot
 
 /// Where the builder installs the agent binary inside the image.
 pub const BINARY_PATH: &str = "/usr/bin/nodeforge-firstboot";
+
+/// The drop-in the builder adds to tailscaled.service, at
+/// [`TAILSCALED_DROPIN_PATH`]: the identity check runs before the daemon.
+pub const TAILSCALED_DROPIN: &str = include_str!("../units/tailscaled-identity.conf");
+pub const TAILSCALED_DROPIN_PATH: &str =
+    "/etc/systemd/system/tailscaled.service.d/nodeforge-identity.conf";
 
 /// The stand-in `tailscale` CLI for tests (POSIX sh). Boot tests install
 /// it as `/usr/bin/tailscale` in images, since the real client cannot be

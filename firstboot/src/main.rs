@@ -1,5 +1,7 @@
 //! `nodeforge-firstboot [run] [--root DIR]` runs or resumes first boot;
-//! `nodeforge-firstboot status [--json] [--root DIR]` shows how it went.
+//! `nodeforge-firstboot status [--json] [--root DIR]` shows how it went;
+//! `nodeforge-firstboot identity-check [--root DIR]` runs before tailscaled
+//! (see identity.rs).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +11,7 @@ use nodeforge_firstboot::notify::Notifier;
 use nodeforge_firstboot::runner::SystemRunner;
 use nodeforge_firstboot::status::Status;
 
-const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]";
+const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]\n       nodeforge-firstboot identity-check [--root DIR]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -18,7 +20,7 @@ fn main() -> ExitCode {
     let mut json = false;
     while let Some(a) = args.next() {
         match a.as_str() {
-            "run" | "status" if cmd.is_none() => cmd = Some(a),
+            "run" | "status" | "identity-check" if cmd.is_none() => cmd = Some(a),
             "--json" => json = true,
             "--root" => match args.next() {
                 Some(r) => root = PathBuf::from(r),
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     }
     match cmd.as_deref() {
         Some("status") => status(&root, json),
+        Some("identity-check") if !json => identity_check(&root),
         _ if json => usage("--json goes with status"),
         _ => run(root),
     }
@@ -55,6 +58,29 @@ fn run(root: PathBuf) -> ExitCode {
         Err(e) => {
             eprintln!("nodeforge-firstboot: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Exits non-zero only when the tailnet state could not be moved aside:
+/// tailscaled then does not start with another machine's identity.
+fn identity_check(root: &std::path::Path) -> ExitCode {
+    match nodeforge_firstboot::identity::check(root) {
+        Ok(Some(c)) => {
+            println!(
+                "nodeforge-firstboot: this disk joined the tailnet on {} but runs on {}: its tailnet \
+                 state is moved to {}; tailscaled starts logged out and the node joins anew with a \
+                 new seed",
+                c.joined_on.describe(),
+                c.now_on.describe(),
+                c.state_moved_to
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodeforge-firstboot: identity check: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

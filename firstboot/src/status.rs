@@ -18,6 +18,9 @@ pub const PERSISTENT_STATUS_PATH: &str = "/var/lib/nodeforge/status.json";
 pub enum RunState {
     Running,
     Complete,
+    /// A step that only some things need failed (the tailnet join): the
+    /// rest ran, and the run is retried until it succeeds.
+    Degraded,
     Failed,
 }
 
@@ -195,6 +198,7 @@ impl Status {
             match self.state {
                 RunState::Running => "running",
                 RunState::Complete => "complete",
+                RunState::Degraded => "DEGRADED",
                 RunState::Failed => "FAILED",
             },
             self.role,

@@ -18,6 +18,8 @@ pub enum TailscaleError {
     Timeout(String),
     #[error("the node is logged out and the seed carries no auth key")]
     NoAuthKey,
+    #[error("this disk joined the tailnet on another machine ({0}); its tailnet state was moved aside so this machine does not pose as that node: stamp a new seed with an auth key (`nodeforge customize … --authkey-file`) and it joins as a new node")]
+    ClonedDisk(String),
     #[error("{0}")]
     Other(String),
 }
@@ -31,6 +33,7 @@ impl TailscaleError {
             TailscaleError::NoNetwork(_) => "no-network",
             TailscaleError::Timeout(_) => "timeout",
             TailscaleError::NoAuthKey => "no-auth-key",
+            TailscaleError::ClonedDisk(_) => "cloned-disk",
             TailscaleError::Other(_) => "other",
         }
     }

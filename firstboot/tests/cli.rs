@@ -268,7 +268,7 @@ fn standin_failures_get_their_reasons() {
         assert_eq!(out.status.code(), Some(1), "{key}");
         let text = stdout(&out);
         assert!(
-            text.contains(&format!("FAILED at tailscale ({reason})")) && !text.contains("tskey-"),
+            text.contains(&format!("DEGRADED at tailscale ({reason})")) && !text.contains("tskey-"),
             "{text}"
         );
         let st = n.status_json();
@@ -279,6 +279,7 @@ fn standin_failures_get_their_reasons() {
             .find(|s| s["name"] == "tailscale")
             .unwrap();
         assert_eq!(ts["reason"], reason);
+        assert_eq!(st["state"], "degraded");
         assert!(!n.path("/run/nodeforge/tailscale-authkey").exists());
     }
     let n = Node::new("tskey-auth-ok");

@@ -48,11 +48,17 @@ pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
 
     // The package's postinst enables it on a running system; in the
     // image only the links make it start at boot.
-    if ctx.plan.profile.tailscale.is_some() && !enable_unit(&ctx.rootfs, TAILSCALED_UNIT)? {
-        bail!(
-            "the profile configures a tailnet ([tailscale]) but the image has no {TAILSCALED_UNIT}: \
-             install the `tailscale` package from Tailscale's repository (profiles/node.toml does)"
-        );
+    if ctx.plan.profile.tailscale.is_some() {
+        if !enable_unit(&ctx.rootfs, TAILSCALED_UNIT)? {
+            bail!(
+                "the profile configures a tailnet ([tailscale]) but the image has no {TAILSCALED_UNIT}: \
+                 install the `tailscale` package from Tailscale's repository (profiles/node.toml does)"
+            );
+        }
+        let dropin = ctx.target(nodeforge_firstboot::TAILSCALED_DROPIN_PATH);
+        fs::create_dir_all(dropin.parent().expect("has parent"))?;
+        fs::write(&dropin, nodeforge_firstboot::TAILSCALED_DROPIN)
+            .with_context(|| format!("writing {}", dropin.display()))?;
     }
     let cfg = baked_config(&ctx.plan.profile);
     let path = ctx.target(BAKED_CONFIG_PATH);

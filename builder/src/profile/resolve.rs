@@ -44,11 +44,15 @@ pub fn load(path: &Path) -> Result<Profile, ProfileErrors> {
                 .expect("chain holds at least the profile itself")
         })
         .0;
-    let profile = merged.finish(
-        leaf,
-        chain.iter().map(|(c, _)| c.path.clone()).collect(),
-        &mut errors,
-    );
+    // Every file read, the profile itself last (its lock file sits beside
+    // it; fragments it includes come before it).
+    let mut sources: Vec<PathBuf> = chain
+        .iter()
+        .map(|(c, _)| c.path.clone())
+        .filter(|p| p != &leaf.path)
+        .collect();
+    sources.push(leaf.path.clone());
+    let profile = merged.finish(leaf, sources, &mut errors);
     match profile {
         Some(p) if errors.is_empty() => Ok(p),
         _ => Err(ProfileErrors(errors)),

@@ -1,5 +1,7 @@
-//! Tailscale's API, the two calls nodeforge needs: an OAuth client's access
-//! token, then creating (or deleting) a tagged auth key with it.
+//! Tailscale's API, the calls nodeforge needs: an OAuth client's access
+//! token, then creating (or deleting) a tagged auth key with it, and
+//! listing and deleting devices (a re-flashed machine's stale entry, so it
+//! gets its name back instead of `name-1`).
 //! Secrets (client secret, token, key) never appear in errors or Debug.
 
 use std::fmt;
@@ -39,8 +41,42 @@ pub enum ApiError {
     },
     #[error("the Tailscale API's answer to {what} is not what its documentation says: {detail}")]
     BadAnswer { what: &'static str, detail: String },
+    #[error("device {name} ({id}) is connected to the tailnet right now: a running machine has that name, so it is not removed — give --replace the name of the machine being re-flashed")]
+    DeviceOnline { name: String, id: String },
     #[error("{0}")]
     Usage(String),
+}
+
+/// A device of the tailnet, the fields `GET /api/v2/tailnet/-/devices`
+/// documents that nodeforge reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Device {
+    pub id: String,
+    /// The machine's own hostname.
+    #[serde(default)]
+    pub hostname: String,
+    /// Its MagicDNS name (`host.tailnet.ts.net`), where `-1` suffixes go.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "connectedToControl")]
+    pub connected: bool,
+}
+
+impl Device {
+    /// The name the tailnet knows it by: the first label of its MagicDNS
+    /// name, else its hostname.
+    pub fn tailnet_name(&self) -> &str {
+        self.name
+            .split('.')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.hostname)
+    }
+}
+
+#[derive(Deserialize)]
+struct DevicesAnswer {
+    devices: Vec<Device>,
 }
 
 /// An OAuth client (ID and secret) of a tailnet.
@@ -227,6 +263,70 @@ impl OAuthClient {
             key,
             expires: answer.expires,
         })
+    }
+
+    /// GET /api/v2/tailnet/-/devices.
+    pub fn devices(&self) -> Result<Vec<Device>, ApiError> {
+        let token = self.access_token()?;
+        let resp = self
+            .http
+            .get(format!("{}/api/v2/tailnet/-/devices", self.api))
+            .bearer_auth(&token)
+            .header("Accept", "application/json")
+            .send()
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(ApiError::Http {
+                what: "the device list request",
+                status: resp.status().as_u16(),
+                message: message(resp),
+            });
+        }
+        Ok(json::<DevicesAnswer>(resp, "the device list request")?.devices)
+    }
+
+    /// Removes the offline devices named `hostname` (by their tailnet name,
+    /// so an earlier `hostname-1` is left alone), through
+    /// DELETE /api/v2/device/{id}; returns those removed. A device of that
+    /// name that is online is refused: it is a running machine.
+    pub fn remove_stale_devices(&self, hostname: &str) -> Result<Vec<Device>, ApiError> {
+        let stale: Vec<Device> = self
+            .devices()?
+            .into_iter()
+            .filter(|d| d.tailnet_name() == hostname)
+            .collect();
+        if let Some(d) = stale
+            .iter()
+            .find(|d| d.id.is_empty() || !d.id.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return Err(ApiError::BadAnswer {
+                what: "the device list request",
+                detail: format!("device ID `{}` is not letters and digits", d.id),
+            });
+        }
+        if let Some(d) = stale.iter().find(|d| d.connected) {
+            return Err(ApiError::DeviceOnline {
+                name: d.tailnet_name().to_owned(),
+                id: d.id.clone(),
+            });
+        }
+        let token = self.access_token()?;
+        for d in &stale {
+            let resp = self
+                .http
+                .delete(format!("{}/api/v2/device/{}", self.api, d.id))
+                .bearer_auth(&token)
+                .send()
+                .map_err(|e| self.unreachable(e))?;
+            if !resp.status().is_success() {
+                return Err(ApiError::Http {
+                    what: "the device deletion request",
+                    status: resp.status().as_u16(),
+                    message: message(resp),
+                });
+            }
+        }
+        Ok(stale)
     }
 
     /// DELETE /api/v2/tailnet/-/keys/{id}.

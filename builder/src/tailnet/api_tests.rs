@@ -139,3 +139,41 @@ fn expiry_is_bounded_before_any_request() {
 fn form_values_are_escaped() {
     assert_eq!(form_encode("a b+c/=&"), "a+b%2Bc%2F%3D%26");
 }
+
+#[test]
+fn replacing_a_host_removes_only_its_offline_devices() {
+    let api = FakeApi::start(&["tag:core"]).unwrap();
+    api.add_device("11111", "nxcore", "nxcore", false);
+    api.add_device("22222", "nxcore", "nxcore-1", false);
+    api.add_device("33333", "datacore", "datacore", true);
+    let client = OAuthClient::new(&api.url(), CLIENT_ID, CLIENT_SECRET).unwrap();
+    let removed = client.remove_stale_devices("nxcore").unwrap();
+    assert_eq!(
+        removed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["11111"]
+    );
+    assert_eq!(api.device_ids(), ["22222", "33333"]);
+    let reqs = api.requests();
+    let paths: Vec<(&str, &str)> = reqs
+        .iter()
+        .filter(|r| !r.path.ends_with("/oauth/token"))
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("GET", "/api/v2/tailnet/-/devices"),
+            ("DELETE", "/api/v2/device/11111")
+        ]
+    );
+    // Nothing of that name: nothing removed, no error.
+    assert!(client.remove_stale_devices("ainode").unwrap().is_empty());
+    // A running machine of that name is never removed.
+    let err = client.remove_stale_devices("datacore").unwrap_err();
+    assert!(
+        matches!(&err, ApiError::DeviceOnline { id, .. } if id == "33333"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("datacore"), "{err}");
+    assert_eq!(api.device_ids(), ["22222", "33333"]);
+}

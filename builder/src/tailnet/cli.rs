@@ -58,6 +58,11 @@ pub struct MintKeyArgs {
     /// Delete the auth key with this ID instead of minting one.
     #[arg(long, value_name = "KEY_ID")]
     pub revoke: Option<String>,
+    /// Re-flashing the machine HOSTNAME: remove its stale, offline device
+    /// from the tailnet first, so the new node gets the name back instead
+    /// of HOSTNAME-1 (the OAuth client also needs the devices scope).
+    #[arg(long, value_name = "HOSTNAME", conflicts_with = "revoke")]
+    pub replace: Option<String>,
 }
 
 pub fn run(cmd: TailnetCommand) -> Result<()> {
@@ -99,6 +104,21 @@ fn mint_key(args: MintKeyArgs) -> Result<()> {
     let profile = super::find_role(&profiles, role)?;
     let tags = super::role_tags(profile)?;
     let expiry = crate::cache::parse_duration(&args.expiry)?;
+    if let Some(host) = &args.replace {
+        let removed = client.remove_stale_devices(host)?;
+        match removed.as_slice() {
+            [] => eprintln!("no device named {host} on the tailnet: nothing to replace"),
+            devices => {
+                for d in devices {
+                    eprintln!(
+                        "removed the stale device {} ({}) from the tailnet",
+                        d.tailnet_name(),
+                        d.id
+                    );
+                }
+            }
+        }
+    }
     let key = client.mint_key(&KeyRequest {
         tags: tags.clone(),
         expiry,

@@ -8,7 +8,9 @@
 //! /api/v2/tailnet/-/keys` with `Authorization: Bearer <token>` and a JSON
 //! body `{capabilities.devices.create{reusable, ephemeral, preauthorized,
 //! tags}, expirySeconds, description}`; `DELETE
-//! /api/v2/tailnet/-/keys/{id}` with the bearer token.
+//! /api/v2/tailnet/-/keys/{id}`, `GET /api/v2/tailnet/-/devices` (answer
+//! `{"devices": [{id, nodeId, hostname, name, connectedToControl, tags}]}`)
+//! and `DELETE /api/v2/device/{id}`, each with the bearer token.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -39,6 +41,8 @@ struct State {
     requests: Vec<Request>,
     /// Keys minted and not deleted: id → key.
     keys: BTreeMap<String, String>,
+    /// The tailnet's devices: id → the device's JSON.
+    devices: BTreeMap<String, Value>,
     next: u32,
 }
 
@@ -81,6 +85,26 @@ impl FakeApi {
     }
 
     /// Keys minted and not revoked: id → key.
+    /// Puts a device on the tailnet: `name` is its MagicDNS name's first
+    /// label (`host`, `host-1`), `online` whether it is connected now.
+    pub fn add_device(&self, id: &str, hostname: &str, name: &str, online: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.devices.insert(
+            id.into(),
+            json!({
+                "id": id, "nodeId": format!("n{id}CNTRL"), "hostname": hostname,
+                "name": format!("{name}.tail79107c.ts.net"), "connectedToControl": online,
+                "tags": ["tag:core"],
+            }),
+        );
+    }
+
+    /// The devices' IDs.
+    pub fn device_ids(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.devices.keys().cloned().collect()
+    }
+
     pub fn live_keys(&self) -> BTreeMap<String, String> {
         self.state.lock().expect("state lock").keys.clone()
     }
@@ -253,6 +277,25 @@ fn answer(req: &Request, st: &mut State, permitted: &[String]) -> (u16, Value) {
             }
             let id = &p["/api/v2/tailnet/-/keys/".len()..];
             match st.keys.remove(id) {
+                Some(_) => (200, json!({})),
+                None => (404, json!({"message": "not found"})),
+            }
+        }
+        ("GET", "/api/v2/tailnet/-/devices") => {
+            if !bearer_ok {
+                return (401, json!({"message": "API token invalid"}));
+            }
+            (
+                200,
+                json!({ "devices": st.devices.values().collect::<Vec<_>>() }),
+            )
+        }
+        ("DELETE", p) if p.starts_with("/api/v2/device/") => {
+            if !bearer_ok {
+                return (401, json!({"message": "API token invalid"}));
+            }
+            let id = &p["/api/v2/device/".len()..];
+            match st.devices.remove(id) {
                 Some(_) => (200, json!({})),
                 None => (404, json!({"message": "not found"})),
             }

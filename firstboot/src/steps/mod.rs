@@ -95,23 +95,33 @@ impl Step {
     }
 
     /// Must this step wait while `failed` stays failed? After a
-    /// [`Refusal`] the agent runs the steps that do not: the node joins
-    /// the tailnet so it can be fixed, but no stack starts writing where
-    /// its data disk should be mounted.
+    /// [`Refusal`] or a failure that [`Step::degrades`], the agent runs
+    /// the steps that do not: the node joins the tailnet so it can be
+    /// fixed, but no stack starts writing where its data disk should be
+    /// mounted; without the tailnet the stacks start all the same.
     pub fn waits_for(self, failed: Step) -> bool {
         match self {
             Step::Complete => true,
             Step::Containers => failed == Step::Storage,
+            // No join without a network.
+            Step::Tailscale => failed == Step::Network,
+            // The auth key stays until a join has used it: the retry needs it.
+            Step::ScrubSecrets => matches!(failed, Step::Network | Step::Tailscale),
             Step::Hostname
             | Step::GrowRoot
             | Step::Storage
             | Step::SshHostKeys
             | Step::AuthorizedKeys
             | Step::StackSecrets
-            | Step::Network
-            | Step::Tailscale
-            | Step::ScrubSecrets => false,
+            | Step::Network => false,
         }
+    }
+
+    /// Does a failure here leave the node useful? Then the steps that do
+    /// not wait for it run (the stacks start, SSH and the console work),
+    /// the run ends degraded, and systemd retries it with backoff.
+    pub fn degrades(self) -> bool {
+        matches!(self, Step::Network | Step::Tailscale)
     }
 }
 

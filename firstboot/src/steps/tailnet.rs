@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use super::{Ctx, Outcome};
 use crate::fsutil::{atomic_write, read_optional, shred_and_remove, under};
+use crate::identity;
 use crate::runner::Cmd;
 use crate::tailscale::{self, TailscaleError, TsState, TsStatus};
 
@@ -32,6 +33,9 @@ pub fn join(ctx: &mut Ctx<'_>) -> Result<Outcome> {
                     .arg("set")
                     .arg(format!("--hostname={host}")),
             )?;
+            if !identity::recorded(ctx.root) {
+                identity::record(ctx.root)?;
+            }
             ctx.notes.tailscale_ip = Some(ip.clone());
             return Ok(Outcome::Skipped(format!("already on the tailnet as {ip}")));
         }
@@ -49,11 +53,19 @@ pub fn join(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         TsState::LoggedOut => {}
     }
 
-    let key = ctx
-        .seed
-        .tailscale_auth_key
-        .as_ref()
-        .ok_or(TailscaleError::NoAuthKey)?;
+    let cloned = identity::cloned(ctx.root)?;
+    let key = match (&ctx.seed.tailscale_auth_key, &cloned) {
+        (Some(k), _) => k,
+        (None, Some(c)) => {
+            return Err(TailscaleError::ClonedDisk(format!(
+                "joined on {}, now on {}",
+                c.joined_on.describe(),
+                c.now_on.describe()
+            ))
+            .into())
+        }
+        (None, None) => return Err(TailscaleError::NoAuthKey.into()),
+    };
     let key_path = under(ctx.root, AUTHKEY_RUN_PATH);
     ensure_memory_backed(ctx)?;
     atomic_write(&key_path, key.expose().as_bytes(), 0o600)
@@ -81,6 +93,7 @@ pub fn join(ctx: &mut Ctx<'_>) -> Result<Outcome> {
 
     match settled_status(ctx)?.state() {
         TsState::Joined(ip) => {
+            identity::record(ctx.root)?;
             ctx.notes.tailscale_ip = Some(ip.clone());
             let tags = if tags.is_empty() {
                 "no tags".to_string()

@@ -1,0 +1,127 @@
+//! Clone-safe identity on the fake machine: a disk that joined on one
+//! machine, booted in another (another SMBIOS UUID and NIC), has its
+//! tailnet state moved aside before tailscaled starts, reports
+//! `cloned-disk` until a new seed arrives, then joins as a new node.
+
+mod common;
+
+use common::{seed_text, Machine, AUTH_KEY};
+use nodeforge_firstboot::identity::{self, Identity, CLONED_PATH, IDENTITY_PATH};
+use nodeforge_firstboot::status::{RunState, StepState};
+
+const UUID_A: &str = "4c4c4544-0042-3510-8052-b4c04f564433";
+const UUID_B: &str = "4c4c4544-0042-3510-8052-b4c04f56ffff";
+
+/// Puts this machine's identity into the fake /sys.
+fn machine_is(m: &Machine, uuid: &str, mac: &str) {
+    m.write("/sys/class/dmi/id/product_uuid", &format!("{uuid}\n"));
+    m.write("/sys/class/net/enp1s0/address", &format!("{mac}\n"));
+    m.write("/sys/class/net/enp1s0/addr_assign_type", "0\n");
+    m.write("/sys/class/net/enp1s0/device/vendor", "0x1af4\n");
+    // Virtual links never count.
+    m.write("/sys/class/net/docker0/address", "02:42:00:00:00:01\n");
+    m.write("/sys/class/net/docker0/addr_assign_type", "3\n");
+}
+
+fn step_state(m: &Machine, name: &str) -> (StepState, Option<String>) {
+    let st = m.status();
+    let s = st.steps.iter().find(|s| s.name == name).unwrap();
+    (s.state, s.reason.clone())
+}
+
+#[test]
+fn identity_reads_the_uuid_and_physical_nics_only() {
+    let m = Machine::new();
+    machine_is(&m, UUID_A, "52:54:00:AA:BB:01");
+    let id = Identity::current(m.root());
+    assert_eq!(id.product_uuid.as_deref(), Some(UUID_A));
+    assert_eq!(id.macs, ["52:54:00:aa:bb:01"]);
+    // Firmware placeholders are no identity; then the NICs decide.
+    m.write(
+        "/sys/class/dmi/id/product_uuid",
+        "03000200-0400-0500-0006-000700080009\n",
+    );
+    let mut other = Identity::current(m.root());
+    assert_eq!(other.product_uuid, None);
+    assert_eq!(id.same_machine(&other), Some(true));
+    other.macs = vec!["52:54:00:cc:dd:02".into()];
+    assert_eq!(id.same_machine(&other), Some(false));
+    assert_eq!(Identity::default().same_machine(&Identity::default()), None);
+}
+
+#[test]
+fn a_cloned_disk_does_not_pose_as_the_node_and_joins_anew_with_a_new_seed() {
+    let m = Machine::new();
+    machine_is(&m, UUID_A, "52:54:00:aa:bb:01");
+    assert_eq!(m.boot().unwrap().unwrap().state, RunState::Complete);
+    assert!(
+        m.read(IDENTITY_PATH).contains(UUID_A),
+        "identity recorded at the join"
+    );
+    assert!(
+        !m.read("/boot/efi/nodeforge-seed.toml").contains("tskey-"),
+        "key scrubbed"
+    );
+    // tailscaled's state of the joined node.
+    m.write(
+        "/var/lib/tailscale/tailscaled.state",
+        "{\"nodekey\":\"nodekey:old\"}\n",
+    );
+
+    // The same machine again: nothing moves.
+    assert!(identity::check(m.root()).unwrap().is_none());
+    assert!(m.path("/var/lib/tailscale/tailscaled.state").exists());
+
+    // The disk copied into another machine.
+    machine_is(&m, UUID_B, "52:54:00:cc:dd:02");
+    let c = identity::check(m.root())
+        .unwrap()
+        .expect("a clone is found");
+    assert_eq!(c.joined_on.product_uuid.as_deref(), Some(UUID_A));
+    assert_eq!(c.now_on.product_uuid.as_deref(), Some(UUID_B));
+    assert!(
+        !m.path("/var/lib/tailscale/tailscaled.state").exists(),
+        "old state still in place"
+    );
+    assert!(
+        m.read(&format!("{}/tailscaled.state", c.state_moved_to))
+            .contains("nodekey:old"),
+        "kept aside"
+    );
+    assert!(m.path(CLONED_PATH).exists());
+    // tailscaled then starts without state: logged out.
+    m.world.borrow_mut().ts_backend = "NeedsLogin".into();
+
+    // No key left (the seed was scrubbed after the first join).
+    let joins = m.world.borrow().joins;
+    assert!(m.boot().unwrap().is_err());
+    assert_eq!(m.status().state, RunState::Degraded);
+    assert_eq!(
+        step_state(&m, "tailscale"),
+        (StepState::Failed, Some("cloned-disk".into()))
+    );
+    let console = m.summaries.borrow().join("\n");
+    assert!(
+        console.contains("cloned-disk") && console.contains("new seed"),
+        "{console}"
+    );
+    assert_eq!(m.world.borrow().joins, joins, "no join without a new key");
+
+    // A new seed: the node joins as a new node and records where.
+    m.write("/boot/efi/nodeforge-seed.toml", &seed_text(AUTH_KEY));
+    assert_eq!(m.boot().unwrap().unwrap().state, RunState::Complete);
+    assert_eq!(m.world.borrow().joins, joins + 1);
+    assert!(m.read(IDENTITY_PATH).contains(UUID_B));
+    assert!(!m.path(CLONED_PATH).exists());
+    assert!(identity::check(m.root()).unwrap().is_none());
+}
+
+#[test]
+fn an_unknown_identity_never_moves_anything() {
+    let m = Machine::new();
+    assert_eq!(m.boot().unwrap().unwrap().state, RunState::Complete);
+    m.write("/var/lib/tailscale/tailscaled.state", "{}\n");
+    // No UUID, no NICs, recorded or now: cannot tell, so nothing happens.
+    assert!(identity::check(m.root()).unwrap().is_none());
+    assert!(m.path("/var/lib/tailscale/tailscaled.state").exists());
+}
