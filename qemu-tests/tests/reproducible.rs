@@ -15,6 +15,9 @@ fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
     // Base plus busybox-static, written as a disk image and as netboot
     // files, so both kinds of output are compared.
     let profile = workspace_root().join("qemu-tests/profiles/netboot.toml");
+    // Its Tailscale repository is the tests' local one (build_profile
+    // writes it for the other tests; this one builds through the library).
+    qemu_tests::test_apt::ensure().unwrap_or_else(|e| panic!("{e:#}"));
     let plan = Plan::load(&profile).unwrap();
     let scratch = tempfile::tempdir_in(workspace_root().join("target")).unwrap();
     let opts = BuildOptions {
