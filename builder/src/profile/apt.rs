@@ -144,16 +144,7 @@ fn repository(
         ));
         return None;
     };
-    let Some(fpr) = openpgp::normalize_fingerprint(declared.get_ref()) else {
-        errors.push(ctx.error_at(
-            declared,
-            format!(
-                "repository `{name}`: fingerprint `{}` is not 40 hex digits",
-                declared.get_ref()
-            ),
-        ));
-        return None;
-    };
+    let fpr = declared_fingerprint(ctx, name, declared, errors)?;
     if found != [fpr.clone()] {
         let msg = if found.contains(&fpr) {
             format!(
@@ -212,16 +203,7 @@ fn key_from_url(
         ));
         return None;
     };
-    let Some(fpr) = openpgp::normalize_fingerprint(declared.get_ref()) else {
-        errors.push(ctx.error_at(
-            declared,
-            format!(
-                "repository `{name}`: fingerprint `{}` is not 40 hex digits",
-                declared.get_ref()
-            ),
-        ));
-        return None;
-    };
+    let fpr = declared_fingerprint(ctx, name, declared, errors)?;
     (errors.len() == before).then(|| AptRepository {
         name: name.to_owned(),
         url: url.trim_end_matches('/').to_owned(),
@@ -254,6 +236,26 @@ fn resolve_url(ctx: &FileCtx, url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The declared fingerprint, normalized; an error at its line otherwise.
+fn declared_fingerprint(
+    ctx: &FileCtx,
+    name: &str,
+    declared: &Spanned<String>,
+    errors: &mut Vec<ProfileError>,
+) -> Option<String> {
+    let fpr = openpgp::normalize_fingerprint(declared.get_ref());
+    if fpr.is_none() {
+        errors.push(ctx.error_at(
+            declared,
+            format!(
+                "repository `{name}`: fingerprint `{}` is not 40 hex digits",
+                declared.get_ref()
+            ),
+        ));
+    }
+    fpr
 }
 
 fn valid_name(n: &str) -> bool {
