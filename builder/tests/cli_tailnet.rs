@@ -171,6 +171,42 @@ fn unknown_tag_in_a_rule_names_the_profile() {
     );
 }
 
+/// A role that routes a subnet ([tailnet.routes] in the fleet's table)
+/// gets it approved for its tags; a malformed route is located.
+#[test]
+fn routed_subnets_are_auto_approved_for_the_routing_role() {
+    let p = aerovista();
+    let base = std::fs::read_to_string(p.path("profiles/base.toml")).unwrap();
+    p.write(
+        "profiles/base.toml",
+        &format!("{base}\n[tailnet]\ndomain = \"tail1.ts.net\"\n[tailnet.routes]\nsentinel = [\"192.168.1.0/24\"]\n"),
+    );
+    p.write(
+        "profiles/sentinel.toml",
+        "extends = \"base.toml\"\nname = \"sentinel\"\n[tailscale]\ntags = [\"tag:edge\"]\nfleet = \"aerovista\"\n",
+    );
+    let out = p.nodeforge(&["tailnet", "policy", "profiles", "-o", "policy.hujson"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy = Policy::parse(&std::fs::read_to_string(p.path("policy.hujson")).unwrap()).unwrap();
+    assert_eq!(
+        policy.auto_approvers.routes,
+        [("192.168.1.0/24".to_owned(), vec!["tag:edge".to_owned()])].into()
+    );
+
+    p.write(
+        "profiles/base.toml",
+        &format!("{base}\n[tailnet]\ndomain = \"tail1.ts.net\"\n[tailnet.routes]\nsentinel = [\"192.168.1.1/24\"]\n"),
+    );
+    let out = p.nodeforge(&["check", "profiles/sentinel.toml"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("profiles/base.toml:")
+            && err.contains("route `192.168.1.1/24` has host bits set"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_rules_are_located_in_the_profile() {
     let p = Project::new();

@@ -54,6 +54,15 @@ pub struct TailscaleConfig {
     /// Bound on `tailscale up`, in seconds.
     #[serde(default = "default_tailscale_timeout")]
     pub timeout_secs: u64,
+    /// `--accept-routes`: use the subnets the tailnet's routers advertise.
+    #[serde(default)]
+    pub accept_routes: bool,
+    /// `--ssh`: Tailscale SSH.
+    #[serde(default)]
+    pub ssh: bool,
+    /// `--advertise-routes`: subnets this node routes for the tailnet.
+    #[serde(default)]
+    pub advertise_routes: Vec<String>,
 }
 
 fn default_tailscale_timeout() -> u64 {
@@ -253,6 +262,9 @@ mod tests {
             tailscale: Some(TailscaleConfig {
                 tags: vec!["tag:core".into()],
                 timeout_secs: 30,
+                accept_routes: true,
+                ssh: false,
+                advertise_routes: vec!["192.168.1.0/24".into()],
             }),
             seed_paths: default_seed_paths(),
             network_timeout_secs: 5,

@@ -65,13 +65,7 @@ fn fresh_machine_runs_every_step() {
         format!("{SSH_KEY}\n")
     );
     // joined once with the key as a file, hostname and merged tags
-    let up: Vec<String> = m
-        .calls
-        .borrow()
-        .iter()
-        .filter(|c| c.starts_with("tailscale up"))
-        .cloned()
-        .collect();
+    let up = m.calls_with("tailscale up");
     assert_eq!(up.len(), 1);
     let key_file = m.path("/run/nodeforge/tailscale-authkey");
     assert_eq!(
@@ -149,6 +143,31 @@ fn later_boots_confirm_quickly_and_run_nothing() {
         Journal::load(m.root()).unwrap().runs,
         1,
         "completed boots write nothing"
+    );
+}
+
+/// The fleet's tailnet settings ([tailnet] in the profiles) reach `up`:
+/// `--reset` would turn off whatever is not given, so each is given.
+#[test]
+fn the_fleets_route_and_ssh_settings_are_given_to_up() {
+    let m = Machine::new();
+    write(
+        m.root(),
+        "/etc/nodeforge/firstboot.toml",
+        &format!(
+            "{BAKED}accept_routes = true\nssh = true\nadvertise_routes = [\"192.168.1.0/24\", \"10.9.0.0/16\"]\n"
+        ),
+    );
+    m.boot().unwrap().unwrap();
+    let up = m.calls_with("tailscale up");
+    assert_eq!(up.len(), 1);
+    assert!(
+        up[0].ends_with(
+            "--advertise-tags=tag:core,tag:lab --accept-routes --ssh \
+             --advertise-routes=192.168.1.0/24,10.9.0.0/16 --timeout=45s"
+        ),
+        "{}",
+        up[0]
     );
 }
 

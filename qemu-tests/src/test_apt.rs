@@ -3,8 +3,10 @@
 //! profiles/node.toml at it (qemu-tests/profiles/fragments/tailscale-test-repo.toml),
 //! so a test image is built as a user's is, with a package of the real
 //! name, version scheme, paths and unit, for amd64 and arm64. The CLI is
-//! firstboot/testdata/tailscale-standin; the daemon and unit are in
-//! qemu-tests/standins/tailscale.
+//! firstboot/testdata/tailscale-standin; the daemon, its MagicDNS
+//! resolver and the unit are in qemu-tests/standins/tailscale. The
+//! package also carries the stand-in control server's netmap ([`netmap`]):
+//! the fleet's MagicDNS suffix and every role's node, from the profiles.
 //!
 //! Laid out like the real one (dists/trixie/main/binary-ARCH, pool/),
 //! its Release signed inline (InRelease) with the committed test key
@@ -56,10 +58,39 @@ pub fn ensure() -> Result<PathBuf> {
     Ok(repo)
 }
 
+/// The stand-in control server's view of the tailnet: the MagicDNS
+/// suffix of profiles/node.toml's `[tailnet]` and a 100.64.0.x address for
+/// each role of its fleet (in name order, from .11), as lines
+/// `suffix DOMAIN` and `peer HOSTNAME ADDRESS`.
+pub fn netmap() -> Result<String> {
+    let node = workspace_root().join("profiles/node.toml");
+    let p =
+        nodeforge::profile::load(&node).with_context(|| format!("loading {}", node.display()))?;
+    let domain = p
+        .tailnet
+        .domain
+        .as_deref()
+        .with_context(|| format!("{} declares no [tailnet] domain", node.display()))?;
+    let mut text = format!("suffix {domain}\n");
+    for (i, m) in p.fleet.iter().filter(|m| m.role != p.role).enumerate() {
+        text.push_str(&format!("peer {} 100.64.0.{}\n", m.hostname, 11 + i));
+    }
+    Ok(text)
+}
+
+/// The address the netmap gives `hostname`.
+pub fn peer_address(hostname: &str) -> Option<String> {
+    netmap().ok()?.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("peer") && w.next() == Some(hostname))
+            .then(|| w.next().map(str::to_owned))?
+    })
+}
+
 /// The package's files by content, so an edit of a stand-in rebuilds it.
 fn source_hash() -> Result<String> {
-    let mut all = Vec::new();
-    for name in ["tailscaled", "tailscaled.service", "default"] {
+    let mut all = netmap()?.into_bytes();
+    for name in ["tailscaled", "tailscaled.service", "default", "magicdns"] {
         let p = standins().join(name);
         all.extend(fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
     }
@@ -115,7 +146,7 @@ fn write(repo: &Path) -> Result<()> {
 
 /// The package tree for `arch` under `root`, built into `deb`.
 fn build_deb(root: &Path, arch: &str, deb: &Path) -> Result<()> {
-    let files: [(&str, Vec<u8>, u32); 4] = [
+    let files: [(&str, Vec<u8>, u32); 6] = [
         (
             "usr/bin/tailscale",
             nodeforge_firstboot::TAILSCALE_STANDIN.as_bytes().to_vec(),
@@ -134,6 +165,16 @@ fn build_deb(root: &Path, arch: &str, deb: &Path) -> Result<()> {
         (
             "etc/default/tailscaled",
             fs::read(standins().join("default"))?,
+            0o644,
+        ),
+        (
+            "usr/lib/tailscale-standin/magicdns",
+            fs::read(standins().join("magicdns"))?,
+            0o755,
+        ),
+        (
+            "usr/share/tailscale-standin/netmap",
+            netmap()?.into_bytes(),
             0o644,
         ),
     ];
@@ -212,6 +253,8 @@ mod tests {
                 "./usr/bin/tailscale",
                 "./usr/sbin/tailscaled",
                 "./usr/lib/systemd/system/tailscaled.service",
+                "./usr/lib/tailscale-standin/magicdns",
+                "./usr/share/tailscale-standin/netmap",
                 "./var/lib/tailscale/",
             ] {
                 assert!(
@@ -230,6 +273,30 @@ mod tests {
         assert!(
             !ok || !out.contains(VERSION),
             "accepted with another key:\n{out}"
+        );
+    }
+
+    /// The netmap names the fleet's suffix and every other role's node by
+    /// the hostnames the profiles give them.
+    #[test]
+    fn the_netmap_is_the_fleet_of_the_profiles() {
+        let map = netmap().unwrap();
+        assert!(map.starts_with("suffix tail79107c.ts.net\n"), "{map}");
+        for host in [
+            "nxcore",
+            "datacore",
+            "ainode",
+            "media",
+            "sentinel",
+            "workspace",
+        ] {
+            let ip = peer_address(host).unwrap_or_else(|| panic!("{host} missing:\n{map}"));
+            assert!(ip.starts_with("100.64.0."), "{ip}");
+        }
+        assert_eq!(
+            peer_address("zentoria"),
+            None,
+            "another fleet's node: {map}"
         );
     }
 

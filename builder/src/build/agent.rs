@@ -81,6 +81,9 @@ pub fn baked_config(p: &Profile) -> BakedConfig {
         tailscale: p.tailscale.as_ref().map(|t| TailscaleConfig {
             tags: t.tags.clone(),
             timeout_secs: t.timeout_secs,
+            accept_routes: p.tailnet.accept_routes,
+            ssh: p.tailnet.ssh,
+            advertise_routes: p.advertised_routes(),
         }),
         storage: p.storage.clone(),
         ..BakedConfig::new(&p.name, &p.role, &p.hostname)

@@ -40,6 +40,8 @@ pub struct ProfileFile {
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,
     pub tailscale: Option<TailscaleFile>,
+    /// The fleet's tailnet settings (declared once, in profiles/node.toml).
+    pub tailnet: Option<TailnetFile>,
     /// Compose stacks baked into the image with their container images.
     #[serde(default)]
     pub stacks: Vec<StackFile>,
@@ -228,6 +230,27 @@ pub struct TailscaleFile {
     /// Who may reach this role's nodes.
     #[serde(default)]
     pub accept: Vec<AcceptFile>,
+}
+
+/// `[tailnet]`: settings of the whole fleet's tailnet, in one place; what
+/// is derived from them (MagicDNS names, the Loki URL, scrape targets) is
+/// computed from this table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailnetFile {
+    /// The tailnet's MagicDNS suffix (`tail79107c.ts.net`).
+    pub domain: Option<Spanned<String>>,
+    /// The role whose node serves the fleet (its Loki, Prometheus and
+    /// Traefik): its hostname and MagicDNS name are looked up, not written.
+    pub gateway: Option<Spanned<String>>,
+    /// `tailscale up --accept-routes`: use the subnets other nodes route.
+    pub accept_routes: Option<bool>,
+    /// `tailscale up --ssh`: Tailscale SSH on every node.
+    pub ssh: Option<bool>,
+    /// Role → the subnets its nodes route for the tailnet
+    /// (`--advertise-routes`).
+    #[serde(default)]
+    pub routes: BTreeMap<String, Vec<Spanned<String>>>,
 }
 
 /// `[[tailscale.allow]]`: this role's tags reach `to` on `ports`.

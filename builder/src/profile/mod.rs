@@ -4,6 +4,7 @@
 mod apt;
 pub mod error;
 mod file;
+pub mod members;
 mod resolve;
 pub mod size;
 mod storage;
@@ -17,7 +18,7 @@ use serde::Serialize;
 
 pub use error::{ProfileError, ProfileErrors};
 pub use file::{Arch, Firmware, InitramfsKind, OutputFormat, RpiFile};
-pub use resolve::load;
+pub use members::load;
 pub use size::ByteSize;
 
 /// Packages every image needs for nodeforge's own boot path, whatever the
@@ -46,9 +47,44 @@ pub struct Profile {
     pub outputs: Vec<OutputFormat>,
     pub vars: BTreeMap<String, serde_json::Value>,
     pub tailscale: Option<Tailscale>,
+    /// The fleet's tailnet settings (`[tailnet]`).
+    pub tailnet: Tailnet,
+    /// The roles of this profile's fleet, itself included: the profiles
+    /// beside the file that declares `[tailnet]` whose `[tailscale]` names
+    /// the same fleet (see [`members`]).
+    pub fleet: Vec<FleetMember>,
     pub stacks: Vec<Stack>,
     /// Data disk rules the first-boot agent applies.
     pub storage: Vec<nodeforge_firstboot::config::StorageRule>,
+}
+
+/// `[tailnet]`, merged: the fleet's tailnet settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tailnet {
+    /// MagicDNS suffix; a node is `<hostname>.<domain>`.
+    pub domain: Option<String>,
+    /// The role whose node serves the fleet (Loki, Prometheus, Traefik).
+    pub gateway: Option<String>,
+    pub accept_routes: bool,
+    pub ssh: bool,
+    /// Role → subnets its nodes advertise.
+    pub routes: BTreeMap<String, Vec<String>>,
+    /// The file that declared `domain`: the fleet's profiles sit beside it.
+    #[serde(skip)]
+    pub declared_in: Option<PathBuf>,
+}
+
+/// One role of the fleet, as the other roles' templates see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FleetMember {
+    pub name: String,
+    pub role: String,
+    pub hostname: String,
+    /// `<hostname>.<domain>` when the fleet has a MagicDNS domain.
+    pub fqdn: Option<String>,
+    pub tags: Vec<String>,
+    /// It runs the host's node_exporter (port 9100).
+    pub node_exporter: bool,
 }
 
 /// Packages an image with stacks needs (trixie's names: the engine, its
@@ -190,6 +226,21 @@ pub struct TailnetAccept {
 }
 
 impl Profile {
+    /// The subnets this role's nodes advertise (`[tailnet.routes]`).
+    pub fn advertised_routes(&self) -> Vec<String> {
+        self.tailnet
+            .routes
+            .get(&self.role)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The fleet member that serves the fleet (`[tailnet] gateway`).
+    pub fn gateway(&self) -> Option<&FleetMember> {
+        let role = self.tailnet.gateway.as_ref()?;
+        self.fleet.iter().find(|m| &m.role == role)
+    }
+
     /// Every package the rootfs gets: required, hardware, then profile,
     /// sorted and without repeats (so the set, not the order of the
     /// profile's lists, shapes the rootfs).
@@ -219,6 +270,14 @@ impl Profile {
             "users": self.users.iter().map(|u| &u.name).collect::<Vec<_>>(),
             "tailscale_tags": self.tailscale.as_ref().map(|t| t.tags.clone()).unwrap_or_default(),
             "vars": self.vars,
+            "tailnet": {
+                "domain": self.tailnet.domain,
+                "accept_routes": self.tailnet.accept_routes,
+                "ssh": self.tailnet.ssh,
+                "routes": self.advertised_routes(),
+                "gateway": self.gateway(),
+            },
+            "fleet": self.fleet,
         })
     }
 }

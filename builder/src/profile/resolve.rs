@@ -24,9 +24,10 @@ const DEFAULT_TAILSCALE_TIMEOUT: u64 = 60;
 /// An extends chain longer than this is a mistake, not a design.
 const MAX_CHAIN: usize = 16;
 
-/// Loads `path`, follows its `extends` chain, merges and validates it.
-/// All problems found are reported together, each naming file and line.
-pub fn load(path: &Path) -> Result<Profile, ProfileErrors> {
+/// Loads `path`, follows its `extends` chain, merges and validates it,
+/// without its fleet (see [`super::members::load`]). All problems found are
+/// reported together, each naming file and line.
+pub fn load_alone(path: &Path) -> Result<Profile, ProfileErrors> {
     let chain = read_chain(path).map_err(|e| ProfileErrors(vec![e]))?;
     let mut errors = Vec::new();
     let mut merged = Merged::default();
@@ -163,6 +164,7 @@ struct Merged {
     outputs: Option<Vec<OutputFormat>>,
     vars: BTreeMap<String, serde_json::Value>,
     tailscale: Option<super::Tailscale>,
+    tailnet: super::Tailnet,
     stacks: Vec<Stack>,
     storage: Vec<nodeforge_firstboot::config::StorageRule>,
 }
@@ -260,6 +262,9 @@ impl Merged {
                 DEFAULT_TAILSCALE_TIMEOUT,
                 errors,
             ));
+        }
+        if let Some(t) = &f.tailnet {
+            tailnet::settings(ctx, t, &mut self.tailnet, errors);
         }
         storage::merge(ctx, &f.storage, &mut self.storage, errors);
         for x in &f.exclude_stacks {
@@ -419,6 +424,8 @@ impl Merged {
             outputs: self.outputs.unwrap_or_else(|| vec![OutputFormat::Raw]),
             vars: self.vars,
             tailscale: self.tailscale,
+            tailnet: self.tailnet,
+            fleet: Vec::new(),
             stacks: self.stacks,
             storage: self.storage,
         })

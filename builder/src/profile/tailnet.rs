@@ -1,12 +1,109 @@
 //! The `[tailscale]` table: the role's tags, and the tailnet access rules
-//! the policy file is generated from.
+//! the policy file is generated from; and `[tailnet]`, the fleet's
+//! settings.
+
+use std::net::IpAddr;
 
 use toml::Spanned;
 
 use super::error::ProfileError;
-use super::file::TailscaleFile;
+use super::file::{TailnetFile, TailscaleFile};
 use super::validate::{self, FileCtx};
-use super::{TailnetAccept, TailnetAllow, Tailscale};
+use super::{Tailnet, TailnetAccept, TailnetAllow, Tailscale};
+
+/// Merges a file's `[tailnet]` over what the files before it set.
+pub fn settings(
+    ctx: &FileCtx,
+    t: &TailnetFile,
+    into: &mut Tailnet,
+    errors: &mut Vec<ProfileError>,
+) {
+    if let Some(d) = &t.domain {
+        match domain(d.get_ref()) {
+            Ok(()) => {
+                into.domain = Some(d.get_ref().clone());
+                into.declared_in = Some(ctx.path.clone());
+            }
+            Err(msg) => errors.push(ctx.error_at(d, msg)),
+        }
+    }
+    if let Some(g) = &t.gateway {
+        if g.get_ref().is_empty() {
+            errors.push(ctx.error_at(g, "[tailnet] gateway names a role, e.g. \"core\""));
+        } else {
+            into.gateway = Some(g.get_ref().clone());
+        }
+    }
+    if let Some(v) = t.accept_routes {
+        into.accept_routes = v;
+    }
+    if let Some(v) = t.ssh {
+        into.ssh = v;
+    }
+    for (role, list) in &t.routes {
+        let mut subnets = Vec::new();
+        for r in list {
+            match subnet(r.get_ref()) {
+                Ok(()) => subnets.push(r.get_ref().clone()),
+                Err(msg) => errors.push(ctx.error_at(r, format!("[tailnet.routes] {role}: {msg}"))),
+            }
+        }
+        into.routes.insert(role.clone(), subnets);
+    }
+}
+
+/// A MagicDNS suffix: lowercase DNS labels, at least two.
+fn domain(d: &str) -> Result<(), String> {
+    let labels: Vec<&str> = d.split('.').collect();
+    let ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "tailnet domain `{d}` is not a DNS name (lowercase labels joined by dots, e.g. tail1234.ts.net; \
+             the admin console's DNS page shows it)"
+        ))
+    }
+}
+
+/// A subnet route as `tailscale up --advertise-routes` takes it: an
+/// address with a prefix length and no host bits set.
+pub(super) fn subnet(s: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "route `{s}` {why} (write a network such as 192.168.1.0/24)"
+        ))
+    };
+    let Some((addr, len)) = s.split_once('/') else {
+        return bad("has no prefix length");
+    };
+    let Ok(addr) = addr.parse::<IpAddr>() else {
+        return bad("does not start with an IP address");
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let Ok(len) = len.parse::<u32>() else {
+        return bad("has a prefix length that is not a number");
+    };
+    if len > max {
+        return bad("has a prefix length longer than the address");
+    }
+    let host_bits = match addr {
+        IpAddr::V4(a) => u32::from(a).checked_shl(len).unwrap_or(0) != 0,
+        IpAddr::V6(a) => u128::from(a).checked_shl(len).unwrap_or(0) != 0,
+    };
+    if host_bits {
+        return bad("has host bits set");
+    }
+    Ok(())
+}
 
 /// Owner of a role's tags when the profile names none: the tailnet's admins,
 /// as the seed's policy has it.
@@ -160,6 +257,31 @@ fn owner(o: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnets() {
+        assert!(subnet("192.168.1.0/24").is_ok());
+        assert!(subnet("10.0.0.0/8").is_ok());
+        assert!(subnet("fd00::/64").is_ok());
+        assert!(subnet("192.168.1.1/24").unwrap_err().contains("host bits"));
+        assert!(subnet("192.168.1.0").unwrap_err().contains("prefix length"));
+        assert!(subnet("192.168.1.0/33")
+            .unwrap_err()
+            .contains("longer than the address"));
+        assert!(subnet("lan/24")
+            .unwrap_err()
+            .contains("does not start with an IP address"));
+    }
+
+    #[test]
+    fn domains() {
+        assert!(domain("tail79107c.ts.net").is_ok());
+        assert!(domain("ts.net").is_ok());
+        for bad in ["localhost", "Tail.ts.net", "a..net"] {
+            let e = domain(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}` is not a DNS name")), "{e}");
+        }
+    }
 
     #[test]
     fn owners() {

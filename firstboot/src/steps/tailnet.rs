@@ -80,6 +80,20 @@ pub fn join(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     if !tags.is_empty() {
         cmd = cmd.arg(format!("--advertise-tags={}", tags.join(",")));
     }
+    // `--reset` puts every setting not given back to its default (off):
+    // the fleet's settings are given each time.
+    if tcfg.accept_routes {
+        cmd = cmd.arg("--accept-routes");
+    }
+    if tcfg.ssh {
+        cmd = cmd.arg("--ssh");
+    }
+    if !tcfg.advertise_routes.is_empty() {
+        cmd = cmd.arg(format!(
+            "--advertise-routes={}",
+            tcfg.advertise_routes.join(",")
+        ));
+    }
     cmd = cmd
         .arg(format!("--timeout={}s", tcfg.timeout_secs))
         .timeout(Duration::from_secs(tcfg.timeout_secs + 30));

@@ -286,11 +286,17 @@ impl Machine {
     }
 
     pub fn calls_starting(&self, prefix: &str) -> usize {
+        self.calls_with(prefix).len()
+    }
+
+    /// The recorded calls that start with `prefix`, in order.
+    pub fn calls_with(&self, prefix: &str) -> Vec<String> {
         self.calls
             .borrow()
             .iter()
             .filter(|c| c.starts_with(prefix))
-            .count()
+            .cloned()
+            .collect()
     }
 
     pub fn status(&self) -> Status {
