@@ -36,6 +36,9 @@ pub struct Identity {
     pub product_uuid: Option<String>,
     /// Permanent MAC addresses of the physical NICs, sorted.
     pub macs: Vec<String>,
+    /// The serial number of the disk holding `/`, where it reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_serial: Option<String>,
 }
 
 /// A clone found: what the disk was joined on, what it runs on now and
@@ -74,30 +77,77 @@ impl Identity {
         }
         macs.sort();
         macs.dedup();
-        Identity { product_uuid, macs }
+        Identity {
+            product_uuid,
+            macs,
+            disk_serial: root_disk_serial(root),
+        }
     }
 
     /// Whether `self` (recorded) and `now` are one machine; None when
-    /// neither the UUID nor the NICs can tell.
+    /// nothing can tell. The SMBIOS UUID decides where both have one;
+    /// without it, the NICs and the root disk: one NIC replaced, or the
+    /// disk copied to a new one in the same machine, or the disk moved to
+    /// another machine, is still the node; a copy in another machine
+    /// (no NIC and no disk serial in common) is not.
     pub fn same_machine(&self, now: &Identity) -> Option<bool> {
         if let (Some(a), Some(b)) = (&self.product_uuid, &now.product_uuid) {
             return Some(a == b);
         }
-        if !self.macs.is_empty() && !now.macs.is_empty() {
-            // One NIC replaced is still the same machine.
-            return Some(self.macs.iter().any(|m| now.macs.contains(m)));
+        let nics = (!self.macs.is_empty() && !now.macs.is_empty())
+            .then(|| self.macs.iter().any(|m| now.macs.contains(m)));
+        let disk = match (&self.disk_serial, &now.disk_serial) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        };
+        match (nics, disk) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (None, None) => None,
+            _ => Some(false),
         }
-        None
     }
 
     pub fn describe(&self) -> String {
-        match (&self.product_uuid, self.macs.is_empty()) {
-            (Some(u), true) => format!("product UUID {u}"),
-            (Some(u), false) => format!("product UUID {u}, NICs {}", self.macs.join(" ")),
-            (None, false) => format!("NICs {}", self.macs.join(" ")),
-            (None, true) => "no readable identity".into(),
+        let mut parts = Vec::new();
+        if let Some(u) = &self.product_uuid {
+            parts.push(format!("product UUID {u}"));
+        }
+        if !self.macs.is_empty() {
+            parts.push(format!("NICs {}", self.macs.join(" ")));
+        }
+        if let Some(d) = &self.disk_serial {
+            parts.push(format!("root disk {d}"));
+        }
+        if parts.is_empty() {
+            "no readable identity".into()
+        } else {
+            parts.join(", ")
         }
     }
+}
+
+/// The serial of the disk `/` is on: the root mount's device number
+/// (mountinfo) to its sysfs node, up to the whole disk for a partition,
+/// then the serial the driver reports (virtio, SATA/SCSI through udev's
+/// `serial`, NVMe's `device/serial`) or its WWID. None for a root that is
+/// no block device (netboot's overlay) or a disk without one.
+fn root_disk_serial(root: &Path) -> Option<String> {
+    let mountinfo = fs::read_to_string(under(root, "/proc/self/mountinfo")).ok()?;
+    let majmin = mountinfo.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(4) == Some(&"/")).then(|| f.get(2).map(|s| s.to_string()))?
+    })?;
+    let node = fs::canonicalize(under(root, &format!("/sys/dev/block/{majmin}"))).ok()?;
+    let disk = if node.join("partition").exists() {
+        node.parent()?.to_path_buf()
+    } else {
+        node
+    };
+    ["serial", "device/serial", "wwid", "device/wwid"]
+        .iter()
+        .filter_map(|f| fs::read_to_string(disk.join(f)).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
 }
 
 /// Records the machine the node joined on, and forgets an earlier clone.

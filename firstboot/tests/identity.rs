@@ -49,6 +49,64 @@ fn identity_reads_the_uuid_and_physical_nics_only() {
     assert_eq!(Identity::default().same_machine(&Identity::default()), None);
 }
 
+/// The root filesystem on partition 1 of a virtio disk with `serial`.
+fn root_disk_is(m: &Machine, serial: &str) {
+    m.write(
+        "/proc/self/mountinfo",
+        "1 0 0:25 / /run rw - tmpfs tmpfs rw\n25 1 254:1 / / rw - ext4 /dev/vda1 rw\n",
+    );
+    let disk = "/sys/devices/pci0000:00/0000:00:04.0/virtio2/block/vda";
+    m.write(&format!("{disk}/vda1/partition"), "1\n");
+    m.write(&format!("{disk}/serial"), &format!("{serial}\n"));
+    let link = m.path("/sys/dev/block/254:1");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(m.path(&format!("{disk}/vda1")), &link).unwrap();
+}
+
+#[test]
+fn without_a_uuid_the_nics_and_the_root_disk_decide() {
+    let m = Machine::new();
+    machine_is(
+        &m,
+        "00000000-0000-0000-0000-000000000000",
+        "52:54:00:aa:bb:01",
+    );
+    root_disk_is(&m, "WD-1234");
+    let joined = Identity::current(m.root());
+    assert_eq!(joined.product_uuid, None);
+    assert_eq!(joined.disk_serial.as_deref(), Some("WD-1234"));
+    assert!(
+        joined.describe().ends_with("root disk WD-1234"),
+        "{}",
+        joined.describe()
+    );
+    let now = |mac: &str, disk: Option<&str>| Identity {
+        product_uuid: None,
+        macs: vec![mac.into()],
+        disk_serial: disk.map(Into::into),
+    };
+    // The disk copied onto a new one in the same machine.
+    assert_eq!(
+        joined.same_machine(&now("52:54:00:aa:bb:01", Some("NEW"))),
+        Some(true)
+    );
+    // The disk moved into another machine.
+    assert_eq!(
+        joined.same_machine(&now("52:54:00:cc:dd:02", Some("WD-1234"))),
+        Some(true)
+    );
+    // A copy in another machine.
+    assert_eq!(
+        joined.same_machine(&now("52:54:00:cc:dd:02", Some("NEW"))),
+        Some(false)
+    );
+    assert_eq!(
+        joined.same_machine(&now("52:54:00:cc:dd:02", None)),
+        Some(false)
+    );
+}
+
 #[test]
 fn a_cloned_disk_does_not_pose_as_the_node_and_joins_anew_with_a_new_seed() {
     let m = Machine::new();

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use nodeforge::build::{self, BuildOptions, BuildResult, Output};
 use nodeforge::plan::Plan;
 
+pub mod stacks;
 pub mod test_apt;
 
 pub fn workspace_root() -> PathBuf {

@@ -246,11 +246,18 @@ pub fn qemu_args(
             ),
         ]);
     }
+    if let Some(uuid) = &opts.machine_uuid {
+        args.extend(["-uuid".into(), uuid.clone()]);
+    }
+    let mut nic = "virtio-net-pci,netdev=net0".to_string();
+    if let Some(mac) = &opts.mac {
+        nic.push_str(&format!(",mac={mac}"));
+    }
     args.extend([
         "-netdev".into(),
         format!("user,id=net0{fwd}"),
         "-device".into(),
-        "virtio-net-pci,netdev=net0".into(),
+        nic,
         "-device".into(),
         "virtio-rng-pci".into(),
         "-chardev".into(),
@@ -415,5 +422,47 @@ mod tests {
             "{joined}"
         );
         assert!(!joined[extra..].contains("snapshot=on"), "{joined}");
+    }
+
+    #[test]
+    fn another_machine_is_a_uuid_and_a_mac() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("x.img");
+        fs::write(&img, b"").unwrap();
+        let opts = VmOptions {
+            machine_uuid: Some("6b1c3e0a-2f4d-4e8a-9c1b-0d2e3f405162".into()),
+            mac: Some("52:54:00:aa:bb:02".into()),
+            ..VmOptions::new(&img)
+        };
+        let args = qemu_args(
+            &opts,
+            &direct_spec("root=x"),
+            Accel::Tcg,
+            &tmp.path().join("log"),
+            tmp.path(),
+        )
+        .unwrap();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("-uuid 6b1c3e0a-2f4d-4e8a-9c1b-0d2e3f405162"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:02"),
+            "{joined}"
+        );
+        let plain = qemu_args(
+            &VmOptions::new(&img),
+            &direct_spec("root=x"),
+            Accel::Tcg,
+            &tmp.path().join("log"),
+            tmp.path(),
+        )
+        .unwrap()
+        .join(" ");
+        assert!(
+            !plain.contains("-uuid") && !plain.contains("mac="),
+            "{plain}"
+        );
     }
 }

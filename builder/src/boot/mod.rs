@@ -54,6 +54,11 @@ pub struct VmOptions {
     /// More raw disks, attached as virtio disks after the image (always
     /// written through, so a test can inspect them afterwards).
     pub extra_disks: Vec<ExtraDisk>,
+    /// The SMBIOS system UUID the firmware reports (QEMU's `-uuid`);
+    /// another value makes the same disk look like another machine.
+    pub machine_uuid: Option<String>,
+    /// The NIC's MAC address (QEMU's default when unset).
+    pub mac: Option<String>,
 }
 
 /// A raw disk file for the guest, with the serial number it reports
@@ -76,6 +81,8 @@ impl VmOptions {
             persist: false,
             log: None,
             extra_disks: Vec::new(),
+            machine_uuid: None,
+            mac: None,
         }
     }
 }
