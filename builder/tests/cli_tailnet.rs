@@ -207,6 +207,49 @@ fn routed_subnets_are_auto_approved_for_the_routing_role() {
     );
 }
 
+/// Regression: a misspelt role in [tailnet.routes] was ignored (no
+/// routes, no approval), and a gateway whose profile has errors was
+/// reported as missing without saying why.
+#[test]
+fn the_tailnet_table_names_roles_that_exist() {
+    let p = aerovista();
+    let base = std::fs::read_to_string(p.path("profiles/base.toml")).unwrap();
+    p.write(
+        "profiles/base.toml",
+        &format!("{base}\n[tailnet]\ndomain = \"tail1.ts.net\"\ngateway = \"core\"\n[tailnet.routes]\nsentinal = [\"192.168.1.0/24\"]\n"),
+    );
+    let out = p.nodeforge(&["check", "profiles/data.toml"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("profiles/base.toml")
+            && err.contains("[tailnet.routes] names role `sentinal`")
+            && err.contains("roles: ")
+            && err.contains("core"),
+        "{err}"
+    );
+
+    p.write(
+        "profiles/base.toml",
+        &format!("{base}\n[tailnet]\ndomain = \"tail1.ts.net\"\ngateway = \"core\"\n"),
+    );
+    let out = p.nodeforge(&["check", "profiles/data.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    p.write(
+        "profiles/core.toml",
+        "extends = \"base.toml\"\nname = \"core\"\n[tailscale]\ntags = [\"tag:core\"]\nfleet = \"aerovista\"\nbogus = 1\n",
+    );
+    let out = p.nodeforge(&["check", "profiles/data.toml"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("[tailnet] gateway is role `core`")
+            && err.contains("left out for their errors")
+            && err.contains("core.toml"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_rules_are_located_in_the_profile() {
     let p = Project::new();

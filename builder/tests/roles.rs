@@ -297,3 +297,48 @@ fn no_profile_applies_a_compose_template_as_an_overlay_file() {
         }
     }
 }
+
+/// Regression: node.toml's docker-dns overlay made resolved listen on
+/// docker0's address for containers' DNS, so the sentinel's Pi-hole, which
+/// publishes port 53 on every address, could not start. A role whose stack
+/// publishes 53 replaces that file; the other fleet nodes keep the listener.
+#[test]
+fn resolved_holds_no_port_a_stack_publishes() {
+    let mut with_listener = Vec::new();
+    for f in profiles() {
+        let plan = nodeforge::plan::Plan::load(&f).unwrap();
+        let extra: Vec<String> = plan
+            .overlay_files
+            .iter()
+            .filter(|o| o.target.starts_with("/etc/systemd/resolved.conf.d/"))
+            .flat_map(|o| {
+                std::fs::read_to_string(&o.source)
+                    .unwrap()
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("DNSStubListenerExtra="))
+                    .filter(|v| !v.trim().is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let publishes_53 = plan.profile.stacks.iter().any(|s| {
+            let compose = std::fs::read_to_string(&s.compose).unwrap();
+            compose.contains("\"53:53")
+        });
+        assert!(
+            !publishes_53 || extra.is_empty(),
+            "{}: a stack publishes port 53 but resolved also listens on {extra:?}",
+            f.display()
+        );
+        if !extra.is_empty() {
+            with_listener.push(plan.profile.role.clone());
+        }
+    }
+    for role in ["core", "data", "ai", "media"] {
+        assert!(
+            with_listener.iter().any(|r| r == role),
+            "{role}'s containers lose MagicDNS: {with_listener:?}"
+        );
+    }
+    assert!(!with_listener.iter().any(|r| r == "sentinel"));
+}

@@ -102,8 +102,12 @@ impl Identity {
         };
         match (nics, disk) {
             (Some(true), _) | (_, Some(true)) => Some(true),
-            (None, None) => None,
-            _ => Some(false),
+            // Both differ: a copy in another machine.
+            (Some(false), Some(false)) | (Some(false), None) => Some(false),
+            // Only the disk differs and the NICs cannot tell: perhaps the
+            // disk was copied to a new one in the same machine; act only
+            // on a definite mismatch.
+            (None, _) => None,
         }
     }
 
@@ -128,12 +132,13 @@ impl Identity {
 
 /// The serial of the disk `/` is on: the root mount's device number
 /// (mountinfo) to its sysfs node, up to the whole disk for a partition,
-/// then the serial the driver reports (virtio, SATA/SCSI through udev's
-/// `serial`, NVMe's `device/serial`) or its WWID. None for a root that is
+/// then the serial the driver reports (virtio's `serial`, NVMe's
+/// `device/serial`) or its WWID (NVMe, and SATA/SCSI's `device/wwid`). None for a root that is
 /// no block device (netboot's overlay) or a disk without one.
 fn root_disk_serial(root: &Path) -> Option<String> {
     let mountinfo = fs::read_to_string(under(root, "/proc/self/mountinfo")).ok()?;
-    let majmin = mountinfo.lines().find_map(|l| {
+    // The last mount on `/` is the one visible.
+    let majmin = mountinfo.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.get(4) == Some(&"/")).then(|| f.get(2).map(|s| s.to_string()))?
     })?;

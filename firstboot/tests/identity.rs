@@ -105,6 +105,13 @@ fn without_a_uuid_the_nics_and_the_root_disk_decide() {
         joined.same_machine(&now("52:54:00:cc:dd:02", None)),
         Some(false)
     );
+    // Only the disk differs and no NIC can be read: no definite mismatch.
+    let no_nics = Identity {
+        product_uuid: None,
+        macs: vec![],
+        disk_serial: Some("NEW".into()),
+    };
+    assert_eq!(joined.same_machine(&no_nics), None);
 }
 
 #[test]

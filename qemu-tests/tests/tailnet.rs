@@ -118,7 +118,10 @@ fn a_data_node_joins_late_resolves_the_fleet_and_its_clone_joins_anew() {
         "{} || true",
         lookup(&format!("nosuchnode.{DOMAIN}"))
     ));
-    assert!(!missing.contains("Address: 100."), "{missing}");
+    assert!(
+        missing.contains("NXDOMAIN") && !missing.contains("Address: 100."),
+        "a name under the tailnet's domain that no node has: {missing}"
+    );
     let first_key = last_node_key(
         &vm.ssh
             .run("sudo cat /var/log/tailscale-standin/registrations"),
@@ -190,7 +193,7 @@ fn ten_minutes_of_failing_joins() {
     std::thread::sleep(Duration::from_secs(600));
     let ups = vm
         .ssh
-        .run("sudo grep -c '^up ' /var/lib/tailscale/standin/calls.log")
+        .run("sudo grep -c '^up ' /var/lib/tailscale/standin/calls.log || true")
         .trim()
         .parse::<u32>()
         .expect("a count");

@@ -14,14 +14,32 @@ use super::{FleetMember, Profile};
 /// Loads `path` as [`load_alone`] does, then its fleet.
 pub fn load(path: &Path) -> Result<Profile, ProfileErrors> {
     let mut p = load_alone(path)?;
-    p.fleet = members(&p);
-    if let (Some(role), Some(file)) = (&p.tailnet.gateway, &p.tailnet.declared_in) {
-        if !p.fleet.is_empty() && !p.fleet.iter().any(|m| &m.role == role) {
-            return Err(ProfileErrors(vec![ProfileError::whole_file(
-                file,
+    let found = members(&p);
+    p.fleet = found.fleet;
+    let Some(file) = p.tailnet.declared_in.clone() else {
+        return Ok(p);
+    };
+    let broken = if found.broken.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; left out for their errors (run `nodeforge check` on them): {}",
+            found
+                .broken
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut errors = Vec::new();
+    if let Some(role) = &p.tailnet.gateway {
+        if !p.fleet.iter().any(|m| &m.role == role) {
+            errors.push(ProfileError::whole_file(
+                &file,
                 format!(
                     "[tailnet] gateway is role `{role}`, but no profile of {}'s fleet beside this \
-                     file has that role (roles: {})",
+                     file has that role (roles: {}){broken}",
                     p.name,
                     p.fleet
                         .iter()
@@ -29,33 +47,66 @@ pub fn load(path: &Path) -> Result<Profile, ProfileErrors> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            )]));
+            ));
         }
     }
-    Ok(p)
+    for role in p.tailnet.routes.keys() {
+        if !found.roles.contains(role) {
+            errors.push(ProfileError::whole_file(
+                &file,
+                format!(
+                    "[tailnet.routes] names role `{role}`, but no profile beside this file has \
+                     that role (roles: {}){broken}",
+                    found.roles.join(", ")
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(p)
+    } else {
+        Err(ProfileErrors(errors))
+    }
+}
+
+/// What the profiles beside the `[tailnet]` file say about a profile's fleet.
+struct Found {
+    fleet: Vec<FleetMember>,
+    /// Every role beside the file, of any fleet, sorted.
+    roles: Vec<String>,
+    /// Neighbours that did not load.
+    broken: Vec<PathBuf>,
 }
 
 /// `p` itself and every other role of its fleet: profiles beside the
 /// `[tailnet]` file with a `[tailscale]` table naming the same fleet (a
 /// profile without one, such as node.toml, is of the unnamed fleet). A
 /// neighbour with errors is left out here; `nodeforge check` reports it.
-fn members(p: &Profile) -> Vec<FleetMember> {
+fn members(p: &Profile) -> Found {
     let fleet = p.tailscale.as_ref().and_then(|t| t.fleet.clone());
-    let mut out = vec![member(p, p)];
+    let mut found = Found {
+        fleet: vec![member(p, p)],
+        roles: vec![p.role.clone()],
+        broken: Vec::new(),
+    };
     let Some(dir) = p.tailnet.declared_in.as_deref().and_then(Path::parent) else {
-        return out;
+        return found;
     };
     for file in profile_files(dir) {
         let Ok(other) = load_alone(&file) else {
+            found.broken.push(file);
             continue;
         };
+        found.roles.push(other.role.clone());
         let same_fleet = other.tailscale.as_ref().is_some_and(|t| t.fleet == fleet);
-        if same_fleet && other.role != p.role && !out.iter().any(|m| m.role == other.role) {
-            out.push(member(p, &other));
+        if same_fleet && other.role != p.role && !found.fleet.iter().any(|m| m.role == other.role) {
+            found.fleet.push(member(p, &other));
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    found.fleet.sort_by(|a, b| a.name.cmp(&b.name));
+    found.roles.sort();
+    found.roles.dedup();
+    found
 }
 
 fn member(p: &Profile, of: &Profile) -> FleetMember {
