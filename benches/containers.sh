@@ -28,8 +28,8 @@ cleanup() { stop_bench_registry; rm -rf "$work"; }
 trap cleanup EXIT
 start_bench_registry "$tdir" "$small" "$large"
 
-mkdir -p "$work/profiles" "$work/overlays/bench"
-cat > "$work/overlays/bench/compose.yaml.tera" <<'YAML'
+mkdir -p "$work/profiles" "$work/stacks/bench"
+cat > "$work/stacks/bench/compose.yaml.tera" <<'YAML'
 services:
   web:
     image: {{ images[env.IMAGE] }}

@@ -28,7 +28,7 @@ trap cleanup EXIT
 start_bench_registry "$tdir" 8 8
 echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-mkdir -p "$work/profiles" "$work/overlays/web" "$work/overlays/bench/etc"
+mkdir -p "$work/profiles" "$work/stacks/web" "$work/overlays/bench/etc"
 echo "bench node" > "$work/overlays/bench/etc/motd"
 cat > "$work/profiles/base.toml" <<TOML
 extends = "$repo/profiles/base.toml"
@@ -36,7 +36,7 @@ name = "bench-base"
 hostname = "bench-a"
 overlays = ["bench"]
 TOML
-cat > "$work/overlays/web/compose.yaml.tera" <<'YAML'
+cat > "$work/stacks/web/compose.yaml.tera" <<'YAML'
 services:
   web:
     image: {{ images[env.IMAGE] }}
@@ -82,7 +82,7 @@ echo "bench node, edited" > "$work/overlays/bench/etc/motd"
 run base-warm-overlay-edit base
 run base-unchanged base
 run role-cold role
-sed -i 's/"8080:80"/"8081:80"/' "$work/overlays/web/compose.yaml.tera"
+sed -i 's/"8080:80"/"8081:80"/' "$work/stacks/web/compose.yaml.tera"
 run role-warm-compose-edit role
 run role-unchanged role
 

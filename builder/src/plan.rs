@@ -344,23 +344,14 @@ fn profile_hash(
 }
 
 /// Every file of every overlay, sorted by target path, later overlays
-/// overriding earlier ones. Stack compose templates are rendered by the
-/// containers step, not copied as overlay files.
+/// overriding earlier ones.
 fn list_overlay_files(p: &Profile) -> Result<Vec<OverlayFile>> {
     let mut out: Vec<OverlayFile> = Vec::new();
-    let compose: Vec<PathBuf> = p
-        .stacks
-        .iter()
-        .map(|s| fs::canonicalize(&s.compose).unwrap_or_else(|_| s.compose.clone()))
-        .collect();
     for ov in &p.overlays {
         let mut files = Vec::new();
         walk(&ov.dir, &ov.dir, &mut files)
             .with_context(|| format!("reading overlay `{}` at {}", ov.name, ov.dir.display()))?;
         for (rel, source) in files {
-            if compose.contains(&fs::canonicalize(&source).unwrap_or_else(|_| source.clone())) {
-                continue;
-            }
             let template = rel.ends_with(TEMPLATE_SUFFIX);
             let target = format!("/{}", rel.strip_suffix(TEMPLATE_SUFFIX).unwrap_or(&rel));
             let meta = fs::symlink_metadata(&source)?;

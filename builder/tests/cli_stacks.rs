@@ -30,7 +30,7 @@ fn project(image: &str) -> Project {
         ),
     );
     p.write(
-        "overlays/web/compose.yaml.tera",
+        "stacks/web/compose.yaml.tera",
         &COMPOSE.replace("IMAGE", image),
     );
     p.write("agent", "#!/bin/sh\necho fake agent\n");
@@ -253,7 +253,7 @@ fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
     // the rootfs, the earlier steps' layers and the image archives (the
     // `containers` layer) are reused.
     p.write(
-        "overlays/web/compose.yaml.tera",
+        "stacks/web/compose.yaml.tera",
         &COMPOSE
             .replace("IMAGE", &image)
             .replace("# {{ stack }}", "# edited {{ stack }}"),

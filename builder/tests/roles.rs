@@ -270,34 +270,6 @@ fn every_stack_passes_docker_compose_config() {
     }
 }
 
-/// A stack's compose template is rendered by the containers step only: if
-/// it also sat in an overlay the profile applies (say a test profile that
-/// excludes the stack but keeps the role's overlay), the overlay step would
-/// render it without the stack's variables and fail the build.
-#[test]
-fn no_profile_applies_a_compose_template_as_an_overlay_file() {
-    let files = nodeforge::tailnet::profile_files(&[
-        root().join("profiles"),
-        root().join("qemu-tests/profiles"),
-    ])
-    .unwrap();
-    for f in files
-        .iter()
-        .filter(|f| !f.to_string_lossy().ends_with(".lock.toml"))
-    {
-        let plan = nodeforge::plan::Plan::load(f).unwrap();
-        for o in &plan.overlay_files {
-            assert!(
-                !o.source.to_string_lossy().ends_with("compose.yaml.tera"),
-                "{}: overlay file {} is a compose template ({})",
-                f.display(),
-                o.target,
-                o.source.display()
-            );
-        }
-    }
-}
-
 /// Regression: node.toml's docker-dns overlay made resolved listen on
 /// docker0's address for containers' DNS, so the sentinel's Pi-hole, which
 /// publishes port 53 on every address, could not start. A role whose stack

@@ -318,9 +318,9 @@ fn lock_through_a_mirror_keeps_the_public_name_and_builds_fetch_from_it() {
         .push_image("library/redis", Some("7.4"), &small_image("amd64", "redis"))
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("overlays/r")).unwrap();
+    std::fs::create_dir_all(dir.path().join("stacks/r")).unwrap();
     std::fs::write(
-        dir.path().join("overlays/r/compose.yaml.tera"),
+        dir.path().join("stacks/r/compose.yaml.tera"),
         "services: {}\n",
     )
     .unwrap();

@@ -93,7 +93,7 @@ pub struct MatchFile {
 #[serde(deny_unknown_fields)]
 pub struct StackFile {
     pub name: Spanned<String>,
-    /// The compose file, a tera template, relative to `overlays/`
+    /// The compose file, a tera template, relative to `stacks/`
     /// (e.g. `web/compose.yaml.tera`).
     pub compose: Spanned<String>,
     /// Written to the stack's `.env` and seen by the template as `env`.

@@ -59,21 +59,21 @@ impl FileCtx {
         out
     }
 
-    /// A stack's compose template: a path below `overlays/` (beside the
+    /// A stack's compose template: a path below `stacks/` (beside the
     /// profiles folder, then beside this file).
     pub fn find_compose(&self, value: &Spanned<String>) -> Result<PathBuf, ProfileError> {
         let v = value.get_ref();
         if v.starts_with('/') || v.split('/').any(|c| c == ".." || c.is_empty()) {
             return Err(self.error_at(
                 value,
-                format!("compose `{v}` must be a relative path below overlays/, e.g. `web/compose.yaml.tera`"),
+                format!("compose `{v}` must be a relative path below stacks/, e.g. `web/compose.yaml.tera`"),
             ));
         }
         let mut candidates = Vec::new();
         if let Some(root) = self.dir().parent() {
-            candidates.push(root.join("overlays").join(v));
+            candidates.push(root.join("stacks").join(v));
         }
-        candidates.push(self.dir().join("overlays").join(v));
+        candidates.push(self.dir().join("stacks").join(v));
         candidates
             .iter()
             .find(|p| p.is_file())
