@@ -197,10 +197,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check { profiles } => check(&profiles),
         Command::Plan { profile, json } => {
             let plan = Plan::load(&profile)?;
+            let report = build::steps::PlanReport::new(&plan);
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", plan.render());
+                print!("{}", report.render());
             }
             Ok(())
         }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::disk::{DiskLayout, TableKind};
 use crate::fsutil::sha256_bytes;
 use crate::oci::lock::{self, LockFile, LockedImage};
-use crate::profile::{self, Firmware, InitramfsKind, Profile};
+use crate::profile::{self, InitramfsKind, Profile};
 
 /// Bumped when the way a rootfs is made changes, so old cache entries are
 /// not reused for a different recipe.
@@ -40,7 +40,6 @@ pub struct Plan {
     pub lock: Option<LockFile>,
     /// Every container image the stacks name, with its locked digest.
     pub images: Vec<PlannedImage>,
-    pub steps: Vec<StepPlan>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,12 +59,6 @@ pub struct OverlayFile {
     pub sha256: String,
     /// The source is executable (git keeps only this bit of the mode).
     pub executable: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StepPlan {
-    pub name: &'static str,
-    pub inputs: Vec<String>,
 }
 
 /// Suffix that marks an overlay file as a tera template.
@@ -105,7 +98,6 @@ impl Plan {
             &layout_seed(&profile),
         )
         .map_err(anyhow::Error::msg)?;
-        let steps = step_plans(&profile, &packages, &overlay_files, &rootfs_key);
         Ok(Plan {
             profile,
             profile_hash,
@@ -117,11 +109,11 @@ impl Plan {
             lock_path,
             lock,
             images,
-            steps,
         })
     }
 
-    /// Human-readable summary for `nodeforge plan`.
+    /// Human-readable summary for `nodeforge plan` (the steps follow it,
+    /// see [`crate::build::steps::PlanReport`]).
     pub fn render(&self) -> String {
         let p = &self.profile;
         let mut s = String::new();
@@ -223,10 +215,6 @@ impl Plan {
                 "  {} {:<5} offset {:>12} size {:>12} partuuid {}",
                 part.number, part.label, part.offset, part.size, part.partuuid
             ));
-        }
-        line("steps".into());
-        for st in &self.steps {
-            line(format!("  {:<16} {}", st.name, st.inputs.join("; ")));
         }
         s
     }
@@ -399,133 +387,6 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// The step that writes the firmware's FAT partition.
-pub fn boot_step_name(firmware: Firmware) -> &'static str {
-    match firmware {
-        Firmware::Uefi => "esp",
-        Firmware::Rpi => "boot-partition",
-    }
-}
-
-fn step_plans(
-    p: &Profile,
-    packages: &[String],
-    overlays: &[OverlayFile],
-    rootfs_key: &str,
-) -> Vec<StepPlan> {
-    let step = |name, inputs: Vec<String>| StepPlan { name, inputs };
-    vec![
-        step(
-            "rootfs",
-            vec![
-                format!(
-                    "mmdebstrap {} {} [{}]",
-                    p.debian.suite,
-                    p.hardware.arch.debian(),
-                    p.debian.components.join(",")
-                ),
-                format!("{} packages", packages.len()),
-                format!(
-                    "{} signed repositories, {} local .deb directories",
-                    p.apt.repositories.len(),
-                    p.apt.local.len()
-                ),
-                format!("cache key {}", &rootfs_key[..16]),
-            ],
-        ),
-        step(
-            "system",
-            vec![
-                format!("hostname {}", p.hostname),
-                "fstab, machine-id, network".into(),
-            ],
-        ),
-        step(
-            "overlays",
-            vec![format!(
-                "{} files from {} overlays",
-                overlays.len(),
-                p.overlays.len()
-            )],
-        ),
-        step(
-            "users",
-            p.users
-                .iter()
-                .map(|u| format!("{} ({} keys)", u.name, u.authorized_keys.len()))
-                .collect(),
-        ),
-        step(
-            "agent",
-            std::iter::once(format!(
-                "nodeforge-firstboot for {}",
-                p.hardware.arch.rust_target()
-            ))
-            .chain(p.storage.iter().map(|r| {
-                format!(
-                    "storage {}: {} at {} (formatted only if blank)",
-                    r.label,
-                    r.filesystem.name(),
-                    r.mount
-                )
-            }))
-            .collect(),
-        ),
-        step(
-            "containers",
-            vec![format!(
-                "{} locked images as docker-load archives",
-                lock::profile_images(p).len()
-            )],
-        ),
-        step(
-            "stacks",
-            p.stacks
-                .iter()
-                .map(|s| format!("stack {}: {} images", s.name, s.images.len()))
-                .collect(),
-        ),
-        step(
-            "initramfs",
-            vec![match p.hardware.initramfs {
-                InitramfsKind::InitramfsTools => "initramfs-tools, inside the image".into(),
-                InitramfsKind::Nodeforge => format!(
-                    "busybox + modules [{}], written on the host",
-                    p.hardware.initramfs_modules.join(", ")
-                ),
-            }],
-        ),
-        step(
-            boot_step_name(p.hardware.firmware),
-            vec![
-                match p.hardware.firmware {
-                    Firmware::Uefi => "systemd-boot, kernel, initrd, loader entry".into(),
-                    Firmware::Rpi => {
-                        "Pi firmware, device trees, config.txt, cmdline.txt, kernel, initrd".into()
-                    }
-                },
-                format!("FAT32 {}", p.disk.esp_size),
-            ],
-        ),
-        step("root-fs", vec!["mkfs.ext4 -d".into()]),
-        step(
-            "partition-table",
-            vec![match p.hardware.firmware.table() {
-                TableKind::Gpt => "GPT: esp, root".into(),
-                TableKind::Mbr => "MBR: boot (FAT32, active), root".into(),
-            }],
-        ),
-        step(
-            "outputs",
-            p.outputs
-                .iter()
-                .map(|o| format!("{o:?}").to_lowercase())
-                .chain(["sha256".into(), "manifest.json".into()])
-                .collect(),
-        ),
-    ]
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use nodeforge_firstboot::config::{BakedConfig, TailscaleConfig, BAKED_CONFIG_PAT
 
 use super::progress::StepOutcome;
 use super::system::enable_unit;
-use super::{BuildContext, StepReport};
+use super::BuildContext;
 use crate::exec::{find_program, Cmd};
 use crate::profile::{Arch, Profile};
 
@@ -27,7 +27,7 @@ pub fn inputs(plan: &crate::plan::Plan, agent_sha256: &str) -> serde_json::Value
 /// after it.
 const TAILSCALED_UNIT: &str = "tailscaled.service";
 
-pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let binary = ctx.agent_binary.clone();
     let dest = ctx.target(nodeforge_firstboot::BINARY_PATH);
     fs::create_dir_all(dest.parent().expect("has parent"))?;

@@ -16,7 +16,7 @@ use nodeforge_firstboot::stacks::{
 
 use super::overlay::tera_error_chain;
 use super::progress::StepOutcome;
-use super::{BuildContext, StepReport};
+use super::BuildContext;
 use crate::fsutil;
 use crate::oci::archive;
 use crate::oci::cache::BlobCache;
@@ -67,7 +67,7 @@ struct ArchivedImage {
 }
 
 /// Step `containers`.
-pub fn write_images(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let plan = ctx.plan;
     let p = &plan.profile;
     if p.stacks.is_empty() {
@@ -121,7 +121,7 @@ pub fn write_images(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutc
 }
 
 /// Step `stacks`.
-pub fn write_stacks(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn write_stacks(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let p = &ctx.plan.profile;
     if p.stacks.is_empty() {
         return Ok(StepOutcome::Skipped("the profile has no stacks".into()));

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use super::progress::StepOutcome;
 use super::reproducible;
 use super::rpi;
-use super::{BuildContext, StepReport};
+use super::BuildContext;
 use crate::disk::esp::{self, Content};
 use crate::disk::{gpt_table, mbr, PartitionKind, TableKind};
 use crate::exec::Cmd;
@@ -70,7 +70,7 @@ pub fn image_path(ctx: &BuildContext) -> PathBuf {
 
 /// Writes the firmware's FAT partition: the ESP on UEFI, the boot
 /// partition on a Raspberry Pi.
-pub fn write_boot_partition(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn write_boot_partition(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let (kernel, initrd, version) = find_kernel(&ctx.rootfs)?;
     let p = &ctx.plan.profile;
     let root = ctx.plan.layout.partition(PartitionKind::Root);
@@ -205,7 +205,7 @@ fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     key(a).cmp(&key(b))
 }
 
-pub fn write_root_fs(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn write_root_fs(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let image = ctx
         .image
         .as_ref()
@@ -250,7 +250,7 @@ pub fn write_root_fs(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOut
     Ok(StepOutcome::Done)
 }
 
-pub fn write_partition_table(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn write_partition_table(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let image = ctx
         .image
         .as_ref()

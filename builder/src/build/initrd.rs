@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use super::image::kernel_version;
 use super::progress::StepOutcome;
-use super::{BuildContext, StepReport};
+use super::BuildContext;
 use crate::disk::PartitionKind;
 use crate::initramfs;
 use crate::profile::InitramfsKind;
@@ -22,7 +22,7 @@ pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
     })
 }
 
-pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let hw = &ctx.plan.profile.hardware;
     match hw.initramfs {
         InitramfsKind::InitramfsTools => {

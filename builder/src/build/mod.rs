@@ -10,9 +10,11 @@ pub mod netboot;
 mod outputs;
 mod overlay;
 pub mod progress;
+mod qcow2;
 pub mod reproducible;
 mod rootfs;
 pub mod rpi;
+pub mod steps;
 mod system;
 mod uptodate;
 pub mod users;
@@ -28,6 +30,7 @@ pub use agent::{cross_linker, host_arch};
 use progress::Reporter;
 pub use progress::{Output, StepOutcome, StepReport};
 pub use rootfs::EMULATE_SCRIPTS;
+use steps::{Caching, Step};
 
 use crate::cache::{BuildLock, Cache};
 use crate::plan::Plan;
@@ -70,6 +73,10 @@ pub struct BuildContext<'a> {
     pub epoch: Option<i64>,
     /// Facts steps learn for the manifest (kernel version …).
     pub facts: serde_json::Map<String, serde_json::Value>,
+    /// The steps finished so far (the manifest lists them).
+    pub reports: Vec<StepReport>,
+    /// Set by the `outputs` step.
+    result: Option<BuildResult>,
     pub cache: Cache,
     /// The first-boot agent binary for the image's architecture.
     pub agent_binary: PathBuf,
@@ -93,44 +100,29 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
     if !opts.no_cache {
         if let Some(mut done) = uptodate::reusable_outputs(plan, &opts.output_dir, &ctx.image_key)?
         {
-            let mut steps = Steps::new(opts.output, 1);
             let reason = format!(
                 "{} was built from the same inputs (image key {}) and is unchanged",
                 done.image.display(),
                 &ctx.image_key[..12]
             );
-            steps.run("outputs", &mut ctx, |_, _| {
+            let mut runner = Runner::new(opts.output, 1);
+            runner.run("outputs", &mut ctx, |_| {
                 Ok(StepOutcome::Reused(reason.clone()))
             })?;
-            done.steps = steps.reports;
+            done.steps = ctx.reports;
             return Ok(done);
         }
     }
-    let mut steps = Steps::new(opts.output, 12);
-    steps.run("rootfs", &mut ctx, rootfs::run)?;
-    // Each tree step's changes are a cached layer (see layers.rs).
-    steps.run_layered("system", &mut ctx, system::inputs(plan), system::run)?;
-    steps.run_layered("overlays", &mut ctx, overlay::inputs(plan), overlay::run)?;
-    steps.run_layered("users", &mut ctx, users::inputs(plan), users::run)?;
-    let agent = agent::inputs(plan, &ctx.agent_sha256);
-    steps.run_layered("agent", &mut ctx, agent, agent::run)?;
-    let images = containers::images_inputs(plan);
-    steps.run_layered("containers", &mut ctx, images, containers::write_images)?;
-    let stacks = containers::stacks_inputs(plan)?;
-    steps.run_layered("stacks", &mut ctx, stacks, containers::write_stacks)?;
-    steps.run_layered("initramfs", &mut ctx, initrd::inputs(plan), initrd::run)?;
-    let boot_step = crate::plan::boot_step_name(plan.profile.hardware.firmware);
-    steps.run(boot_step, &mut ctx, image::write_boot_partition)?;
-    steps.run("root-fs", &mut ctx, image::write_root_fs)?;
-    steps.run("partition-table", &mut ctx, image::write_partition_table)?;
-    let mut result = None;
-    steps.run("outputs", &mut ctx, |ctx, reports| {
-        let (outcome, r) = outputs::run(ctx, reports)?;
-        result = Some(r);
-        Ok(outcome)
-    })?;
-    let mut result = result.expect("outputs step sets the result");
-    result.steps = steps.reports;
+    let steps = steps::for_plan(plan);
+    let mut runner = Runner::new(opts.output, steps.len());
+    for step in steps {
+        runner.run_step(step, &mut ctx)?;
+    }
+    let mut result = ctx
+        .result
+        .take()
+        .context("the outputs step made no result")?;
+    result.steps = std::mem::take(&mut ctx.reports);
     Ok(result)
 }
 
@@ -246,6 +238,8 @@ impl<'a> BuildContext<'a> {
             tree_snapshot: None,
             image: None,
             facts: serde_json::Map::new(),
+            reports: Vec::new(),
+            result: None,
             cache,
             _work: work,
             _lock: lock,
@@ -259,29 +253,37 @@ impl<'a> BuildContext<'a> {
 }
 
 /// Runs steps in order, timing each and reporting its outcome.
-struct Steps {
+struct Runner {
     reporter: Reporter,
     total: usize,
-    reports: Vec<StepReport>,
 }
 
-impl Steps {
+impl Runner {
     fn new(output: Output, total: usize) -> Self {
-        Steps {
+        Runner {
             reporter: Reporter::new(output),
             total,
-            reports: Vec::new(),
+        }
+    }
+
+    fn run_step(&mut self, step: &Step, ctx: &mut BuildContext) -> Result<()> {
+        match step.caching {
+            Caching::Always => self.run(step.name, ctx, step.run),
+            Caching::Layer(inputs) => {
+                let inputs = inputs(ctx)
+                    .with_context(|| format!("reading the inputs of build step `{}`", step.name))?;
+                self.run_layered(step.name, ctx, inputs, step.run)
+            }
         }
     }
 
     fn run<'a, F>(&mut self, name: &str, ctx: &mut BuildContext<'a>, mut step: F) -> Result<()>
     where
-        F: FnMut(&mut BuildContext<'a>, &[StepReport]) -> Result<StepOutcome>,
+        F: FnMut(&mut BuildContext<'a>) -> Result<StepOutcome>,
     {
-        self.reporter
-            .start(self.reports.len() + 1, self.total, name);
+        self.reporter.start(ctx.reports.len() + 1, self.total, name);
         let started = Instant::now();
-        match step(ctx, &self.reports) {
+        match step(ctx) {
             Ok(outcome) => {
                 let report = StepReport {
                     name: name.to_owned(),
@@ -289,7 +291,7 @@ impl Steps {
                     seconds: started.elapsed().as_secs_f64(),
                 };
                 self.reporter.finish(&report);
-                self.reports.push(report);
+                ctx.reports.push(report);
                 Ok(())
             }
             Err(e) => {
@@ -302,19 +304,16 @@ impl Steps {
     /// Runs a step that changes only the tree, through the layer cache: a
     /// layer under the same chained key is applied instead of running the
     /// step; otherwise the step runs and what it changed is stored.
-    fn run_layered<'a, F>(
+    fn run_layered(
         &mut self,
         name: &str,
-        ctx: &mut BuildContext<'a>,
+        ctx: &mut BuildContext,
         inputs: serde_json::Value,
-        mut step: F,
-    ) -> Result<()>
-    where
-        F: FnMut(&mut BuildContext<'a>, &[StepReport]) -> Result<StepOutcome>,
-    {
+        step: fn(&mut BuildContext) -> Result<StepOutcome>,
+    ) -> Result<()> {
         let key = layers::chain_key(&ctx.layer_key, name, &inputs);
         ctx.layer_key = key.clone();
-        self.run(name, ctx, |ctx, reports| {
+        self.run(name, ctx, |ctx| {
             if !ctx.opts.no_cache {
                 if let Some(meta) = layers::find(&ctx.cache, &key) {
                     layers::apply(&ctx.cache, &key, &meta, &ctx.rootfs)?;
@@ -333,7 +332,7 @@ impl Steps {
             let marker = ctx.rootfs.with_file_name("layer-marker");
             let watch = layers::TreeWatch::start(before, &marker)?;
             let facts_before = ctx.facts.clone();
-            let outcome = step(ctx, reports)?;
+            let outcome = step(ctx)?;
             let (delta, after) = watch.finish(&ctx.rootfs)?;
             ctx.tree_snapshot = Some(after);
             if outcome != StepOutcome::Done {

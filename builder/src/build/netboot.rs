@@ -1,4 +1,4 @@
-//! Output format `netboot`: what a machine needs to boot the role over the
+//! Step `netboot` (output format `netboot`): what a machine needs to boot the role over the
 //! network: the kernel, nodeforge's netboot initramfs, the root
 //! filesystem as a squashfs and an iPXE script that ties them together.
 
@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use anyhow::{bail, Context, Result};
 
 use super::image::kernel_version;
+use super::progress::StepOutcome;
 use super::{host_arch, BuildContext};
 use crate::exec::{find_program, Cmd};
 use crate::fsutil;
@@ -43,9 +44,13 @@ impl NetbootFiles {
     }
 }
 
-/// Writes the netboot files of the finished root into the output
-/// directory, each appearing only when complete.
-pub fn write(ctx: &mut BuildContext) -> Result<NetbootFiles> {
+/// Step `netboot`: the netboot files of the finished root, written into
+/// the output directory, each appearing only when complete.
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
+    write(ctx).map(|_| StepOutcome::Done)
+}
+
+fn write(ctx: &mut BuildContext) -> Result<NetbootFiles> {
     let p = &ctx.plan.profile;
     let files = NetbootFiles::of(&p.name);
     let out = |name: &str| ctx.opts.output_dir.join(name);

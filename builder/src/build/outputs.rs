@@ -1,5 +1,5 @@
 //! Step `outputs`: the image under its final name, its sha256, the
-//! manifest, and any extra formats, each appearing only when complete.
+//! bmap and manifest, each appearing only when complete.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -12,9 +12,7 @@ use super::image::image_path;
 use super::progress::StepOutcome;
 use super::{BuildContext, BuildResult, StepReport};
 use crate::disk::PartitionSpec;
-use crate::exec::Cmd;
 use crate::fsutil;
-use crate::profile::OutputFormat;
 
 #[derive(Debug, Serialize)]
 pub struct Manifest<'a> {
@@ -44,7 +42,7 @@ pub struct Package {
     pub arch: String,
 }
 
-pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome, BuildResult)> {
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let final_path = image_path(ctx);
     let image = ctx.image.take().context("the image file was not created")?;
     // One read of the mapped ranges gives both the bmap and the sha256.
@@ -81,7 +79,7 @@ pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome,
         partitions: &plan.layout.partitions,
         packages,
         facts: &ctx.facts,
-        steps,
+        steps: &ctx.reports,
     };
     let manifest_path = ctx
         .opts
@@ -90,28 +88,6 @@ pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome,
     let json = serde_json::to_vec_pretty(&manifest)?;
     fsutil::atomic_write(&manifest_path, &json)?;
 
-    for format in &plan.profile.outputs {
-        match format {
-            OutputFormat::Raw => {}
-            OutputFormat::Qcow2 => {
-                let out = ctx
-                    .opts
-                    .output_dir
-                    .join(format!("{}.qcow2", plan.profile.name));
-                let partial = fsutil::partial_path(&out);
-                super::reproducible::hermetic(Cmd::new("qemu-img"))
-                    .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-                    .arg(&final_path)
-                    .arg(&partial)
-                    .run()
-                    .with_context(|| format!("writing {}", out.display()))?;
-                fsutil::commit_partial(&partial, &out)?;
-            }
-            OutputFormat::Netboot => {
-                super::netboot::write(ctx)?;
-            }
-        }
-    }
     let result = BuildResult {
         image: final_path,
         sha256,
@@ -120,7 +96,8 @@ pub fn run(ctx: &mut BuildContext, steps: &[StepReport]) -> Result<(StepOutcome,
         allocated,
         steps: Vec::new(),
     };
-    Ok((StepOutcome::Done, result))
+    ctx.result = Some(result);
+    Ok(StepOutcome::Done)
 }
 
 /// Installed packages from a dpkg status file, sorted by name.

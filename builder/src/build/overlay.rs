@@ -7,7 +7,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use anyhow::{Context, Result};
 
 use super::progress::StepOutcome;
-use super::{BuildContext, StepReport};
+use super::BuildContext;
 
 /// Every overlay file by content and mode, and the template variables.
 pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
@@ -17,7 +17,7 @@ pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
     })
 }
 
-pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let files = &ctx.plan.overlay_files;
     if files.is_empty() {
         return Ok(StepOutcome::Skipped(

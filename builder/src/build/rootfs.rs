@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use super::cross::{self, Deferred};
 use super::host_arch;
 use super::progress::StepOutcome;
-use super::{BuildContext, StepReport};
+use super::BuildContext;
 use crate::binfmt;
 use crate::exec::Cmd;
 use crate::fsutil;
@@ -28,7 +28,7 @@ const DPKG_EXCLUDES: &[&str] = &[
 /// Below this much free space a failed bootstrap is blamed on the disk.
 const LOW_SPACE: u64 = 512 << 20;
 
-pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let plan = ctx.plan;
     let dir = ctx.cache.rootfs_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::progress::StepOutcome;
-use super::{BuildContext, StepReport};
+use super::BuildContext;
 use crate::disk::PartitionKind;
 
 const DHCP_NETWORK: &str = "\
@@ -32,7 +32,7 @@ pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
     })
 }
 
-pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let p = &ctx.plan.profile;
     write(ctx, "/etc/hostname", &format!("{}\n", p.hostname))?;
     write(

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::progress::StepOutcome;
-use super::{BuildContext, StepReport};
+use super::BuildContext;
 use crate::profile::User;
 
 const FIRST_UID: u32 = 1000;
@@ -127,7 +127,7 @@ pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
     serde_json::json!({ "users": plan.profile.users })
 }
 
-pub fn run(ctx: &mut BuildContext, _: &[StepReport]) -> Result<StepOutcome> {
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let users = &ctx.plan.profile.users;
     if users.is_empty() {
         return Ok(StepOutcome::Skipped("the profile declares no users".into()));
