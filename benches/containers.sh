@@ -16,7 +16,7 @@ repo=$PWD
 small=${SMALL_MIB:-8}
 large=${LARGE_MIB:-72}
 tdir=${CARGO_TARGET_DIR:-$repo/target}
-cargo build --release --locked -q -p nodeforge --bin nodeforge --example bench_registry
+cargo build --release --locked -q -p nodeforge --bin nodeforge --example bench_registry --features test-support
 # The agent is built now so its compile time is not counted as build time.
 cargo build --release --locked -q -p nodeforge-firstboot --target x86_64-unknown-linux-gnu
 agent=$tdir/x86_64-unknown-linux-gnu/release/nodeforge-firstboot

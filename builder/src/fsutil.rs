@@ -142,6 +142,32 @@ pub fn open_rw(path: &Path) -> Result<File> {
         .with_context(|| format!("opening {} for writing", path.display()))
 }
 
+/// Copies `image` to `out` keeping it sparse (zero blocks stay holes),
+/// appearing under its name only when complete.
+pub fn sparse_copy(image: &Path, out: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let len = src.metadata()?.len();
+    let partial = partial_path(out);
+    let dst = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    dst.set_len(len)
+        .with_context(|| format!("sizing {}", partial.display()))?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = (len - pos).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], pos)?;
+        // Zero blocks stay holes in the copy.
+        if buf[..n].iter().any(|b| *b != 0) {
+            dst.write_all_at(&buf[..n], pos)?;
+        }
+        pos += n as u64;
+    }
+    dst.sync_all()?;
+    commit_partial(&partial, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,7 +183,7 @@ pub fn report_value(console: &str, name: &str) -> Option<String> {
 /// Copies an image to a new sparse file (guests that write to their disk
 /// get their own copy).
 pub fn copy_image(image: &Path, dest: &Path) {
-    nodeforge::customize::sparse_copy(image, dest)
+    nodeforge::fsutil::sparse_copy(image, dest)
         .unwrap_or_else(|e| panic!("copying {}: {e:#}", image.display()));
 }
 

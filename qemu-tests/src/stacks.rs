@@ -185,7 +185,7 @@ impl Node {
     ) -> nodeforge_firstboot::seed::Seed {
         let key_file = self.dir.path().join("key");
         std::fs::write(&key_file, format!("{key}\n")).unwrap();
-        let mut seed = nodeforge::customize::SeedOptions {
+        let mut seed = nodeforge::seed::SeedOptions {
             authkey_file: Some(key_file.clone()),
             ssh_keys: vec![self.ssh_key.with_extension("pub").display().to_string()],
             ..Default::default()
@@ -203,7 +203,7 @@ impl Node {
     /// Writes a seed onto the node's boot partition, as `nodeforge
     /// customize` does from another computer.
     pub fn stamp(&self, key: &str, seed_secrets: &[(&str, &str)]) {
-        nodeforge::customize::stamp(&self.disk, &self.seed(key, seed_secrets))
+        nodeforge::seed::stamp(&self.disk, &self.seed(key, seed_secrets))
             .unwrap_or_else(|e| panic!("stamping {}: {e:#}", self.disk.display()));
     }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use nodeforge::boot::{Vm, VmOptions};
-use nodeforge::customize::{stamp, SeedOptions};
+use nodeforge::seed::{stamp, SeedOptions};
 use qemu_tests::{build_profile, console_log, copy_image, file_contains, report_value, vm_slot};
 use serde_json::Value;
 

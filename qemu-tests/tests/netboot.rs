@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nodeforge::boot::{NetbootVmOptions, Vm, VmOptions};
-use nodeforge::serve::{self, Log, Running, ServeArgs};
+use nodeforge::serve::{self, Log, Running, ServeOptions};
 use nodeforge_firstboot::READY_MARKER;
 use qemu_tests::{build_profile, console_log, output_dir, report_value, vm_slot};
 use serde_json::Value;
@@ -57,7 +57,7 @@ fn serve_fleet(dir: &Path, name: &str) -> Server {
         sink.lock().unwrap().push(l.to_owned());
     });
     let running = serve::start(
-        &ServeArgs {
+        &ServeOptions {
             nodes: fleet,
             listen: "127.0.0.1:0".parse().unwrap(),
             tftp: None,
@@ -240,7 +240,7 @@ fn install_mode_guest_writes_its_empty_disk_and_boots_from_it() {
             .unwrap();
     }
     assert_eq!(magic, [0x53, 0xEF], "the disk holding data was written to");
-    let seed = nodeforge::customize::read_seed(&empty_disk)
+    let seed = nodeforge::seed::read_seed(&empty_disk)
         .unwrap()
         .expect("a seed on the installed disk");
     assert_eq!(seed.hostname.as_deref(), Some("gamma-3"));

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use nodeforge::boot::{ExtraDisk, Vm, VmOptions};
-use nodeforge::customize::{stamp, SeedOptions};
+use nodeforge::seed::{stamp, SeedOptions};
 use qemu_tests::{build_profile, console_log, copy_image, report_value, vm_slot};
 use serde_json::Value;
 

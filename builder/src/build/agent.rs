@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use nodeforge_firstboot::config::{BakedConfig, TailscaleConfig, BAKED_CONFIG_PATH};
 
+use super::context::BuildContext;
 use super::progress::StepOutcome;
 use super::system::enable_unit;
-use super::BuildContext;
 use crate::exec::{find_program, Cmd};
 use crate::profile::{Arch, Profile};
 

@@ -14,9 +14,9 @@ use nodeforge_firstboot::stacks::{
     STACKS_MANIFEST_PATH,
 };
 
+use super::context::BuildContext;
 use super::overlay::tera_error_chain;
 use super::progress::StepOutcome;
-use super::BuildContext;
 use crate::fsutil;
 use crate::oci::archive;
 use crate::oci::cache::BlobCache;

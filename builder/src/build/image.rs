@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::context::BuildContext;
 use super::progress::StepOutcome;
 use super::reproducible;
 use super::rpi;
-use super::BuildContext;
 use crate::disk::esp::{self, Content};
 use crate::disk::{gpt_table, mbr, PartitionKind, TableKind};
 use crate::exec::Cmd;

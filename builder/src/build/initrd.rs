@@ -6,9 +6,9 @@ use std::fs;
 
 use anyhow::{Context, Result};
 
+use super::context::BuildContext;
 use super::image::kernel_version;
 use super::progress::StepOutcome;
-use super::BuildContext;
 use crate::disk::PartitionKind;
 use crate::initramfs;
 use crate::profile::InitramfsKind;

@@ -2,6 +2,7 @@
 
 mod agent;
 pub mod containers;
+mod context;
 mod cross;
 mod image;
 mod initrd;
@@ -27,69 +28,14 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 pub use agent::{cross_linker, host_arch};
+pub use context::{BuildContext, BuildOptions, BuildResult};
 use progress::Reporter;
 pub use progress::{Output, StepOutcome, StepReport};
 pub use rootfs::EMULATE_SCRIPTS;
 use steps::{Caching, Step};
 
-use crate::cache::{BuildLock, Cache};
+use crate::cache::Cache;
 use crate::plan::Plan;
-
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
-    pub output_dir: PathBuf,
-    pub cache_dir: PathBuf,
-    pub output: Output,
-    /// Build from scratch: do not reuse cached layers.
-    pub no_cache: bool,
-    /// The agent binary to install; built from the source tree when unset.
-    pub agent: Option<PathBuf>,
-    /// Take container image blobs from the cache only; a missing one is an
-    /// error naming it.
-    pub offline: bool,
-}
-
-/// What a finished build produced.
-#[derive(Debug, Clone, Serialize)]
-pub struct BuildResult {
-    pub image: PathBuf,
-    pub sha256: String,
-    pub manifest: PathBuf,
-    pub image_size: u64,
-    /// Bytes of the image that hold data (the rest are holes).
-    pub allocated: u64,
-    pub steps: Vec<StepReport>,
-}
-
-/// State the steps share.
-pub struct BuildContext<'a> {
-    pub plan: &'a Plan,
-    pub opts: &'a BuildOptions,
-    /// The target's root directory being assembled.
-    pub rootfs: PathBuf,
-    /// The disk image under its temporary name.
-    pub image: Option<image::PartialImage>,
-    /// SOURCE_DATE_EPOCH: the time every file of the image carries.
-    pub epoch: Option<i64>,
-    /// Facts steps learn for the manifest (kernel version …).
-    pub facts: serde_json::Map<String, serde_json::Value>,
-    /// The steps finished so far (the manifest lists them).
-    pub reports: Vec<StepReport>,
-    /// Set by the `outputs` step.
-    result: Option<BuildResult>,
-    pub cache: Cache,
-    /// The first-boot agent binary for the image's architecture.
-    pub agent_binary: PathBuf,
-    /// Key of everything the image is made from (see uptodate.rs).
-    pub image_key: String,
-    pub agent_sha256: String,
-    /// Key of the tree as built so far: the rootfs, then each step's layer.
-    layer_key: String,
-    /// The tree's entries after the last step that ran here, if known.
-    tree_snapshot: Option<layers::Snapshot>,
-    _work: tempfile::TempDir,
-    _lock: BuildLock,
-}
 
 /// Builds the image described by `plan`.
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
@@ -244,11 +190,6 @@ impl<'a> BuildContext<'a> {
             _work: work,
             _lock: lock,
         })
-    }
-
-    /// A path inside the target root (`/etc/fstab` → `<rootfs>/etc/fstab`).
-    pub fn target(&self, path: &str) -> PathBuf {
-        self.rootfs.join(path.trim_start_matches('/'))
     }
 }
 

@@ -9,9 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 
 use anyhow::{bail, Context, Result};
 
+use super::agent::host_arch;
+use super::context::BuildContext;
 use super::image::kernel_version;
 use super::progress::StepOutcome;
-use super::{host_arch, BuildContext};
 use crate::exec::{find_program, Cmd};
 use crate::fsutil;
 use crate::initramfs::netboot::{self, ROOT_PARAM};

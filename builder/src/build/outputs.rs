@@ -8,9 +8,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::context::{BuildContext, BuildResult};
 use super::image::image_path;
 use super::progress::StepOutcome;
-use super::{BuildContext, BuildResult, StepReport};
+use super::progress::StepReport;
 use crate::disk::PartitionSpec;
 use crate::fsutil;
 

@@ -6,8 +6,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 
 use anyhow::{Context, Result};
 
+use super::context::BuildContext;
 use super::progress::StepOutcome;
-use super::BuildContext;
 
 /// Every overlay file by content and mode, and the template variables.
 pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {

@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 
+use super::context::BuildContext;
 use super::progress::StepOutcome;
-use super::BuildContext;
 use crate::exec::Cmd;
 use crate::fsutil;
 

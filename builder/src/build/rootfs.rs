@@ -4,10 +4,10 @@ use std::fs;
 
 use anyhow::{Context, Result};
 
+use super::agent::host_arch;
+use super::context::BuildContext;
 use super::cross::{self, Deferred};
-use super::host_arch;
 use super::progress::StepOutcome;
-use super::BuildContext;
 use crate::binfmt;
 use crate::exec::Cmd;
 use crate::fsutil;

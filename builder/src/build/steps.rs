@@ -6,9 +6,10 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use super::context::BuildContext;
 use super::progress::StepOutcome;
+use super::qcow2;
 use super::{agent, containers, image, initrd, netboot, outputs, overlay, rootfs, system, users};
-use super::{qcow2, BuildContext};
 use crate::disk::TableKind;
 use crate::oci::lock;
 use crate::plan::Plan;

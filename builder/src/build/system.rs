@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::context::BuildContext;
 use super::progress::StepOutcome;
-use super::BuildContext;
 use crate::disk::PartitionKind;
 
 const DHCP_NETWORK: &str = "\

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use super::BuildResult;
+use super::context::BuildResult;
 use crate::fsutil::{sha256_bytes, sha256_file};
 use crate::plan::Plan;
 use crate::profile::OutputFormat;

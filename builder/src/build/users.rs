@@ -8,8 +8,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::context::BuildContext;
 use super::progress::StepOutcome;
-use super::BuildContext;
 use crate::profile::User;
 
 const FIRST_UID: u32 = 1000;

@@ -24,31 +24,23 @@ use std::time::Duration;
 use verify::VerifyReport;
 use write::{Target, WriteReport};
 
-/// Write a node image to an SD card or USB stick (or a file) and read it back to verify.
-#[derive(clap::Args, Debug, Clone)]
-pub struct FlashArgs {
+/// What `nodeforge flash` writes where, and how carefully.
+#[derive(Debug, Clone)]
+pub struct FlashOptions {
     /// Image to write: .img, .img.zst or .img.xz.
     pub image: PathBuf,
-    /// Disk to overwrite (e.g. /dev/sdb), or a regular file to write into.
+    /// Disk to overwrite, or a regular file to write into.
     pub device: PathBuf,
-    /// Block map to use [default: <image>.bmap, or <image without .zst/.xz>.bmap].
-    #[arg(long, value_name = "FILE")]
+    /// Block map to use (default: beside the image).
     pub bmap: Option<PathBuf>,
     /// Do not ask to type the device name first.
-    #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Allow a disk that is not removable (internal disks, USB SSDs).
-    #[arg(long)]
+    /// Allow a disk that is not removable.
     pub force: bool,
     /// Do not read the written data back to check it.
-    #[arg(long)]
     pub no_verify: bool,
     /// No progress bars or summary.
-    #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// The node's seed, stamped into the boot partition after the write.
-    #[command(flatten)]
-    pub seed: crate::customize::SeedArgs,
 }
 
 /// A per-node change made to the target after the image is written and
@@ -85,15 +77,15 @@ pub struct FlashReport {
     pub reverify: Option<VerifyReport>,
 }
 
-/// `nodeforge flash` on the running system, talking on stdin/stderr.
-pub fn run(args: &FlashArgs) -> Result<()> {
+/// `nodeforge flash` on the running system, talking on stdin/stderr,
+/// with `stamp` (e.g. the node's seed) applied after the write.
+pub fn run(args: &FlashOptions, stamp: Option<&dyn Stamp>) -> Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut output = std::io::stderr();
-    let stamp = args.seed.seed()?.map(crate::customize::SeedStamp);
     let env = Env {
         sys_root: Path::new("/"),
-        stamp: stamp.as_ref().map(|s| s as &dyn Stamp),
+        stamp,
         input: &mut input,
         output: &mut output,
     };
@@ -102,7 +94,7 @@ pub fn run(args: &FlashArgs) -> Result<()> {
 
 /// `run` with its surroundings passed in (tests, and callers adding a seed
 /// stamp).
-pub fn run_with(args: &FlashArgs, env: Env<'_>) -> Result<FlashReport> {
+pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
     let out = env.output;
     let (bmap, bmap_from) = load_bmap(args, out)?;
     let mut src = ImageSource::open(&args.image)?;
@@ -202,7 +194,7 @@ pub fn run_with(args: &FlashArgs, env: Env<'_>) -> Result<FlashReport> {
 }
 
 fn verify_step(
-    args: &FlashArgs,
+    args: &FlashOptions,
     bmap: &Bmap,
     skip: &[Range<u64>],
     msg: &'static str,
@@ -218,7 +210,7 @@ fn verify_step(
 
 /// The bmap to use and where it came from: `--bmap`, the file next to the
 /// image, or (raw images only) a scan of the image itself.
-fn load_bmap(args: &FlashArgs, out: &mut dyn Write) -> Result<(Bmap, String)> {
+fn load_bmap(args: &FlashOptions, out: &mut dyn Write) -> Result<(Bmap, String)> {
     if let Some(p) = &args.bmap {
         return Ok((Bmap::load(p)?, p.display().to_string()));
     }

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::bmap::Bmap;
-use crate::customize::SeedStamp;
-use crate::flash::{self, device::ImageFacts, FlashArgs};
+use crate::flash::{self, device::ImageFacts, FlashOptions};
+use crate::seed::SeedStamp;
 use disk::DiskRule;
 use nodeforge_firstboot::seed::Seed;
 
@@ -94,7 +94,7 @@ pub fn run(order_url: &str, staging_dir: &Path) -> Result<()> {
     let seed = Seed::from_toml(&seed_text)
         .map_err(|e| anyhow::anyhow!("the seed from {}: {e}", order.seed))?;
     let stamp = SeedStamp(seed);
-    let args = FlashArgs {
+    let args = FlashOptions {
         image: image.clone(),
         device: target.clone(),
         bmap: Some(bmap_path),
@@ -103,7 +103,6 @@ pub fn run(order_url: &str, staging_dir: &Path) -> Result<()> {
         force: true,
         no_verify: false,
         quiet: true,
-        seed: Default::default(),
     };
     let mut input = std::io::empty();
     let mut output = std::io::stdout();

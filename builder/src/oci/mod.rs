@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod cache;
 pub mod client;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
 pub mod lock;
 pub mod manifest;

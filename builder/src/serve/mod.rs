@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::fleet::Fleet;
+use crate::seed::Fleet;
 use nodes::NodeTable;
 use routes::App;
 
@@ -25,22 +25,18 @@ pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 /// Where Debian's ipxe package puts undionly.kpxe and ipxe.efi.
 pub const IPXE_DIR: &str = "/usr/lib/ipxe";
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeArgs {
+/// What `nodeforge serve` serves and where.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
     /// The fleet file: nodes by MAC address, their builds and seeds.
-    #[arg(long)]
     pub nodes: PathBuf,
     /// Address for HTTP.
-    #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Also serve the iPXE binaries over TFTP, on this address.
-    #[arg(long, num_args = 0..=1, default_missing_value = "0.0.0.0:69")]
     pub tftp: Option<SocketAddr>,
-    /// The directory TFTP serves.
-    #[arg(long, default_value = IPXE_DIR)]
+    /// The directory TFTP serves (Debian's ipxe package: [`IPXE_DIR`]).
     pub tftp_root: PathBuf,
-    /// Where the builds' netboot files are (`nodeforge build -o DIR --format netboot`).
-    #[arg(long, default_value = "out")]
+    /// Where the builds' netboot files are.
     pub artifacts: PathBuf,
 }
 
@@ -52,7 +48,7 @@ pub struct Running {
 }
 
 /// Checks the fleet and the builds it names, binds the sockets.
-pub fn start(args: &ServeArgs, log: Log) -> Result<Running> {
+pub fn start(args: &ServeOptions, log: Log) -> Result<Running> {
     let fleet = Fleet::load(&args.nodes)?;
     let nodes = NodeTable::from_fleet(&fleet)?;
     for name in nodes.artifacts() {
@@ -108,7 +104,7 @@ pub fn start(args: &ServeArgs, log: Log) -> Result<Running> {
 }
 
 /// `nodeforge serve`: runs until killed.
-pub fn run(args: &ServeArgs) -> Result<()> {
+pub fn run(args: &ServeOptions) -> Result<()> {
     let log: Log = Arc::new(|line: &str| eprintln!("{line}"));
     let running = start(args, log)?;
     eprintln!(

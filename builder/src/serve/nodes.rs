@@ -7,8 +7,8 @@ use std::fmt;
 use anyhow::{bail, Context, Result};
 use nodeforge_firstboot::seed::Seed;
 
-use crate::fleet::{Fleet, NodeMode};
 use crate::install::disk::DiskRule;
+use crate::seed::fleet::{Fleet, NodeMode};
 
 /// A MAC address, as iPXE's `${mac}` (colons) or `${mac:hexhyp}` (dashes)
 /// spells it, case-insensitive.

@@ -2,8 +2,8 @@
 //! and auth keys minted through Tailscale's API.
 
 pub mod api;
-pub mod cli;
 pub mod policy;
+#[cfg(any(test, feature = "test-support"))]
 pub mod testapi;
 
 use std::fs;

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::customize::SeedOptions;
+use super::options::SeedOptions;
 use crate::profile::ProfileError;
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use super::api::{KeyRequest, OAuthClient, DEFAULT_API};
 use crate::fsutil;
+use crate::tailnet::api::{KeyRequest, OAuthClient, DEFAULT_API};
 
 /// Where the OAuth client's secret may come from besides a file.
 pub const SECRET_ENV: &str = "TS_OAUTH_CLIENT_SECRET";
@@ -68,7 +68,7 @@ pub struct MintKeyArgs {
 pub fn run(cmd: TailnetCommand) -> Result<()> {
     match cmd {
         TailnetCommand::Policy { paths, output } => {
-            let text = super::write_policy(&paths, output.as_deref())?;
+            let text = crate::tailnet::write_policy(&paths, output.as_deref())?;
             match output {
                 Some(out) => eprintln!("wrote the tailnet policy to {}", out.display()),
                 None => print!("{text}"),
@@ -100,9 +100,9 @@ fn mint_key(args: MintKeyArgs) -> Result<()> {
         return Ok(());
     }
     let role = args.role.as_deref().unwrap_or_default();
-    let profiles = super::load_profiles(std::slice::from_ref(&args.profiles))?;
-    let profile = super::find_role(&profiles, role)?;
-    let tags = super::role_tags(profile)?;
+    let profiles = crate::tailnet::load_profiles(std::slice::from_ref(&args.profiles))?;
+    let profile = crate::tailnet::find_role(&profiles, role)?;
+    let tags = crate::tailnet::role_tags(profile)?;
     let expiry = crate::cache::parse_duration(&args.expiry)?;
     if let Some(host) = &args.replace {
         let removed = client.remove_stale_devices(host)?;

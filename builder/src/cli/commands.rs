@@ -1,0 +1,230 @@
+//! What each `nodeforge` command runs, given its parsed arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use super::args::{BootArgs, BuildArgs, CacheCommand, CustomizeArgs};
+use crate::boot::{self, VmOptions};
+use crate::build::{self, BuildOptions, Output};
+use crate::cache::{self, Cache};
+use crate::plan::Plan;
+use crate::profile::ByteSize;
+
+pub fn check(profiles: &[PathBuf]) -> Result<()> {
+    let mut failed = 0;
+    for p in profiles {
+        match Plan::load(p) {
+            Ok(plan) => println!(
+                "ok   {} (role {}, {} packages)",
+                p.display(),
+                plan.profile.role,
+                plan.packages.len()
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} profiles have errors", profiles.len());
+    }
+    Ok(())
+}
+
+pub fn build_cmd(args: BuildArgs) -> Result<()> {
+    let mut plan = Plan::load(&args.profile)?;
+    for f in &args.formats {
+        if !plan.profile.outputs.contains(f) {
+            plan.profile.outputs.push(*f);
+        }
+    }
+    let output = if args.json {
+        Output::Json
+    } else if args.quiet {
+        Output::Quiet
+    } else {
+        Output::Human
+    };
+    let opts = BuildOptions {
+        output_dir: args.output,
+        cache_dir: args.cache_dir.unwrap_or_else(build::default_cache_dir),
+        output,
+        no_cache: args.no_cache,
+        agent: args.agent,
+        offline: args.offline,
+    };
+    if args.verify_reproducible {
+        let (result, check) = build::verify_reproducible(&plan, &opts)?;
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({"event": "reproducible", "result": result, "check": check})
+            ),
+            _ => println!(
+                "built {} twice: sha256 {} and {}",
+                result.image.display(),
+                check.first,
+                check.second
+            ),
+        }
+        if !check.identical {
+            bail!(
+                "the two builds differ (partitions: [{}]; files: [{}])",
+                check.differing_partitions.join(", "),
+                check.differing_files.join(", ")
+            );
+        }
+        if output == Output::Human {
+            println!(
+                "reproducible: the two images and the {} files beside them are identical",
+                check.compared_files
+            );
+        }
+        return Ok(());
+    }
+    let result = build::build(&plan, &opts)?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"event": "result", "result": result})
+        ),
+        Output::Human => {
+            let total: f64 = result.steps.iter().map(|s| s.seconds).sum();
+            println!(
+                "built {} in {total:.1}s: {} MiB disk, {} MiB of data, sha256 {}",
+                result.image.display(),
+                result.image_size >> 20,
+                result.allocated >> 20,
+                result.sha256
+            );
+        }
+        Output::Quiet => {}
+    }
+    Ok(())
+}
+
+pub fn lock_cmd(profile: &std::path::Path, mirrors: Vec<crate::oci::Mirror>) -> Result<()> {
+    let p = crate::profile::load(profile)?;
+    if p.stacks.is_empty() {
+        bail!(
+            "{}: the profile has no stacks, so there is nothing to lock",
+            profile.display()
+        );
+    }
+    let client = crate::oci::Client::new()?.with_mirrors(crate::oci::Mirrors::new(mirrors));
+    let (lock, path) = crate::oci::lock::lock(&p, profile, &client)?;
+    for im in &lock.images {
+        println!("{}  {}", im.digest, im.reference);
+    }
+    println!(
+        "wrote {} ({} images for {})",
+        path.display(),
+        lock.images.len(),
+        lock.arch
+    );
+    Ok(())
+}
+
+pub fn boot_cmd(args: BootArgs) -> Result<()> {
+    let opts = VmOptions {
+        ssh_port: args.ssh_port,
+        accel: args.accel,
+        memory_mb: args.memory,
+        log: args.log,
+        persist: args.persist,
+        ..VmOptions::new(&args.image)
+    };
+    let (accel, took) = boot::boot(&opts, &args.expect, Duration::from_secs(args.timeout))?;
+    println!(
+        "{} booted ({:?}): {:?} after {:.1}s",
+        args.image.display(),
+        accel,
+        args.expect,
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn customize_cmd(args: CustomizeArgs) -> Result<()> {
+    let Some(seed) = args.seed.seed()? else {
+        bail!("nothing to stamp: give --node, --hostname, --authkey-file, --ssh-key or --tag");
+    };
+    let target = match &args.output {
+        Some(out) => {
+            crate::fsutil::sparse_copy(&args.image, out)?;
+            out.clone()
+        }
+        None => args.image.clone(),
+    };
+    crate::seed::stamp(&target, &seed)?;
+    println!(
+        "stamped the seed into {} (hostname {}, auth key {}, {} SSH keys, tags [{}])",
+        target.display(),
+        seed.hostname.as_deref().unwrap_or("from the image"),
+        if seed.tailscale_auth_key.is_some() {
+            "set"
+        } else {
+            "none"
+        },
+        seed.ssh_authorized_keys.len(),
+        seed.tailscale_tags.join(", ")
+    );
+    Ok(())
+}
+
+pub fn cache_cmd(command: CacheCommand, dir: Option<PathBuf>) -> Result<()> {
+    let cache = Cache::new(dir.unwrap_or_else(build::default_cache_dir));
+    match command {
+        CacheCommand::Ls { json } => {
+            let entries = cache.entries()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(());
+            }
+            let total: u64 = entries.iter().map(|e| e.size).sum();
+            for e in &entries {
+                println!(
+                    "{:<7} {:<16} {:>10} used {:>4} ago  {}",
+                    e.kind,
+                    &e.key[..e.key.len().min(16)],
+                    ByteSize(e.size / (1 << 20) * (1 << 20)).to_string(),
+                    cache::age(cache::seconds_since(e.last_used)),
+                    e.summary
+                );
+            }
+            println!(
+                "{} entries, {} MiB in {}",
+                entries.len(),
+                total >> 20,
+                cache.dir.display()
+            );
+            Ok(())
+        }
+        CacheCommand::Prune {
+            older_than,
+            max_size,
+        } => {
+            let older = older_than
+                .as_deref()
+                .map(cache::parse_duration)
+                .transpose()?;
+            let max = max_size
+                .as_deref()
+                .map(|s| s.parse::<ByteSize>().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let r = cache.prune(older, max)?;
+            println!(
+                "removed {} entries and {} leftovers ({} MiB); kept {} entries ({} MiB)",
+                r.removed,
+                r.leftovers,
+                r.bytes >> 20,
+                r.kept,
+                r.kept_bytes >> 20
+            );
+            Ok(())
+        }
+    }
+}
