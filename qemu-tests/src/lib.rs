@@ -223,6 +223,44 @@ pub fn manifest_packages(manifest: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Fails naming each of `wanted` that the build's manifest does not list
+/// as installed.
+pub fn assert_manifest_lists(manifest: &Path, wanted: &[&str]) {
+    let names = manifest_packages(manifest);
+    let missing: Vec<&&str> = wanted
+        .iter()
+        .filter(|w| !names.iter().any(|n| n == *w))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{}: {missing:?} not in the manifest's package list",
+        manifest.display()
+    );
+}
+
+/// Boots `image` (changes kept) with `disks` attached until the guest
+/// prints its report and powers off; the console.
+pub fn boot_until_report(
+    image: &Path,
+    disks: &[nodeforge::boot::ExtraDisk],
+    log_name: &str,
+    timeout: std::time::Duration,
+) -> String {
+    let mut vm = nodeforge::boot::Vm::start(&nodeforge::boot::VmOptions {
+        persist: true,
+        log: Some(console_log(log_name)),
+        extra_disks: disks.to_vec(),
+        ..nodeforge::boot::VmOptions::new(image)
+    })
+    .expect("starting QEMU");
+    if let Err(e) = vm.wait_for("=== report-end", timeout) {
+        panic!("no report from {}: {e}", image.display());
+    }
+    vm.wait_exit(std::time::Duration::from_secs(120))
+        .expect("guest powers off after its report");
+    vm.console()
+}
+
 /// What the test-status overlay's unit prints once first boot ends.
 pub const STATUS_MARKER: &str = "NODEFORGE-TEST-STATUS {";
 

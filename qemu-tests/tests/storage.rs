@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nodeforge::boot::{ExtraDisk, Vm, VmOptions};
+use nodeforge::boot::ExtraDisk;
 use nodeforge::seed::{stamp, SeedOptions};
-use qemu_tests::{build_profile, console_log, copy_image, report_value, vm_slot};
+use qemu_tests::{build_profile, copy_image, report_value, vm_slot};
 use serde_json::Value;
 
 fn sha256(path: &Path) -> String {
@@ -50,22 +50,6 @@ fn disk_with_data(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     disk
-}
-
-fn boot(image: &Path, disks: &[ExtraDisk], log_name: &str) -> String {
-    let mut vm = Vm::start(&VmOptions {
-        persist: true,
-        log: Some(console_log(log_name)),
-        extra_disks: disks.to_vec(),
-        ..VmOptions::new(image)
-    })
-    .expect("starting QEMU");
-    if let Err(e) = vm.wait_for("=== report-end", Duration::from_secs(600)) {
-        panic!("no report from {}: {e}", image.display());
-    }
-    vm.wait_exit(Duration::from_secs(120))
-        .expect("guest powers off after its report");
-    vm.console()
 }
 
 fn storage_step(console: &str) -> Value {
@@ -119,7 +103,8 @@ fn blank_disk_formatted_once_and_disk_with_data_left_alone() {
     ];
     let _slot = vm_slot();
 
-    let console = boot(&image, &disks, "storage-1");
+    let console =
+        qemu_tests::boot_until_report(&image, &disks, "storage-1", Duration::from_secs(600));
     let step = storage_step(&console);
     assert_eq!(step["state"], "failed", "{step}");
     assert_eq!(step["reason"], "disk-holds-data", "{step}");
@@ -168,7 +153,8 @@ fn blank_disk_formatted_once_and_disk_with_data_left_alone() {
     assert_eq!(parts.len(), 1, "{table}");
     assert_eq!(parts[0]["name"], "testdata");
 
-    let console = boot(&image, &disks, "storage-2");
+    let console =
+        qemu_tests::boot_until_report(&image, &disks, "storage-2", Duration::from_secs(600));
     let step = storage_step(&console);
     assert_eq!(step["reason"], "disk-holds-data", "{step}");
     let error = step["error"].as_str().unwrap();
