@@ -342,11 +342,13 @@ fn list_overlay_files(p: &Profile) -> Result<Vec<OverlayFile>> {
         for (rel, source) in files {
             let template = rel.ends_with(TEMPLATE_SUFFIX);
             let target = format!("/{}", rel.strip_suffix(TEMPLATE_SUFFIX).unwrap_or(&rel));
-            let meta = fs::symlink_metadata(&source)?;
+            let meta = fs::symlink_metadata(&source)
+                .with_context(|| format!("reading {}", source.display()))?;
             let executable =
                 !meta.file_type().is_symlink() && meta.permissions().mode() & 0o111 != 0;
             let bytes = match meta.file_type().is_symlink() {
-                true => fs::read_link(&source)?
+                true => fs::read_link(&source)
+                    .with_context(|| format!("reading link {}", source.display()))?
                     .to_string_lossy()
                     .into_owned()
                     .into_bytes(),
@@ -370,7 +372,9 @@ fn list_overlay_files(p: &Profile) -> Result<Vec<OverlayFile>> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .and_then(|d| d.collect::<std::io::Result<_>>())
+        .with_context(|| format!("listing {}", dir.display()))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();

@@ -1,7 +1,6 @@
 //! Step `agent`: the first-boot agent, its unit and its baked config.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -30,7 +29,7 @@ const TAILSCALED_UNIT: &str = "tailscaled.service";
 pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let binary = ctx.agent_binary.clone();
     let dest = ctx.target(nodeforge_firstboot::BINARY_PATH);
-    fs::create_dir_all(dest.parent().expect("has parent"))?;
+    crate::fsutil::create_dir_all(dest.parent().expect("has parent"))?;
     fs::copy(&binary, &dest).with_context(|| {
         format!(
             "installing agent {} into the image as {}",
@@ -38,10 +37,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
             nodeforge_firstboot::BINARY_PATH
         )
     })?;
-    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
+    crate::fsutil::set_mode(&dest, 0o755)?;
 
     let unit = ctx.target(nodeforge_firstboot::SYSTEMD_UNIT_PATH);
-    fs::create_dir_all(unit.parent().expect("has parent"))?;
+    crate::fsutil::create_dir_all(unit.parent().expect("has parent"))?;
     fs::write(&unit, nodeforge_firstboot::SYSTEMD_UNIT)
         .with_context(|| format!("writing {}", unit.display()))?;
     enable_unit(&ctx.rootfs, UNIT_NAME)?;
@@ -56,13 +55,13 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
             );
         }
         let dropin = ctx.target(nodeforge_firstboot::TAILSCALED_DROPIN_PATH);
-        fs::create_dir_all(dropin.parent().expect("has parent"))?;
+        crate::fsutil::create_dir_all(dropin.parent().expect("has parent"))?;
         fs::write(&dropin, nodeforge_firstboot::TAILSCALED_DROPIN)
             .with_context(|| format!("writing {}", dropin.display()))?;
     }
     let cfg = baked_config(&ctx.plan.profile);
     let path = ctx.target(BAKED_CONFIG_PATH);
-    fs::create_dir_all(path.parent().expect("has parent"))?;
+    crate::fsutil::create_dir_all(path.parent().expect("has parent"))?;
     fs::write(&path, cfg.to_toml())
         .with_context(|| format!("writing {BAKED_CONFIG_PATH} in the image"))?;
     ctx.facts

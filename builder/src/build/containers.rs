@@ -90,7 +90,7 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
                 .with_mirrors(lock::mirrors(&locked)?),
         ),
     };
-    fs::create_dir_all(ctx.target(IMAGES_DIR))
+    crate::fsutil::create_dir_all(ctx.target(IMAGES_DIR))
         .with_context(|| format!("creating {IMAGES_DIR} in the image"))?;
     let mut facts = Vec::new();
     let (mut blob_total, mut archive_total) = (0u64, 0u64);
@@ -152,7 +152,7 @@ pub fn write_stacks(ctx: &mut BuildContext) -> Result<StepOutcome> {
         manifest.stacks.push(write_stack(ctx, st, &images)?);
     }
     let path = ctx.target(STACKS_MANIFEST_PATH);
-    fs::create_dir_all(path.parent().expect("has parent"))?;
+    crate::fsutil::create_dir_all(path.parent().expect("has parent"))?;
     fsutil::atomic_write(&path, manifest.to_toml().as_bytes())
         .with_context(|| format!("writing {STACKS_MANIFEST_PATH} in the image"))?;
     Ok(StepOutcome::Done)
@@ -222,7 +222,8 @@ fn write_stack(
     images: &BTreeMap<String, ImageEntry>,
 ) -> Result<StackEntry> {
     let dir = format!("{STACKS_DIR}/{}", st.name);
-    fs::create_dir_all(ctx.target(&dir)).with_context(|| format!("creating {dir} in the image"))?;
+    crate::fsutil::create_dir_all(ctx.target(&dir))
+        .with_context(|| format!("creating {dir} in the image"))?;
     let tags: BTreeMap<&str, &str> = images
         .iter()
         .filter(|(r, _)| st.images.contains(r))

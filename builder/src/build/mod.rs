@@ -152,9 +152,9 @@ impl<'a> BuildContext<'a> {
         let cache = Cache::new(&opts.cache_dir);
         let lock = cache.lock_for_build()?;
         let work_parent = cache.work_dir();
-        fs::create_dir_all(&work_parent)
+        crate::fsutil::create_dir_all(&work_parent)
             .with_context(|| format!("creating {}", work_parent.display()))?;
-        fs::create_dir_all(&opts.output_dir)
+        crate::fsutil::create_dir_all(&opts.output_dir)
             .with_context(|| format!("creating output directory {}", opts.output_dir.display()))?;
         let work = tempfile::Builder::new()
             .prefix(&format!("{}-", plan.profile.name))

@@ -5,8 +5,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use std::os::unix::fs::PermissionsExt;
-
 use anyhow::{bail, Context, Result};
 
 use super::agent::host_arch;
@@ -141,14 +139,14 @@ fn installer_binary(arch: Arch) -> Result<Option<PathBuf>> {
 
 fn install_installer(ctx: &BuildContext, bin: &Path) -> Result<()> {
     let dest = ctx.target(INSTALLER_PATH);
-    fs::create_dir_all(dest.parent().expect("has a parent"))?;
+    crate::fsutil::create_dir_all(dest.parent().expect("has a parent"))?;
     fs::copy(bin, &dest).with_context(|| {
         format!(
             "copying {} into the netboot root as {INSTALLER_PATH}",
             bin.display()
         )
     })?;
-    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
+    crate::fsutil::set_mode(&dest, 0o755)?;
     if find_program("strip").is_some() {
         // A debug build carries ~100 MB of symbols the node would hold in RAM.
         Cmd::new("strip")

@@ -48,7 +48,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let image = ctx.image.take().context("the image file was not created")?;
     // One read of the mapped ranges gives both the bmap and the sha256.
     let (bmap, sha256) = crate::bmap::Bmap::create_with_image_sha256(&image.path)?;
-    let allocated = fs::metadata(&image.path)?.blocks() * 512;
+    let allocated = fs::metadata(&image.path)
+        .with_context(|| format!("reading the size of {}", image.path.display()))?
+        .blocks()
+        * 512;
     let packages = read_dpkg_status(&ctx.target("/var/lib/dpkg/status"))?;
     image.commit(&final_path)?;
 

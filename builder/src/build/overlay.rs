@@ -29,7 +29,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     for f in files {
         let dest = ctx.target(&f.target);
         if let Some(dir) = dest.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::fsutil::create_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
         let meta = fs::symlink_metadata(&f.source)
             .with_context(|| format!("reading {}", f.source.display()))?;
@@ -38,7 +39,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
                 .with_context(|| format!("replacing {} in the image", f.target))?;
         }
         if meta.file_type().is_symlink() {
-            let to = fs::read_link(&f.source)?;
+            let to = fs::read_link(&f.source)
+                .with_context(|| format!("reading link {}", f.source.display()))?;
             symlink(&to, &dest).with_context(|| format!("linking {} in the image", f.target))?;
             continue;
         }
@@ -61,7 +63,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         } else {
             0o644
         };
-        fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+        crate::fsutil::set_mode(&dest, mode)?;
     }
     Ok(StepOutcome::Done)
 }

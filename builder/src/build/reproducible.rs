@@ -135,7 +135,7 @@ pub fn clamp_mtimes(root: &Path, epoch: i64) -> Result<usize> {
             changed += clamp_one(&e.path(), &meta, epoch, &ts)?;
         }
     }
-    let meta = fs::symlink_metadata(root)?;
+    let meta = fs::symlink_metadata(root).with_context(|| format!("reading {}", root.display()))?;
     changed += clamp_one(root, &meta, epoch, &ts)?;
     Ok(changed)
 }

@@ -31,7 +31,7 @@ const LOW_SPACE: u64 = 512 << 20;
 pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let plan = ctx.plan;
     let dir = ctx.cache.rootfs_dir();
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::fsutil::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let tar = ctx.cache.rootfs_tar(&plan.rootfs_key);
     // Another build making the same layer finishes first; then it is reused.
     let _producing = ctx.cache.lock_rootfs(&plan.rootfs_key)?;
@@ -76,7 +76,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
             .map_or_else(|| "none (build time)".to_owned(), |e| e.to_string())
     );
     ctx.cache.touch_rootfs(&plan.rootfs_key, &summary)?;
-    fs::create_dir_all(&ctx.rootfs)
+    crate::fsutil::create_dir_all(&ctx.rootfs)
         .with_context(|| format!("creating {}", ctx.rootfs.display()))?;
     Cmd::new("tar")
         .args([
@@ -118,7 +118,7 @@ fn with_essential_wrapper(ctx: &BuildContext, cmd: Cmd, native_tools: bool) -> R
         .context("chroot(8) is not installed on this host (Debian package coreutils)")?;
     let work = ctx.rootfs.parent().unwrap_or(std::path::Path::new("/"));
     let bin = work.join("native-bin");
-    fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    crate::fsutil::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     let wrapper = bin.join("chroot");
     fs::write(
         &wrapper,

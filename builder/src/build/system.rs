@@ -51,7 +51,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     if dir.is_dir() {
         fs::remove_dir_all(&dir).with_context(|| format!("emptying {mount} in the image"))?;
     }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {mount} in the image"))?;
+    crate::fsutil::create_dir_all(&dir)
+        .with_context(|| format!("creating {mount} in the image"))?;
     // An empty machine-id makes systemd generate one per machine at first
     // boot, so one image serves many machines.
     write(ctx, "/etc/machine-id", "")?;
@@ -153,7 +154,8 @@ fn raspi_firmware_defaults(ctx: &BuildContext, rpi: &crate::profile::RpiFile) ->
 fn write(ctx: &BuildContext, path: &str, contents: &str) -> Result<()> {
     let target = ctx.target(path);
     if let Some(dir) = target.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::fsutil::create_dir_all(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     fs::write(&target, contents).with_context(|| format!("writing {path} in the image"))
 }
@@ -185,7 +187,8 @@ pub fn enable_unit(root: &Path, unit: &str) -> Result<bool> {
             let dir = root
                 .join("etc/systemd/system")
                 .join(format!("{t}{dir_suffix}"));
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::fsutil::create_dir_all(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
             let link = dir.join(unit);
             let _ = fs::remove_file(&link);
             symlink(&link_target, &link).with_context(|| format!("linking {}", link.display()))?;

@@ -3,7 +3,7 @@
 //! text work that tests can check line by line.
 
 use std::fs;
-use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::fs::chown;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -150,9 +150,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         if user.sudo {
             let rule = format!("{} ALL=(ALL) NOPASSWD:ALL\n", user.name);
             let path = ctx.target(&format!("/etc/sudoers.d/90-nodeforge-{}", user.name));
-            fs::create_dir_all(path.parent().expect("has parent"))?;
+            crate::fsutil::create_dir_all(path.parent().expect("has parent"))?;
             fs::write(&path, rule).with_context(|| format!("writing {}", path.display()))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o440))?;
+            crate::fsutil::set_mode(&path, 0o440)?;
         }
     }
     for (name, text, mode) in [
@@ -162,10 +162,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         ("gshadow", &acc.gshadow, 0o640),
     ] {
         let p = ctx.target(&format!("/etc/{name}"));
-        let meta = fs::metadata(&p)?;
+        let meta = fs::metadata(&p).with_context(|| format!("reading {}", p.display()))?;
         fs::write(&p, text).with_context(|| format!("writing /etc/{name} of the image"))?;
         // Keep the owner/group the package gave the file (shadow is root:shadow).
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        crate::fsutil::set_mode(&p, mode)?;
         use std::os::unix::fs::MetadataExt;
         chown(&p, Some(meta.uid()), Some(meta.gid()))?;
     }
@@ -175,14 +175,16 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
 fn write_home(root: &Path, user: &User, ids: Ids) -> Result<()> {
     let home = root.join("home").join(&user.name);
     let ssh = home.join(".ssh");
-    fs::create_dir_all(&ssh).with_context(|| format!("creating {}", ssh.display()))?;
+    crate::fsutil::create_dir_all(&ssh).with_context(|| format!("creating {}", ssh.display()))?;
     let skel = root.join("etc/skel");
     if skel.is_dir() {
-        for e in fs::read_dir(&skel)? {
+        for e in fs::read_dir(&skel).with_context(|| format!("listing {}", skel.display()))? {
             let e = e?;
             if e.file_type()?.is_file() {
                 let dest = home.join(e.file_name());
-                fs::copy(e.path(), &dest)?;
+                fs::copy(e.path(), &dest).with_context(|| {
+                    format!("copying {} to {}", e.path().display(), dest.display())
+                })?;
                 chown(&dest, Some(ids.uid), Some(ids.gid))?;
             }
         }
@@ -194,7 +196,7 @@ fn write_home(root: &Path, user: &User, ids: Ids) -> Result<()> {
     }
     fs::write(&keys, text).with_context(|| format!("writing {}", keys.display()))?;
     for (p, mode) in [(&home, 0o750), (&ssh, 0o700), (&keys, 0o600)] {
-        fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
+        crate::fsutil::set_mode(p, mode)?;
         chown(p, Some(ids.uid), Some(ids.gid))?;
     }
     if user.name.contains('/') {

@@ -87,7 +87,8 @@ pub fn run(order_url: &str, staging_dir: &Path) -> Result<()> {
         .with_context(|| format!("making a staging directory in {}", staging_dir.display()))?;
     let image = staging.path().join("image.img");
     let bmap_path = staging.path().join("image.img.bmap");
-    std::fs::write(&bmap_path, &bmap_text)?;
+    std::fs::write(&bmap_path, &bmap_text)
+        .with_context(|| format!("writing {}", bmap_path.display()))?;
     fetch_mapped(&http, &order.image, &bmap, &image)?;
 
     let seed_text = get(&order.seed)?.text()?;
