@@ -12,9 +12,9 @@ use crate::config::{BakedConfig, BAKED_CONFIG_PATH};
 use crate::fsutil::{read_optional, under};
 use crate::journal::Journal;
 use crate::notify::Notifier;
+use crate::redact::redact;
 use crate::runner::CommandRunner;
-use crate::seed::TSKEY_PREFIX;
-use crate::seeding::{load_seed, SeedLoadError};
+use crate::seed::load::{load_seed, SeedLoadError};
 use crate::status::{now_rfc3339, RunState, Sample, Status, StepState, StepStatus};
 use crate::steps::{Ctx, Notes, Outcome, Refusal, Step};
 use crate::tailscale::TailscaleError;
@@ -91,7 +91,7 @@ pub struct Agent<'a> {
     pub notifier: Notifier,
     pub tailscale_bin: String,
     /// Service probes of the containers step (real network checks).
-    pub probe: &'a dyn Fn(&crate::stacks::ProbeEntry) -> Result<(), String>,
+    pub probe: &'a dyn Fn(&crate::stacks::ProbeEntry) -> anyhow::Result<()>,
 }
 
 impl<'a> Agent<'a> {
@@ -486,22 +486,6 @@ fn refusal(e: &anyhow::Error) -> Option<&Refusal> {
     e.chain().find_map(|c| c.downcast_ref::<Refusal>())
 }
 
-/// Removes auth keys from text bound for the console, journal or status
-/// (a TOML parse error, for one, quotes the offending line).
-pub fn redact(text: &str, key: Option<&str>) -> String {
-    let mut out = match key {
-        Some(k) if !k.is_empty() => text.replace(k, "<redacted>"),
-        _ => text.to_string(),
-    };
-    while let Some(i) = out.find(TSKEY_PREFIX) {
-        let end = out[i..]
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-            .map_or(out.len(), |n| i + n);
-        out.replace_range(i..end, "<redacted>");
-    }
-    out
-}
-
 /// One agent at a time (a manual run must not race the unit).
 fn lock(root: &Path) -> anyhow::Result<fs::File> {
     let p = under(root, "/run/nodeforge/agent.lock");
@@ -516,24 +500,4 @@ fn lock(root: &Path) -> anyhow::Result<fs::File> {
         anyhow::bail!("another nodeforge-firstboot holds {}", p.display());
     }
     Ok(f)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_keys() {
-        assert_eq!(
-            redact(
-                "line 2: tailscale_auth_key = \"tskey-auth-kX_1\" nope",
-                None
-            ),
-            "line 2: tailscale_auth_key = \"<redacted>\" nope"
-        );
-        assert_eq!(
-            redact("secret abc123 here", Some("abc123")),
-            "secret <redacted> here"
-        );
-    }
 }

@@ -153,51 +153,83 @@ impl Filesystem {
     }
 }
 
-/// Why a storage rule is unusable; shared by the builder's profile check
-/// and the agent.
+/// Why a storage rule is unusable. The kind tells which field is wrong (the
+/// builder points its profile error at that field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageRuleError {
+    #[error("storage label `{label}` must be 1 to {} letters, digits, `-` or `_` ({} labels)", .filesystem.max_label(), .filesystem.name())]
+    Label {
+        label: String,
+        filesystem: Filesystem,
+    },
+    #[error("storage `{label}`: mount point `{mount}` must be an absolute path below / without spaces, `.` or `..`")]
+    MountPoint { label: String, mount: String },
+    #[error("storage `{label}`: no disk matcher: give at least one of min_size, max_size, model, serial, by_id, by_path, largest")]
+    NoMatcher { label: String },
+    #[error("storage `{label}`: min_size is above max_size")]
+    SizeRange { label: String },
+    #[error(
+        "storage `{label}`: mount option `{option}` must be one option without commas or spaces"
+    )]
+    MountOption { label: String, option: String },
+}
+
+impl StorageRule {
+    /// Checks what the schema alone cannot: label, mount point, matcher
+    /// and options.
+    pub fn check(&self) -> Result<(), StorageRuleError> {
+        let label = || self.label.clone();
+        let l = &self.label;
+        if l.is_empty()
+            || l.len() > self.filesystem.max_label()
+            || !l
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(StorageRuleError::Label {
+                label: label(),
+                filesystem: self.filesystem,
+            });
+        }
+        let m = &self.mount;
+        if !m.starts_with('/')
+            || m == "/"
+            || m.contains("//")
+            || m.split('/').any(|c| c == "." || c == "..")
+            || m.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return Err(StorageRuleError::MountPoint {
+                label: label(),
+                mount: m.clone(),
+            });
+        }
+        if self.matcher.is_empty() {
+            return Err(StorageRuleError::NoMatcher { label: label() });
+        }
+        if let (Some(lo), Some(hi)) = (self.matcher.min_bytes, self.matcher.max_bytes) {
+            if lo > hi {
+                return Err(StorageRuleError::SizeRange { label: label() });
+            }
+        }
+        if let Some(o) = self
+            .options
+            .iter()
+            .find(|o| o.is_empty() || o.contains(|c: char| c == ',' || c.is_whitespace()))
+        {
+            return Err(StorageRuleError::MountOption {
+                label: label(),
+                option: o.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// [`StorageRule::check`] as a message: the builder's profile check calls
+/// this and finds the field in the text, so its signature stays until that
+/// caller matches on [`StorageRuleError`] instead.
 pub fn check_storage_rule(rule: &StorageRule) -> Result<(), String> {
-    let l = &rule.label;
-    if l.is_empty()
-        || l.len() > rule.filesystem.max_label()
-        || !l
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(format!(
-            "storage label `{l}` must be 1 to {} letters, digits, `-` or `_` ({} labels)",
-            rule.filesystem.max_label(),
-            rule.filesystem.name()
-        ));
-    }
-    let m = &rule.mount;
-    if !m.starts_with('/')
-        || m == "/"
-        || m.contains("//")
-        || m.split('/').any(|c| c == "." || c == "..")
-        || m.contains(|c: char| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "storage `{l}`: mount point `{m}` must be an absolute path below / without spaces, `.` or `..`"
-        ));
-    }
-    if rule.matcher.is_empty() {
-        return Err(format!(
-            "storage `{l}`: no disk matcher: give at least one of min_size, max_size, model, serial, by_id, by_path, largest"
-        ));
-    }
-    if let (Some(lo), Some(hi)) = (rule.matcher.min_bytes, rule.matcher.max_bytes) {
-        if lo > hi {
-            return Err(format!("storage `{l}`: min_size is above max_size"));
-        }
-    }
-    for o in &rule.options {
-        if o.is_empty() || o.contains(|c: char| c == ',' || c.is_whitespace()) {
-            return Err(format!(
-                "storage `{l}`: mount option `{o}` must be one option without commas or spaces"
-            ));
-        }
-    }
-    Ok(())
+    rule.check().map_err(|e| e.to_string())
 }
 
 /// Shell-style glob with `*` and `?` (no classes), whole string.
@@ -319,12 +351,14 @@ mod tests {
                 ..DiskMatch::default()
             },
         };
+        assert_eq!(good.check(), Ok(()));
         assert_eq!(check_storage_rule(&good), Ok(()));
         let bad = |f: &dyn Fn(&mut StorageRule), want: &str| {
             let mut r = good.clone();
             f(&mut r);
-            let e = check_storage_rule(&r).unwrap_err();
-            assert!(e.contains(want), "{e}");
+            let e = r.check().unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(check_storage_rule(&r), Err(e.to_string()));
         };
         bad(&|r| r.matcher = DiskMatch::default(), "no disk matcher");
         bad(
@@ -345,6 +379,15 @@ mod tests {
             "1 to 12",
         );
         bad(&|r| r.options = vec!["a,b".into()], "mount option");
+        let mut r = good.clone();
+        r.options = vec!["ro".into(), "a b".into()];
+        assert_eq!(
+            r.check(),
+            Err(StorageRuleError::MountOption {
+                label: "media".into(),
+                option: "a b".into()
+            })
+        );
         bad(
             &|r| {
                 r.matcher.min_bytes = Some(2);

@@ -72,8 +72,10 @@ pub fn get(url: &str, timeout: Duration) -> Result<Vec<u8>> {
         (None, Some(e)) => return Err(e).with_context(|| format!("connecting to {url}")),
         (None, None) => bail!("{} resolved to no address", u.host),
     };
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .with_context(|| format!("setting timeouts on the connection to {url}"))?;
     let host_hdr = if u.host.contains(':') {
         format!("[{}]:{}", u.host, u.port)
     } else {
@@ -201,6 +203,11 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
+    /// The whole chain of an error the test expects.
+    fn err<T: std::fmt::Debug>(r: Result<T>) -> String {
+        format!("{:#}", r.unwrap_err())
+    }
+
     fn serve_once(response: &'static [u8]) -> (String, std::thread::JoinHandle<String>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
@@ -226,8 +233,8 @@ mod tests {
         );
         assert_eq!(parse_url("http://h").unwrap().path, "/");
         assert_eq!(parse_url("http://[fe80::1]:81/x").unwrap().host, "fe80::1");
-        assert!(parse_url("https://h/").is_err());
-        assert!(parse_url("http://h:x/").is_err());
+        assert!(err(parse_url("https://h/")).contains("only http:// is supported"));
+        assert!(err(parse_url("http://h:x/")).contains("bad port \"x\""));
     }
 
     #[test]
@@ -273,16 +280,26 @@ mod tests {
 
     #[test]
     fn absurd_chunk_sizes_are_errors_not_panics() {
-        assert!(dechunk(b"ffffffffffffffff\r\nx\r\n0\r\n\r\n").is_err());
-        assert!(dechunk(b"zz\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nshort").is_err());
-        assert!(parse_response(b"garbage").is_err());
+        let e = err(dechunk(b"ffffffffffffffff\r\nx\r\n0\r\n\r\n"));
+        assert_eq!(e, "chunk truncated or too large");
+        assert_eq!(
+            err(dechunk(b"zz\r\n")),
+            "bad chunk size \"zz\": invalid digit found in string"
+        );
+        let e = err(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nshort",
+        ));
+        assert_eq!(e, "body truncated: 5 of 99 bytes");
+        assert_eq!(
+            err(parse_response(b"garbage")),
+            "response has no end of headers"
+        );
     }
 
     #[test]
     fn non_200_is_an_error() {
         let (url, _h) = serve_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-        let e = format!("{:#}", get(&url, Duration::from_secs(5)).unwrap_err());
+        let e = err(get(&url, Duration::from_secs(5)));
         assert!(e.contains("404"), "{e}");
     }
 }

@@ -225,6 +225,8 @@ pub fn check(root: &Path) -> Result<Option<Cloned>> {
     };
     let json = serde_json::to_string_pretty(&found).expect("Cloned serialises");
     atomic_write(&under(root, CLONED_PATH), json.as_bytes(), 0o644)?;
-    fs::remove_file(under(root, IDENTITY_PATH)).context("forgetting the old identity")?;
+    let old = under(root, IDENTITY_PATH);
+    fs::remove_file(&old)
+        .with_context(|| format!("forgetting the old identity: removing {}", old.display()))?;
     Ok(Some(found))
 }

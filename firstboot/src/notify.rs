@@ -10,11 +10,11 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// The socket systemd names in `$NOTIFY_SOCKET`, if any.
     pub fn from_env() -> Self {
-        Notifier {
-            socket: std::env::var("NOTIFY_SOCKET")
-                .ok()
-                .filter(|s| !s.is_empty()),
+        match std::env::var("NOTIFY_SOCKET") {
+            Ok(path) if !path.is_empty() => Notifier::to_socket(&path),
+            _ => Notifier::disabled(),
         }
     }
 

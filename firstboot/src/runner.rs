@@ -5,6 +5,7 @@
 //! Secrets never go into a [`Cmd`]: its `Display` form is logged and put in
 //! errors. Pass secrets as files (`--auth-key=file:/run/...`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -61,17 +62,29 @@ impl Cmd {
     }
 }
 
+/// The command line as a shell would take it back.
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.program)?;
+        f.write_str(&shell_quote(&self.program))?;
         for a in &self.args {
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
-                write!(f, " '{}'", a.replace('\'', "'\\''"))?;
-            } else {
-                write!(f, " {a}")?;
-            }
+            write!(f, " {}", shell_quote(a))?;
         }
         Ok(())
+    }
+}
+
+/// One word for a POSIX shell, quoted by the same rule as the builder's
+/// command lines so both read alike in logs: bare only when non-empty and
+/// made of ASCII letters, digits and `-_./=:,+@%`; otherwise in single
+/// quotes, a `'` written as `'\''`.
+fn shell_quote(s: &str) -> Cow<'_, str> {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(format!("'{}'", s.replace('\'', r"'\''")))
     }
 }
 
@@ -87,22 +100,6 @@ pub struct CmdOutput {
 }
 
 impl CmdOutput {
-    pub fn ok(stdout: &str) -> Self {
-        CmdOutput {
-            code: Some(0),
-            stdout: stdout.to_string(),
-            ..Default::default()
-        }
-    }
-
-    pub fn fail(code: i32, stderr: &str) -> Self {
-        CmdOutput {
-            code: Some(code),
-            stderr: stderr.to_string(),
-            ..Default::default()
-        }
-    }
-
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
@@ -214,6 +211,30 @@ mod tests {
     fn display_quotes_awkward_arguments() {
         let c = Cmd::new("sfdisk").args(["-N", "2", "a b", ""]);
         assert_eq!(c.to_string(), "sfdisk -N 2 'a b' ''");
+        // Left bare: letters, digits and -_./=:,+@%.
+        let bare = "--auth-key=file:/run/k_1,x+y@h%2";
+        assert_eq!(
+            Cmd::new("tailscale").arg(bare).to_string(),
+            format!("tailscale {bare}")
+        );
+        for (arg, shown) in [
+            ("it's", r"'it'\''s'"),
+            ("'", r"''\'''"),
+            ("$HOME", "'$HOME'"),
+            ("a*", "'a*'"),
+            ("{{.ID}}", "'{{.ID}}'"),
+            ("a;b", "'a;b'"),
+            ("~", "'~'"),
+            ("tab\there", "'tab\there'"),
+            ("caf\u{e9}", "'caf\u{e9}'"),
+        ] {
+            let line = Cmd::new("echo").arg(arg).to_string();
+            assert_eq!(line, format!("echo {shown}"), "{arg:?}");
+        }
+        // The program follows the same rule.
+        let c = Cmd::new("/opt/my tools/run").arg("x");
+        assert_eq!(c.to_string(), "'/opt/my tools/run' x");
+        assert_eq!(Cmd::new("").to_string(), "''");
     }
 
     #[test]

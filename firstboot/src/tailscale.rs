@@ -211,6 +211,12 @@ mod tests {
         assert_eq!(s.state(), TsState::NeedsApproval);
         let s = TsStatus::parse(r#"{"BackendState":"Running","TailscaleIPs":[]}"#).unwrap();
         assert_eq!(s.state(), TsState::Starting);
-        assert!(TsStatus::parse("not json").is_err());
+        let e = TsStatus::parse("not json").unwrap_err();
+        assert_eq!(e.reason(), "other");
+        assert!(
+            e.to_string()
+                .starts_with("unreadable `tailscale status --json`: "),
+            "{e}"
+        );
     }
 }

@@ -2,16 +2,17 @@
 //! `tailscale` (testdata/tailscale-standin): runs, SIGKILLs mid-join,
 //! failure reasons, the status command and sd_notify.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{notifications, SSH_KEY};
 use nodeforge_firstboot::READY_MARKER;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nodeforge-firstboot");
-const SSH_KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x0h6BmBYe0EPuN1jwai2AarDy4K6IzzJPhqhT+PKp ops@lab";
 
 fn standin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tailscale-standin")
@@ -56,13 +57,11 @@ impl Node {
     }
 
     fn write(&self, abs: &str, text: &str) {
-        let p = self.path(abs);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
+        common::write(self.root(), abs, text)
     }
 
     fn read(&self, abs: &str) -> String {
-        fs::read_to_string(self.path(abs)).unwrap_or_default()
+        common::read(self.root(), abs)
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -310,23 +309,7 @@ fn notifies_systemd_ready() {
     let n = Node::new("tskey-auth-cli-4");
     let sock_path = n.path("/notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    // Read while the agent runs, as systemd does: a datagram socket queues
-    // only a few messages, and the agent sends one per step.
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        let mut msgs = Vec::new();
-        while let Ok(len) = sock.recv(&mut buf) {
-            let m = String::from_utf8_lossy(&buf[..len]).into_owned();
-            let ready = m.starts_with("READY=1");
-            msgs.push(m);
-            if ready {
-                break;
-            }
-        }
-        msgs
-    });
+    let reader = notifications(sock);
     let out = n
         .cmd(&["run"])
         .env("NOTIFY_SOCKET", &sock_path)

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{seed_text, Machine, AUTH_KEY};
+use common::{Machine, AUTH_KEY};
+use nodeforge_firstboot::agent::RunError;
 use nodeforge_firstboot::identity::{self, Identity, CLONED_PATH, IDENTITY_PATH};
 use nodeforge_firstboot::status::{RunState, StepState};
 
@@ -24,9 +25,8 @@ fn machine_is(m: &Machine, uuid: &str, mac: &str) {
 }
 
 fn step_state(m: &Machine, name: &str) -> (StepState, Option<String>) {
-    let st = m.status();
-    let s = st.steps.iter().find(|s| s.name == name).unwrap();
-    (s.state, s.reason.clone())
+    let s = m.step(name);
+    (s.state, s.reason)
 }
 
 #[test]
@@ -159,13 +159,18 @@ fn a_cloned_disk_does_not_pose_as_the_node_and_joins_anew_with_a_new_seed() {
 
     // No key left (the seed was scrubbed after the first join).
     let joins = m.world.borrow().joins;
-    assert!(m.boot().unwrap().is_err());
+    let err = m.boot().unwrap().unwrap_err();
+    assert!(
+        matches!(&err, RunError::Degraded { step: "tailscale", message }
+            if message.contains("joined the tailnet on another machine")),
+        "{err}"
+    );
     assert_eq!(m.status().state, RunState::Degraded);
     assert_eq!(
         step_state(&m, "tailscale"),
         (StepState::Failed, Some("cloned-disk".into()))
     );
-    let console = m.summaries.borrow().join("\n");
+    let console = m.console();
     assert!(
         console.contains("cloned-disk") && console.contains("new seed"),
         "{console}"
@@ -173,7 +178,7 @@ fn a_cloned_disk_does_not_pose_as_the_node_and_joins_anew_with_a_new_seed() {
     assert_eq!(m.world.borrow().joins, joins, "no join without a new key");
 
     // A new seed: the node joins as a new node and records where.
-    m.write("/boot/efi/nodeforge-seed.toml", &seed_text(AUTH_KEY));
+    m.stamp_seed(AUTH_KEY);
     assert_eq!(m.boot().unwrap().unwrap().state, RunState::Complete);
     assert_eq!(m.world.borrow().joins, joins + 1);
     assert!(m.read(IDENTITY_PATH).contains(UUID_B));

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use nodeforge_firstboot::journal::Journal;
 use nodeforge_firstboot::seed::Seed;
-use nodeforge_firstboot::status::RunState;
+use nodeforge_firstboot::status::{RunState, StepState};
 use nodeforge_firstboot::steps::Step;
 use nodeforge_firstboot::READY_MARKER;
 
@@ -131,12 +131,7 @@ fn killed_between_host_key_and_its_pub() {
     j.save(m.root()).unwrap();
     let key = m.read("/etc/ssh/ssh_host_ed25519_key");
     reboot_and_check(&m, "pub missing", &key);
-    let st = m.status();
-    let s = st.steps.iter().find(|s| s.name == "ssh-host-keys").unwrap();
-    assert!(
-        s.detail.as_deref().unwrap().contains("rewrote its .pub"),
-        "{s:?}"
-    );
+    m.assert_step("ssh-host-keys", StepState::Done, "rewrote its .pub");
 }
 
 #[test]
@@ -161,11 +156,11 @@ fn corrupt_journal_is_set_aside_and_the_steps_recheck_state() {
     reboot_and_check(&m, "corrupt journal", &key);
     assert_eq!(m.calls_starting("tailscale up"), 1);
     assert!(m.path("/var/lib/nodeforge/journal.json.corrupt").exists());
-    assert!(m
-        .progress
-        .borrow()
-        .iter()
-        .any(|l| l.contains("starting over")));
+    assert!(
+        m.progress_log().contains("starting over"),
+        "{}",
+        m.progress_log()
+    );
 }
 
 #[test]

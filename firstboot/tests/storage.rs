@@ -9,7 +9,7 @@ use std::fs;
 
 use common::*;
 use nodeforge_firstboot::agent::RunError;
-use nodeforge_firstboot::status::{RunState, StepState, StepStatus};
+use nodeforge_firstboot::status::{RunState, StepState};
 
 const MEDIA_RULE: &str = r#"
 [[storage]]
@@ -27,12 +27,11 @@ fn machine_with(rules: &str) -> Machine {
     m
 }
 
-fn step(m: &Machine, name: &str) -> StepStatus {
-    m.status()
-        .steps
-        .into_iter()
-        .find(|s| s.name == name)
-        .unwrap()
+/// Boots to the end and checks that `taken` was partitioned, not `left`.
+fn boots_formatting(m: &Machine, taken: &str, left: &str) {
+    m.boot().unwrap().unwrap();
+    assert_eq!(m.calls_starting(&format!("sfdisk --quiet {taken}")), 1);
+    assert_eq!(m.calls_starting(&format!("sfdisk --quiet {left}")), 0);
 }
 
 fn bytes(m: &Machine, abs: &str) -> Vec<u8> {
@@ -45,7 +44,7 @@ fn blank_disk_is_formatted_once_and_mounted_by_label() {
     m.add_disk("vdb", 64, "media-01");
     let st = m.boot().unwrap().unwrap();
     assert_eq!(st.state, RunState::Complete);
-    let s = step(&m, "storage");
+    let s = m.step("storage");
     assert_eq!(s.state, StepState::Done, "{s:?}");
     let detail = s.detail.unwrap();
     assert!(detail.contains("formatted blank /dev/vdb"), "{detail}");
@@ -105,7 +104,7 @@ fn mount_racing_systemd_is_fine_but_a_failed_mount_is_not() {
     m.add_disk("vdb", 64, "media-01");
     m.world.borrow_mut().mount_race = true;
     m.boot().unwrap().unwrap();
-    let s = step(&m, "storage");
+    let s = m.step("storage");
     assert!(
         s.detail
             .as_deref()
@@ -141,7 +140,7 @@ fn labelled_disk_is_mounted_not_formatted() {
     m.put_ext4("vdb1", "media");
     let before = bytes(&m, "/dev/vdb");
     m.boot().unwrap().unwrap();
-    let s = step(&m, "storage");
+    let s = m.step("storage");
     assert_eq!(s.state, StepState::Done, "{s:?}");
     assert!(
         s.detail
@@ -181,7 +180,7 @@ fn disk_holding_data_is_refused_by_name_and_the_rest_runs() {
     assert_eq!(err.exit_code(), 3, "an operator must act: no retry loop");
     let st = m.status();
     assert_eq!(st.state, RunState::Failed);
-    let s = step(&m, "storage");
+    let s = m.step("storage");
     assert_eq!(s.state, StepState::Failed);
     assert_eq!(s.reason.as_deref(), Some("disk-holds-data"));
     let e = s.error.unwrap();
@@ -200,9 +199,9 @@ fn disk_holding_data_is_refused_by_name_and_the_rest_runs() {
     assert_eq!((bytes(&m, "/dev/vdc"), bytes(&m, "/dev/vdc1")), before);
     assert!(!m.read("/etc/fstab").contains("backup"));
     // Steps that do not need the disks ran; the stacks wait.
-    assert_eq!(step(&m, "tailscale").state, StepState::Done);
-    assert_eq!(step(&m, "scrub-secrets").state, StepState::Done);
-    let c = step(&m, "containers");
+    assert_eq!(m.step("tailscale").state, StepState::Done);
+    assert_eq!(m.step("scrub-secrets").state, StepState::Done);
+    let c = m.step("containers");
     assert_eq!(c.state, StepState::Pending);
     assert_eq!(c.detail.as_deref(), Some("waits for step storage"));
     assert!(
@@ -217,7 +216,7 @@ fn disk_holding_data_is_refused_by_name_and_the_rest_runs() {
     // Next boot (say the operator did nothing): refused again, nothing
     // formatted twice, tailnet not joined twice.
     let err = m.boot().unwrap().unwrap_err();
-    assert!(matches!(err, RunError::Refused { .. }));
+    assert!(matches!(err, RunError::Refused { .. }), "{err}");
     assert_eq!(m.world.borrow().mkfs, 1);
     assert_eq!(m.world.borrow().joins, 1);
     assert_eq!((bytes(&m, "/dev/vdc"), bytes(&m, "/dev/vdc1")), before);
@@ -230,15 +229,20 @@ fn filesystem_behind_a_wiped_table_is_data() {
     // A partition's ext4 at 1 MiB; the table that pointed at it is gone.
     patch(&m.path("/dev/vdb"), (1 << 20) + 1080, &[0x53, 0xEF]);
     patch(&m.path("/dev/vdb"), (1 << 20) + 1144, b"photos");
-    m.boot().unwrap().unwrap_err();
-    let s = step(&m, "storage");
+    let err = m.boot().unwrap().unwrap_err();
+    assert!(
+        matches!(&err, RunError::Refused { step: "storage", message }
+            if message.contains("holds data")),
+        "{err}"
+    );
+    let s = m.step("storage");
     assert_eq!(s.reason.as_deref(), Some("disk-holds-data"));
     assert!(
         s.error
             .unwrap()
             .contains("ext4 labelled \"photos\" at byte 1048576"),
         "{:?}",
-        step(&m, "storage")
+        m.step("storage")
     );
     assert_eq!(m.calls_starting("sfdisk --quiet"), 0);
 }
@@ -252,7 +256,7 @@ fn root_disk_is_never_considered() {
     let m = machine_with(rule);
     let err = m.boot().unwrap().unwrap_err();
     assert!(matches!(err, RunError::Refused { .. }), "{err}");
-    let s = step(&m, "storage");
+    let s = m.step("storage");
     assert_eq!(s.reason.as_deref(), Some("no-matching-disk"), "{s:?}");
     assert!(s.error.unwrap().contains("disks seen: /dev/vda (8.0 GiB)"));
     assert_eq!(m.calls_starting("sfdisk --quiet"), 0);
@@ -260,9 +264,7 @@ fn root_disk_is_never_considered() {
     // A small blank disk beside it is taken, though vda is larger.
     let m = machine_with(rule);
     m.add_disk("vdb", 16, "small");
-    m.boot().unwrap().unwrap();
-    assert_eq!(m.calls_starting("sfdisk --quiet /dev/vdb"), 1);
-    assert_eq!(m.calls_starting("sfdisk --quiet /dev/vda"), 0);
+    boots_formatting(&m, "/dev/vdb", "/dev/vda");
 }
 
 #[test]
@@ -271,8 +273,18 @@ fn two_matching_disks_without_a_tie_breaker_are_refused() {
     let m = machine_with(rule);
     m.add_disk("vdb", 16, "a");
     m.add_disk("vdc", 32, "b");
-    m.boot().unwrap().unwrap_err();
-    let s = step(&m, "storage");
+    let err = m.boot().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RunError::Refused {
+                step: "storage",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let s = m.step("storage");
     assert_eq!(s.reason.as_deref(), Some("storage-ambiguous"));
     assert!(s.error.unwrap().contains("/dev/vdb, /dev/vdc"));
     assert_eq!(
@@ -287,16 +299,14 @@ fn two_matching_disks_without_a_tie_breaker_are_refused() {
         machine_with(&rule.replace("min_bytes = 1048576", "min_bytes = 1048576\nlargest = true"));
     m.add_disk("vdb", 16, "a");
     m.add_disk("vdc", 32, "b");
-    m.boot().unwrap().unwrap();
-    assert_eq!(m.calls_starting("sfdisk --quiet /dev/vdc"), 1);
-    assert_eq!(m.calls_starting("sfdisk --quiet /dev/vdb"), 0);
+    boots_formatting(&m, "/dev/vdc", "/dev/vdb");
 }
 
 #[test]
 fn machine_without_rules_skips_storage() {
     let m = Machine::new();
     m.boot().unwrap().unwrap();
-    let s = step(&m, "storage");
+    let s = m.step("storage");
     assert_eq!(s.state, StepState::Skipped);
     assert_eq!(
         s.detail.as_deref(),

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::{Ctx, Outcome};
@@ -236,7 +236,7 @@ pub fn service_status(
     stack: &str,
     service: &str,
     ps: &[PsEntry],
-    probe: Option<(&ProbeEntry, Result<(), String>)>,
+    probe: Option<(&ProbeEntry, Result<()>)>,
 ) -> ServiceStatus {
     let mut st = ServiceStatus {
         stack: stack.to_owned(),
@@ -269,7 +269,7 @@ pub fn service_status(
     match probe {
         Some((_, Err(e))) => {
             st.state = "probe-failing".into();
-            st.detail = Some(e);
+            st.detail = Some(format!("{e:#}"));
         }
         _ => {
             st.healthy = true;
@@ -343,29 +343,27 @@ fn unhealthy_summary(services: &[ServiceStatus]) -> String {
 }
 
 /// The real probe: a TCP connect, or an HTTP GET answering 200.
-pub fn probe(p: &ProbeEntry) -> Result<(), String> {
+pub fn probe(p: &ProbeEntry) -> Result<()> {
     let timeout = Duration::from_secs(5);
     if let Some(url) = &p.http {
-        return crate::http::get(url, timeout)
-            .map(|_| ())
-            .map_err(|e| format!("{e:#}"));
+        return crate::http::get(url, timeout).map(drop);
     }
     if let Some(addr) = &p.tcp {
         use std::net::ToSocketAddrs;
         let addrs: Vec<_> = addr
             .to_socket_addrs()
-            .map_err(|e| format!("resolving {addr}: {e}"))?
+            .with_context(|| format!("resolving {addr}"))?
             .collect();
-        let mut last = format!("{addr} resolved to no address");
+        let mut last = anyhow!("{addr} resolved to no address");
         for a in addrs {
             match std::net::TcpStream::connect_timeout(&a, timeout) {
                 Ok(_) => return Ok(()),
-                Err(e) => last = format!("connecting to {a}: {e}"),
+                Err(e) => last = anyhow::Error::new(e).context(format!("connecting to {a}")),
             }
         }
         return Err(last);
     }
-    Err("probe has neither http nor tcp".into())
+    bail!("probe has neither http nor tcp")
 }
 
 #[cfg(test)]
@@ -424,7 +422,11 @@ mod tests {
         assert_eq!(ps[1].health, "");
         assert_eq!(parse_ps(&format!("[{line}]")).unwrap()[0].health, "healthy");
         assert!(parse_ps("").unwrap().is_empty());
-        assert!(parse_ps("not json").is_err());
+        let e = format!("{:#}", parse_ps("not json").unwrap_err());
+        assert!(
+            e.starts_with("parsing `docker compose ps` line \"not json\": "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -440,7 +442,7 @@ mod tests {
             http: Some("http://127.0.0.1:8080/".into()),
             tcp: None,
         };
-        let st = |e: &[PsEntry], p: Option<Result<(), String>>| {
+        let st = |e: &[PsEntry], p: Option<Result<()>>| {
             service_status("s", "web", e, p.map(|r| (&probe, r)))
         };
         let s = st(&[ps("running", "healthy")], None);
@@ -453,7 +455,7 @@ mod tests {
                 && s.state == "healthy"
                 && s.probe.as_deref() == Some("http http://127.0.0.1:8080/")
         );
-        let s = st(&[ps("running", "")], Some(Err("refused".into())));
+        let s = st(&[ps("running", "")], Some(Err(anyhow!("refused"))));
         assert!(!s.healthy && s.state == "probe-failing" && s.detail.as_deref() == Some("refused"));
         let s = st(&[ps("running", "starting")], Some(Ok(())));
         assert!(!s.healthy && s.state == "starting");

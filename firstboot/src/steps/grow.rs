@@ -70,13 +70,26 @@ fn read_num(path: &Path) -> Result<u64> {
         .with_context(|| format!("{}: not a number: {s:?}", path.display()))
 }
 
-/// Works out where root lives, or returns `Err(reason)` to skip (netboot
+/// Why root is left at its size: the step skips with this as its reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotGrowable {
+    #[error("root is {fstype} on {device}: only ext2/3/4 on a partition is grown")]
+    Filesystem { fstype: String, device: String },
+    #[error("root device {0} has no /sys/dev/block entry")]
+    NoSysfsEntry(String),
+    #[error("root ({0}) is a whole device, not a partition")]
+    WholeDevice(String),
+    #[error("{part} is not the last partition on {disk}")]
+    NotLastPartition { part: String, disk: String },
+}
+
+/// Works out where root lives, or returns `Err(why)` to skip (netboot
 /// root on tmpfs/overlay, not ext4, not the last partition …). `table`
 /// reads the partition table of (disk, partition) devices.
 pub fn plan_grow(
     root: &Path,
     table: impl Fn(&str, &str) -> Result<TableView>,
-) -> Result<Result<GrowPlan, String>> {
+) -> Result<Result<GrowPlan, NotGrowable>> {
     let mi_path = under(root, "/proc/self/mountinfo");
     let mountinfo =
         fs::read_to_string(&mi_path).with_context(|| format!("reading {}", mi_path.display()))?;
@@ -96,23 +109,18 @@ pub fn plan_grow(
         bail!("no root mount in {}", mi_path.display());
     };
     if !matches!(fstype.as_str(), "ext4" | "ext3" | "ext2") {
-        return Ok(Err(format!(
-            "root is {fstype} on {source}: only ext2/3/4 on a partition is grown"
-        )));
+        return Ok(Err(NotGrowable::Filesystem {
+            fstype,
+            device: source,
+        }));
     }
     let link = under(root, &format!("/sys/dev/block/{majmin}"));
     let part_dir = match fs::canonicalize(&link) {
         Ok(p) => p,
-        Err(_) => {
-            return Ok(Err(format!(
-                "root device {majmin} has no /sys/dev/block entry"
-            )))
-        }
+        Err(_) => return Ok(Err(NotGrowable::NoSysfsEntry(majmin))),
     };
     if !part_dir.join("partition").exists() {
-        return Ok(Err(format!(
-            "root ({source}) is a whole device, not a partition"
-        )));
+        return Ok(Err(NotGrowable::WholeDevice(source)));
     }
     let disk_dir: PathBuf = part_dir
         .parent()
@@ -135,7 +143,7 @@ pub fn plan_grow(
             .with_context(|| format!("listing {}", disk_dir.display()))?
             .path();
         if p.join("partition").exists() && p != part_dir && read_num(&p.join("start"))? > start {
-            return Ok(Err(format!("{part} is not the last partition on {disk}")));
+            return Ok(Err(NotGrowable::NotLastPartition { part, disk }));
         }
     }
     let view = table(&format!("/dev/{disk}"), &format!("/dev/{part}"))?;
@@ -210,7 +218,7 @@ pub fn grow_root(ctx: &mut Ctx<'_>) -> Result<Outcome> {
 fn grow(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     let plan = match plan_grow(ctx.root, |d, p| read_table(ctx, d, p))? {
         Ok(p) => p,
-        Err(reason) => return Ok(Outcome::Skipped(reason)),
+        Err(why) => return Ok(Outcome::Skipped(why.to_string())),
     };
     let (disk, part) = (plan.disk_dev(), plan.part_dev());
     let mut did = Vec::new();
@@ -254,7 +262,7 @@ fn grow(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     };
     let part_bytes = match plan_grow(ctx.root, unchanged)? {
         Ok(p) => p.part_bytes,
-        Err(reason) => bail!("root partition vanished after growing it: {reason}"),
+        Err(why) => bail!("root partition vanished after growing it: {why}"),
     };
     let fs_bytes = ext_fs_bytes(ctx, &part)?;
     if part_bytes.saturating_sub(fs_bytes) >= MIN_GROW_BYTES {
@@ -333,7 +341,14 @@ mod tests {
         fs::write(p.join("sys/devices/virtual/vda/vda3/partition"), "3").unwrap();
         fs::write(p.join("sys/devices/virtual/vda/vda3/start"), "9999999").unwrap();
         let r = plan_grow(p, gpt).unwrap().unwrap_err();
-        assert!(r.contains("not the last partition"), "{r}");
+        assert_eq!(
+            r,
+            NotGrowable::NotLastPartition {
+                part: "vda2".into(),
+                disk: "vda".into()
+            }
+        );
+        assert!(r.to_string().contains("not the last partition"), "{r}");
         // Netboot: root on overlay.
         fs::write(
             p.join("proc/self/mountinfo"),
@@ -341,6 +356,6 @@ mod tests {
         )
         .unwrap();
         let r = plan_grow(p, gpt).unwrap().unwrap_err();
-        assert!(r.contains("root is overlay"), "{r}");
+        assert!(r.to_string().contains("root is overlay"), "{r}");
     }
 }

@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use crate::config::BakedConfig;
 use crate::runner::CommandRunner;
+use crate::seed::load::SeedSource;
 use crate::seed::Seed;
 
 mod containers;
@@ -26,7 +27,7 @@ mod system;
 mod tailnet;
 
 pub use containers::{image_actions, parse_ps, probe, service_status, ImageAction, PsEntry};
-pub use grow::{plan_grow, GrowPlan};
+pub use grow::{plan_grow, GrowPlan, NotGrowable};
 pub use storage::{fstab_line, matches as disk_matches, Refusal, CLAIMS_PATH};
 pub use tailnet::AUTHKEY_RUN_PATH;
 
@@ -132,24 +133,6 @@ pub enum Outcome {
     Skipped(String),
 }
 
-/// Where the seed came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SeedSource {
-    /// In-image absolute path on the boot partition.
-    File(String),
-    /// Netboot URL from the kernel command line.
-    Url(String),
-}
-
-impl std::fmt::Display for SeedSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SeedSource::File(p) => f.write_str(p),
-            SeedSource::Url(u) => f.write_str(u),
-        }
-    }
-}
-
 /// Facts steps learn that status.json reports beside the step list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Notes {
@@ -175,7 +158,7 @@ pub struct Ctx<'a> {
     /// Program used for the Tailscale CLI (`tailscale`, or a stand-in).
     pub tailscale_bin: &'a str,
     /// Checks a service's HTTP/TCP probe; injected so tests need no server.
-    pub probe: &'a dyn Fn(&crate::stacks::ProbeEntry) -> Result<(), String>,
+    pub probe: &'a dyn Fn(&crate::stacks::ProbeEntry) -> Result<()>,
     pub notes: Notes,
 }
 

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{Ctx, Outcome, SeedSource};
+use super::{Ctx, Outcome};
 use crate::fsutil::{read_optional, rewrite_in_place, shred_and_remove, under};
 use crate::runner::{Cmd, SpawnError};
+use crate::seed::load::SeedSource;
 use crate::seed::{Seed, TSKEY_PREFIX};
 
 /// Where a stray key would matter: config, the boot partition, our state.

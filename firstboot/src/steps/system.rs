@@ -13,7 +13,7 @@ use crate::seed::validate_hostname;
 
 pub fn hostname(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     let h = ctx.hostname().to_string();
-    validate_hostname(&h).map_err(anyhow::Error::msg)?;
+    validate_hostname(&h)?;
     let mut changed = Vec::new();
 
     let etc_hostname = under(ctx.root, "/etc/hostname");

@@ -1,19 +1,23 @@
 //! A fake machine for agent tests: a temp root with /etc, /boot/efi, a fake
-//! /proc and /sys, and a fake command runner that models the disk, the
-//! Tailscale backend and the journal, records every call, and can "kill"
-//! the agent (panic) before or after a command takes effect.
+//! /proc and /sys, and a fake command runner (runner.rs) that models the
+//! disks (disks.rs), the Tailscale backend and the journal, records every
+//! call, and can "kill" the agent (panic) before or after a command takes
+//! effect; and the helpers the tests share.
 #![allow(dead_code)]
+
+mod disks;
+mod runner;
 
 use std::cell::RefCell;
 use std::fs;
+use std::os::unix::net::UnixDatagram;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nodeforge_firstboot::agent::{Agent, Observer, RunError};
-use nodeforge_firstboot::runner::{Cmd, CmdOutput, CommandRunner, SpawnError};
-use nodeforge_firstboot::status::Status;
-use nodeforge_firstboot::steps::Step;
+use nodeforge_firstboot::agent::{Agent, RunError};
+use nodeforge_firstboot::runner::CmdOutput;
+use nodeforge_firstboot::status::{Status, StepState, StepStatus};
 
 pub const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x0h6BmBYe0EPuN1jwai2AarDy4K6IzzJPhqhT+PKp ops@lab";
@@ -34,6 +38,9 @@ tags = ["tag:core"]
 timeout_secs = 45
 "#;
 
+/// Where the seed goes on UEFI images.
+pub const ESP_SEED: &str = "/boot/efi/nodeforge-seed.toml";
+
 pub fn seed_text(key: &str) -> String {
     format!(
         "hostname = \"core-7\"\ntailscale_auth_key = \"{key}\"\ntailscale_tags = [\"tag:lab\"]\nssh_authorized_keys = [\"{SSH_KEY}\"]\n"
@@ -48,6 +55,32 @@ pub fn write(root: &Path, abs: &str, text: &str) {
 
 pub fn read(root: &Path, abs: &str) -> String {
     fs::read_to_string(root.join(abs.trim_start_matches('/'))).unwrap_or_default()
+}
+
+/// Writes `bytes` at `offset` of a (sparse) file without reading it.
+pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// A command that exited 0 with `stdout`.
+pub fn output_ok(stdout: &str) -> CmdOutput {
+    CmdOutput {
+        code: Some(0),
+        stdout: stdout.to_string(),
+        ..Default::default()
+    }
+}
+
+/// A command that exited `code` with `stderr`.
+pub fn output_fail(code: i32, stderr: &str) -> CmdOutput {
+    CmdOutput {
+        code: Some(code),
+        stderr: stderr.to_string(),
+        ..Default::default()
+    }
 }
 
 /// The state of the fake machine outside the root's files.
@@ -149,7 +182,7 @@ impl Machine {
     /// A fresh machine as the builder leaves it, with a seed on the ESP.
     pub fn new() -> Machine {
         let m = Machine::bare();
-        m.write("/boot/efi/nodeforge-seed.toml", &seed_text(AUTH_KEY));
+        m.stamp_seed(AUTH_KEY);
         m
     }
 
@@ -157,49 +190,34 @@ impl Machine {
     pub fn bare() -> Machine {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
-        write(r, "/etc/nodeforge/firstboot.toml", BAKED);
-        write(r, "/etc/hostname", "debian\n");
-        write(r, "/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n");
-        write(
-            r,
-            "/etc/passwd",
-            "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000:Admin:/home/admin:/bin/bash\n",
-        );
-        write(r, "/etc/ssh/sshd_config", "# stock\n");
-        write(
-            r,
-            "/proc/cmdline",
-            "BOOT_IMAGE=/vmlinuz root=PARTUUID=x ro quiet\n",
-        );
-        write(r, "/proc/self/mountinfo", "22 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n30 22 0:25 / /run rw,nosuid - tmpfs tmpfs rw\n31 22 254:1 / /boot/efi rw - vfat /dev/vda1 rw\n");
-        write(r, "/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\nenp1s0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\n");
-        write(
-            r,
-            "/sys/devices/pci0/virtio1/block/vda/size",
-            &format!("{DISK_SECTORS}\n"),
-        );
-        write(
-            r,
-            "/sys/devices/pci0/virtio1/block/vda/vda1/partition",
-            "1\n",
-        );
-        write(r, "/sys/devices/pci0/virtio1/block/vda/vda1/start", "34\n");
-        write(r, "/sys/devices/pci0/virtio1/block/vda/vda1/size", "2014\n");
-        write(
-            r,
-            "/sys/devices/pci0/virtio1/block/vda/vda2/partition",
-            "2\n",
-        );
-        write(
-            r,
-            "/sys/devices/pci0/virtio1/block/vda/vda2/start",
-            &format!("{PART_START}\n"),
-        );
-        write(
-            r,
-            "/sys/devices/pci0/virtio1/block/vda/vda2/size",
-            &format!("{PART_SECTORS}\n"),
-        );
+        for (abs, text) in [
+            ("/etc/nodeforge/firstboot.toml", BAKED),
+            ("/etc/hostname", "debian\n"),
+            ("/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n"),
+            ("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000:Admin:/home/admin:/bin/bash\n"),
+            ("/etc/ssh/sshd_config", "# stock\n"),
+            ("/proc/cmdline", "BOOT_IMAGE=/vmlinuz root=PARTUUID=x ro quiet\n"),
+            ("/proc/self/mountinfo", "22 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n30 22 0:25 / /run rw,nosuid - tmpfs tmpfs rw\n31 22 254:1 / /boot/efi rw - vfat /dev/vda1 rw\n"),
+            ("/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\nenp1s0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\n"),
+        ] {
+            write(r, abs, text);
+        }
+        // The root disk: vda, with the ESP and root (vda2) on it.
+        for (file, text) in [
+            ("size", format!("{DISK_SECTORS}\n")),
+            ("vda1/partition", "1\n".into()),
+            ("vda1/start", "34\n".into()),
+            ("vda1/size", "2014\n".into()),
+            ("vda2/partition", "2\n".into()),
+            ("vda2/start", format!("{PART_START}\n")),
+            ("vda2/size", format!("{PART_SECTORS}\n")),
+        ] {
+            write(
+                r,
+                &format!("/sys/devices/pci0/virtio1/block/vda/{file}"),
+                &text,
+            );
+        }
         fs::create_dir_all(r.join("sys/dev/block")).unwrap();
         std::os::unix::fs::symlink(
             "../../devices/pci0/virtio1/block/vda/vda2",
@@ -234,6 +252,38 @@ impl Machine {
         self.dir.path()
     }
 
+    /// Stamps a seed carrying `key` on the ESP, as `nodeforge customize`
+    /// would.
+    pub fn stamp_seed(&self, key: &str) {
+        self.write(ESP_SEED, &seed_text(key))
+    }
+
+    /// One step's record in status.json.
+    pub fn step(&self, name: &str) -> StepStatus {
+        let st = self.status();
+        st.steps
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no step {name} in status.json"))
+    }
+
+    /// Asserts that step `name` ended in `state` with a detail saying `why`.
+    pub fn assert_step(&self, name: &str, state: StepState, why: &str) {
+        let s = self.step(name);
+        assert_eq!(s.state, state, "{s:?}");
+        assert!(s.detail.as_deref().unwrap_or("").contains(why), "{s:?}");
+    }
+
+    /// What the last boot printed on the console, a line each.
+    pub fn console(&self) -> String {
+        self.summaries.borrow().join("\n")
+    }
+
+    /// What every boot so far wrote to the journal, a line each.
+    pub fn progress_log(&self) -> String {
+        self.progress.borrow().join("\n")
+    }
+
     pub fn write(&self, abs: &str, text: &str) {
         write(self.root(), abs, text)
     }
@@ -255,7 +305,7 @@ impl Machine {
             let mut w = self.world.borrow_mut();
             if w.docker.probe_failures > 0 {
                 w.docker.probe_failures -= 1;
-                return Err("connection refused".to_string());
+                return Err(anyhow::anyhow!("connection refused"));
             }
             Ok(())
         };
@@ -304,376 +354,25 @@ impl Machine {
             .unwrap()
             .expect("status.json written")
     }
-
-    fn maybe_kill(&self, line: &str, after: bool) {
-        let k = self.kill.borrow().clone();
-        let hit = match k {
-            Kill::BeforeCmd(p) => !after && line.starts_with(p),
-            Kill::AfterCmd(p) => after && line.starts_with(p),
-            Kill::None | Kill::BeforeStep(_) | Kill::AfterStep(_) => false,
-        };
-        if hit {
-            panic!(
-                "{KILLED} at `{line}` ({})",
-                if after { "after" } else { "before" }
-            );
-        }
-    }
-
-    fn ts_status_json(&self) -> String {
-        let mut w = self.world.borrow_mut();
-        if w.starting_polls > 0 {
-            w.starting_polls -= 1;
-            return r#"{"BackendState":"Starting","TailscaleIPs":null,"Self":{"TailscaleIPs":null}}"#.into();
-        }
-        if w.nostate_polls > 0 {
-            w.nostate_polls -= 1;
-            return r#"{"BackendState":"NoState","TailscaleIPs":null,"Self":null}"#.into();
-        }
-        if w.ts_backend == "Running" {
-            format!(
-                r#"{{"Version":"1.76.1","BackendState":"Running","TailscaleIPs":["100.64.0.7","fd7a:115c:a1e0::7"],"Self":{{"HostName":"{}","TailscaleIPs":["100.64.0.7"],"Tags":["{}"]}}}}"#,
-                w.ts_host, w.ts_tags
-            )
-        } else {
-            format!(
-                r#"{{"Version":"1.76.1","BackendState":"{}","TailscaleIPs":null,"Self":{{"TailscaleIPs":null}}}}"#,
-                w.ts_backend
-            )
-        }
-    }
-
-    fn tailscale_up(&self, cmd: &Cmd) -> CmdOutput {
-        let arg = |name: &str| {
-            cmd.args
-                .iter()
-                .find_map(|a| a.strip_prefix(&format!("--{name}=")))
-                .map(str::to_string)
-        };
-        let Some(key_path) =
-            arg("auth-key").and_then(|k| k.strip_prefix("file:").map(str::to_string))
-        else {
-            return CmdOutput::fail(1, "test: auth key not passed as file:");
-        };
-        let Ok(key) = fs::read_to_string(&key_path) else {
-            return CmdOutput::fail(1, &format!("open {key_path}: no such file or directory"));
-        };
-        let w = self.world.borrow().clone();
-        if w.up_timed_out {
-            return CmdOutput {
-                code: None,
-                timed_out: true,
-                ..Default::default()
-            };
-        }
-        let stderr = w.up_stderr.clone().or_else(|| {
-            if key.contains("expired") {
-                Some(
-                    "backend error: invalid key: unable to validate API key: auth key expired"
-                        .into(),
-                )
-            } else if key.contains("badtag") {
-                Some(
-                    "backend error: requested tags [tag:core,tag:lab] are invalid or not permitted"
-                        .into(),
-                )
-            } else {
-                None
-            }
-        });
-        if let Some(e) = stderr {
-            return CmdOutput::fail(1, &e);
-        }
-        let mut w = self.world.borrow_mut();
-        w.ts_backend = "Running".into();
-        w.ts_host = arg("hostname").unwrap_or_default();
-        w.ts_tags = arg("advertise-tags").unwrap_or_default();
-        w.joins += 1;
-        CmdOutput::ok("")
-    }
-
-    fn simulate(&self, cmd: &Cmd) -> Result<CmdOutput, SpawnError> {
-        let line = cmd.line();
-        let sys = |p: &str| self.path(&format!("/sys/devices/pci0/virtio1/block/vda/{p}"));
-        Ok(match line.as_str() {
-            "sfdisk --json /dev/vda" => {
-                let size = if self.world.borrow().table_grown { DISK_SECTORS - 33 - PART_START } else { PART_SECTORS };
-                CmdOutput::ok(&format!(
-                    r#"{{"partitiontable":{{"label":"gpt","device":"/dev/vda","unit":"sectors","firstlba":34,"lastlba":{},"sectorsize":512,"partitions":[{{"node":"/dev/vda1","start":34,"size":2014,"type":"C12A7328-F81F-11D2-BA4B-00A0C93EC93B"}},{{"node":"/dev/vda2","start":{PART_START},"size":{size},"type":"4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"}}]}}}}"#,
-                    PART_SECTORS + PART_START + 33
-                ))
-            }
-            "sfdisk --relocate gpt-bak-std /dev/vda" => CmdOutput::ok(""),
-            l if l.starts_with("sfdisk --quiet /dev/vd") => self.data_sfdisk(cmd),
-            "udevadm settle --timeout=30" => CmdOutput::ok(""),
-            l if l.starts_with("mkfs.ext4 -q -L ") => self.data_mkfs(cmd),
-            l if l.starts_with("mount /") => self.data_mount(cmd),
-            "sfdisk --no-reread --no-tell-kernel -N 2 /dev/vda" => {
-                assert_eq!(cmd.stdin.as_deref(), Some(", +\n"));
-                let mut w = self.world.borrow_mut();
-                w.table_grown = true;
-                w.partitionings += 1;
-                CmdOutput::ok("")
-            }
-            "partx -u --nr 2 /dev/vda" => {
-                if self.world.borrow().table_grown {
-                    let max = DISK_SECTORS - 33 - PART_START;
-                    fs::write(sys("vda2/size"), format!("{max}\n")).unwrap();
-                }
-                CmdOutput::ok("")
-            }
-            "dumpe2fs -h /dev/vda2" => CmdOutput::ok(&format!(
-                "Filesystem volume name:   root\nBlock count:              {}\nBlock size:               4096\n",
-                self.world.borrow().fs_blocks
-            )),
-            "resize2fs /dev/vda2" => {
-                let size: u64 = fs::read_to_string(sys("vda2/size")).unwrap().trim().parse().unwrap();
-                let mut w = self.world.borrow_mut();
-                w.fs_blocks = size * 512 / 4096;
-                w.resizes += 1;
-                CmdOutput::ok("")
-            }
-            "tailscale status --json" => CmdOutput::ok(&self.ts_status_json()),
-            l if l.starts_with("tailscale up ") => self.tailscale_up(cmd),
-            l if l.starts_with("tailscale set --hostname=") => {
-                self.world.borrow_mut().ts_host = l["tailscale set --hostname=".len()..].to_string();
-                CmdOutput::ok("")
-            }
-            l if l.starts_with("journalctl ") => {
-                let out = self.world.borrow().journal_out.clone();
-                CmdOutput { code: Some(if out.is_empty() { 1 } else { 0 }), stdout: out, ..Default::default() }
-            }
-            l if l.starts_with("docker ") => self.docker(cmd),
-            other => panic!("unexpected command `{other}`"),
-        })
-    }
 }
 
-impl Machine {
-    fn docker(&self, cmd: &Cmd) -> CmdOutput {
-        let mut w = self.world.borrow_mut();
-        let d = &mut w.docker;
-        let args: Vec<&str> = cmd.args.iter().map(String::as_str).collect();
-        match args.as_slice() {
-            ["info", ..] if d.engine_down_polls > 0 => {
-                d.engine_down_polls -= 1;
-                CmdOutput::fail(
-                    1,
-                    "Cannot connect to the Docker daemon at unix:///var/run/docker.sock",
-                )
-            }
-            ["info", ..] => CmdOutput::ok("26.1.5+dfsg1\n"),
-            ["image", "ls", ..] => CmdOutput::ok(
-                &d.images
-                    .iter()
-                    .map(|(id, tag)| format!("{id} {tag}\n"))
-                    .collect::<String>(),
-            ),
-            ["load", "--quiet", "--input", archive] => {
-                let Some((_, id, tag)) = d.archives.iter().find(|a| a.0 == *archive).cloned()
-                else {
-                    return CmdOutput::fail(
-                        1,
-                        &format!("open {archive}: no such file or directory"),
-                    );
-                };
-                d.images.push((id, tag.clone()));
-                d.loads += 1;
-                CmdOutput::ok(&format!("Loaded image: {tag}\n"))
-            }
-            ["tag", id, tag] => {
-                d.images.push((id.to_string(), tag.to_string()));
-                CmdOutput::ok("")
-            }
-            ["compose", .., "up", "--detach", "--pull", "never", "--no-build", "--remove-orphans"] =>
-            {
-                d.ups += 1;
-                CmdOutput::ok("")
-            }
-            ["compose", .., "config", "--services"] => CmdOutput::ok(&d.services),
-            ["compose", .., "ps", "--all", "--format", "json"] => {
-                let out = if d.ps.len() > 1 {
-                    d.ps.remove(0)
-                } else {
-                    d.ps.first().cloned().unwrap_or_default()
-                };
-                CmdOutput::ok(&out)
-            }
-            other => panic!("unexpected docker command {other:?}"),
-        }
-    }
-}
-
-impl CommandRunner for Machine {
-    fn output(&self, cmd: &Cmd) -> Result<CmdOutput, SpawnError> {
-        let line = cmd.line();
-        assert!(
-            !line.contains("tskey-auth"),
-            "secret on a command line: {line}"
-        );
-        self.calls.borrow_mut().push(line.clone());
-        if self.world.borrow().missing.contains(&cmd.program.as_str()) {
-            return Err(SpawnError::NotFound(cmd.program.clone()));
-        }
-        self.maybe_kill(&line, false);
-        let out = self.simulate(cmd);
-        self.maybe_kill(&line, true);
-        out
-    }
-}
-
-impl Observer for Machine {
-    fn summary(&self, line: &str) {
-        self.summaries.borrow_mut().push(line.to_string());
-    }
-    fn progress(&self, line: &str) {
-        self.progress.borrow_mut().push(line.to_string());
-    }
-    fn before_step(&self, step: Step) {
-        if *self.kill.borrow() == Kill::BeforeStep(step.name()) {
-            panic!("{KILLED} before step {}", step.name());
-        }
-    }
-    fn after_step(&self, step: Step) {
-        if *self.kill.borrow() == Kill::AfterStep(step.name()) {
-            panic!("{KILLED} after step {}", step.name());
-        }
-    }
-}
-
-/// Data disks: virtio disk `index` (1 = vdb) is 254:(16*index), its first
-/// partition 254:(16*index+1).
-impl Machine {
-    fn disk_dir(&self, name: &str) -> PathBuf {
-        self.path(&format!("/sys/devices/pci0/virtio-{name}/block/{name}"))
-    }
-
-    /// Adds a zeroed data disk of `mib` MiB with a serial number.
-    pub fn add_disk(&self, name: &str, mib: u64, serial: &str) {
-        let index = (name.as_bytes()[2] - b'a') as u64;
-        let dir = self.disk_dir(name);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("size"), format!("{}\n", mib << 11)).unwrap();
-        fs::write(dir.join("serial"), format!("{serial}\n")).unwrap();
-        let sys = |p: &str| self.path(p);
-        std::os::unix::fs::symlink(
-            format!("../devices/pci0/virtio-{name}/block/{name}"),
-            sys(&format!("/sys/block/{name}")),
-        )
+/// Reads sd_notify datagrams on `sock` the way systemd does, while the
+/// agent runs (a datagram socket queues only a few messages, then the
+/// sender waits), until READY=1; the thread returns them all.
+pub fn notifications(sock: UnixDatagram) -> std::thread::JoinHandle<Vec<String>> {
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-        std::os::unix::fs::symlink(
-            format!("../../devices/pci0/virtio-{name}/block/{name}"),
-            sys(&format!("/sys/dev/block/254:{}", 16 * index)),
-        )
-        .unwrap();
-        let f = fs::File::create(self.path(&format!("/dev/{name}"))).unwrap();
-        f.set_len(mib << 20).unwrap();
-        fs::create_dir_all(self.path("/dev/disk/by-id")).unwrap();
-        std::os::unix::fs::symlink(
-            format!("../../{name}"),
-            self.path(&format!("/dev/disk/by-id/virtio-{serial}")),
-        )
-        .unwrap();
-    }
-
-    /// What a GPT with one partition looks like to the kernel and on disk.
-    pub fn partition_disk(&self, name: &str) {
-        let index = (name.as_bytes()[2] - b'a') as u64;
-        let dev = self.path(&format!("/dev/{name}"));
-        patch(&dev, 510, &[0x55, 0xAA]);
-        patch(&dev, 512, b"EFI PART");
-        let len = fs::metadata(&dev).unwrap().len();
-        let part = format!("{name}1");
-        let pdir = self.disk_dir(name).join(&part);
-        fs::create_dir_all(&pdir).unwrap();
-        fs::write(pdir.join("partition"), "1\n").unwrap();
-        fs::write(pdir.join("start"), "2048\n").unwrap();
-        let f = fs::File::create(self.path(&format!("/dev/{part}"))).unwrap();
-        f.set_len(len.saturating_sub(2 << 20)).unwrap();
-        std::os::unix::fs::symlink(
-            format!("../../devices/pci0/virtio-{name}/block/{name}/{part}"),
-            self.path(&format!("/sys/dev/block/254:{}", 16 * index + 1)),
-        )
-        .unwrap();
-    }
-
-    /// Writes an ext4 superblock signature with `label` on a device.
-    pub fn put_ext4(&self, kernel_name: &str, label: &str) {
-        let dev = self.path(&format!("/dev/{kernel_name}"));
-        patch(&dev, 1080, &[0x53, 0xEF]);
-        let mut l = [0u8; 16];
-        l[..label.len()].copy_from_slice(label.as_bytes());
-        patch(&dev, 1144, &l);
-    }
-
-    fn data_sfdisk(&self, cmd: &Cmd) -> CmdOutput {
-        let dev = &cmd.args[1];
-        let name = dev.trim_start_matches("/dev/");
-        assert!(
-            cmd.stdin
-                .as_deref()
-                .is_some_and(|s| s.starts_with("label: gpt\n") && s.contains("name=")),
-            "{cmd:?}"
-        );
-        self.partition_disk(name);
-        self.world.borrow_mut().data_partitionings += 1;
-        CmdOutput::ok("")
-    }
-
-    fn data_mkfs(&self, cmd: &Cmd) -> CmdOutput {
-        let (label, dev) = (&cmd.args[2], &cmd.args[3]);
-        self.put_ext4(dev.trim_start_matches("/dev/"), label);
-        self.world.borrow_mut().mkfs += 1;
-        CmdOutput::ok("")
-    }
-
-    fn data_mount(&self, cmd: &Cmd) -> CmdOutput {
-        let mp = &cmd.args[0];
-        let fstab = self.read("/etc/fstab");
-        let Some(label) = fstab.lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&mp.as_str())).then(|| f[0].trim_start_matches("LABEL=").to_string())
-        }) else {
-            return CmdOutput::fail(1, &format!("mount: {mp}: can't find in /etc/fstab."));
-        };
-        // The partition whose ext4 carries the label.
-        for entry in fs::read_dir(self.path("/dev")).unwrap() {
-            let e = entry.unwrap();
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !n.ends_with('1') || !n.starts_with("vd") {
-                continue;
-            }
-            let mut head = vec![0u8; 1160];
-            use std::io::Read;
-            let _ = fs::File::open(e.path()).unwrap().read(&mut head).unwrap();
-            if head[1144..1144 + label.len()] == *label.as_bytes() {
-                let index = (n.as_bytes()[2] - b'a') as u64;
-                let mut mi = self.read("/proc/self/mountinfo");
-                mi.push_str(&format!(
-                    "40 22 254:{} / {mp} rw,relatime - ext4 /dev/{n} rw\n",
-                    16 * index + 1
-                ));
-                self.write("/proc/self/mountinfo", &mi);
-                if self.world.borrow().mount_race {
-                    return CmdOutput::fail(
-                        32,
-                        &format!("mount: {mp}: /dev/{n} already mounted on {mp}."),
-                    );
-                }
-                return CmdOutput::ok("");
+    std::thread::spawn(move || {
+        let mut msgs = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let ready = msg.starts_with("READY=1");
+            msgs.push(msg);
+            if ready {
+                break;
             }
         }
-        CmdOutput::fail(
-            32,
-            &format!("mount: {mp}: special device LABEL={label} does not exist."),
-        )
-    }
-}
-
-/// Writes `bytes` at `offset` of a (sparse) file without reading it.
-pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(bytes).unwrap();
+        msgs
+    })
 }

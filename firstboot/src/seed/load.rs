@@ -4,19 +4,39 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::agent::redact;
+use super::schema::{Seed, SEED_CMDLINE_PARAM};
 use crate::config::BakedConfig;
 use crate::fsutil::{read_optional, under};
-use crate::seed::{Seed, SEED_CMDLINE_PARAM};
-use crate::steps::SeedSource;
+use crate::redact::{redact, REDACTED};
 
-/// Why no seed could be used.
-#[derive(Debug)]
+/// Why no seed could be used; the agent branches on the kind (a bad seed
+/// stops the retries, an unreachable one does not).
+#[derive(Debug, thiserror::Error)]
 pub enum SeedLoadError {
     /// Present but invalid: retrying cannot help until someone fixes it.
+    #[error("bad seed: {0}")]
     Bad(String),
     /// The seed URL did not answer: worth retrying later.
+    #[error("seed not fetched: {0}")]
     Unreachable(String),
+}
+
+/// Where the seed came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedSource {
+    /// In-image absolute path on the boot partition.
+    File(String),
+    /// Netboot URL from the kernel command line.
+    Url(String),
+}
+
+impl std::fmt::Display for SeedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeedSource::File(p) => f.write_str(p),
+            SeedSource::Url(u) => f.write_str(u),
+        }
+    }
 }
 
 /// The kernel command line's seed URL wins (netboot); otherwise the first
@@ -70,7 +90,7 @@ fn parse_seed(text: &str, origin: &str) -> Result<Seed, SeedLoadError> {
             let k = k.to_ascii_lowercase();
             let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
             if (k.contains("auth") || k.contains("tskey")) && !k.contains("ssh") && !v.is_empty() {
-                msg = msg.replace(v, "<redacted>");
+                msg = msg.replace(v, REDACTED);
             }
         }
         SeedLoadError::Bad(redact(&msg, None))

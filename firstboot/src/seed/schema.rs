@@ -4,6 +4,7 @@
 //! [`Seed::from_toml`], so both sides share one strict schema.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,18 +37,33 @@ impl AuthKey {
     /// Reads a key from a file (`nodeforge customize --authkey-file F`),
     /// trimming the trailing newline editors add. Errors name the file,
     /// never the content.
-    pub fn from_file(path: &std::path::Path) -> Result<AuthKey, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading auth key file {}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<AuthKey, KeyFileError> {
+        let text = std::fs::read_to_string(path).map_err(|error| KeyFileError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
         let key = text.trim();
         if key.is_empty() || key.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "auth key file {} must hold one key on one line",
-                path.display()
-            ));
+            return Err(KeyFileError::NotOneLine {
+                path: path.to_owned(),
+            });
         }
         Ok(AuthKey(key.to_string()))
     }
+}
+
+/// Why [`AuthKey::from_file`] found no key. The message is whole in
+/// `Display` (the builder reports it with `{}`), and never holds the file's
+/// content.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("reading auth key file {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("auth key file {} must hold one key on one line", path.display())]
+    NotOneLine { path: PathBuf },
 }
 
 impl fmt::Debug for AuthKey {
@@ -86,13 +102,25 @@ pub struct Seed {
     pub stack_secrets: std::collections::BTreeMap<String, AuthKey>,
 }
 
-/// Why a seed was refused.
+/// Why a seed (or one of its values) was refused. Each message is whole in
+/// `Display` and names the field, never a secret's value: the builder
+/// reports these with `{}`, the agent puts them on the console.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     #[error("{0}")]
     Parse(#[from] toml::de::Error),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("hostname {0:?} is not a valid RFC 1123 host name")]
+    Hostname(String),
+    #[error("tailscale_auth_key is empty or contains whitespace")]
+    AuthKeyShape,
+    #[error("tag {0:?} is not of the form tag:name")]
+    Tag(String),
+    #[error("ssh_authorized_keys[{index}] is not an OpenSSH public key: {error}")]
+    SshKey { index: usize, error: ssh_key::Error },
+    #[error("stack secret name {0:?} is not valid: letters, digits and `_`")]
+    SecretName(String),
+    #[error("stack secret {0} must be one non-empty line without `'`")]
+    SecretValue(String),
 }
 
 impl Seed {
@@ -103,29 +131,28 @@ impl Seed {
     /// Parses and validates a seed; unknown keys are refused.
     pub fn from_toml(text: &str) -> Result<Self, SeedError> {
         let seed: Seed = toml::from_str(text)?;
-        seed.validate().map_err(SeedError::Invalid)?;
+        seed.validate()?;
         Ok(seed)
     }
 
     /// Checks values the schema alone cannot: hostname syntax, tag syntax,
     /// key shape and that every SSH key parses.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SeedError> {
         if let Some(h) = &self.hostname {
             validate_hostname(h)?;
         }
         if let Some(k) = &self.tailscale_auth_key {
             let k = k.expose();
             if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err("tailscale_auth_key is empty or contains whitespace".into());
+                return Err(SeedError::AuthKeyShape);
             }
         }
         for t in &self.tailscale_tags {
             validate_tag(t)?;
         }
         for (i, k) in self.ssh_authorized_keys.iter().enumerate() {
-            ssh_key::PublicKey::from_openssh(k.trim()).map_err(|e| {
-                format!("ssh_authorized_keys[{i}] is not an OpenSSH public key: {e}")
-            })?;
+            ssh_key::PublicKey::from_openssh(k.trim())
+                .map_err(|error| SeedError::SshKey { index: i, error })?;
         }
         for (name, v) in &self.stack_secrets {
             validate_secret(name, v.expose())?;
@@ -152,25 +179,21 @@ impl Seed {
 /// A stack secret: an environment name, and a value of one line without
 /// `'` (it is written single-quoted to the stack's secrets file). The
 /// message names the secret, never the value.
-pub fn validate_secret(name: &str, value: &str) -> Result<(), String> {
+pub fn validate_secret(name: &str, value: &str) -> Result<(), SeedError> {
     let name_ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !name_ok {
-        return Err(format!(
-            "stack secret name {name:?} is not valid: letters, digits and `_`"
-        ));
+        return Err(SeedError::SecretName(name.to_owned()));
     }
     if value.is_empty() || value.contains(['\n', '\r', '\'']) {
-        return Err(format!(
-            "stack secret {name} must be one non-empty line without `'`"
-        ));
+        return Err(SeedError::SecretValue(name.to_owned()));
     }
     Ok(())
 }
 
 /// RFC 1123 host name: dot-separated labels of letters, digits and inner
 /// hyphens, each 1–63 bytes, 253 in all.
-pub fn validate_hostname(h: &str) -> Result<(), String> {
+pub fn validate_hostname(h: &str) -> Result<(), SeedError> {
     let ok_label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -179,20 +202,20 @@ pub fn validate_hostname(h: &str) -> Result<(), String> {
             && !l.ends_with('-')
     };
     if h.is_empty() || h.len() > 253 || !h.split('.').all(ok_label) {
-        return Err(format!("hostname {h:?} is not a valid RFC 1123 host name"));
+        return Err(SeedError::Hostname(h.to_owned()));
     }
     Ok(())
 }
 
 /// Tailscale ACL tags look like `tag:name`.
-pub fn validate_tag(t: &str) -> Result<(), String> {
+pub fn validate_tag(t: &str) -> Result<(), SeedError> {
     let name = t.strip_prefix("tag:").unwrap_or("");
     if name.is_empty()
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(format!("tag {t:?} is not of the form tag:name"));
+        return Err(SeedError::Tag(t.to_owned()));
     }
     Ok(())
 }
@@ -276,16 +299,28 @@ mod tests {
         std::fs::write(&p, "tskey-auth-abc\n").unwrap();
         assert_eq!(AuthKey::from_file(&p).unwrap().expose(), "tskey-auth-abc");
         std::fs::write(&p, "tskey-a\ntskey-b\n").unwrap();
-        let e = AuthKey::from_file(&p).unwrap_err();
+        let e = AuthKey::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("one key") && !e.contains("tskey-a"), "{e}");
-        assert!(AuthKey::from_file(&dir.path().join("nope")).is_err());
+        let missing = dir.path().join("nope");
+        let e = AuthKey::from_file(&missing).unwrap_err();
+        assert!(matches!(e, KeyFileError::Read { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("reading auth key file {}: ", missing.display())),
+            "{e}"
+        );
     }
 
     #[test]
     fn hostnames() {
         assert!(validate_hostname("a-1.example").is_ok());
         for bad in ["", "-a", "a-", "a..b", "a b", &"x".repeat(64)] {
-            assert!(validate_hostname(bad).is_err(), "{bad}");
+            let e = validate_hostname(bad).unwrap_err();
+            assert!(matches!(&e, SeedError::Hostname(h) if h == bad), "{e:?}");
+            assert!(
+                e.to_string().contains("not a valid RFC 1123 host name"),
+                "{e}"
+            );
         }
     }
 }
