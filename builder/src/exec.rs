@@ -147,16 +147,9 @@ impl fmt::Display for Cmd {
     }
 }
 
+/// One quoting rule for the builder's and the agent's command lines.
 pub(crate) fn shell_quote(s: &OsStr) -> String {
-    let s = s.to_string_lossy();
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
+    nodeforge_firstboot::runner::shell_quote(&s.to_string_lossy()).into_owned()
 }
 
 /// The last `n` lines of `text`.

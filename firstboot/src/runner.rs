@@ -73,11 +73,11 @@ impl fmt::Display for Cmd {
     }
 }
 
-/// One word for a POSIX shell, quoted by the same rule as the builder's
-/// command lines so both read alike in logs: bare only when non-empty and
+/// One word for a POSIX shell, quoted for logs; the builder's command
+/// lines use it too, so both read alike: bare only when non-empty and
 /// made of ASCII letters, digits and `-_./=:,+@%`; otherwise in single
 /// quotes, a `'` written as `'\''`.
-fn shell_quote(s: &str) -> Cow<'_, str> {
+pub fn shell_quote(s: &str) -> Cow<'_, str> {
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
