@@ -4,13 +4,12 @@
 //! initramfs, the FAT boot partition, the ext4 root and the MBR are all
 //! written for real and checked with outside tools. Needs root.
 
-mod common;
-
 use std::fs;
-use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{assert_fsck_clean, is_root, offline_build, stderr, store_rootfs_tree, Project, KEY};
+use crate::support::fake::{build_args, offline_build, store_rootfs_tree};
+use crate::support::image::{assert_fsck_clean, copy_out, Ext4};
+use crate::support::{require_root, require_tool, Project, KEY};
 use nodeforge::disk::{esp, mbr};
 
 const VERSION: &str = "6.12.0-test-arm64";
@@ -64,11 +63,10 @@ fn project() -> Project {
         (&format!("{modules}/kernel/fs/jbd2/jbd2.ko"), "jbd2 object"),
         (&format!("{modules}/kernel/fs/ext4/ext4.ko"), "ext4 object"),
     ] {
-        let f = tree.join(rel);
-        fs::create_dir_all(f.parent().unwrap()).unwrap();
-        fs::write(f, text).unwrap();
+        crate::support::write_file(&tree.join(rel), text);
     }
     // Debian ships modules xz-compressed; the initramfs holds them plain.
+    require_tool("xz", "xz-utils");
     let ok = Command::new("xz")
         .arg(tree.join(format!("{modules}/kernel/fs/ext4/ext4.ko")))
         .status()
@@ -78,41 +76,12 @@ fn project() -> Project {
     p
 }
 
-fn copy_out(img: &fs::File, offset: u64, size: u64, dest: &std::path::Path) {
-    let mut b = vec![0u8; size as usize];
-    img.read_exact_at(&mut b, offset).unwrap();
-    fs::write(dest, b).unwrap();
-}
-
 #[test]
 fn pi_image_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
-    if !is_root() {
-        eprintln!("SKIPPED: builds need root");
-        return;
-    }
+    require_root();
     let p = project();
-    let out = offline_build(&p, "profiles/pi.toml", &["--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let steps: Vec<(String, String)> = events
-        .iter()
-        .filter(|e| e["event"] == "step-end")
-        .map(|e| {
-            (
-                e["report"]["name"].as_str().unwrap().to_owned(),
-                e["report"]["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    assert!(
-        steps.contains(&("initramfs".into(), "done".into()))
-            && steps.contains(&("boot-partition".into(), "done".into()))
-            && steps.contains(&("partition-table".into(), "done".into())),
-        "{steps:?}"
-    );
+    let steps = offline_build(&p, "profiles/pi.toml", &["--json"]).steps();
+    steps.assert(&["initramfs", "boot-partition", "partition-table"], "done");
 
     let img_path = p.path("out/pi.img");
     let parts = mbr::read(&img_path).unwrap().expect("an MBR disk");
@@ -122,6 +91,7 @@ fn pi_image_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
     assert_eq!((root.mbr_type, root.bootable), (0x83, false));
     assert_eq!(boot.offset, 1 << 20);
 
+    require_tool("sfdisk", "fdisk");
     let sfdisk = Command::new("sfdisk")
         .arg("--dump")
         .arg(&img_path)
@@ -162,22 +132,14 @@ fn pi_image_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
     assert!(text.contains("kernel/fs/jbd2/jbd2.ko\nkernel/fs/ext4/ext4.ko\n"));
     assert!(text.contains("switch_root"));
 
-    let vfat = p.path("boot.vfat");
-    copy_out(&img, boot.offset, boot.size, &vfat);
+    let vfat = copy_out(&img_path, boot.offset, boot.size, &p.path("boot.vfat"));
     assert_fsck_clean("fsck.vfat", "-n", &vfat);
 
-    let ext4 = p.path("root.ext4");
-    copy_out(&img, root.offset, root.size, &ext4);
-    assert_fsck_clean("e2fsck", "-fn", &ext4);
-    let debugfs = |req: &str| {
-        let o = Command::new("debugfs")
-            .args(["-R", req])
-            .arg(&ext4)
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+    let ext4 = Ext4 {
+        path: copy_out(&img_path, root.offset, root.size, &p.path("root.ext4")),
     };
+    assert_fsck_clean("e2fsck", "-fn", &ext4.path);
+    let debugfs = |req: &str| ext4.debugfs(req);
     let fstab = debugfs("cat /etc/fstab");
     assert!(
         fstab.contains(&format!("PARTUUID={}\t/\text4", root.partuuid)),
@@ -208,21 +170,15 @@ fn pi_image_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
 
 #[test]
 fn missing_pi_firmware_names_the_package() {
-    if !is_root() {
-        eprintln!("SKIPPED: builds need root");
-        return;
-    }
+    require_root();
     let p = project();
     // Point the hardware at a firmware file the fake rootfs lacks; the
     // rootfs key does not change (only packages shape it).
     p.write("hardware/pi.toml", &PI.replace("fixup4.dat", "start4x.elf"));
-    let out = offline_build(&p, "profiles/pi.toml", &[]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("build step `boot-partition` failed"), "{err}");
-    assert!(
-        err.contains("start4x.elf") && err.contains("raspi-firmware"),
-        "{err}"
-    );
+    p.fails(&build_args("profiles/pi.toml", &[])).stderr_has(&[
+        "build step `boot-partition` failed",
+        "start4x.elf",
+        "raspi-firmware",
+    ]);
     assert!(!p.path("out/pi.img").exists());
 }

@@ -1,36 +1,32 @@
-//! Interop with Debian's bmaptool (package bmap-tools). Skipped, saying
-//! why, when it is not installed.
+//! Interop with Debian's bmaptool (package bmap-tools), which the tests
+//! need: without it they fail saying how to install it.
 
-mod flash_support;
+use std::path::Path;
 
-use flash_support::*;
+use crate::support::flash::*;
+use crate::support::scratch::{standard_image, used_disk, MIB};
+use crate::support::{require_loop, require_tool};
 use nodeforge::bmap::{self, Bmap};
 
-macro_rules! need_bmaptool {
-    () => {
-        if let Err(e) = cmd("bmaptool", &["--version"]) {
-            eprintln!("skipping: bmaptool unavailable ({e:#}); apt-get install bmap-tools");
-            return;
-        }
-    };
+/// `bmaptool ARGS`, which must succeed.
+fn bmaptool(args: &[&Path]) {
+    let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+    cmd("bmaptool", &args).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// `bmaptool copy --bmap BMAP IMAGE TARGET`: it verifies every range's
+/// sha256 while copying.
+fn bmaptool_copy(bmap: &Path, image: &Path, target: &Path) {
+    bmaptool(&[Path::new("copy"), Path::new("--bmap"), bmap, image, target]);
 }
 
 #[test]
 fn bmaptool_create_agrees_with_ours_and_we_flash_with_it() {
-    need_bmaptool!();
+    require_tool("bmaptool", "bmap-tools");
     let dir = tempfile::tempdir().unwrap();
     let image = standard_image(dir.path());
     let theirs = dir.path().join("theirs.bmap");
-    cmd(
-        "bmaptool",
-        &[
-            "create",
-            "-o",
-            theirs.to_str().unwrap(),
-            image.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    bmaptool(&[Path::new("create"), Path::new("-o"), &theirs, &image]);
     let parsed = Bmap::load(&theirs).unwrap();
     assert_eq!(
         parsed,
@@ -41,7 +37,7 @@ fn bmaptool_create_agrees_with_ours_and_we_flash_with_it() {
     let target = dir.path().join("out.img");
     let mut a = args(&image, &target);
     a.bmap = Some(theirs.clone());
-    let report = flash_with(&a, "", None).0.unwrap();
+    let report = flash_ok(&a);
     assert_eq!(report.verify.unwrap().bytes, parsed.mapped_bytes());
     assert_mapped_equal(&image, &target, &parsed);
 
@@ -59,42 +55,18 @@ fn bmaptool_create_agrees_with_ours_and_we_flash_with_it() {
 
 #[test]
 fn bmaptool_copies_with_our_bmap_to_a_file_and_a_loop_device() {
-    need_bmaptool!();
+    require_tool("bmaptool", "bmap-tools");
     let dir = tempfile::tempdir().unwrap();
     let image = standard_image(dir.path());
     let ours = dir.path().join("node.img.bmap");
     let bmap = bmap::write_bmap(&image, &ours).unwrap();
     let target = dir.path().join("copy.img");
-    // bmaptool verifies every range's sha256 while copying.
-    cmd(
-        "bmaptool",
-        &[
-            "copy",
-            "--bmap",
-            ours.to_str().unwrap(),
-            image.to_str().unwrap(),
-            target.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    bmaptool_copy(&ours, &image, &target);
     assert_mapped_equal(&image, &target, &bmap);
 
-    if let Some(why) = loop_unavailable() {
-        eprintln!("skipping the loop-device half: {why}");
-        return;
-    }
+    require_loop();
     let backing = used_disk(&dir.path().join("disk"), 64 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing).unwrap();
-    cmd(
-        "bmaptool",
-        &[
-            "copy",
-            "--bmap",
-            ours.to_str().unwrap(),
-            image.to_str().unwrap(),
-            dev.path.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let dev = LoopDev::attach(&backing);
+    bmaptool_copy(&ours, &image, &dev.path);
     assert_mapped_equal(&image, &dev.path, &bmap);
 }

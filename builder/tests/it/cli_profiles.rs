@@ -1,21 +1,13 @@
 //! `nodeforge check`/`plan`/`build` on broken profiles: each problem is
 //! named with file, line and column, before anything is built.
 
-mod common;
+use crate::support::cli::args_with_files;
+use crate::support::fake::{BUILD_X, TAILSCALE_CLIENT};
+use crate::support::{fixture_fpr, Project, FIXTURE_KEY, KEY};
 
-use common::{stderr, stdout, Project, KEY};
-
+/// `nodeforge check PROFILE` fails, its stderr holding each of `wants`.
 fn check_fails_with(p: &Project, profile: &str, wants: &[&str]) {
-    let out = p.nodeforge(&["check", profile]);
-    let err = stderr(&out);
-    assert!(
-        !out.status.success(),
-        "check passed unexpectedly: {}",
-        stdout(&out)
-    );
-    for w in wants {
-        assert!(err.contains(w), "expected {w:?} in:\n{err}");
-    }
+    p.fails(&["check", profile]).stderr_has(wants);
 }
 
 #[test]
@@ -25,11 +17,8 @@ fn valid_profile_checks_and_plans() {
         "name = \"base\"\nhardware = \"pc\"\noverlays = [\"base\"]\npackages = [\"sudo\"]\n\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n"
     ));
     p.write("profiles/core.toml", "extends = \"base.toml\"\nname = \"core\"\nrole = \"core\"\npackages = [\"curl\"]\n[disk]\nsize = \"3GiB\"\n");
-    let out = p.nodeforge(&["check", "profiles/base.toml", "profiles/core.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = p.nodeforge(&["plan", "--json", "profiles/core.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    p.ok(&["check", "profiles/base.toml", "profiles/core.toml"]);
+    let plan = p.ok(&["plan", "--json", "profiles/core.toml"]).json();
     let pkgs: Vec<&str> = plan["packages"]
         .as_array()
         .unwrap()
@@ -46,63 +35,72 @@ fn valid_profile_checks_and_plans() {
     assert_eq!(plan["layout"]["partitions"].as_array().unwrap().len(), 2);
 }
 
+/// A project whose `profiles/x.toml` is `text` fails `check` naming each of
+/// `wants`.
+fn x_fails_with(text: &str, wants: &[&str]) {
+    let p = Project::new();
+    p.write("profiles/x.toml", text);
+    check_fails_with(&p, "profiles/x.toml", wants);
+}
+
 #[test]
 fn unknown_key_is_named_with_line_and_column() {
-    let p = Project::new();
-    p.write(
-        "profiles/x.toml",
+    x_fails_with(
         "name = \"x\"\nhardware = \"pc\"\npakages = [\"vim\"]\n",
-    );
-    check_fails_with(
-        &p,
-        "profiles/x.toml",
         &["profiles/x.toml:3:1:", "unknown field `pakages`"],
     );
 }
 
 #[test]
 fn wrong_type_is_named_with_line() {
-    let p = Project::new();
-    p.write(
-        "profiles/x.toml",
+    x_fails_with(
         "name = \"x\"\nhardware = \"pc\"\n\n[disk]\nsize = 2048\n",
-    );
-    check_fails_with(
-        &p,
-        "profiles/x.toml",
         &["profiles/x.toml:5:8:", "invalid type"],
     );
 }
 
 #[test]
 fn bad_size_is_named_with_line() {
-    let p = Project::new();
-    p.write(
-        "profiles/x.toml",
+    x_fails_with(
         "name = \"x\"\nhardware = \"pc\"\n[disk]\nsize = \"two gigs\"\n",
-    );
-    check_fails_with(
-        &p,
-        "profiles/x.toml",
         &["profiles/x.toml:4:8:", "not a size"],
     );
 }
 
 #[test]
 fn missing_hardware_file_is_named() {
-    let p = Project::new();
-    p.write(
-        "profiles/x.toml",
+    x_fails_with(
         "name = \"x\"\nhardware = \"raspberry-pi-9\"\n",
-    );
-    check_fails_with(
-        &p,
-        "profiles/x.toml",
         &[
             "profiles/x.toml:2:12:",
             "hardware `raspberry-pi-9` not found",
             "hardware/raspberry-pi-9.toml",
         ],
+    );
+}
+
+#[test]
+fn several_problems_are_reported_together() {
+    x_fails_with(
+        "name = \"x\"\nhardware = \"pc\"\nhostname = \"-bad-\"\npackages = [\"Not A Package\"]\noverlays = [\"nope\"]\n",
+        &[
+            "x.toml:3:12: hostname",
+            "x.toml:4:13:",
+            "x.toml:5:13: overlay `nope` not found",
+        ],
+    );
+}
+
+#[test]
+fn missing_name_and_hardware_are_explained() {
+    x_fails_with("packages = [\"vim\"]\n", &["no `name`", "no `hardware`"]);
+}
+
+#[test]
+fn disk_too_small_for_esp_is_refused() {
+    x_fails_with(
+        "name = \"x\"\nhardware = \"pc\"\n[disk]\nsize = \"300MiB\"\nesp_size = \"256MiB\"\n",
+        &["x.toml:4:8:", "no room for a root filesystem"],
     );
 }
 
@@ -161,48 +159,11 @@ fn missing_extends_target_is_named() {
 }
 
 #[test]
-fn several_problems_are_reported_together() {
-    let p = Project::new();
-    p.write("profiles/x.toml", "name = \"x\"\nhardware = \"pc\"\nhostname = \"-bad-\"\npackages = [\"Not A Package\"]\noverlays = [\"nope\"]\n");
-    check_fails_with(
-        &p,
-        "profiles/x.toml",
-        &[
-            "x.toml:3:12: hostname",
-            "x.toml:4:13:",
-            "x.toml:5:13: overlay `nope` not found",
-        ],
-    );
-}
-
-#[test]
-fn missing_name_and_hardware_are_explained() {
-    let p = Project::new();
-    p.write("profiles/x.toml", "packages = [\"vim\"]\n");
-    check_fails_with(&p, "profiles/x.toml", &["no `name`", "no `hardware`"]);
-}
-
-#[test]
 fn missing_profile_file_is_named() {
-    let p = Project::new();
     check_fails_with(
-        &p,
+        &Project::new(),
         "profiles/absent.toml",
         &["profiles/absent.toml", "cannot read"],
-    );
-}
-
-#[test]
-fn disk_too_small_for_esp_is_refused() {
-    let p = Project::new();
-    p.write(
-        "profiles/x.toml",
-        "name = \"x\"\nhardware = \"pc\"\n[disk]\nsize = \"300MiB\"\nesp_size = \"256MiB\"\n",
-    );
-    check_fails_with(
-        &p,
-        "profiles/x.toml",
-        &["x.toml:4:8:", "no room for a root filesystem"],
     );
 }
 
@@ -213,13 +174,7 @@ fn build_of_broken_profile_builds_nothing() {
         "profiles/x.toml",
         "name = \"x\"\nhardware = \"pc\"\nbogus = 1\n",
     );
-    let out = p.nodeforge(common::BUILD_X);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("profiles/x.toml:3:1:"),
-        "{}",
-        stderr(&out)
-    );
+    p.fails(BUILD_X).stderr_has(&["profiles/x.toml:3:1:"]);
     assert!(
         !p.path("out").exists(),
         "build created its output directory"
@@ -229,38 +184,26 @@ fn build_of_broken_profile_builds_nothing() {
 
 #[test]
 fn repository_profiles_all_check() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
-    let mut profiles: Vec<String> = std::fs::read_dir(root.join("profiles"))
-        .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
-        .filter(|p| p.ends_with(".toml"))
-        .collect();
-    profiles.sort();
+    let repo = Project::repo();
+    let profiles = crate::support::roles::profile_files(repo.root());
     assert!(!profiles.is_empty());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodeforge"))
-        .arg("check")
-        .args(&profiles)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = repo.ok(&args_with_files(&["check"], &profiles));
     assert_eq!(
-        stdout(&out)
+        out.stdout()
             .lines()
             .filter(|l| l.starts_with("ok "))
             .count(),
-        profiles.len()
+        profiles.len(),
+        "{}",
+        out.report()
     );
 }
 
 #[test]
 fn repository_hardware_files_all_check() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
-    let mut hardware: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("hardware"))
-        .unwrap()
+    let dir = crate::support::repo_root().join("hardware");
+    let mut hardware: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
@@ -278,16 +221,14 @@ fn repository_hardware_files_all_check() {
             "profiles/hw.toml",
             &format!("name = \"hw\"\nhardware = \"{}\"\n", hw.display()),
         );
-        let out = p.nodeforge(&["plan", profile.to_str().unwrap()]);
-        assert!(out.status.success(), "{}: {}", hw.display(), stderr(&out));
-        let plan = stdout(&out);
         let stem = hw.file_stem().unwrap().to_string_lossy();
         let table = if stem.starts_with("rpi") {
             "MBR signature"
         } else {
             "GPT "
         };
-        assert!(plan.contains(table), "{}: {plan}", hw.display());
+        p.ok(&["plan", profile.to_str().unwrap()])
+            .stdout_has(&[table]);
     }
 }
 
@@ -296,13 +237,10 @@ fn an_included_fragment_overrides_a_repository_and_the_lock_stays_beside_the_pro
     let p = Project::new();
     p.write(
         "profiles/node.toml",
-        &format!(
-            "name = \"node\"\nhardware = \"pc\"\n{}",
-            common::TAILSCALE_CLIENT
-        ),
+        &format!("name = \"node\"\nhardware = \"pc\"\n{TAILSCALE_CLIENT}"),
     );
-    p.write("keys/test.asc", include_str!("fixtures/test-repo-key.asc"));
-    let fpr = include_str!("fixtures/test-repo-key.fpr").trim();
+    p.write("keys/test.asc", FIXTURE_KEY);
+    let fpr = fixture_fpr();
     p.write(
         "profiles/fragments/repo.toml",
         &format!("[[apt.repositories]]\nname = \"tailscale\"\nurl = \"file:../../repo\"\nsuite = \"trixie\"\ncomponents = [\"main\"]\nkey = \"../../keys/test.asc\"\nfingerprint = \"{fpr}\"\n"),
@@ -311,9 +249,7 @@ fn an_included_fragment_overrides_a_repository_and_the_lock_stays_beside_the_pro
         "profiles/t.toml",
         "extends = \"node.toml\"\nname = \"t\"\ninclude = [\"fragments/repo.toml\"]\n[tailscale]\ntags = [\"tag:t\"]\n",
     );
-    let out = p.nodeforge(&["plan", "--json", "profiles/t.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = p.ok(&["plan", "--json", "profiles/t.toml"]).json();
     let repos = plan["profile"]["apt"]["repositories"].as_array().unwrap();
     assert_eq!(
         repos.len(),

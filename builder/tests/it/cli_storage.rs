@@ -2,9 +2,7 @@
 //! named with file and line, good ones reach the plan and the agent's
 //! baked config.
 
-mod common;
-
-use common::{stderr, stdout, Project};
+use crate::support::Project;
 
 const TOOLS: &str = "packages = [\"e2fsprogs\", \"fdisk\", \"util-linux\"]\n";
 
@@ -15,12 +13,7 @@ fn profile(rules: &str) -> String {
 fn check_fails_with(rules: &str, wants: &[&str]) {
     let p = Project::new();
     p.write("profiles/x.toml", &profile(rules));
-    let out = p.nodeforge(&["check", "profiles/x.toml"]);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "check passed: {}", stdout(&out));
-    for w in wants {
-        assert!(err.contains(w), "expected {w:?} in:\n{err}");
-    }
+    p.fails(&["check", "profiles/x.toml"]).stderr_has(wants);
 }
 
 #[test]
@@ -95,14 +88,10 @@ fn missing_tools_are_named() {
         "profiles/x.toml",
         "name = \"x\"\nhardware = \"pc\"\n[[storage]]\nlabel = \"d\"\nfilesystem = \"xfs\"\nmount = \"/srv/d\"\n[storage.match]\nlargest = true\n",
     );
-    let out = p.nodeforge(&["check", "profiles/x.toml"]);
-    let err = stderr(&out);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("storage rules but its packages")
-            && err.contains("fdisk, util-linux, xfsprogs"),
-        "{err}"
-    );
+    p.fails(&["check", "profiles/x.toml"]).stderr_has(&[
+        "storage rules but its packages",
+        "fdisk, util-linux, xfsprogs",
+    ]);
 }
 
 #[test]
@@ -116,19 +105,13 @@ fn good_rule_reaches_the_plan_and_a_child_replaces_it_by_label() {
         "profiles/child.toml",
         "extends = \"base.toml\"\nname = \"child\"\n[[storage]]\nlabel = \"data\"\nmount = \"/srv/bulk\"\noptions = [\"noatime\"]\n[storage.match]\nserial = \"WD-*\"\nmin_size = \"4TiB\"\n",
     );
-    let out = p.nodeforge(&["plan", "--json", "profiles/child.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = p.ok(&["plan", "--json", "profiles/child.toml"]).json();
     let rules = plan["profile"]["storage"].as_array().unwrap();
     assert_eq!(rules.len(), 1, "{rules:?}");
     assert_eq!(rules[0]["mount"], "/srv/bulk");
     assert_eq!(rules[0]["filesystem"], "ext4");
     assert_eq!(rules[0]["match"]["serial"], "WD-*");
     assert_eq!(rules[0]["match"]["min_bytes"], 4u64 << 40);
-    let out = p.nodeforge(&["plan", "profiles/child.toml"]);
-    assert!(
-        stdout(&out).contains("storage data: ext4 at /srv/bulk (formatted only if blank)"),
-        "{}",
-        stdout(&out)
-    );
+    p.ok(&["plan", "profiles/child.toml"])
+        .stdout_has(&["storage data: ext4 at /srv/bulk (formatted only if blank)"]);
 }

@@ -5,17 +5,12 @@
 //! keep the repository (.sources, keyring) and lose the host-only lines.
 //! Needs root, like every build.
 
-mod common;
-
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
-use common::{is_root, stderr, Project, KEY};
-use nodeforge::exec::{find_program, Cmd};
-
-const FIXTURE_KEY: &str = include_str!("fixtures/test-repo-key.asc");
-const FIXTURE_FPR: &str = include_str!("fixtures/test-repo-key.fpr");
+use crate::support::fake::{build_args, fake_tool, rootfs_key, write_agent, write_tree, BASE_TREE};
+use crate::support::image::Ext4;
+use crate::support::{require_root, require_tool, Project, FIXTURE_FPR, FIXTURE_KEY, KEY};
+use nodeforge::exec::Cmd;
 
 fn project() -> Project {
     let p = Project::new();
@@ -27,7 +22,7 @@ fn project() -> Project {
             FIXTURE_FPR.trim()
         ),
     );
-    p.write("agent", "#!/bin/sh\necho fake agent\n");
+    write_agent(&p);
     // A deb for the local source (its content does not matter here).
     let pkg = p.path("pkg");
     p.write(
@@ -46,23 +41,11 @@ fn project() -> Project {
         .run()
         .unwrap();
     let tree = p.path("fake-rootfs");
-    for (rel, text) in [
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n"),
-        ("etc/group", "root:x:0:\nsudo:x:27:\nshadow:x:42:\n"),
-        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
-        ("etc/gshadow", "root:*::\nsudo:*::\n"),
-        ("var/lib/dpkg/status", "Package: systemd\nStatus: install ok installed\nArchitecture: amd64\nVersion: 257.9-1\n\n"),
-        ("boot/vmlinuz-6.1.0-test", "kernel"),
-        ("boot/initrd.img-6.1.0-test", "initrd"),
-        ("usr/lib/systemd/boot/efi/systemd-bootx64.efi", "sd-boot"),
-    ] {
-        p.write(&format!("fake-rootfs/{rel}"), text);
-    }
+    write_tree(&tree, BASE_TREE);
     // Like mmdebstrap: every mirror argument after the target becomes a
     // sources.list line of the new system.
     let script = format!(
-        r#"#!/bin/sh
-set -e
+        r#"set -e
 printf '%s\n' "$@" > {args}
 tree={tree}
 mkdir -p "$tree/etc/apt"
@@ -84,51 +67,29 @@ tar --zstd -cf "$target" -C "$tree" .
         args = p.path("mmdebstrap.args").display(),
         tree = tree.display()
     );
-    let bin = p.path("fakebin/mmdebstrap");
-    p.write("fakebin/mmdebstrap", &script);
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    fake_tool(&p, "mmdebstrap", &script);
     p
 }
 
 fn build(p: &Project) {
-    let out = p.nodeforge_with_path(
-        &[common::BUILD_X, &["--quiet"]].concat(),
-        Some(&p.path("fakebin")),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    p.cmd(&build_args("profiles/x.toml", &["--quiet"]))
+        .path_prepend(&p.path("fakebin"))
+        .ok();
 }
 
-/// A file of the image's root filesystem, read with debugfs.
+/// A file of the built image's root filesystem.
 fn image_file(p: &Project, path: &str) -> String {
-    let img = p.path("out/x.img");
-    let parts = nodeforge::disk::gpt_table::read(&img).unwrap();
-    let mut data = vec![0u8; parts[1].size as usize];
-    {
-        use std::os::unix::fs::FileExt;
-        fs::File::open(&img)
-            .unwrap()
-            .read_exact_at(&mut data, parts[1].offset)
-            .unwrap();
-    }
-    let root = p.path("root.ext4");
-    fs::write(&root, data).unwrap();
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {path}")])
-        .arg(&root)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    Ext4::root_of(&p.path("out/x.img"), p.root()).text(path)
 }
 
 #[test]
 fn repositories_reach_mmdebstrap_and_stay_in_the_image() {
-    if !is_root() || find_program("dpkg-deb").is_none() || find_program("debugfs").is_none() {
-        eprintln!("SKIPPED: needs root, dpkg-deb and debugfs");
-        return;
-    }
+    require_root();
+    require_tool("dpkg-deb", "dpkg");
+    require_tool("debugfs", "e2fsprogs");
     let p = project();
     build(&p);
-    let args = fs::read_to_string(p.path("mmdebstrap.args")).unwrap();
+    let args = p.read("mmdebstrap.args");
     let cache = fs::canonicalize(p.path("cache")).unwrap();
     let keyring = cache.join(format!("nodeforge-apt/keys/{}.gpg", FIXTURE_FPR.trim()));
     assert!(
@@ -160,7 +121,8 @@ fn repositories_reach_mmdebstrap_and_stay_in_the_image() {
                 && repo.contains("Signed-By: /etc/apt/keyrings/nvidia-container-toolkit.gpg\n"),
             "{repo}"
         );
-        let key = image_file(p, "/etc/apt/keyrings/nvidia-container-toolkit.gpg");
+        let key = Ext4::root_of(&p.path("out/x.img"), p.root())
+            .file("/etc/apt/keyrings/nvidia-container-toolkit.gpg");
         assert!(!key.is_empty());
     };
     check_image(&p);
@@ -173,11 +135,7 @@ fn repositories_reach_mmdebstrap_and_stay_in_the_image() {
     check_image(&p);
 
     // The local packages' contents and the repositories shape the rootfs key.
-    let plan = |p: &Project| {
-        let out = p.nodeforge(&["plan", "--json", "profiles/x.toml"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["rootfs_key"].as_str().unwrap().to_owned()
-    };
+    let plan = |p: &Project| rootfs_key(&p.ok(&["plan", "--json", "profiles/x.toml"]));
     let before = plan(&p);
     assert_eq!(plan(&p), before);
     fs::copy(
@@ -187,10 +145,8 @@ fn repositories_reach_mmdebstrap_and_stay_in_the_image() {
     .unwrap();
     let more_debs = plan(&p);
     assert_ne!(more_debs, before);
-    let text = fs::read_to_string(p.path("profiles/x.toml")).unwrap();
-    p.write(
-        "profiles/x.toml",
-        &text.replace("suite = \"/\"", "suite = \"stable/\""),
-    );
+    p.edit("profiles/x.toml", |t| {
+        t.replace("suite = \"/\"", "suite = \"stable/\"")
+    });
     assert_ne!(plan(&p), more_debs);
 }

@@ -1,9 +1,8 @@
 //! Flashing to regular files: the whole pipeline without root.
 
-mod flash_support;
-
+use crate::support::flash::*;
+use crate::support::scratch::{make_image, read_at, standard_image, used_disk, MIB};
 use anyhow::Result;
-use flash_support::*;
 use indicatif::ProgressBar;
 use nodeforge::bmap::{self, Bmap};
 use nodeforge::flash::device::{SafetyRefusal, TargetKind};
@@ -22,8 +21,7 @@ fn flashes_into_a_new_file_and_verifies() {
     let image = standard_image(dir.path());
     let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
     let target = dir.path().join("out.img");
-    let (r, _) = flash_with(&args(&image, &target), "", None);
-    let report = r.unwrap();
+    let report = flash_ok(&args(&image, &target));
     assert_eq!(std::fs::metadata(&target).unwrap().len(), 64 * MIB);
     assert_eq!(report.write.bytes, bmap.mapped_bytes());
     assert_eq!(report.verify.unwrap().bytes, bmap.mapped_bytes());
@@ -37,7 +35,7 @@ fn leaves_unmapped_data_but_wipes_old_partition_tables() {
     let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
     // A "card" larger than the image that held something else.
     let target = used_disk(&dir.path().join("card"), 80 * MIB, 0xEE);
-    flash_with(&args(&image, &target), "", None).0.unwrap();
+    flash_ok(&args(&image, &target));
     assert_mapped_equal(&image, &target, &bmap);
     assert_eq!(
         std::fs::metadata(&target).unwrap().len(),
@@ -91,8 +89,7 @@ fn reads_zstd_and_xz_images_with_the_bmap_of_the_raw_image() {
             "{}.out",
             src.extension().unwrap().to_str().unwrap()
         ));
-        let (r, _) = flash_with(&args(src, &target), "", None);
-        let report = r.unwrap_or_else(|e| panic!("{}: {e:#}", src.display()));
+        let report = flash_ok(&args(src, &target));
         assert_eq!(report.verify.unwrap().bytes, bmap.mapped_bytes());
         assert_mapped_equal(&reference, &target, &bmap);
     }
@@ -108,8 +105,7 @@ fn compressed_image_without_bmap_is_refused_and_raw_image_is_scanned() {
         zstd::encode_all(&std::fs::read(&image).unwrap()[..], 1).unwrap(),
     )
     .unwrap();
-    let (r, _) = flash_with(&args(&zst, &dir.path().join("a")), "", None);
-    let err = format!("{:#}", r.unwrap_err());
+    let err = format!("{:#}", flash_err(&args(&zst, &dir.path().join("a"))));
     assert!(
         err.contains("no bmap found") && err.contains("--bmap"),
         "{err}"
@@ -170,10 +166,7 @@ fn image_that_does_not_match_its_bmap_fails_before_the_tables_are_written() {
         .write_all_at(b"tampered", 21 * MIB)
         .unwrap();
     let target = used_disk(&dir.path().join("card"), 64 * MIB, 0xEE);
-    let err = format!(
-        "{:#}",
-        flash_with(&args(&image, &target), "", None).0.unwrap_err()
-    );
+    let err = format!("{:#}", flash_err(&args(&image, &target)));
     let r = bmap
         .ranges
         .iter()
@@ -279,8 +272,8 @@ fn asks_for_the_target_name_unless_yes() {
         read_at(&target, 0, 4096).iter().all(|&b| b == 0xEE),
         "target untouched"
     );
-    let (r, _) = flash_with(&a, "", None);
-    assert!(format!("{:#}", r.unwrap_err()).contains("--yes"));
+    let err = format!("{:#}", flash_err(&a));
+    assert!(err.contains("--yes"), "{err}");
     flash_with(&a, "card\n", None).0.unwrap();
     assert_eq!(read_at(&target, 512, 8), b"EFI PART");
 }
@@ -289,12 +282,9 @@ fn asks_for_the_target_name_unless_yes() {
 fn refuses_to_flash_an_image_onto_itself() {
     let dir = tempfile::tempdir().unwrap();
     let image = standard_image(dir.path());
-    let err = flash_with(&args(&image, &image), "", None).0.unwrap_err();
+    let err = flash_err(&args(&image, &image));
     assert!(
-        matches!(
-            err.downcast_ref::<SafetyRefusal>(),
-            Some(SafetyRefusal::SameAsImage { .. })
-        ),
+        matches!(refusal(&err), SafetyRefusal::SameAsImage { .. }),
         "{err:#}"
     );
 }
@@ -333,7 +323,7 @@ fn image_ending_mid_block_is_written_and_verified() {
         16 * MIB + 512
     );
     let target = dir.path().join("out.img");
-    let report = flash_with(&args(&image, &target), "", None).0.unwrap();
+    let report = flash_ok(&args(&image, &target));
     assert_eq!(report.verify.unwrap().bytes, bmap.mapped_bytes());
     assert_eq!(std::fs::metadata(&target).unwrap().len(), 16 * MIB + 512);
     assert_mapped_equal(&image, &target, &bmap);
@@ -344,12 +334,9 @@ fn missing_device_is_not_created_as_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let image = standard_image(dir.path());
     let missing = std::path::Path::new("/dev/nodeforge-test-no-such-disk");
-    let err = flash_with(&args(&image, missing), "", None).0.unwrap_err();
+    let err = flash_err(&args(&image, missing));
     assert!(
-        matches!(
-            err.downcast_ref::<SafetyRefusal>(),
-            Some(SafetyRefusal::NoSuchDevice { .. })
-        ),
+        matches!(refusal(&err), SafetyRefusal::NoSuchDevice { .. }),
         "{err:#}"
     );
     assert!(!missing.exists());
@@ -384,7 +371,7 @@ fn bmap_with_512_byte_blocks_is_written_and_verified() {
     let target = used_disk(&dir.path().join("card"), 64 * MIB, 0xEE);
     let mut a = args(&image, &target);
     a.bmap = Some(bmap_path);
-    let report = flash_with(&a, "", None).0.unwrap();
+    let report = flash_ok(&a);
     assert_eq!(report.verify.unwrap().bytes, bmap.mapped_bytes());
     assert_mapped_equal(&image, &target, &bmap);
     // Just outside a range: old content (not in the table zones).

@@ -4,13 +4,13 @@
 //! ignore moved tags, work `--offline` from the cache and name the image
 //! when they cannot.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use common::{install_fake_rootfs, is_root, stderr, stdout, Project};
+use crate::support::cli::Cli;
+use crate::support::fake::{install_fake_rootfs, write_agent};
+use crate::support::image::Ext4;
+use crate::support::{require_root, require_tool, Project};
 use nodeforge::oci::fixture::{busybox_httpd_image, TestRegistry};
 use nodeforge_firstboot::stacks::StacksManifest;
 
@@ -33,17 +33,18 @@ fn project(image: &str) -> Project {
         "stacks/web/compose.yaml.tera",
         &COMPOSE.replace("IMAGE", image),
     );
-    p.write("agent", "#!/bin/sh\necho fake agent\n");
+    write_agent(&p);
     p
 }
 
 fn check_fails_with(p: &Project, wants: &[&str]) {
-    let out = p.nodeforge(&["check", "profiles/s.toml"]);
-    assert!(!out.status.success(), "check passed: {}", stdout(&out));
-    let err = stderr(&out);
-    for w in wants {
-        assert!(err.contains(w), "expected {w:?} in:\n{err}");
-    }
+    p.fails(&["check", "profiles/s.toml"]).stderr_has(wants);
+}
+
+/// The test registry (Debian's docker-registry on loopback).
+pub fn registry() -> TestRegistry {
+    require_tool("docker-registry", "docker-registry");
+    TestRegistry::start().unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"))
 }
 
 #[test]
@@ -58,7 +59,7 @@ fn stack_errors_are_located() {
     );
 
     let p = project("127.0.0.1:5000/web:1");
-    let text = fs::read_to_string(p.path("profiles/s.toml")).unwrap();
+    let text = p.read("profiles/s.toml");
     p.write(
         "profiles/s.toml",
         &text.replace("http = ", "tcp = \"127.0.0.1:1\"\nhttp = "),
@@ -96,17 +97,10 @@ fn stack_errors_are_located() {
 #[test]
 fn plan_lists_stack_images_and_whether_they_are_locked() {
     let p = project("127.0.0.1:5000/web:1");
-    let out = p.nodeforge(&["plan", "profiles/s.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    assert!(
-        text.contains("image 127.0.0.1:5000/web:1 -> NOT LOCKED"),
-        "{text}"
-    );
-    assert!(text.contains("containers"), "{text}");
+    p.ok(&["plan", "profiles/s.toml"])
+        .stdout_has(&["image 127.0.0.1:5000/web:1 -> NOT LOCKED", "containers"]);
     // The compose template is the stack's, not an overlay file.
-    let out = p.nodeforge(&["plan", "--json", "profiles/s.toml"]);
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = p.ok(&["plan", "--json", "profiles/s.toml"]).json();
     assert_eq!(plan["overlay_files"].as_array().unwrap().len(), 0, "{plan}");
     assert_eq!(
         plan["profile"]["stacks"][0]["probes"][0]["check"]["http"],
@@ -116,16 +110,11 @@ fn plan_lists_stack_images_and_whether_they_are_locked() {
 
 #[test]
 fn lock_of_a_missing_image_fails_naming_it() {
-    let reg = TestRegistry::start().unwrap();
+    let reg = registry();
     let image = format!("{}/absent:1", reg.addr);
     let p = project(&image);
-    let out = p.nodeforge(&["lock", "profiles/s.toml"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!("image {image}")) && err.contains("not found"),
-        "{err}"
-    );
+    p.fails(&["lock", "profiles/s.toml"])
+        .stderr_has(&[&format!("image {image}"), "not found"]);
     assert!(!p.path("profiles/s.lock.toml").exists());
 }
 
@@ -139,34 +128,14 @@ const BUILD: &[&str] = &[
     "agent",
 ];
 
-fn build(p: &Project, cache: &str, extra: &[&str]) -> std::process::Output {
-    p.nodeforge(&[BUILD, &["--cache-dir", cache], extra].concat())
+/// [`BUILD`] with the cache `cache` and `extra` arguments.
+fn build(p: &Project, cache: &str, extra: &[&str]) -> Cli {
+    p.cmd(&[BUILD, &["--cache-dir", cache], extra].concat())
 }
 
-/// Reads a file of the built image's root filesystem with debugfs.
-fn image_file(p: &Project, path: &str) -> Vec<u8> {
-    let img = p.path("out/s.img");
-    let parts = nodeforge::disk::gpt_table::read(&img).unwrap();
-    let root = p.path("root.ext4");
-    if !root.exists() {
-        use std::os::unix::fs::FileExt;
-        let mut b = vec![0u8; parts[1].size as usize];
-        fs::File::open(&img)
-            .unwrap()
-            .read_exact_at(&mut b, parts[1].offset)
-            .unwrap();
-        fs::write(&root, b).unwrap();
-    }
-    let dest = p.path("dumped");
-    let _ = fs::remove_file(&dest);
-    let ok = Command::new("debugfs")
-        .args(["-R", &format!("dump {path} {}", dest.display())])
-        .arg(&root)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success() && dest.exists(), "{path} is not in the image");
-    fs::read(&dest).unwrap()
+/// The root filesystem of the built out/s.img.
+fn root_fs(p: &Project) -> Ext4 {
+    Ext4::root_of(&p.path("out/s.img"), p.root())
 }
 
 fn tar_member(tar: &[u8], name: &str) -> Vec<u8> {
@@ -184,20 +153,16 @@ fn tar_member(tar: &[u8], name: &str) -> Vec<u8> {
 
 #[test]
 fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
-    if !is_root() {
-        eprintln!("SKIPPED: builds need root");
-        return;
-    }
-    let reg = TestRegistry::start().unwrap();
+    require_root();
+    let reg = registry();
     let image = format!("{}/team/web:1", reg.addr);
     let first = busybox_httpd_image("amd64", Path::new("/bin/busybox"), "first", 8080).unwrap();
     let locked = reg.push_image("team/web", Some("1"), &first).unwrap();
     let p = project(&image);
     install_fake_rootfs(&p, "profiles/s.toml");
 
-    let out = p.nodeforge(&["lock", "profiles/s.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lock = fs::read_to_string(p.path("profiles/s.lock.toml")).unwrap();
+    p.ok(&["lock", "profiles/s.toml"]);
+    let lock = p.read("profiles/s.lock.toml");
     assert!(lock.contains(&format!("digest = \"{locked}\"")), "{lock}");
     assert!(lock.contains("platform = \"linux/amd64\""), "{lock}");
 
@@ -205,29 +170,26 @@ fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
     let second = busybox_httpd_image("amd64", Path::new("/bin/busybox"), "second", 8080).unwrap();
     let moved = reg.push_image("team/web", Some("1"), &second).unwrap();
     assert_ne!(moved, locked);
-    let out = build(&p, "cache", &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    build(&p, "cache", &[]).ok();
 
-    let manifest = StacksManifest::from_toml(
-        &String::from_utf8(image_file(&p, "/etc/nodeforge/stacks.toml")).unwrap(),
-    )
-    .unwrap();
+    let root = root_fs(&p);
+    let manifest = StacksManifest::from_toml(&root.text("/etc/nodeforge/stacks.toml")).unwrap();
     let st = &manifest.stacks[0];
     assert_eq!(st.name, "web");
     assert_eq!(st.health_timeout_secs, 90);
     assert_eq!(st.probes[0].http.as_deref(), Some("http://127.0.0.1:8080/"));
     assert_eq!(st.images[0].digest, locked.to_string());
     assert_eq!(st.images[0].tag, image);
-    let compose = String::from_utf8(image_file(&p, &st.compose)).unwrap();
+    let compose = root.text(&st.compose);
     assert!(
         compose.contains(&format!("image: {image}\n    pull_policy: never")),
         "{compose}"
     );
     assert!(compose.contains("# web on s"), "{compose}");
-    let env = image_file(&p, st.env_file.as_deref().unwrap());
+    let env = root.file(st.env_file.as_deref().unwrap());
     assert_eq!(env, b"GREETING='hello $there'\n");
 
-    let archive = image_file(&p, &st.images[0].archive);
+    let archive = root.file(&st.images[0].archive);
     let dm: serde_json::Value =
         serde_json::from_slice(&tar_member(&archive, "manifest.json")).unwrap();
     assert_eq!(dm[0]["RepoTags"][0], image.as_str());
@@ -242,8 +204,7 @@ fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
         tar_member(&archive, dm[0]["Layers"][0].as_str().unwrap()),
         first.layers[0]
     );
-    let built: serde_json::Value =
-        serde_json::from_slice(&fs::read(p.path("out/s.manifest.json")).unwrap()).unwrap();
+    let built: serde_json::Value = serde_json::from_str(&p.read("out/s.manifest.json")).unwrap();
     assert_eq!(
         built["facts"]["containers"]["images"][0]["digest"],
         locked.to_string()
@@ -259,91 +220,56 @@ fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
             .replace("# {{ stack }}", "# edited {{ stack }}"),
     );
     let args: Vec<&str> = BUILD.iter().copied().filter(|a| *a != "--quiet").collect();
-    let out = p.nodeforge(&[&args[..], &["--cache-dir", "cache", "--json"]].concat());
-    assert!(out.status.success(), "{}", stderr(&out));
-    let ends: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "step-end")
-        .map(|e| e["report"].clone())
-        .collect();
-    let status = |name: &str| {
-        ends.iter()
-            .find(|r| r["name"] == name)
-            .map(|r| r["status"].as_str().unwrap_or_default().to_owned())
-    };
+    let steps = p
+        .ok(&[&args[..], &["--cache-dir", "cache", "--json"]].concat())
+        .steps();
     // (This profile has no overlay files and no users: those steps skip.)
-    for reused in ["rootfs", "system", "agent", "containers"] {
-        assert_eq!(
-            status(reused).as_deref(),
-            Some("reused"),
-            "{reused}: {ends:?}"
-        );
-    }
-    assert_eq!(status("stacks").as_deref(), Some("done"), "{ends:?}");
-    // The extracted root filesystem is of the earlier build.
-    fs::remove_file(p.path("root.ext4")).unwrap();
-    let compose = String::from_utf8(image_file(&p, &st.compose)).unwrap();
+    steps.assert(&["rootfs", "system", "agent", "containers"], "reused");
+    steps.assert(&["stacks"], "done");
+    let compose = root_fs(&p).text(&st.compose);
     assert!(compose.contains("# edited web on s"), "{compose}");
 
     // No registry: --offline builds from the warm cache…
     drop(reg);
     // Without the image, the unchanged profile is built, not reused.
     fs::remove_file(p.path("out/s.img")).unwrap();
-    let out = build(&p, "cache", &["--offline"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    build(&p, "cache", &["--offline"]).ok();
     assert!(p.path("out/s.img").is_file());
     // …and with a cold blob cache names what is missing, as does an online
     // build that cannot reach the registry.
     fs::create_dir_all(p.path("cache2")).unwrap();
     fs::rename(p.path("cache/rootfs"), p.path("cache2/rootfs")).unwrap();
     fs::remove_file(p.path("out/s.img")).unwrap();
-    let out = build(&p, "cache2", &["--offline"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!(
+    build(&p, "cache2", &["--offline"])
+        .fails()
+        .stderr_has(&[&format!(
             "manifest {locked} of image {image} is not in the blob cache"
-        )),
-        "{err}"
-    );
-    let out = build(&p, "cache2", &[]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!("image {image}: registry at")) && err.contains("unreachable"),
-        "{err}"
-    );
+        )]);
+    build(&p, "cache2", &[])
+        .fails()
+        .stderr_has(&[&format!("image {image}: registry at"), "unreachable"]);
 }
 
 #[test]
 fn unlocked_or_mismatched_images_fail_the_build_naming_them() {
-    if !is_root() {
-        eprintln!("SKIPPED: builds need root");
-        return;
-    }
+    require_root();
     let pinned = format!("127.0.0.1:5000/web:1@sha256:{}", "1".repeat(64));
     let p = project(&pinned);
     install_fake_rootfs(&p, "profiles/s.toml");
-    let out = build(&p, "cache", &[]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let out = build(&p, "cache", &[]).fails();
     // Refused before any step runs, with the command to run.
-    assert!(!err.contains("build step"), "{err}");
-    assert!(
-        err.contains("the profile's stacks name 1 container images but it has no lock file")
-            && err.contains("run `nodeforge lock profiles/s.toml` (with `--mirror REGISTRY=URL`"),
-        "{err}"
-    );
+    assert!(!out.stderr().contains("build step"), "{}", out.report());
+    out.stderr_has(&[
+        "the profile's stacks name 1 container images but it has no lock file",
+        "run `nodeforge lock profiles/s.toml` (with `--mirror REGISTRY=URL`",
+    ]);
     p.write(
         "profiles/s.lock.toml",
         "version = 1\narch = \"amd64\"\nimages = []\n",
     );
-    let err = stderr(&build(&p, "cache", &[]));
-    assert!(
-        err.contains(&format!("image {pinned} is not in the lock file")),
-        "{err}"
-    );
+    build(&p, "cache", &[])
+        .fails()
+        .stderr_has(&[&format!("image {pinned} is not in the lock file")]);
 
     p.write(
         "profiles/s.lock.toml",
@@ -352,20 +278,16 @@ fn unlocked_or_mismatched_images_fail_the_build_naming_them() {
             "2".repeat(64)
         ),
     );
-    let out = build(&p, "cache", &[]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!("image {pinned}: its digest sha256:1111")),
-        "{err}"
-    );
-    assert!(err.contains("does not match the lock file"), "{err}");
+    build(&p, "cache", &[]).fails().stderr_has(&[
+        &format!("image {pinned}: its digest sha256:1111"),
+        "does not match the lock file",
+    ]);
 }
 
 #[test]
 fn secrets_are_names_only_and_excluded_stacks_must_exist() {
     let p = project("127.0.0.1:5000/web:1");
-    let text = fs::read_to_string(p.path("profiles/s.toml")).unwrap();
+    let text = p.read("profiles/s.toml");
     p.write(
         "profiles/s.toml",
         &text.replace(
@@ -389,36 +311,24 @@ fn secrets_are_names_only_and_excluded_stacks_must_exist() {
             "health_timeout_secs = 90\nsecrets = [\"DB_PASSWORD\"]\n",
         ),
     );
-    let out = p.nodeforge(&["plan", "profiles/s.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("(1 images, 1 probes, 1 secrets,"),
-        "{}",
-        stdout(&out)
-    );
+    p.ok(&["plan", "profiles/s.toml"])
+        .stdout_has(&["(1 images, 1 probes, 1 secrets,"]);
 
     p.write(
         "profiles/t.toml",
         "extends = \"s.toml\"\nname = \"t\"\nexclude_stacks = [\"web\", \"nope\"]\n",
     );
-    let out = p.nodeforge(&["check", "profiles/t.toml"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out)
-            .contains("exclude_stacks names `nope`, which no profile this one extends declares"),
-        "{}",
-        stderr(&out)
-    );
+    p.fails(&["check", "profiles/t.toml"])
+        .stderr_has(&["exclude_stacks names `nope`, which no profile this one extends declares"]);
     p.write(
         "profiles/t.toml",
         "extends = \"s.toml\"\nname = \"t\"\nexclude_stacks = [\"web\"]\n",
     );
-    let out = p.nodeforge(&["plan", "profiles/t.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = p.ok(&["plan", "profiles/t.toml"]);
     // No stacks section (the `stacks` step line is indented).
     assert!(
-        !stdout(&out).lines().any(|l| l.starts_with("stacks ")),
+        !out.stdout().lines().any(|l| l.starts_with("stacks ")),
         "{}",
-        stdout(&out)
+        out.report()
     );
 }

@@ -1,40 +1,28 @@
-//! Flashing to real block devices (loop devices). Skipped, saying why, when
-//! not root or without loop devices.
+//! Flashing to real block devices (loop devices). Each test needs root and
+//! a free loop device, and fails saying which is missing.
 
-mod flash_support;
-
-use flash_support::*;
+use crate::support::flash::*;
+use crate::support::require_loop;
+use crate::support::scratch::{read_at, standard_image, used_disk, MIB};
 use nodeforge::bmap;
 use nodeforge::flash::device::SafetyRefusal;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 
-macro_rules! need_loop {
-    () => {
-        if let Some(why) = loop_unavailable() {
-            eprintln!("skipping: loop devices unavailable ({why})");
-            return;
-        }
-    };
-}
-
 #[test]
 fn flashes_a_used_loop_device_with_force() {
-    need_loop!();
+    require_loop();
     let dir = tempfile::tempdir().unwrap();
     let image = standard_image(dir.path());
     let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
     let backing = used_disk(&dir.path().join("disk"), 96 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing).unwrap();
+    let dev = LoopDev::attach(&backing);
 
     // Loop devices report removable=0: refused without --force.
     let mut a = args(&image, &dev.path);
-    let err = flash_with(&a, "", None).0.unwrap_err();
+    let err = flash_err(&a);
     assert!(
-        matches!(
-            err.downcast_ref::<SafetyRefusal>(),
-            Some(SafetyRefusal::NotRemovable { .. })
-        ),
+        matches!(refusal(&err), SafetyRefusal::NotRemovable { .. }),
         "{err:#}"
     );
     assert!(
@@ -63,30 +51,27 @@ fn flashes_a_used_loop_device_with_force() {
 
 #[test]
 fn too_small_loop_device_is_refused() {
-    need_loop!();
+    require_loop();
     let dir = tempfile::tempdir().unwrap();
     let image = standard_image(dir.path());
     let backing = used_disk(&dir.path().join("small"), 32 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing).unwrap();
+    let dev = LoopDev::attach(&backing);
     let mut a = args(&image, &dev.path);
     a.force = true;
-    let err = flash_with(&a, "", None).0.unwrap_err();
+    let err = flash_err(&a);
     assert!(
-        matches!(
-            err.downcast_ref::<SafetyRefusal>(),
-            Some(SafetyRefusal::TooSmall { .. })
-        ),
+        matches!(refusal(&err), SafetyRefusal::TooSmall { .. }),
         "{err:#}"
     );
 }
 
 #[test]
 fn device_held_exclusively_elsewhere_is_busy() {
-    need_loop!();
+    require_loop();
     let dir = tempfile::tempdir().unwrap();
     let image = standard_image(dir.path());
     let backing = used_disk(&dir.path().join("disk"), 64 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing).unwrap();
+    let dev = LoopDev::attach(&backing);
     // Stands in for a mount or another flasher holding the device.
     let _holder = OpenOptions::new()
         .read(true)
@@ -95,7 +80,7 @@ fn device_held_exclusively_elsewhere_is_busy() {
         .unwrap();
     let mut a = args(&image, &dev.path);
     a.force = true;
-    let err = format!("{:#}", flash_with(&a, "", None).0.unwrap_err());
+    let err = format!("{:#}", flash_err(&a));
     assert!(err.contains("is busy"), "{err}");
 }
 
@@ -105,13 +90,13 @@ fn write_error_past_the_device_end_names_the_range() {
     use nodeforge::flash::device::TargetKind;
     use nodeforge::flash::source::ImageSource;
     use nodeforge::flash::write::{self, Target};
-    need_loop!();
+    require_loop();
     let dir = tempfile::tempdir().unwrap();
     let image = standard_image(dir.path());
     let bmap = bmap::Bmap::create(&image).unwrap();
     // Past the safety checks on purpose: a device that ends mid-image.
     let backing = used_disk(&dir.path().join("short"), 24 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing).unwrap();
+    let dev = LoopDev::attach(&backing);
     let mut src = ImageSource::open(&image).unwrap();
     let mut target = Target::open(&dev.path, TargetKind::BlockDevice, bmap.image_size).unwrap();
     let err = write::write_image(&mut src, &bmap, &mut target, &ProgressBar::hidden()).unwrap_err();

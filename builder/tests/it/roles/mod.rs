@@ -1,124 +1,95 @@
-//! The repository's own role profiles: each passes `nodeforge check`, the
-//! tailnet policy generated from them gives the seed's access, core's
-//! Prometheus configuration scrapes what the seed's does, and every
-//! stack's compose file passes the real `docker compose config`.
+//! The roles' profiles, checked as data: every role (a profile with
+//! `[tailscale] tags`, see support::roles) passes `nodeforge check`, the
+//! tailnet policy generated from them gives exactly the access of
+//! tests/fixtures/access-matrix.toml (the seed's, plus the single-host
+//! roles'), core's Prometheus configuration scrapes what the seed's does,
+//! every stack's compose file passes the real `docker compose config`, and
+//! resolved leaves a stack's published DNS port alone.
+//!
+//! Each check is a function of the project directory: the tests here run
+//! them on the repository, [`new_role`] on a copy with a role added the way
+//! the README says.
 
-mod common;
+mod new_role;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::stderr;
-use nodeforge::tailnet::{allows, Policy};
+use crate::support::cli::args_with_files;
+use crate::support::require::require_file;
+use crate::support::roles::{load_profile, profile_files, roles, tags, AccessMatrix};
+use crate::support::{fixture, read_text, write_file, Project};
+use nodeforge::tailnet::Policy;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn profiles() -> Vec<PathBuf> {
-    nodeforge::tailnet::profile_files(&[root().join("profiles")]).unwrap()
-}
-
-/// Every role the seeds describe, each with a profile and a stack of its
-/// own name.
-const ROLES: [&str; 9] = [
-    "core",
-    "data",
-    "ai",
-    "workspace",
-    "media",
-    "sentinel",
-    "controlplane",
-    "cloud",
-    "observability",
-];
-
-#[test]
-fn every_profile_checks() {
-    let files = profiles();
-    for role in ROLES {
-        assert!(
-            files.iter().any(|f| f.ends_with(format!("{role}.toml"))),
-            "profiles/{role}.toml is missing"
+/// Every role's profile is `profiles/<role>.toml`, and every profile passes
+/// `nodeforge check`.
+pub fn check_every_profile(p: &Project) {
+    for role in roles(p.root()) {
+        let want = p.path(&format!("profiles/{}.toml", role.role()));
+        assert_eq!(
+            role.file,
+            want,
+            "role {} is not in its own file",
+            role.role()
         );
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_nodeforge"))
-        .arg("check")
-        .args(&files)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    p.ok(&args_with_files(&["check"], &profile_files(p.root())));
 }
 
-const FLEET: &[&str] = &[
-    "tag:data",
-    "tag:ai",
-    "tag:workspace",
-    "tag:media",
-    "tag:edge",
-];
-const SINGLE_HOSTS: &[&str] = &["tag:controlplane", "tag:cloud", "tag:observability"];
-
-/// The seed's AeroVista access, plus the single-host roles' gateways.
-fn expected(src: &str, dst: &str, port: u16) -> bool {
-    src == "tag:core"
-        || (src == "tag:ai" && dst == "tag:data" && [5432, 6379, 9000].contains(&port))
-        || (src == "tag:workspace" && dst == "tag:data" && [5432, 9000].contains(&port))
-        || (dst == "tag:core" && [80, 443].contains(&port))
-        || (dst == "tag:core" && [9090, 3100].contains(&port) && FLEET.contains(&src))
-        || (SINGLE_HOSTS.contains(&dst) && [80, 443].contains(&port))
+/// `nodeforge tailnet policy` of the role profiles, as its text.
+pub fn tailnet_policy(p: &Project) -> String {
+    // The profile files, not the folder: the folder's lock files would be
+    // read as profiles (see README: Adding a role).
+    p.ok(&args_with_files(
+        &["tailnet", "policy"],
+        &profile_files(p.root()),
+    ))
+    .stdout()
 }
 
-#[test]
-fn policy_from_the_role_profiles_has_the_seeds_semantics() {
-    let text = nodeforge::tailnet::write_policy(&[root().join("profiles")], None).unwrap();
-    let policy = Policy::parse(&text).unwrap();
-    let tags: Vec<&str> = policy.tag_owners.keys().map(String::as_str).collect();
-    for t in [
-        "tag:core",
-        "tag:data",
-        "tag:ai",
-        "tag:workspace",
-        "tag:media",
-    ] {
-        assert!(tags.contains(&t), "{t} missing from {tags:?}");
-    }
-    for t in &tags {
+/// The generated policy gives the roles exactly the access matrix's
+/// access, and owns the seed's tags at least.
+pub fn check_policy(p: &Project) {
+    let text = tailnet_policy(p);
+    let policy = Policy::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let seed = seed_policy();
+    for t in seed.tag_owners.keys() {
         assert!(
-            *t == "tag:core" || FLEET.contains(t) || SINGLE_HOSTS.contains(t),
-            "{t}: a role the test does not know; add it to FLEET or SINGLE_HOSTS"
+            policy.tag_owners.contains_key(t),
+            "{t} missing from:\n{text}"
         );
     }
-    let ports = [
-        22, 80, 443, 3000, 3100, 5432, 6379, 8080, 9000, 9090, 9100, 9187,
-    ];
-    for src in tags.iter().copied().chain(["alice@example.com"]) {
-        for dst in &tags {
-            for port in ports {
-                assert_eq!(
-                    allows(&policy, src, dst, port),
-                    expected(src, dst, port),
-                    "{src} -> {dst}:{port}\n{text}"
-                );
-            }
-        }
-    }
+    let roles = roles(p.root());
+    let matrix = AccessMatrix::load();
+    let tags = tags(&roles);
+    let sources: Vec<String> = tags.iter().cloned().chain([matrix.user.clone()]).collect();
+    let what = format!("the policy of {}/profiles", p.root().display());
+    matrix.check(&policy, &what, &roles, &sources, &tags);
 }
 
-#[test]
-fn core_scrapes_what_the_seed_scrapes() {
-    let plan = nodeforge::plan::Plan::load(&root().join("profiles/core.toml")).unwrap();
+/// The seed document's hand-written policy (tests/fixtures).
+pub fn seed_policy() -> Policy {
+    let path = fixture("aerovista-acl.hujson");
+    Policy::parse(&read_text(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The seed's scrape_configs (shared/seeds/001…, "Prometheus Scrape
+/// Config") are in core's rendered Prometheus configuration; Prometheus
+/// runs in a container, so the host's own node_exporter is the Docker host
+/// gateway, not localhost.
+pub fn check_core_scrapes(p: &Project) {
+    let core = p.path("profiles/core.toml");
+    let plan =
+        nodeforge::plan::Plan::load(&core).unwrap_or_else(|e| panic!("{}: {e:#}", core.display()));
     let file = plan
         .overlay_files
         .iter()
         .find(|f| f.target == "/etc/nodeforge/prometheus/prometheus.yml")
         .expect("core has a Prometheus configuration");
-    let text = std::fs::read_to_string(&file.source).unwrap();
+    let text = read_text(&file.source);
     let ctx = tera::Context::from_serialize(plan.profile.template_context()).unwrap();
-    let rendered = tera::Tera::one_off(&text, &ctx, false).unwrap();
-    // The seed's scrape_configs (shared/seeds/001…, "Prometheus Scrape
-    // Config"); Prometheus runs in a container, so the host's own
-    // node_exporter is the Docker host gateway, not localhost.
+    let rendered = tera::Tera::one_off(&text, &ctx, false)
+        .unwrap_or_else(|e| panic!("rendering {}: {e}", file.source.display()));
     for (job, target) in [
         ("nxcore-node", "host.docker.internal:9100"),
         ("nxcore-containers", "cadvisor:8080"),
@@ -138,6 +109,27 @@ fn core_scrapes_what_the_seed_scrapes() {
     }
 }
 
+/// `#[test] fn NAME` running `CHECK` on the repository itself.
+macro_rules! on_the_repository {
+    ($($(#[$doc:meta])* $name:ident => $check:ident;)*) => {$(
+        $(#[$doc])*
+        #[test]
+        fn $name() {
+            $check(&Project::repo());
+        }
+    )*};
+}
+
+on_the_repository! {
+    every_profile_checks => check_every_profile;
+    policy_from_the_role_profiles_has_the_seeds_semantics => check_policy;
+    core_scrapes_what_the_seed_scrapes => check_core_scrapes;
+    /// Every role's stacks, rendered as the build renders them, pass the
+    /// real `docker compose config` (see [`check_stacks_with_compose`]).
+    every_stack_passes_docker_compose_config => check_stacks_with_compose;
+    resolved_holds_no_port_a_stack_publishes => check_resolved_leaves_published_ports;
+}
+
 /// Where scripts/host-packages.sh puts trixie's docker-compose (v2).
 const COMPOSE_BIN: &str = "/usr/local/lib/nodeforge/docker-compose";
 
@@ -146,16 +138,15 @@ const COMPOSE_BIN: &str = "/usr/local/lib/nodeforge/docker-compose";
 /// is valid, every image is one the stack declares and is never pulled,
 /// every probe names a service, and each secret the stack declares is
 /// interpolated from the secrets file rather than written in the file.
-#[test]
-fn every_stack_passes_docker_compose_config() {
-    if !Path::new(COMPOSE_BIN).is_file() {
-        eprintln!("skipped: {COMPOSE_BIN} is missing (scripts/host-packages.sh installs it)");
-        return;
-    }
+pub fn check_stacks_with_compose(p: &Project) {
+    require_file(
+        Path::new(COMPOSE_BIN),
+        "scripts/host-packages.sh puts trixie's docker-compose there",
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut checked = Vec::new();
-    for file in profiles() {
-        let profile = nodeforge::profile::load(&file).unwrap();
+    for file in profile_files(p.root()) {
+        let profile = load_profile(&file);
         for st in &profile.stacks {
             let digest = nodeforge::oci::Digest::of(st.name.as_bytes());
             let tags: Vec<(String, String)> = st
@@ -172,11 +163,10 @@ fn every_stack_passes_docker_compose_config() {
             let rendered =
                 nodeforge::build::containers::render_compose(&profile, st, &tag_map).unwrap();
             let stack_dir = dir.path().join(format!("{}-{}", profile.name, st.name));
-            std::fs::create_dir_all(&stack_dir).unwrap();
             let compose = stack_dir.join("compose.yaml");
-            std::fs::write(&compose, &rendered).unwrap();
+            write_file(&compose, &rendered);
             let env = stack_dir.join(".env");
-            std::fs::write(&env, nodeforge::build::containers::env_file(&st.env)).unwrap();
+            write_file(&env, nodeforge::build::containers::env_file(&st.env));
             let secrets = stack_dir.join("secrets.env");
             let placeholder = |n: &str| format!("placeholder-{}", n.to_lowercase());
             let values: Vec<(String, String)> = st
@@ -184,13 +174,12 @@ fn every_stack_passes_docker_compose_config() {
                 .iter()
                 .map(|n| (n.clone(), placeholder(n)))
                 .collect();
-            std::fs::write(
+            write_file(
                 &secrets,
                 nodeforge_firstboot::stacks::env_file(
                     values.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                 ),
-            )
-            .unwrap();
+            );
             let what = format!("{} stack {}", file.display(), st.name);
             let out = Command::new(COMPOSE_BIN)
                 .arg("--project-name")
@@ -207,12 +196,12 @@ fn every_stack_passes_docker_compose_config() {
             assert!(
                 out.status.success(),
                 "{what}: docker compose config failed:\n{}\n{rendered}",
-                stderr(&out)
+                String::from_utf8_lossy(&out.stderr)
             );
+            let warnings = String::from_utf8_lossy(&out.stderr);
             assert!(
-                !stderr(&out).contains("variable is not set"),
-                "{what}: {}",
-                stderr(&out)
+                !warnings.contains("variable is not set"),
+                "{what}: {warnings}"
             );
             let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let services = config["services"].as_object().unwrap();
@@ -260,7 +249,8 @@ fn every_stack_passes_docker_compose_config() {
         }
     }
     eprintln!("{} stacks checked: {checked:#?}", checked.len());
-    for role in ROLES {
+    for role in roles(p.root()) {
+        let role = role.role();
         assert!(
             checked
                 .iter()
@@ -274,18 +264,18 @@ fn every_stack_passes_docker_compose_config() {
 /// docker0's address for containers' DNS, so the sentinel's Pi-hole, which
 /// publishes port 53 on every address, could not start. A role whose stack
 /// publishes 53 replaces that file; the other fleet nodes keep the listener.
-#[test]
-fn resolved_holds_no_port_a_stack_publishes() {
-    let mut with_listener = Vec::new();
-    for f in profiles() {
-        let plan = nodeforge::plan::Plan::load(&f).unwrap();
+pub fn check_resolved_leaves_published_ports(p: &Project) {
+    let mut publishers = Vec::new();
+    for role in roles(p.root()) {
+        let f = &role.file;
+        let plan =
+            nodeforge::plan::Plan::load(f).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
         let extra: Vec<String> = plan
             .overlay_files
             .iter()
             .filter(|o| o.target.starts_with("/etc/systemd/resolved.conf.d/"))
             .flat_map(|o| {
-                std::fs::read_to_string(&o.source)
-                    .unwrap()
+                read_text(&o.source)
                     .lines()
                     .filter_map(|l| l.trim().strip_prefix("DNSStubListenerExtra="))
                     .filter(|v| !v.trim().is_empty())
@@ -293,24 +283,27 @@ fn resolved_holds_no_port_a_stack_publishes() {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let publishes_53 = plan.profile.stacks.iter().any(|s| {
-            let compose = std::fs::read_to_string(&s.compose).unwrap();
-            compose.contains("\"53:53")
-        });
+        let publishes_53 = plan
+            .profile
+            .stacks
+            .iter()
+            .any(|s| read_text(&s.compose).contains("\"53:53"));
         assert!(
             !publishes_53 || extra.is_empty(),
             "{}: a stack publishes port 53 but resolved also listens on {extra:?}",
             f.display()
         );
-        if !extra.is_empty() {
-            with_listener.push(plan.profile.role.clone());
+        // Every other role keeps node.toml's listener: its containers
+        // resolve MagicDNS names through it.
+        assert!(
+            publishes_53 || !extra.is_empty(),
+            "{}: its containers lose MagicDNS (no DNSStubListenerExtra)",
+            f.display()
+        );
+        if publishes_53 {
+            publishers.push(role.role().to_owned());
         }
     }
-    for role in ["core", "data", "ai", "media"] {
-        assert!(
-            with_listener.iter().any(|r| r == role),
-            "{role}'s containers lose MagicDNS: {with_listener:?}"
-        );
-    }
-    assert!(!with_listener.iter().any(|r| r == "sentinel"));
+    // The sentinel's Pi-hole publishes 53: the check above is not vacuous.
+    assert!(!publishers.is_empty(), "no role's stack publishes port 53");
 }

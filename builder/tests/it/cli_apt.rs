@@ -4,17 +4,12 @@
 //! key; and a local repository signed like Tailscale's, serving the
 //! stand-in `tailscale` package, that apt itself verifies.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{stderr, stdout, Project};
+use crate::support::{read_text, require_tool, Project, FIXTURE_FPR, FIXTURE_KEY};
 use nodeforge::apt::{self, openpgp};
-use nodeforge::exec::{find_program, Cmd};
-
-const FIXTURE_KEY: &str = include_str!("fixtures/test-repo-key.asc");
-const FIXTURE_FPR: &str = include_str!("fixtures/test-repo-key.fpr");
+use nodeforge::exec::Cmd;
 
 fn profile_with_repo(p: &Project, repo: &str) {
     p.write(
@@ -35,9 +30,12 @@ fn nvidia_repo(key: Option<&str>, fpr: Option<&str>) -> String {
 }
 
 fn plan_json(p: &Project, profile: &str) -> serde_json::Value {
-    let out = p.nodeforge(&["plan", "--json", profile]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    p.ok(&["plan", "--json", profile]).json()
+}
+
+/// `nodeforge check profiles/gpu.toml` fails naming each of `wants`.
+fn gpu_fails_with(p: &Project, wants: &[&str]) {
+    p.fails(&["check", "profiles/gpu.toml"]).stderr_has(wants);
 }
 
 #[test]
@@ -56,8 +54,7 @@ fn signed_repository_is_checked_and_planned() {
         .collect::<Vec<_>>()
         .join(" ");
     profile_with_repo(&p, &nvidia_repo(Some("keys/nvidia.asc"), Some(&spaced)));
-    let out = p.nodeforge(&["check", "profiles/gpu.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    p.ok(&["check", "profiles/gpu.toml"]);
     let plan = plan_json(&p, "profiles/gpu.toml");
     let repo = &plan["profile"]["apt"]["repositories"][0];
     assert_eq!(repo["name"], "nvidia-container-toolkit");
@@ -66,26 +63,18 @@ fn signed_repository_is_checked_and_planned() {
         plan["rootfs_key"], without,
         "the repository must change the rootfs key"
     );
-    let text = stdout(&p.nodeforge(&["plan", "profiles/gpu.toml"]));
-    assert!(
-        text.contains("apt repo   nvidia-container-toolkit https://nvidia.github.io/libnvidia-container/stable/deb/amd64 /")
-            && text.contains(FIXTURE_FPR.trim()),
-        "{text}"
-    );
-    assert!(text.contains("1 signed repositories"), "{text}");
+    p.ok(&["plan", "profiles/gpu.toml"]).stdout_has(&[
+        "apt repo   nvidia-container-toolkit https://nvidia.github.io/libnvidia-container/stable/deb/amd64 /",
+        FIXTURE_FPR.trim(),
+        "1 signed repositories",
+    ]);
 }
 
 #[test]
 fn unsigned_repository_is_refused_at_its_line() {
     let p = Project::new();
     profile_with_repo(&p, &nvidia_repo(None, None));
-    let out = p.nodeforge(&["check", "profiles/gpu.toml"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("profiles/gpu.toml:6:8:") && err.contains("unsigned"),
-        "{err}"
-    );
+    gpu_fails_with(&p, &["profiles/gpu.toml:6:8:", "unsigned"]);
 }
 
 #[test]
@@ -99,28 +88,24 @@ fn wrong_fingerprint_is_refused_at_its_line() {
             Some("C95B321B61E88C1809C4F759DDCAE044F796ECB0"),
         ),
     );
-    let out = p.nodeforge(&["check", "profiles/gpu.toml"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("profiles/gpu.toml:10:15:"), "{err}");
-    assert!(
-        err.contains("wrong key") && err.contains(FIXTURE_FPR.trim()) && err.contains("C95B321B"),
-        "{err}"
+    gpu_fails_with(
+        &p,
+        &[
+            "profiles/gpu.toml:10:15:",
+            "wrong key",
+            FIXTURE_FPR.trim(),
+            "C95B321B",
+        ],
     );
     // A missing fingerprint is refused too, and so is a file that is no key.
     profile_with_repo(&p, &nvidia_repo(Some("keys/nvidia.asc"), None));
-    let err = stderr(&p.nodeforge(&["check", "profiles/gpu.toml"]));
-    assert!(err.contains("add fingerprint"), "{err}");
+    gpu_fails_with(&p, &["add fingerprint"]);
     p.write("keys/bad.asc", "not a key\n");
     profile_with_repo(
         &p,
         &nvidia_repo(Some("keys/bad.asc"), Some(FIXTURE_FPR.trim())),
     );
-    let err = stderr(&p.nodeforge(&["check", "profiles/gpu.toml"]));
-    assert!(
-        err.contains("profiles/gpu.toml:9:7:") && err.contains("not an OpenPGP key"),
-        "{err}"
-    );
+    gpu_fails_with(&p, &["profiles/gpu.toml:9:7:", "not an OpenPGP key"]);
 }
 
 /// A temporary GnuPG home with one new signing key: (home, fingerprint).
@@ -167,10 +152,7 @@ fn gpg_export(home: &Path, fpr: &str) -> String {
 
 #[test]
 fn fingerprint_matches_gpg_for_a_new_key() {
-    if find_program("gpg").is_none() {
-        eprintln!("gpg not installed: the committed fixture key covers this");
-        return;
-    }
+    require_tool("gpg", "gnupg");
     let dir = tempfile::tempdir().unwrap();
     let (home, fpr) = gpg_key(dir.path(), "fingerprint test <fpr@nodeforge.invalid>");
     let armored = gpg_export(&home, &fpr);
@@ -205,11 +187,7 @@ fn fingerprint_matches_gpg_for_a_new_key() {
     let p = Project::new();
     p.write("keys/two.asc", &format!("{armored}{rsa}"));
     profile_with_repo(&p, &nvidia_repo(Some("keys/two.asc"), Some(&fpr)));
-    let err = stderr(&p.nodeforge(&["check", "profiles/gpu.toml"]));
-    assert!(
-        err.contains("holds 2 keys") && err.contains(&rsa_fpr),
-        "{err}"
-    );
+    gpu_fails_with(&p, &["holds 2 keys", &rsa_fpr]);
     let secret = Cmd::new("gpg")
         .env("GNUPGHOME", &home)
         .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
@@ -218,8 +196,7 @@ fn fingerprint_matches_gpg_for_a_new_key() {
         .unwrap();
     p.write("keys/secret.asc", &secret);
     profile_with_repo(&p, &nvidia_repo(Some("keys/secret.asc"), Some(&fpr)));
-    let err = stderr(&p.nodeforge(&["check", "profiles/gpu.toml"]));
-    assert!(err.contains("secret key"), "{err}");
+    gpu_fails_with(&p, &["secret key"]);
 }
 
 /// The stand-in `tailscale` package, built with dpkg-deb.
@@ -256,9 +233,7 @@ fn signed_repo(dir: &Path, home: &Path, fpr: &str, deb: &Path) -> PathBuf {
     apt::local::build_repo(deb.parent().unwrap(), &flat).unwrap();
     let name = deb.file_name().unwrap().to_str().unwrap();
     fs::copy(deb, pool.join(name)).unwrap();
-    let packages = fs::read_to_string(flat.join("Packages"))
-        .unwrap()
-        .replace("Filename: ./", "Filename: pool/");
+    let packages = read_text(&flat.join("Packages")).replace("Filename: ./", "Filename: pool/");
     let bin = repo.join("dists/trixie/main/binary-amd64");
     fs::create_dir_all(&bin).unwrap();
     fs::write(bin.join("Packages"), &packages).unwrap();
@@ -338,11 +313,8 @@ fn apt_update(dir: &Path, source_line: &str) -> (bool, String, String) {
 
 #[test]
 fn local_signed_tailscale_repository_is_accepted_with_its_key_only() {
-    for tool in ["gpg", "dpkg-deb", "apt-get"] {
-        if find_program(tool).is_none() {
-            eprintln!("{tool} not installed: skipping the signed repository test");
-            return;
-        }
+    for (tool, package) in [("gpg", "gnupg"), ("dpkg-deb", "dpkg"), ("apt-get", "apt")] {
+        require_tool(tool, package);
     }
     let p = Project::new();
     let dir = tempfile::tempdir().unwrap();
@@ -364,13 +336,10 @@ fn local_signed_tailscale_repository_is_accepted_with_its_key_only() {
 
     // The builder accepts the repository with its key's fingerprint …
     profile_with_repo(&p, &profile(&fpr));
-    let out = p.nodeforge(&["check", "profiles/gpu.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    p.ok(&["check", "profiles/gpu.toml"]);
     // … and refuses it with Tailscale's real fingerprint (another key).
     profile_with_repo(&p, &profile("2596A99EAAB33821893C0A79458CA832957F5868"));
-    let out = p.nodeforge(&["check", "profiles/gpu.toml"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
+    gpu_fails_with(&p, &["wrong key"]);
 
     // apt verifies the signature with the keyring the build would give it.
     profile_with_repo(&p, &profile(&fpr));
@@ -404,9 +373,7 @@ fn local_signed_tailscale_repository_is_accepted_with_its_key_only() {
 
 #[test]
 fn local_deb_directory_becomes_an_indexed_source() {
-    if find_program("dpkg-deb").is_none() {
-        return;
-    }
+    require_tool("dpkg-deb", "dpkg");
     let p = Project::new();
     let deb = standin_deb(&p.path("debs"));
     assert!(deb.is_file());
@@ -432,7 +399,7 @@ fn local_deb_directory_becomes_an_indexed_source() {
         .nth(2)
         .unwrap()
         .trim_start_matches("copy:");
-    let packages = fs::read_to_string(Path::new(dir).join("Packages")).unwrap();
+    let packages = read_text(&Path::new(dir).join("Packages"));
     assert!(
         packages.contains("Package: tailscale\n") && packages.contains("Filename: ./tailscale_"),
         "{packages}"
@@ -443,9 +410,6 @@ fn local_deb_directory_becomes_an_indexed_source() {
         "profiles/off.toml",
         "name = \"off\"\nhardware = \"pc\"\n[[apt.local]]\npath = \"empty\"\n",
     );
-    let err = stderr(&p.nodeforge(&["check", "profiles/off.toml"]));
-    assert!(
-        err.contains("profiles/off.toml:4:8:") && err.contains("no .deb files"),
-        "{err}"
-    );
+    p.fails(&["check", "profiles/off.toml"])
+        .stderr_has(&["profiles/off.toml:4:8:", "no .deb files"]);
 }

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 const GIB: u64 = 1 << 30;
 
 fn root(tree: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/flash")
-        .join(tree)
+    crate::support::fixture("flash").join(tree)
 }
 
 fn inspect(tree: &str, name: &str, major: u32, minor: u32) -> TargetInfo {
@@ -31,6 +29,14 @@ fn image(size: u64) -> ImageFacts {
 
 fn refusal(info: &TargetInfo, force: bool) -> Option<SafetyRefusal> {
     device::check(info, &image(4 * GIB), force).err()
+}
+
+/// The message of the `Mounted` refusal `info` gets even with --force.
+fn mounted_message(info: &TargetInfo) -> String {
+    match refusal(info, true) {
+        Some(r @ SafetyRefusal::Mounted { .. }) => r.to_string(),
+        other => panic!("expected Mounted, got {other:?}"),
+    }
 }
 
 #[test]
@@ -57,12 +63,8 @@ fn mounted_partition_is_refused_even_with_force() {
     assert!(info
         .describe()
         .contains("Mounted:   sdb1 on /media/user/MY STICK"));
-    match refusal(&info, true) {
-        Some(r @ SafetyRefusal::Mounted { .. }) => {
-            assert!(r.to_string().contains("umount /media/user/MY STICK"), "{r}")
-        }
-        other => panic!("expected Mounted, got {other:?}"),
-    }
+    let msg = mounted_message(&info);
+    assert!(msg.contains("umount /media/user/MY STICK"), "{msg}");
 }
 
 #[test]
@@ -84,12 +86,8 @@ fn filesystem_mounted_through_device_mapper_counts_as_mounted() {
 fn active_swap_partition_counts_as_in_use() {
     let info = inspect("machine", "sdf", 8, 80);
     assert_eq!(info.mounts.len(), 1);
-    match refusal(&info, true) {
-        Some(r @ SafetyRefusal::Mounted { .. }) => {
-            assert!(r.to_string().contains("/dev/sdf2"), "{r}")
-        }
-        other => panic!("expected Mounted, got {other:?}"),
-    }
+    let msg = mounted_message(&info);
+    assert!(msg.contains("/dev/sdf2"), "{msg}");
 }
 
 #[test]
