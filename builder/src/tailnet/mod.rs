@@ -15,8 +15,8 @@ use crate::profile::{self, Profile};
 
 pub use policy::{allows, generate, Policy};
 
-/// The profile files `paths` name: each directory's `*.toml` files (sorted),
-/// each file itself.
+/// The profile files `paths` name: each directory's `*.toml` files (sorted;
+/// lock files beside them are not profiles), each file itself.
 pub fn profile_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
@@ -25,6 +25,7 @@ pub fn profile_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .with_context(|| format!("reading profiles directory {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "toml"))
+                .filter(|f| !f.to_string_lossy().ends_with(".lock.toml"))
                 .collect();
             found.sort();
             files.extend(found);

@@ -27,23 +27,18 @@ fn offline_build_produces_image_checksum_and_manifest() {
     require_root();
     let p = x_project();
     let steps = p.ok(&[BUILD, &["--json"]].concat()).steps();
-    assert_eq!(
-        steps.names(),
-        [
-            "rootfs",
-            "system",
-            "overlays",
-            "users",
-            "agent",
-            "containers",
-            "stacks",
-            "initramfs",
-            "esp",
-            "root-fs",
-            "partition-table",
-            "outputs"
-        ]
-    );
+    // The build runs exactly the steps `nodeforge plan` lists, in order:
+    // both come from the one step table.
+    let plan = p.ok(&["plan", "profiles/x.toml", "--json"]).json();
+    let planned: Vec<&str> = plan["steps"]
+        .as_array()
+        .expect("the plan lists its steps")
+        .iter()
+        .map(|s| s["name"].as_str().expect("a step has a name"))
+        .collect();
+    assert_eq!(steps.names(), planned);
+    assert_eq!(planned.first(), Some(&"rootfs"));
+    assert_eq!(planned.last(), Some(&"outputs"));
     assert_eq!(steps.status("rootfs"), "reused", "{steps:?}");
 
     let img = p.path("out/x.img");

@@ -16,7 +16,7 @@ fn project() -> (Project, std::path::PathBuf) {
 }
 
 fn seed_of(img: &std::path::Path) -> nodeforge_firstboot::seed::Seed {
-    nodeforge::customize::read_seed(img)
+    nodeforge::seed::read_seed(img)
         .unwrap_or_else(|e| panic!("reading the seed of {}: {e:#}", img.display()))
         .unwrap_or_else(|| panic!("no seed on {}", img.display()))
 }
@@ -44,7 +44,7 @@ fn flash_stamps_the_nodes_seed_from_the_fleet_file() {
     assert_eq!(seed.tailscale_auth_key.unwrap().expose(), KEY);
     assert_eq!(seed.tailscale_tags, ["tag:lab"]);
     assert!(
-        nodeforge::customize::read_seed(&img).unwrap().is_none(),
+        nodeforge::seed::read_seed(&img).unwrap().is_none(),
         "the source image was changed"
     );
 }

@@ -6,8 +6,7 @@
 
 use std::path::Path;
 
-use crate::support::cli::args_with_files;
-use crate::support::roles::{load_profile, profile_files, roles};
+use crate::support::roles::{load_profile, roles};
 use crate::support::{require_tool, Project};
 use nodeforge::oci::fixture::{stand_in_image, TestRegistry};
 use nodeforge::oci::Reference;
@@ -84,10 +83,15 @@ fn a_role_added_as_the_readme_says_passes_every_roles_check() {
     p.ok(&["check", "profiles/beacon.toml"]);
     let plan = p.ok(&["plan", "profiles/beacon.toml"]);
     plan.stdout_has(&["image nginx:1.27.2-alpine -> sha256:"]);
-    let files = profile_files(p.root());
-    let mut policy_args = args_with_files(&["tailnet", "policy"], &files);
-    policy_args.extend(["-o".to_owned(), "tailnet-policy.hujson".to_owned()]);
-    p.ok(&policy_args);
+    // The folder, as the README says: the lock file just written beside
+    // the profiles is not read as one (regression: it was, and failed).
+    p.ok(&[
+        "tailnet",
+        "policy",
+        "profiles",
+        "-o",
+        "tailnet-policy.hujson",
+    ]);
     let policy = Policy::parse(&p.read("tailnet-policy.hujson")).unwrap();
     assert!(policy.tag_owners.contains_key("tag:beacon"), "{policy:?}");
 

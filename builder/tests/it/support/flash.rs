@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use nodeforge::bmap::Bmap;
 use nodeforge::flash::device::SafetyRefusal;
-use nodeforge::flash::{self, Env, FlashArgs, FlashReport, Stamp};
+use nodeforge::flash::{self, Env, FlashOptions, FlashReport, Stamp};
 
 /// Runs an external program; the error carries the command line and stderr.
 pub fn cmd(program: &str, args: &[&str]) -> Result<String> {
@@ -30,8 +30,8 @@ pub fn cmd(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Flashing `image` to `device`, confirmed (`--yes`) and quiet.
-pub fn args(image: &Path, device: &Path) -> FlashArgs {
-    FlashArgs {
+pub fn args(image: &Path, device: &Path) -> FlashOptions {
+    FlashOptions {
         image: image.to_path_buf(),
         device: device.to_path_buf(),
         bmap: None,
@@ -39,14 +39,13 @@ pub fn args(image: &Path, device: &Path) -> FlashArgs {
         force: false,
         no_verify: false,
         quiet: true,
-        seed: Default::default(),
     }
 }
 
 /// Runs a flash with `input` as the terminal's, returning the report and
 /// what it printed.
 pub fn flash_with(
-    args: &FlashArgs,
+    args: &FlashOptions,
     input: &str,
     stamp: Option<&dyn Stamp>,
 ) -> (Result<FlashReport>, String) {
@@ -63,7 +62,7 @@ pub fn flash_with(
 }
 
 /// The report of a flash that must succeed.
-pub fn flash_ok(args: &FlashArgs) -> FlashReport {
+pub fn flash_ok(args: &FlashOptions) -> FlashReport {
     let (r, out) = flash_with(args, "", None);
     r.unwrap_or_else(|e| {
         panic!(
@@ -75,7 +74,7 @@ pub fn flash_ok(args: &FlashArgs) -> FlashReport {
 }
 
 /// The error of a flash that must fail, with its causes.
-pub fn flash_err(args: &FlashArgs) -> anyhow::Error {
+pub fn flash_err(args: &FlashOptions) -> anyhow::Error {
     match flash_with(args, "", None).0 {
         Ok(r) => panic!(
             "flashing {} to {} succeeded: {r:?}",
