@@ -168,6 +168,20 @@ pub fn sparse_copy(image: &Path, out: &Path) -> Result<()> {
     commit_partial(&partial, out)
 }
 
+/// `fs::create_dir_all` whose error names the directory.
+pub fn create_dir_all(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))
+}
+
+/// Sets `path`'s permission bits; the error names the file.
+pub fn set_mode(path: impl AsRef<Path>, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = path.as_ref();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,18 +219,4 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
-}
-
-/// `fs::create_dir_all` whose error names the directory.
-pub fn create_dir_all(dir: impl AsRef<Path>) -> Result<()> {
-    let dir = dir.as_ref();
-    fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))
-}
-
-/// Sets `path`'s permission bits; the error names the file.
-pub fn set_mode(path: impl AsRef<Path>, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = path.as_ref();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))
 }
