@@ -139,14 +139,21 @@ impl Cache {
             let dir = self.dir.join(sub);
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd {
-                let e = e?;
+                let e = e.with_context(|| format!("listing {}", dir.display()))?;
                 let name = e.file_name().to_string_lossy().into_owned();
+                let is_file = |e: &fs::DirEntry| {
+                    e.file_type()
+                        .map(|t| t.is_file())
+                        .with_context(|| format!("reading {}", e.path().display()))
+                };
                 // Hidden names are locks and unfinished writes.
-                if name.starts_with('.') || !name.ends_with(suffix) || !e.file_type()?.is_file() {
+                if name.starts_with('.') || !name.ends_with(suffix) || !is_file(&e)? {
                     continue;
                 }
                 let key = name.trim_end_matches(suffix).to_owned();
-                let meta = e.metadata()?;
+                let meta = e
+                    .metadata()
+                    .with_context(|| format!("reading {}", e.path().display()))?;
                 let side = read_meta(&dir.join(format!("{key}.json")));
                 out.push(Entry {
                     kind,
@@ -336,8 +343,16 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("7d").unwrap().as_secs(), 7 * 86400);
         assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
-        assert!(parse_duration("7 years").is_err());
-        assert!(parse_duration("d").is_err());
+        let why = |s: &str| parse_duration(s).unwrap_err().to_string();
+        assert_eq!(
+            why("7 years"),
+            "`7 years` has an unknown unit ` years`: use s, m, h, d or w"
+        );
+        assert!(
+            why("d").starts_with("`d` is not a duration"),
+            "{}",
+            why("d")
+        );
     }
 
     #[test]
@@ -404,8 +419,9 @@ mod tests {
             let _second = Cache::new(path).lock_rootfs("k").unwrap();
             tx.send(()).unwrap();
         });
-        assert!(
-            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(300)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
             "second lock taken while the first is held"
         );
         drop(first);

@@ -75,7 +75,9 @@ pub fn build_repo(src: &Path, dest: &Path) -> Result<()> {
         }
         let copy = partial.join(&name);
         fs::copy(&deb, &copy).with_context(|| format!("copying {}", deb.display()))?;
-        let size = fs::metadata(&copy)?.len();
+        let size = fs::metadata(&copy)
+            .with_context(|| format!("reading {}", copy.display()))?
+            .len();
         if !index.is_empty() {
             index.push('\n');
         }

@@ -323,7 +323,8 @@ mod tests {
         assert!(err.contains(&url), "{err}");
         assert!(err.contains("not the declared 2596A99E"), "{err}");
         assert!(err.contains(fixture_fpr()), "{err}");
-        assert!(keyring(&wrong, cache.path()).is_err());
+        let again = format!("{:#}", keyring(&wrong, cache.path()).unwrap_err());
+        assert!(again.contains("not the declared 2596A99E"), "{again}");
         assert_eq!(
             hits.load(Ordering::SeqCst),
             3,

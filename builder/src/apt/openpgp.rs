@@ -263,13 +263,23 @@ mod tests {
             primary_fingerprints(&new).unwrap()
         );
         // A truncated packet is an error, not a panic.
-        assert!(primary_fingerprints(&new[..10]).is_err());
+        assert_eq!(
+            primary_fingerprints(&new[..10]).unwrap_err(),
+            KeyError::Packet("truncated packet".into())
+        );
     }
 
     #[test]
     fn damaged_armor_is_refused() {
         let damaged = FIXTURE.replacen("m", "n", 1);
-        assert!(primary_fingerprints(damaged.as_bytes()).is_err());
+        assert!(
+            matches!(
+                primary_fingerprints(damaged.as_bytes()),
+                Err(KeyError::Armor(_))
+            ),
+            "{:?}",
+            primary_fingerprints(damaged.as_bytes())
+        );
         assert_eq!(
             primary_fingerprints(b"just text").unwrap_err(),
             KeyError::Packet("byte 0 is not a packet header".into())

@@ -173,13 +173,7 @@ mod tests {
     fn seek_and_fiemap_agree_on_a_sparse_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sparse");
-        let f = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let f = crate::disk::test_image::blank_file(&path);
         f.set_len(64 << 20).unwrap();
         f.write_all_at(&[1u8; 8192], 1 << 20).unwrap();
         f.write_all_at(&[2u8; 100], 40 << 20).unwrap();

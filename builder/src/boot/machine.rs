@@ -297,7 +297,10 @@ fn pad_flash(path: &Path) -> Result<()> {
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let len = f.metadata()?.len();
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
     if len < VIRT_FLASH {
         f.set_len(VIRT_FLASH)
             .with_context(|| format!("padding {} to 64 MiB", path.display()))?;
@@ -316,7 +319,7 @@ mod tests {
 
     #[test]
     fn mbr_images_are_arm64_and_gpt_images_say_their_arch() {
-        use crate::disk::{gpt_table, mbr, DiskLayout, TableKind};
+        use crate::disk::{test_image, DiskLayout, TableKind};
         let dir = tempfile::tempdir().unwrap();
         for (table, arch) in [
             (TableKind::Mbr, Arch::Arm64),
@@ -324,19 +327,8 @@ mod tests {
             (TableKind::Gpt, Arch::Arm64),
         ] {
             let path = dir.path().join("d.img");
-            let f = fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap();
             let l = DiskLayout::fat_and_root(table, 700 << 20, 64 << 20, arch, "s").unwrap();
-            f.set_len(l.size).unwrap();
-            match table {
-                TableKind::Mbr => mbr::write(&f, &path, &l).unwrap(),
-                TableKind::Gpt => gpt_table::write(&f, &path, &l).unwrap(),
-            }
+            test_image::with_table(&path, &l);
             assert_eq!(arch_of(&path).unwrap(), arch, "{table:?}");
         }
     }
@@ -361,21 +353,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn direct_boot_passes_kernel_initrd_and_command_line() {
+    /// A scratch directory holding an empty image `x.img`.
+    fn scratch_image() -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("x.img");
         fs::write(&img, b"").unwrap();
-        let spec = direct_spec("root=x console=ttyAMA0,115200");
-        let args = qemu_args(
-            &VmOptions::new(&img),
-            &spec,
+        (tmp, img)
+    }
+
+    /// QEMU's command line, as one string, for `opts` booting a kernel
+    /// directly with `append` under TCG.
+    fn direct_command_line(opts: &VmOptions, append: &str, tmp: &Path) -> String {
+        qemu_args(
+            opts,
+            &direct_spec(append),
             Accel::Tcg,
-            &tmp.path().join("log"),
-            tmp.path(),
+            &tmp.join("log"),
+            tmp,
         )
-        .unwrap();
-        let joined = args.join(" ");
+        .unwrap()
+        .join(" ")
+    }
+
+    #[test]
+    fn direct_boot_passes_kernel_initrd_and_command_line() {
+        let (tmp, img) = scratch_image();
+        let joined = direct_command_line(
+            &VmOptions::new(&img),
+            "root=x console=ttyAMA0,115200",
+            tmp.path(),
+        );
         assert!(joined.contains("-machine virt,accel=tcg"), "{joined}");
         assert!(
             joined.contains("-kernel /k -initrd /i -append root=x console=ttyAMA0,115200"),
@@ -387,12 +394,9 @@ mod tests {
 
     #[test]
     fn extra_disks_follow_the_image_with_their_serials() {
-        let tmp = tempfile::tempdir().unwrap();
-        let img = tmp.path().join("x.img");
+        let (tmp, img) = scratch_image();
         let data = tmp.path().join("data.img");
-        fs::write(&img, b"").unwrap();
         fs::write(&data, b"").unwrap();
-        let spec = direct_spec("root=x");
         let opts = VmOptions {
             extra_disks: vec![super::super::ExtraDisk {
                 path: data.clone(),
@@ -400,15 +404,7 @@ mod tests {
             }],
             ..VmOptions::new(&img)
         };
-        let args = qemu_args(
-            &opts,
-            &spec,
-            Accel::Tcg,
-            &tmp.path().join("log"),
-            tmp.path(),
-        )
-        .unwrap();
-        let joined = args.join(" ");
+        let joined = direct_command_line(&opts, "root=x", tmp.path());
         let root = joined.find("if=virtio").unwrap();
         let extra = joined
             .find(&format!(
@@ -426,23 +422,13 @@ mod tests {
 
     #[test]
     fn another_machine_is_a_uuid_and_a_mac() {
-        let tmp = tempfile::tempdir().unwrap();
-        let img = tmp.path().join("x.img");
-        fs::write(&img, b"").unwrap();
+        let (tmp, img) = scratch_image();
         let opts = VmOptions {
             machine_uuid: Some("6b1c3e0a-2f4d-4e8a-9c1b-0d2e3f405162".into()),
             mac: Some("52:54:00:aa:bb:02".into()),
             ..VmOptions::new(&img)
         };
-        let args = qemu_args(
-            &opts,
-            &direct_spec("root=x"),
-            Accel::Tcg,
-            &tmp.path().join("log"),
-            tmp.path(),
-        )
-        .unwrap();
-        let joined = args.join(" ");
+        let joined = direct_command_line(&opts, "root=x", tmp.path());
         assert!(
             joined.contains("-uuid 6b1c3e0a-2f4d-4e8a-9c1b-0d2e3f405162"),
             "{joined}"
@@ -451,15 +437,7 @@ mod tests {
             joined.contains("virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:02"),
             "{joined}"
         );
-        let plain = qemu_args(
-            &VmOptions::new(&img),
-            &direct_spec("root=x"),
-            Accel::Tcg,
-            &tmp.path().join("log"),
-            tmp.path(),
-        )
-        .unwrap()
-        .join(" ");
+        let plain = direct_command_line(&VmOptions::new(&img), "root=x", tmp.path());
         assert!(
             !plain.contains("-uuid") && !plain.contains("mac="),
             "{plain}"

@@ -176,7 +176,10 @@ impl Vm {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(&stderr_log)?)
+            .stderr(
+                File::create(&stderr_log)
+                    .with_context(|| format!("creating {}", stderr_log.display()))?,
+            )
             .spawn()
             .with_context(|| {
                 format!("starting {program} (install it with `nodeforge doctor --install`)")
@@ -191,14 +194,16 @@ impl Vm {
         })
     }
 
-    fn kvm_trial(&mut self) -> std::result::Result<(), String> {
+    /// Whether the guest reaches its console under KVM; the error says
+    /// what went wrong instead.
+    fn kvm_trial(&mut self) -> Result<()> {
         let deadline = Instant::now() + KVM_TRIAL;
         while Instant::now() < deadline {
             if let Some(why) = self.kvm_failure() {
-                return Err(why);
+                bail!(why);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("QEMU exited ({status}): {}", self.stderr_text()));
+                bail!("QEMU exited ({status}): {}", self.stderr_text());
             }
             if fs::metadata(&self.log)
                 .map(|m| m.len() > 0)
@@ -208,7 +213,7 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Err(format!("no console output in {}s", KVM_TRIAL.as_secs()))
+        bail!("no console output in {}s", KVM_TRIAL.as_secs())
     }
 
     fn kvm_failure(&self) -> Option<String> {

@@ -95,7 +95,7 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let mut facts = Vec::new();
     let (mut blob_total, mut archive_total) = (0u64, 0u64);
     for (r, l) in refs.iter().zip(locked) {
-        let parsed = Reference::parse(r).map_err(anyhow::Error::msg)?;
+        let parsed = Reference::parse(r)?;
         let manifest = ensure_blobs(&cache, client.as_ref(), &parsed, &l.digest)
             .with_context(|| format!("fetching image {r} ({})", l.digest))?;
         let tag = parsed.load_tag(&l.digest);
@@ -199,7 +199,7 @@ fn ensure_blobs(
             body
         }
     };
-    let manifest = match Manifest::parse(None, &body).map_err(anyhow::Error::msg)? {
+    let manifest = match Manifest::parse(None, &body)? {
         Manifest::Image(m) => m,
         Manifest::Index(_) => bail!(
             "the locked digest {digest} of {image} is an index, not a platform's manifest: run `nodeforge lock` again"

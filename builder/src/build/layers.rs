@@ -146,6 +146,15 @@ const TAR_FORMAT: &[&str] = &[
     "--xattrs-include=*",
 ];
 
+/// Why a step's changes were not stored: they touch a path that must
+/// never be cached (see [`secret_path`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the step wrote /{path}, which never goes into the cache")]
+pub struct Refused {
+    /// The path, relative to the root.
+    pub path: String,
+}
+
 /// Stores `delta` of `root` as layer `key`. Returns the layer's size, or
 /// why it was not stored.
 pub fn store(
@@ -154,16 +163,16 @@ pub fn store(
     root: &Path,
     delta: &TreeDelta,
     meta: &LayerMeta,
-) -> Result<Result<u64, String>> {
+) -> Result<Result<u64, Refused>> {
     if let Some(secret) = delta
         .changed
         .iter()
         .chain(&delta.deleted)
         .find(|p| secret_path(p))
     {
-        return Ok(Err(format!(
-            "the step wrote /{secret}, which never goes into the cache"
-        )));
+        return Ok(Err(Refused {
+            path: secret.clone(),
+        }));
     }
     let dir = cache.layers_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -414,7 +423,11 @@ mod tests {
             let why = store(&cache, "k", &root, &delta, &meta)
                 .unwrap()
                 .unwrap_err();
-            assert!(why.contains(path), "{why}");
+            assert_eq!(why.path, path);
+            assert!(
+                why.to_string().contains(&format!("wrote /{path},")),
+                "{why}"
+            );
         }
         assert!(!cache.layer_tar("k").exists());
         assert!(secret_path("var/lib/nodeforge/secrets"));

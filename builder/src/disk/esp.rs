@@ -134,7 +134,7 @@ fn write_file<T: fatfs::ReadWriteSeek>(
         Content::Bytes(b) => out.write_all(b)?,
         Content::File(p) => {
             let mut src = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            copy(&mut src, &mut out)?;
+            copy(&mut src, &mut out).with_context(|| format!("copying {}", p.display()))?;
         }
     }
     out.flush()?;
@@ -165,7 +165,8 @@ pub fn read_file(image: &File, offset: u64, size: u64, path: &str) -> Result<Vec
         .open_file(path)
         .with_context(|| format!("opening {path}"))?;
     let mut out = Vec::new();
-    f.read_to_end(&mut out)?;
+    f.read_to_end(&mut out)
+        .with_context(|| format!("reading {path}"))?;
     Ok(out)
 }
 

@@ -104,16 +104,8 @@ mod tests {
     fn written_table_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.img");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
         let layout = DiskLayout::esp_and_root(200 << 20, 64 << 20, Arch::Amd64, "t").unwrap();
-        f.set_len(layout.size).unwrap();
-        write(&f, &path, &layout).unwrap();
+        crate::disk::test_image::with_table(&path, &layout);
         let parts = read(&path).unwrap();
         assert_eq!(parts.len(), 2);
         for (want, got) in layout.partitions.iter().zip(&parts) {

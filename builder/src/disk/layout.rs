@@ -1,5 +1,6 @@
 //! Where each partition goes on the disk. Pure arithmetic, no I/O.
 
+use anyhow::{bail, Result};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -101,7 +102,7 @@ impl DiskLayout {
     /// A GPT disk: an ESP of `esp_size` at 1 MiB and a root partition
     /// filling the rest. `seed` (the profile hash) makes the GUIDs
     /// deterministic.
-    pub fn esp_and_root(size: u64, esp_size: u64, arch: Arch, seed: &str) -> Result<Self, String> {
+    pub fn esp_and_root(size: u64, esp_size: u64, arch: Arch, seed: &str) -> Result<Self> {
         Self::fat_and_root(TableKind::Gpt, size, esp_size, arch, seed)
     }
 
@@ -113,7 +114,7 @@ impl DiskLayout {
         fat_size: u64,
         arch: Arch,
         seed: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let size = size / ALIGN * ALIGN;
         let esp_start = ALIGN;
         let esp_size = fat_size.div_ceil(ALIGN) * ALIGN;
@@ -123,14 +124,12 @@ impl DiskLayout {
         // end aligned too.
         let usable_end = size.saturating_sub(GPT_BACKUP_SECTORS * SECTOR) / ALIGN * ALIGN;
         if usable_end <= root_start {
-            return Err(format!(
+            bail!(
                 "disk of {size} bytes has no room for a root partition after a {esp_size}-byte boot partition"
-            ));
+            );
         }
         if table == TableKind::Mbr && size / SECTOR > u64::from(u32::MAX) {
-            return Err(format!(
-                "disk of {size} bytes is too large for an MBR partition table (2 TiB at most)"
-            ));
+            bail!("disk of {size} bytes is too large for an MBR partition table (2 TiB at most)");
         }
         let disk_guid = derived_uuid(seed, "disk");
         let b = disk_guid.as_bytes();
@@ -243,13 +242,17 @@ mod tests {
             gpt.partition(PartitionKind::Root).part_guid.to_string()
         );
         assert!(!gpt.partition(PartitionKind::Esp).bootable);
-        assert!(
-            DiskLayout::fat_and_root(TableKind::Mbr, 3 << 40, 1 << 28, Arch::Arm64, "p").is_err()
-        );
+        let e = DiskLayout::fat_and_root(TableKind::Mbr, 3 << 40, 1 << 28, Arch::Arm64, "p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too large for an MBR partition table"), "{e}");
     }
 
     #[test]
     fn too_small_disk_is_refused() {
-        assert!(DiskLayout::esp_and_root(65 << 20, 64 << 20, Arch::Amd64, "x").is_err());
+        let e = DiskLayout::esp_and_root(65 << 20, 64 << 20, Arch::Amd64, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no room for a root partition"), "{e}");
     }
 }

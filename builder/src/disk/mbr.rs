@@ -174,16 +174,8 @@ mod tests {
     fn written_table_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.img");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
         let l = layout();
-        f.set_len(l.size).unwrap();
-        write(&f, &path, &l).unwrap();
+        crate::disk::test_image::with_table(&path, &l);
         let parts = read(&path).unwrap().expect("an MBR disk");
         assert_eq!(parts.len(), 2);
         for (want, got) in l.partitions.iter().zip(&parts) {
@@ -220,10 +212,8 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.img");
-        let f = File::create(&path).unwrap();
         let l = layout();
-        f.set_len(l.size).unwrap();
-        write(&f, &path, &l).unwrap();
+        crate::disk::test_image::with_table(&path, &l);
         let dump = crate::exec::Cmd::new(sfdisk)
             .arg("--dump")
             .arg(&path)

@@ -7,5 +7,7 @@ pub mod gpt_table;
 pub mod layout;
 pub mod mbr;
 pub mod region;
+#[cfg(test)]
+pub(crate) mod test_image;
 
 pub use layout::{DiskLayout, PartitionKind, PartitionSpec, TableKind};

@@ -85,7 +85,7 @@ mod tests {
         f.set_len(100).unwrap();
         let mut r = Region::new(&f, 10, 5);
         assert_eq!(r.write(b"abcdefg").unwrap(), 5);
-        assert!(r.write(b"x").is_err());
+        assert_eq!(r.write(b"x").unwrap_err().kind(), io::ErrorKind::WriteZero);
         r.seek(SeekFrom::Start(1)).unwrap();
         let mut b = [0u8; 10];
         assert_eq!(r.read(&mut b).unwrap(), 4);
@@ -93,6 +93,9 @@ mod tests {
         let mut whole = vec![0u8; 100];
         f.read_exact_at(&mut whole, 0).unwrap();
         assert_eq!(&whole[10..15], b"abcde");
-        assert!(r.seek(SeekFrom::Start(6)).is_err());
+        assert_eq!(
+            r.seek(SeekFrom::Start(6)).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 }

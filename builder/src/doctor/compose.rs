@@ -59,8 +59,14 @@ pub fn install() -> Result<()> {
     };
     apt(&["update"]).context("reading trixie's package lists (for docker-compose)")?;
     apt(&["download", "docker-compose"]).context("downloading trixie's docker-compose")?;
-    let deb = fs::read_dir(w.join("deb"))
-        .context("listing the downloaded docker-compose package")?
+    let debs = w.join("deb");
+    let deb = fs::read_dir(&debs)
+        .with_context(|| {
+            format!(
+                "listing the downloaded docker-compose package in {}",
+                debs.display()
+            )
+        })?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))

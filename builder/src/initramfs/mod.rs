@@ -236,6 +236,19 @@ while read -r m; do
 done < /etc/nodeforge-modules
 "#;
 
+/// A stand-in image root for the tests: `files` (path below the root,
+/// contents) written into a temporary directory, folders made as needed.
+#[cfg(test)]
+fn fake_root(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (rel, contents) in files {
+        let path = root.path().join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, contents).unwrap();
+    }
+    root
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,20 +274,17 @@ mod tests {
 
     #[test]
     fn initramfs_holds_busybox_modules_in_order_and_init() {
-        let root = tempfile::tempdir().unwrap();
+        let md = "usr/lib/modules/6.12.0-arm64";
+        let root = fake_root(&[
+            ("usr/bin/busybox", b"\x7fELF busybox"),
+            (&format!("{md}/kernel/fs/ext4/ext4.ko"), b"ext4 object"),
+            (&format!("{md}/kernel/fs/jbd2/jbd2.ko"), b"jbd2 object"),
+            (
+                &format!("{md}/modules.dep"),
+                b"kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\n",
+            ),
+        ]);
         let r = root.path();
-        let md = r.join("usr/lib/modules/6.12.0-arm64");
-        fs::create_dir_all(md.join("kernel/fs/ext4")).unwrap();
-        fs::create_dir_all(md.join("kernel/fs/jbd2")).unwrap();
-        fs::create_dir_all(r.join("usr/bin")).unwrap();
-        fs::write(r.join("usr/bin/busybox"), b"\x7fELF busybox").unwrap();
-        fs::write(md.join("kernel/fs/ext4/ext4.ko"), b"ext4 object").unwrap();
-        fs::write(md.join("kernel/fs/jbd2/jbd2.ko"), b"jbd2 object").unwrap();
-        fs::write(
-            md.join("modules.dep"),
-            "kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\n",
-        )
-        .unwrap();
         let built = build(r, "6.12.0-arm64", &["ext4".into()], Uuid::from_u128(7), 0).unwrap();
         assert_eq!(built.modules, ["jbd2", "ext4"]);
         let text = String::from_utf8_lossy(&built.bytes);

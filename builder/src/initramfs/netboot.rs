@@ -184,19 +184,18 @@ mod tests {
 
     #[test]
     fn missing_nic_drivers_are_skipped_but_missing_squashfs_is_an_error() {
-        let root = tempfile::tempdir().unwrap();
+        let modules = "usr/lib/modules/6.12.0-amd64";
+        let root = super::super::fake_root(&[
+            ("usr/bin/busybox", b"\x7fELF busybox"),
+            (&format!("{modules}/kernel/net/virtio_net.ko"), b"virtio_net object"),
+            (&format!("{modules}/modules.dep"), b"kernel/net/virtio_net.ko:\n"),
+            (
+                &format!("{modules}/modules.builtin"),
+                b"kernel/net/packet/af_packet.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/block/loop.ko\n",
+            ),
+        ]);
         let r = root.path();
-        let md = r.join("usr/lib/modules/6.12.0-amd64");
-        fs::create_dir_all(md.join("kernel/net")).unwrap();
-        fs::create_dir_all(r.join("usr/bin")).unwrap();
-        fs::write(r.join("usr/bin/busybox"), b"\x7fELF busybox").unwrap();
-        fs::write(md.join("kernel/net/virtio_net.ko"), b"virtio_net object").unwrap();
-        fs::write(md.join("modules.dep"), "kernel/net/virtio_net.ko:\n").unwrap();
-        fs::write(
-            md.join("modules.builtin"),
-            "kernel/net/packet/af_packet.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/block/loop.ko\n",
-        )
-        .unwrap();
+        let md = r.join(modules);
         let err = build(r, "6.12.0-amd64", 0).unwrap_err().to_string();
         assert!(err.contains("no module squashfs"), "{err}");
         let builtin = fs::read_to_string(md.join("modules.builtin")).unwrap();

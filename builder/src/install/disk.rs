@@ -46,16 +46,17 @@ pub struct Candidate {
 
 /// The disk for the install, or why there is none.
 pub fn choose(rule: &DiskRule, disks: &[Candidate], force: bool) -> Result<PathBuf> {
-    let usable = |c: &Candidate| -> Result<(), String> {
+    // Why a disk may not be installed to; None for a usable one.
+    let unusable = |c: &Candidate| -> Option<String> {
         if let Some(r) = &c.refusal {
-            return Err(r.clone());
+            return Some(r.clone());
         }
         match c.holds {
-            Some(what) if !force => Err(format!(
+            Some(what) if !force => Some(format!(
                 "{} holds data ({what}); set force = true for this node in the fleet file to overwrite it",
                 c.path.display()
             )),
-            _ => Ok(()),
+            _ => None,
         }
     };
     match rule {
@@ -63,19 +64,19 @@ pub fn choose(rule: &DiskRule, disks: &[Candidate], force: bool) -> Result<PathB
             let c = disks.iter().find(|c| &c.path == p).with_context(|| {
                 format!("install_disk {} is not a disk of this machine", p.display())
             })?;
-            usable(c).map_err(anyhow::Error::msg)?;
+            if let Some(why) = unusable(c) {
+                bail!(why);
+            }
             Ok(c.path.clone())
         }
         DiskRule::SmallestEmpty => {
-            let mut ok: Vec<&Candidate> = disks.iter().filter(|c| usable(c).is_ok()).collect();
+            let mut ok: Vec<&Candidate> = disks.iter().filter(|c| unusable(c).is_none()).collect();
             ok.sort_by_key(|c| c.size);
             if let Some(c) = ok.first() {
                 return Ok(c.path.clone());
             }
-            let why: Vec<String> = disks
-                .iter()
-                .map(|c| usable(c).err().unwrap_or_default())
-                .collect();
+            // None is usable here, so each disk has its reason.
+            let why: Vec<String> = disks.iter().filter_map(unusable).collect();
             bail!(
                 "no disk to install to: {}",
                 if why.is_empty() {
@@ -125,7 +126,11 @@ pub fn candidates(sys_root: &Path, image: &ImageFacts) -> Result<Vec<Candidate>>
     let block = sys_root.join("sys/block");
     let mut out = Vec::new();
     for e in fs::read_dir(&block).with_context(|| format!("listing {}", block.display()))? {
-        let name = e?.file_name().to_string_lossy().into_owned();
+        let name = e
+            .with_context(|| format!("listing {}", block.display()))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if ["loop", "ram", "zram", "sr", "dm-", "nbd", "md"]
             .iter()
             .any(|p| name.starts_with(p))

@@ -77,7 +77,10 @@ pub fn write(
             .get(&d.digest)
             .with_context(|| format!("blob {} of {tag} is not in the cache", d.digest))?;
         let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let len = f.metadata()?.len();
+        let len = f
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
         let mut h = header(len);
         tar.append_data(&mut h, blob_name(&d.digest), f)
             .with_context(|| format!("adding blob {} of {tag} to {}", d.digest, dest.display()))?;
@@ -86,13 +89,17 @@ pub fn write(
     let mut w = tar
         .into_inner()
         .with_context(|| format!("finishing {}", dest.display()))?;
-    w.flush()?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
+    let file = w
+        .flush()
+        .and_then(|()| w.into_inner().map_err(|e| e.into_error()))
+        .and_then(|f| f.sync_all().map(|()| f))
         .with_context(|| format!("writing {}", dest.display()))?;
     Ok(ArchiveInfo {
         blob_bytes,
-        archive_bytes: file.metadata()?.len(),
+        archive_bytes: file
+            .metadata()
+            .with_context(|| format!("reading {}", dest.display()))?
+            .len(),
     })
 }
 

@@ -98,8 +98,7 @@ impl BlobCache {
                     format!("downloading blob {d} of {image} to {}", partial.display())
                 })?;
         }
-        let actual =
-            Digest::from_hex(&fsutil::sha256_file(&partial)?).map_err(anyhow::Error::msg)?;
+        let actual = Digest::from_hex(&fsutil::sha256_file(&partial)?)?;
         if &actual != d {
             // A corrupt partial must not be resumed again.
             let _ = fs::remove_file(&partial);

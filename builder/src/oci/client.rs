@@ -89,6 +89,11 @@ impl Client {
         self.mirrors.api_base(image)
     }
 
+    /// URL of `rest` (`manifests/…`, `blobs/…`) in `image`'s repository.
+    fn repository_url(&self, image: &Reference, rest: &str) -> String {
+        format!("{}/{}/{rest}", self.api_base(image), image.repository)
+    }
+
     /// Fetches the manifest `reference` (a tag or digest) of `image`'s
     /// repository. A digest reference is verified against the body.
     pub fn manifest(
@@ -96,11 +101,7 @@ impl Client {
         image: &Reference,
         reference: &str,
     ) -> Result<(Manifest, Vec<u8>, Digest), RegistryError> {
-        let url = format!(
-            "{}/{}/manifests/{reference}",
-            self.api_base(image),
-            image.repository
-        );
+        let url = self.repository_url(image, &format!("manifests/{reference}"));
         let what = format!("manifest {reference}");
         let resp = self.send(image, &what, || {
             self.http.get(&url).header(ACCEPT, manifest::ACCEPT)
@@ -147,7 +148,7 @@ impl Client {
             Manifest::Index(index) => {
                 let d = index
                     .select(platform)
-                    .map_err(|e| protocol(image, e))?
+                    .map_err(|e| protocol(image, e.to_string()))?
                     .digest
                     .clone();
                 match self.manifest(image, d.as_str())? {
@@ -174,11 +175,7 @@ impl Client {
         digest: &Digest,
         offset: u64,
     ) -> Result<(Response, bool), RegistryError> {
-        let url = format!(
-            "{}/{}/blobs/{digest}",
-            self.api_base(image),
-            image.repository
-        );
+        let url = self.repository_url(image, &format!("blobs/{digest}"));
         let what = format!("blob {digest}");
         let resp = self.send(image, &what, || {
             let req = self.http.get(&url);

@@ -60,7 +60,8 @@ impl TestRegistry {
                  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
                 dir.path().join("data").display()
             ),
-        )?;
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
         let child = Cmd::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -127,20 +128,39 @@ impl TestRegistry {
             self.url(&loc)
         };
         let sep = if loc.contains('?') { '&' } else { '?' };
+        self.put_created(
+            format!("{loc}{sep}digest={digest}"),
+            "application/octet-stream",
+            data,
+            || format!("uploading blob {digest} to {repo}"),
+        )?;
+        Ok(digest)
+    }
+
+    /// PUTs `body` to `url`; any answer but 201 Created is an error that
+    /// starts with `what` and holds the registry's text.
+    fn put_created(
+        &self,
+        url: String,
+        content_type: &str,
+        body: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
         let r = self
             .http
-            .put(format!("{loc}{sep}digest={digest}"))
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(data.to_vec())
+            .put(url)
+            .header(CONTENT_TYPE, content_type)
+            .body(body.to_vec())
             .send()?;
         if r.status().as_u16() != 201 {
             bail!(
-                "uploading blob {digest} to {repo}: HTTP {}: {}",
+                "{}: HTTP {}: {}",
+                what(),
                 r.status(),
                 r.text().unwrap_or_default()
             );
         }
-        Ok(digest)
+        Ok(())
     }
 
     /// Puts a manifest or index under `reference` (a tag or its digest).
@@ -151,28 +171,19 @@ impl TestRegistry {
         media_type: &str,
         body: &[u8],
     ) -> Result<Digest> {
-        let r = self
-            .http
-            .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
-            .header(CONTENT_TYPE, media_type)
-            .body(body.to_vec())
-            .send()?;
-        if r.status().as_u16() != 201 {
-            bail!(
-                "putting manifest {repo}:{reference}: HTTP {}: {}",
-                r.status(),
-                r.text().unwrap_or_default()
-            );
-        }
+        self.put_created(
+            self.url(&format!("/v2/{repo}/manifests/{reference}")),
+            media_type,
+            body,
+            || format!("putting manifest {repo}:{reference}"),
+        )?;
         Ok(Digest::of(body))
     }
 
     /// Pushes an image's blobs and manifest, tagged `tag` (none: by digest
     /// only). Returns the manifest digest.
     pub fn push_image(&self, repo: &str, tag: Option<&str>, image: &TestImage) -> Result<Digest> {
-        let body = self.image_manifest(repo, image, false)?;
-        let digest = Digest::of(&body);
-        self.push_manifest(repo, tag.unwrap_or(digest.as_str()), OCI_MANIFEST, &body)
+        self.push_built(repo, tag, image, false)
     }
 
     /// Like [`push_image`](Self::push_image) with gzip-compressed layers,
@@ -184,7 +195,17 @@ impl TestRegistry {
         tag: Option<&str>,
         image: &TestImage,
     ) -> Result<Digest> {
-        let body = self.image_manifest(repo, image, true)?;
+        self.push_built(repo, tag, image, true)
+    }
+
+    fn push_built(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        image: &TestImage,
+        gzip: bool,
+    ) -> Result<Digest> {
+        let body = self.image_manifest(repo, image, gzip)?;
         let digest = Digest::of(&body);
         self.push_manifest(repo, tag.unwrap_or(digest.as_str()), OCI_MANIFEST, &body)
     }
@@ -247,9 +268,9 @@ impl Drop for TestRegistry {
 /// gives the same blob).
 fn gzip_bytes(scratch: &Path, data: &[u8]) -> Result<Vec<u8>> {
     let f = scratch.join("layer.tar");
-    std::fs::write(&f, data)?;
+    std::fs::write(&f, data).with_context(|| format!("writing {}", f.display()))?;
     let out = Cmd::new("gzip").args(["-n", "-c", "-6"]).arg(&f).run()?;
-    std::fs::remove_file(&f)?;
+    std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
     Ok(out.stdout)
 }
 

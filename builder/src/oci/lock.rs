@@ -188,10 +188,9 @@ pub fn mirrors(locked: &[&LockedImage]) -> Result<super::Mirrors> {
     let mut out = Vec::new();
     for l in locked {
         if let Some(url) = &l.mirror {
-            let r = Reference::parse(&l.reference).map_err(anyhow::Error::msg)?;
+            let r = Reference::parse(&l.reference)?;
             out.push(
                 super::Mirror::parse(&format!("{}={url}", r.registry))
-                    .map_err(anyhow::Error::msg)
                     .with_context(|| format!("the lock file's mirror of {}", l.reference))?,
             );
         }
@@ -224,7 +223,7 @@ pub fn lock(
     };
     let mut images = Vec::new();
     for r in profile_images(profile) {
-        let parsed = Reference::parse(&r).map_err(anyhow::Error::msg)?;
+        let parsed = Reference::parse(&r)?;
         let resolved = client
             .resolve(&parsed, platform)
             .with_context(|| format!("locking image {r} for {platform}"))?;

@@ -1,6 +1,7 @@
 //! Image manifests and indexes (OCI and Docker schema 2), and choosing the
 //! manifest for a platform from an index.
 
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{Digest, Platform};
@@ -69,9 +70,9 @@ impl Manifest {
     /// Parses a manifest body. The media type comes from the response's
     /// Content-Type, or from the body's own `mediaType`; an index is told
     /// from an image manifest by its `manifests` list when neither says.
-    pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, String> {
+    pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest> {
         let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| format!("manifest is not JSON: {e}"))?;
+            serde_json::from_slice(body).map_err(|e| anyhow!("manifest is not JSON: {e}"))?;
         let declared = value
             .get("mediaType")
             .and_then(|m| m.as_str())
@@ -89,13 +90,13 @@ impl Manifest {
         match kind.as_str() {
             OCI_INDEX | DOCKER_LIST => serde_json::from_value(value)
                 .map(Manifest::Index)
-                .map_err(|e| format!("bad image index: {e}")),
+                .map_err(|e| anyhow!("bad image index: {e}")),
             OCI_MANIFEST | DOCKER_MANIFEST => serde_json::from_value(value)
                 .map(Manifest::Image)
-                .map_err(|e| format!("bad image manifest: {e}")),
-            other => Err(format!(
+                .map_err(|e| anyhow!("bad image manifest: {e}")),
+            other => bail!(
                 "unsupported manifest type `{other}` (schema 1 and other formats are not handled)"
-            )),
+            ),
         }
     }
 }
@@ -103,7 +104,7 @@ impl Manifest {
 impl Index {
     /// The manifest for `platform`. arm64 entries with variant v8 or none
     /// both match; attestation entries (`unknown/unknown`) never do.
-    pub fn select(&self, platform: Platform) -> Result<&Descriptor, String> {
+    pub fn select(&self, platform: Platform) -> Result<&Descriptor> {
         let arch = platform.oci_arch();
         self.manifests
             .iter()
@@ -128,7 +129,7 @@ impl Index {
                         None => format!("{}/{}", p.os, p.architecture),
                     })
                     .collect();
-                format!(
+                anyhow!(
                     "no manifest for {platform} in the index (it has {})",
                     if have.is_empty() {
                         "no platforms".to_owned()
@@ -177,7 +178,10 @@ mod tests {
             media_type: None,
             manifests: idx.manifests[..1].to_vec(),
         };
-        let err = only_arm.select(Platform { arch: Arch::Amd64 }).unwrap_err();
+        let err = only_arm
+            .select(Platform { arch: Arch::Amd64 })
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("linux/amd64") && err.contains("linux/arm/v7"),
             "{err}"
@@ -198,7 +202,9 @@ mod tests {
         };
         assert_eq!(im.layers.len(), 1);
         assert_eq!(im.config.size, 10);
-        assert!(Manifest::parse(None, b"{\"schemaVersion\":1,\"mediaType\":\"application/vnd.docker.distribution.manifest.v1+json\"}").is_err());
-        assert!(Manifest::parse(None, b"not json").is_err());
+        let why = |body: &[u8]| Manifest::parse(None, body).unwrap_err().to_string();
+        assert!(why(b"{\"schemaVersion\":1,\"mediaType\":\"application/vnd.docker.distribution.manifest.v1+json\"}")
+            .starts_with("unsupported manifest type `application/vnd.docker.distribution.manifest.v1+json`"));
+        assert!(why(b"not json").starts_with("manifest is not JSON: "));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::Reference;
@@ -20,16 +21,14 @@ pub struct Mirror {
 
 impl Mirror {
     /// Parses `registry=url`; the error says what a good one looks like.
-    pub fn parse(s: &str) -> Result<Mirror, String> {
+    pub fn parse(s: &str) -> Result<Mirror> {
         let example = "e.g. docker.io=http://127.0.0.1:5000";
         let (registry, url) = s
             .split_once('=')
-            .ok_or_else(|| format!("mirror `{s}` must be REGISTRY=URL, {example}"))?;
+            .ok_or_else(|| anyhow!("mirror `{s}` must be REGISTRY=URL, {example}"))?;
         let registry = registry.trim();
         if registry.is_empty() || registry.contains(['/', ' ']) {
-            return Err(format!(
-                "mirror `{s}`: `{registry}` is not a registry name, {example}"
-            ));
+            bail!("mirror `{s}`: `{registry}` is not a registry name, {example}");
         }
         let url = url.trim().trim_end_matches('/');
         let host = url
@@ -37,9 +36,9 @@ impl Mirror {
             .or_else(|| url.strip_prefix("https://"))
             .unwrap_or("");
         if host.is_empty() || host.contains(['/', ' ', '?', '#']) {
-            return Err(format!(
+            bail!(
                 "mirror `{s}`: `{url}` must be an http:// or https:// URL of a registry, without a path, {example}"
-            ));
+            );
         }
         Ok(Mirror {
             registry: registry.to_owned(),
@@ -113,7 +112,7 @@ mod tests {
             "docker.io=ftp://a",
             "docker.io=http://a/b",
         ] {
-            let e = Mirror::parse(bad).unwrap_err();
+            let e = Mirror::parse(bad).unwrap_err().to_string();
             assert!(
                 e.contains("e.g. docker.io=http://127.0.0.1:5000"),
                 "{bad}: {e}"

@@ -16,6 +16,7 @@ mod registry_tests;
 
 use std::fmt;
 
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use client::{Client, RegistryError};
@@ -28,18 +29,16 @@ pub use reference::Reference;
 pub struct Digest(String);
 
 impl Digest {
-    pub fn parse(s: &str) -> Result<Digest, String> {
+    pub fn parse(s: &str) -> Result<Digest> {
         let hex = s
             .strip_prefix("sha256:")
-            .ok_or_else(|| format!("digest `{s}` must start with `sha256:`"))?;
+            .ok_or_else(|| anyhow!("digest `{s}` must start with `sha256:`"))?;
         if hex.len() != 64
             || !hex
                 .chars()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         {
-            return Err(format!(
-                "digest `{s}` must be `sha256:` and 64 lowercase hex digits"
-            ));
+            bail!("digest `{s}` must be `sha256:` and 64 lowercase hex digits");
         }
         Ok(Digest(s.to_owned()))
     }
@@ -49,7 +48,7 @@ impl Digest {
         Digest(format!("sha256:{}", crate::fsutil::sha256_bytes(data)))
     }
 
-    pub fn from_hex(hex: &str) -> Result<Digest, String> {
+    pub fn from_hex(hex: &str) -> Result<Digest> {
         Digest::parse(&format!("sha256:{hex}"))
     }
 
@@ -69,13 +68,13 @@ impl fmt::Display for Digest {
 }
 
 impl Serialize for Digest {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Digest::parse(&s).map_err(serde::de::Error::custom)
     }
@@ -115,11 +114,16 @@ mod tests {
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
-        assert!(Digest::parse(
-            "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
-        )
-        .is_err());
-        assert!(Digest::parse("sha512:abc").is_err());
-        assert!(Digest::from_hex("00").is_err());
+        let why = |r: Result<Digest>| r.unwrap_err().to_string();
+        let upper = "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD";
+        assert_eq!(
+            why(Digest::parse(upper)),
+            format!("digest `{upper}` must be `sha256:` and 64 lowercase hex digits")
+        );
+        assert_eq!(
+            why(Digest::parse("sha512:abc")),
+            "digest `sha512:abc` must start with `sha256:`"
+        );
+        assert!(why(Digest::from_hex("00")).contains("64 lowercase hex digits"));
     }
 }

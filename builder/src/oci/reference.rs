@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use anyhow::{anyhow, Result};
+
 use super::Digest;
 
 pub const DOCKER_HUB: &str = "docker.io";
@@ -20,13 +22,13 @@ pub struct Reference {
 }
 
 impl Reference {
-    pub fn parse(s: &str) -> Result<Reference, String> {
-        let bad = |why: &str| format!("image reference `{s}` is not valid: {why}");
+    pub fn parse(s: &str) -> Result<Reference> {
+        let bad = |why: &str| anyhow!("image reference `{s}` is not valid: {why}");
         if s.is_empty() || s.trim() != s {
             return Err(bad("empty or surrounded by spaces"));
         }
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(Digest::parse(d).map_err(|e| bad(&e))?)),
+            Some((r, d)) => (r, Some(Digest::parse(d).map_err(|e| bad(&e.to_string()))?)),
             None => (s, None),
         };
         // A tag is after the last ':' that follows the last '/'; a ':'
@@ -191,17 +193,22 @@ mod tests {
 
     #[test]
     fn bad_references_are_errors() {
-        for bad in [
-            "",
-            "Busybox",
-            "busybox:",
-            "busybox:a b",
-            "busybox@sha256:123",
-            "busybox@md5:abc",
-            "a//b",
-            " busybox",
+        for (bad, why) in [
+            ("", "empty or surrounded by spaces"),
+            ("Busybox", "repository names use lowercase"),
+            ("busybox:", "the tag may hold"),
+            ("busybox:a b", "the tag may hold"),
+            ("busybox@sha256:123", "64 lowercase hex digits"),
+            ("busybox@md5:abc", "must start with `sha256:`"),
+            ("a//b", "repository names use lowercase"),
+            (" busybox", "empty or surrounded by spaces"),
         ] {
-            assert!(Reference::parse(bad).is_err(), "{bad:?} parsed");
+            let e = Reference::parse(bad).expect_err(bad).to_string();
+            assert!(
+                e.starts_with(&format!("image reference `{bad}` is not valid: "))
+                    && e.contains(why),
+                "{bad:?}: {e}"
+            );
         }
     }
 }

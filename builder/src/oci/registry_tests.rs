@@ -29,12 +29,23 @@ fn reference(reg: &TestRegistry, rest: &str) -> Reference {
     Reference::parse(&format!("{}/{rest}", reg.addr)).unwrap()
 }
 
+/// Pushes an amd64 [`small_image`] as `repo:tag`; its manifest's digest.
+fn push_small(reg: &TestRegistry, repo: &str, tag: &str, label: &str) -> Digest {
+    reg.push_image(repo, Some(tag), &small_image("amd64", label))
+        .unwrap()
+}
+
+/// A blob cache in a directory of its own (kept while the guard lives).
+fn scratch_cache() -> (tempfile::TempDir, BlobCache) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::new(dir.path());
+    (dir, cache)
+}
+
 #[test]
 fn resolves_tags_and_picks_the_platform_from_an_index() {
     let reg = TestRegistry::start().unwrap();
-    let single = reg
-        .push_image("team/web", Some("1"), &small_image("amd64", "one"))
-        .unwrap();
+    let single = push_small(&reg, "team/web", "1", "one");
     let (index, per_arch) = reg
         .push_index(
             "team/multi",
@@ -74,12 +85,8 @@ fn resolves_tags_and_picks_the_platform_from_an_index() {
 #[test]
 fn a_moved_tag_does_not_change_what_a_digest_fetches() {
     let reg = TestRegistry::start().unwrap();
-    let first = reg
-        .push_image("web", Some("1"), &small_image("amd64", "first"))
-        .unwrap();
-    let second = reg
-        .push_image("web", Some("1"), &small_image("amd64", "second"))
-        .unwrap();
+    let first = push_small(&reg, "web", "1", "first");
+    let second = push_small(&reg, "web", "1", "second");
     assert_ne!(first, second);
     let client = Client::new().unwrap();
     let image = reference(&reg, "web:1");
@@ -90,8 +97,7 @@ fn a_moved_tag_does_not_change_what_a_digest_fetches() {
     let Manifest::Image(m) = m else {
         panic!("not an image manifest")
     };
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = BlobCache::new(cache_dir.path());
+    let (_dir, cache) = scratch_cache();
     let config = cache
         .fetch(&client, &image, &m.config.digest, Some(m.config.size))
         .unwrap();
@@ -151,8 +157,7 @@ fn blob_downloads_resume_with_a_range_and_corrupt_partials_are_dropped() {
     let d = reg.push_blob("web", layer).unwrap();
     let image = reference(&reg, "web:1");
     let client = Client::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = BlobCache::new(dir.path());
+    let (dir, cache) = scratch_cache();
     let blobs = dir.path().join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let partial = blobs.join(format!(".{}.partial", d.hex()));
@@ -296,8 +301,7 @@ fn gzip_layers_are_fetched_as_served() {
         layer.media_type.as_deref(),
         Some(super::manifest::OCI_LAYER_TAR_GZIP)
     );
-    let dir = tempfile::tempdir().unwrap();
-    let cache = BlobCache::new(dir.path());
+    let (_dir, cache) = scratch_cache();
     let p = cache
         .fetch(&client, &r, &layer.digest, Some(layer.size))
         .unwrap();
@@ -314,9 +318,7 @@ fn lock_through_a_mirror_keeps_the_public_name_and_builds_fetch_from_it() {
     // The test registry plays a Docker Hub mirror: it serves the image
     // under the repository the public reference names.
     let reg = TestRegistry::start().unwrap();
-    let digest = reg
-        .push_image("library/redis", Some("7.4"), &small_image("amd64", "redis"))
-        .unwrap();
+    let digest = push_small(&reg, "library/redis", "7.4", "redis");
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("stacks/r")).unwrap();
     std::fs::write(

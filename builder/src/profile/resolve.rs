@@ -175,9 +175,8 @@ impl Merged {
         set(&mut self.role, f.role.clone());
         set(&mut self.description, f.description.clone());
         if let Some(h) = &f.hostname {
-            match validate::hostname(h.get_ref()) {
-                Ok(()) => self.hostname = Some(h.get_ref().clone()),
-                Err(msg) => errors.push(ctx.error_at(h, msg)),
+            if let Some(h) = ctx.checked(h, validate::hostname, errors) {
+                self.hostname = Some(h);
             }
         }
         if let Some(hw) = &f.hardware {
@@ -188,9 +187,8 @@ impl Merged {
         if let Some(d) = &f.debian {
             set(&mut self.suite, d.suite.clone());
             if let Some(m) = &d.mirror {
-                match validate::mirror(m.get_ref()) {
-                    Ok(()) => self.mirror = Some(m.get_ref().clone()),
-                    Err(msg) => errors.push(ctx.error_at(m, msg)),
+                if let Some(m) = ctx.checked(m, validate::mirror, errors) {
+                    self.mirror = Some(m);
                 }
             }
             if let Some(s) = &d.snapshot {
@@ -200,13 +198,10 @@ impl Merged {
                 }
             }
             if let Some(cs) = &d.components {
-                let mut comps = Vec::new();
-                for c in cs {
-                    match validate::component(c.get_ref()) {
-                        Ok(()) => comps.push(c.get_ref().clone()),
-                        Err(msg) => errors.push(ctx.error_at(c, msg)),
-                    }
-                }
+                let comps = cs
+                    .iter()
+                    .filter_map(|c| ctx.checked(c, validate::component, errors))
+                    .collect();
                 self.components = Some(comps);
             }
         }
@@ -214,9 +209,8 @@ impl Merged {
             apt::merge(ctx, a, &mut self.apt, errors);
         }
         for p in &f.packages {
-            match validate::package_name(p.get_ref()) {
-                Ok(()) => push_unique(&mut self.packages, p.get_ref().clone()),
-                Err(msg) => errors.push(ctx.error_at(p, msg)),
+            if let Some(p) = ctx.checked(p, validate::package_name, errors) {
+                push_unique(&mut self.packages, p);
             }
         }
         for o in &f.overlays {

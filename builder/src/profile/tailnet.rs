@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::error::ProfileError;
 use super::file::{TailnetFile, TailscaleFile};
-use super::validate::{self, FileCtx};
+use super::validate::{self, FileCtx, Invalid};
 use super::{Tailnet, TailnetAccept, TailnetAllow, Tailscale};
 
 /// Merges a file's `[tailnet]` over what the files before it set.
@@ -19,12 +19,9 @@ pub fn settings(
     errors: &mut Vec<ProfileError>,
 ) {
     if let Some(d) = &t.domain {
-        match domain(d.get_ref()) {
-            Ok(()) => {
-                into.domain = Some(d.get_ref().clone());
-                into.declared_in = Some(ctx.path.clone());
-            }
-            Err(msg) => errors.push(ctx.error_at(d, msg)),
+        if let Some(d) = ctx.checked(d, domain, errors) {
+            into.domain = Some(d);
+            into.declared_in = Some(ctx.path.clone());
         }
     }
     if let Some(g) = &t.gateway {
@@ -53,7 +50,7 @@ pub fn settings(
 }
 
 /// A MagicDNS suffix: lowercase DNS labels, at least two.
-fn domain(d: &str) -> Result<(), String> {
+fn domain(d: &str) -> Result<(), Invalid> {
     let labels: Vec<&str> = d.split('.').collect();
     let ok = labels.len() >= 2
         && labels.iter().all(|l| {
@@ -67,20 +64,20 @@ fn domain(d: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(Invalid(format!(
             "tailnet domain `{d}` is not a DNS name (lowercase labels joined by dots, e.g. tail1234.ts.net; \
              the admin console's DNS page shows it)"
-        ))
+        )))
     }
 }
 
 /// A subnet route as `tailscale up --advertise-routes` takes it: an
 /// address with a prefix length and no host bits set.
-pub(super) fn subnet(s: &str) -> Result<(), String> {
+pub(super) fn subnet(s: &str) -> Result<(), Invalid> {
     let bad = |why: &str| {
-        Err(format!(
+        Err(Invalid(format!(
             "route `{s}` {why} (write a network such as 192.168.1.0/24)"
-        ))
+        )))
     };
     let Some((addr, len)) = s.split_once('/') else {
         return bad("has no prefix length");
@@ -118,13 +115,11 @@ pub fn tailscale(
     default_timeout: u64,
     errors: &mut Vec<ProfileError>,
 ) -> Tailscale {
-    let mut tags = Vec::new();
-    for tag in &t.tags {
-        match validate::tailscale_tag(tag.get_ref()) {
-            Ok(()) => tags.push(tag.get_ref().clone()),
-            Err(msg) => errors.push(ctx.error_at(tag, msg)),
-        }
-    }
+    let tags = t
+        .tags
+        .iter()
+        .filter_map(|tag| ctx.checked(tag, validate::tailscale_tag, errors))
+        .collect();
     let owners = match &t.owners {
         None => vec![DEFAULT_OWNER.to_owned()],
         Some(list) => {
@@ -135,13 +130,7 @@ pub fn tailscale(
                 ));
             }
             list.iter()
-                .filter_map(|o| match owner(o.get_ref()) {
-                    Ok(()) => Some(o.get_ref().clone()),
-                    Err(msg) => {
-                        errors.push(ctx.error_at(o, msg));
-                        None
-                    }
-                })
+                .filter_map(|o| ctx.checked(o, owner, errors))
                 .collect()
         }
     };
@@ -233,7 +222,7 @@ fn ports(ctx: &FileCtx, list: &[Spanned<u16>], errors: &mut Vec<ProfileError>) -
 }
 
 /// A tag owner as Tailscale's policy accepts it.
-fn owner(o: &str) -> Result<(), String> {
+fn owner(o: &str) -> Result<(), Invalid> {
     let named = |prefix: &str| {
         o.strip_prefix(prefix).is_some_and(|rest| {
             !rest.is_empty()
@@ -248,9 +237,9 @@ fn owner(o: &str) -> Result<(), String> {
     if named("autogroup:") || named("group:") || named("tag:") || email {
         Ok(())
     } else {
-        Err(format!(
+        Err(Invalid(format!(
             "tag owner `{o}` must be autogroup:NAME, group:NAME, tag:NAME or a user's email"
-        ))
+        )))
     }
 }
 
@@ -263,14 +252,18 @@ mod tests {
         assert!(subnet("192.168.1.0/24").is_ok());
         assert!(subnet("10.0.0.0/8").is_ok());
         assert!(subnet("fd00::/64").is_ok());
-        assert!(subnet("192.168.1.1/24").unwrap_err().contains("host bits"));
-        assert!(subnet("192.168.1.0").unwrap_err().contains("prefix length"));
-        assert!(subnet("192.168.1.0/33")
-            .unwrap_err()
-            .contains("longer than the address"));
-        assert!(subnet("lan/24")
-            .unwrap_err()
-            .contains("does not start with an IP address"));
+        for (bad, why) in [
+            ("192.168.1.1/24", "has host bits set"),
+            ("192.168.1.0", "has no prefix length"),
+            (
+                "192.168.1.0/33",
+                "has a prefix length longer than the address",
+            ),
+            ("lan/24", "does not start with an IP address"),
+        ] {
+            let e = subnet(bad).unwrap_err().0;
+            assert!(e.starts_with(&format!("route `{bad}` {why} (")), "{e}");
+        }
     }
 
     #[test]
@@ -278,7 +271,7 @@ mod tests {
         assert!(domain("tail79107c.ts.net").is_ok());
         assert!(domain("ts.net").is_ok());
         for bad in ["localhost", "Tail.ts.net", "a..net"] {
-            let e = domain(bad).unwrap_err();
+            let e = domain(bad).unwrap_err().0;
             assert!(e.contains(&format!("`{bad}` is not a DNS name")), "{e}");
         }
     }
@@ -288,7 +281,9 @@ mod tests {
         assert!(owner("autogroup:admin").is_ok());
         assert!(owner("group:ops").is_ok());
         assert!(owner("alice@example.com").is_ok());
-        assert!(owner("admin").is_err());
-        assert!(owner("group:").is_err());
+        for bad in ["admin", "group:"] {
+            let e = owner(bad).unwrap_err().0;
+            assert!(e.contains(&format!("tag owner `{bad}` must be")), "{e}");
+        }
     }
 }

@@ -50,12 +50,17 @@ impl FileCtx {
         if value.contains('/') {
             return vec![self.dir().join(value)];
         }
-        let name = format!("{value}{suffix}");
+        self.below(kind, &format!("{value}{suffix}"))
+    }
+
+    /// `rel` below the folder `kind` beside the profiles folder (the
+    /// project root), then below the one beside this file.
+    fn below(&self, kind: &str, rel: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
         if let Some(root) = self.dir().parent() {
-            out.push(root.join(kind).join(&name));
+            out.push(root.join(kind).join(rel));
         }
-        out.push(self.dir().join(kind).join(&name));
+        out.push(self.dir().join(kind).join(rel));
         out
     }
 
@@ -69,26 +74,12 @@ impl FileCtx {
                 format!("compose `{v}` must be a relative path below stacks/, e.g. `web/compose.yaml.tera`"),
             ));
         }
-        let mut candidates = Vec::new();
-        if let Some(root) = self.dir().parent() {
-            candidates.push(root.join("stacks").join(v));
-        }
-        candidates.push(self.dir().join("stacks").join(v));
-        candidates
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-            .ok_or_else(|| {
-                let looked: Vec<String> =
-                    candidates.iter().map(|p| p.display().to_string()).collect();
-                self.error_at(
-                    value,
-                    format!(
-                        "compose file `{v}` not found (looked for {})",
-                        looked.join(", ")
-                    ),
-                )
-            })
+        self.first_found(
+            value,
+            "compose file",
+            self.below("stacks", v),
+            Path::is_file,
+        )
     }
 
     pub fn find_file(&self, kind: &str, value: &Spanned<String>) -> Result<PathBuf, ProfileError> {
@@ -107,28 +98,65 @@ impl FileCtx {
         exists: fn(&Path) -> bool,
     ) -> Result<PathBuf, ProfileError> {
         let candidates = self.candidates(kind, value.get_ref(), suffix);
-        candidates
-            .iter()
-            .find(|p| exists(p))
-            .cloned()
-            .ok_or_else(|| {
-                let looked: Vec<String> =
-                    candidates.iter().map(|p| p.display().to_string()).collect();
-                self.error_at(
-                    value,
-                    format!(
-                        "{} `{}` not found (looked for {})",
-                        kind.trim_end_matches('s'),
-                        value.get_ref(),
-                        looked.join(", ")
-                    ),
-                )
-            })
+        self.first_found(value, kind.trim_end_matches('s'), candidates, exists)
+    }
+
+    /// The first of `candidates` that `exists`, or an error at `value`
+    /// that lists every place looked in.
+    fn first_found(
+        &self,
+        value: &Spanned<String>,
+        what: &str,
+        candidates: Vec<PathBuf>,
+        exists: fn(&Path) -> bool,
+    ) -> Result<PathBuf, ProfileError> {
+        if let Some(found) = candidates.iter().find(|p| exists(p)) {
+            return Ok(found.clone());
+        }
+        let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        Err(self.error_at(
+            value,
+            format!(
+                "{what} `{}` not found (looked for {})",
+                value.get_ref(),
+                looked.join(", ")
+            ),
+        ))
+    }
+
+    /// `value` when `check` accepts it; otherwise `None`, and the check's
+    /// message, at the value's line, joins `errors`.
+    pub fn checked(
+        &self,
+        value: &Spanned<String>,
+        check: fn(&str) -> Result<(), Invalid>,
+        errors: &mut Vec<ProfileError>,
+    ) -> Option<String> {
+        match check(value.get_ref()) {
+            Ok(()) => Some(value.get_ref().clone()),
+            Err(why) => {
+                errors.push(self.error_at(value, why));
+                None
+            }
+        }
+    }
+}
+
+/// Why a single value fails its check, in words that say what a good one
+/// looks like. It has no location: the caller places it at the value's
+/// line ([`FileCtx::error_at`], [`FileCtx::checked`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<Invalid> for String {
+    fn from(why: Invalid) -> String {
+        why.0
     }
 }
 
 /// RFC 1123 host name: labels of letters, digits and hyphens.
-pub fn hostname(h: &str) -> Result<(), String> {
+pub fn hostname(h: &str) -> Result<(), Invalid> {
     let ok_label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -139,34 +167,34 @@ pub fn hostname(h: &str) -> Result<(), String> {
     if h.len() <= 253 && h.split('.').all(ok_label) {
         Ok(())
     } else {
-        Err(format!(
+        Err(Invalid(format!(
             "hostname `{h}` is not valid: use letters, digits and hyphens (no leading or trailing hyphen, at most 63 per label)"
-        ))
+        )))
     }
 }
 
-pub fn mirror(m: &str) -> Result<(), String> {
+pub fn mirror(m: &str) -> Result<(), Invalid> {
     if m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/") {
         Ok(())
     } else {
-        Err(format!(
+        Err(Invalid(format!(
             "mirror `{m}` must be an http://, https:// or file:/ URL"
-        ))
+        )))
     }
 }
 
-pub fn component(c: &str) -> Result<(), String> {
+pub fn component(c: &str) -> Result<(), Invalid> {
     match c {
         "main" | "contrib" | "non-free" | "non-free-firmware" => Ok(()),
-        _ => Err(format!(
+        _ => Err(Invalid(format!(
             "unknown Debian component `{c}`: use main, contrib, non-free or non-free-firmware"
-        )),
+        ))),
     }
 }
 
 /// Debian package names (policy 5.6.1), optionally with `=version` or
 /// `:arch`, as mmdebstrap's --include takes them.
-pub fn package_name(p: &str) -> Result<(), String> {
+pub fn package_name(p: &str) -> Result<(), Invalid> {
     let name = p.split(['=', ':']).next().unwrap_or("");
     let valid = name.len() >= 2
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -176,37 +204,37 @@ pub fn package_name(p: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!("`{p}` is not a Debian package name"))
+        Err(Invalid(format!("`{p}` is not a Debian package name")))
     }
 }
 
-pub fn tailscale_tag(t: &str) -> Result<(), String> {
+pub fn tailscale_tag(t: &str) -> Result<(), Invalid> {
     let rest = t.strip_prefix("tag:").unwrap_or("");
     if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         Ok(())
     } else {
-        Err(format!(
+        Err(Invalid(format!(
             "tailscale tag `{t}` must look like `tag:name` (letters, digits, hyphens)"
-        ))
+        )))
     }
 }
 
-fn user_name(n: &str) -> Result<(), String> {
+fn user_name(n: &str) -> Result<(), Invalid> {
     let valid = !n.is_empty()
         && n.len() <= 32
         && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && n.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if n == "root" {
-        return Err(
+        return Err(Invalid(
             "user `root` cannot be declared: add keys to an ordinary user with `sudo = true`"
                 .into(),
-        );
+        ));
     }
     if valid {
         Ok(())
     } else {
-        Err(format!("user name `{n}` is not valid: lowercase letters, digits, `_` and `-`, starting with a letter"))
+        Err(Invalid(format!("user name `{n}` is not valid: lowercase letters, digits, `_` and `-`, starting with a letter")))
     }
 }
 
@@ -247,49 +275,49 @@ pub fn user(ctx: &FileCtx, u: &UserFile) -> Result<User, Vec<ProfileError>> {
 }
 
 /// A hardware file's parts that only make sense together.
-pub fn hardware(h: &HardwareFile) -> Result<(), String> {
+pub fn hardware(h: &HardwareFile) -> Result<(), Invalid> {
     match (h.firmware, &h.rpi) {
         (Firmware::Rpi, None) => {
-            return Err(
+            return Err(Invalid(
                 "firmware = \"rpi\" needs an [rpi] table with device_trees (and the firmware_files the board loads)"
                     .into(),
-            )
+            ))
         }
         (Firmware::Rpi, Some(rpi)) => {
             if h.arch != Arch::Arm64 {
-                return Err("firmware = \"rpi\" boots 64-bit kernels only: set arch = \"arm64\"".into());
+                return Err(Invalid("firmware = \"rpi\" boots 64-bit kernels only: set arch = \"arm64\"".into()));
             }
             if rpi.device_trees.is_empty() {
-                return Err("[rpi] device_trees is empty: list the board's .dtb files (e.g. bcm2711-rpi-4-b.dtb)".into());
+                return Err(Invalid("[rpi] device_trees is empty: list the board's .dtb files (e.g. bcm2711-rpi-4-b.dtb)".into()));
             }
             for f in rpi.firmware_files.iter().chain(&rpi.device_trees) {
                 if f.is_empty() || f.contains('/') || f.starts_with('.') {
-                    return Err(format!("[rpi] file `{f}` must be a plain file name"));
+                    return Err(Invalid(format!("[rpi] file `{f}` must be a plain file name")));
                 }
             }
             if rpi.config.iter().any(|l| l.contains('\n')) {
-                return Err("[rpi] config entries are single config.txt lines".into());
+                return Err(Invalid("[rpi] config entries are single config.txt lines".into()));
             }
         }
         (Firmware::Uefi, Some(_)) => {
-            return Err("an [rpi] table needs firmware = \"rpi\"".into())
+            return Err(Invalid("an [rpi] table needs firmware = \"rpi\"".into()))
         }
         (Firmware::Uefi, None) => {}
     }
     match h.initramfs {
-        InitramfsKind::Nodeforge if h.initramfs_modules.is_empty() => Err(
+        InitramfsKind::Nodeforge if h.initramfs_modules.is_empty() => Err(Invalid(
             "initramfs = \"nodeforge\" needs initramfs_modules: the drivers that reach the root filesystem (e.g. virtio_blk, ext4)"
                 .into(),
-        ),
-        InitramfsKind::InitramfsTools if !h.initramfs_modules.is_empty() => Err(
+        )),
+        InitramfsKind::InitramfsTools if !h.initramfs_modules.is_empty() => Err(Invalid(
             "initramfs_modules is only used with initramfs = \"nodeforge\"".into(),
-        ),
+        )),
         _ => Ok(()),
     }
 }
 
 /// Compose project names: lowercase letters, digits, `-` and `_`.
-fn stack_name(n: &str) -> Result<(), String> {
+fn stack_name(n: &str) -> Result<(), Invalid> {
     let ok = !n.is_empty()
         && n.len() <= 63
         && n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -298,7 +326,7 @@ fn stack_name(n: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("stack name `{n}` is not valid: lowercase letters, digits, `-` and `_`, starting with a letter or digit"))
+        Err(Invalid(format!("stack name `{n}` is not valid: lowercase letters, digits, `-` and `_`, starting with a letter or digit")))
     }
 }
 
@@ -308,25 +336,25 @@ fn env_name(n: &str) -> bool {
         && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn probe_http(u: &str) -> Result<(), String> {
+fn probe_http(u: &str) -> Result<(), Invalid> {
     let rest = u.strip_prefix("http://").unwrap_or("");
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "http probe `{u}` must be an http:// URL, e.g. http://127.0.0.1:8080/"
-        ));
+        )));
     }
     Ok(())
 }
 
-fn probe_tcp(a: &str) -> Result<(), String> {
+fn probe_tcp(a: &str) -> Result<(), Invalid> {
     match a.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
             Ok(())
         }
-        _ => Err(format!(
+        _ => Err(Invalid(format!(
             "tcp probe `{a}` must be `host:port`, e.g. 127.0.0.1:5432"
-        )),
+        ))),
     }
 }
 
@@ -378,7 +406,7 @@ pub fn stack(ctx: &FileCtx, s: &StackFile) -> Result<Stack, Vec<ProfileError>> {
                 errors.push(ctx.error_at(i, format!("image `{}` is listed twice", i.get_ref())))
             }
             Ok(_) => images.push(i.get_ref().clone()),
-            Err(msg) => errors.push(ctx.error_at(i, msg)),
+            Err(e) => errors.push(ctx.error_at(i, e.to_string())),
         }
     }
     let mut probes = Vec::new();
@@ -436,20 +464,20 @@ const MIN_ROOT: u64 = 512 << 20;
 /// UEFI firmware needs FAT32 for the ESP, which needs ~33 MiB at least.
 const MIN_ESP: u64 = 64 << 20;
 
-pub fn disk(d: &Disk) -> Result<(), String> {
+pub fn disk(d: &Disk) -> Result<(), Invalid> {
     if d.esp_size.0 < MIN_ESP {
-        return Err(format!(
+        return Err(Invalid(format!(
             "esp_size {} is too small: at least 64MiB",
             d.esp_size
-        ));
+        )));
     }
     if d.size.0 < d.esp_size.0 + MIN_ROOT {
-        return Err(format!(
+        return Err(Invalid(format!(
             "disk size {} leaves no room for a root filesystem after the {} ESP: make it at least {}",
             d.size,
             d.esp_size,
             super::ByteSize(d.esp_size.0 + MIN_ROOT + (2 << 20))
-        ));
+        )));
     }
     Ok(())
 }
@@ -458,13 +486,21 @@ pub fn disk(d: &Disk) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The message of a check that must fail.
+    fn why(r: Result<(), Invalid>) -> String {
+        r.expect_err("the check accepts it").0
+    }
+
     #[test]
     fn hostnames() {
         assert!(hostname("nx-core").is_ok());
         assert!(hostname("a.b.c").is_ok());
-        assert!(hostname("-bad").is_err());
-        assert!(hostname("under_score").is_err());
-        assert!(hostname("").is_err());
+        for bad in ["-bad", "under_score", ""] {
+            assert!(
+                why(hostname(bad)).contains(&format!("hostname `{bad}` is not valid")),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -472,11 +508,15 @@ mod tests {
         assert!(package_name("openssh-server").is_ok());
         assert!(package_name("libc6:amd64").is_ok());
         assert!(package_name("g++").is_ok());
-        assert!(package_name("Bad").is_err());
-        assert!(package_name("a b").is_err());
+        for bad in ["Bad", "a b"] {
+            assert_eq!(
+                why(package_name(bad)),
+                format!("`{bad}` is not a Debian package name")
+            );
+        }
     }
 
-    fn hw(text: &str) -> Result<(), String> {
+    fn hw(text: &str) -> Result<(), Invalid> {
         hardware(&toml::from_str::<HardwareFile>(text).unwrap())
     }
 
@@ -484,31 +524,28 @@ mod tests {
     fn hardware_combinations() {
         let pi = "arch = \"arm64\"\nfirmware = \"rpi\"\ninitramfs = \"nodeforge\"\ninitramfs_modules = [\"ext4\"]\n[rpi]\ndevice_trees = [\"bcm2711-rpi-4-b.dtb\"]\n";
         assert_eq!(hw(pi), Ok(()));
-        assert!(hw(&pi.replace("arm64", "amd64"))
-            .unwrap_err()
-            .contains("arch = \"arm64\""));
+        assert!(why(hw(&pi.replace("arm64", "amd64"))).contains("arch = \"arm64\""));
         let no_table = "arch = \"arm64\"\nfirmware = \"rpi\"\n";
-        assert!(hw(no_table).unwrap_err().contains("[rpi]"));
-        assert!(hw(&pi.replace("bcm2711-rpi-4-b.dtb", "../x.dtb"))
-            .unwrap_err()
-            .contains("plain file name"));
-        assert!(hw(&pi.replace("[\"bcm2711-rpi-4-b.dtb\"]", "[]"))
-            .unwrap_err()
+        assert!(why(hw(no_table)).contains("[rpi]"));
+        assert!(why(hw(&pi.replace("bcm2711-rpi-4-b.dtb", "../x.dtb"))).contains("plain file name"));
+        assert!(why(hw(&pi.replace("[\"bcm2711-rpi-4-b.dtb\"]", "[]")))
             .contains("device_trees is empty"));
         let uefi_with_rpi = pi.replace("firmware = \"rpi\"", "firmware = \"uefi\"");
-        assert!(hw(&uefi_with_rpi)
-            .unwrap_err()
-            .contains("needs firmware = \"rpi\""));
+        assert!(why(hw(&uefi_with_rpi)).contains("needs firmware = \"rpi\""));
         let no_modules = "arch = \"arm64\"\nfirmware = \"uefi\"\ninitramfs = \"nodeforge\"\n";
-        assert!(hw(no_modules).unwrap_err().contains("initramfs_modules"));
+        assert!(why(hw(no_modules)).contains("initramfs_modules"));
         let stray = "arch = \"amd64\"\nfirmware = \"uefi\"\ninitramfs_modules = [\"ext4\"]\n";
-        assert!(hw(stray).unwrap_err().contains("only used with"));
+        assert!(why(hw(stray)).contains("only used with"));
     }
 
     #[test]
     fn tags() {
         assert!(tailscale_tag("tag:core").is_ok());
-        assert!(tailscale_tag("core").is_err());
-        assert!(tailscale_tag("tag:").is_err());
+        for bad in ["core", "tag:"] {
+            assert!(
+                why(tailscale_tag(bad)).contains("must look like `tag:name`"),
+                "{bad}"
+            );
+        }
     }
 }

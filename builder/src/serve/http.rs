@@ -210,10 +210,16 @@ async fn write_response(
     match &resp.body {
         Body::Bytes(b) => sock.write_all(b).await?,
         Body::File { path, offset, len } => {
-            let mut f = tokio::fs::File::open(path).await?;
+            // io::Error carries no path: the log line would not say which file.
+            let named = |e: std::io::Error| {
+                std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
+            };
+            let mut f = tokio::fs::File::open(path).await.map_err(named)?;
             if *offset > 0 {
                 use tokio::io::AsyncSeekExt;
-                f.seek(std::io::SeekFrom::Start(*offset)).await?;
+                f.seek(std::io::SeekFrom::Start(*offset))
+                    .await
+                    .map_err(named)?;
             }
             let mut reader = BufReader::with_capacity(FILE_BUF, f.take(*len));
             let copied = tokio::io::copy_buf(&mut reader, sock).await?;

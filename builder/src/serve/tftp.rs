@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{anyhow, bail};
 use tokio::net::UdpSocket;
 
 use super::Log;
@@ -158,7 +159,7 @@ async fn transfer(
     let data = match load(root, &req.file).await {
         Ok(d) => d,
         Err(e) => {
-            sock.send(&error_packet(1, &e)).await?;
+            sock.send(&error_packet(1, &e.to_string())).await?;
             return Err(std::io::Error::other(e));
         }
     };
@@ -187,17 +188,20 @@ async fn transfer(
     Ok(data.len() as u64)
 }
 
-async fn load(root: &Path, name: &str) -> Result<Vec<u8>, String> {
-    let path = resolve(root, name).ok_or_else(|| format!("{name}: not a file name here"))?;
+/// The file `name` names under `root`. The error's text goes to the
+/// client, so it names the file as the client asked for it, not where it
+/// lies here.
+async fn load(root: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = resolve(root, name).ok_or_else(|| anyhow!("{name}: not a file name here"))?;
     let meta = tokio::fs::metadata(&path)
         .await
-        .map_err(|_| format!("{name}: no such file"))?;
+        .map_err(|_| anyhow!("{name}: no such file"))?;
     if !meta.is_file() || meta.len() > MAX_FILE {
-        return Err(format!("{name}: not a file this server hands out"));
+        bail!("{name}: not a file this server hands out");
     }
     tokio::fs::read(&path)
         .await
-        .map_err(|e| format!("{name}: {e}"))
+        .map_err(|e| anyhow!("{name}: {e}"))
 }
 
 async fn send_until_acked(sock: &UdpSocket, packet: &[u8], block: u16) -> std::io::Result<()> {

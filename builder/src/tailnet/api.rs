@@ -275,13 +275,6 @@ impl OAuthClient {
             .header("Accept", "application/json")
             .send()
             .map_err(|e| self.unreachable(e))?;
-        if !resp.status().is_success() {
-            return Err(ApiError::Http {
-                what: "the device list request",
-                status: resp.status().as_u16(),
-                message: message(resp),
-            });
-        }
         Ok(json::<DevicesAnswer>(resp, "the device list request")?.devices)
     }
 
@@ -318,13 +311,7 @@ impl OAuthClient {
                 .bearer_auth(&token)
                 .send()
                 .map_err(|e| self.unreachable(e))?;
-            if !resp.status().is_success() {
-                return Err(ApiError::Http {
-                    what: "the device deletion request",
-                    status: resp.status().as_u16(),
-                    message: message(resp),
-                });
-            }
+            succeeded(resp, "the device deletion request")?;
         }
         Ok(stale)
     }
@@ -346,24 +333,13 @@ impl OAuthClient {
         match resp.status() {
             s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(ApiError::NoSuchKey(id.to_owned())),
-            s => Err(ApiError::Http {
-                what: "the key deletion request",
-                status: s.as_u16(),
-                message: message(resp),
-            }),
+            _ => Err(http_error(resp, "the key deletion request")),
         }
     }
 }
 
 fn json<T: serde::de::DeserializeOwned>(resp: Response, what: &'static str) -> Result<T, ApiError> {
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(ApiError::Http {
-            what,
-            status: status.as_u16(),
-            message: message(resp),
-        });
-    }
+    let resp = succeeded(resp, what)?;
     let text = resp.text().map_err(|e| ApiError::BadAnswer {
         what,
         detail: e.to_string(),
@@ -372,6 +348,23 @@ fn json<T: serde::de::DeserializeOwned>(resp: Response, what: &'static str) -> R
         what,
         detail: format!("{e}"),
     })
+}
+
+/// `resp` when its status is a success; else the error of `what` with
+/// the status and the API's message.
+fn succeeded(resp: Response, what: &'static str) -> Result<Response, ApiError> {
+    match resp.status().is_success() {
+        true => Ok(resp),
+        false => Err(http_error(resp, what)),
+    }
+}
+
+fn http_error(resp: Response, what: &'static str) -> ApiError {
+    ApiError::Http {
+        what,
+        status: resp.status().as_u16(),
+        message: message(resp),
+    }
 }
 
 /// The API's error text: its JSON `message`, else the start of the body.

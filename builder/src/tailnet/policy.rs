@@ -249,39 +249,29 @@ impl Policy {
     pub fn render(&self, sources: &[String]) -> String {
         // One line per owner entry, rule and test: diffs stay readable.
         let mut json = String::from("{\n  \"tagOwners\": {\n");
-        let owners: Vec<String> = self
-            .tag_owners
-            .iter()
-            .map(|(tag, o)| format!("    {}: {}", compact(tag), compact(o)))
-            .collect();
-        json.push_str(&owners.join(",\n"));
+        json.push_str(&rows(
+            "    ",
+            self.tag_owners
+                .iter()
+                .map(|(tag, o)| format!("{}: {}", compact(tag), compact(o))),
+        ));
         json.push_str("\n  },\n  \"acls\": [\n");
-        let acls: Vec<String> = self
-            .acls
-            .iter()
-            .map(|a| format!("    {}", compact(a)))
-            .collect();
-        json.push_str(&acls.join(",\n"));
+        json.push_str(&rows("    ", self.acls.iter().map(compact)));
         json.push_str("\n  ]");
         if !self.tests.is_empty() {
             json.push_str(",\n  \"tests\": [\n");
-            let tests: Vec<String> = self
-                .tests
-                .iter()
-                .map(|t| format!("    {}", compact(t)))
-                .collect();
-            json.push_str(&tests.join(",\n"));
+            json.push_str(&rows("    ", self.tests.iter().map(compact)));
             json.push_str("\n  ]");
         }
         if !self.auto_approvers.is_empty() {
             json.push_str(",\n  \"autoApprovers\": {\n    \"routes\": {\n");
-            let routes: Vec<String> = self
-                .auto_approvers
-                .routes
-                .iter()
-                .map(|(r, tags)| format!("      {}: {}", compact(r), compact(tags)))
-                .collect();
-            json.push_str(&routes.join(",\n"));
+            json.push_str(&rows(
+                "      ",
+                self.auto_approvers
+                    .routes
+                    .iter()
+                    .map(|(r, tags)| format!("{}: {}", compact(r), compact(tags))),
+            ));
             json.push_str("\n    }\n  }");
         }
         json.push_str("\n}");
@@ -332,6 +322,10 @@ fn hujson_to_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
+        if let Some(end) = comment_end(&chars, i) {
+            i = end;
+            continue;
+        }
         let c = chars[i];
         match c {
             '"' => {
@@ -349,18 +343,6 @@ fn hujson_to_json(text: &str) -> String {
                         break;
                     }
                 }
-            }
-            '/' if chars.get(i + 1) == Some(&'/') => {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-            }
-            '/' if chars.get(i + 1) == Some(&'*') => {
-                i += 2;
-                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                    i += 1;
-                }
-                i += 2;
             }
             ',' => {
                 // A comma with only blanks and comments before `}` or `]` is trailing.
@@ -383,27 +365,52 @@ fn compact<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("policy values serialize")
 }
 
+/// `items` one a line, each after `indent`, separated by commas.
+fn rows(indent: &str, items: impl Iterator<Item = String>) -> String {
+    items
+        .map(|i| format!("{indent}{i}"))
+        .collect::<Vec<_>>()
+        .join(",\n")
+}
+
 /// The first character at or after `i` that is neither blank nor in a comment.
 fn next_significant(chars: &[char], mut i: usize) -> Option<char> {
     while i < chars.len() {
+        if let Some(end) = comment_end(chars, i) {
+            i = end;
+            continue;
+        }
         match chars[i] {
             c if c.is_whitespace() => i += 1,
-            '/' if chars.get(i + 1) == Some(&'/') => {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-            }
-            '/' if chars.get(i + 1) == Some(&'*') => {
-                i += 2;
-                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                    i += 1;
-                }
-                i += 2;
-            }
             c => return Some(c),
         }
     }
     None
+}
+
+/// When a `//` or `/* */` comment starts at `i`: the index just after it
+/// (a line comment ends before its newline; an unclosed block comment
+/// runs past the end).
+fn comment_end(chars: &[char], mut i: usize) -> Option<usize> {
+    if chars.get(i) != Some(&'/') {
+        return None;
+    }
+    match chars.get(i + 1) {
+        Some('/') => {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        }
+        Some('*') => {
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                i += 1;
+            }
+            i += 2;
+        }
+        _ => return None,
+    }
+    Some(i)
 }
 
 #[cfg(test)]
