@@ -96,8 +96,7 @@ impl Plan {
             profile.disk.esp_size.0,
             profile.hardware.arch,
             &layout_seed(&profile),
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         Ok(Plan {
             profile,
             profile_hash,

@@ -225,13 +225,6 @@ impl StorageRule {
     }
 }
 
-/// [`StorageRule::check`] as a message: the builder's profile check calls
-/// this and finds the field in the text, so its signature stays until that
-/// caller matches on [`StorageRuleError`] instead.
-pub fn check_storage_rule(rule: &StorageRule) -> Result<(), String> {
-    rule.check().map_err(|e| e.to_string())
-}
-
 /// Shell-style glob with `*` and `?` (no classes), whole string.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
@@ -352,13 +345,11 @@ mod tests {
             },
         };
         assert_eq!(good.check(), Ok(()));
-        assert_eq!(check_storage_rule(&good), Ok(()));
         let bad = |f: &dyn Fn(&mut StorageRule), want: &str| {
             let mut r = good.clone();
             f(&mut r);
             let e = r.check().unwrap_err();
             assert!(e.to_string().contains(want), "{e}");
-            assert_eq!(check_storage_rule(&r), Err(e.to_string()));
         };
         bad(&|r| r.matcher = DiskMatch::default(), "no disk matcher");
         bad(

@@ -312,10 +312,10 @@ impl SeedArgs {
 }
 
 /// `NAME=FILE` of `--stack-secret`.
-fn parse_stack_secret(s: &str) -> Result<(String, PathBuf), String> {
+fn parse_stack_secret(s: &str) -> Result<(String, PathBuf)> {
     match s.split_once('=') {
         Some((n, f)) if !n.is_empty() && !f.is_empty() => Ok((n.to_owned(), PathBuf::from(f))),
-        _ => Err(format!(
+        _ => Err(anyhow::anyhow!(
             "`{s}` must be NAME=FILE, e.g. POSTGRES_PASSWORD=secrets/pg (the file holds the value)"
         )),
     }

@@ -1,7 +1,7 @@
 //! `[[storage]]`: data disk rules, checked here so `nodeforge check`
 //! names a bad rule's line; the agent applies them at first boot.
 
-use nodeforge_firstboot::config::{check_storage_rule, DiskMatch, StorageRule};
+use nodeforge_firstboot::config::{DiskMatch, StorageRule, StorageRuleError};
 
 use super::error::ProfileError;
 use super::file::StorageFile;
@@ -56,23 +56,21 @@ pub fn merge(
                 largest: mf.largest,
             },
         };
-        if let Err(msg) = check_storage_rule(&rule) {
-            // Point at the field the message is about.
-            let at = if msg.contains("mount point") {
-                ctx.error_at(&f.mount, msg)
-            } else if msg.contains("mount option") {
-                let bad = f
-                    .options
-                    .iter()
-                    .find(|o| msg.contains(&format!("`{}`", o.get_ref())));
-                match bad {
-                    Some(o) => ctx.error_at(o, msg),
-                    None => ctx.error_at(&f.label, msg),
+        if let Err(e) = rule.check() {
+            // Point at the field the error is about.
+            let msg = e.to_string();
+            let at = match &e {
+                StorageRuleError::MountPoint { .. } => ctx.error_at(&f.mount, msg),
+                StorageRuleError::MountOption { option, .. } => {
+                    match f.options.iter().find(|o| o.get_ref() == option) {
+                        Some(o) => ctx.error_at(o, msg),
+                        None => ctx.error_at(&f.label, msg),
+                    }
                 }
-            } else if msg.contains("label") {
-                ctx.error_at(&f.label, msg)
-            } else {
-                ctx.error_at(m, msg)
+                StorageRuleError::Label { .. } => ctx.error_at(&f.label, msg),
+                StorageRuleError::NoMatcher { .. } | StorageRuleError::SizeRange { .. } => {
+                    ctx.error_at(m, msg)
+                }
             };
             errors.push(at);
             continue;

@@ -75,9 +75,7 @@ pub fn boot_partition_in(f: &File) -> Result<BootPartition> {
 
 /// Writes `seed` as nodeforge-seed.toml into the image's boot partition.
 pub fn stamp(image: &Path, seed: &Seed) -> Result<()> {
-    seed.validate()
-        .map_err(anyhow::Error::msg)
-        .context("the seed is not valid")?;
+    seed.validate().context("the seed is not valid")?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -49,7 +49,7 @@ impl SeedOptions {
                 .map(|(name, file)| Ok((name.clone(), read_stack_secret(name, file)?)))
                 .collect::<Result<_>>()?,
         };
-        seed.validate().map_err(anyhow::Error::msg)?;
+        seed.validate()?;
         Ok(seed)
     }
 }
@@ -68,7 +68,7 @@ pub fn read_auth_key(source: &Path) -> Result<AuthKey> {
         }
         return Ok(AuthKey::new(key));
     }
-    AuthKey::from_file(source).map_err(anyhow::Error::msg)
+    Ok(AuthKey::from_file(source)?)
 }
 
 /// Reads a stack secret's value from a file: one line, trailing newline
