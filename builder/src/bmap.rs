@@ -419,18 +419,7 @@ fn parse_xml(text: &str) -> Result<RawDoc> {
 
 /// bmaptool's human_size, for the comments only.
 fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} bytes")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    crate::fsutil::binary_size(n, "bytes")
 }
 
 #[cfg(test)]

@@ -182,6 +182,22 @@ pub fn set_mode(path: impl AsRef<Path>, mode: u32) -> Result<()> {
         .with_context(|| format!("setting mode {mode:o} on {}", path.display()))
 }
 
+/// `n` bytes in binary units with one decimal (`8.0 GiB`); below a KiB,
+/// `n` and `bytes_word`.
+pub fn binary_size(n: u64, bytes_word: &str) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = None;
+    while v >= 1024.0 && unit.is_none_or(|u| u + 1 < UNITS.len()) {
+        v /= 1024.0;
+        unit = Some(unit.map_or(0, |u| u + 1));
+    }
+    match unit {
+        None => format!("{n} {bytes_word}"),
+        Some(u) => format!("{v:.1} {}", UNITS[u]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

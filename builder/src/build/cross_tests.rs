@@ -53,10 +53,10 @@ fn ssh_host_keys_are_made_natively_where_the_postinst_looks() {
     let h = hooks(&[], true);
     assert_eq!(h.essential.len(), 1);
     assert!(h.customize.is_empty());
-    if crate::exec::find_program("ssh-keygen").is_none() {
-        eprintln!("SKIPPED: ssh-keygen is not installed");
-        return;
-    }
+    assert!(
+        crate::exec::find_program("ssh-keygen").is_some(),
+        "ssh-keygen is missing: apt-get install openssh-client (scripts/host-packages.sh)"
+    );
     let root = tempfile::tempdir().unwrap();
     crate::exec::Cmd::new("sh")
         .args(["-c", &h.essential[0], "hook"])
@@ -206,10 +206,14 @@ fn essential_install_unpacks_natively_and_configures_in_the_chroot() {
 /// that was there before, with the target's own files back in place.
 #[test]
 fn native_interpreters_run_in_the_chroot_and_leave_nothing_behind() {
-    if !nix::unistd::geteuid().is_root() || crate::exec::find_program("dpkg-divert").is_none() {
-        eprintln!("SKIPPED: needs root (chroot) and dpkg-divert");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root: it chroots into a tree; run the suite as root (README)"
+    );
+    assert!(
+        crate::exec::find_program("dpkg-divert").is_some(),
+        "dpkg-divert is missing: it comes with dpkg"
+    );
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     for d in ["usr/bin", "usr/lib", "etc", "var/lib/dpkg/info", "tmp"] {

@@ -206,10 +206,8 @@ mod tests {
 
     #[test]
     fn sfdisk_agrees_when_installed() {
-        let Some(sfdisk) = crate::exec::find_program("sfdisk") else {
-            eprintln!("SKIPPED: sfdisk is not installed");
-            return;
-        };
+        let sfdisk = crate::exec::find_program("sfdisk")
+            .expect("sfdisk is missing: apt-get install fdisk (scripts/host-packages.sh)");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.img");
         let l = layout();

@@ -483,18 +483,7 @@ fn unescape(s: &str) -> String {
 
 /// Binary units, one decimal.
 pub fn human(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
+    crate::fsutil::binary_size(n, "B")
 }
 
 #[cfg(test)]

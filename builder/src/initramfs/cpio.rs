@@ -139,10 +139,8 @@ mod tests {
 
     #[test]
     fn cpio_tool_lists_and_extracts_when_installed() {
-        let Some(cpio) = crate::exec::find_program("cpio") else {
-            eprintln!("SKIPPED: cpio is not installed");
-            return;
-        };
+        let cpio = crate::exec::find_program("cpio")
+            .expect("cpio is missing: apt-get install cpio (scripts/host-packages.sh)");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a.cpio");
         std::fs::write(&file, archive()).unwrap();
