@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use nodeforge::build::{self, BuildOptions, BuildResult, Output};
 use nodeforge::plan::Plan;
 
+pub mod control;
+pub mod debian_images;
 pub mod stacks;
 pub mod test_apt;
 

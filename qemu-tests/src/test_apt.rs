@@ -5,8 +5,8 @@
 //! name, version scheme, paths and unit, for amd64 and arm64. The CLI is
 //! firstboot/testdata/tailscale-standin; the daemon, its MagicDNS
 //! resolver and the unit are in qemu-tests/standins/tailscale. The
-//! package also carries the stand-in control server's netmap ([`netmap`]):
-//! the fleet's MagicDNS suffix and every role's node, from the profiles.
+//! package also carries the stand-in control server's netmap
+//! ([`crate::control`]): the fleet's nodes, MagicDNS and packet filters.
 //!
 //! Laid out like the real one (dists/trixie/main/binary-ARCH, pool/),
 //! its Release signed inline (InRelease) with the committed test key
@@ -58,44 +58,68 @@ pub fn ensure() -> Result<PathBuf> {
     Ok(repo)
 }
 
-/// The stand-in control server's view of the tailnet: the MagicDNS
-/// suffix of profiles/node.toml's `[tailnet]` and a 100.64.0.x address for
-/// each role of its fleet (in name order, from .11), as lines
-/// `suffix DOMAIN` and `peer HOSTNAME ADDRESS`.
-pub fn netmap() -> Result<String> {
-    let node = workspace_root().join("profiles/node.toml");
-    let p =
-        nodeforge::profile::load(&node).with_context(|| format!("loading {}", node.display()))?;
-    let domain = p
-        .tailnet
-        .domain
-        .as_deref()
-        .with_context(|| format!("{} declares no [tailnet] domain", node.display()))?;
-    let mut text = format!("suffix {domain}\n");
-    for (i, m) in p.fleet.iter().filter(|m| m.role != p.role).enumerate() {
-        text.push_str(&format!("peer {} 100.64.0.{}\n", m.hostname, 11 + i));
-    }
-    Ok(text)
+/// The package's files: path in the package, content, mode.
+fn package_files() -> Result<Vec<(&'static str, Vec<u8>, u32)>> {
+    let standin = |name: &str| {
+        let p = standins().join(name);
+        fs::read(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let netmap = crate::control::netmap()?;
+    let underlay = underlay_network(&netmap);
+    Ok(vec![
+        (
+            "usr/bin/tailscale",
+            nodeforge_firstboot::TAILSCALE_STANDIN.as_bytes().to_vec(),
+            0o755,
+        ),
+        ("usr/sbin/tailscaled", standin("tailscaled")?, 0o755),
+        (
+            "usr/lib/systemd/system/tailscaled.service",
+            standin("tailscaled.service")?,
+            0o644,
+        ),
+        ("etc/default/tailscaled", standin("default")?, 0o644),
+        (
+            "usr/lib/tailscale-standin/magicdns",
+            standin("magicdns")?,
+            0o755,
+        ),
+        (
+            "usr/share/tailscale-standin/netmap",
+            netmap.into_bytes(),
+            0o644,
+        ),
+        (
+            "usr/lib/systemd/network/10-tailscale-standin-underlay.network",
+            underlay.into_bytes(),
+            0o644,
+        ),
+    ])
 }
 
-/// The address the netmap gives `hostname`.
-pub fn peer_address(hostname: &str) -> Option<String> {
-    netmap().ok()?.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        (w.next() == Some("peer") && w.next() == Some(hostname))
-            .then(|| w.next().map(str::to_owned))?
-    })
+/// networkd leaves the NICs a fleet test gives the nodes for their tunnel
+/// alone (no DHCP there, so nothing for network-online to wait for); the
+/// stand-in tailscaled takes the node's own one over as tailscale0.
+fn underlay_network(netmap: &str) -> String {
+    let macs: Vec<&str> = netmap
+        .lines()
+        .filter_map(|l| l.strip_prefix("underlay "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    format!(
+        "# Tailscale stand-in (tests only): the fleet boot test's tunnel NICs.\n\
+         [Match]\nMACAddress={}\n\n[Link]\nUnmanaged=yes\n",
+        macs.join(" ")
+    )
 }
 
 /// The package's files by content, so an edit of a stand-in rebuilds it.
 fn source_hash() -> Result<String> {
-    let mut all = netmap()?.into_bytes();
-    for name in ["tailscaled", "tailscaled.service", "default", "magicdns"] {
-        let p = standins().join(name);
-        all.extend(fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+    let mut all = VERSION.as_bytes().to_vec();
+    for (path, data, mode) in package_files()? {
+        all.extend(format!("{path} {mode:o} {}\n", data.len()).as_bytes());
+        all.extend(data);
     }
-    all.extend(nodeforge_firstboot::TAILSCALE_STANDIN.as_bytes());
-    all.extend(VERSION.as_bytes());
     Ok(sha256_bytes(&all))
 }
 
@@ -146,38 +170,7 @@ fn write(repo: &Path) -> Result<()> {
 
 /// The package tree for `arch` under `root`, built into `deb`.
 fn build_deb(root: &Path, arch: &str, deb: &Path) -> Result<()> {
-    let files: [(&str, Vec<u8>, u32); 6] = [
-        (
-            "usr/bin/tailscale",
-            nodeforge_firstboot::TAILSCALE_STANDIN.as_bytes().to_vec(),
-            0o755,
-        ),
-        (
-            "usr/sbin/tailscaled",
-            fs::read(standins().join("tailscaled"))?,
-            0o755,
-        ),
-        (
-            "usr/lib/systemd/system/tailscaled.service",
-            fs::read(standins().join("tailscaled.service"))?,
-            0o644,
-        ),
-        (
-            "etc/default/tailscaled",
-            fs::read(standins().join("default"))?,
-            0o644,
-        ),
-        (
-            "usr/lib/tailscale-standin/magicdns",
-            fs::read(standins().join("magicdns"))?,
-            0o755,
-        ),
-        (
-            "usr/share/tailscale-standin/netmap",
-            netmap()?.into_bytes(),
-            0o644,
-        ),
-    ];
+    let files = package_files()?;
     for (rel, data, mode) in files {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().expect("has a parent"))?;
@@ -190,7 +183,7 @@ fn build_deb(root: &Path, arch: &str, deb: &Path) -> Result<()> {
         root.join("DEBIAN/control"),
         format!(
             "Package: tailscale\nVersion: {VERSION}\nArchitecture: {arch}\nSection: net\n\
-             Priority: extra\nDepends: iproute2\nMaintainer: nodeforge tests <test@nodeforge.invalid>\n\
+             Priority: extra\nDepends: iproute2, iptables\nMaintainer: nodeforge tests <test@nodeforge.invalid>\n\
              Description: stand-in for the Tailscale client (nodeforge tests only)\n"
         ),
     )?;
@@ -255,6 +248,7 @@ mod tests {
                 "./usr/lib/systemd/system/tailscaled.service",
                 "./usr/lib/tailscale-standin/magicdns",
                 "./usr/share/tailscale-standin/netmap",
+                "./usr/lib/systemd/network/10-tailscale-standin-underlay.network",
                 "./var/lib/tailscale/",
             ] {
                 assert!(
@@ -273,30 +267,6 @@ mod tests {
         assert!(
             !ok || !out.contains(VERSION),
             "accepted with another key:\n{out}"
-        );
-    }
-
-    /// The netmap names the fleet's suffix and every other role's node by
-    /// the hostnames the profiles give them.
-    #[test]
-    fn the_netmap_is_the_fleet_of_the_profiles() {
-        let map = netmap().unwrap();
-        assert!(map.starts_with("suffix tail79107c.ts.net\n"), "{map}");
-        for host in [
-            "nxcore",
-            "datacore",
-            "ainode",
-            "media",
-            "sentinel",
-            "workspace",
-        ] {
-            let ip = peer_address(host).unwrap_or_else(|| panic!("{host} missing:\n{map}"));
-            assert!(ip.starts_with("100.64.0."), "{ip}");
-        }
-        assert_eq!(
-            peer_address("zentoria"),
-            None,
-            "another fleet's node: {map}"
         );
     }
 

@@ -17,23 +17,12 @@
 
 use std::time::Duration;
 
+use qemu_tests::control::peer_address;
 use qemu_tests::stacks::{
-    assert_all_healthy, assert_services_healthy, image_file, prepare, step, Machine, GOOD_KEY, LOGS,
+    assert_all_healthy, assert_services_healthy, image_file, prepare, step, Machine, DATA,
+    GOOD_KEY, LOGS,
 };
-use qemu_tests::test_apt::peer_address;
 
-const DATA: (&str, &[&str]) = (
-    "data",
-    &[
-        "postgres",
-        "redis",
-        "minio",
-        "meilisearch",
-        "postgrest",
-        "backup",
-        "postgres-exporter",
-    ],
-);
 const SECRETS: &[(&str, &str)] = &[("POSTGRES_PASSWORD", "seeded-postgres-password")];
 const FLEET_PEER: &str = "nxcore";
 const DOMAIN: &str = "tail79107c.ts.net";

@@ -258,6 +258,11 @@ pub fn qemu_args(
         format!("user,id=net0{fwd}"),
         "-device".into(),
         nic,
+    ]);
+    for (i, port) in opts.lan.iter().enumerate() {
+        args.extend(super::lan::qemu_nic_args(&format!("lan{i}"), port));
+    }
+    args.extend([
         "-device".into(),
         "virtio-rng-pci".into(),
         "-chardev".into(),

@@ -16,8 +16,10 @@ use anyhow::{bail, Context, Result};
 use crate::build::host_arch;
 use crate::exec::tail_lines;
 
+mod lan;
 mod machine;
 mod netboot;
+pub use lan::{Lan, LanPort};
 pub use machine::{arch_of, image_arch, inspect, virt_append, BootSpec};
 pub use netboot::NetbootVmOptions;
 
@@ -59,6 +61,9 @@ pub struct VmOptions {
     pub machine_uuid: Option<String>,
     /// The NIC's MAC address (QEMU's default when unset).
     pub mac: Option<String>,
+    /// More NICs, each on a virtual LAN shared with other guests
+    /// ([`Lan`]), after the user-networking one.
+    pub lan: Vec<LanPort>,
 }
 
 /// A raw disk file for the guest, with the serial number it reports
@@ -83,6 +88,7 @@ impl VmOptions {
             extra_disks: Vec::new(),
             machine_uuid: None,
             mac: None,
+            lan: Vec::new(),
         }
     }
 }

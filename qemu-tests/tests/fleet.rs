@@ -1,0 +1,340 @@
+//! The fleet booted together: core, data and media, each built from its
+//! role profile as a user builds it, stamped with its seed and booted at
+//! the same time on one virtual LAN (nodeforge::boot::Lan) beside its own
+//! user networking. The stand-in tailscaled of the real package name runs
+//! each node's tunnel over that LAN and enforces the node's packet filter,
+//! compiled from the policy `nodeforge tailnet policy` generates
+//! (qemu_tests::control), so the flows below pass or are dropped as the
+//! generated policy says.
+//!
+//! Real: PostgreSQL, Redis, Prometheus and postgres_exporter (Debian's
+//! packages, qemu_tests::debian_images), node_exporter (the image's own
+//! package), Docker, compose, systemd-resolved, the agent. Stand-ins
+//! (busybox httpd on the service's port): Traefik, Authelia, n8n, Uptime
+//! Kuma, Portainer, the landing page's nginx, Grafana, Loki, cAdvisor,
+//! MinIO, Meilisearch, PostgREST, the backup job, Jellyfin, Navidrome,
+//! CopyParty, Snapcast, Alloy; and Tailscale's client and control server.
+//!
+//! What core, data and media each checked alone before (every service
+//! healthy, secrets made on the node, the fleet in prometheus.yml, the
+//! media disk) is checked here too.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use nodeforge::boot::Lan;
+use qemu_tests::control;
+use qemu_tests::stacks::{
+    assert_all_healthy, free_port, image_file, prepare, step, Guest, Machine, Node, Running, CORE,
+    DATA, GOOD_KEY, LOGS, MEDIA,
+};
+
+/// The data node's PostgreSQL password, given in its seed so the test can
+/// query with it (never on a command line: it goes over stdin).
+const POSTGRES_PASSWORD: &str = "fleet-test-pg-3f9a1c";
+
+/// A node of the fleet: one SMBIOS UUID and MAC each.
+fn machine(i: usize) -> Machine {
+    const UUIDS: [&str; 3] = [
+        "8d0c7a51-3b3e-4c61-9f0e-5a1d2c3b4e11",
+        "8d0c7a51-3b3e-4c61-9f0e-5a1d2c3b4e12",
+        "8d0c7a51-3b3e-4c61-9f0e-5a1d2c3b4e13",
+    ];
+    const MACS: [&str; 3] = [
+        "52:54:00:6e:66:11",
+        "52:54:00:6e:66:12",
+        "52:54:00:6e:66:13",
+    ];
+    Machine {
+        uuid: UUIDS[i],
+        mac: MACS[i],
+    }
+}
+
+#[test]
+fn the_fleet_boots_together_and_talks_as_the_policy_says() {
+    let mut core = prepare("qemu-tests/profiles/role-core.toml", None);
+    let mut data = prepare("qemu-tests/profiles/role-data.toml", None);
+    let mut media = prepare("qemu-tests/profiles/role-media.toml", Some(64));
+    core.stamp(GOOD_KEY, &[]);
+    data.stamp(GOOD_KEY, &[("POSTGRES_PASSWORD", POSTGRES_PASSWORD)]);
+    media.stamp(GOOD_KEY, &[]);
+
+    // All three at once: the VM slot is held for the fleet.
+    let slot = qemu_tests::vm_slot();
+    let lan = Lan::start().expect("starting the virtual LAN");
+    let prometheus_port = free_port();
+    let started = Instant::now();
+    let mut booting = Vec::new();
+    for (i, node) in [&core, &data, &media].into_iter().enumerate() {
+        let mac = control::underlay_mac(&node.hostname)
+            .unwrap_or_else(|| panic!("{} is not in the netmap", node.hostname));
+        let guest = Guest {
+            lan: vec![lan.port(&node.hostname, &mac)],
+            // core's Prometheus, for the test to ask.
+            forwards: if i == 0 {
+                vec![(prometheus_port, 9090)]
+            } else {
+                Vec::new()
+            },
+            // Three guests share two cores.
+            cpus: Some(1),
+        };
+        booting.push(node.launch(&format!("fleet-{}", node.name), &machine(i), &guest));
+    }
+    // Each node waited for on its own thread: a node's time is when its
+    // own status line appeared, not when the test got round to it.
+    // Each node is waited for on its own thread: its time is when its own
+    // status line appeared, not when the test got round to it.
+    let running: Vec<Running> = std::thread::scope(|s| {
+        let handles: Vec<_> = [&mut core, &mut data, &mut media]
+            .into_iter()
+            .zip(booting)
+            .map(|(node, b)| {
+                s.spawn(move || {
+                    let log = format!("fleet-{}", node.name);
+                    node.wait(b, &log)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let [core_vm, data_vm, media_vm]: [Running; 3] = running
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("three nodes, three guests"));
+    eprintln!(
+        "fleet: time to ready (status line, from QEMU start): nxcore {:.1}s, datacore {:.1}s, media {:.1}s; fleet {:.1}s",
+        core_vm.took.as_secs_f64(),
+        data_vm.took.as_secs_f64(),
+        media_vm.took.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+
+    for node in [&core, &data, &media] {
+        eprintln!(
+            "fleet: agent steps of {} (wall s): {}",
+            node.hostname,
+            step_times(&node.status)
+        );
+    }
+    check_each_node(&core, &data, &media);
+    let nodes = [
+        ("nxcore", &core_vm),
+        ("datacore", &data_vm),
+        ("media", &media_vm),
+    ];
+    for (host, vm) in nodes {
+        let status = vm.wait_status(Duration::from_secs(60), |s| s["state"] == "complete");
+        assert_eq!(
+            step(&status, "tailscale")["state"],
+            "done",
+            "{host}: {status:#}"
+        );
+    }
+    check_flows(&nodes);
+    check_scrapes(prometheus_port);
+    check_postgres_from_core(&core_vm);
+    drop(slot);
+}
+
+/// `name wall_s` of each step that ran, from a status.json.
+fn step_times(status: &serde_json::Value) -> String {
+    status["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .filter_map(|s| {
+                    Some(format!(
+                        "{} {:.1}",
+                        s["name"].as_str()?,
+                        s["wall_ms"].as_f64()? / 1000.0
+                    ))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// What each role's own boot checked: every service healthy, the secrets
+/// made on the node, the fleet in core's Prometheus configuration, the
+/// media disk formatted and mounted.
+fn check_each_node(core: &Node, data: &Node, media: &Node) {
+    assert_all_healthy(&core.status, &[LOGS, CORE]);
+    assert_all_healthy(&data.status, &[LOGS, DATA]);
+    assert_all_healthy(&media.status, &[LOGS, MEDIA]);
+    assert_eq!(
+        step(&core.status, "stack-secrets")["detail"],
+        "5 secrets of 1 stacks: 5 generated, 0 from the seed, 0 kept"
+    );
+    assert_eq!(
+        step(&data.status, "stack-secrets")["detail"],
+        "5 secrets of 1 stacks: 4 generated, 1 from the seed, 0 kept"
+    );
+    let storage = step(&media.status, "storage");
+    assert_eq!(storage["state"], "done", "{storage:#}");
+    assert!(
+        storage["detail"].as_str().unwrap().contains("/srv/media"),
+        "{storage:#}"
+    );
+    let compose = image_file(&media.image, "/etc/nodeforge/stacks/media/compose.yaml").unwrap();
+    for p in ["/srv/media/music:/music:ro", "/srv/media/share:/w"] {
+        assert!(compose.contains(p), "{p} missing from:\n{compose}");
+    }
+    let compose = image_file(&core.image, "/etc/nodeforge/stacks/core/compose.yaml").unwrap();
+    assert!(compose
+        .contains("/etc/nodeforge/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"));
+    let logs = image_file(&core.image, "/etc/nodeforge/stacks/logs/compose.yaml").unwrap();
+    assert!(
+        logs.contains("http://host.docker.internal:3100/loki/api/v1/push"),
+        "{logs}"
+    );
+    // Secrets are made on the node, never baked.
+    assert!(image_file(&core.image, "/var/lib/nodeforge/secrets/core.env").is_none());
+}
+
+/// How a connection attempt from one node to another's tailnet name
+/// ended: `reached` (connected, or the node answered with a reset:
+/// nothing listens there) or `dropped` (no answer: the packet filter).
+fn attempt(from: &Running, host: &str, port: u16) -> &'static str {
+    let out = from.ssh.output_with_input(
+        &format!(
+            "timeout 8 bash -c 'exec 3<>/dev/tcp/{host}.tail79107c.ts.net/{port}'; echo \"rc=$?\""
+        ),
+        b"",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().rsplit("rc=").next() {
+        Some("0") | Some("1") => "reached",
+        Some("124") => "dropped",
+        other => panic!(
+            "unexpected result {other:?} of connecting to {host}:{port}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// The seed's flows, allowed and denied, tried from the nodes over their
+/// tunnels; each must end as the generated policy says.
+fn check_flows(nodes: &[(&str, &Running); 3]) {
+    let vm = |h: &str| nodes.iter().find(|(n, _)| *n == h).unwrap().1;
+    let flows: &[(&str, &str, u16, &str)] = &[
+        // Everyone reaches core's gateway, metrics and logs.
+        ("datacore", "nxcore", 443, "reached"),
+        ("datacore", "nxcore", 9090, "reached"),
+        ("media", "nxcore", 3100, "reached"),
+        ("media", "nxcore", 9090, "reached"),
+        // Core reaches everything.
+        ("nxcore", "datacore", 5432, "reached"),
+        ("nxcore", "datacore", 22, "reached"),
+        ("nxcore", "media", 8096, "reached"),
+        // Nothing else.
+        ("media", "datacore", 5432, "dropped"),
+        ("media", "datacore", 6379, "dropped"),
+        ("datacore", "media", 8096, "dropped"),
+        ("datacore", "nxcore", 22, "dropped"),
+        ("media", "nxcore", 5432, "dropped"),
+    ];
+    let mut wrong = Vec::new();
+    for (from, to, port, want) in flows {
+        let got = attempt(vm(from), to, *port);
+        eprintln!("fleet: flow {from} -> {to}:{port}: {got} (policy: {want})");
+        if got != *want {
+            wrong.push(format!("{from} -> {to}:{port}: {got}, policy says {want}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "flows not as the policy says:\n{wrong:#?}"
+    );
+}
+
+/// core's real Prometheus scrapes every booted node's node_exporter and
+/// data's postgres_exporter by their MagicDNS names: `up == 1`.
+fn check_scrapes(port: u16) {
+    let wanted = [
+        "datacore.tail79107c.ts.net:9100",
+        "datacore.tail79107c.ts.net:9187",
+        "media.tail79107c.ts.net:9100",
+    ];
+    let limit = Instant::now() + Duration::from_secs(300);
+    loop {
+        let body = http_get(port, "/api/v1/query?query=up");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("Prometheus's answer is not JSON ({e}): {body}"));
+        let ups: Vec<(String, String)> = v["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no result in {v:#}"))
+            .iter()
+            .map(|r| {
+                (
+                    r["metric"]["instance"].as_str().unwrap_or("?").to_owned(),
+                    r["value"][1].as_str().unwrap_or("?").to_owned(),
+                )
+            })
+            .collect();
+        let all_up = wanted
+            .iter()
+            .all(|w| ups.iter().any(|(i, u)| i == w && u == "1"));
+        if all_up || Instant::now() > limit {
+            for (instance, up) in &ups {
+                eprintln!("fleet: scrape target {instance}: up {up}");
+            }
+            assert!(
+                all_up,
+                "not every fleet node is up in core's Prometheus: {ups:?}"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}
+
+/// A real query on data's PostgreSQL from core (core may reach every
+/// port): psql from Debian's postgresql in core's Prometheus test image
+/// (the images share one Debian layer), the password over stdin.
+fn check_postgres_from_core(core: &Running) {
+    let out = core.ssh.run_with_input(
+        "sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=prometheus) \
+         sh -c 'read -r PGPASSWORD; export PGPASSWORD; \
+         $(ls -d /usr/lib/postgresql/*/bin)/psql -h datacore.tail79107c.ts.net \
+         -U aerovista -d aerovista -tAc \"select current_database() || chr(32) || 6 * 7\"'",
+        format!("{POSTGRES_PASSWORD}\n").as_bytes(),
+    );
+    eprintln!("fleet: core -> datacore:5432 psql: {}", out.trim());
+    assert_eq!(out.trim(), "aerovista 42");
+}
+
+/// GET `path` from 127.0.0.1:`port` (HTTP/1.0): the body.
+fn http_get(port: u16, path: &str) -> String {
+    let limit = Instant::now() + Duration::from_secs(120);
+    loop {
+        match try_get(port, path) {
+            Ok(body) => return body,
+            Err(e) if Instant::now() < limit => {
+                eprintln!("fleet: GET {path}: {e}; again");
+                std::thread::sleep(Duration::from_secs(5));
+            }
+            Err(e) => panic!("GET 127.0.0.1:{port}{path}: {e}"),
+        }
+    }
+}
+
+fn try_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("answer: {head}")));
+    }
+    Ok(body.to_owned())
+}
