@@ -1,6 +1,11 @@
 //! Test images of the services Debian packages, served under the public
 //! names the stacks use, so a boot test runs the role's configuration of
 //! them for real: PostgreSQL, Redis, Prometheus and postgres_exporter.
+//! On the same layer, two STAND-INS for what Debian lacks but a fleet test
+//! must see work end to end, logs: Grafana Alloy (a script that follows
+//! the host's journal and pushes it where the stack's Alloy config says)
+//! and Grafana Loki (a script that records pushes and answers queries),
+//! qemu-tests/standins/debian-images/.
 //!
 //! One layer holds Debian trixie (minbase) with those packages, made once
 //! by mmdebstrap and cached under target/; each public name is that layer
@@ -30,6 +35,9 @@ const PACKAGES: &[&str] = &[
     "redis-server",
     "prometheus",
     "prometheus-postgres-exporter",
+    // The log stand-ins: Python, and its journal reader.
+    "python3",
+    "python3-systemd",
 ];
 
 /// mmdebstrap's hook: no cluster of Debian's own (the entrypoint makes
@@ -41,11 +49,12 @@ const CUSTOMIZE: &str = "rm -rf \"$1\"/var/lib/postgresql/* \"$1\"/etc/postgresq
      \"$1\"/usr/bin/promtool \"$1\"/usr/lib/x86_64-linux-gnu/libLLVM* \
      \"$1\"/usr/lib/x86_64-linux-gnu/libz3* \"$1\"/usr/lib/postgresql/*/lib/bitcode \
      \"$1\"/usr/share/javascript; \
-     mkdir -p \"$1\"/prometheus \"$1\"/var/lib/postgresql/data \"$1\"/data";
+     mkdir -p \"$1\"/prometheus \"$1\"/var/lib/postgresql/data \"$1\"/data \"$1\"/loki";
 
 /// A public image name and how its container starts.
 struct Provided {
     name: &'static str,
+    /// The Debian package it runs, or the stand-in script's name.
     package: &'static str,
     entrypoint: &'static [&'static str],
     cmd: &'static [&'static str],
@@ -79,7 +88,43 @@ const PROVIDED: &[Provided] = &[
         entrypoint: &["/usr/bin/prometheus-postgres-exporter"],
         cmd: &[],
     },
+    Provided {
+        name: "grafana/alloy:v1.4.3",
+        package: STAND_IN,
+        entrypoint: &["/usr/local/bin/alloy-standin"],
+        cmd: &["run", "/etc/alloy/config.alloy"],
+    },
+    Provided {
+        name: "grafana/loki:3.2.1",
+        package: STAND_IN,
+        entrypoint: &["/usr/local/bin/loki-standin"],
+        cmd: &[],
+    },
 ];
+
+/// `package` of the images that run a stand-in script, not Debian's
+/// build of the service.
+const STAND_IN: &str = "stand-in";
+
+/// The scripts of the layer above Debian's: the postgres entrypoint and
+/// the log stand-ins.
+fn scripts_layer() -> Result<Vec<u8>> {
+    let dir = workspace_root().join("qemu-tests/standins/debian-images");
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let (alloy, loki) = (read("alloy-standin")?, read("loki-standin")?);
+    layer_tar(&[
+        (
+            "usr/local/bin/docker-entrypoint.sh",
+            0o755,
+            POSTGRES_ENTRYPOINT.as_bytes(),
+        ),
+        ("usr/local/bin/alloy-standin", 0o755, &alloy),
+        ("usr/local/bin/loki-standin", 0o755, &loki),
+    ])
+}
 
 /// What the official postgres image's entrypoint does that the data stack
 /// relies on: a new data directory gets a cluster owned by `postgres`,
@@ -125,24 +170,28 @@ fi
 exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" "$@"
 "#;
 
-/// The image Debian's packages give for public `name`, or `None` where
-/// Debian has no package for it (a stand-in is used instead).
+/// The image made on Debian's layer for public `name`, or `None` where
+/// there is none (a busybox stand-in is used instead).
 pub fn image(name: &str) -> Result<Option<TestImage>> {
     let Some(p) = PROVIDED.iter().find(|p| p.name == name) else {
         return Ok(None);
     };
-    let base = base_layer()?;
-    let entry = layer_tar(&[(
-        "usr/local/bin/docker-entrypoint.sh",
-        0o755,
-        POSTGRES_ENTRYPOINT.as_bytes(),
-    )])?;
-    let layers = vec![base, entry];
+    let layers = vec![base_layer()?, scripts_layer()?];
     let diff_ids: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
-    let label = format!(
-        "test image: Debian trixie's {} package under the name {name}",
-        p.package
-    );
+    let (label_key, label) = if p.package == STAND_IN {
+        (
+            "nodeforge.stand-in",
+            format!("nodeforge stand-in for {name} (a script on Debian trixie)"),
+        )
+    } else {
+        (
+            "nodeforge.test-image",
+            format!(
+                "test image: Debian trixie's {} package under the name {name}",
+                p.package
+            ),
+        )
+    };
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -152,7 +201,7 @@ pub fn image(name: &str) -> Result<Option<TestImage>> {
             "Cmd": p.cmd,
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
             "WorkingDir": "/",
-            "Labels": {"nodeforge.test-image": label},
+            "Labels": {label_key: label},
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": "mmdebstrap"}, {"created_by": "nodeforge qemu-tests"}],
@@ -161,11 +210,6 @@ pub fn image(name: &str) -> Result<Option<TestImage>> {
         config: serde_json::to_vec(&config)?,
         layers,
     }))
-}
-
-/// The names served from Debian's packages.
-pub fn provided() -> impl Iterator<Item = &'static str> {
-    PROVIDED.iter().map(|p| p.name)
 }
 
 /// The shared layer: built once (per package list and hooks) into

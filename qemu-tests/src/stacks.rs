@@ -29,7 +29,6 @@ const BOOT_LIMIT: Duration = Duration::from_secs(1800);
 /// The port each stand-in listens on: the container port its service's
 /// compose entry publishes (and the profile's probe reaches).
 const PORTS: &[(&str, u16)] = &[
-    ("grafana/alloy:v1.4.3", 12345),
     // core
     ("traefik:v3.1.6", 80),
     ("authelia/authelia:4.38.17", 9091),
@@ -38,7 +37,6 @@ const PORTS: &[(&str, u16)] = &[
     ("portainer/portainer-ce:2.21.4", 9443),
     ("nginx:1.27.2-alpine", 80),
     ("grafana/grafana:11.2.2", 3000),
-    ("grafana/loki:3.2.1", 3100),
     ("gcr.io/cadvisor/cadvisor:v0.49.1", 8080),
     // data
     ("minio/minio:RELEASE.2024-10-13T13-34-11Z", 9000),

@@ -9,11 +9,13 @@
 //!
 //! Real: PostgreSQL, Redis, Prometheus and postgres_exporter (Debian's
 //! packages, qemu_tests::debian_images), node_exporter (the image's own
-//! package), Docker, compose, systemd-resolved, the agent. Stand-ins
-//! (busybox httpd on the service's port): Traefik, Authelia, n8n, Uptime
-//! Kuma, Portainer, the landing page's nginx, Grafana, Loki, cAdvisor,
-//! MinIO, Meilisearch, PostgREST, the backup job, Jellyfin, Navidrome,
-//! CopyParty, Snapcast, Alloy; and Tailscale's client and control server.
+//! package), the journal, Docker, compose, systemd-resolved, the agent.
+//! Stand-ins: Alloy and Loki (scripts that push the journal where the
+//! stack's Alloy config says and record what arrives); busybox httpd on
+//! the service's port for Traefik, Authelia, n8n, Uptime Kuma, Portainer,
+//! the landing page's nginx, Grafana, cAdvisor, MinIO, Meilisearch,
+//! PostgREST, the backup job, Jellyfin, Navidrome, CopyParty, Snapcast;
+//! and Tailscale's client and control server.
 //!
 //! What core, data and media each checked alone before (every service
 //! healthy, secrets made on the node, the fleet in prometheus.yml, the
@@ -63,7 +65,7 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     // All three at once: the VM slot is held for the fleet.
     let slot = qemu_tests::vm_slot();
     let lan = Lan::start().expect("starting the virtual LAN");
-    let prometheus_port = free_port();
+    let (prometheus_port, loki_port) = (free_port(), free_port());
     let started = Instant::now();
     let mut booting = Vec::new();
     for (i, node) in [&core, &data, &media].into_iter().enumerate() {
@@ -71,9 +73,9 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
             .unwrap_or_else(|| panic!("{} is not in the netmap", node.hostname));
         let guest = Guest {
             lan: vec![lan.port(&node.hostname, &mac)],
-            // core's Prometheus, for the test to ask.
+            // core's Prometheus and Loki, for the test to ask.
             forwards: if i == 0 {
-                vec![(prometheus_port, 9090)]
+                vec![(prometheus_port, 9090), (loki_port, 3100)]
             } else {
                 Vec::new()
             },
@@ -137,6 +139,7 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     check_flows(&nodes);
     check_scrapes(prometheus_port);
     check_postgres_from_core(&core_vm);
+    check_logs_reach_core(&data_vm, loki_port);
     drop(slot);
 }
 
@@ -307,6 +310,43 @@ fn check_postgres_from_core(core: &Running) {
     );
     eprintln!("fleet: core -> datacore:5432 psql: {}", out.trim());
     assert_eq!(out.trim(), "aerovista 42");
+}
+
+/// A line written to data's journal reaches core's Loki through data's
+/// logs stack (its Alloy config's MagicDNS URL, the policy's data ->
+/// core:3100), labelled with data's host name and role.
+fn check_logs_reach_core(data: &Running, loki_port: u16) {
+    let marker = format!("fleet-log-marker-{}", std::process::id());
+    data.ssh.run(&format!("logger -t fleet-test {marker}"));
+    let query = "/loki/api/v1/query_range?query=%7Bhost%3D%22datacore%22%7D";
+    let limit = Instant::now() + Duration::from_secs(180);
+    loop {
+        let body = http_get(loki_port, query);
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("Loki's answer is not JSON ({e}): {body}"));
+        let streams = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        let found = streams.iter().find(|s| {
+            s["values"].as_array().is_some_and(|vals| {
+                vals.iter()
+                    .any(|x| x[1].as_str().is_some_and(|l| l.contains(&marker)))
+            })
+        });
+        if let Some(s) = found {
+            eprintln!(
+                "fleet: data's journal line reached core's Loki in stream {}; {} streams from datacore",
+                s["stream"],
+                streams.len()
+            );
+            assert_eq!(s["stream"]["role"], "data", "{s:#}");
+            return;
+        }
+        assert!(
+            Instant::now() < limit,
+            "{marker} from datacore's journal never reached core's Loki; its datacore streams: {}",
+            streams.len()
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
 }
 
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0): the body.
