@@ -14,8 +14,9 @@
 //!   `peer HOSTNAME 100.64.0.N`
 //!   `underlay HOSTNAME MAC`: the NIC carrying the node's tunnel
 //!   `allow HOSTNAME SOURCE PORTS`: HOSTNAME accepts new connections from
-//!   SOURCE (an address/32, or 100.64.0.0/10 for `*`) on PORTS (`*`, `N`,
-//!   `N-M`), TCP and UDP
+//!   SOURCE (an address/32, or 100.64.0.0/10 for `*`) on PORTS: `*` (every
+//!   port and protocol), `N` or `N-M` (TCP and UDP); a policy's comma
+//!   list becomes one line per element
 
 use std::path::PathBuf;
 
@@ -80,6 +81,7 @@ pub fn netmap() -> Result<String> {
     Ok(render(&domain, &nodes, &generated_policy()?))
 }
 
+/// The netmap's text: `suffix`, then `peer`, `underlay` and `allow` lines.
 pub fn render(domain: &str, nodes: &[TailnetNode], policy: &Policy) -> String {
     let mut text = format!("suffix {domain}\n");
     for n in nodes {
@@ -123,11 +125,13 @@ pub fn packet_filter(policy: &Policy, nodes: &[TailnetNode]) -> Vec<FilterRule> 
                 }
                 for src in &acl.src {
                     for source in sources(src, nodes) {
-                        rules.push(FilterRule {
-                            dst_host: dst_node.hostname.clone(),
-                            source,
-                            ports: ports.to_owned(),
-                        });
+                        for range in ports.split(',') {
+                            rules.push(FilterRule {
+                                dst_host: dst_node.hostname.clone(),
+                                source: source.clone(),
+                                ports: range.to_owned(),
+                            });
+                        }
                     }
                 }
             }
@@ -149,20 +153,20 @@ fn sources(src: &str, nodes: &[TailnetNode]) -> Vec<String> {
         .collect()
 }
 
-/// The node the netmap has for `hostname`.
-pub fn node(hostname: &str) -> Option<TailnetNode> {
-    let (_, nodes) = nodes().ok()?;
-    nodes.into_iter().find(|n| n.hostname == hostname)
+/// The node the netmap has for `hostname` (`None`: not in the fleet).
+pub fn node(hostname: &str) -> Result<Option<TailnetNode>> {
+    let (_, nodes) = nodes()?;
+    Ok(nodes.into_iter().find(|n| n.hostname == hostname))
 }
 
 /// The address the netmap gives `hostname`.
-pub fn peer_address(hostname: &str) -> Option<String> {
-    node(hostname).map(|n| n.address)
+pub fn peer_address(hostname: &str) -> Result<Option<String>> {
+    Ok(node(hostname)?.map(|n| n.address))
 }
 
 /// The MAC of the NIC a fleet test gives `hostname` for its tunnel.
-pub fn underlay_mac(hostname: &str) -> Option<String> {
-    node(hostname).map(|n| n.underlay_mac)
+pub fn underlay_mac(hostname: &str) -> Result<Option<String>> {
+    Ok(node(hostname)?.map(|n| n.underlay_mac))
 }
 
 #[cfg(test)]
@@ -178,11 +182,9 @@ mod tests {
     }
 
     fn allows(rules: &[FilterRule], dst: &str, source: &str, port: &str) -> bool {
-        rules.iter().any(|r| {
-            r.dst_host == dst
-                && r.source == source
-                && (r.ports == "*" || r.ports.split(',').any(|p| p == port))
-        })
+        rules
+            .iter()
+            .any(|r| r.dst_host == dst && r.source == source && (r.ports == "*" || r.ports == port))
     }
 
     /// The netmap names the fleet's suffix and every other role's node by
@@ -199,13 +201,15 @@ mod tests {
             "sentinel",
             "workspace",
         ] {
-            let ip = peer_address(host).unwrap_or_else(|| panic!("{host} missing:\n{map}"));
+            let ip = peer_address(host)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{host} missing:\n{map}"));
             assert!(ip.starts_with("100.64.0."), "{ip}");
-            let mac = underlay_mac(host).unwrap();
+            let mac = underlay_mac(host).unwrap().unwrap();
             assert!(map.contains(&format!("underlay {host} {mac}\n")), "{map}");
         }
         assert_eq!(
-            peer_address("zentoria"),
+            peer_address("zentoria").unwrap(),
             None,
             "another fleet's node: {map}"
         );
@@ -232,6 +236,22 @@ mod tests {
         }
         assert!(allows(&rules, "nxcore", TAILNET, "443"));
         assert!(!allows(&rules, "workspace", &ip("datacore"), "8443"));
+    }
+
+    /// A policy's comma list of ports becomes one rule per element, the
+    /// form the stand-in tailscaled turns into iptables rules.
+    #[test]
+    fn a_port_list_is_one_rule_per_range() {
+        let (_, nodes) = nodes().unwrap();
+        let policy = Policy::parse(
+            r#"{"acls":[{"action":"accept","src":["tag:media"],"dst":["tag:data:80,443,8000-8010"]}]}"#,
+        )
+        .unwrap();
+        let ports: Vec<String> = packet_filter(&policy, &nodes)
+            .into_iter()
+            .map(|r| r.ports)
+            .collect();
+        assert_eq!(ports, ["443", "80", "8000-8010"]);
     }
 
     /// The enforcement follows the policy, not a list of its own: without

@@ -165,6 +165,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         echo "running $f"
         as_postgres postgres --single -j -D "$PGDATA" "$db" <"$f" >/dev/null
     done
+    # initdb synced what it wrote, not the lines added here: a machine
+    # switched off now would start with a torn postgresql.conf.
+    sync "$PGDATA/postgresql.conf" "$PGDATA/pg_hba.conf"
     echo "PostgreSQL initialised in $PGDATA"
 fi
 exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" "$@"

@@ -211,10 +211,9 @@ impl Node {
     }
 
     /// Boots the node's disk to the status line, keeps the status and
-    /// stops the guest.
+    /// shuts the guest down.
     pub fn boot(&mut self, log: &str) {
-        let running = self.start(log, &FIRST_MACHINE);
-        drop(running);
+        self.start(log, &FIRST_MACHINE).shutdown();
     }
 
     /// Boots the node's disk in `machine` to the status line and keeps the
@@ -246,7 +245,8 @@ impl Node {
             lan: guest.lan.clone(),
             ..VmOptions::new(&self.disk)
         };
-        let vm = Vm::start(&opts).unwrap_or_else(|e| panic!("starting the guest: {e:#}"));
+        let vm = Vm::start(&opts)
+            .unwrap_or_else(|e| panic!("starting {}'s guest ({log}): {e:#}", self.name));
         Booting { vm, port }
     }
 
@@ -316,6 +316,23 @@ impl Running {
 
     pub fn console(&self) -> String {
         self.vm.console()
+    }
+
+    /// Powers the guest off as its admin would and waits for QEMU to
+    /// exit, so the next boot of the disk follows a clean shutdown.
+    /// (Dropping a `Running` pulls the plug instead: PostgreSQL, for one,
+    /// may then find an empty postmaster.pid and refuse to start.)
+    pub fn shutdown(mut self) {
+        // ssh itself may fail as the guest goes down: the exit decides.
+        let _ = self.ssh.output_with_input("sudo systemctl poweroff", b"");
+        self.vm
+            .wait_exit(Duration::from_secs(300))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "shutting the guest of {} down: {e:#}",
+                    self.vm.log.display()
+                )
+            });
     }
 }
 

@@ -65,7 +65,7 @@ fn package_files() -> Result<Vec<(&'static str, Vec<u8>, u32)>> {
         fs::read(&p).with_context(|| format!("reading {}", p.display()))
     };
     let netmap = crate::control::netmap()?;
-    let underlay = underlay_network(&netmap);
+    let underlay = underlay_network(&netmap)?;
     Ok(vec![
         (
             "usr/bin/tailscale",
@@ -100,17 +100,22 @@ fn package_files() -> Result<Vec<(&'static str, Vec<u8>, u32)>> {
 /// networkd leaves the NICs a fleet test gives the nodes for their tunnel
 /// alone (no DHCP there, so nothing for network-online to wait for); the
 /// stand-in tailscaled takes the node's own one over as tailscale0.
-fn underlay_network(netmap: &str) -> String {
+fn underlay_network(netmap: &str) -> Result<String> {
     let macs: Vec<&str> = netmap
         .lines()
         .filter_map(|l| l.strip_prefix("underlay "))
         .filter_map(|l| l.split_whitespace().nth(1))
         .collect();
-    format!(
+    // An empty MACAddress= would match every NIC, the node's LAN included.
+    anyhow::ensure!(
+        !macs.is_empty(),
+        "the stand-in netmap names no underlay NIC"
+    );
+    Ok(format!(
         "# Tailscale stand-in (tests only): the fleet boot test's tunnel NICs.\n\
          [Match]\nMACAddress={}\n\n[Link]\nUnmanaged=yes\n",
         macs.join(" ")
-    )
+    ))
 }
 
 /// The package's files by content, so an edit of a stand-in rebuilds it.

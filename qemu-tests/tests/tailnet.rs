@@ -82,22 +82,40 @@ fn a_data_node_joins_late_resolves_the_fleet_and_its_clone_joins_anew() {
             "only the join and what waited for it run on the second boot: {st:#}"
         );
     }
-    let own = peer_address(host).expect("the netmap has the data node");
+    let own = peer_address(host)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("the netmap has the data node");
     let tailscale0 = vm.ssh.run("ip -4 -o addr show dev tailscale0");
     assert!(tailscale0.contains(&format!("{own}/32")), "{tailscale0}");
-    let peer = peer_address(FLEET_PEER).expect("the netmap has core");
+    let peer = peer_address(FLEET_PEER)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("the netmap has core");
     let name = format!("{FLEET_PEER}.{DOMAIN}");
     // The host, through resolved's split DNS for tailscale0 …
     let on_host = vm.ssh.run(&format!("getent ahostsv4 {name}"));
     assert!(on_host.starts_with(&format!("{peer} ")), "{on_host}");
     // … and a container of the stack, through the engine's resolver.
-    // (The stand-ins are busybox, without applet links.)
+    // (MinIO's is a busybox stand-in, without applet links.)
     let lookup = |name: &str| {
         format!(
-            "sudo docker exec $(sudo docker ps -q --filter label=com.docker.compose.service=postgres) \
+            "sudo docker exec $(sudo docker ps -q --filter label=com.docker.compose.service=minio) \
              /bin/busybox nslookup -type=a {name}"
         )
     };
+    // The stack's PostgreSQL (Debian's) answers after the disk's second
+    // start.
+    let ready = vm.ssh.output_with_input(
+        "c=$(sudo docker ps -q --filter label=com.docker.compose.service=postgres); \
+         for i in $(seq 30); do sudo docker exec $c sh -c '$(ls -d /usr/lib/postgresql/*/bin)/pg_isready -h 127.0.0.1' && exit 0; sleep 2; done; \
+         sudo docker ps -a; sudo docker logs --tail 40 $c; exit 1",
+        b"",
+    );
+    assert!(
+        ready.status.success(),
+        "PostgreSQL does not answer:\n{}{}",
+        String::from_utf8_lossy(&ready.stdout),
+        String::from_utf8_lossy(&ready.stderr)
+    );
     let in_container = vm.ssh.run(&lookup(&name));
     assert!(
         in_container.contains(&format!("Address: {peer}")),
@@ -116,7 +134,7 @@ fn a_data_node_joins_late_resolves_the_fleet_and_its_clone_joins_anew() {
             .run("sudo cat /var/log/tailscale-standin/registrations"),
         host,
     );
-    drop(vm);
+    vm.shutdown();
     let logs = image_file(&node.image, "/etc/nodeforge/stacks/logs/compose.yaml").unwrap();
     assert!(
         logs.contains(&format!(

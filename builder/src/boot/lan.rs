@@ -52,6 +52,12 @@ impl Lan {
         socket
             .set_read_timeout(Some(Duration::from_millis(200)))
             .context("setting the LAN hub's read timeout")?;
+        // A guest that does not read (still in its firmware, NIC down)
+        // fills its socket's queue; a hub drops frames for such a port
+        // instead of waiting on it, or the whole LAN would stall.
+        socket
+            .set_write_timeout(Some(Duration::from_millis(5)))
+            .context("setting the LAN hub's write timeout")?;
         let ports: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -98,8 +104,9 @@ impl Drop for Lan {
 }
 
 /// Sends each frame received from one port to every other port. A port
-/// whose guest is not running (yet, or any more) has no socket: the frame
-/// is lost for it, as on a cable that is not plugged in.
+/// whose guest is not running (yet, or any more) has no socket, and one
+/// that does not read keeps a full queue: the frame is lost for it, as on
+/// a cable that is not plugged in.
 fn forward(socket: &UnixDatagram, ports: &Mutex<BTreeSet<PathBuf>>, stop: &AtomicBool) {
     let mut buf = vec![0u8; FRAME];
     while !stop.load(Ordering::Relaxed) {

@@ -298,7 +298,11 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        bail!("the guest did not power off within {}s", timeout.as_secs())
+        bail!(
+            "the guest did not power off within {}s (console: {})",
+            timeout.as_secs(),
+            self.log.display()
+        )
     }
 
     pub fn kill(&mut self) {
