@@ -9,24 +9,21 @@ profile=${1:-profiles/base.toml}
 cargo build --release --locked -q -p nodeforge -p nodeforge-firstboot
 # Build the agent now so its compile time is not counted as build time.
 cargo build --release --locked -q -p nodeforge-firstboot --target x86_64-unknown-linux-gnu
-work=$(mktemp -d /var/tmp/nodeforge-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+. benches/lib/build.sh
+bench_work_dir bench
 
 run() {
   local label=$1; shift
-  local start end
   # Without its image, an unchanged profile is built again, not reused.
   rm -f "$work"/out/*.img
-  start=$(date +%s.%N)
-  ./target/release/nodeforge build "$profile" --output "$work/out" --cache-dir "$work/cache" --json "$@" > "$work/$label.jsonl"
-  end=$(date +%s.%N)
-  python3 - "$work/$label.jsonl" "$label" "$start" "$end" <<'PY'
+  timed_build "$work/$label.jsonl" "$profile" --output "$work/out" --cache-dir "$work/cache" "$@"
+  python3 - "$work/$label.jsonl" "$label" "$wall" <<'PY'
 import json, sys
-path, label, start, end = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+path, label, wall = sys.argv[1], sys.argv[2], float(sys.argv[3])
 events = [json.loads(l) for l in open(path)]
 steps = [e["report"] for e in events if e["event"] == "step-end"]
 result = next(e["result"] for e in events if e["event"] == "result")
-print(f"== {label} build: {end - start:.1f} s wall")
+print(f"== {label} build: {wall:.1f} s wall")
 for s in steps:
     extra = f"  ({s['status']}: {s['reason']})" if s.get("reason") else ""
     print(f"   {s['name']:<16} {s['seconds']:7.2f} s{extra}")

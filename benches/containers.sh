@@ -12,21 +12,13 @@
 # Needs docker-registry and busybox-static (scripts/host-packages.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 small=${SMALL_MIB:-8}
 large=${LARGE_MIB:-72}
-tdir=${CARGO_TARGET_DIR:-$repo/target}
-cargo build --release --locked -q -p nodeforge --bin nodeforge --example bench_registry --features test-support
-# The agent is built now so its compile time is not counted as build time.
-cargo build --release --locked -q -p nodeforge-firstboot --target x86_64-unknown-linux-gnu
-agent=$tdir/x86_64-unknown-linux-gnu/release/nodeforge-firstboot
-nf=$tdir/release/nodeforge
-work=$(mktemp -d /var/tmp/nodeforge-bench-oci.XXXXXX)
-
+. benches/lib/build.sh
 . benches/lib/registry.sh
-cleanup() { stop_bench_registry; rm -rf "$work"; }
-trap cleanup EXIT
-start_bench_registry "$tdir" "$small" "$large"
+build_bench_tools
+bench_work_dir bench-oci
+start_bench_registry "$bench_target_dir" "$small" "$large"
 
 mkdir -p "$work/profiles" "$work/stacks/bench"
 cat > "$work/stacks/bench/compose.yaml.tera" <<'YAML'
@@ -36,38 +28,23 @@ services:
     pull_policy: never
 YAML
 for i in 0 1; do
-  cat > "$work/profiles/bench$i.toml" <<TOML
-extends = "$repo/profiles/base.toml"
-name = "bench$i"
-packages = ["docker.io", "docker-cli", "docker-compose"]
-[disk]
-size = "3GiB"
-[[stacks]]
-name = "web"
-compose = "bench/compose.yaml.tera"
-images = ["${refs[$i]}"]
-env = { IMAGE = "${refs[$i]}" }
-TOML
-  "$nf" lock "$work/profiles/bench$i.toml" > /dev/null
+  stack_profile "$work/profiles/bench$i.toml" "bench$i" bench/compose.yaml.tera "${refs[$i]}"
 done
 
 run() {
   local label=$1 profile=$2; shift 2
-  local start end
   # Without its image, an unchanged profile is built again, not reused.
   rm -f "$work/out/$profile.img"
-  start=$(date +%s.%N)
-  "$nf" build "$work/profiles/$profile.toml" --output "$work/out" --cache-dir "$work/cache" \
-    --agent "$agent" --json "$@" > "$work/$label.jsonl"
-  end=$(date +%s.%N)
-  python3 - "$work/$label.jsonl" "$label" "$start" "$end" "$work/out/$profile.manifest.json" <<'PY'
+  timed_build "$work/$label.jsonl" "$work/profiles/$profile.toml" --output "$work/out" \
+    --cache-dir "$work/cache" --agent "$agent" "$@"
+  python3 - "$work/$label.jsonl" "$label" "$wall" "$work/out/$profile.manifest.json" <<'PY'
 import json, sys
-path, label, start, end, manifest = sys.argv[1:6]
+path, label, wall, manifest = sys.argv[1:5]
 events = [json.loads(l) for l in open(path)]
 steps = [e["report"] for e in events if e["event"] == "step-end"]
 result = next(e["result"] for e in events if e["event"] == "result")
 c = json.load(open(manifest))["facts"]["containers"]
-print(f"== {label}: {float(end) - float(start):.1f} s wall")
+print(f"== {label}: {float(wall):.1f} s wall")
 print("   " + ", ".join(f"{s['name']} {s['seconds']:.2f}" for s in steps))
 print(f"   container blobs {c['blob_bytes'] / 2**20:.1f} MiB, archives {c['archive_bytes'] / 2**20:.1f} MiB, "
       f"image data {result['allocated'] / 2**20:.1f} MiB")

@@ -10,22 +10,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-profiles/base.toml}
 cargo build --release --locked -q -p nodeforge
-work=$(mktemp -d /var/tmp/nodeforge-epoch.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-name=$(./target/release/nodeforge plan --json "$profile" | python3 -c 'import json,sys; print(json.load(sys.stdin)["profile"]["name"])')
+. benches/lib/build.sh
+bench_work_dir epoch
+name=$("$nf" plan --json "$profile" | python3 -c 'import json,sys; print(json.load(sys.stdin)["profile"]["name"])')
 
 build() {
   local label=$1; shift
-  local start end
-  start=$(date +%s.%N)
-  ./target/release/nodeforge build "$profile" --output "$work/$label" --cache-dir "$work/cache" --json "$@" > "$work/$label.jsonl"
-  end=$(date +%s.%N)
-  python3 - "$work/$label.jsonl" "$label" "$start" "$end" <<'PY'
+  timed_build "$work/$label.jsonl" "$profile" --output "$work/$label" --cache-dir "$work/cache" "$@"
+  python3 - "$work/$label.jsonl" "$label" "$wall" <<'PY'
 import json, sys
-path, label, start, end = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+path, label, wall = sys.argv[1], sys.argv[2], float(sys.argv[3])
 events = [json.loads(l) for l in open(path)]
 rootfs = next(e["report"] for e in events if e["event"] == "step-end" and e["report"]["name"] == "rootfs")
-print(f"{label}: {end - start:6.1f} s  rootfs {rootfs['status']}  {rootfs.get('reason', '')}")
+print(f"{label}: {wall:6.1f} s  rootfs {rootfs['status']}  {rootfs.get('reason', '')}")
 PY
 }
 

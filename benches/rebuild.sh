@@ -14,24 +14,17 @@
 #   benches/rebuild.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
-tdir=${CARGO_TARGET_DIR:-$repo/target}
-cargo build --release --locked -q -p nodeforge --bin nodeforge --example bench_registry --features test-support
-# The agent is built now so its compile time is not counted as build time.
-cargo build --release --locked -q -p nodeforge-firstboot --target x86_64-unknown-linux-gnu
-agent=$tdir/x86_64-unknown-linux-gnu/release/nodeforge-firstboot
-nf=$tdir/release/nodeforge
-work=$(mktemp -d /var/tmp/nodeforge-bench-rebuild.XXXXXX)
+. benches/lib/build.sh
 . benches/lib/registry.sh
-cleanup() { stop_bench_registry; rm -rf "$work"; }
-trap cleanup EXIT
-start_bench_registry "$tdir" 8 8
+build_bench_tools
+bench_work_dir bench-rebuild
+start_bench_registry "$bench_target_dir" 8 8
 echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 mkdir -p "$work/profiles" "$work/stacks/web" "$work/overlays/bench/etc"
 echo "bench node" > "$work/overlays/bench/etc/motd"
 cat > "$work/profiles/base.toml" <<TOML
-extends = "$repo/profiles/base.toml"
+extends = "$bench_repo/profiles/base.toml"
 name = "bench-base"
 hostname = "bench-a"
 overlays = ["bench"]
@@ -43,31 +36,17 @@ services:
     pull_policy: never
     ports: ["8080:80"]
 YAML
-cat > "$work/profiles/role.toml" <<TOML
-extends = "$repo/profiles/base.toml"
-name = "bench-role"
-packages = ["docker.io", "docker-cli", "docker-compose"]
-[disk]
-size = "3GiB"
-[[stacks]]
-name = "web"
-compose = "web/compose.yaml.tera"
-images = ["${refs[0]}"]
-env = { IMAGE = "${refs[0]}" }
-TOML
-"$nf" lock "$work/profiles/role.toml" > /dev/null
+stack_profile "$work/profiles/role.toml" bench-role web/compose.yaml.tera "${refs[0]}"
 
 # run LABEL PROFILE: builds, prints the steps, stores the wall time.
 run() {
-  local label=$1 profile=$2 start end
-  start=$(date +%s.%N)
-  "$nf" build "$work/profiles/$profile.toml" --output "$work/out" --cache-dir "$work/cache" \
-    --agent "$agent" --json > "$work/run.jsonl"
-  end=$(date +%s.%N)
-  python3 - "$work/run.jsonl" "$label" "$start" "$end" "$work/$label.seconds" <<'PY'
+  local label=$1 profile=$2
+  timed_build "$work/run.jsonl" "$work/profiles/$profile.toml" --output "$work/out" \
+    --cache-dir "$work/cache" --agent "$agent"
+  python3 - "$work/run.jsonl" "$label" "$wall" "$work/$label.seconds" <<'PY'
 import json, sys
-path, label, start, end, out = sys.argv[1:6]
-wall = float(end) - float(start)
+path, label, wall, out = sys.argv[1:5]
+wall = float(wall)
 steps = [json.loads(l)["report"] for l in open(path) if '"step-end"' in l]
 print(f"== {label}: {wall:.1f} s wall")
 print("   " + ", ".join(f"{s['name']} {s['seconds']:.2f}" + ("" if s["status"] == "done" else f" ({s['status']})") for s in steps))

@@ -91,33 +91,40 @@ pub fn enable() -> Result<()> {
 mod tests {
     use super::*;
 
+    /// What an arm64 build finds wrong in a binfmt_misc folder holding
+    /// `files` (name, contents).
+    fn problem_with(files: &[(&str, &str)]) -> Option<String> {
+        let d = tempfile::tempdir().unwrap();
+        for (name, contents) in files {
+            fs::write(d.path().join(name), contents).unwrap();
+        }
+        problem_in(d.path(), Arch::Arm64)
+    }
+
     #[test]
     fn registration_states_are_told_apart() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path();
-        assert!(problem_in(p, Arch::Arm64).unwrap().contains("not mounted"));
-        fs::write(p.join("status"), "enabled\n").unwrap();
-        assert!(problem_in(p, Arch::Arm64)
+        let mounted = ("status", "enabled\n");
+        let registered = |text| [mounted, ("qemu-aarch64", text)];
+        assert!(problem_with(&[]).unwrap().contains("not mounted"));
+        assert!(problem_with(&[mounted])
             .unwrap()
             .contains("no qemu-aarch64"));
-        fs::write(
-            p.join("qemu-aarch64"),
-            "disabled\ninterpreter /usr/bin/qemu-aarch64\nflags: POCF\n",
-        )
-        .unwrap();
-        assert!(problem_in(p, Arch::Arm64).unwrap().contains("disabled"));
-        fs::write(
-            p.join("qemu-aarch64"),
-            "enabled\ninterpreter /usr/bin/qemu-aarch64\nflags: OC\n",
-        )
-        .unwrap();
-        assert!(problem_in(p, Arch::Arm64).unwrap().contains("F flag"));
-        fs::write(
-            p.join("qemu-aarch64"),
-            "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POF\noffset 0\n",
-        )
-        .unwrap();
-        assert_eq!(problem_in(p, Arch::Arm64), None);
+        for (registration, says) in [
+            (
+                "disabled\ninterpreter /usr/bin/qemu-aarch64\nflags: POCF\n",
+                "disabled",
+            ),
+            (
+                "enabled\ninterpreter /usr/bin/qemu-aarch64\nflags: OC\n",
+                "F flag",
+            ),
+        ] {
+            let problem = problem_with(&registered(registration)).unwrap();
+            assert!(problem.contains(says), "{problem}");
+        }
+        let good =
+            "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POF\noffset 0\n";
+        assert_eq!(problem_with(&registered(good)), None);
     }
 
     #[test]

@@ -453,8 +453,7 @@ mod tests {
     #[test]
     fn one_pass_image_hash_equals_hashing_every_byte() {
         use std::io::{Seek, SeekFrom, Write};
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sparse.img");
+        let (_dir, path) = crate::testutil::scratch_path("sparse.img");
         let mut f = File::create(&path).unwrap();
         // Data, a hole, data not block-aligned, and a hole at the end.
         f.write_all(&[7u8; 5000]).unwrap();

@@ -178,27 +178,24 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::assert_says;
 
     #[test]
     fn failure_names_command_and_stderr() {
         let err = Cmd::new("sh")
             .args(["-c", "echo boom >&2; exit 3"])
             .run()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("sh -c 'echo boom >&2; exit 3'"), "{err}");
-        assert!(err.contains("boom"), "{err}");
-        assert!(err.contains("exit status: 3"), "{err}");
+            .unwrap_err();
+        assert_says(
+            err,
+            &["sh -c 'echo boom >&2; exit 3'", "boom", "exit status: 3"],
+        );
     }
 
     #[test]
     fn missing_program_points_at_doctor() {
-        let err = Cmd::new("nodeforge-no-such-tool")
-            .run()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("nodeforge-no-such-tool"), "{err}");
-        assert!(err.contains("doctor --install"), "{err}");
+        let err = Cmd::new("nodeforge-no-such-tool").run().unwrap_err();
+        assert_says(err, &["nodeforge-no-such-tool", "doctor --install"]);
     }
 
     #[test]

@@ -204,8 +204,7 @@ mod tests {
 
     #[test]
     fn atomic_write_leaves_no_partial() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("out.json");
+        let (_dir, p) = crate::testutil::scratch_path("out.json");
         atomic_write(&p, b"{}").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"{}");
         assert!(!partial_path(&p).exists());
@@ -221,11 +220,14 @@ mod tests {
         // two directories, 8 KiB for `a`, 4 KiB for `b`
         assert_eq!(tree_bytes(dir.path()).unwrap(), 4 * 4096 + 4096);
         require_free_space(dir.path(), 1, "a test").unwrap();
-        let err = require_free_space(dir.path(), u64::MAX / 2, "the root filesystem")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not enough free space in"), "{err}");
-        assert!(err.contains("the root filesystem needs about"), "{err}");
+        let err = require_free_space(dir.path(), u64::MAX / 2, "the root filesystem").unwrap_err();
+        crate::testutil::assert_says(
+            err,
+            &[
+                "not enough free space in",
+                "the root filesystem needs about",
+            ],
+        );
     }
 
     #[test]

@@ -21,3 +21,5 @@ pub mod profile;
 pub mod seed;
 pub mod serve;
 pub mod tailnet;
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -122,11 +122,11 @@ pub fn read_optional(path: &Path) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::scratch_path;
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a/b/file");
+        let (_dir, p) = scratch_path("a/b/file");
         atomic_write(&p, b"one", 0o600).unwrap();
         atomic_write(&p, b"two", 0o600).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "two");
@@ -141,8 +141,7 @@ mod tests {
     #[test]
     fn rewrite_in_place_keeps_inode_and_drops_old_bytes() {
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("seed");
+        let (_dir, p) = scratch_path("seed");
         fs::write(&p, "hostname = 'a'\nkey = 'tskey-secret-long'\n").unwrap();
         let ino = fs::metadata(&p).unwrap().ino();
         rewrite_in_place(&p, b"hostname = 'a'\n").unwrap();
@@ -152,8 +151,7 @@ mod tests {
 
     #[test]
     fn shred_removes_and_tolerates_absence() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k");
+        let (_dir, p) = scratch_path("k");
         fs::write(&p, "tskey-abc").unwrap();
         assert!(shred_and_remove(&p).unwrap());
         assert!(!p.exists());

@@ -122,11 +122,7 @@ impl Identity {
         if let Some(d) = &self.disk_serial {
             parts.push(format!("root disk {d}"));
         }
-        if parts.is_empty() {
-            "no readable identity".into()
-        } else {
-            parts.join(", ")
-        }
+        crate::text::join_or(&parts, ", ", "no readable identity")
     }
 }
 

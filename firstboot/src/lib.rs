@@ -23,6 +23,9 @@ pub mod stacks;
 pub mod status;
 pub mod steps;
 pub mod tailscale;
+#[cfg(test)]
+mod testutil;
+pub mod text;
 
 /// The line the agent prints on the console once the node is ready.
 /// Boot tests and `nodeforge boot` wait for it.

@@ -61,8 +61,7 @@ mod tests {
 
     #[test]
     fn sends_datagrams() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
+        let (_dir, path) = crate::testutil::scratch_path("notify");
         let server = UnixDatagram::bind(&path).unwrap();
         let n = Notifier::to_socket(path.to_str().unwrap());
         n.status("step 1/8: hostname");

@@ -209,11 +209,8 @@ fn an_unhealthy_service_fails_the_step_after_its_timeout() {
     assert_eq!(st.state, RunState::Failed);
     let db = st.services.iter().find(|s| s.service == "db").unwrap();
     assert_eq!((db.state.as_str(), db.healthy), ("unhealthy", false));
-    assert!(
-        m.console().contains("FAILED at containers"),
-        "{}",
-        m.console()
-    );
+    let console = m.console();
+    assert!(console.contains("FAILED at containers"), "{console}");
 }
 
 #[test]

@@ -156,11 +156,8 @@ fn corrupt_journal_is_set_aside_and_the_steps_recheck_state() {
     reboot_and_check(&m, "corrupt journal", &key);
     assert_eq!(m.calls_starting("tailscale up"), 1);
     assert!(m.path("/var/lib/nodeforge/journal.json.corrupt").exists());
-    assert!(
-        m.progress_log().contains("starting over"),
-        "{}",
-        m.progress_log()
-    );
+    let log = m.progress_log();
+    assert!(log.contains("starting over"), "{log}");
 }
 
 #[test]

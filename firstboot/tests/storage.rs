@@ -34,6 +34,23 @@ fn boots_formatting(m: &Machine, taken: &str, left: &str) {
     assert_eq!(m.calls_starting(&format!("sfdisk --quiet {left}")), 0);
 }
 
+/// Boots to the storage step's refusal (a person must act; the other
+/// steps still run) and returns the error.
+fn boot_refused_at_storage(m: &Machine) -> RunError {
+    let err = m.boot().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RunError::Refused {
+                step: "storage",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    err
+}
+
 fn bytes(m: &Machine, abs: &str) -> Vec<u8> {
     fs::read(m.path(abs)).unwrap()
 }
@@ -166,17 +183,7 @@ fn disk_holding_data_is_refused_by_name_and_the_rest_runs() {
     m.put_ext4("vdc1", "olddata");
     let before = (bytes(&m, "/dev/vdc"), bytes(&m, "/dev/vdc1"));
 
-    let err = m.boot().unwrap().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RunError::Refused {
-                step: "storage",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = boot_refused_at_storage(&m);
     assert_eq!(err.exit_code(), 3, "an operator must act: no retry loop");
     let st = m.status();
     assert_eq!(st.state, RunState::Failed);
@@ -215,8 +222,7 @@ fn disk_holding_data_is_refused_by_name_and_the_rest_runs() {
 
     // Next boot (say the operator did nothing): refused again, nothing
     // formatted twice, tailnet not joined twice.
-    let err = m.boot().unwrap().unwrap_err();
-    assert!(matches!(err, RunError::Refused { .. }), "{err}");
+    boot_refused_at_storage(&m);
     assert_eq!(m.world.borrow().mkfs, 1);
     assert_eq!(m.world.borrow().joins, 1);
     assert_eq!((bytes(&m, "/dev/vdc"), bytes(&m, "/dev/vdc1")), before);
@@ -229,12 +235,8 @@ fn filesystem_behind_a_wiped_table_is_data() {
     // A partition's ext4 at 1 MiB; the table that pointed at it is gone.
     patch(&m.path("/dev/vdb"), (1 << 20) + 1080, &[0x53, 0xEF]);
     patch(&m.path("/dev/vdb"), (1 << 20) + 1144, b"photos");
-    let err = m.boot().unwrap().unwrap_err();
-    assert!(
-        matches!(&err, RunError::Refused { step: "storage", message }
-            if message.contains("holds data")),
-        "{err}"
-    );
+    let err = boot_refused_at_storage(&m);
+    assert!(err.to_string().contains("holds data"), "{err}");
     let s = m.step("storage");
     assert_eq!(s.reason.as_deref(), Some("disk-holds-data"));
     assert!(
@@ -254,8 +256,7 @@ fn root_disk_is_never_considered() {
     let rule =
         "\n[[storage]]\nlabel = \"data\"\nmount = \"/srv/data\"\n[storage.match]\nlargest = true\n";
     let m = machine_with(rule);
-    let err = m.boot().unwrap().unwrap_err();
-    assert!(matches!(err, RunError::Refused { .. }), "{err}");
+    boot_refused_at_storage(&m);
     let s = m.step("storage");
     assert_eq!(s.reason.as_deref(), Some("no-matching-disk"), "{s:?}");
     assert!(s.error.unwrap().contains("disks seen: /dev/vda (8.0 GiB)"));
@@ -273,17 +274,7 @@ fn two_matching_disks_without_a_tie_breaker_are_refused() {
     let m = machine_with(rule);
     m.add_disk("vdb", 16, "a");
     m.add_disk("vdc", 32, "b");
-    let err = m.boot().unwrap().unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            RunError::Refused {
-                step: "storage",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    boot_refused_at_storage(&m);
     let s = m.step("storage");
     assert_eq!(s.reason.as_deref(), Some("storage-ambiguous"));
     assert!(s.error.unwrap().contains("/dev/vdb, /dev/vdc"));

@@ -362,9 +362,7 @@ mod tests {
 
     #[test]
     fn image_keeps_repositories_and_loses_host_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("k.asc");
-        fs::write(&key, FIXTURE_KEY).unwrap();
+        let (dir, key) = crate::testutil::scratch_file("k.asc", FIXTURE_KEY);
         let fpr = fixture_fpr();
         let apt = Apt {
             repositories: vec![repo(key, fpr)],
@@ -398,9 +396,7 @@ mod tests {
 
     #[test]
     fn a_key_replaced_after_checking_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("k.asc");
-        fs::write(&key, FIXTURE_KEY).unwrap();
+        let (dir, key) = crate::testutil::scratch_file("k.asc", FIXTURE_KEY);
         let r = repo(key, "0000000000000000000000000000000000000000");
         let err = keyring(&r, dir.path()).unwrap_err().to_string();
         assert!(err.contains("not the declared 0000"), "{err}");

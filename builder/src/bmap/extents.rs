@@ -171,8 +171,7 @@ mod tests {
 
     #[test]
     fn seek_and_fiemap_agree_on_a_sparse_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sparse");
+        let (_dir, path) = crate::testutil::scratch_path("sparse");
         let f = crate::disk::test_image::blank_file(&path);
         f.set_len(64 << 20).unwrap();
         f.write_all_at(&[1u8; 8192], 1 << 20).unwrap();

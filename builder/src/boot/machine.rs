@@ -298,16 +298,14 @@ pub(super) fn common_args(machine: &str, cpu: &str, cpus: u32, memory_mb: u32) -
 /// Grows a variable store copy to virt's flash size (some distributions
 /// ship it smaller than the bank).
 fn pad_flash(path: &Path) -> Result<()> {
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let len = f
-        .metadata()
+    let len = fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
     if len < VIRT_FLASH {
-        f.set_len(VIRT_FLASH)
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(VIRT_FLASH))
             .with_context(|| format!("padding {} to 64 MiB", path.display()))?;
     }
     Ok(())
@@ -321,19 +319,18 @@ pub(super) fn qemu_escape(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::scratch_file;
 
     #[test]
     fn mbr_images_are_arm64_and_gpt_images_say_their_arch() {
         use crate::disk::{test_image, DiskLayout, TableKind};
-        let dir = tempfile::tempdir().unwrap();
         for (table, arch) in [
             (TableKind::Mbr, Arch::Arm64),
             (TableKind::Gpt, Arch::Amd64),
             (TableKind::Gpt, Arch::Arm64),
         ] {
-            let path = dir.path().join("d.img");
             let l = DiskLayout::fat_and_root(table, 700 << 20, 64 << 20, arch, "s").unwrap();
-            test_image::with_table(&path, &l);
+            let (_dir, path) = test_image::scratch_disk(&l);
             assert_eq!(arch_of(&path).unwrap(), arch, "{table:?}");
         }
     }
@@ -358,14 +355,6 @@ mod tests {
         }
     }
 
-    /// A scratch directory holding an empty image `x.img`.
-    fn scratch_image() -> (tempfile::TempDir, PathBuf) {
-        let tmp = tempfile::tempdir().unwrap();
-        let img = tmp.path().join("x.img");
-        fs::write(&img, b"").unwrap();
-        (tmp, img)
-    }
-
     /// QEMU's command line, as one string, for `opts` booting a kernel
     /// directly with `append` under TCG.
     fn direct_command_line(opts: &VmOptions, append: &str, tmp: &Path) -> String {
@@ -382,7 +371,7 @@ mod tests {
 
     #[test]
     fn direct_boot_passes_kernel_initrd_and_command_line() {
-        let (tmp, img) = scratch_image();
+        let (tmp, img) = scratch_file("x.img", b"");
         let joined = direct_command_line(
             &VmOptions::new(&img),
             "root=x console=ttyAMA0,115200",
@@ -399,7 +388,7 @@ mod tests {
 
     #[test]
     fn extra_disks_follow_the_image_with_their_serials() {
-        let (tmp, img) = scratch_image();
+        let (tmp, img) = scratch_file("x.img", b"");
         let data = tmp.path().join("data.img");
         fs::write(&data, b"").unwrap();
         let opts = VmOptions {
@@ -427,7 +416,7 @@ mod tests {
 
     #[test]
     fn another_machine_is_a_uuid_and_a_mac() {
-        let (tmp, img) = scratch_image();
+        let (tmp, img) = scratch_file("x.img", b"");
         let opts = VmOptions {
             machine_uuid: Some("6b1c3e0a-2f4d-4e8a-9c1b-0d2e3f405162".into()),
             mac: Some("52:54:00:aa:bb:02".into()),

@@ -53,10 +53,7 @@ fn ssh_host_keys_are_made_natively_where_the_postinst_looks() {
     let h = hooks(&[], true);
     assert_eq!(h.essential.len(), 1);
     assert!(h.customize.is_empty());
-    assert!(
-        crate::exec::find_program("ssh-keygen").is_some(),
-        "ssh-keygen is missing: apt-get install openssh-client (scripts/host-packages.sh)"
-    );
+    crate::testutil::require_program("ssh-keygen", "openssh-client");
     let root = tempfile::tempdir().unwrap();
     crate::exec::Cmd::new("sh")
         .args(["-c", &h.essential[0], "hook"])
@@ -210,10 +207,7 @@ fn native_interpreters_run_in_the_chroot_and_leave_nothing_behind() {
         nix::unistd::geteuid().is_root(),
         "needs root: it chroots into a tree; run the suite as root (README)"
     );
-    assert!(
-        crate::exec::find_program("dpkg-divert").is_some(),
-        "dpkg-divert is missing: it comes with dpkg"
-    );
+    crate::testutil::require_program("dpkg-divert", "dpkg");
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     for d in ["usr/bin", "usr/lib", "etc", "var/lib/dpkg/info", "tmp"] {

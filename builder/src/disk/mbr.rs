@@ -172,20 +172,25 @@ mod tests {
 
     #[test]
     fn written_table_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.img");
         let l = layout();
-        crate::disk::test_image::with_table(&path, &l);
+        let (_dir, path) = crate::disk::test_image::scratch_disk(&l);
         let parts = read(&path).unwrap().expect("an MBR disk");
+        // The layout's partitions as the table should hold them, compared
+        // as a whole: a failure shows every partition that differs.
+        let want: Vec<MbrPartition> = l
+            .partitions
+            .iter()
+            .map(|p| MbrPartition {
+                number: p.number,
+                mbr_type: p.mbr_type,
+                bootable: p.bootable,
+                offset: p.offset,
+                size: p.size,
+                partuuid: p.partuuid.clone(),
+            })
+            .collect();
+        assert_eq!(parts, want);
         assert_eq!(parts.len(), 2);
-        for (want, got) in l.partitions.iter().zip(&parts) {
-            assert_eq!(want.number, got.number);
-            assert_eq!(want.offset, got.offset);
-            assert_eq!(want.size, got.size);
-            assert_eq!(want.mbr_type, got.mbr_type);
-            assert_eq!(want.bootable, got.bootable);
-            assert_eq!(want.partuuid, got.partuuid);
-        }
     }
 
     #[test]
@@ -206,12 +211,9 @@ mod tests {
 
     #[test]
     fn sfdisk_agrees_when_installed() {
-        let sfdisk = crate::exec::find_program("sfdisk")
-            .expect("sfdisk is missing: apt-get install fdisk (scripts/host-packages.sh)");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.img");
+        let sfdisk = crate::testutil::require_program("sfdisk", "fdisk");
         let l = layout();
-        crate::disk::test_image::with_table(&path, &l);
+        let (_dir, path) = crate::disk::test_image::scratch_disk(&l);
         let dump = crate::exec::Cmd::new(sfdisk)
             .arg("--dump")
             .arg(&path)

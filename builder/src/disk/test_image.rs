@@ -2,7 +2,9 @@
 //! for the unit tests of the disk, bmap and boot code.
 
 use std::fs::{File, OpenOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
 
 use super::{gpt_table, mbr, DiskLayout, TableKind};
 
@@ -28,4 +30,12 @@ pub fn with_table(path: &Path, layout: &DiskLayout) -> File {
         TableKind::Mbr => mbr::write(&f, path, layout).unwrap(),
     }
     f
+}
+
+/// A scratch directory holding `d.img`, a disk of `layout` made by
+/// [`with_table`]; dropping the guard removes it.
+pub fn scratch_disk(layout: &DiskLayout) -> (TempDir, PathBuf) {
+    let (dir, path) = crate::testutil::scratch_path("d.img");
+    with_table(&path, layout);
+    (dir, path)
 }

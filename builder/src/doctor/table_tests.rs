@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::table::ALWAYS_THERE;
 use super::{Probe, Requirement, REQUIREMENTS};
+use crate::testutil::assert_says;
 
 /// Calls whose first argument, a string literal, names a host program.
 const STARTERS: &[&str] = &[
@@ -165,12 +166,8 @@ fn apt_packages_are_listed_once_and_split_by_backports() {
 
 #[test]
 fn a_missing_program_is_refused_naming_its_package() {
-    let err = super::require_program("nodeforge-no-such-tool", "testing")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("nodeforge-no-such-tool"), "{err}");
-    assert!(err.contains("doctor --install"), "{err}");
-    let err = super::missing_program("arch-test", "a foreign bootstrap").to_string();
-    assert!(err.contains("package arch-test"), "{err}");
-    assert!(err.contains("a foreign bootstrap"), "{err}");
+    let err = super::require_program("nodeforge-no-such-tool", "testing").unwrap_err();
+    assert_says(err, &["nodeforge-no-such-tool", "doctor --install"]);
+    let err = super::missing_program("arch-test", "a foreign bootstrap");
+    assert_says(err, &["package arch-test", "a foreign bootstrap"]);
 }

@@ -139,11 +139,8 @@ mod tests {
 
     #[test]
     fn cpio_tool_lists_and_extracts_when_installed() {
-        let cpio = crate::exec::find_program("cpio")
-            .expect("cpio is missing: apt-get install cpio (scripts/host-packages.sh)");
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("a.cpio");
-        std::fs::write(&file, archive()).unwrap();
+        let cpio = crate::testutil::require_program("cpio", "cpio");
+        let (dir, file) = crate::testutil::scratch_file("a.cpio", archive());
         let listing = crate::exec::Cmd::new(&cpio)
             .args(["-itv", "-F"])
             .arg(&file)

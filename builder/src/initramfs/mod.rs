@@ -236,15 +236,20 @@ while read -r m; do
 done < /etc/nodeforge-modules
 "#;
 
-/// A stand-in image root for the tests: `files` (path below the root,
-/// contents) written into a temporary directory, folders made as needed.
+/// A stand-in image root for the tests, in a temporary directory: a
+/// busybox, and the modules of `kernel` as `files` (path below
+/// usr/lib/modules/KERNEL, contents).
 #[cfg(test)]
-fn fake_root(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+fn fake_root(kernel: &str, files: &[(&str, &[u8])]) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
-    for (rel, contents) in files {
+    let write = |rel: &str, contents: &[u8]| {
         let path = root.path().join(rel);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, contents).unwrap();
+    };
+    write("usr/bin/busybox", b"\x7fELF busybox");
+    for (rel, contents) in files {
+        write(&format!("usr/lib/modules/{kernel}/{rel}"), contents);
     }
     root
 }
@@ -274,16 +279,17 @@ mod tests {
 
     #[test]
     fn initramfs_holds_busybox_modules_in_order_and_init() {
-        let md = "usr/lib/modules/6.12.0-arm64";
-        let root = fake_root(&[
-            ("usr/bin/busybox", b"\x7fELF busybox"),
-            (&format!("{md}/kernel/fs/ext4/ext4.ko"), b"ext4 object"),
-            (&format!("{md}/kernel/fs/jbd2/jbd2.ko"), b"jbd2 object"),
-            (
-                &format!("{md}/modules.dep"),
-                b"kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\n",
-            ),
-        ]);
+        let root = fake_root(
+            "6.12.0-arm64",
+            &[
+                ("kernel/fs/ext4/ext4.ko", b"ext4 object"),
+                ("kernel/fs/jbd2/jbd2.ko", b"jbd2 object"),
+                (
+                    "modules.dep",
+                    b"kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\n",
+                ),
+            ],
+        );
         let r = root.path();
         let built = build(r, "6.12.0-arm64", &["ext4".into()], Uuid::from_u128(7), 0).unwrap();
         assert_eq!(built.modules, ["jbd2", "ext4"]);

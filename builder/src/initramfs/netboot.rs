@@ -184,18 +184,19 @@ mod tests {
 
     #[test]
     fn missing_nic_drivers_are_skipped_but_missing_squashfs_is_an_error() {
-        let modules = "usr/lib/modules/6.12.0-amd64";
-        let root = super::super::fake_root(&[
-            ("usr/bin/busybox", b"\x7fELF busybox"),
-            (&format!("{modules}/kernel/net/virtio_net.ko"), b"virtio_net object"),
-            (&format!("{modules}/modules.dep"), b"kernel/net/virtio_net.ko:\n"),
-            (
-                &format!("{modules}/modules.builtin"),
-                b"kernel/net/packet/af_packet.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/block/loop.ko\n",
-            ),
-        ]);
+        let root = super::super::fake_root(
+            "6.12.0-amd64",
+            &[
+                ("kernel/net/virtio_net.ko", b"virtio_net object"),
+                ("modules.dep", b"kernel/net/virtio_net.ko:\n"),
+                (
+                    "modules.builtin",
+                    b"kernel/net/packet/af_packet.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/block/loop.ko\n",
+                ),
+            ],
+        );
         let r = root.path();
-        let md = r.join(modules);
+        let md = r.join("usr/lib/modules/6.12.0-amd64");
         let err = build(r, "6.12.0-amd64", 0).unwrap_err().to_string();
         assert!(err.contains("no module squashfs"), "{err}");
         let builtin = fs::read_to_string(md.join("modules.builtin")).unwrap();

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use nodeforge_firstboot::text::join_or;
 
 use crate::flash::device::{self, human, ImageFacts};
 
@@ -79,11 +80,7 @@ pub fn choose(rule: &DiskRule, disks: &[Candidate], force: bool) -> Result<PathB
             let why: Vec<String> = disks.iter().filter_map(unusable).collect();
             bail!(
                 "no disk to install to: {}",
-                if why.is_empty() {
-                    "this machine has no disks".to_string()
-                } else {
-                    why.join("; ")
-                }
+                join_or(&why, "; ", "this machine has no disks")
             )
         }
     }

@@ -82,11 +82,7 @@ pub enum LockError {
 
 /// The lock file beside a profile: `x.toml` → `x.lock.toml`.
 pub fn lock_path(profile_path: &Path) -> PathBuf {
-    let stem = profile_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    profile_path.with_file_name(format!("{stem}.lock.toml"))
+    profile_path.with_extension("lock.toml")
 }
 
 impl LockFile {
@@ -276,51 +272,43 @@ mod tests {
         );
     }
 
+    /// [`LockFile::check`] for the profile `x.toml` beside `x.lock.toml`.
+    fn check<'a>(
+        lock: Option<&'a LockFile>,
+        arch: &str,
+        references: &[String],
+    ) -> Result<Vec<&'a LockedImage>, LockError> {
+        let (lock_path, profile_path) = (Path::new("x.lock.toml"), Path::new("x.toml"));
+        LockFile::check(lock, lock_path, profile_path, arch, references)
+    }
+
     #[test]
     fn round_trip_and_checks() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.lock.toml");
-        fs::write(&p, sample().to_toml()).unwrap();
+        let (dir, p) = crate::testutil::scratch_file("x.lock.toml", sample().to_toml());
         let lock = LockFile::read(&p).unwrap().unwrap();
         assert_eq!(lock, sample());
         assert!(LockFile::read(&dir.path().join("none.toml"))
             .unwrap()
             .is_none());
-        let pp = Path::new("x.toml");
-        let ok = LockFile::check(
-            Some(&lock),
-            &p,
-            pp,
-            "amd64",
-            &["127.0.0.1:5000/web:1".into()],
-        )
-        .unwrap();
+        let web = ["127.0.0.1:5000/web:1".to_string()];
+        let ok = check(Some(&lock), "amd64", &web).unwrap();
         assert_eq!(ok[0].digest, d('a'));
 
-        let missing =
-            LockFile::check(Some(&lock), &p, pp, "amd64", &["other:1".into()]).unwrap_err();
+        let missing = check(Some(&lock), "amd64", &["other:1".into()]).unwrap_err();
         assert!(
             missing
                 .to_string()
                 .contains("image other:1 is not in the lock file"),
             "{missing}"
         );
-        let none =
-            LockFile::check(None, &p, pp, "amd64", &["127.0.0.1:5000/web:1".into()]).unwrap_err();
+        let none = check(None, "amd64", &web).unwrap_err();
         assert!(matches!(none, LockError::NoLockFile { count: 1, .. }));
         assert!(
             none.to_string()
                 .contains("run `nodeforge lock x.toml` (with `--mirror REGISTRY=URL`"),
             "{none}"
         );
-        let arch = LockFile::check(
-            Some(&lock),
-            &p,
-            pp,
-            "arm64",
-            &["127.0.0.1:5000/web:1".into()],
-        )
-        .unwrap_err();
+        let arch = check(Some(&lock), "arm64", &web).unwrap_err();
         assert!(matches!(arch, LockError::WrongArch { .. }), "{arch}");
 
         // A pinned digest must be the locked manifest or its index.
@@ -335,18 +323,16 @@ mod tests {
             reference: bad.clone(),
             ..lock.images[0].clone()
         });
-        assert!(LockFile::check(Some(&lock2), &p, pp, "amd64", &[by_index]).is_ok());
-        let err =
-            LockFile::check(Some(&lock2), &p, pp, "amd64", std::slice::from_ref(&bad)).unwrap_err();
+        assert!(check(Some(&lock2), "amd64", &[by_index]).is_ok());
+        let err = check(Some(&lock2), "amd64", std::slice::from_ref(&bad)).unwrap_err();
         assert!(matches!(err, LockError::DigestMismatch { .. }));
         assert!(err.to_string().contains(&bad), "{err}");
     }
 
     #[test]
     fn other_versions_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.lock.toml");
-        fs::write(&p, "version = 9\narch = \"amd64\"\n").unwrap();
+        let (_dir, p) =
+            crate::testutil::scratch_file("x.lock.toml", "version = 9\narch = \"amd64\"\n");
         let err = LockFile::read(&p).unwrap_err().to_string();
         assert!(err.contains("version 9"), "{err}");
     }

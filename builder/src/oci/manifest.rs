@@ -2,6 +2,7 @@
 //! manifest for a platform from an index.
 
 use anyhow::{anyhow, bail, Result};
+use nodeforge_firstboot::text::join_or;
 use serde::{Deserialize, Serialize};
 
 use super::{Digest, Platform};
@@ -131,11 +132,7 @@ impl Index {
                     .collect();
                 anyhow!(
                     "no manifest for {platform} in the index (it has {})",
-                    if have.is_empty() {
-                        "no platforms".to_owned()
-                    } else {
-                        have.join(", ")
-                    }
+                    join_or(&have, ", ", "no platforms")
                 )
             })
     }

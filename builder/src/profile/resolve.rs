@@ -72,14 +72,8 @@ fn read_chain(path: &Path) -> Result<Vec<(FileCtx, ProfileFile)>, ProfileError> 
         if let Some(ext) = &file.extends {
             let target = ctx.dir().join(ext.get_ref());
             let target_canon = fs::canonicalize(&target).map_err(|e| {
-                ctx.error_at(
-                    ext,
-                    format!(
-                        "extends `{}`: cannot read {}: {e}",
-                        ext.get_ref(),
-                        target.display()
-                    ),
-                )
+                let why = format!("cannot read {}: {e}", target.display());
+                reference_error(&ctx, "extends", ext, why)
             })?;
             let seen = chain
                 .iter()
@@ -110,6 +104,12 @@ fn read_chain(path: &Path) -> Result<Vec<(FileCtx, ProfileFile)>, ProfileError> 
     Ok(chain)
 }
 
+/// An error at a reference to another file (`extends`, `include`): the key
+/// and its value, then why that file cannot be used.
+fn reference_error(ctx: &FileCtx, key: &str, value: &Spanned<String>, why: String) -> ProfileError {
+    ctx.error_at(value, format!("{key} `{}`: {why}", value.get_ref()))
+}
+
 /// The fragments `file` includes, in order.
 fn read_includes(
     ctx: &FileCtx,
@@ -119,15 +119,8 @@ fn read_includes(
     for inc in &file.include {
         let target = ctx.dir().join(inc.get_ref());
         let fctx = FileCtx::read(&target).map_err(|e| {
-            ctx.error_at(
-                inc,
-                format!(
-                    "include `{}`: {}: {}",
-                    inc.get_ref(),
-                    target.display(),
-                    e.message
-                ),
-            )
+            let why = format!("{}: {}", target.display(), e.message);
+            reference_error(ctx, "include", inc, why)
         })?;
         let fragment: ProfileFile = toml::from_str(&fctx.source)
             .map_err(|e| ProfileError::from_toml(&fctx.path, &fctx.source, &e))?;
@@ -387,13 +380,7 @@ impl Merged {
             ));
         }
         let apt = with_hardware_apt(&hardware, self.apt);
-        let mut overlays: Vec<Overlay> = hardware
-            .overlays
-            .iter()
-            .filter(|o| !self.overlays.iter().any(|x| x.dir == o.dir))
-            .cloned()
-            .collect();
-        overlays.extend(self.overlays);
+        let overlays = hardware_then_profile(&hardware.overlays, self.overlays, |o| &o.dir);
         Some(Profile {
             role: self.role.unwrap_or_else(|| name.clone()),
             hostname: self.hostname.unwrap_or_else(|| name.clone()),
@@ -426,17 +413,28 @@ impl Merged {
     }
 }
 
+/// The hardware's entries first, less those the profile has one of the
+/// same `key` for (the profile's replaces the hardware's); then the
+/// profile's.
+fn hardware_then_profile<T: Clone, K: PartialEq>(
+    hardware: &[T],
+    profile: Vec<T>,
+    key: impl Fn(&T) -> &K,
+) -> Vec<T> {
+    let mut out: Vec<T> = hardware
+        .iter()
+        .filter(|h| !profile.iter().any(|p| key(p) == key(h)))
+        .cloned()
+        .collect();
+    out.extend(profile);
+    out
+}
+
 /// The hardware's repositories first, unless the profile declares one of
 /// the same name; then the profile's.
 fn with_hardware_apt(hw: &Hardware, profile: super::Apt) -> super::Apt {
-    let mut repositories: Vec<_> = hw
-        .apt
-        .repositories
-        .iter()
-        .filter(|r| !profile.repositories.iter().any(|x| x.name == r.name))
-        .cloned()
-        .collect();
-    repositories.extend(profile.repositories);
+    let repositories =
+        hardware_then_profile(&hw.apt.repositories, profile.repositories, |r| &r.name);
     let mut local = hw.apt.local.clone();
     local.extend(
         profile

@@ -116,12 +116,11 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::scratch_file;
 
     #[test]
     fn node_values_override_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fleet.toml");
-        std::fs::write(&path, "[defaults]\ntags = [\"tag:lab\"]\nauthkey_file = \"k/default\"\n[nodes.a]\n[nodes.b]\nhostname = \"bee\"\nauthkey_file = \"k/b\"\ntags = [\"tag:edge\"]\n").unwrap();
+        let (dir, path) = scratch_file("fleet.toml", "[defaults]\ntags = [\"tag:lab\"]\nauthkey_file = \"k/default\"\n[nodes.a]\n[nodes.b]\nhostname = \"bee\"\nauthkey_file = \"k/b\"\ntags = [\"tag:edge\"]\n");
         let f = Fleet::load(&path).unwrap();
         let a = f.seed_options("a").unwrap();
         assert_eq!(a.hostname.as_deref(), Some("a"));
@@ -135,9 +134,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_located() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fleet.toml");
-        std::fs::write(&path, "[nodes.a]\nhostnme = \"x\"\n").unwrap();
+        let (_dir, path) = scratch_file("fleet.toml", "[nodes.a]\nhostnme = \"x\"\n");
         let err = format!("{:#}", Fleet::load(&path).unwrap_err());
         assert!(
             err.contains("fleet.toml:2:1") && err.contains("hostnme"),

@@ -198,9 +198,7 @@ mod tests {
     use super::*;
 
     fn fleet(text: &str) -> (tempfile::TempDir, Fleet) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fleet.toml");
-        std::fs::write(&path, text).unwrap();
+        let (dir, path) = crate::testutil::scratch_file("fleet.toml", text);
         let f = Fleet::load(&path).unwrap();
         (dir, f)
     }

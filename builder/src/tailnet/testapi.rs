@@ -194,6 +194,19 @@ fn bad(msg: &str) -> (u16, Value) {
     (400, json!({ "message": msg }))
 }
 
+/// The answer to a request without the token the API handed out.
+fn unauthorized() -> (u16, Value) {
+    (401, json!({"message": "API token invalid"}))
+}
+
+/// A DELETE of the entry `id` (a key, a device).
+fn delete<V>(entries: &mut BTreeMap<String, V>, id: &str) -> (u16, Value) {
+    match entries.remove(id) {
+        Some(_) => (200, json!({})),
+        None => (404, json!({"message": "not found"})),
+    }
+}
+
 fn answer(req: &Request, st: &mut State, permitted: &[String]) -> (u16, Value) {
     let bearer_ok =
         req.headers.get("authorization").map(String::as_str) == Some(&format!("Bearer {TOKEN}"));
@@ -226,7 +239,7 @@ fn answer(req: &Request, st: &mut State, permitted: &[String]) -> (u16, Value) {
         }
         ("POST", "/api/v2/tailnet/-/keys") => {
             if !bearer_ok {
-                return (401, json!({"message": "API token invalid"}));
+                return unauthorized();
             }
             if req.headers.get("content-type").map(String::as_str) != Some("application/json") {
                 return (415, json!({"message": "expected application/json"}));
@@ -273,17 +286,13 @@ fn answer(req: &Request, st: &mut State, permitted: &[String]) -> (u16, Value) {
         }
         ("DELETE", p) if p.starts_with("/api/v2/tailnet/-/keys/") => {
             if !bearer_ok {
-                return (401, json!({"message": "API token invalid"}));
+                return unauthorized();
             }
-            let id = &p["/api/v2/tailnet/-/keys/".len()..];
-            match st.keys.remove(id) {
-                Some(_) => (200, json!({})),
-                None => (404, json!({"message": "not found"})),
-            }
+            delete(&mut st.keys, &p["/api/v2/tailnet/-/keys/".len()..])
         }
         ("GET", "/api/v2/tailnet/-/devices") => {
             if !bearer_ok {
-                return (401, json!({"message": "API token invalid"}));
+                return unauthorized();
             }
             (
                 200,
@@ -292,13 +301,9 @@ fn answer(req: &Request, st: &mut State, permitted: &[String]) -> (u16, Value) {
         }
         ("DELETE", p) if p.starts_with("/api/v2/device/") => {
             if !bearer_ok {
-                return (401, json!({"message": "API token invalid"}));
+                return unauthorized();
             }
-            let id = &p["/api/v2/device/".len()..];
-            match st.devices.remove(id) {
-                Some(_) => (200, json!({})),
-                None => (404, json!({"message": "not found"})),
-            }
+            delete(&mut st.devices, &p["/api/v2/device/".len()..])
         }
         _ => (404, json!({"message": "not found"})),
     }

@@ -35,12 +35,20 @@ fn valid_profile_checks_and_plans() {
     assert_eq!(plan["layout"]["partitions"].as_array().unwrap().len(), 2);
 }
 
+/// A project holding `files` (path, text) fails `nodeforge check PROFILE`
+/// naming each of `wants`.
+fn project_fails_check(files: &[(&str, &str)], profile: &str, wants: &[&str]) {
+    let p = Project::new();
+    for (path, text) in files {
+        p.write(path, text);
+    }
+    check_fails_with(&p, profile, wants);
+}
+
 /// A project whose `profiles/x.toml` is `text` fails `check` naming each of
 /// `wants`.
 fn x_fails_with(text: &str, wants: &[&str]) {
-    let p = Project::new();
-    p.write("profiles/x.toml", text);
-    check_fails_with(&p, "profiles/x.toml", wants);
+    project_fails_check(&[("profiles/x.toml", text)], "profiles/x.toml", wants);
 }
 
 #[test]
@@ -106,39 +114,37 @@ fn disk_too_small_for_esp_is_refused() {
 
 #[test]
 fn broken_hardware_file_is_named() {
-    let p = Project::new();
-    p.write(
-        "hardware/odd.toml",
-        "arch = \"sparc\"\nfirmware = \"uefi\"\n",
+    project_fails_check(
+        &[
+            (
+                "hardware/odd.toml",
+                "arch = \"sparc\"\nfirmware = \"uefi\"\n",
+            ),
+            ("profiles/x.toml", "name = \"x\"\nhardware = \"odd\"\n"),
+        ],
+        "profiles/x.toml",
+        &["hardware/odd.toml:1:8:", "sparc"],
     );
-    p.write("profiles/x.toml", "name = \"x\"\nhardware = \"odd\"\n");
-    check_fails_with(&p, "profiles/x.toml", &["hardware/odd.toml:1:8:", "sparc"]);
 }
 
 #[test]
 fn malformed_ssh_key_is_named_with_its_line() {
-    let p = Project::new();
-    p.write(
-        "profiles/x.toml",
+    x_fails_with(
         &format!("name = \"x\"\nhardware = \"pc\"\n[[users]]\nname = \"ops\"\nauthorized_keys = [\n  \"{KEY}\",\n  \"ssh-ed25519 AAAAnotbase64!!! broken@laptop\",\n]\n"),
-    );
-    check_fails_with(
-        &p,
-        "profiles/x.toml",
         &["profiles/x.toml:7:3:", "authorized key #2 of user `ops`"],
     );
 }
 
 #[test]
 fn extends_cycle_is_refused() {
-    let p = Project::new();
-    p.write(
-        "profiles/a.toml",
-        "extends = \"b.toml\"\nname = \"a\"\nhardware = \"pc\"\n",
-    );
-    p.write("profiles/b.toml", "extends = \"a.toml\"\nname = \"b\"\n");
-    check_fails_with(
-        &p,
+    project_fails_check(
+        &[
+            (
+                "profiles/a.toml",
+                "extends = \"b.toml\"\nname = \"a\"\nhardware = \"pc\"\n",
+            ),
+            ("profiles/b.toml", "extends = \"a.toml\"\nname = \"b\"\n"),
+        ],
         "profiles/a.toml",
         &["extends cycle", "a.toml -> ", "b.toml:1:11:"],
     );
@@ -146,13 +152,11 @@ fn extends_cycle_is_refused() {
 
 #[test]
 fn missing_extends_target_is_named() {
-    let p = Project::new();
-    p.write(
-        "profiles/a.toml",
-        "extends = \"nope.toml\"\nname = \"a\"\nhardware = \"pc\"\n",
-    );
-    check_fails_with(
-        &p,
+    project_fails_check(
+        &[(
+            "profiles/a.toml",
+            "extends = \"nope.toml\"\nname = \"a\"\nhardware = \"pc\"\n",
+        )],
         "profiles/a.toml",
         &["profiles/a.toml:1:11:", "extends `nope.toml`"],
     );

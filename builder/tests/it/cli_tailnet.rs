@@ -44,10 +44,7 @@ fn tailscale_table(t: &Tailscale) -> String {
 /// with only its name and `[tailscale]` table.
 fn aerovista() -> Project {
     let p = Project::new();
-    p.write(
-        "profiles/base.toml",
-        &format!("name = \"base\"\nhardware = \"pc\"\n{TAILSCALE_CLIENT}"),
-    );
+    write_base(&p, "");
     for role in roles(&repo_root()) {
         let t = role
             .profile
@@ -64,6 +61,23 @@ fn aerovista() -> Project {
         );
     }
     p
+}
+
+/// aerovista's base profile, with `extra` at its end.
+fn write_base(p: &Project, extra: &str) {
+    p.write(
+        "profiles/base.toml",
+        &format!("name = \"base\"\nhardware = \"pc\"\n{TAILSCALE_CLIENT}{extra}"),
+    );
+}
+
+/// aerovista's base profile with a `[tailnet]` table: the domain
+/// tail1.ts.net, then `rest`.
+fn set_tailnet(p: &Project, rest: &str) {
+    write_base(
+        p,
+        &format!("\n[tailnet]\ndomain = \"tail1.ts.net\"\n{rest}"),
+    );
 }
 
 /// `nodeforge ARGS` fails naming each of `wants`.
@@ -150,11 +164,7 @@ fn unknown_tag_in_a_rule_names_the_profile() {
 #[test]
 fn routed_subnets_are_auto_approved_for_the_routing_role() {
     let p = aerovista();
-    let base = p.read("profiles/base.toml");
-    p.write(
-        "profiles/base.toml",
-        &format!("{base}\n[tailnet]\ndomain = \"tail1.ts.net\"\n[tailnet.routes]\nsentinel = [\"192.168.1.0/24\"]\n"),
-    );
+    set_tailnet(&p, "[tailnet.routes]\nsentinel = [\"192.168.1.0/24\"]\n");
     p.write(
         "profiles/sentinel.toml",
         "extends = \"base.toml\"\nname = \"sentinel\"\n[tailscale]\ntags = [\"tag:edge\"]\nfleet = \"aerovista\"\n",
@@ -166,10 +176,7 @@ fn routed_subnets_are_auto_approved_for_the_routing_role() {
         [("192.168.1.0/24".to_owned(), vec!["tag:edge".to_owned()])].into()
     );
 
-    p.write(
-        "profiles/base.toml",
-        &format!("{base}\n[tailnet]\ndomain = \"tail1.ts.net\"\n[tailnet.routes]\nsentinel = [\"192.168.1.1/24\"]\n"),
-    );
+    set_tailnet(&p, "[tailnet.routes]\nsentinel = [\"192.168.1.1/24\"]\n");
     fails_with(
         &p,
         &["check", "profiles/sentinel.toml"],
@@ -186,10 +193,9 @@ fn routed_subnets_are_auto_approved_for_the_routing_role() {
 #[test]
 fn the_tailnet_table_names_roles_that_exist() {
     let p = aerovista();
-    let base = p.read("profiles/base.toml");
-    p.write(
-        "profiles/base.toml",
-        &format!("{base}\n[tailnet]\ndomain = \"tail1.ts.net\"\ngateway = \"core\"\n[tailnet.routes]\nsentinal = [\"192.168.1.0/24\"]\n"),
+    set_tailnet(
+        &p,
+        "gateway = \"core\"\n[tailnet.routes]\nsentinal = [\"192.168.1.0/24\"]\n",
     );
     fails_with(
         &p,
@@ -202,10 +208,7 @@ fn the_tailnet_table_names_roles_that_exist() {
         ],
     );
 
-    p.write(
-        "profiles/base.toml",
-        &format!("{base}\n[tailnet]\ndomain = \"tail1.ts.net\"\ngateway = \"core\"\n"),
-    );
+    set_tailnet(&p, "gateway = \"core\"\n");
     p.ok(&["check", "profiles/data.toml"]);
     p.write(
         "profiles/core.toml",

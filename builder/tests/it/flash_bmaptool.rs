@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use crate::support::flash::*;
-use crate::support::scratch::{standard_image, used_disk, MIB};
+use crate::support::scratch::{standard_image, standard_image_with_bmap, MIB};
 use crate::support::{require_loop, require_tool};
-use nodeforge::bmap::{self, Bmap};
+use nodeforge::bmap::Bmap;
 
 /// `bmaptool ARGS`, which must succeed.
 fn bmaptool(args: &[&Path]) {
@@ -23,8 +23,7 @@ fn bmaptool_copy(bmap: &Path, image: &Path, target: &Path) {
 #[test]
 fn bmaptool_create_agrees_with_ours_and_we_flash_with_it() {
     require_tool("bmaptool", "bmap-tools");
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    let (dir, image) = standard_image();
     let theirs = dir.path().join("theirs.bmap");
     bmaptool(&[Path::new("create"), Path::new("-o"), &theirs, &image]);
     let parsed = Bmap::load(&theirs).unwrap();
@@ -56,17 +55,14 @@ fn bmaptool_create_agrees_with_ours_and_we_flash_with_it() {
 #[test]
 fn bmaptool_copies_with_our_bmap_to_a_file_and_a_loop_device() {
     require_tool("bmaptool", "bmap-tools");
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    let (dir, image, bmap) = standard_image_with_bmap();
     let ours = dir.path().join("node.img.bmap");
-    let bmap = bmap::write_bmap(&image, &ours).unwrap();
     let target = dir.path().join("copy.img");
     bmaptool_copy(&ours, &image, &target);
     assert_mapped_equal(&image, &target, &bmap);
 
     require_loop();
-    let backing = used_disk(&dir.path().join("disk"), 64 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing);
+    let dev = LoopDev::over_used_disk(dir.path(), 64 * MIB);
     bmaptool_copy(&ours, &image, &dev.path);
     assert_mapped_equal(&image, &dev.path, &bmap);
 }

@@ -1,7 +1,9 @@
 //! Flashing to regular files: the whole pipeline without root.
 
 use crate::support::flash::*;
-use crate::support::scratch::{make_image, read_at, standard_image, used_disk, MIB};
+use crate::support::scratch::{
+    read_at, scratch_image, standard_image, standard_image_with_bmap, used_disk, MIB,
+};
 use anyhow::Result;
 use indicatif::ProgressBar;
 use nodeforge::bmap::{self, Bmap};
@@ -17,9 +19,7 @@ use std::os::unix::fs::FileExt;
 
 #[test]
 fn flashes_into_a_new_file_and_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
-    let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
+    let (dir, image, bmap) = standard_image_with_bmap();
     let target = dir.path().join("out.img");
     let report = flash_ok(&args(&image, &target));
     assert_eq!(std::fs::metadata(&target).unwrap().len(), 64 * MIB);
@@ -30,9 +30,7 @@ fn flashes_into_a_new_file_and_verifies() {
 
 #[test]
 fn leaves_unmapped_data_but_wipes_old_partition_tables() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
-    let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
+    let (dir, image, bmap) = standard_image_with_bmap();
     // A "card" larger than the image that held something else.
     let target = used_disk(&dir.path().join("card"), 80 * MIB, 0xEE);
     flash_ok(&args(&image, &target));
@@ -54,10 +52,9 @@ fn leaves_unmapped_data_but_wipes_old_partition_tables() {
 
 #[test]
 fn reads_zstd_and_xz_images_with_the_bmap_of_the_raw_image() {
-    let dir = tempfile::tempdir().unwrap();
     // Little incompressible data: xz compresses noise at only a few MB/s.
-    let image = make_image(
-        &dir.path().join("node.img"),
+    let (dir, image) = scratch_image(
+        "node.img",
         24 * MIB,
         &[(4096, 20_000), (2 * MIB + 100, 600_000), (9 * MIB, MIB)],
     );
@@ -97,8 +94,7 @@ fn reads_zstd_and_xz_images_with_the_bmap_of_the_raw_image() {
 
 #[test]
 fn compressed_image_without_bmap_is_refused_and_raw_image_is_scanned() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    let (dir, image) = standard_image();
     let zst = dir.path().join("other.img.zst");
     std::fs::write(
         &zst,
@@ -122,8 +118,7 @@ fn compressed_image_without_bmap_is_refused_and_raw_image_is_scanned() {
 
 #[test]
 fn corruption_between_write_and_verify_is_reported_with_its_range() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    let (dir, image) = standard_image();
     let bmap = Bmap::create(&image).unwrap();
     let target = dir.path().join("out.img");
     let mut src = ImageSource::open(&image).unwrap();
@@ -156,9 +151,7 @@ fn corruption_between_write_and_verify_is_reported_with_its_range() {
 
 #[test]
 fn image_that_does_not_match_its_bmap_fails_before_the_tables_are_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
-    let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
+    let (dir, image, bmap) = standard_image_with_bmap();
     File::options()
         .write(true)
         .open(&image)
@@ -214,9 +207,7 @@ impl Stamp for MarkerStamp {
 
 #[test]
 fn stamp_runs_after_verify_and_is_reverified() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
-    let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
+    let (dir, image, bmap) = standard_image_with_bmap();
     let target = dir.path().join("out.img");
     let stamp = MarkerStamp {
         at: 2 * MIB,
@@ -257,8 +248,7 @@ fn stamp_runs_after_verify_and_is_reverified() {
 
 #[test]
 fn asks_for_the_target_name_unless_yes() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    let (dir, image) = standard_image();
     let target = used_disk(&dir.path().join("card"), 64 * MIB, 0xEE);
     let mut a = args(&image, &target);
     a.yes = false;
@@ -280,8 +270,7 @@ fn asks_for_the_target_name_unless_yes() {
 
 #[test]
 fn refuses_to_flash_an_image_onto_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    let (_dir, image) = standard_image();
     let err = flash_err(&args(&image, &image));
     assert!(
         matches!(refusal(&err), SafetyRefusal::SameAsImage { .. }),
@@ -291,9 +280,8 @@ fn refuses_to_flash_an_image_onto_itself() {
 
 #[test]
 fn bmap_lists_exactly_the_written_blocks() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = make_image(
-        &dir.path().join("x.img"),
+    let (dir, image) = scratch_image(
+        "x.img",
         16 * MIB + 512,
         &[(3 * MIB + 10, 5000), (9 * MIB, 2 * MIB)],
     );
@@ -309,11 +297,10 @@ fn bmap_lists_exactly_the_written_blocks() {
 
 #[test]
 fn image_ending_mid_block_is_written_and_verified() {
-    let dir = tempfile::tempdir().unwrap();
     // 16 MiB + one sector: the last bmap block is 512 bytes long, so the
     // final write and read-back cannot use O_DIRECT's whole blocks.
-    let image = make_image(
-        &dir.path().join("odd.img"),
+    let (dir, image) = scratch_image(
+        "odd.img",
         16 * MIB + 512,
         &[(3 * MIB, MIB), (16 * MIB - 4096, 4096)],
     );
@@ -331,8 +318,7 @@ fn image_ending_mid_block_is_written_and_verified() {
 
 #[test]
 fn missing_device_is_not_created_as_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    let (_dir, image) = standard_image();
     let missing = std::path::Path::new("/dev/nodeforge-test-no-such-disk");
     let err = flash_err(&args(&image, missing));
     assert!(
@@ -346,8 +332,7 @@ fn missing_device_is_not_created_as_a_file() {
 fn bmap_with_512_byte_blocks_is_written_and_verified() {
     use nodeforge::bmap::BmapRange;
     use sha2::{Digest, Sha256};
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
+    let (dir, image) = standard_image();
     let data = std::fs::read(&image).unwrap();
     // Ranges that start and end mid-page, one longer than a chunk.
     let spans = [(0u64, 33u64), (2049, 2100), (40_001, 40_001 + 20_000)];

@@ -3,8 +3,7 @@
 
 use crate::support::flash::*;
 use crate::support::require_loop;
-use crate::support::scratch::{read_at, standard_image, used_disk, MIB};
-use nodeforge::bmap;
+use crate::support::scratch::{read_at, standard_image, standard_image_with_bmap, MIB};
 use nodeforge::flash::device::SafetyRefusal;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,11 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 #[test]
 fn flashes_a_used_loop_device_with_force() {
     require_loop();
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
-    let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap")).unwrap();
-    let backing = used_disk(&dir.path().join("disk"), 96 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing);
+    let (dir, image, bmap) = standard_image_with_bmap();
+    let dev = LoopDev::over_used_disk(dir.path(), 96 * MIB);
 
     // Loop devices report removable=0: refused without --force.
     let mut a = args(&image, &dev.path);
@@ -52,10 +48,8 @@ fn flashes_a_used_loop_device_with_force() {
 #[test]
 fn too_small_loop_device_is_refused() {
     require_loop();
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
-    let backing = used_disk(&dir.path().join("small"), 32 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing);
+    let (dir, image) = standard_image();
+    let dev = LoopDev::over_used_disk(dir.path(), 32 * MIB);
     let mut a = args(&image, &dev.path);
     a.force = true;
     let err = flash_err(&a);
@@ -68,10 +62,8 @@ fn too_small_loop_device_is_refused() {
 #[test]
 fn device_held_exclusively_elsewhere_is_busy() {
     require_loop();
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
-    let backing = used_disk(&dir.path().join("disk"), 64 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing);
+    let (dir, image) = standard_image();
+    let dev = LoopDev::over_used_disk(dir.path(), 64 * MIB);
     // Stands in for a mount or another flasher holding the device.
     let _holder = OpenOptions::new()
         .read(true)
@@ -91,12 +83,10 @@ fn write_error_past_the_device_end_names_the_range() {
     use nodeforge::flash::source::ImageSource;
     use nodeforge::flash::write::{self, Target};
     require_loop();
-    let dir = tempfile::tempdir().unwrap();
-    let image = standard_image(dir.path());
-    let bmap = bmap::Bmap::create(&image).unwrap();
+    let (dir, image) = standard_image();
+    let bmap = nodeforge::bmap::Bmap::create(&image).unwrap();
     // Past the safety checks on purpose: a device that ends mid-image.
-    let backing = used_disk(&dir.path().join("short"), 24 * MIB, 0xEE);
-    let dev = LoopDev::attach(&backing);
+    let dev = LoopDev::over_used_disk(dir.path(), 24 * MIB);
     let mut src = ImageSource::open(&image).unwrap();
     let mut target = Target::open(&dev.path, TargetKind::BlockDevice, bmap.image_size).unwrap();
     let err = write::write_image(&mut src, &bmap, &mut target, &ProgressBar::hidden()).unwrap_err();

@@ -31,10 +31,15 @@ fn refusal(info: &TargetInfo, force: bool) -> Option<SafetyRefusal> {
     device::check(info, &image(4 * GIB), force).err()
 }
 
+/// The refusal `info` gets even with --force; fails if it is accepted.
+fn forced_refusal(info: &TargetInfo) -> SafetyRefusal {
+    refusal(info, true).unwrap_or_else(|| panic!("{} was accepted", info.path.display()))
+}
+
 /// The message of the `Mounted` refusal `info` gets even with --force.
 fn mounted_message(info: &TargetInfo) -> String {
-    match refusal(info, true) {
-        Some(r @ SafetyRefusal::Mounted { .. }) => r.to_string(),
+    match forced_refusal(info) {
+        r @ SafetyRefusal::Mounted { .. } => r.to_string(),
         other => panic!("expected Mounted, got {other:?}"),
     }
 }
@@ -76,10 +81,8 @@ fn filesystem_mounted_through_device_mapper_counts_as_mounted() {
         .map(|m| (m.device.as_str(), m.mount_point.as_str()))
         .collect();
     assert_eq!(got, vec![("dm-0", "/mnt/secret")]);
-    assert!(matches!(
-        refusal(&info, true),
-        Some(SafetyRefusal::Mounted { .. })
-    ));
+    let msg = mounted_message(&info);
+    assert!(msg.contains("umount /mnt/secret"), "{msg}");
 }
 
 #[test]
@@ -95,22 +98,22 @@ fn root_disk_is_refused_even_with_force() {
     let info = inspect("machine", "sda", 8, 0);
     assert!(info.holds_root);
     assert_eq!(info.mounts.len(), 2, "/ and /boot/efi");
-    let r = refusal(&info, true);
-    assert!(matches!(r, Some(SafetyRefusal::SystemDisk { .. })), "{r:?}");
+    let r = forced_refusal(&info);
+    assert!(matches!(r, SafetyRefusal::SystemDisk { .. }), "{r:?}");
     // Root on btrfs shows up as 0:NN; the mount source still names sda2.
     let info = inspect("btrfs-root", "sda", 8, 0);
     assert!(info.holds_root);
     assert!(matches!(
-        refusal(&info, true),
-        Some(SafetyRefusal::SystemDisk { .. })
+        forced_refusal(&info),
+        SafetyRefusal::SystemDisk { .. }
     ));
 }
 
 #[test]
 fn too_small_disk_is_refused() {
     let info = inspect("machine", "sdc", 8, 32);
-    match refusal(&info, true) {
-        Some(r @ SafetyRefusal::TooSmall { .. }) => {
+    match forced_refusal(&info) {
+        r @ SafetyRefusal::TooSmall { .. } => {
             let msg = r.to_string();
             assert!(
                 msg.contains("954.0 MiB") && msg.contains("4.0 GiB"),
@@ -142,13 +145,13 @@ fn partition_and_read_only_card_are_refused() {
     let info = inspect("machine", "sdb1", 8, 17);
     assert_eq!(info.partition_of.as_deref(), Some("sdb"));
     assert!(
-        matches!(refusal(&info, true), Some(SafetyRefusal::Partition { ref disk, .. }) if disk == "sdb")
+        matches!(forced_refusal(&info), SafetyRefusal::Partition { ref disk, .. } if disk == "sdb")
     );
     let info = inspect("machine", "mmcblk0", 179, 0);
     assert_eq!(info.model.as_deref(), Some("SD32G"));
     assert!(matches!(
-        refusal(&info, true),
-        Some(SafetyRefusal::ReadOnly { .. })
+        forced_refusal(&info),
+        SafetyRefusal::ReadOnly { .. }
     ));
 }
 

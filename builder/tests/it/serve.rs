@@ -107,6 +107,13 @@ fn get(f: &Fixture, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
     (status, head, body)
 }
 
+/// A plain GET that must answer 200: (headers, body).
+fn get_ok(f: &Fixture, path: &str) -> (String, Vec<u8>) {
+    let (status, head, body) = get(f, path, "");
+    assert_eq!(status, 200, "GET {path}: {head}\n{}", text(&body));
+    (head, body)
+}
+
 fn header(head: &str, name: &str) -> Option<String> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -121,14 +128,12 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn ipxe_chains_to_the_machines_own_script_with_its_urls() {
     let f = start("", false);
-    let (st, _, body) = get(&f, "/boot.ipxe", "");
-    assert_eq!(st, 200);
+    let (_, body) = get_ok(&f, "/boot.ipxe");
     assert_eq!(
         text(&body),
         "#!ipxe\nchain /nodes/${mac:hexhyp}/boot.ipxe\n"
     );
-    let (st, _, body) = get(&f, "/nodes/52-54-00-AA-00-01/boot.ipxe", "");
-    assert_eq!(st, 200);
+    let (_, body) = get_ok(&f, "/nodes/52-54-00-AA-00-01/boot.ipxe");
     let script = text(&body);
     let base = format!(
         "http://10.0.2.2:{}/nodes/52-54-00-aa-00-01/",
@@ -156,8 +161,7 @@ fn ipxe_chains_to_the_machines_own_script_with_its_urls() {
 fn files_are_served_whole_and_by_range_with_exact_lengths() {
     let f = start("", false);
     let p = "/nodes/52:54:00:aa:00:01/web.squashfs";
-    let (st, head, body) = get(&f, p, "");
-    assert_eq!(st, 200);
+    let (head, body) = get_ok(&f, p);
     assert_eq!(body, f.squashfs);
     assert_eq!(header(&head, "accept-ranges").as_deref(), Some("bytes"));
 
@@ -204,8 +208,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
 fn the_seed_is_served_once_to_its_machine_then_refused() {
     let f = start("", false);
     let p = "/nodes/52-54-00-aa-00-01/seed.toml";
-    let (st, _, body) = get(&f, p, "");
-    assert_eq!(st, 200);
+    let (_, body) = get_ok(&f, p);
     let seed = nodeforge_firstboot::seed::Seed::from_toml(&text(&body)).unwrap();
     assert_eq!(seed.hostname.as_deref(), Some("web-1"));
     assert_eq!(seed.tailscale_auth_key.unwrap().expose(), KEY);
@@ -250,12 +253,10 @@ fn unknown_machines_are_refused_without_a_default_node() {
 #[test]
 fn unknown_machines_get_the_default_node_with_their_own_hostname() {
     let f = start("default_node = \"spare\"", false);
-    let (st, _, body) = get(&f, "/nodes/52-54-00-00-00-99/seed.toml", "");
-    assert_eq!(st, 200);
+    let (_, body) = get_ok(&f, "/nodes/52-54-00-00-00-99/seed.toml");
     let seed = nodeforge_firstboot::seed::Seed::from_toml(&text(&body)).unwrap();
     assert_eq!(seed.hostname.as_deref(), Some("spare-000099"));
-    let (st, _, _) = get(&f, "/nodes/52-54-00-00-00-99/web.initrd", "");
-    assert_eq!(st, 200);
+    get_ok(&f, "/nodes/52-54-00-00-00-99/web.initrd");
 }
 
 #[test]
@@ -298,8 +299,7 @@ fn tftp_hands_out_the_ipxe_binary() {
 fn install_nodes_get_an_order_the_image_by_range_and_then_their_disk() {
     let f = start("", false);
     let node = "/nodes/52-54-00-aa-00-07";
-    let (st, _, body) = get(&f, &format!("{node}/boot.ipxe"), "");
-    assert_eq!(st, 200);
+    let (_, body) = get_ok(&f, &format!("{node}/boot.ipxe"));
     let script = text(&body);
     let base = format!("http://10.0.2.2:{}{node}/", f.running.http.port());
     assert!(
@@ -310,8 +310,7 @@ fn install_nodes_get_an_order_the_image_by_range_and_then_their_disk() {
     );
     assert!(!script.contains("nodeforge.seed="), "{script}");
 
-    let (st, _, body) = get(&f, &format!("{node}/install.toml"), "");
-    assert_eq!(st, 200);
+    let (_, body) = get_ok(&f, &format!("{node}/install.toml"));
     let order: nodeforge::install::InstallOrder = toml::from_str(&text(&body)).unwrap();
     assert_eq!(order.image, format!("{base}web.img"));
     assert_eq!(order.disk, "/dev/disk/by-path/pci-0000:00:05.0");

@@ -294,8 +294,7 @@ mod tests {
 
     #[test]
     fn auth_key_from_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("key");
+        let (dir, p) = crate::testutil::scratch_path("key");
         std::fs::write(&p, "tskey-auth-abc\n").unwrap();
         assert_eq!(AuthKey::from_file(&p).unwrap().expose(), "tskey-auth-abc");
         std::fs::write(&p, "tskey-a\ntskey-b\n").unwrap();

@@ -109,11 +109,7 @@ pub fn join(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         TsState::Joined(ip) => {
             identity::record(ctx.root)?;
             ctx.notes.tailscale_ip = Some(ip.clone());
-            let tags = if tags.is_empty() {
-                "no tags".to_string()
-            } else {
-                tags.join(",")
-            };
+            let tags = crate::text::join_or(&tags, ",", "no tags");
             Ok(Outcome::Done(format!(
                 "joined as {host} ({ip}) with {tags}"
             )))

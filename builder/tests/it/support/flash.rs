@@ -12,6 +12,8 @@ use nodeforge::bmap::Bmap;
 use nodeforge::flash::device::SafetyRefusal;
 use nodeforge::flash::{self, Env, FlashOptions, FlashReport, Stamp};
 
+use super::scratch::used_disk;
+
 /// Runs an external program; the error carries the command line and stderr.
 pub fn cmd(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
@@ -130,6 +132,12 @@ impl LoopDev {
         LoopDev {
             path: PathBuf::from(out.trim()),
         }
+    }
+
+    /// Attaches a new "used card" of `size` bytes in `dir` (see
+    /// [`used_disk`]); the test must have called `require_loop`.
+    pub fn over_used_disk(dir: &Path, size: u64) -> LoopDev {
+        LoopDev::attach(&used_disk(&dir.join("disk"), size, 0xEE))
     }
 }
 

@@ -6,9 +6,11 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use nodeforge::bmap::{self, Bmap};
 use nodeforge::disk::esp::{self, Content, Volume};
 use nodeforge::disk::{gpt_table, DiskLayout, PartitionKind};
 use nodeforge::profile::Arch;
+use tempfile::TempDir;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -66,11 +68,20 @@ pub fn make_image(path: &Path, size: u64, extents: &[(u64, u64)]) -> PathBuf {
     sparse_file(path, size, &refs)
 }
 
-/// The usual small test image: 64 MiB, data at the start, in the middle
-/// (more than one 8 MiB chunk, not block-aligned) and at the end.
-pub fn standard_image(dir: &Path) -> PathBuf {
-    make_image(
-        &dir.join("node.img"),
+/// [`make_image`] as `name` in a scratch directory of its own, for the
+/// test's other files.
+pub fn scratch_image(name: &str, size: u64, extents: &[(u64, u64)]) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("creating a scratch directory");
+    let image = make_image(&dir.path().join(name), size, extents);
+    (dir, image)
+}
+
+/// The usual small test image, `node.img` in a scratch directory: 64 MiB,
+/// data at the start, in the middle (more than one 8 MiB chunk, not
+/// block-aligned) and at the end.
+pub fn standard_image() -> (TempDir, PathBuf) {
+    scratch_image(
+        "node.img",
         64 * MIB,
         &[
             (4096, 60_000),
@@ -79,6 +90,15 @@ pub fn standard_image(dir: &Path) -> PathBuf {
             (50 * MIB, 4096),
         ],
     )
+}
+
+/// [`standard_image`] with its bmap written beside it, `node.img.bmap`,
+/// where flashing looks for it.
+pub fn standard_image_with_bmap() -> (TempDir, PathBuf, Bmap) {
+    let (dir, image) = standard_image();
+    let bmap = bmap::write_bmap(&image, &dir.path().join("node.img.bmap"))
+        .unwrap_or_else(|e| panic!("writing the bmap of {}: {e:#}", image.display()));
+    (dir, image, bmap)
 }
 
 /// A file of `size` bytes filled with a repeating byte, standing in for a
