@@ -127,20 +127,6 @@ fn forward(socket: &UnixDatagram, ports: &Mutex<BTreeSet<PathBuf>>, stop: &Atomi
     }
 }
 
-/// QEMU's arguments for a second NIC on `port`, as device `id`.
-pub fn qemu_nic_args(id: &str, port: &LanPort) -> [String; 4] {
-    [
-        "-netdev".into(),
-        format!(
-            "dgram,id={id},local.type=unix,local.path={},remote.type=unix,remote.path={}",
-            super::machine::qemu_escape(&port.guest),
-            super::machine::qemu_escape(&port.hub)
-        ),
-        "-device".into(),
-        format!("virtio-net-pci,netdev={id},mac={}", port.mac),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,12 +160,6 @@ mod tests {
             own.map_err(|e| e.kind()),
             Err(std::io::ErrorKind::WouldBlock),
             "the sender got its own frame"
-        );
-        let args = qemu_nic_args("lan0", &ports[1]).join(" ");
-        assert!(args.contains("dgram,id=lan0,local.type=unix"), "{args}");
-        assert!(
-            args.contains("virtio-net-pci,netdev=lan0,mac=52:54:00:ff:00:01"),
-            "{args}"
         );
     }
 }

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::Accel;
-use super::VmOptions;
+use super::{Accel, LanPort, VmOptions};
 use crate::build::rpi;
 use crate::disk::{esp, gpt_table, layout, mbr};
 use crate::profile::Arch;
@@ -260,7 +259,7 @@ pub fn qemu_args(
         nic,
     ]);
     for (i, port) in opts.lan.iter().enumerate() {
-        args.extend(super::lan::qemu_nic_args(&format!("lan{i}"), port));
+        args.extend(lan_nic_args(&format!("lan{i}"), port));
     }
     args.extend([
         "-device".into(),
@@ -271,6 +270,20 @@ pub fn qemu_args(
         "chardev:console".into(),
     ]);
     Ok(args)
+}
+
+/// QEMU's arguments for a second NIC on `port`, as device `id`.
+fn lan_nic_args(id: &str, port: &LanPort) -> [String; 4] {
+    [
+        "-netdev".into(),
+        format!(
+            "dgram,id={id},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+            qemu_escape(&port.guest),
+            qemu_escape(&port.hub)
+        ),
+        "-device".into(),
+        format!("virtio-net-pci,netdev={id},mac={}", port.mac),
+    ]
 }
 
 /// Machine, CPU, memory; no default devices, no display, and QEMU exits
@@ -435,6 +448,32 @@ mod tests {
         assert!(
             !plain.contains("-uuid") && !plain.contains("mac="),
             "{plain}"
+        );
+    }
+
+    /// A port on a virtual LAN is a second NIC after the user-networking
+    /// one, on a dgram netdev between the guest's socket and the hub's.
+    #[test]
+    fn a_lan_port_is_a_second_nic() {
+        let (tmp, img) = scratch_file("x.img", b"");
+        let opts = VmOptions {
+            lan: vec![LanPort {
+                hub: tmp.path().join("hub.sock"),
+                guest: tmp.path().join("a.sock"),
+                mac: "52:54:00:74:73:0b".into(),
+            }],
+            ..VmOptions::new(&img)
+        };
+        let joined = direct_command_line(&opts, "root=x", tmp.path());
+        let user = joined.find("netdev=net0").expect("the user NIC");
+        let lan = joined
+            .find("-netdev dgram,id=lan0,local.type=unix,local.path=")
+            .unwrap_or_else(|| panic!("no LAN netdev: {joined}"));
+        assert!(user < lan, "{joined}");
+        assert!(joined.contains("hub.sock"), "{joined}");
+        assert!(
+            joined.contains("virtio-net-pci,netdev=lan0,mac=52:54:00:74:73:0b"),
+            "{joined}"
         );
     }
 }
