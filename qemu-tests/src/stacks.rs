@@ -3,10 +3,10 @@
 //! The public images are out of reach here, so a local registry (Debian's
 //! docker-registry on loopback) acting as the mirror of docker.io, gcr.io
 //! and quay.io holds, under every image name and tag the role's stacks
-//! use, either the service built from Debian's own package
-//! (crate::debian_images: PostgreSQL, Redis, Prometheus, postgres_exporter)
-//! or, for what Debian does not package, a STAND-IN: a small busybox httpd
-//! image listening on that service's port.
+//! use, either an image on Debian's layer (crate::debian_images: the real
+//! PostgreSQL, Redis, Prometheus and postgres_exporter, and script
+//! stand-ins for Alloy and Loki) or, for the rest, a STAND-IN: a small
+//! busybox httpd image listening on that service's port.
 //! The role is locked through the mirror (`nodeforge lock --mirror`), so
 //! the compose files, the lock and the engine keep the public names. The
 //! node then boots in QEMU (TCG), the agent provides the stacks' secrets,

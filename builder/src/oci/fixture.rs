@@ -22,6 +22,9 @@ pub struct TestRegistry {
     pub addr: String,
     http: Http,
     dir: tempfile::TempDir,
+    /// Each layer compressed once, by its uncompressed digest: images that
+    /// share a large layer (the boot tests' Debian one) reuse it.
+    gzipped: std::sync::Mutex<std::collections::HashMap<Digest, Vec<u8>>>,
 }
 
 /// An image's content: a config and uncompressed layer tars.
@@ -72,6 +75,7 @@ impl TestRegistry {
             addr,
             http: Http::builder().timeout(Duration::from_secs(30)).build()?,
             dir,
+            gzipped: Default::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -215,7 +219,7 @@ impl TestRegistry {
         let mut layers = Vec::new();
         for l in &image.layers {
             let (blob, media_type) = match gzip {
-                true => (gzip_bytes(self.dir.path(), l)?, OCI_LAYER_TAR_GZIP),
+                true => (self.gzip_layer(l)?, OCI_LAYER_TAR_GZIP),
                 false => (l.clone(), OCI_LAYER_TAR),
             };
             let d = self.push_blob(repo, &blob)?;
@@ -229,6 +233,18 @@ impl TestRegistry {
             "config": {"mediaType": OCI_CONFIG, "digest": config, "size": image.config.len()},
             "layers": layers,
         }))?)
+    }
+
+    /// `layer` gzip-compressed, from the memo when it was compressed before.
+    fn gzip_layer(&self, layer: &[u8]) -> Result<Vec<u8>> {
+        let key = Digest::of(layer);
+        let mut memo = self.gzipped.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(blob) = memo.get(&key) {
+            return Ok(blob.clone());
+        }
+        let blob = gzip_bytes(self.dir.path(), layer)?;
+        memo.insert(key, blob.clone());
+        Ok(blob)
     }
 
     /// Pushes one image per `(arch, image)` and an index of them tagged
