@@ -1,5 +1,5 @@
 //! The baked stacks manifest (`/etc/nodeforge/stacks.toml`): which compose
-//! stacks the image holds, the container image archives they need and how
+//! stacks the image holds, the container images they need and how
 //! each service's health is checked. The builder writes it; the agent's
 //! `containers` step reads it.
 
@@ -9,8 +9,6 @@ use serde::{Deserialize, Serialize};
 pub const STACKS_MANIFEST_PATH: &str = "/etc/nodeforge/stacks.toml";
 /// Directory holding one folder per stack (`<dir>/<stack>/compose.yaml`).
 pub const STACKS_DIR: &str = "/etc/nodeforge/stacks";
-/// Directory holding the `docker load`-able image archives.
-pub const IMAGES_DIR: &str = "/var/lib/nodeforge/images";
 /// Directory of the per-stack secrets files the agent writes at first boot
 /// (mode 0600, never in the image).
 pub const SECRETS_DIR: &str = "/var/lib/nodeforge/secrets";
@@ -77,15 +75,12 @@ pub struct StackEntry {
 pub struct ImageEntry {
     /// The reference as the profile wrote it.
     pub reference: String,
-    /// The tag the archive loads as; compose files use this name.
+    /// The tag the image is stored under; compose files use this name.
     pub tag: String,
-    /// Locked manifest digest (`sha256:…`) the archive was made from.
+    /// Locked manifest digest (`sha256:…`): the image's repo digest.
     pub digest: String,
-    /// Config digest: the image ID the engine shows once loaded, so the
-    /// agent can skip images already present.
+    /// Config digest: the image ID the engine shows for it.
     pub image_id: String,
-    /// In-image path of the `docker load`-able archive.
-    pub archive: String,
 }
 
 /// One probe: exactly one of `http` and `tcp` is set (the builder checks).
@@ -130,7 +125,6 @@ mod tests {
                     tag: "127.0.0.1:5000/web:1".into(),
                     digest: format!("sha256:{}", "a".repeat(64)),
                     image_id: format!("sha256:{}", "b".repeat(64)),
-                    archive: "/var/lib/nodeforge/images/aaaa.tar".into(),
                 }],
                 probes: vec![
                     ProbeEntry {

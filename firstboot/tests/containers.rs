@@ -1,7 +1,8 @@
 //! The containers step against the fake machine's Docker engine: images
-//! loaded only when missing, stacks started with pulls forbidden, a
-//! bounded wait for health, per-service state in status.json, and resumes
-//! that repeat nothing harmful.
+//! found in the preloaded store (re-tagged if their tag is gone, named if
+//! missing, never loaded), stacks started with pulls forbidden, a bounded
+//! wait for health, per-service state in status.json, and resumes that
+//! repeat nothing harmful.
 
 mod common;
 
@@ -42,7 +43,6 @@ fn machine_on_a_tailnet() -> Machine {
         tag: tag.into(),
         digest: format!("sha256:{}", n.repeat(64)),
         image_id: id.into(),
-        archive: format!("/var/lib/nodeforge/images/{n}.tar"),
     };
     let manifest = StacksManifest {
         stacks: vec![StackEntry {
@@ -67,18 +67,10 @@ fn machine_on_a_tailnet() -> Machine {
     {
         let mut w = m.world.borrow_mut();
         let d = &mut w.docker;
-        d.images = vec![(DB_ID.into(), "reg.example/db:2".into())];
-        d.archives = vec![
-            (
-                "/var/lib/nodeforge/images/1.tar".into(),
-                WEB_ID.into(),
-                "reg.example/web:1".into(),
-            ),
-            (
-                "/var/lib/nodeforge/images/2.tar".into(),
-                DB_ID.into(),
-                "reg.example/db:2".into(),
-            ),
+        // As the build preloads them; web's tag was removed by hand.
+        d.images = vec![
+            (WEB_ID.into(), "<none>:<none>".into()),
+            (DB_ID.into(), "reg.example/db:2".into()),
         ];
         d.services = "web\ndb\n".into();
     }
@@ -157,14 +149,20 @@ fn stacks_start_without_pulls_and_report_each_service() {
     assert_eq!(st.state, RunState::Complete);
     let step = st.steps.iter().find(|s| s.name == "containers").unwrap();
     assert_eq!(step.state, StepState::Done, "{step:?}");
-    assert_eq!(
-        step.detail.as_deref(),
-        Some("1 stacks up, 2/2 services healthy, 1 of 2 images loaded")
+    let detail = step.detail.as_deref().unwrap();
+    assert!(
+        detail.starts_with(
+            "1 stacks up, 2/2 services healthy, 2 images preloaded, none loaded; engine "
+        ) && detail.contains(" s, compose up ")
+            && detail.contains(" s, health "),
+        "{detail}"
     );
-    // Only the missing image was loaded; compose may never pull.
-    assert_eq!(m.calls_starting("docker load"), 1);
+    // Nothing is loaded; the untagged image gets its tag back; compose
+    // may never pull.
+    assert_eq!(m.calls_starting("docker load"), 0);
+    assert_eq!(m.calls_starting("docker tag"), 1);
     assert_eq!(
-        m.calls_starting("docker load --quiet --input /var/lib/nodeforge/images/1.tar"),
+        m.calls_starting(&format!("docker tag {WEB_ID} reg.example/web:1")),
         1
     );
     let up = "docker compose --project-name app --file /etc/nodeforge/stacks/app/compose.yaml up --detach --pull never";
@@ -225,18 +223,33 @@ fn an_exited_service_is_reported_with_its_state() {
 }
 
 #[test]
-fn a_kill_after_loading_resumes_without_loading_again() {
+fn a_kill_after_tagging_resumes_without_tagging_again() {
     let m = machine();
     m.world.borrow_mut().docker.ps = vec![ps(("running", ""), ("running", "healthy"))];
-    assert!(m.boot_with_kill(Kill::AfterCmd("docker load")));
+    assert!(m.boot_with_kill(Kill::AfterCmd("docker tag")));
     let st = m.boot().unwrap().unwrap();
     assert_eq!(st.state, RunState::Complete);
-    assert_eq!(m.world.borrow().docker.loads, 1, "{:#?}", m.calls.borrow());
+    assert_eq!(m.world.borrow().docker.tags, 1, "{:#?}", m.calls.borrow());
     assert_eq!(m.world.borrow().docker.ups, 1);
     // Later boots confirm from the journal and keep the services' record.
     let again = m.boot().unwrap().unwrap();
     assert_eq!(again.services.len(), 2);
     assert_eq!(m.world.borrow().docker.ups, 1);
+}
+
+#[test]
+fn an_image_missing_from_the_store_fails_naming_it_before_any_stack_starts() {
+    let m = machine();
+    m.world.borrow_mut().docker.images.remove(0);
+    let err = m.boot().unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "1 of the image's container images are not in the engine's store (/var/lib/docker): reg.example/web:1 ({WEB_ID})"
+        )) && err.contains("rebuild the image"),
+        "{err}"
+    );
+    assert_eq!(m.calls_starting("docker compose"), 0);
+    assert_eq!(m.calls_starting("docker load"), 0);
 }
 
 #[test]
@@ -278,7 +291,7 @@ fn declared_secrets_come_from_the_seed_or_are_generated_once_and_the_seed_is_scr
     );
     m.world.borrow_mut().docker.ps = vec![ps(("running", ""), ("running", "healthy"))];
     // Killed after the secrets were written: the next boot keeps them.
-    assert!(m.boot_with_kill(Kill::AfterCmd("docker load")));
+    assert!(m.boot_with_kill(Kill::AfterCmd("docker tag")));
     let path = m.path(&secrets_file("app"));
     let first = parse_env_file(&m.read(&secrets_file("app")));
     assert_eq!(first["DB_PASSWORD"], "from-the-seed-1");

@@ -1,16 +1,16 @@
-//! Two steps. `containers`: each locked image as a `docker load`-able
-//! archive under /var/lib/nodeforge/images/. `stacks`: each stack's
-//! compose file rendered into /etc/nodeforge/stacks/<stack>/, and
-//! /etc/nodeforge/stacks.toml telling the agent what to load, start and
-//! probe. Apart, a compose edit re-runs only `stacks`; the archives come
-//! from `containers`' cached layer.
+//! Two steps. `containers`: the locked images written into the Docker
+//! engine's own store (/var/lib/docker, see `oci::docker_store`), so first
+//! boot does no image work. `stacks`: each stack's compose file rendered
+//! into /etc/nodeforge/stacks/<stack>/, and /etc/nodeforge/stacks.toml
+//! telling the agent what to start and probe. Apart, a compose edit
+//! re-runs only `stacks`; the store comes from `containers`' cached layer.
 
 use std::collections::BTreeMap;
 use std::fs;
 
 use anyhow::{bail, Context, Result};
 use nodeforge_firstboot::stacks::{
-    secrets_file, ImageEntry, ProbeEntry, StackEntry, StacksManifest, IMAGES_DIR, STACKS_DIR,
+    secrets_file, ImageEntry, ProbeEntry, StackEntry, StacksManifest, STACKS_DIR,
     STACKS_MANIFEST_PATH,
 };
 
@@ -18,15 +18,15 @@ use super::context::BuildContext;
 use super::overlay::tera_error_chain;
 use super::progress::StepOutcome;
 use crate::fsutil;
-use crate::oci::archive;
 use crate::oci::cache::BlobCache;
+use crate::oci::docker_store::{self, StoreImage, DOCKER_ROOT};
 use crate::oci::lock::{self, profile_images, LockFile};
 use crate::oci::manifest::{ImageManifest, Manifest};
 use crate::oci::{Client, Digest, Reference};
 use crate::profile::{ProbeCheck, Stack};
 
-/// What the archives are made from: the architecture and each image's
-/// locked digest (the tag it loads as derives from both).
+/// What the store is made from: the architecture and each image's locked
+/// digest (the tag it is stored under derives from both).
 pub fn images_inputs(plan: &crate::plan::Plan) -> serde_json::Value {
     let images: Vec<(&str, Option<&str>)> = plan
         .images
@@ -58,12 +58,11 @@ pub fn stacks_inputs(plan: &crate::plan::Plan) -> Result<serde_json::Value> {
 /// The fields of the `containers` fact the `stacks` step reads back (the
 /// fact survives in the layer when `containers` is reused).
 #[derive(serde::Deserialize)]
-struct ArchivedImage {
+struct StoredImage {
     reference: String,
     tag: String,
     digest: String,
     image_id: String,
-    archive: String,
 }
 
 /// Step `containers`.
@@ -90,31 +89,43 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
                 .with_mirrors(lock::mirrors(&locked)?),
         ),
     };
-    crate::fsutil::create_dir_all(ctx.target(IMAGES_DIR))
-        .with_context(|| format!("creating {IMAGES_DIR} in the image"))?;
-    let mut facts = Vec::new();
-    let (mut blob_total, mut archive_total) = (0u64, 0u64);
+    let mut fetched = Vec::new();
     for (r, l) in refs.iter().zip(locked) {
         let parsed = Reference::parse(r)?;
         let manifest = ensure_blobs(&cache, client.as_ref(), &parsed, &l.digest)
             .with_context(|| format!("fetching image {r} ({})", l.digest))?;
         let tag = parsed.load_tag(&l.digest);
-        let archive = format!("{IMAGES_DIR}/{}.tar", l.digest.hex());
-        let info = archive::write(&ctx.target(&archive), &tag, &l.digest, &manifest, &cache)
-            .with_context(|| format!("writing the archive of image {r}"))?;
-        blob_total += info.blob_bytes;
-        archive_total += info.archive_bytes;
+        fetched.push((r, parsed, l.digest.clone(), manifest, tag));
+    }
+    let images: Vec<StoreImage> = fetched
+        .iter()
+        .map(|(_, parsed, digest, manifest, tag)| StoreImage {
+            reference: parsed,
+            tag,
+            manifest_digest: digest,
+            manifest,
+        })
+        .collect();
+    let report = docker_store::write_store(&ctx.target(DOCKER_ROOT), &images, &cache)
+        .with_context(|| format!("writing the images into {DOCKER_ROOT} in the image"))?;
+    let mut facts = Vec::new();
+    let mut blob_total = 0;
+    for (r, _, digest, manifest, tag) in &fetched {
+        let blob_bytes: u64 = std::iter::once(&manifest.config)
+            .chain(&manifest.layers)
+            .map(|d| d.size)
+            .sum();
+        blob_total += blob_bytes;
         facts.push(serde_json::json!({
-            "reference": r, "digest": l.digest, "tag": tag,
-            "image_id": manifest.config.digest, "archive": archive,
-            "blob_bytes": info.blob_bytes, "archive_bytes": info.archive_bytes,
+            "reference": r, "digest": digest, "tag": tag,
+            "image_id": manifest.config.digest, "blob_bytes": blob_bytes,
         }));
     }
     ctx.facts.insert(
         "containers".into(),
         serde_json::json!({
-            "images": facts, "blob_bytes": blob_total, "archive_bytes": archive_total,
-            "offline": ctx.opts.offline,
+            "images": facts, "blob_bytes": blob_total, "layers": report.layers,
+            "unpacked_bytes": report.unpacked_bytes, "offline": ctx.opts.offline,
         }),
     );
     Ok(StepOutcome::Done)
@@ -126,7 +137,7 @@ pub fn write_stacks(ctx: &mut BuildContext) -> Result<StepOutcome> {
     if p.stacks.is_empty() {
         return Ok(StepOutcome::Skipped("the profile has no stacks".into()));
     }
-    let archived: Vec<ArchivedImage> = ctx
+    let stored: Vec<StoredImage> = ctx
         .facts
         .get("containers")
         .and_then(|c| c.get("images"))
@@ -134,7 +145,7 @@ pub fn write_stacks(ctx: &mut BuildContext) -> Result<StepOutcome> {
         .transpose()
         .context("reading the containers step's image list")?
         .context("the containers step recorded no images")?;
-    let images: BTreeMap<String, ImageEntry> = archived
+    let images: BTreeMap<String, ImageEntry> = stored
         .into_iter()
         .map(|a| {
             let entry = ImageEntry {
@@ -142,7 +153,6 @@ pub fn write_stacks(ctx: &mut BuildContext) -> Result<StepOutcome> {
                 tag: a.tag,
                 digest: a.digest,
                 image_id: a.image_id,
-                archive: a.archive,
             };
             (entry.reference.clone(), entry)
         })

@@ -11,6 +11,7 @@ use super::progress::StepOutcome;
 use super::qcow2;
 use super::{agent, containers, image, initrd, netboot, outputs, overlay, rootfs, system, users};
 use crate::disk::TableKind;
+use crate::oci::docker_store::DOCKER_ROOT;
 use crate::oci::lock;
 use crate::plan::Plan;
 use crate::profile::{Firmware, InitramfsKind, OutputFormat};
@@ -138,7 +139,9 @@ pub const STEPS: &[Step] = &[
         applies: always,
         describe: |plan| {
             let n = lock::profile_images(&plan.profile).len();
-            vec![format!("{n} locked images as docker-load archives")]
+            vec![format!(
+                "{n} locked images into the engine's store ({DOCKER_ROOT})"
+            )]
         },
         caching: Caching::Layer(|ctx| Ok(containers::images_inputs(ctx.plan))),
         run: containers::write_images,

@@ -1,10 +1,10 @@
 //! Container images from OCI registries: references, the distribution API
-//! client, lock files, a content-addressed blob cache and `docker load`-able
-//! archives.
+//! client, lock files, a content-addressed blob cache, `docker load`-able
+//! archives and the Docker engine's own image store, written daemonless.
 
-pub mod archive;
 pub mod cache;
 pub mod client;
+pub mod docker_store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
 pub mod lock;
@@ -13,6 +13,8 @@ pub mod mirror;
 pub mod reference;
 #[cfg(test)]
 mod registry_tests;
+pub mod tar_stream;
+pub mod unpack;
 
 use std::fmt;
 

@@ -138,19 +138,6 @@ fn root_fs(p: &Project) -> Ext4 {
     Ext4::root_of(&p.path("out/s.img"), p.root())
 }
 
-fn tar_member(tar: &[u8], name: &str) -> Vec<u8> {
-    let mut ar = tar::Archive::new(tar);
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.path().unwrap() == Path::new(name) {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
-            return v;
-        }
-    }
-    panic!("{name} not in the archive");
-}
-
 #[test]
 fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
     require_root();
@@ -189,20 +176,45 @@ fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
     let env = root.file(st.env_file.as_deref().unwrap());
     assert_eq!(env, b"GREETING='hello $there'\n");
 
-    let archive = root.file(&st.images[0].archive);
-    let dm: serde_json::Value =
-        serde_json::from_slice(&tar_member(&archive, "manifest.json")).unwrap();
-    assert_eq!(dm[0]["RepoTags"][0], image.as_str());
-    let config = tar_member(&archive, dm[0]["Config"].as_str().unwrap());
+    // The image is in the engine's own store, read back from the ext4:
+    // tagged, its config byte for byte, its layer unpacked, and the
+    // layer's exact bytes recoverable from the tar-split and the files.
+    let docker = "/var/lib/docker/image/overlay2";
+    let repos: serde_json::Value =
+        serde_json::from_str(&root.text(&format!("{docker}/repositories.json"))).unwrap();
+    let tagged = &repos["Repositories"][format!("{}/team/web", reg.addr)];
     assert_eq!(
-        nodeforge::oci::Digest::of(&config).to_string(),
-        st.images[0].image_id
+        tagged[image.as_str()],
+        st.images[0].image_id.as_str(),
+        "{repos:#}"
     );
+    assert_eq!(
+        tagged[format!("{}/team/web@{locked}", reg.addr)],
+        st.images[0].image_id.as_str()
+    );
+    let image_id = nodeforge::oci::Digest::parse(&st.images[0].image_id).unwrap();
+    let config = root.file(&format!(
+        "{docker}/imagedb/content/sha256/{}",
+        image_id.hex()
+    ));
+    assert_eq!(nodeforge::oci::Digest::of(&config), image_id);
     let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
     assert_eq!(config["config"]["Labels"]["nodeforge.test"], "first");
-    assert_eq!(
-        tar_member(&archive, dm[0]["Layers"][0].as_str().unwrap()),
-        first.layers[0]
+    let chain = nodeforge::oci::Digest::of(&first.layers[0]);
+    let layer = format!("{docker}/layerdb/sha256/{}", chain.hex());
+    assert_eq!(root.text(&format!("{layer}/diff")), chain.to_string());
+    let diff = format!(
+        "/var/lib/docker/overlay2/{}/diff",
+        root.text(&format!("{layer}/cache-id"))
+    );
+    let split = root.file(&format!("{layer}/tar-split.json.gz"));
+    let rebuilt = nodeforge::oci::unpack::reassemble(&split[..], |name| {
+        Ok(root.file(&format!("{diff}/{name}")))
+    })
+    .unwrap();
+    assert!(
+        rebuilt == first.layers[0],
+        "the layer reassembles byte for byte"
     );
     let built: serde_json::Value = serde_json::from_str(&p.read("out/s.manifest.json")).unwrap();
     assert_eq!(
@@ -211,7 +223,7 @@ fn locked_build_bakes_images_ignores_moved_tags_and_builds_offline() {
     );
 
     // Editing the compose file re-runs only the steps from `stacks` on:
-    // the rootfs, the earlier steps' layers and the image archives (the
+    // the rootfs, the earlier steps' layers and the engine's store (the
     // `containers` layer) are reused.
     p.write(
         "stacks/web/compose.yaml.tera",

@@ -1,8 +1,10 @@
-//! Start the baked compose stacks: load the image archives the engine does
-//! not have yet, `docker compose up -d` each stack with pulls forbidden,
-//! then wait (bounded) until every service is healthy: its compose
-//! healthcheck says so, or it runs and the profile's probe answers.
-//! Restarting crashed services is the engine's job (restart policies).
+//! Start the baked compose stacks. The build wrote every image into the
+//! engine's own store, so nothing is loaded: the step checks each image is
+//! there under its tag (re-tagging one whose tag was removed), runs
+//! `docker compose up -d` per stack with pulls forbidden, then waits
+//! (bounded) until every service is healthy: its compose healthcheck says
+//! so, or it runs and the profile's probe answers. Restarting crashed
+//! services is the engine's job (restart policies).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -18,7 +20,6 @@ use crate::status::ServiceStatus;
 
 /// How long the engine may take to answer after boot.
 const ENGINE_WAIT: Duration = Duration::from_secs(120);
-const LOAD_TIMEOUT: Duration = Duration::from_secs(900);
 const UP_TIMEOUT: Duration = Duration::from_secs(600);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_secs(2);
@@ -41,7 +42,9 @@ pub fn containers(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     if manifest.stacks.is_empty() {
         return Ok(Outcome::Skipped("the image has no stacks".into()));
     }
+    let started = Instant::now();
     wait_for_engine(ctx)?;
+    let engine_secs = started.elapsed().as_secs_f64();
 
     let listed = ctx.runner.run(&docker([
         "image",
@@ -51,21 +54,23 @@ pub fn containers(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         "{{.ID}} {{.Repository}}:{{.Tag}}",
     ]))?;
     let all_images: Vec<&ImageEntry> = manifest.stacks.iter().flat_map(|s| &s.images).collect();
-    let actions = image_actions(&all_images, &listed.stdout);
-    let loaded = actions
-        .iter()
-        .filter(|a| matches!(a, ImageAction::Load { .. }))
-        .count();
-    for a in &actions {
-        let cmd = match a {
-            ImageAction::Load { archive, .. } => {
-                docker(["load", "--quiet", "--input", archive]).timeout(LOAD_TIMEOUT)
-            }
-            ImageAction::Tag { id, tag } => docker(["tag", id, tag]),
-        };
-        ctx.runner.run(&cmd).with_context(|| a.to_string())?;
+    let missing = missing_images(&all_images, &listed.stdout);
+    if !missing.is_empty() {
+        bail!(
+            "{} of the image's container images are not in the engine's store \
+             (/var/lib/docker): {}. The build writes them there; rebuild the image, \
+             or `docker pull` them if the node is online",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    for (id, tag) in retags(&all_images, &listed.stdout) {
+        ctx.runner
+            .run(&docker(["tag", &id, &tag]))
+            .with_context(|| format!("tagging image {id} as {tag}"))?;
     }
 
+    let up_started = Instant::now();
     for s in &manifest.stacks {
         let up = compose(s).args([
             "up",
@@ -79,14 +84,18 @@ pub fn containers(ctx: &mut Ctx<'_>) -> Result<Outcome> {
             .run(&up.timeout(UP_TIMEOUT))
             .with_context(|| format!("starting stack {}", s.name))?;
     }
+    let up_secs = up_started.elapsed().as_secs_f64();
+    let health_started = Instant::now();
 
     let mut services = Vec::new();
     for s in &manifest.stacks {
         services.extend(wait_healthy(ctx, s)?);
     }
     let healthy = services.iter().filter(|s| s.healthy).count();
+    let health_secs = health_started.elapsed().as_secs_f64();
     let detail = format!(
-        "{} stacks up, {healthy}/{} services healthy, {loaded} of {} images loaded",
+        "{} stacks up, {healthy}/{} services healthy, {} images preloaded, none loaded; \
+         engine {engine_secs:.1} s, compose up {up_secs:.1} s, health {health_secs:.1} s",
         manifest.stacks.len(),
         services.len(),
         all_images.len()
@@ -142,57 +151,44 @@ fn wait_for_engine(ctx: &Ctx<'_>) -> Result<()> {
     }
 }
 
-/// What to do so the engine holds every baked image under its tag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageAction {
-    Load {
-        archive: String,
-        tag: String,
-    },
-    /// The image is there (an earlier, interrupted run) but not its tag.
-    Tag {
-        id: String,
-        tag: String,
-    },
+/// `docker image ls` output (`<ID> <repo>:<tag>` lines) as (ID, name) pairs.
+fn listed_images(image_ls: &str) -> BTreeSet<(String, String)> {
+    image_ls
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .map(|(id, name)| (id.to_owned(), name.trim().to_owned()))
+        .collect()
 }
 
-impl std::fmt::Display for ImageAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ImageAction::Load { archive, tag } => write!(f, "loading image {tag} from {archive}"),
-            ImageAction::Tag { id, tag } => write!(f, "tagging image {id} as {tag}"),
-        }
-    }
+/// The baked images whose ID the engine does not hold, as `tag (id)`.
+pub fn missing_images(images: &[&ImageEntry], image_ls: &str) -> Vec<String> {
+    let ids: BTreeSet<String> = listed_images(image_ls)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let out: Vec<String> = images
+        .iter()
+        .filter(|im| !ids.contains(&im.image_id))
+        .map(|im| format!("{} ({})", im.tag, im.image_id))
+        .fold(Vec::new(), |mut v, m| {
+            if !v.contains(&m) {
+                v.push(m);
+            }
+            v
+        });
+    out
 }
 
-/// Decides from `docker image ls` output (`<ID> <repo>:<tag>` lines) which
-/// archives to load and which present images only need their tag.
-pub fn image_actions(images: &[&ImageEntry], image_ls: &str) -> Vec<ImageAction> {
-    let mut ids = BTreeSet::new();
-    let mut pairs = BTreeSet::new();
-    for l in image_ls.lines() {
-        if let Some((id, name)) = l.trim().split_once(' ') {
-            ids.insert(id.to_owned());
-            pairs.insert((id.to_owned(), name.trim().to_owned()));
-        }
-    }
+/// Images the engine holds whose tag is gone (removed by hand, or an
+/// interrupted retag): (ID, tag) to tag again.
+pub fn retags(images: &[&ImageEntry], image_ls: &str) -> Vec<(String, String)> {
+    let listed = listed_images(image_ls);
+    let ids: BTreeSet<&String> = listed.iter().map(|(id, _)| id).collect();
     let mut out = Vec::new();
     for im in images {
-        let action = if pairs.contains(&(im.image_id.clone(), im.tag.clone())) {
-            continue;
-        } else if ids.contains(&im.image_id) {
-            ImageAction::Tag {
-                id: im.image_id.clone(),
-                tag: im.tag.clone(),
-            }
-        } else {
-            ImageAction::Load {
-                archive: im.archive.clone(),
-                tag: im.tag.clone(),
-            }
-        };
-        if !out.contains(&action) {
-            out.push(action);
+        let pair = (im.image_id.clone(), im.tag.clone());
+        if ids.contains(&im.image_id) && !listed.contains(&pair) && !out.contains(&pair) {
+            out.push(pair);
         }
     }
     out
@@ -376,12 +372,11 @@ mod tests {
             tag: tag.into(),
             digest: format!("sha256:{}", "d".repeat(64)),
             image_id: format!("sha256:{}", id.to_string().repeat(64)),
-            archive: format!("/var/lib/nodeforge/images/{id}.tar"),
         }
     }
 
     #[test]
-    fn loads_only_missing_images_and_retags_present_ones() {
+    fn present_images_need_nothing_untagged_ones_a_tag_and_missing_ones_are_named() {
         let (a, b, c) = (
             image('a', "r/a:1"),
             image('b', "r/b:1"),
@@ -392,21 +387,15 @@ mod tests {
             "a".repeat(64),
             "b".repeat(64)
         );
-        let actions = image_actions(&[&a, &b, &c, &c], &ls);
         assert_eq!(
-            actions,
-            vec![
-                ImageAction::Tag {
-                    id: b.image_id.clone(),
-                    tag: "r/b:1".into()
-                },
-                ImageAction::Load {
-                    archive: c.archive.clone(),
-                    tag: "r/c:1".into()
-                },
-            ]
+            retags(&[&a, &b, &c, &b], &ls),
+            vec![(b.image_id.clone(), "r/b:1".into())]
         );
-        assert!(image_actions(&[&a], &ls).is_empty());
+        assert_eq!(
+            missing_images(&[&a, &b, &c, &c], &ls),
+            vec![format!("r/c:1 ({})", c.image_id)]
+        );
+        assert!(retags(&[&a], &ls).is_empty() && missing_images(&[&a], &ls).is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod storage;
 mod system;
 mod tailnet;
 
-pub use containers::{image_actions, parse_ps, probe, service_status, ImageAction, PsEntry};
+pub use containers::{missing_images, parse_ps, probe, retags, service_status, PsEntry};
 pub use grow::{plan_grow, GrowPlan, NotGrowable};
 pub use storage::{fstab_line, matches as disk_matches, Refusal, CLAIMS_PATH};
 pub use tailnet::AUTHKEY_RUN_PATH;

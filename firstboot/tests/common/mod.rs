@@ -121,17 +121,16 @@ pub struct World {
 pub struct DockerWorld {
     /// `docker info` fails this many times first (engine starting).
     pub engine_down_polls: u32,
-    /// Images in the engine: (ID, repo:tag).
+    /// Images in the engine's store: (ID, repo:tag; `<none>:<none>` when
+    /// untagged).
     pub images: Vec<(String, String)>,
-    /// What loading an archive adds: archive path -> (ID, repo:tag).
-    pub archives: Vec<(String, String, String)>,
     /// `docker compose config --services` output.
     pub services: String,
     /// Successive `docker compose ps` outputs; the last one repeats.
     pub ps: Vec<String>,
     /// Probe answers, in order; `Ok` once they run out.
     pub probe_failures: u32,
-    pub loads: u32,
+    pub tags: u32,
     pub ups: u32,
 }
 

@@ -175,17 +175,9 @@ impl Machine {
                     .map(|(id, tag)| format!("{id} {tag}\n"))
                     .collect::<String>(),
             ),
-            ["load", "--quiet", "--input", archive] => {
-                let Some((_, id, tag)) = d.archives.iter().find(|a| a.0 == *archive).cloned()
-                else {
-                    return output_fail(1, &format!("open {archive}: no such file or directory"));
-                };
-                d.images.push((id, tag.clone()));
-                d.loads += 1;
-                output_ok(&format!("Loaded image: {tag}\n"))
-            }
             ["tag", id, tag] => {
                 d.images.push((id.to_string(), tag.to_string()));
+                d.tags += 1;
                 output_ok("")
             }
             ["compose", .., "up", "--detach", "--pull", "never", "--no-build", "--remove-orphans"] =>
