@@ -344,21 +344,26 @@ pub struct Ssh {
 
 impl Ssh {
     fn command(&self, cmd: &str) -> Command {
+        self.command_with(&[], cmd)
+    }
+
+    fn command_with(&self, extra: &[&str], cmd: &str) -> Command {
         let mut c = Command::new("ssh");
-        c.args([
-            "-q",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=20",
-            "-i",
-        ])
-        .arg(&self.key)
-        .args(["-p", &self.port.to_string(), "admin@127.0.0.1", cmd]);
+        c.args(extra)
+            .args([
+                "-q",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=20",
+                "-i",
+            ])
+            .arg(&self.key)
+            .args(["-p", &self.port.to_string(), "admin@127.0.0.1", cmd]);
         c
     }
 
@@ -378,6 +383,19 @@ impl Ssh {
             }
             return succeeded(cmd, &out);
         }
+    }
+
+    /// [`run`](Self::run) with the guest's `127.0.0.1:guest_port` forwarded
+    /// to `host_addr` on this machine while `cmd` runs (`ssh -R`): how a
+    /// guest reaches a registry on the host's loopback, which the engine
+    /// trusts over plain HTTP as it trusts every loopback registry.
+    pub fn run_with_tunnel(&self, guest_port: u16, host_addr: &str, cmd: &str) -> String {
+        let forward = format!("127.0.0.1:{guest_port}:{host_addr}");
+        let out = self
+            .command_with(&["-o", "ExitOnForwardFailure=yes", "-R", &forward], cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("running ssh: {e}"));
+        succeeded(cmd, &out)
     }
 
     /// Writes `contents` to `path` on the guest (as root, mode 0600),

@@ -1,8 +1,9 @@
 //! A role stack end to end: the test builds a small busybox-httpd image,
 //! pushes it to a real registry (Debian's docker-registry on loopback),
 //! locks the profile against it, builds the image, stops the registry, and
-//! boots the node in QEMU. At first boot the agent loads the baked image
-//! and starts the stack with no registry anywhere; the service answers on
+//! boots the node in QEMU. The build wrote the image into the engine's own
+//! store, so at first boot the agent loads nothing and starts the stack
+//! with no registry anywhere; the service answers on
 //! its forwarded port and status.json reports it healthy.
 
 use std::net::TcpListener;
@@ -25,8 +26,8 @@ fn stack_starts_offline_at_first_boot_and_answers_on_its_port() {
     let registry = TestRegistry::start_on(REGISTRY_PORT)
         .unwrap_or_else(|e| panic!("starting docker-registry on 127.0.0.1:{REGISTRY_PORT}: {e:#}"));
     let image = busybox_httpd_image("amd64", Path::new("/bin/busybox"), INDEX, 8080).unwrap();
-    // gzip layers, as real registries serve them: the engine must
-    // decompress them when it loads the baked archive.
+    // gzip layers, as real registries serve them: the build decompresses
+    // and unpacks them into the engine's store.
     let digest = registry
         .push_image_gzip("nodeforge-test/web", Some("1"), &image)
         .unwrap();
@@ -43,8 +44,8 @@ fn stack_starts_offline_at_first_boot_and_answers_on_its_port() {
         serde_json::from_slice(&std::fs::read(&built.manifest).unwrap()).unwrap();
     let c = &manifest["facts"]["containers"];
     eprintln!(
-        "container images: {} bytes of blobs, {} bytes of archives in the image",
-        c["blob_bytes"], c["archive_bytes"]
+        "container images: {} bytes of blobs, {} bytes unpacked in the engine's store",
+        c["blob_bytes"], c["unpacked_bytes"]
     );
     assert_eq!(c["images"][0]["digest"], digest.to_string());
 
@@ -83,7 +84,7 @@ fn stack_starts_offline_at_first_boot_and_answers_on_its_port() {
         step["detail"]
             .as_str()
             .unwrap()
-            .contains("1/1 services healthy, 1 of 1 images loaded"),
+            .contains("1/1 services healthy, 1 images preloaded, none loaded"),
         "{step:#}"
     );
     let web = &status["services"][0];

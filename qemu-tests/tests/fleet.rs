@@ -142,9 +142,88 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     check_scrapes(prometheus_port);
     check_postgres_from_core(&core_vm);
     check_logs_reach_core(&data_vm, loki_port);
+    check_preloaded_store(&data, &data_vm);
     // The guests go before the slot: the next test's must not overlap them.
     drop((core_vm, data_vm, media_vm));
     drop(slot);
+}
+
+/// data's engine holds what the build wrote into its store (#18): every
+/// image under its tag with its locked repo digest; `docker save`
+/// reproduces the layers' diff IDs (the engine rebuilds each layer from
+/// the tar-split and the unpacked files and checks it); a `docker pull`
+/// of an image sharing the Debian layer reuses that layer, and
+/// `docker image rm` removes the pulled image and leaves PostgreSQL alone.
+fn check_preloaded_store(data: &Node, vm: &Running) {
+    let started = Instant::now();
+    let manifest = image_file(&data.image, "/etc/nodeforge/stacks.toml").unwrap();
+    let manifest = nodeforge_firstboot::stacks::StacksManifest::from_toml(&manifest).unwrap();
+    let listed = vm.ssh.run(
+        "sudo docker image ls --no-trunc --digests --format '{{.Repository}}:{{.Tag}} {{.Digest}} {{.ID}}'",
+    );
+    for im in manifest.stacks.iter().flat_map(|s| &s.images) {
+        let want = format!("{} {} {}", im.tag, im.digest, im.image_id);
+        assert!(
+            listed.lines().any(|l| l == want),
+            "`docker image ls` lacks {want}:\n{listed}"
+        );
+    }
+    // A small image: saving the 357 MB Debian layer under TCG took 100 s,
+    // and the small one goes through the same reassembly and check.
+    let saved_image = manifest
+        .stacks
+        .iter()
+        .flat_map(|s| &s.images)
+        .find(|im| im.reference.starts_with("minio/minio:"))
+        .map(|im| im.tag.clone())
+        .expect("data's stack has MinIO");
+    let layers = vm.ssh.run(&format!(
+        "sudo docker image inspect --format '{{{{range .RootFS.Layers}}}}{{{{println .}}}}{{{{end}}}}' {saved_image}"
+    ));
+    let saved = vm.ssh.run(&format!(
+        "set -e; d=$(mktemp -d /var/tmp/save.XXXXXX); \
+         sudo docker save {saved_image} | tar -x -C $d --wildcards 'blobs/sha256/*'; \
+         cd $d/blobs/sha256; sha256sum *; cd /; rm -rf $d"
+    ));
+    assert!(!layers.trim().is_empty(), "{saved_image} has no layers?");
+    for diff_id in layers.split_whitespace() {
+        let hex = diff_id.trim_start_matches("sha256:");
+        assert!(
+            saved.lines().any(|l| l == format!("{hex}  {hex}")),
+            "`docker save {saved_image}` did not reproduce layer {diff_id}:\n{saved}"
+        );
+    }
+
+    let registry = nodeforge::oci::fixture::TestRegistry::start()
+        .unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"));
+    let loki = qemu_tests::debian_images::image("grafana/loki:3.2.1")
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("Loki's stand-in is built on the Debian layer");
+    registry
+        .push_image_gzip("grafana/loki", Some("3.2.1"), &loki)
+        .unwrap();
+    let pulled = vm.ssh.run_with_tunnel(
+        5000,
+        &registry.addr,
+        "sudo docker pull 127.0.0.1:5000/grafana/loki:3.2.1",
+    );
+    assert!(
+        pulled.contains("Already exists"),
+        "the pull fetched the Debian layer again instead of reusing the preloaded one:\n{pulled}"
+    );
+    let removed = vm
+        .ssh
+        .run("sudo docker image rm 127.0.0.1:5000/grafana/loki:3.2.1");
+    assert!(removed.contains("Deleted: sha256:"), "{removed}");
+    let ready = vm.ssh.run(
+        "sudo docker exec $(sudo docker ps -qf label=com.docker.compose.service=postgres) \
+         sh -c '$(ls -d /usr/lib/postgresql/*/bin)/pg_isready'",
+    );
+    assert!(ready.contains("accepting connections"), "{ready}");
+    eprintln!(
+        "fleet: preloaded store checked on datacore (image ls, save, pull, rm) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// `name wall_s` of each step that ran, from a status.json.

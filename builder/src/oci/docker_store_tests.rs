@@ -211,3 +211,52 @@ fn short_links_are_26_base32_characters_and_differ_per_layer() {
     assert_eq!((a.len(), b.len()), (26, 26));
     assert_ne!(a, b);
 }
+
+/// Everything about a tree but times (the build clamps those): path, type
+/// and mode, owner, content or link target.
+fn listing(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    crate::fsutil::walk_tree(root, |rel, m| {
+        let p = root.join(rel);
+        let what = if m.file_type().is_symlink() {
+            fs::read_link(&p).unwrap().display().to_string()
+        } else if m.is_file() {
+            crate::fsutil::sha256_file(&p).unwrap()
+        } else {
+            String::new()
+        };
+        out.push(format!(
+            "{} {:o} {}:{} {what}",
+            rel.display(),
+            m.mode(),
+            m.uid(),
+            m.gid()
+        ));
+    })
+    .unwrap();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_same_images_give_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::new(&dir.path().join("cache"));
+    let base = layer_tar(&[("bin/sh", 0o755, b"#!shell"), ("lib", 0o777, b"->usr/lib")]).unwrap();
+    let app = layer_tar(&[("app/run", 0o755, b"run")]).unwrap();
+    let (m, d) = cached_image(&cache, &[base, app], "app");
+    let r = Reference::parse("ghcr.io/acme/app:2").unwrap();
+    let image = [StoreImage {
+        reference: &r,
+        tag: "ghcr.io/acme/app:2",
+        manifest_digest: &d,
+        manifest: &m,
+    }];
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_store(&a, &image, &cache).unwrap();
+    write_store(&b, &image, &cache).unwrap();
+    let (la, lb) = (listing(&a), listing(&b));
+    assert!(la.len() > 20, "{la:#?}");
+    assert_eq!(la, lb);
+}
