@@ -5,9 +5,13 @@
 //! to the agent's status line, each agent step's wall seconds and, inside
 //! `containers`, the engine's start, `compose up` and the health wait.
 //!
-//! Usage (as root): cargo run -p qemu-tests --example role_boot [NAME...]
+//! With `--real-size` the stacks' test images are padded to the public
+//! images' compressed sizes (qemu_tests::real_size), and each row also
+//! gives the image's container blobs and their unpacked size.
+//!
+//! Usage (as root): cargo run -p qemu-tests --example role_boot [--real-size] [NAME...]
 
-use qemu_tests::stacks::{prepare, FIRST_MACHINE, GOOD_KEY};
+use qemu_tests::stacks::{prepare_with, ImageSizes, FIRST_MACHINE, GOOD_KEY};
 
 const IMAGES: &[(&str, &str, Option<u64>)] = &[
     ("base", "qemu-tests/profiles/role-base.toml", None),
@@ -49,7 +53,14 @@ fn row(name: &str, ready_secs: f64, status: &serde_json::Value) -> String {
 }
 
 fn main() {
-    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let mut wanted: Vec<String> = std::env::args().skip(1).collect();
+    let sizes = match wanted.iter().position(|a| a == "--real-size") {
+        Some(i) => {
+            wanted.remove(i);
+            ImageSizes::Public
+        }
+        None => ImageSizes::Small,
+    };
     for name in &wanted {
         if !IMAGES.iter().any(|(n, _, _)| n == name) {
             eprintln!("role_boot: no image {name}; choose from base, core, data, media");
@@ -61,7 +72,7 @@ fn main() {
         if !wanted.is_empty() && !wanted.iter().any(|w| w == name) {
             continue;
         }
-        let mut node = prepare(profile, *data_disk);
+        let mut node = prepare_with(profile, *data_disk, sizes);
         node.stamp(GOOD_KEY, &[]);
         let running = node.start(&format!("role-boot-{name}"), &FIRST_MACHINE);
         let state = node.status["state"].as_str().unwrap_or("?").to_owned();
@@ -69,7 +80,20 @@ fn main() {
             eprintln!("role_boot: {name} ended {state}: {:#}", node.status);
             std::process::exit(1);
         }
-        rows.push(row(name, running.took.as_secs_f64(), &node.status));
+        let mut line = row(name, running.took.as_secs_f64(), &node.status);
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&node.manifest).expect("reading the build's manifest"),
+        )
+        .expect("the build's manifest is JSON");
+        let c = &manifest["facts"]["containers"];
+        let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / 1048576.0;
+        line += &format!(
+            " | image data {:.0} MiB: container blobs {:.0} MiB, unpacked in the store {:.0} MiB",
+            node.allocated as f64 / 1048576.0,
+            mib(&c["blob_bytes"]),
+            mib(&c["unpacked_bytes"])
+        );
+        rows.push(line);
         drop(running);
     }
     println!("image | seconds from QEMU start to ready | agent steps (wall s)");

@@ -13,6 +13,7 @@ use nodeforge::plan::Plan;
 
 pub mod control;
 pub mod debian_images;
+pub mod real_size;
 pub mod stacks;
 pub mod test_apt;
 

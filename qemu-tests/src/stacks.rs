@@ -68,6 +68,9 @@ pub struct Node {
     /// The last boot's status.json.
     pub status: serde_json::Value,
     pub image: PathBuf,
+    /// The build's manifest (its facts) and the image's data bytes.
+    pub manifest: PathBuf,
+    pub allocated: u64,
     /// The node's own disk (a stamped copy of the image) and the rest of
     /// what it boots with, for a second boot.
     pub disk: PathBuf,
@@ -93,6 +96,21 @@ pub struct Running {
 /// builds it; the node's disk is a copy of the image, with a blank
 /// sparse data disk of `data_disk_gib` beside it when given.
 pub fn prepare(profile: &str, data_disk_gib: Option<u64>) -> Node {
+    prepare_with(profile, data_disk_gib, ImageSizes::Small)
+}
+
+/// Which test images a node's stacks get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSizes {
+    /// The small stand-ins and Debian images: fast functional tests.
+    Small,
+    /// The same, padded to the public images' compressed sizes
+    /// (crate::real_size): for benchmarks.
+    Public,
+}
+
+/// [`prepare`] with the test images of `sizes`.
+pub fn prepare_with(profile: &str, data_disk_gib: Option<u64>, sizes: ImageSizes) -> Node {
     require_root();
     let registry =
         TestRegistry::start().unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"));
@@ -102,7 +120,7 @@ pub fn prepare(profile: &str, data_disk_gib: Option<u64>) -> Node {
     for r in nodeforge::oci::lock::profile_images(&p) {
         let parsed = Reference::parse(&r).unwrap();
         let debian = crate::debian_images::image(&r).unwrap_or_else(|e| panic!("{e:#}"));
-        let image = match debian {
+        let mut image = match debian {
             Some(image) => image,
             None => {
                 let port = *ports.get(r.as_str()).unwrap_or_else(|| {
@@ -111,6 +129,12 @@ pub fn prepare(profile: &str, data_disk_gib: Option<u64>) -> Node {
                 stand_in_image("amd64", Path::new("/bin/busybox"), &r, port).unwrap()
             }
         };
+        if sizes == ImageSizes::Public {
+            let target = crate::real_size::public_size(&r).unwrap_or_else(|| {
+                panic!("{r}: no public size recorded in real_size::PUBLIC_SIZES")
+            });
+            image = crate::real_size::pad(image, &r, target).unwrap_or_else(|e| panic!("{e:#}"));
+        }
         registry
             .push_image_gzip(&parsed.repository, parsed.tag.as_deref(), &image)
             .unwrap();
@@ -154,6 +178,8 @@ pub fn prepare(profile: &str, data_disk_gib: Option<u64>) -> Node {
     );
     Node {
         status: serde_json::Value::Null,
+        manifest: built.manifest,
+        allocated: built.allocated,
         image: built.image,
         disk,
         extra_disks,

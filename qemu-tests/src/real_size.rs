@@ -1,0 +1,100 @@
+//! Real-size stand-ins for benchmarks: each test image gets one more layer
+//! of incompressible bytes, so that its compressed size is that of the
+//! public image it stands for (linux/amd64, as its registry serves it).
+//! The functional tests keep the small images; benches/role-boot.sh
+//! `--real-size` boots these, so a first boot handles what a user's does.
+
+use anyhow::Result;
+use nodeforge::oci::fixture::{layer_tar, TestImage};
+use nodeforge::oci::Digest;
+
+/// Compressed size (bytes) of each public image, and where it was read.
+pub const PUBLIC_SIZES: &[(&str, u64, &str)] = &[];
+
+/// The public compressed size recorded for `name`, if any.
+pub fn public_size(name: &str) -> Option<u64> {
+    PUBLIC_SIZES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, size, _)| *size)
+}
+
+/// Deterministic incompressible bytes (splitmix64), seeded by `seed`.
+fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut state =
+        u64::from_str_radix(&Digest::of(seed.as_bytes()).hex()[..16], 16).expect("hex digits");
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The size gzip makes of `layer` (deflate level 6, as the test registry
+/// compresses).
+fn gzipped_len(layer: &[u8]) -> Result<u64> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    e.write_all(layer)?;
+    Ok(e.finish()?.len() as u64)
+}
+
+/// `image` with a padding layer that brings its compressed size to
+/// `target` bytes (unchanged if it is that large already).
+pub fn pad(image: TestImage, name: &str, target: u64) -> Result<TestImage> {
+    let mut current = image.config.len() as u64;
+    for l in &image.layers {
+        current += gzipped_len(l)?;
+    }
+    let Some(missing) = target.checked_sub(current).filter(|m| *m > 4096) else {
+        return Ok(image);
+    };
+    let data = noise(name, missing as usize);
+    let layer = layer_tar(&[("nodeforge-padding/public-size.bin", 0o644, &data)])?;
+    let mut config: serde_json::Value = serde_json::from_slice(&image.config)?;
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow::anyhow!("image config of {name} has no diff_ids"))?
+        .push(Digest::of(&layer).to_string().into());
+    if let Some(h) = config["history"].as_array_mut() {
+        h.push(
+            serde_json::json!({"created_by": "nodeforge qemu-tests: padding to the public size"}),
+        );
+    }
+    let mut layers = image.layers;
+    layers.push(layer);
+    Ok(TestImage {
+        config: serde_json::to_vec(&config)?,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_brings_an_image_to_its_public_size_with_bytes_gzip_cannot_shrink() {
+        let base = TestImage {
+            config: br#"{"rootfs":{"type":"layers","diff_ids":[]},"history":[]}"#.to_vec(),
+            layers: vec![],
+        };
+        let padded = pad(base, "example/app:1", 3 << 20).unwrap();
+        assert_eq!(padded.layers.len(), 1);
+        let total = padded.config.len() as u64 + gzipped_len(&padded.layers[0]).unwrap();
+        let off = total.abs_diff(3 << 20);
+        assert!(off < 8192, "{total} is not about 3 MiB");
+        let config: serde_json::Value = serde_json::from_slice(&padded.config).unwrap();
+        assert_eq!(
+            config["rootfs"]["diff_ids"][0],
+            Digest::of(&padded.layers[0]).to_string()
+        );
+        assert_eq!(noise("a", 64), noise("a", 64));
+        assert_ne!(noise("a", 64), noise("b", 64));
+    }
+}
