@@ -352,6 +352,60 @@ mod tests {
         assert_eq!(delta.deleted, ["etc/old/file", "etc/old", "becomes-dir"]);
     }
 
+    /// A preloaded Docker store holds what the engine's overlay2 driver
+    /// needs from the filesystem: whiteouts (char devices 0:0), the
+    /// opaque xattr (trusted.*) and hard links. The cached layer must give
+    /// them back, or a build from the cache would boot a broken store.
+    #[test]
+    fn a_layer_keeps_whiteouts_trusted_xattrs_and_hard_links() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache"));
+        let (built, restored) = (dir.path().join("built"), dir.path().join("restored"));
+        fs::create_dir_all(&built).unwrap();
+        fs::create_dir_all(&restored).unwrap();
+        let watch =
+            TreeWatch::start(snapshot(&built).unwrap(), &dir.path().join("marker")).unwrap();
+        let diff = built.join("var/lib/docker/overlay2/abc/diff");
+        fs::create_dir_all(diff.join("etc")).unwrap();
+        nix::sys::stat::mknod(
+            &diff.join("etc/motd"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let (etc, key) = (c(&diff.join("etc")), c(Path::new("trusted.overlay.opaque")));
+        // SAFETY: NUL-terminated strings and a one-byte value, all live.
+        let rc = unsafe { libc::lsetxattr(etc.as_ptr(), key.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        assert_eq!(rc, 0, "setting trusted.overlay.opaque (needs root)");
+        fs::write(diff.join("su"), "x").unwrap();
+        fs::hard_link(diff.join("su"), diff.join("su2")).unwrap();
+        let (delta, _) = watch.finish(&built).unwrap();
+        let meta = LayerMeta {
+            step: "containers".into(),
+            summary: "test".into(),
+            created: 1,
+            last_used: 1,
+            deleted: delta.deleted.clone(),
+            facts: Default::default(),
+        };
+        store(&cache, "k", &built, &delta, &meta).unwrap().unwrap();
+        apply(&cache, "k", &find(&cache, "k").unwrap(), &restored).unwrap();
+
+        let diff = restored.join("var/lib/docker/overlay2/abc/diff");
+        let motd = fs::symlink_metadata(diff.join("etc/motd")).unwrap();
+        assert!(motd.file_type().is_char_device() && motd.rdev() == 0);
+        let mut v = [0u8; 4];
+        let etc = c(&diff.join("etc"));
+        // SAFETY: as above, with a 4-byte buffer.
+        let n = unsafe { libc::lgetxattr(etc.as_ptr(), key.as_ptr(), v.as_mut_ptr().cast(), 4) };
+        assert_eq!(n, 1, "the opaque xattr did not survive the layer");
+        assert_eq!(&v[..1], b"y");
+        assert_eq!(fs::metadata(diff.join("su")).unwrap().nlink(), 2);
+    }
+
     #[test]
     fn a_stored_layer_applied_to_the_earlier_tree_gives_the_later_tree() {
         let dir = tempfile::tempdir().unwrap();
