@@ -8,8 +8,36 @@ use anyhow::Result;
 use nodeforge::oci::fixture::{layer_tar, TestImage};
 use nodeforge::oci::Digest;
 
-/// Compressed size (bytes) of each public image, and where it was read.
-pub const PUBLIC_SIZES: &[(&str, u64, &str)] = &[];
+/// Compressed size (bytes, linux/amd64: the sum of the platform manifest's
+/// layer sizes) of each public image, and where it was read. Images not
+/// listed keep their small test image (no source was found for them).
+pub const PUBLIC_SIZES: &[(&str, u64, &str)] = &[
+    (
+        "traefik:v3.1.6",
+        48_653_174,
+        "github.com/maxmood96/repo-info repos/traefik/remote/v3.1.6.md @ c63b5771922c (a fork of docker-library/repo-info)",
+    ),
+    (
+        "nginx:1.27.2-alpine",
+        22_764_242,
+        "github.com/maxmood96/repo-info repos/nginx/remote/1.27.2-alpine.md @ 04db8889e032",
+    ),
+    (
+        "redis:7.4.1",
+        44_998_013,
+        "github.com/maxmood96/repo-info repos/redis/remote/7.4.1.md @ 057145d3aab9",
+    ),
+    (
+        "postgres:16.4",
+        153_447_662,
+        "github.com/maxmood96/repo-info repos/postgres/remote/16.4.md @ 043638061e43",
+    ),
+    (
+        "n8nio/n8n:1.64.3",
+        193_010_000,
+        "the registry's tag page of n8nio/n8n 1.76.3, linux/amd64: 193.01 MB (the nearest tag found; 1.64.3's was not)",
+    ),
+];
 
 /// The public compressed size recorded for `name`, if any.
 pub fn public_size(name: &str) -> Option<u64> {

@@ -104,8 +104,8 @@ pub fn prepare(profile: &str, data_disk_gib: Option<u64>) -> Node {
 pub enum ImageSizes {
     /// The small stand-ins and Debian images: fast functional tests.
     Small,
-    /// The same, padded to the public images' compressed sizes
-    /// (crate::real_size): for benchmarks.
+    /// The same, padded to the public images' compressed sizes where
+    /// crate::real_size records one (the others stay small): benchmarks.
     Public,
 }
 
@@ -130,10 +130,14 @@ pub fn prepare_with(profile: &str, data_disk_gib: Option<u64>, sizes: ImageSizes
             }
         };
         if sizes == ImageSizes::Public {
-            let target = crate::real_size::public_size(&r).unwrap_or_else(|| {
-                panic!("{r}: no public size recorded in real_size::PUBLIC_SIZES")
-            });
-            image = crate::real_size::pad(image, &r, target).unwrap_or_else(|e| panic!("{e:#}"));
+            match crate::real_size::public_size(&r) {
+                Some(target) => {
+                    image = crate::real_size::pad(image, &r, target)
+                        .unwrap_or_else(|e| panic!("{e:#}"));
+                    eprintln!("real size: {r} padded to {target} bytes compressed");
+                }
+                None => eprintln!("real size: {r} has no recorded public size; small image kept"),
+            }
         }
         registry
             .push_image_gzip(&parsed.repository, parsed.tag.as_deref(), &image)
