@@ -59,13 +59,11 @@ pub fn unpack_layer(stream: impl Read, dest: &Path, tar_split: impl Write) -> Re
         }
         let mut crc = CRC64.digest();
         if entry.kind != Kind::GlobalHeader && clean != Path::new("") {
-            let written = apply(dest, &clean, &entry, &mut tar, &mut crc, &mut dirs)
+            apply(dest, &clean, &entry, &mut tar, &mut crc, &mut dirs)
                 .with_context(|| format!("unpacking layer entry {shown}"))?;
-            if !written {
-                // A whiteout: its data (none, normally) is still consumed.
-                std::io::copy(&mut tar, &mut CrcSink(&mut crc))?;
-            }
         }
+        // What no file took (a whiteout's data, normally none) is still
+        // part of the stream and its CRC.
         std::io::copy(&mut tar, &mut CrcSink(&mut crc))?;
         let payload = (entry.size > 0).then(|| crc.finalize().to_be_bytes());
         split.file(&entry.name, entry.size, payload.as_ref().map(|p| &p[..]))?;
@@ -95,7 +93,7 @@ impl Write for CrcSink<'_, '_> {
     }
 }
 
-/// Writes one entry. `false`: it was a whiteout, consumed without a file.
+/// Writes one entry (a whiteout becomes its overlay2 form).
 fn apply(
     dest: &Path,
     name: &Path,
@@ -103,7 +101,7 @@ fn apply(
     data: &mut impl Read,
     crc: &mut crc::Digest<'_, u64>,
     dirs: &mut Vec<(PathBuf, i64)>,
-) -> Result<bool> {
+) -> Result<()> {
     let parent_rel = name.parent().unwrap_or(Path::new(""));
     let base = name.file_name().context("entry has no name")?;
     let parent = resolve_in_root(dest, parent_rel)?;
@@ -116,15 +114,14 @@ fn apply(
     }
     let base_str = base.to_string_lossy();
     if base_str == OPAQUE_MARKER {
-        set_xattr(&parent, OPAQUE_XATTR, b"y")?;
-        return Ok(false);
+        return set_xattr(&parent, OPAQUE_XATTR, b"y");
     }
     if let Some(hidden) = base_str.strip_prefix(WHITEOUT_PREFIX) {
         let path = parent.join(hidden);
         mknod(&path, SFlag::S_IFCHR, Mode::empty(), 0)
             .with_context(|| format!("creating the whiteout {}", path.display()))?;
         std::os::unix::fs::lchown(&path, Some(e.uid as u32), Some(e.gid as u32))?;
-        return Ok(false);
+        return Ok(());
     }
     let path = parent.join(base);
     if let Ok(old) = fs::symlink_metadata(&path) {
@@ -193,7 +190,7 @@ fn apply(
         _ if to_symlink => {}
         _ => set_times(&path, e.mtime)?,
     }
-    Ok(true)
+    Ok(())
 }
 
 struct TeeCrc<'a, 'b, 'c> {
