@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::BufWriter;
-use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +22,7 @@ use super::cache::BlobCache;
 use super::manifest::ImageManifest;
 use super::unpack::unpack_layer;
 use super::{Digest, Reference};
+use crate::fsutil;
 
 /// Where the engine keeps its state inside the image.
 pub const DOCKER_ROOT: &str = "/var/lib/docker";
@@ -93,32 +94,19 @@ fn short_link(chain: &Digest) -> String {
     out
 }
 
-/// The name the engine shows: Docker Hub's `library/` and host dropped.
-pub fn familiar_name(r: &Reference) -> String {
-    if r.registry == super::reference::DOCKER_HUB {
-        r.repository
-            .strip_prefix("library/")
-            .unwrap_or(&r.repository)
-            .to_owned()
-    } else {
-        format!("{}/{}", r.registry, r.repository)
-    }
-}
-
+/// `path` and any missing parents, each with `mode` (not the umask's).
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))
+    fsutil::set_mode(path, mode)
 }
 
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     fs::write(path, data).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))
+    fsutil::set_mode(path, mode)
 }
 
 /// Writes `images` into the engine root `root` (the image's
@@ -174,7 +162,7 @@ pub fn write_store(root: &Path, images: &[StoreImage], cache: &BlobCache) -> Res
         for (i, layer) in im.manifest.layers.iter().enumerate() {
             let chain = &chains[i];
             let parent = i.checked_sub(1).map(|p| &chains[p]);
-            let repo = format!("{}/{}", im.reference.registry, im.reference.repository);
+            let repo = im.reference.name();
             sources
                 .entry(diff_ids[i].hex().to_owned())
                 .or_default()
@@ -194,7 +182,7 @@ pub fn write_store(root: &Path, images: &[StoreImage], cache: &BlobCache) -> Res
             &config_bytes,
             0o600,
         )?;
-        let name = familiar_name(im.reference);
+        let name = im.reference.familiar_name();
         let id = im.manifest.config.digest.to_string();
         let refs = repositories.entry(name.clone()).or_default();
         refs.insert(im.tag.to_owned(), id.clone());
@@ -269,7 +257,7 @@ fn write_layer(
             got.diff_id_hex
         );
     }
-    fs::set_permissions(&split_path, fs::Permissions::from_mode(0o644))?;
+    fsutil::set_mode(&split_path, 0o644)?;
     let link = short_link(chain);
     write(&dir.join("link"), link.as_bytes(), 0o644)?;
     symlink(format!("../{cache_id}/diff"), overlay.join("l").join(&link))

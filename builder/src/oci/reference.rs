@@ -113,18 +113,29 @@ impl Reference {
         format!("{scheme}://{host}/v2")
     }
 
-    /// The name the engine gives the loaded image: `registry/repo:tag` as
+    /// The fully-qualified repository, `registry/repository`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The repository as the engine shows it (its "familiar" name): Docker
+    /// Hub's host and `library/` dropped, other registries kept.
+    pub fn familiar_name(&self) -> String {
+        match self.registry == DOCKER_HUB {
+            true => self
+                .repository
+                .strip_prefix("library/")
+                .unwrap_or(&self.repository)
+                .to_owned(),
+            false => self.name(),
+        }
+    }
+
+    /// The name the engine gives the stored image: `registry/repo:tag` as
     /// written (Docker Hub names shortened the way the engine shows them).
     /// A digest-only reference gets a tag made from its digest.
     pub fn load_tag(&self, digest: &Digest) -> String {
-        let name = if self.registry == DOCKER_HUB {
-            self.repository
-                .strip_prefix("library/")
-                .unwrap_or(&self.repository)
-                .to_owned()
-        } else {
-            format!("{}/{}", self.registry, self.repository)
-        };
+        let name = self.familiar_name();
         match &self.tag {
             Some(t) => format!("{name}:{t}"),
             None => format!("{name}:digest-{}", &digest.hex()[..16]),
@@ -134,7 +145,7 @@ impl Reference {
 
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
+        write!(f, "{}", self.name())?;
         if let Some(t) = &self.tag {
             write!(f, ":{t}")?;
         }
