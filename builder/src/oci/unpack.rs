@@ -57,15 +57,18 @@ pub fn unpack_layer(stream: impl Read, dest: &Path, tar_split: impl Write) -> Re
         if entry.kind != Kind::GlobalHeader && !seen.insert(clean.clone()) {
             bail!("layer entry {shown} appears twice (Docker refuses such layers too)");
         }
-        let mut crc = CRC64.digest();
+        let mut data = CrcReader {
+            inner: &mut tar,
+            crc: CRC64.digest(),
+        };
         if entry.kind != Kind::GlobalHeader && clean != Path::new("") {
-            apply(dest, &clean, &entry, &mut tar, &mut crc, &mut dirs)
+            apply(dest, &clean, &entry, &mut data, &mut dirs)
                 .with_context(|| format!("unpacking layer entry {shown}"))?;
         }
         // What no file took (a whiteout's data, normally none) is still
         // part of the stream and its CRC.
-        std::io::copy(&mut tar, &mut CrcSink(&mut crc))?;
-        let payload = (entry.size > 0).then(|| crc.finalize().to_be_bytes());
+        std::io::copy(&mut data, &mut std::io::sink())?;
+        let payload = (entry.size > 0).then(|| data.crc.finalize().to_be_bytes());
         split.file(&entry.name, entry.size, payload.as_ref().map(|p| &p[..]))?;
     }
     split.segment(&tar.take_raw())?;
@@ -81,15 +84,17 @@ pub fn unpack_layer(stream: impl Read, dest: &Path, tar_split: impl Write) -> Re
     })
 }
 
-struct CrcSink<'a, 'b>(&'a mut crc::Digest<'b, u64>);
+/// An entry's data, with the CRC of what was read from it.
+struct CrcReader<'a, 'b, R> {
+    inner: &'a mut R,
+    crc: crc::Digest<'b, u64>,
+}
 
-impl Write for CrcSink<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+impl<R: Read> Read for CrcReader<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -99,7 +104,6 @@ fn apply(
     name: &Path,
     e: &Entry,
     data: &mut impl Read,
-    crc: &mut crc::Digest<'_, u64>,
     dirs: &mut Vec<(PathBuf, i64)>,
 ) -> Result<()> {
     let parent_rel = name.parent().unwrap_or(Path::new(""));
@@ -145,8 +149,7 @@ fn apply(
                 .create_new(true)
                 .mode(e.mode & 0o777)
                 .open(&path)?;
-            let mut tee = TeeCrc { out: &mut f, crc };
-            std::io::copy(data, &mut tee)?;
+            std::io::copy(data, &mut f)?;
         }
         Kind::HardLink => {
             let target_rel = clean_name(&e.link).context("hard link points outside the layer")?;
@@ -191,22 +194,6 @@ fn apply(
         _ => set_times(&path, e.mtime)?,
     }
     Ok(())
-}
-
-struct TeeCrc<'a, 'b, 'c> {
-    out: &'a mut fs::File,
-    crc: &'b mut crc::Digest<'c, u64>,
-}
-
-impl Write for TeeCrc<'_, '_, '_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.crc.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
 }
 
 /// The entry's path relative to the layer root: `.` and leading `/`
