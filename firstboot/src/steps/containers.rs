@@ -162,20 +162,14 @@ fn listed_images(image_ls: &str) -> BTreeSet<(String, String)> {
 
 /// The baked images whose ID the engine does not hold, as `tag (id)`.
 pub fn missing_images(images: &[&ImageEntry], image_ls: &str) -> Vec<String> {
-    let ids: BTreeSet<String> = listed_images(image_ls)
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    let out: Vec<String> = images
-        .iter()
-        .filter(|im| !ids.contains(&im.image_id))
-        .map(|im| format!("{} ({})", im.tag, im.image_id))
-        .fold(Vec::new(), |mut v, m| {
-            if !v.contains(&m) {
-                v.push(m);
-            }
-            v
-        });
+    let listed = listed_images(image_ls);
+    let mut out = Vec::new();
+    for im in images {
+        let line = format!("{} ({})", im.tag, im.image_id);
+        if !listed.iter().any(|(id, _)| *id == im.image_id) && !out.contains(&line) {
+            out.push(line);
+        }
+    }
     out
 }
 
