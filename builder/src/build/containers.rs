@@ -90,37 +90,35 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
         ),
     };
     let mut fetched = Vec::new();
+    let mut facts = Vec::new();
+    let mut blob_total = 0;
     for (r, l) in refs.iter().zip(locked) {
         let parsed = Reference::parse(r)?;
         let manifest = ensure_blobs(&cache, client.as_ref(), &parsed, &l.digest)
             .with_context(|| format!("fetching image {r} ({})", l.digest))?;
         let tag = parsed.load_tag(&l.digest);
-        fetched.push((r, parsed, l.digest.clone(), manifest, tag));
-    }
-    let images: Vec<StoreImage> = fetched
-        .iter()
-        .map(|(_, parsed, digest, manifest, tag)| StoreImage {
-            reference: parsed,
-            tag,
-            manifest_digest: digest,
-            manifest,
-        })
-        .collect();
-    let report = docker_store::write_store(&ctx.target(DOCKER_ROOT), &images, &cache)
-        .with_context(|| format!("writing the images into {DOCKER_ROOT} in the image"))?;
-    let mut facts = Vec::new();
-    let mut blob_total = 0;
-    for (r, _, digest, manifest, tag) in &fetched {
         let blob_bytes: u64 = std::iter::once(&manifest.config)
             .chain(&manifest.layers)
             .map(|d| d.size)
             .sum();
         blob_total += blob_bytes;
         facts.push(serde_json::json!({
-            "reference": r, "digest": digest, "tag": tag,
+            "reference": r, "digest": l.digest, "tag": tag,
             "image_id": manifest.config.digest, "blob_bytes": blob_bytes,
         }));
+        fetched.push((parsed, l.digest.clone(), manifest, tag));
     }
+    let images: Vec<StoreImage> = fetched
+        .iter()
+        .map(|(reference, manifest_digest, manifest, tag)| StoreImage {
+            reference,
+            tag,
+            manifest_digest,
+            manifest,
+        })
+        .collect();
+    let report = docker_store::write_store(&ctx.target(DOCKER_ROOT), &images, &cache)
+        .with_context(|| format!("writing the images into {DOCKER_ROOT} in the image"))?;
     ctx.facts.insert(
         "containers".into(),
         serde_json::json!({
