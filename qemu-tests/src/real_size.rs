@@ -4,6 +4,9 @@
 //! The functional tests keep the small images; benches/role-boot.sh
 //! `--real-size` boots these, so a first boot handles what a user's does.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use anyhow::Result;
 use nodeforge::oci::fixture::{layer_tar, TestImage};
 use nodeforge::oci::Digest;
@@ -64,12 +67,22 @@ fn noise(seed: &str, len: usize) -> Vec<u8> {
 }
 
 /// The size gzip makes of `layer` (deflate level 6, as the test registry
-/// compresses).
+/// compresses), remembered by digest: images share the Debian layer.
 fn gzipped_len(layer: &[u8]) -> Result<u64> {
     use std::io::Write;
+    static SIZES: Mutex<BTreeMap<Digest, u64>> = Mutex::new(BTreeMap::new());
+    let digest = Digest::of(layer);
+    if let Some(n) = SIZES.lock().unwrap_or_else(|e| e.into_inner()).get(&digest) {
+        return Ok(*n);
+    }
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     e.write_all(layer)?;
-    Ok(e.finish()?.len() as u64)
+    let n = e.finish()?.len() as u64;
+    SIZES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(digest, n);
+    Ok(n)
 }
 
 /// `image` with a padding layer that brings its compressed size to
