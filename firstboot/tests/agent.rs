@@ -514,6 +514,27 @@ fn no_tailnet_in_the_profile_skips_join_but_scrubs() {
 }
 
 #[test]
+fn no_tailnet_and_no_secret_in_the_seed_skips_the_scrub() {
+    let m = Machine::new();
+    let baked = BAKED.split("[tailscale]").next().unwrap().to_string();
+    m.write("/etc/nodeforge/firstboot.toml", &baked);
+    let seed = m.read(ESP_SEED);
+    let without_key: String = seed
+        .lines()
+        .filter(|l| !l.contains("tskey-"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    m.write(ESP_SEED, &without_key);
+    m.boot().unwrap().unwrap();
+    m.assert_step(
+        "scrub-secrets",
+        StepState::Skipped,
+        "no secret reached this node",
+    );
+    assert_eq!(m.calls_starting("journalctl"), 0);
+}
+
+#[test]
 fn full_disk_and_netboot_root_skip_growing_with_a_reason() {
     let m = Machine::new();
     m.write(
@@ -522,6 +543,7 @@ fn full_disk_and_netboot_root_skip_growing_with_a_reason() {
     );
     m.world.borrow_mut().fs_blocks = (DISK_SECTORS - 33 - PART_START) * 512 / 4096;
     m.world.borrow_mut().table_grown = true;
+    m.sync_disk();
     m.boot().unwrap().unwrap();
     m.assert_step("grow-root", StepState::Skipped, "already fill /dev/vda");
     assert_eq!(

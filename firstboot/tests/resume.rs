@@ -79,11 +79,9 @@ fn killed_at_every_step_boundary() {
 
 /// Every command the agent runs on a fresh machine, in order.
 const COMMANDS: &[&str] = &[
-    "sfdisk --json",
     "sfdisk --relocate",
     "sfdisk --no-reread",
     "partx -u",
-    "dumpe2fs -h",
     "resize2fs",
     "tailscale status --json",
     "tailscale up",

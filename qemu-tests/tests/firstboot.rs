@@ -80,6 +80,13 @@ fn seeded_node_joins_scrubs_its_key_and_does_not_join_twice() {
     ] {
         assert!(names.contains(&want), "step {want} missing from {names:?}");
     }
+    // One host key, made once (by the agent or sshd's unit, whichever
+    // came first), and sshd runs with it: no RSA key generation at boot.
+    assert_eq!(report_value(&console, "ssh").as_deref(), Some("active"));
+    assert_eq!(
+        report_value(&console, "host-keys").as_deref(),
+        Some("ssh_host_ed25519_key")
+    );
     let calls = report_value(&console, "calls").unwrap();
     assert_eq!(calls.matches("up ").count(), 1, "calls: {calls}");
     assert!(

@@ -94,18 +94,34 @@ fn remove_ssh_host_keys(ctx: &BuildContext) -> Result<()> {
             "/etc/systemd/system/ssh.service.d/10-nodeforge-host-keys.conf",
             SSH_KEYGEN_DROPIN,
         )?;
+        write(
+            ctx,
+            "/etc/ssh/sshd_config.d/05-nodeforge-host-key.conf",
+            SSHD_HOST_KEY,
+        )?;
     }
     Ok(())
 }
 
-/// sshd refuses to start without host keys; `ssh-keygen -A` makes the
-/// missing ones before Debian's own `sshd -t` check runs.
+/// sshd refuses to start without a host key; the ed25519 one is made
+/// before Debian's own `sshd -t` check runs unless the first-boot agent
+/// made it already. Only that one: `ssh-keygen -A` also made an RSA key,
+/// seconds of a first boot on a slow CPU, for clients older than OpenSSH
+/// 6.5 (2014).
 const SSH_KEYGEN_DROPIN: &str = "\
-# Written by nodeforge: per-machine host keys, made at first start.
+# Written by nodeforge: a per-machine host key, made at first start.
 [Service]
 ExecStartPre=
-ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/bin/sh -c 'test -e /etc/ssh/ssh_host_ed25519_key || exec /usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key'
 ExecStartPre=/usr/sbin/sshd -t
+";
+
+/// sshd offers only the host key nodeforge makes (Debian's sshd_config
+/// reads sshd_config.d first; without a HostKey line sshd looks for every
+/// default type and logs each missing one).
+const SSHD_HOST_KEY: &str = "\
+# Written by nodeforge: the one host key every node has (see ssh.service.d).
+HostKey /etc/ssh/ssh_host_ed25519_key
 ";
 
 fn fstab(ctx: &BuildContext) -> String {

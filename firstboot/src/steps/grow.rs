@@ -1,7 +1,8 @@
 //! Grow the root partition and its ext4 filesystem to fill the disk, like
 //! cloud-utils' growpart + resize2fs. State first: the layout is read from
-//! /proc/self/mountinfo and /sys, the filesystem size from `dumpe2fs -h`,
-//! so a re-run after an interruption only does what is still missing.
+//! /proc/self/mountinfo and /sys, the on-disk table and the filesystem
+//! size from the disk itself (ondisk.rs), so a re-run after an
+//! interruption only does what is still missing.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,8 +36,8 @@ pub struct GrowPlan {
     pub max_bytes: u64,
 }
 
-/// What `sfdisk --json` says about the disk: GPT or not, and the root
-/// partition's size in the on-disk table.
+/// What the on-disk table says: GPT or not, and the root partition's size
+/// in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableView {
     pub gpt: bool,
@@ -85,10 +86,10 @@ pub enum NotGrowable {
 
 /// Works out where root lives, or returns `Err(why)` to skip (netboot
 /// root on tmpfs/overlay, not ext4, not the last partition …). `table`
-/// reads the partition table of (disk, partition) devices.
+/// reads the entry of (disk device, partition number) from the table.
 pub fn plan_grow(
     root: &Path,
-    table: impl Fn(&str, &str) -> Result<TableView>,
+    table: impl Fn(&str, u32) -> Result<TableView>,
 ) -> Result<Result<GrowPlan, NotGrowable>> {
     let mi_path = under(root, "/proc/self/mountinfo");
     let mountinfo =
@@ -146,7 +147,7 @@ pub fn plan_grow(
             return Ok(Err(NotGrowable::NotLastPartition { part, disk }));
         }
     }
-    let view = table(&format!("/dev/{disk}"), &format!("/dev/{part}"))?;
+    let view = table(&format!("/dev/{disk}"), part_number)?;
     let gpt = view.gpt;
     let reserved = if gpt { 33 } else { 0 };
     Ok(Ok(GrowPlan {
@@ -164,36 +165,12 @@ pub fn plan_grow(
     }))
 }
 
-/// Reads the filesystem size from `dumpe2fs -h`.
-fn ext_fs_bytes(ctx: &Ctx<'_>, dev: &str) -> Result<u64> {
-    let out = ctx.runner.run(&Cmd::new("dumpe2fs").args(["-h", dev]))?;
-    let field = |name: &str| -> Result<u64> {
-        let line = out
-            .stdout
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("`dumpe2fs -h {dev}` printed no {name:?}"))?;
-        let v = line[name.len()..].trim();
-        v.parse()
-            .with_context(|| format!("`dumpe2fs -h {dev}`: bad {name:?} {v:?}"))
-    };
-    Ok(field("Block count:")?.saturating_mul(field("Block size:")?))
-}
-
-fn read_table(ctx: &Ctx<'_>, disk: &str, part: &str) -> Result<TableView> {
-    let out = ctx.runner.run(&Cmd::new("sfdisk").args(["--json", disk]))?;
-    let v: serde_json::Value = serde_json::from_str(&out.stdout)
-        .with_context(|| format!("parsing `sfdisk --json {disk}`"))?;
-    let t = &v["partitiontable"];
-    let part_sectors = t["partitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["node"] == part)
-        .and_then(|p| p["size"].as_u64());
+/// Partition `number`'s entry in the table on `disk` (a `/dev` path).
+fn read_table(ctx: &Ctx<'_>, disk: &str, number: u32) -> Result<TableView> {
+    let entry = super::ondisk::table_entry(&under(ctx.root, disk), number)?;
     Ok(TableView {
-        gpt: t["label"] == "gpt",
-        part_sectors,
+        gpt: entry.gpt,
+        part_sectors: entry.sectors,
     })
 }
 
@@ -254,7 +231,7 @@ fn grow(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         did.push(format!("told the kernel about the new size of {part}"));
     }
     // Re-read: the partition may have been grown by this or an earlier run.
-    let unchanged = |_: &str, _: &str| {
+    let unchanged = |_: &str, _: u32| {
         Ok(TableView {
             gpt: plan.gpt,
             part_sectors: None,
@@ -264,7 +241,7 @@ fn grow(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         Ok(p) => p.part_bytes,
         Err(why) => bail!("root partition vanished after growing it: {why}"),
     };
-    let fs_bytes = ext_fs_bytes(ctx, &part)?;
+    let fs_bytes = super::ondisk::ext_fs_bytes(&under(ctx.root, &part))?;
     if part_bytes.saturating_sub(fs_bytes) >= MIN_GROW_BYTES {
         ctx.runner.run(&Cmd::new("resize2fs").arg(&part))?;
         did.push(format!(
@@ -311,7 +288,7 @@ mod tests {
         );
     }
 
-    fn gpt(_: &str, _: &str) -> Result<TableView> {
+    fn gpt(_: &str, _: u32) -> Result<TableView> {
         Ok(TableView {
             gpt: true,
             part_sectors: None,

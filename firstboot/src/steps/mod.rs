@@ -20,6 +20,7 @@ use crate::seed::Seed;
 mod containers;
 mod grow;
 mod network;
+mod ondisk;
 mod scrub;
 mod secrets;
 mod storage;

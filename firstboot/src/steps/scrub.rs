@@ -32,6 +32,18 @@ pub fn scrub_secrets(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         }
     }
 
+    // A node that joins no tailnet and whose seed brought no key and no
+    // stack secret has nothing to scrub; the scan (journalctl above all)
+    // would be most of its first boot's agent time.
+    if removed.is_empty()
+        && ctx.cfg.tailscale.is_none()
+        && ctx.seed.tailscale_auth_key.is_none()
+        && ctx.seed.stack_secrets.is_empty()
+    {
+        let msg = "no secret reached this node: it joins no tailnet and its seed held no auth key or stack secret".to_string();
+        ctx.notes.secrets = Some(msg.clone());
+        return Ok(Outcome::Skipped(msg));
+    }
     let (leftovers, big) = scan_tree(ctx.root)?;
     let journal = scan_journal(ctx)?;
     let mut found: Vec<String> = leftovers;

@@ -232,7 +232,7 @@ impl Machine {
         fs::create_dir_all(dev.parent().unwrap()).unwrap();
         let f = fs::File::create(&dev).unwrap();
         f.set_len(DISK_SECTORS * 512).unwrap();
-        Machine {
+        let m = Machine {
             dir,
             world: RefCell::new(World {
                 ts_backend: "NeedsLogin".into(),
@@ -244,7 +244,44 @@ impl Machine {
             slept: RefCell::new(Duration::ZERO),
             summaries: RefCell::new(Vec::new()),
             progress: RefCell::new(Vec::new()),
-        }
+        };
+        m.sync_disk();
+        m
+    }
+
+    /// Writes what grow-root reads from the disk itself as the world says
+    /// it is: root's GPT entry on /dev/vda (grown or not) and the block
+    /// count in /dev/vda2's ext4 superblock. Call after changing
+    /// `table_grown` or `fs_blocks` by hand.
+    pub fn sync_disk(&self) {
+        use std::os::unix::fs::FileExt;
+        let w = self.world.borrow();
+        let last = if w.table_grown {
+            DISK_SECTORS - 34
+        } else {
+            PART_START + PART_SECTORS - 1
+        };
+        let mut head = vec![0u8; 3 * 512];
+        head[510..512].copy_from_slice(&[0x55, 0xAA]);
+        let gpt = &mut head[512..1024];
+        gpt[..8].copy_from_slice(b"EFI PART");
+        gpt[72..80].copy_from_slice(&2u64.to_le_bytes());
+        gpt[80..84].copy_from_slice(&128u32.to_le_bytes());
+        gpt[84..88].copy_from_slice(&128u32.to_le_bytes());
+        let entry = &mut head[1024 + 128..1024 + 256];
+        entry[0] = 0xE3; // any non-zero type GUID: the slot is used
+        entry[32..40].copy_from_slice(&PART_START.to_le_bytes());
+        entry[40..48].copy_from_slice(&last.to_le_bytes());
+        let disk = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path("/dev/vda"))
+            .unwrap();
+        disk.write_all_at(&head, 0).unwrap();
+        let mut sb = vec![0u8; 2048];
+        sb[1024 + 0x38..1024 + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[1024 + 0x04..1024 + 0x08].copy_from_slice(&(w.fs_blocks as u32).to_le_bytes());
+        sb[1024 + 0x18..1024 + 0x1c].copy_from_slice(&2u32.to_le_bytes()); // 4096-byte blocks
+        fs::write(self.path("/dev/vda2"), sb).unwrap();
     }
 
     pub fn root(&self) -> &Path {

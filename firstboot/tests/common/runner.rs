@@ -8,9 +8,7 @@ use nodeforge_firstboot::agent::Observer;
 use nodeforge_firstboot::runner::{Cmd, CmdOutput, CommandRunner, SpawnError};
 use nodeforge_firstboot::steps::Step;
 
-use super::{
-    output_fail, output_ok, Kill, Machine, DISK_SECTORS, KILLED, PART_SECTORS, PART_START,
-};
+use super::{output_fail, output_ok, Kill, Machine, DISK_SECTORS, KILLED, PART_START};
 
 impl Machine {
     fn maybe_kill(&self, line: &str, after: bool) {
@@ -104,13 +102,6 @@ impl Machine {
         let line = cmd.line();
         let sys = |p: &str| self.path(&format!("/sys/devices/pci0/virtio1/block/vda/{p}"));
         Ok(match line.as_str() {
-            "sfdisk --json /dev/vda" => {
-                let size = if self.world.borrow().table_grown { DISK_SECTORS - 33 - PART_START } else { PART_SECTORS };
-                output_ok(&format!(
-                    r#"{{"partitiontable":{{"label":"gpt","device":"/dev/vda","unit":"sectors","firstlba":34,"lastlba":{},"sectorsize":512,"partitions":[{{"node":"/dev/vda1","start":34,"size":2014,"type":"C12A7328-F81F-11D2-BA4B-00A0C93EC93B"}},{{"node":"/dev/vda2","start":{PART_START},"size":{size},"type":"4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"}}]}}}}"#,
-                    PART_SECTORS + PART_START + 33
-                ))
-            }
             "sfdisk --relocate gpt-bak-std /dev/vda" => output_ok(""),
             l if l.starts_with("sfdisk --quiet /dev/vd") => self.data_sfdisk(cmd),
             "udevadm settle --timeout=30" => output_ok(""),
@@ -118,9 +109,12 @@ impl Machine {
             l if l.starts_with("mount /") => self.data_mount(cmd),
             "sfdisk --no-reread --no-tell-kernel -N 2 /dev/vda" => {
                 assert_eq!(cmd.stdin.as_deref(), Some(", +\n"));
-                let mut w = self.world.borrow_mut();
-                w.table_grown = true;
-                w.partitionings += 1;
+                {
+                    let mut w = self.world.borrow_mut();
+                    w.table_grown = true;
+                    w.partitionings += 1;
+                }
+                self.sync_disk();
                 output_ok("")
             }
             "partx -u --nr 2 /dev/vda" => {
@@ -130,26 +124,34 @@ impl Machine {
                 }
                 output_ok("")
             }
-            "dumpe2fs -h /dev/vda2" => output_ok(&format!(
-                "Filesystem volume name:   root\nBlock count:              {}\nBlock size:               4096\n",
-                self.world.borrow().fs_blocks
-            )),
             "resize2fs /dev/vda2" => {
-                let size: u64 = fs::read_to_string(sys("vda2/size")).unwrap().trim().parse().unwrap();
-                let mut w = self.world.borrow_mut();
-                w.fs_blocks = size * 512 / 4096;
-                w.resizes += 1;
+                let size: u64 = fs::read_to_string(sys("vda2/size"))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                {
+                    let mut w = self.world.borrow_mut();
+                    w.fs_blocks = size * 512 / 4096;
+                    w.resizes += 1;
+                }
+                self.sync_disk();
                 output_ok("")
             }
             "tailscale status --json" => output_ok(&self.ts_status_json()),
             l if l.starts_with("tailscale up ") => self.tailscale_up(cmd),
             l if l.starts_with("tailscale set --hostname=") => {
-                self.world.borrow_mut().ts_host = l["tailscale set --hostname=".len()..].to_string();
+                self.world.borrow_mut().ts_host =
+                    l["tailscale set --hostname=".len()..].to_string();
                 output_ok("")
             }
             l if l.starts_with("journalctl ") => {
                 let out = self.world.borrow().journal_out.clone();
-                CmdOutput { code: Some(if out.is_empty() { 1 } else { 0 }), stdout: out, ..Default::default() }
+                CmdOutput {
+                    code: Some(if out.is_empty() { 1 } else { 0 }),
+                    stdout: out,
+                    ..Default::default()
+                }
             }
             l if l.starts_with("docker ") => self.docker(cmd),
             other => panic!("unexpected command `{other}`"),
