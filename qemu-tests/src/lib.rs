@@ -16,6 +16,7 @@ pub mod debian_images;
 pub mod real_size;
 pub mod stacks;
 pub mod test_apt;
+pub mod web_stack;
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,35 +7,16 @@
 //! its forwarded port and status.json reports it healthy.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::Duration;
 
 use nodeforge::boot::{Vm, VmOptions};
-use nodeforge::oci::fixture::{busybox_httpd_image, TestRegistry};
-use nodeforge::oci::Client;
-use qemu_tests::{build_profile, require_root, vm_slot, workspace_root, STATUS_MARKER};
-
-const PROFILE: &str = "qemu-tests/profiles/test-containers.toml";
-/// The registry address the profile's image reference names.
-const REGISTRY_PORT: u16 = 55123;
-const INDEX: &str = "hello from a baked nodeforge stack\n";
+use qemu_tests::web_stack::{serve_and_lock, INDEX, PORT, PROFILE};
+use qemu_tests::{build_profile, require_root, vm_slot, STATUS_MARKER};
 
 #[test]
 fn stack_starts_offline_at_first_boot_and_answers_on_its_port() {
     require_root();
-    let registry = TestRegistry::start_on(REGISTRY_PORT)
-        .unwrap_or_else(|e| panic!("starting docker-registry on 127.0.0.1:{REGISTRY_PORT}: {e:#}"));
-    let image = busybox_httpd_image("amd64", Path::new("/bin/busybox"), INDEX, 8080).unwrap();
-    // gzip layers, as real registries serve them: the build decompresses
-    // and unpacks them into the engine's store.
-    let digest = registry
-        .push_image_gzip("nodeforge-test/web", Some("1"), &image)
-        .unwrap();
-    let profile_path = workspace_root().join(PROFILE);
-    let profile = nodeforge::profile::load(&profile_path).unwrap();
-    let (lock, _) =
-        nodeforge::oci::lock::lock(&profile, &profile_path, &Client::new().unwrap()).unwrap();
-    assert_eq!(lock.images[0].digest, digest);
+    let (registry, digest) = serve_and_lock();
 
     let built = build_profile(PROFILE);
     // From here on no registry exists: the node must come up without one.
@@ -56,7 +37,7 @@ fn stack_starts_offline_at_first_boot_and_answers_on_its_port() {
         .port();
     let _slot = vm_slot();
     let opts = VmOptions {
-        forwards: vec![(port, 8080)],
+        forwards: vec![(port, PORT)],
         memory_mb: 2048,
         ..VmOptions::new(&built.image)
     };

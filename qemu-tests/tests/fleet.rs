@@ -168,6 +168,19 @@ fn check_preloaded_store(data: &Node, vm: &Running) {
             "`docker image ls` lacks {want}:\n{listed}"
         );
     }
+    // The stack's containers run under crun, the engine's default here
+    // (overlays/docker-dns), with runc still known to the engine.
+    let runtimes = vm.ssh.run(
+        "sudo docker info --format '{{.DefaultRuntime}} {{range $k, $v := .Runtimes}}{{$k}},{{end}}'; \
+         sudo docker ps -q | xargs sudo docker inspect --format '{{.HostConfig.Runtime}}' | sort -u",
+    );
+    let mut lines = runtimes.lines();
+    let default = lines.next().unwrap_or_default();
+    assert!(
+        default.starts_with("crun ") && default.contains("runc,"),
+        "engine runtimes: {runtimes}"
+    );
+    assert_eq!(lines.collect::<Vec<_>>(), ["crun"], "{runtimes}");
     // A small image: saving the 357 MB Debian layer under TCG took 100 s,
     // and the small one goes through the same reassembly and check.
     let saved_image = manifest

@@ -1,12 +1,14 @@
 //! The same profile built twice from scratch (fresh caches, so mmdebstrap
 //! runs both times) gives the same image and the same netboot files, byte
 //! for byte; a third build, from the first build's cached layers, gives
-//! the same image again. Its own test binary: it sets SOURCE_DATE_EPOCH
-//! for the process.
+//! the same image again. Then a profile with Docker and a stack, whose
+//! image the build writes into the engine's store: twice from scratch,
+//! the same image. Its own test binary: it sets SOURCE_DATE_EPOCH for the
+//! process.
 
 use nodeforge::build::{self, BuildOptions, Output, StepOutcome};
 use nodeforge::plan::Plan;
-use qemu_tests::{require_root, workspace_root};
+use qemu_tests::{require_root, web_stack, workspace_root};
 
 #[test]
 fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
@@ -53,4 +55,27 @@ fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
         third.sha256, first.sha256,
         "the image from cached layers differs"
     );
+
+    // With a stack: Docker's packages and the preloaded engine store.
+    // After the first check, so the two never build at once.
+    let (_registry, _digest) = web_stack::serve_and_lock();
+    let plan = Plan::load(&workspace_root().join(web_stack::PROFILE)).unwrap();
+    let stacks = BuildOptions {
+        output_dir: scratch.path().join("out-stacks"),
+        cache_dir: scratch.path().join("cache-stacks"),
+        output: Output::Human,
+        no_cache: false,
+        agent: None,
+        offline: false,
+    };
+    let (built, check) =
+        build::verify_reproducible(&plan, &stacks).unwrap_or_else(|e| panic!("{e:#}"));
+    let containers = built.steps.iter().find(|s| s.name == "containers").unwrap();
+    assert!(
+        matches!(containers.outcome, StepOutcome::Done),
+        "{:?}",
+        containers.outcome
+    );
+    assert!(check.identical, "builds with a stack differ: {check:?}");
+    assert!(check.differing_partitions.is_empty());
 }
