@@ -63,10 +63,7 @@ fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
     let stacks = BuildOptions {
         output_dir: scratch.path().join("out-stacks"),
         cache_dir: scratch.path().join("cache-stacks"),
-        output: Output::Human,
-        no_cache: false,
-        agent: None,
-        offline: false,
+        ..from_layers
     };
     let (built, check) =
         build::verify_reproducible(&plan, &stacks).unwrap_or_else(|e| panic!("{e:#}"));

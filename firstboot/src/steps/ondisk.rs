@@ -111,35 +111,22 @@ fn parse_ext_superblock(sb: &[u8]) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use crate::runner::{Cmd, CommandRunner, SystemRunner};
 
+    /// Runs a host program (a prerequisite, see `nodeforge doctor`) through
+    /// the agent's own runner; fails the test with its stderr.
     fn run(program: &str, args: &[&str], stdin: &str) {
-        use std::io::Write;
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program} (host prerequisite, see doctor): {e}"));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let cmd = Cmd::new(program).args(args.iter().copied());
+        let cmd = if stdin.is_empty() {
+            cmd
+        } else {
+            cmd.stdin(stdin)
+        };
+        SystemRunner.run(&cmd).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     fn disk(len: u64) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("disk.img");
+        let (dir, p) = crate::testutil::scratch_path("disk.img");
         File::create(&p).unwrap().set_len(len).unwrap();
         (dir, p)
     }
