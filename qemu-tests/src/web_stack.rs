@@ -1,4 +1,4 @@
-//! The test-containers profile's one image (containers.rs, reproducible.rs):
+//! The test-containers profile's one image (reproducible.rs):
 //! a busybox httpd image pushed, gzip-layered as real registries serve
 //! images, to a docker-registry on 127.0.0.1:55123, and the profile locked
 //! against it.

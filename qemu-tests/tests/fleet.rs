@@ -27,13 +27,18 @@ use std::time::{Duration, Instant};
 use nodeforge::boot::Lan;
 use qemu_tests::control;
 use qemu_tests::stacks::{
-    assert_all_healthy, free_port, image_file, prepare, step, Guest, Machine, Node, Running, CORE,
-    DATA, GOOD_KEY, LOGS, MEDIA,
+    assert_all_healthy, free_port, image_file, prepare, step, wait_all, Guest, Machine, Node,
+    Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
 };
 
 /// The data node's PostgreSQL password, given in its seed so the test can
 /// query with it (never on a command line: it goes over stdin).
 const POSTGRES_PASSWORD: &str = "fleet-test-pg-3f9a1c";
+
+/// n8n's login on data's PostgreSQL: one value in both nodes' seeds
+/// (`nodeforge customize --stack-secret N8N_DB_PASSWORD=FILE`), as a
+/// fleet shares a secret between two nodes.
+const N8N_DB_PASSWORD: &str = "fleet-test-n8n-7c1e0b";
 
 /// A node of the fleet: one SMBIOS UUID and MAC each.
 fn machine(i: usize) -> Machine {
@@ -58,8 +63,14 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     let mut core = prepare("qemu-tests/profiles/role-core.toml", None);
     let mut data = prepare("qemu-tests/profiles/role-data.toml", None);
     let mut media = prepare("qemu-tests/profiles/role-media.toml", Some(64));
-    core.stamp(GOOD_KEY, &[]);
-    data.stamp(GOOD_KEY, &[("POSTGRES_PASSWORD", POSTGRES_PASSWORD)]);
+    core.stamp(GOOD_KEY, &[("N8N_DB_PASSWORD", N8N_DB_PASSWORD)]);
+    data.stamp(
+        GOOD_KEY,
+        &[
+            ("POSTGRES_PASSWORD", POSTGRES_PASSWORD),
+            ("N8N_DB_PASSWORD", N8N_DB_PASSWORD),
+        ],
+    );
     media.stamp(GOOD_KEY, &[]);
 
     // All three at once: the VM slot is held for the fleet.
@@ -88,24 +99,7 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
         };
         booting.push(node.launch(&format!("fleet-{}", node.name), &machine(i), &guest));
     }
-    // Each node is waited for on its own thread: its time is when its own
-    // status line appeared, not when the test got round to it.
-    let running: Vec<Running> = std::thread::scope(|s| {
-        let handles: Vec<_> = [&mut core, &mut data, &mut media]
-            .into_iter()
-            .zip(booting)
-            .map(|(node, b)| {
-                s.spawn(move || {
-                    let log = format!("fleet-{}", node.name);
-                    node.wait(b, &log)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
+    let running = wait_all([&mut core, &mut data, &mut media], booting, "fleet");
     let [core_vm, data_vm, media_vm]: [Running; 3] = running
         .try_into()
         .unwrap_or_else(|_| unreachable!("three nodes, three guests"));
@@ -141,6 +135,7 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     check_flows(&nodes);
     check_scrapes(prometheus_port);
     check_postgres_from_core(&core_vm);
+    check_api_role(&data_vm);
     check_logs_reach_core(&data_vm, loki_port);
     check_preloaded_store(&data, &data_vm);
     // The guests go before the slot: the next test's must not overlap them.
@@ -266,13 +261,32 @@ fn check_each_node(core: &Node, data: &Node, media: &Node) {
     assert_all_healthy(&core.status, &[LOGS, CORE]);
     assert_all_healthy(&data.status, &[LOGS, DATA]);
     assert_all_healthy(&media.status, &[LOGS, MEDIA]);
+    // The engine found every image in its store: nothing loaded at boot,
+    // and no registry was running (prepare() stops it before the build).
+    for node in [core, data, media] {
+        let detail = step(&node.status, "containers")["detail"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            detail.contains("images preloaded, none loaded"),
+            "{}: {detail}",
+            node.name
+        );
+    }
+    // A compose healthcheck counts as the engine says: data's PostgreSQL.
+    let postgres = data.status["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["service"] == "postgres"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(postgres["health"], "healthy", "{postgres:#}");
     assert_eq!(
         step(&core.status, "stack-secrets")["detail"],
-        "5 secrets of 1 stacks: 5 generated, 0 from the seed, 0 kept"
+        "6 secrets of 1 stacks: 5 generated, 1 from the seed, 0 kept"
     );
     assert_eq!(
         step(&data.status, "stack-secrets")["detail"],
-        "5 secrets of 1 stacks: 4 generated, 1 from the seed, 0 kept"
+        "7 secrets of 1 stacks: 5 generated, 2 from the seed, 0 kept"
     );
     let storage = step(&media.status, "storage");
     assert_eq!(storage["state"], "done", "{storage:#}");
@@ -409,11 +423,71 @@ fn check_postgres_from_core(core: &Running) {
     );
     eprintln!("fleet: core -> datacore:5432 psql: {}", out.trim());
     assert_eq!(out.trim(), "aerovista 42");
+    // n8n's login, made by data's init script from the value both seeds
+    // share, owns its database: core's n8n can create its tables there.
+    let out = core.ssh.run_with_input(
+        "sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=prometheus) \
+         sh -c 'read -r PGPASSWORD; export PGPASSWORD; \
+         $(ls -d /usr/lib/postgresql/*/bin)/psql -h datacore.tail79107c.ts.net -U n8n -d n8n \
+         -v ON_ERROR_STOP=1 -qtAc \"create table fleet_check(x int); drop table fleet_check; select current_user\"'",
+        format!("{N8N_DB_PASSWORD}\n").as_bytes(),
+    );
+    assert_eq!(out.trim(), "n8n", "n8n's login on datacore");
+}
+
+/// The seed's API through PostgREST's roles on the real PostgreSQL: the
+/// `authenticator` login (its password generated on the node, read from
+/// the stack's secrets file into stdin) becomes `web_anon` and calls
+/// `api.get_recent_activity`, which counts rows the superuser wrote;
+/// `web_anon` itself may not read the raw table.
+fn check_api_role(data: &Running) {
+    let psql =
+        "$(ls -d /usr/lib/postgresql/*/bin)/psql -h 127.0.0.1 -d aerovista -v ON_ERROR_STOP=1 -qtA";
+    let container = "$(sudo docker ps -qf label=com.docker.compose.service=postgres)";
+    // The password, then the SQL: psql reads what `read` left on stdin.
+    data.ssh.run_with_input(
+        &format!(
+            "sudo docker exec -i {container} sh -c 'read -r PGPASSWORD; export PGPASSWORD; {psql} -U aerovista'"
+        ),
+        format!(
+            "{POSTGRES_PASSWORD}\ninsert into activity_logs (event_type) values ('login'), ('login'), ('upload');\n"
+        )
+        .as_bytes(),
+    );
+    let as_api = |sql: &str| {
+        data.ssh.output_with_input(
+            &format!(
+                "sudo sed -n \"s/^POSTGREST_DB_PASSWORD='\\(.*\\)'$/\\1/p\" /var/lib/nodeforge/secrets/data.env \
+                 | sudo docker exec -i {container} sh -c 'read -r PGPASSWORD; export PGPASSWORD; \
+                 {psql} -U authenticator -c \"set role web_anon\" -c \"{sql}\"' 2>&1"
+            ),
+            b"",
+        )
+    };
+    let out = as_api("select event_type || chr(32) || count from api.get_recent_activity(24)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "fleet: api.get_recent_activity as web_anon: {}",
+        text.trim().replace('\n', ", ")
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["login 2", "upload 1"],
+        "{text}"
+    );
+    let out = as_api("select count(*) from public.activity_logs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("permission denied"),
+        "web_anon read the raw table: {text}"
+    );
 }
 
 /// A line written to data's journal reaches core's Loki through data's
 /// logs stack (its Alloy config's MagicDNS URL, the policy's data ->
-/// core:3100), labelled with data's host name and role.
+/// core:3100), labelled with data's host name and role; so does a line a
+/// container prints, labelled with the container.
 fn check_logs_reach_core(data: &Running, loki_port: u16) {
     let marker = format!("fleet-log-marker-{}", std::process::id());
     data.ssh.run(&format!("logger -t fleet-test {marker}"));
@@ -437,12 +511,45 @@ fn check_logs_reach_core(data: &Running, loki_port: u16) {
                 streams.len()
             );
             assert_eq!(s["stream"]["role"], "data", "{s:#}");
-            return;
+            break;
         }
         assert!(
             Instant::now() < limit,
             "{marker} from datacore's journal never reached core's Loki; its datacore streams: {}",
             streams.len()
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    // A container's output goes the same way (the engine's journald log
+    // driver), labelled with the container's name: a container of the
+    // PostgreSQL image that prints a line.
+    let marker = format!("fleet-container-marker-{}", std::process::id());
+    data.ssh.run(&format!(
+        "sudo docker run --rm --name fleet-log-check --network none --entrypoint /bin/echo \
+         $(sudo docker inspect --format '{{{{.Config.Image}}}}' \
+           $(sudo docker ps -qf label=com.docker.compose.service=postgres)) {marker}"
+    ));
+    let query = "/loki/api/v1/query_range?query=%7Bhost%3D%22datacore%22%2Ccontainer%3D%22fleet-log-check%22%7D";
+    let limit = Instant::now() + Duration::from_secs(180);
+    loop {
+        let body = http_get(loki_port, query);
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("Loki's answer is not JSON ({e}): {body}"));
+        let found = v["data"]["result"].as_array().is_some_and(|streams| {
+            streams.iter().any(|s| {
+                s["values"].as_array().is_some_and(|vals| {
+                    vals.iter()
+                        .any(|x| x[1].as_str().is_some_and(|l| l.contains(&marker)))
+                })
+            })
+        });
+        if found {
+            eprintln!("fleet: a container's output on datacore reached core's Loki");
+            return;
+        }
+        assert!(
+            Instant::now() < limit,
+            "{marker} from a container's output never reached core's Loki: {v:#}"
         );
         std::thread::sleep(Duration::from_secs(5));
     }

@@ -344,6 +344,15 @@ pub fn busybox_httpd_image(
     let layer = layer_tar(&[
         ("bin/busybox", 0o755, &bin),
         ("bin/sh", 0o777, b"->busybox"),
+        // Compose healthchecks of the images stood in for run wget.
+        ("bin/wget", 0o777, b"->busybox"),
+        // The users a compose file may name (`user: root`).
+        (
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
+        ("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n"),
         ("www/index.html", 0o644, index.as_bytes()),
     ])?;
     let port = port.to_string();
@@ -364,15 +373,57 @@ pub fn busybox_httpd_image(
 }
 
 /// A stand-in for a public image in boot tests: busybox httpd answering on
-/// `port` with a page naming `name`. It is started through `sh -c` as its
+/// `port` with a page naming `name`, and 200 on each of `health_paths`
+/// (the role's HTTP probes and healthcheck URLs) so the health checks the
+/// real image passes pass here too. Each of `tools` (paths of the real
+/// image's programs its healthcheck or a unit runs, e.g. `mongosh`) is a
+/// shim that reads its input to the end and succeeds when the stand-in's
+/// own httpd answers. It is started through `sh -c` as its
 /// entrypoint, so the arguments a compose file gives the real image (its
 /// `command:`) are accepted and ignored. Images made for different ports
 /// share their one layer.
-pub fn stand_in_image(arch: &str, busybox: &Path, name: &str, port: u16) -> Result<TestImage> {
+pub fn stand_in_image(
+    arch: &str,
+    busybox: &Path,
+    name: &str,
+    port: u16,
+    health_paths: &[String],
+    tools: &[&str],
+) -> Result<TestImage> {
     let index = format!("nodeforge stand-in for {name}\n");
     let mut image = busybox_httpd_image(arch, busybox, "nodeforge stand-in\n", port)?;
     let mut config: serde_json::Value = serde_json::from_slice(&image.config)?;
-    let script = format!("exec /bin/busybox httpd -f -v -p {port} -h /www");
+    let mut script = String::new();
+    for path in health_paths {
+        let path = path.trim_matches('/');
+        if path.is_empty() {
+            continue; // index.html answers the root
+        }
+        let safe = path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+        if !safe || path.split('/').any(|c| c.is_empty() || c == "..") {
+            bail!("stand-in for {name}: health path `{path}` is not a plain path");
+        }
+        let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+        script.push_str(&format!(
+            "/bin/busybox mkdir -p /www/{dir} && echo ok > /www/{path}; "
+        ));
+    }
+    for tool in tools {
+        let plain = tool.starts_with('/')
+            && tool
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+        if !plain {
+            bail!("stand-in for {name}: tool `{tool}` is not an absolute plain path");
+        }
+        let dir = tool.rsplit_once('/').map_or("/", |(d, _)| d);
+        script.push_str(&format!(
+            "/bin/busybox mkdir -p {dir}/ && printf '#!/bin/sh\\n/bin/busybox cat >/dev/null\\nexec /bin/busybox wget -q -O /dev/null http://127.0.0.1:{port}/\\n' > {tool} && /bin/busybox chmod 755 {tool}; "
+        ));
+    }
+    script.push_str(&format!("exec /bin/busybox httpd -f -v -p {port} -h /www"));
     config["config"]["Entrypoint"] =
         serde_json::json!(["/bin/busybox", "sh", "-c", script, "stand-in"]);
     config["config"]["Cmd"] = serde_json::Value::Null;

@@ -121,6 +121,9 @@ pub struct ProbeFile {
     pub http: Option<Spanned<String>>,
     /// `host:port`: healthy when a TCP connect succeeds.
     pub tcp: Option<Spanned<String>>,
+    /// Why a TCP connect is the best check the service offers (no health
+    /// endpoint, no tool in its image): only with `tcp`.
+    pub reason: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -110,6 +110,11 @@ pub struct Stack {
 pub struct Probe {
     pub service: String,
     pub check: ProbeCheck,
+    /// Why a TCP probe is all the service offers (see [`ProbeFile`]).
+    ///
+    /// [`ProbeFile`]: file::ProbeFile
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

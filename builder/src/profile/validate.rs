@@ -443,12 +443,30 @@ pub fn stack(ctx: &FileCtx, s: &StackFile) -> Result<Stack, Vec<ProfileError>> {
                 ),
             )),
         };
-        match check {
-            Ok(check) => probes.push(Probe {
+        let reason = match (&p.reason, &p.http) {
+            (Some(r), Some(_)) => Err(ctx.error_at(
+                r,
+                format!(
+                    "probe of service `{}`: `reason` explains a `tcp` probe; an `http` probe needs none",
+                    p.service.get_ref()
+                ),
+            )),
+            (Some(r), None) if r.get_ref().trim().is_empty() => Err(ctx.error_at(
+                r,
+                format!(
+                    "probe of service `{}`: `reason` is empty; say why a TCP connect is the best check it has",
+                    p.service.get_ref()
+                ),
+            )),
+            (r, _) => Ok(r.as_ref().map(|r| r.get_ref().clone())),
+        };
+        match (check, reason) {
+            (Ok(check), Ok(reason)) => probes.push(Probe {
                 service: p.service.get_ref().clone(),
                 check,
+                reason,
             }),
-            Err(e) => errors.push(e),
+            (Err(e), _) | (_, Err(e)) => errors.push(e),
         }
     }
     if s.health_timeout_secs == Some(0) {

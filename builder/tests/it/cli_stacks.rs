@@ -69,6 +69,24 @@ fn stack_errors_are_located() {
         &["profiles/s.toml:15:11:", "exactly one of `http` and `tcp`"],
     );
 
+    // `reason` explains a TCP probe only, and says something.
+    p.write(
+        "profiles/s.toml",
+        &text.replace("http = ", "reason = \"none\"\nhttp = "),
+    );
+    check_fails_with(
+        &p,
+        &["profiles/s.toml:16:10:", "`reason` explains a `tcp` probe"],
+    );
+    p.write(
+        "profiles/s.toml",
+        &text.replace(
+            "http = \"http://127.0.0.1:8080/\"",
+            "tcp = \"127.0.0.1:8080\"\nreason = \" \"",
+        ),
+    );
+    check_fails_with(&p, &["profiles/s.toml:17:10:", "`reason` is empty"]);
+
     p.write(
         "profiles/s.toml",
         &text.replace("web/compose.yaml.tera", "web/nope.yaml"),

@@ -130,6 +130,36 @@ on_the_repository! {
     resolved_holds_no_port_a_stack_publishes => check_resolved_leaves_published_ports;
 }
 
+/// How a service's health is known, or why it is not good enough: a
+/// compose healthcheck, an HTTP probe of its health endpoint, or a TCP
+/// probe with the reason nothing better exists (README: Roles).
+fn health_of(
+    name: &str,
+    svc: &serde_json::Value,
+    probes: &[nodeforge::profile::Probe],
+) -> Result<&'static str, String> {
+    use nodeforge::profile::ProbeCheck;
+    let check = &svc["healthcheck"];
+    let disabled = check["disable"] == true
+        || check["test"]
+            .as_array()
+            .is_some_and(|t| t.first().is_some_and(|c| c == "NONE"));
+    if check["test"].is_array() && !disabled {
+        return Ok("compose healthcheck");
+    }
+    let mine: Vec<_> = probes.iter().filter(|p| p.service == name).collect();
+    if mine.iter().any(|p| matches!(p.check, ProbeCheck::Http(_))) {
+        return Ok("http probe");
+    }
+    match mine.iter().find(|p| matches!(p.check, ProbeCheck::Tcp(_))) {
+        Some(p) if p.reason.is_some() => Ok("tcp probe (reason given)"),
+        Some(_) => Err(format!(
+            "service {name} has only a TCP probe and no `reason` why nothing better exists"
+        )),
+        None => Err(format!("service {name} has no healthcheck and no probe")),
+    }
+}
+
 /// Where scripts/host-packages.sh puts trixie's docker-compose (v2).
 const COMPOSE_BIN: &str = "/usr/local/lib/nodeforge/docker-compose";
 
@@ -145,6 +175,7 @@ pub fn check_stacks_with_compose(p: &Project) {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut checked = Vec::new();
+    let mut no_health = Vec::new();
     for file in profile_files(p.root()) {
         let profile = load_profile(&file);
         for st in &profile.stacks {
@@ -238,6 +269,11 @@ pub fn check_stacks_with_compose(p: &Project) {
                     p.service
                 );
             }
+            for (name, svc) in services {
+                if let Err(why) = health_of(name, svc, &st.probes) {
+                    no_health.push(format!("{what}: {why}"));
+                }
+            }
             let resolved = String::from_utf8_lossy(&out.stdout);
             for (n, v) in &values {
                 assert!(
@@ -249,6 +285,11 @@ pub fn check_stacks_with_compose(p: &Project) {
         }
     }
     eprintln!("{} stacks checked: {checked:#?}", checked.len());
+    assert!(
+        no_health.is_empty(),
+        "services without an application-level health check:\n{}",
+        no_health.join("\n")
+    );
     for role in roles(p.root()) {
         let role = role.role();
         assert!(
