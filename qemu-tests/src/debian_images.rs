@@ -57,14 +57,13 @@ fn packages(arch: &str) -> &'static [&'static str] {
     }
 }
 
-/// mmdebstrap's hook: no cluster or system tables of Debian's own (the
-/// entrypoints make the container's, as in the official images, whose
-/// data directories are empty: a new volume starts from them), the official images' data directories, nginx as the
-/// official image has it (no Debian default site, logs to the container's
-/// output; its nginx.conf is in the scripts layer), and out what
-/// no test runs, to keep the layer small (628 MB to 338 MB): promtool,
-/// PostgreSQL's JIT (LLVM, its bitcode; the entrypoint turns `jit` off),
-/// the console libraries.
+/// mmdebstrap's hook: the official images' data directories, empty as
+/// theirs are (a new volume starts from them; the entrypoints make the
+/// cluster and system tables), nginx as the official image has it (no
+/// Debian default site, logs to the container's output; its nginx.conf is
+/// in the scripts layer), and out what no test runs, to keep the layer
+/// small: promtool, PostgreSQL's JIT (LLVM, its bitcode; the entrypoint
+/// turns `jit` off), the console libraries.
 const CUSTOMIZE: &str = "rm -rf \"$1\"/var/lib/postgresql/* \"$1\"/etc/postgresql/* \
      \"$1\"/var/lib/mysql/* \
      \"$1\"/usr/bin/promtool \"$1\"/usr/lib/*-linux-gnu/libLLVM* \
@@ -222,7 +221,8 @@ mkdir -p /run/mysqld /var/lib/mysql
 chown mysql:mysql /run/mysqld /var/lib/mysql
 if [ ! -d /var/lib/mysql/mysql ]; then
     root_pw=${MARIADB_ROOT_PASSWORD:-${MYSQL_ROOT_PASSWORD:?MARIADB_ROOT_PASSWORD is not set}}
-    mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db         --auth-root-authentication-method=normal >/dev/null
+    mariadb-install-db --user=mysql --datadir=/var/lib/mysql --skip-test-db \
+        --auth-root-authentication-method=normal >/dev/null
     mariadbd --user=mysql --skip-networking --socket="$sock" &
     pid=$!
     i=0
@@ -250,7 +250,8 @@ if [ ! -d /var/lib/mysql/mysql ]; then
         fi
     } | mariadb --socket="$sock" -uroot
     umask 077
-    printf '[mariadb-client]\nport=3306\nsocket=%s\nuser=healthcheck\npassword=%s\n'         "$sock" "$hc_pw" >/var/lib/mysql/.my-healthcheck.cnf
+    printf '[mariadb-client]\nport=3306\nsocket=%s\nuser=healthcheck\npassword=%s\n' \
+        "$sock" "$hc_pw" >/var/lib/mysql/.my-healthcheck.cnf
     chown mysql:mysql /var/lib/mysql/.my-healthcheck.cnf
     for f in /docker-entrypoint-initdb.d/*.sql; do
         [ -e "$f" ] || continue

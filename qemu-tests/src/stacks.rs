@@ -58,7 +58,6 @@ const PORTS: &[(&str, u16)] = &[
     ("ghcr.io/danny-avila/librechat:v0.7.5", 3080),
     ("mongo:7.0.14", 27017),
     ("nextcloud:29.0.8-apache", 80),
-    ("mariadb:11.4.3", 3306),
     ("onlyoffice/documentserver:8.1.3", 80),
     ("netdata/netdata:v1.47.4", 19999),
     ("containrrr/watchtower:1.7.1", 8080),

@@ -491,35 +491,11 @@ fn check_api_role(data: &Running) {
 fn check_logs_reach_core(data: &Running, loki_port: u16) {
     let marker = format!("fleet-log-marker-{}", std::process::id());
     data.ssh.run(&format!("logger -t fleet-test {marker}"));
-    let query = "/loki/api/v1/query_range?query=%7Bhost%3D%22datacore%22%7D";
-    let limit = Instant::now() + Duration::from_secs(180);
-    loop {
-        let body = http_get(loki_port, query);
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("Loki's answer is not JSON ({e}): {body}"));
-        let streams = v["data"]["result"].as_array().cloned().unwrap_or_default();
-        let found = streams.iter().find(|s| {
-            s["values"].as_array().is_some_and(|vals| {
-                vals.iter()
-                    .any(|x| x[1].as_str().is_some_and(|l| l.contains(&marker)))
-            })
-        });
-        if let Some(s) = found {
-            eprintln!(
-                "fleet: data's journal line reached core's Loki in stream {}; {} streams from datacore",
-                s["stream"],
-                streams.len()
-            );
-            assert_eq!(s["stream"]["role"], "data", "{s:#}");
-            break;
-        }
-        assert!(
-            Instant::now() < limit,
-            "{marker} from datacore's journal never reached core's Loki; its datacore streams: {}",
-            streams.len()
-        );
-        std::thread::sleep(Duration::from_secs(5));
-    }
+    let (stream, streams) = find_in_loki(loki_port, "{host=\"datacore\"}", &marker);
+    eprintln!(
+        "fleet: data's journal line reached core's Loki in stream {stream}; {streams} streams from datacore"
+    );
+    assert_eq!(stream["role"], "data", "{stream:#}");
     // A container's output goes the same way (the engine's journald log
     // driver), labelled with the container's name: a container of the
     // PostgreSQL image that prints a line.
@@ -529,27 +505,49 @@ fn check_logs_reach_core(data: &Running, loki_port: u16) {
          $(sudo docker inspect --format '{{{{.Config.Image}}}}' \
            $(sudo docker ps -qf label=com.docker.compose.service=postgres)) {marker}"
     ));
-    let query = "/loki/api/v1/query_range?query=%7Bhost%3D%22datacore%22%2Ccontainer%3D%22fleet-log-check%22%7D";
+    find_in_loki(
+        loki_port,
+        "{host=\"datacore\",container=\"fleet-log-check\"}",
+        &marker,
+    );
+    eprintln!("fleet: a container's output on datacore reached core's Loki");
+}
+
+/// Asks core's Loki for `selector`'s streams until one holds a line with
+/// `marker` (3 minutes at most): that stream's labels, and how many
+/// streams matched.
+fn find_in_loki(loki_port: u16, selector: &str, marker: &str) -> (serde_json::Value, usize) {
+    let encoded: String = selector
+        .bytes()
+        .map(|b| match b {
+            b'{' => "%7B".to_owned(),
+            b'}' => "%7D".to_owned(),
+            b'"' => "%22".to_owned(),
+            b'=' => "%3D".to_owned(),
+            b',' => "%2C".to_owned(),
+            b => (b as char).to_string(),
+        })
+        .collect();
+    let query = format!("/loki/api/v1/query_range?query={encoded}");
     let limit = Instant::now() + Duration::from_secs(180);
     loop {
-        let body = http_get(loki_port, query);
+        let body = http_get(loki_port, &query);
         let v: serde_json::Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("Loki's answer is not JSON ({e}): {body}"));
-        let found = v["data"]["result"].as_array().is_some_and(|streams| {
-            streams.iter().any(|s| {
-                s["values"].as_array().is_some_and(|vals| {
-                    vals.iter()
-                        .any(|x| x[1].as_str().is_some_and(|l| l.contains(&marker)))
-                })
+        let streams = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        let found = streams.iter().find(|s| {
+            s["values"].as_array().is_some_and(|vals| {
+                vals.iter()
+                    .any(|x| x[1].as_str().is_some_and(|l| l.contains(marker)))
             })
         });
-        if found {
-            eprintln!("fleet: a container's output on datacore reached core's Loki");
-            return;
+        if let Some(s) = found {
+            return (s["stream"].clone(), streams.len());
         }
         assert!(
             Instant::now() < limit,
-            "{marker} from a container's output never reached core's Loki: {v:#}"
+            "{marker} never reached core's Loki; {} streams match {selector}",
+            streams.len()
         );
         std::thread::sleep(Duration::from_secs(5));
     }

@@ -130,14 +130,15 @@ on_the_repository! {
     resolved_holds_no_port_a_stack_publishes => check_resolved_leaves_published_ports;
 }
 
-/// How a service's health is known, or why it is not good enough: a
+/// Whether a service's health is known at the application level: a
 /// compose healthcheck, an HTTP probe of its health endpoint, or a TCP
-/// probe with the reason nothing better exists (README: Roles).
+/// probe with the reason nothing better exists (README: Stacks); else why
+/// not.
 fn health_of(
     name: &str,
     svc: &serde_json::Value,
     probes: &[nodeforge::profile::Probe],
-) -> Result<&'static str, String> {
+) -> Result<(), String> {
     use nodeforge::profile::ProbeCheck;
     let check = &svc["healthcheck"];
     let disabled = check["disable"] == true
@@ -145,14 +146,14 @@ fn health_of(
             .as_array()
             .is_some_and(|t| t.first().is_some_and(|c| c == "NONE"));
     if check["test"].is_array() && !disabled {
-        return Ok("compose healthcheck");
+        return Ok(());
     }
     let mine: Vec<_> = probes.iter().filter(|p| p.service == name).collect();
     if mine.iter().any(|p| matches!(p.check, ProbeCheck::Http(_))) {
-        return Ok("http probe");
+        return Ok(());
     }
     match mine.iter().find(|p| matches!(p.check, ProbeCheck::Tcp(_))) {
-        Some(p) if p.reason.is_some() => Ok("tcp probe (reason given)"),
+        Some(p) if p.reason.is_some() => Ok(()),
         Some(_) => Err(format!(
             "service {name} has only a TCP probe and no `reason` why nothing better exists"
         )),
