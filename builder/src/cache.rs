@@ -10,7 +10,7 @@
 //! written under a temporary name and renamed, so a killed build never
 //! leaves a half-written entry under a real name.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,21 +62,9 @@ impl Cache {
         Cache { dir: dir.into() }
     }
 
-    fn lock_file(&self, path: &Path) -> Result<File> {
-        if let Some(d) = path.parent() {
-            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening lock {}", path.display()))
-    }
-
     /// Shared lock for a build's whole run.
     pub fn lock_for_build(&self) -> Result<BuildLock> {
-        let f = self.lock_file(&self.dir.join(".lock"))?;
+        let f = fsutil::lock_file(&self.dir.join(".lock"))?;
         let lock = Flock::lock(f, FlockArg::LockShared)
             .map_err(|(_, e)| e)
             .with_context(|| format!("locking the cache {}", self.dir.display()))?;
@@ -85,7 +73,7 @@ impl Cache {
 
     /// Exclusive lock of one rootfs entry while it is produced.
     pub fn lock_rootfs(&self, key: &str) -> Result<EntryLock> {
-        let f = self.lock_file(&self.rootfs_dir().join(format!(".{key}.lock")))?;
+        let f = fsutil::lock_file(&self.rootfs_dir().join(format!(".{key}.lock")))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| e)
             .with_context(|| format!("locking cache entry {key}"))?;
@@ -183,7 +171,7 @@ impl Cache {
         if !self.dir.is_dir() {
             bail!("no cache at {}", self.dir.display());
         }
-        let f = self.lock_file(&self.dir.join(".lock"))?;
+        let f = fsutil::lock_file(&self.dir.join(".lock"))?;
         let _exclusive = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| e)
             .context("waiting for running builds to release the cache")?;
@@ -216,7 +204,9 @@ impl Cache {
                     let name = e.file_name().to_string_lossy().into_owned();
                     // and plain-tar rootfs entries of older nodeforge versions
                     let legacy = sub == ROOTFS && name.ends_with(".tar");
-                    if name.contains(".partial") || legacy {
+                    // A blob's writer lock (oci::cache): no writer now.
+                    let blob_lock = sub == BLOBS && name.ends_with(".lock");
+                    if name.contains(".partial") || legacy || blob_lock {
                         report.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
                         fs::remove_file(e.path())
                             .with_context(|| format!("removing {}", e.path().display()))?;
@@ -376,6 +366,10 @@ mod tests {
         };
         fs::write(c.layer_meta_path("lay"), serde_json::to_vec(&meta).unwrap()).unwrap();
         fs::write(c.layers_dir().join(".lay2.partial.x1.tar.zst"), "half").unwrap();
+        // A blob's writer lock (oci::cache): a leftover too.
+        let blobs = dir.path().join(BLOBS);
+        fs::create_dir_all(&blobs).unwrap();
+        fs::write(blobs.join(format!(".{}.lock", "a".repeat(64))), "").unwrap();
         let ls: Vec<(String, &str)> = c
             .entries()
             .unwrap()
@@ -393,7 +387,8 @@ mod tests {
         );
 
         let r = c.prune(Some(Duration::from_secs(7 * 86400)), None).unwrap();
-        assert_eq!((r.removed, r.leftovers, r.kept), (2, 4, 2));
+        assert_eq!((r.removed, r.leftovers, r.kept), (2, 5, 2));
+        assert_eq!(fs::read_dir(&blobs).unwrap().count(), 0);
         assert!(!c.layer_tar("lay").exists());
         assert!(!c.layer_meta_path("lay").exists());
         assert!(!c.layers_dir().join(".lay2.partial.x1.tar.zst").exists());

@@ -18,10 +18,26 @@ pub fn partial_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `contents` to `path` atomically: temp file, fsync, rename, fsync
-/// of the directory.
+/// of the directory. The temp name is this writer's own (process and
+/// call), so writers of the same file at once (builds sharing a cache)
+/// never write into each other's temp file; the last rename wins.
 pub fn atomic_write(path: &Path, contents: &[u8]) -> Result<()> {
-    let tmp = partial_path(path);
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}-{}.partial",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(contents)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -34,6 +50,20 @@ pub fn commit_partial(tmp: &Path, path: &Path) -> Result<()> {
     fs::rename(tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     sync_parent(path)
+}
+
+/// Opens (creating it and its directory) the file `path` to take an
+/// flock on: the caches' entry and writer locks.
+pub fn lock_file(path: &Path) -> Result<File> {
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening lock {}", path.display()))
 }
 
 /// fsyncs the directory holding `path` so a rename in it survives a crash.
@@ -204,11 +234,41 @@ mod tests {
 
     #[test]
     fn atomic_write_leaves_no_partial() {
-        let (_dir, p) = crate::testutil::scratch_path("out.json");
+        let (dir, p) = crate::testutil::scratch_path("out.json");
         atomic_write(&p, b"{}").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"{}");
-        assert!(!partial_path(&p).exists());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["out.json"]);
         assert_eq!(partial_path(&p).file_name().unwrap(), ".out.json.partial");
+    }
+
+    /// Regression: two builds sharing a cache wrote the same keyring at
+    /// once through one temp name, and a rename could put a torn file in
+    /// place.
+    #[test]
+    fn concurrent_atomic_writes_of_one_file_leave_one_whole_version() {
+        let (dir, p) = crate::testutil::scratch_path("key.gpg");
+        let versions: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 4 << 20]).collect();
+        std::thread::scope(|s| {
+            for v in &versions {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..5 {
+                        atomic_write(p, v).unwrap();
+                    }
+                });
+            }
+        });
+        let got = fs::read(&p).unwrap();
+        assert!(
+            versions.contains(&got),
+            "a torn file of {} bytes",
+            got.len()
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -95,34 +95,38 @@ extern "C" {
     fn geteuid() -> u32;
 }
 
-static BUILDS: OnceLock<Mutex<HashMap<PathBuf, BuildResult>>> = OnceLock::new();
+/// One cell per profile: a build holds only its own, so two profiles can
+/// build side by side (the cache's locks keep shared entries whole).
+type BuildCell = std::sync::Arc<OnceLock<BuildResult>>;
+static BUILDS: OnceLock<Mutex<HashMap<PathBuf, BuildCell>>> = OnceLock::new();
 
 /// Builds a profile (path relative to the workspace) once per process;
 /// later callers get the same result.
 pub fn build_profile(profile: &str) -> BuildResult {
     require_root();
-    let mut builds = BUILDS
+    let path = workspace_root().join(profile);
+    let cell = BUILDS
         .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let path = workspace_root().join(profile);
-    if let Some(r) = builds.get(&path) {
-        return r.clone();
-    }
-    test_apt::ensure().unwrap_or_else(|e| panic!("{e:#}"));
-    let plan = Plan::load(&path).unwrap_or_else(|e| panic!("planning {profile}: {e:#}"));
-    remove_at_exit(output_dir(&plan.profile.name));
-    let opts = BuildOptions {
-        output_dir: output_dir(&plan.profile.name),
-        cache_dir: cache_dir(),
-        output: Output::Human,
-        no_cache: false,
-        agent: None,
-        offline: false,
-    };
-    let result = build::build(&plan, &opts).unwrap_or_else(|e| panic!("building {profile}: {e:#}"));
-    builds.insert(path, result.clone());
-    result
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(path.clone())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| {
+        test_apt::ensure().unwrap_or_else(|e| panic!("{e:#}"));
+        let plan = Plan::load(&path).unwrap_or_else(|e| panic!("planning {profile}: {e:#}"));
+        remove_at_exit(output_dir(&plan.profile.name));
+        let opts = BuildOptions {
+            output_dir: output_dir(&plan.profile.name),
+            cache_dir: cache_dir(),
+            output: Output::Human,
+            no_cache: false,
+            agent: None,
+            offline: false,
+        };
+        build::build(&plan, &opts).unwrap_or_else(|e| panic!("building {profile}: {e:#}"))
+    })
+    .clone()
 }
 
 static VM_LOCK: Mutex<()> = Mutex::new(());

@@ -53,6 +53,8 @@ const PORTS: &[(&str, u16)] = &[
     ("ollama/ollama:0.3.14", 11434),
     ("onerahmet/openai-whisper-asr-webservice:v1.6.0", 9000),
     ("qdrant/qdrant:v1.12.1", 6333),
+    // ai (and Ollama, Qdrant as controlplane's)
+    ("ghcr.io/open-webui/open-webui:v0.3.35", 8080),
     // cloud
     ("hashicorp/consul:1.19.2", 8500),
     ("ghcr.io/danny-avila/librechat:v0.7.5", 3080),
@@ -219,6 +221,19 @@ const TOOLS: &[(&str, &[&str])] = &[
     ("pihole/pihole:2024.07.0", &["/usr/bin/dig"]),
 ];
 
+/// Environment of the real images that the node's wiring must reckon
+/// with, given to their stand-ins too (nodeforge::oci::fixture::
+/// stand_in_image): Ollama's image asks for every
+/// NVIDIA GPU (its Dockerfile's ENV, checked v0.3.x), which the ai stack
+/// must override on a machine without one.
+const IMAGE_ENV: &[(&str, &[&str])] = &[(
+    "ollama/ollama:0.3.14",
+    &[
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+        "NVIDIA_VISIBLE_DEVICES=all",
+    ],
+)];
+
 /// The machine a disk boots in: its SMBIOS UUID and its NIC's MAC.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -268,6 +283,25 @@ pub fn prepare(profile: &str, data_disk_gib: Option<u64>) -> Node {
     prepare_with(profile, data_disk_gib, ImageSizes::Small)
 }
 
+/// [`prepare`] for several nodes at once, on two build lanes (the
+/// machine's two cores): `lanes[0]` in this thread, `lanes[1]` beside it,
+/// each in its order. mmdebstrap runs mostly on one core, so the second
+/// lane's bootstrap uses the other. The nodes come back lane by lane.
+pub fn prepare_on_two_lanes(lanes: [&[(&str, Option<u64>)]; 2]) -> Vec<Node> {
+    let build = |lane: &[(&str, Option<u64>)]| -> Vec<Node> {
+        lane.iter().map(|(p, disk)| prepare(p, *disk)).collect()
+    };
+    std::thread::scope(|s| {
+        let second = s.spawn(|| build(lanes[1]));
+        let mut nodes = build(lanes[0]);
+        match second.join() {
+            Ok(more) => nodes.extend(more),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        nodes
+    })
+}
+
 /// Which test images a node's stacks get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageSizes {
@@ -306,7 +340,11 @@ pub fn prepare_with(profile: &str, data_disk_gib: Option<u64>, sizes: ImageSizes
                     .find(|(image, _)| *image == r)
                     .map_or(&[][..], |(_, t)| t);
                 let paths = health.get(r.as_str()).map_or(&[][..], |p| &p[..]);
-                stand_in_image(arch, &busybox, &r, port, paths, tools)
+                let env = IMAGE_ENV
+                    .iter()
+                    .find(|(image, _)| *image == r)
+                    .map_or(&[][..], |(_, e)| e);
+                stand_in_image(arch, &busybox, &r, port, paths, tools, env)
                     .unwrap_or_else(|e| panic!("{e:#}"))
             }
         };
@@ -817,6 +855,7 @@ pub const CLOUD: (&str, &[&str]) = (
         "loki",
     ],
 );
+pub const AI: (&str, &[&str]) = ("ai", &["ollama", "open-webui", "qdrant"]);
 pub const OBSERVABILITY: (&str, &[&str]) =
     ("observability", &["loki", "tempo", "prometheus", "grafana"]);
 pub const SENTINEL: (&str, &[&str]) = (

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use nodeforge::boot::Lan;
 use qemu_tests::control;
 use qemu_tests::stacks::{
-    assert_all_healthy, free_port, image_file, prepare, step, wait_all, Guest, Machine, Node,
-    Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
+    assert_all_healthy, free_port, image_file, prepare_on_two_lanes, step, wait_all, Guest,
+    Machine, Node, Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
 };
 
 /// The data node's PostgreSQL password, given in its seed so the test can
@@ -60,9 +60,16 @@ fn machine(i: usize) -> Machine {
 
 #[test]
 fn the_fleet_boots_together_and_talks_as_the_policy_says() {
-    let mut core = prepare("qemu-tests/profiles/role-core.toml", None);
-    let mut data = prepare("qemu-tests/profiles/role-data.toml", None);
-    let mut media = prepare("qemu-tests/profiles/role-media.toml", Some(64));
+    // core's rootfs on one lane; data's, which media shares, on the other.
+    let [mut core, mut data, mut media]: [Node; 3] = prepare_on_two_lanes([
+        &[("qemu-tests/profiles/role-core.toml", None)],
+        &[
+            ("qemu-tests/profiles/role-data.toml", None),
+            ("qemu-tests/profiles/role-media.toml", Some(64)),
+        ],
+    ])
+    .try_into()
+    .unwrap_or_else(|_| unreachable!("three profiles, three nodes"));
     core.stamp(GOOD_KEY, &[("N8N_DB_PASSWORD", N8N_DB_PASSWORD)]);
     data.stamp(
         GOOD_KEY,

@@ -1,40 +1,48 @@
 //! The single-host roles booted with their whole stacks, side by side:
-//! controlplane (Zentoria), cloud (AINI), observability and workspace,
+//! controlplane (Zentoria), cloud (AINI), observability, workspace and
+//! ai (AINode, on its nvidia-gpu hardware, in a guest without a GPU),
 //! each built from its role profile as a user builds it, stamped with its
-//! seed and booted in QEMU (TCG) at the same time, one vCPU each. Each is
-//! a fleet of its own, so no LAN joins them; each checks its own wiring.
+//! seed and booted in QEMU (TCG) at the same time, one vCPU each. None
+//! needs another to come up, so no LAN joins them; each checks its own
+//! wiring.
 //!
 //! Real (Debian's packages under the public names, see
 //! qemu_tests::debian_images): PostgreSQL with pgvector, Redis,
 //! Prometheus, nginx; and the image's own Docker, compose, journal, agent.
-//! Stand-ins: Loki, Alloy and Vault's init/unseal/health API (scripts on
+//! Real on the ai node: Debian's NVIDIA driver, its module built by DKMS
+//! in the image. Stand-ins: NVIDIA's container toolkit (packages of the
+//! real names from a local signed repository, qemu_tests::test_apt),
+//! Loki, Alloy and Vault's init/unseal/health API (scripts on
 //! the Debian layer, so the first-boot unseal runs end to end); busybox
 //! httpd on the service's port, answering the role's health paths, for
 //! everything else (n8n, MinIO, Ollama, Whisper, Qdrant, Grafana, Traefik,
 //! Consul, LibreChat, MongoDB, Nextcloud, MariaDB, OnlyOffice, Netdata,
-//! Watchtower, Tempo, code-server, JupyterHub, draw.io, Excalidraw) and
+//! Watchtower, Tempo, code-server, JupyterHub, draw.io, Excalidraw, Open
+//! WebUI) and
 //! Tailscale's client and control server.
 
 use std::time::Instant;
 
 use qemu_tests::stacks::{
-    assert_all_healthy, prepare, step, wait_all, Guest, Machine, Node, Running, CLOUD,
-    CONTROLPLANE, LOGS, OBSERVABILITY, WORKSPACE,
+    assert_all_healthy, prepare_on_two_lanes, step, wait_all, Guest, Machine, Node, Running, AI,
+    CLOUD, CONTROLPLANE, LOGS, OBSERVABILITY, WORKSPACE,
 };
 
 /// A node of this test: one SMBIOS UUID and MAC each.
 fn machine(i: usize) -> Machine {
-    const UUIDS: [&str; 4] = [
+    const UUIDS: [&str; 5] = [
         "8d0c7a51-3b3e-4c61-9f0e-5a1d2c3b4e21",
         "8d0c7a51-3b3e-4c61-9f0e-5a1d2c3b4e22",
         "8d0c7a51-3b3e-4c61-9f0e-5a1d2c3b4e23",
         "8d0c7a51-3b3e-4c61-9f0e-5a1d2c3b4e24",
+        "8d0c7a51-3b3e-4c61-9f0e-5a1d2c3b4e25",
     ];
-    const MACS: [&str; 4] = [
+    const MACS: [&str; 5] = [
         "52:54:00:6e:66:21",
         "52:54:00:6e:66:22",
         "52:54:00:6e:66:23",
         "52:54:00:6e:66:24",
+        "52:54:00:6e:66:25",
     ];
     Machine {
         uuid: UUIDS[i],
@@ -44,12 +52,19 @@ fn machine(i: usize) -> Machine {
 
 #[test]
 fn the_single_host_roles_boot_with_working_stacks() {
-    let mut nodes = [
-        prepare("qemu-tests/profiles/role-controlplane.toml", None),
-        prepare("qemu-tests/profiles/role-cloud.toml", None),
-        prepare("qemu-tests/profiles/role-observability.toml", None),
-        prepare("qemu-tests/profiles/role-workspace.toml", None),
-    ];
+    // The ai image (its rootfs builds the NVIDIA module with DKMS) on one
+    // lane, the four others on the other.
+    let mut nodes: [Node; 5] = prepare_on_two_lanes([
+        &[
+            ("qemu-tests/profiles/role-controlplane.toml", None),
+            ("qemu-tests/profiles/role-cloud.toml", None),
+            ("qemu-tests/profiles/role-observability.toml", None),
+            ("qemu-tests/profiles/role-workspace.toml", None),
+        ],
+        &[("qemu-tests/profiles/role-ai.toml", None)],
+    ])
+    .try_into()
+    .unwrap_or_else(|_| unreachable!("five profiles, five nodes"));
     for n in &nodes {
         n.stamp(qemu_tests::stacks::GOOD_KEY, &[]);
     }
@@ -61,7 +76,7 @@ fn the_single_host_roles_boot_with_working_stacks() {
         .enumerate()
         .map(|(i, n)| {
             let guest = Guest {
-                // Four guests share two cores.
+                // Five guests share two cores.
                 cpus: Some(1),
                 ..Guest::default()
             };
@@ -79,16 +94,17 @@ fn the_single_host_roles_boot_with_working_stacks() {
         times.join(", "),
         started.elapsed().as_secs_f64()
     );
-    let [controlplane, cloud, observability, workspace] = &nodes;
-    let [cp_vm, cloud_vm, obs_vm, ws_vm]: &[Running; 4] = running
+    let [controlplane, cloud, observability, workspace, ai] = &nodes;
+    let [cp_vm, cloud_vm, obs_vm, ws_vm, ai_vm]: &[Running; 5] = running
         .as_slice()
         .try_into()
-        .unwrap_or_else(|_| unreachable!("four nodes, four guests"));
+        .unwrap_or_else(|_| unreachable!("five nodes, five guests"));
 
     assert_all_healthy(&controlplane.status, &[LOGS, CONTROLPLANE]);
     assert_all_healthy(&cloud.status, &[LOGS, CLOUD]);
     assert_all_healthy(&observability.status, &[LOGS, OBSERVABILITY]);
     assert_all_healthy(&workspace.status, &[LOGS, WORKSPACE]);
+    assert_all_healthy(&ai.status, &[LOGS, AI]);
     for n in &nodes {
         let secrets = step(&n.status, "stack-secrets");
         assert_eq!(secrets["state"], "done", "{}: {secrets:#}", n.name);
@@ -98,6 +114,8 @@ fn the_single_host_roles_boot_with_working_stacks() {
     check_pgvector(cp_vm);
     check_prometheus_config(obs_vm);
     check_code_server_volumes(ws_vm);
+    check_nvidia_driver(ai_vm);
+    check_ollama_without_gpu(ai_vm);
     drop(running);
     drop(slot);
 }
@@ -151,4 +169,67 @@ fn check_code_server_volumes(vm: &Running) {
     for l in mounts.iter().filter(|l| l.contains("/srv/workspace/")) {
         assert!(l.starts_with("1000 "), "not uid 1000's: {l}\n{out}");
     }
+}
+
+/// The ai node's NVIDIA driver: DKMS built Debian's module for the
+/// image's own kernel (its vermagic starts with the running kernel's
+/// release), the libraries the container toolkit hands to GPU containers
+/// (CUDA's libcuda.so.1, NVML's libnvidia-ml.so.1) are in the linker's
+/// cache, the toolkit's programs answer, and dockerd has the nvidia
+/// runtime and the hook it registers its "nvidia" device driver with.
+fn check_nvidia_driver(vm: &Running) {
+    let out = vm.ssh.run(
+        "uname -r; /usr/sbin/modinfo -F vermagic nvidia-current; \
+         /usr/sbin/ldconfig -p | grep -oE 'lib(cuda|nvidia-ml)\\.so\\.1 ' | sort -u; \
+         nvidia-container-cli --version; nvidia-ctk --version; \
+         sudo docker info --format '{{range $name, $_ := .Runtimes}}runtime {{$name}} {{end}}'",
+    );
+    eprintln!("ai: driver and toolkit:\n{}", out.trim());
+    let mut lines = out.lines();
+    let release = lines.next().unwrap_or_default().trim();
+    let vermagic = lines.next().unwrap_or_default();
+    assert!(!release.is_empty(), "uname -r printed nothing:\n{out}");
+    assert_eq!(
+        vermagic.split_whitespace().next(),
+        Some(release),
+        "the DKMS module's vermagic is the image kernel's release:\n{out}"
+    );
+    for want in [
+        "libcuda.so.1",
+        "libnvidia-ml.so.1",
+        "cli-version: 1.17.3",
+        "NVIDIA Container Toolkit CLI version",
+        "runtime nvidia",
+    ] {
+        assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+}
+
+/// No GPU in the guest: the hardware's overlay told the agent so, compose
+/// still asked dockerd for NVIDIA devices (0 of them), dockerd ran the
+/// toolkit's hook, which found NVIDIA_VISIBLE_DEVICES=void (the stack's,
+/// over the stand-in's image ENV of "all", as Ollama's image has it), and
+/// Ollama runs on the CPU (its health is asserted with the stack's).
+fn check_ollama_without_gpu(vm: &Running) {
+    let out = vm.ssh.run(
+        "cat /run/nodeforge/nvidia-gpus.env; \
+         sudo docker inspect $(sudo docker ps -qf label=com.docker.compose.service=ollama) \
+         --format 'requests {{json .HostConfig.DeviceRequests}}'; \
+         sudo cat /var/log/nvidia-container-toolkit.log",
+    );
+    eprintln!("ai: GPU-less start:\n{}", out.trim());
+    assert!(out.lines().any(|l| l == "NVIDIA_GPUS=0"), "{out}");
+    assert!(
+        out.lines().any(|l| l == "NVIDIA_VISIBLE_DEVICES=void"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"Driver\":\"nvidia\"") && out.contains("\"Count\":0"),
+        "Ollama's GPU reservation: {out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("prestart ") && l.ends_with(": NVIDIA_VISIBLE_DEVICES=void")),
+        "the toolkit's hook was not run with void for a 0-device request: {out}"
+    );
 }

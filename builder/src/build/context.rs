@@ -63,7 +63,8 @@ pub struct BuildContext<'a> {
     pub(super) layer_key: String,
     /// The tree's entries after the last step that ran here, if known.
     pub(super) tree_snapshot: Option<layers::Snapshot>,
-    pub(super) _work: tempfile::TempDir,
+    /// Scratch space on the cache's disk, removed with the context.
+    pub(super) work: tempfile::TempDir,
     pub(super) _lock: BuildLock,
 }
 

@@ -99,7 +99,6 @@ pub fn verify_reproducible(
              (e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)) or pin [debian] snapshot in the profile"
         );
     }
-    let first = build(plan, opts)?;
     let scratch = tempfile::Builder::new()
         .prefix("verify-")
         .tempdir_in(opts.cache_dir.parent().unwrap_or(Path::new("/var/tmp")))
@@ -108,9 +107,23 @@ pub fn verify_reproducible(
         output_dir: scratch.path().join("out"),
         cache_dir: scratch.path().join("cache"),
         no_cache: true,
+        // Its progress would interleave with the first's.
+        output: Output::Quiet,
         ..opts.clone()
     };
-    let second = build(plan, &second_opts)?;
+    // Side by side: they share nothing, and a bootstrap keeps about one
+    // core busy, so on two cores the check takes about one build's time.
+    let (first, second) = std::thread::scope(|s| {
+        let second = s.spawn(|| build(plan, &second_opts));
+        let first = build(plan, opts);
+        let second = match second.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (first, second)
+    });
+    let first = first?;
+    let second = second.context("the second build, from scratch")?;
     let mut differing = Vec::new();
     for part in &plan.layout.partitions {
         let a = hash_range(&first.image, part.offset, part.size)?;
@@ -187,7 +200,7 @@ impl<'a> BuildContext<'a> {
             reports: Vec::new(),
             result: None,
             cache,
-            _work: work,
+            work,
             _lock: lock,
         })
     }

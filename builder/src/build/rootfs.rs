@@ -210,6 +210,11 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
     }
     // mmdebstrap compresses the cache entry with plain `zstd`: on every core.
     cmd = cmd.env("ZSTD_NBTHREADS", "0");
+    // mmdebstrap assembles the whole tree in $TMPDIR: on trixie /tmp is a
+    // tmpfs of half the RAM, too small for a rootfs with DKMS and headers.
+    // The build's work directory sits on the cache's disk, whose free
+    // space the error above reports.
+    cmd = cmd.env("TMPDIR", ctx.work.path());
     if p.debian.snapshot.is_some() {
         // Snapshot Release files are past their Valid-Until by design.
         cmd = cmd.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");

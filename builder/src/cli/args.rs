@@ -95,6 +95,15 @@ pub enum Command {
         #[arg(long, default_value = "/var/tmp")]
         staging_dir: PathBuf,
     },
+    /// Print a shell's completion script, e.g.
+    /// `nodeforge completions bash > /usr/share/bash-completion/completions/nodeforge`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (nodeforge.1 and one per command) into DIR,
+    /// e.g. /usr/local/share/man/man1.
+    Man { dir: PathBuf },
     /// List the host programs nodeforge needs; --install installs the missing ones.
     Doctor {
         #[arg(long)]
@@ -103,6 +112,10 @@ pub enum Command {
         /// from bookworm-backports on bookworm marked so), and nothing else.
         #[arg(long, conflicts_with = "install")]
         packages: bool,
+        /// Print each requirement and whether it is present as one JSON
+        /// document (exit status 1 when one is missing).
+        #[arg(long, conflicts_with_all = ["install", "packages"])]
+        json: bool,
     },
 }
 
@@ -154,6 +167,9 @@ pub enum CacheCommand {
         /// Then remove the least recently used until the cache is at most this size (e.g. 20GiB).
         #[arg(long)]
         max_size: Option<String>,
+        /// Print what was removed and kept as one JSON document.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -190,6 +206,9 @@ pub struct BootArgs {
     /// Write the guest's changes into the image (default: discarded).
     #[arg(long)]
     pub persist: bool,
+    /// Print the result as one JSON document (image, accelerator, seconds).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Write a node image to an SD card or USB stick (or a file) and read it back to verify.

@@ -138,6 +138,16 @@ pub fn boot_cmd(args: BootArgs) -> Result<()> {
         ..VmOptions::new(&args.image)
     };
     let (accel, took) = boot::boot(&opts, &args.expect, Duration::from_secs(args.timeout))?;
+    if args.json {
+        let result = serde_json::json!({
+            "image": args.image,
+            "accel": format!("{accel:?}").to_lowercase(),
+            "expect": args.expect,
+            "seconds": took.as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
     println!(
         "{} booted ({:?}): {:?} after {:.1}s",
         args.image.display(),
@@ -206,6 +216,7 @@ pub fn cache_cmd(command: CacheCommand, dir: Option<PathBuf>) -> Result<()> {
         CacheCommand::Prune {
             older_than,
             max_size,
+            json,
         } => {
             let older = older_than
                 .as_deref()
@@ -216,6 +227,10 @@ pub fn cache_cmd(command: CacheCommand, dir: Option<PathBuf>) -> Result<()> {
                 .map(|s| s.parse::<ByteSize>().map_err(anyhow::Error::msg))
                 .transpose()?;
             let r = cache.prune(older, max)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
             println!(
                 "removed {} entries and {} leftovers ({} MiB); kept {} entries ({} MiB)",
                 r.removed,

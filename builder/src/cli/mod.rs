@@ -1,9 +1,11 @@
 //! The `nodeforge` command line: `args` holds the clap types, `commands`
-//! what each command runs, `tailnet` the `tailnet` subcommands; `run`
-//! dispatches. `main.rs` only parses and calls `run`.
+//! what each command runs, `tailnet` the `tailnet` subcommands, `docs`
+//! completions and man pages; `run` dispatches. `main.rs` only parses and
+//! calls `run`.
 
 mod args;
 mod commands;
+mod docs;
 mod tailnet;
 
 use anyhow::{bail, Result};
@@ -56,6 +58,15 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Cache { command, cache_dir } => cache_cmd(command, cache_dir),
         Command::Tailnet { command } => tailnet::run(command),
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            let pages = docs::man_pages(&dir)?;
+            println!("{}: {} man pages", dir.display(), pages.len());
+            Ok(())
+        }
         Command::Serve(args) => crate::serve::run(&args.options()),
         Command::Netinstall {
             order_url,
@@ -67,6 +78,15 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             for p in doctor::apt_packages(true) {
                 println!("{p} bookworm-backports");
+            }
+            Ok(())
+        }
+        Command::Doctor { json: true, .. } => {
+            let checks = doctor::checks();
+            println!("{}", serde_json::to_string_pretty(&checks)?);
+            let missing = checks.iter().filter(|c| !c.present).count();
+            if missing > 0 {
+                bail!("{missing} host prerequisites missing: run `nodeforge doctor --install`");
             }
             Ok(())
         }

@@ -159,6 +159,30 @@ fn rust_target_installed(target: &str) -> bool {
 }
 
 /// One line per requirement; returns the missing ones.
+/// One requirement as `doctor --json` reports it.
+#[derive(Debug, serde::Serialize)]
+pub struct Checked {
+    pub what: &'static str,
+    /// The program or file looked for.
+    pub probe: String,
+    pub present: bool,
+    /// How to get it (the package, and its suite when a backport).
+    pub remedy: String,
+}
+
+/// Every requirement, checked.
+pub fn checks() -> Vec<Checked> {
+    REQUIREMENTS
+        .iter()
+        .map(|r| Checked {
+            what: r.what,
+            probe: r.probe_name().to_owned(),
+            present: r.present(),
+            remedy: r.remedy(),
+        })
+        .collect()
+}
+
 pub fn report() -> (String, Vec<Requirement>) {
     let mut text = String::new();
     let mut missing = Vec::new();

@@ -85,6 +85,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     apt("CA links for arm64 images", Program("openssl"), "openssl"),
     apt("strip netboot binaries", Program("strip"), "binutils"),
     apt("SSH keys (tests)", Program("ssh-keygen"), "openssh-client"),
+    apt("check bash completions (tests)", Program("bash"), "bash"),
     apt("SSH to test guests", Program("ssh"), "openssh-client"),
     apt(
         "flash with bmaptool (tests)",

@@ -1,13 +1,16 @@
 //! The blob cache: `<cache dir>/blobs/sha256/<hex>`, content-addressed.
 //! A blob enters it only after its digest checked out; a download that
 //! stopped part-way stays as `.<hex>.partial` and continues with a Range
-//! request next time.
+//! request next time. One blob is written by one writer at a time (an
+//! exclusive `.<hex>.lock`): builds that share a cache would otherwise
+//! write the same partial file at once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 
 use super::client::{Client, RegistryError};
 use super::{Digest, Reference};
@@ -31,6 +34,14 @@ impl BlobCache {
 
     fn partial(&self, d: &Digest) -> PathBuf {
         self.dir.join(format!(".{}.partial", d.hex()))
+    }
+
+    /// Held while `d` is downloaded or stored.
+    fn lock(&self, d: &Digest) -> Result<Flock<File>> {
+        let path = self.dir.join(format!(".{}.lock", d.hex()));
+        Flock::lock(fsutil::lock_file(&path)?, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("locking {}", path.display()))
     }
 
     /// The cached blob's path, if it is in the cache. Its modification
@@ -57,8 +68,7 @@ impl BlobCache {
         if &actual != d {
             bail!("refusing to cache data with digest {actual} as {d}");
         }
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let _writing = self.lock(d)?;
         let p = self.path(d);
         fsutil::atomic_write(&p, data)?;
         Ok(p)
@@ -76,8 +86,11 @@ impl BlobCache {
         if let Some(p) = self.get(d) {
             return Ok(p);
         }
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let _writing = self.lock(d)?;
+        // Another writer may have finished it while we waited.
+        if let Some(p) = self.get(d) {
+            return Ok(p);
+        }
         let partial = self.partial(d);
         let mut have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         if size.is_some_and(|s| have > s) {

@@ -378,10 +378,11 @@ pub fn busybox_httpd_image(
 /// real image passes pass here too. Each of `tools` (paths of the real
 /// image's programs its healthcheck or a unit runs, e.g. `mongosh`) is a
 /// shim that reads its input to the end and succeeds when the stand-in's
-/// own httpd answers. It is started through `sh -c` as its
-/// entrypoint, so the arguments a compose file gives the real image (its
-/// `command:`) are accepted and ignored. Images made for different ports
-/// share their one layer.
+/// own httpd answers. `env` (`KEY=value`) is the real image's own
+/// environment where the node's wiring must reckon with it. It is started
+/// through `sh -c` as its entrypoint, so the arguments a compose file
+/// gives the real image (its `command:`) are accepted and ignored. Images
+/// made for different ports share their one layer.
 pub fn stand_in_image(
     arch: &str,
     busybox: &Path,
@@ -389,6 +390,7 @@ pub fn stand_in_image(
     port: u16,
     health_paths: &[String],
     tools: &[&str],
+    env: &[&str],
 ) -> Result<TestImage> {
     let index = format!("nodeforge stand-in for {name}\n");
     let mut image = busybox_httpd_image(arch, busybox, "nodeforge stand-in\n", port)?;
@@ -427,7 +429,34 @@ pub fn stand_in_image(
     config["config"]["Entrypoint"] =
         serde_json::json!(["/bin/busybox", "sh", "-c", script, "stand-in"]);
     config["config"]["Cmd"] = serde_json::Value::Null;
+    if !env.is_empty() {
+        config["config"]["Env"] = serde_json::json!(env);
+    }
     config["config"]["Labels"]["nodeforge.stand-in"] = index.trim_end().into();
     image.config = serde_json::to_vec(&config)?;
     Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real image's environment reaches the stand-in's config (the
+    /// busybox image has no `Env` of its own: a regression of the ai boot
+    /// test), and a stand-in without any keeps none.
+    #[test]
+    fn stand_in_carries_the_real_images_environment() {
+        let busybox = Path::new("/bin/busybox");
+        assert!(
+            busybox.is_file(),
+            "/bin/busybox is missing: install busybox-static (`nodeforge doctor --install`)"
+        );
+        let env = ["NVIDIA_VISIBLE_DEVICES=all"];
+        let image = stand_in_image("amd64", busybox, "x:1", 8080, &[], &[], &env).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&image.config).unwrap();
+        assert_eq!(config["config"]["Env"], serde_json::json!(env));
+        let image = stand_in_image("amd64", busybox, "x:1", 8080, &[], &[], &[]).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&image.config).unwrap();
+        assert!(config["config"].get("Env").is_none(), "{config:#}");
+    }
 }

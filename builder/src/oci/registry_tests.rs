@@ -367,3 +367,51 @@ fn lock_through_a_mirror_keeps_the_public_name_and_builds_fetch_from_it() {
         "https://registry-1.docker.io/v2"
     );
 }
+
+/// Regression: builds sharing a cache downloaded the same blob into one
+/// partial file at once (single_hosts builds two images side by side, and
+/// their test images share Debian's layer), and one of them failed its
+/// digest check or committed a torn file.
+#[test]
+fn concurrent_fetches_of_one_blob_all_get_it_whole() {
+    let reg = TestRegistry::start().unwrap();
+    // Large enough that the downloads overlap.
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let layer = layer_tar(&[("srv/blob", 0o644, &data)]).unwrap();
+    let image = TestImage {
+        config: image_config("amd64", std::slice::from_ref(&layer), &["/bin/true"], "big"),
+        layers: vec![layer.clone()],
+    };
+    reg.push_image("team/big", Some("1"), &image).unwrap();
+    let image_ref = reference(&reg, "team/big:1");
+    let digest = Digest::of(&layer);
+    let (dir, _) = scratch_cache();
+    std::thread::scope(|s| {
+        let fetches: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let cache = BlobCache::new(dir.path());
+                    cache.fetch(
+                        &Client::new().unwrap(),
+                        &image_ref,
+                        &digest,
+                        Some(layer.len() as u64),
+                    )
+                })
+            })
+            .collect();
+        for f in fetches {
+            let path = f.join().unwrap().unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(std::fs::read(&path).unwrap(), layer);
+        }
+    });
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

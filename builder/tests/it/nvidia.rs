@@ -152,3 +152,76 @@ fn profile_repository_of_the_same_name_replaces_the_hardwares() {
     assert_eq!(repos.len(), 1, "{repos:?}");
     assert_eq!(repos[0]["url"], "https://mirror.example.invalid/deb");
 }
+
+/// overlays/nvidia-gpu's GPU count, run on fake PCI trees: only an
+/// NVIDIA (0x10de) display controller (class 0x03xxxx, VGA or 3D) counts;
+/// its audio function or another vendor's VGA does not.
+#[test]
+fn nvidia_gpus_counts_nvidia_display_controllers_only() {
+    const NONE: &str = "NVIDIA_GPUS=0\nNVIDIA_VISIBLE_DEVICES=void\n";
+    const ALL: &str = "NVIDIA_GPUS=all\nNVIDIA_VISIBLE_DEVICES=all\n";
+    let script = root().join("overlays/nvidia-gpu/usr/libexec/nodeforge/nvidia-gpus");
+    let run = |devices: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (vendor, class)) in devices.iter().enumerate() {
+            let dev = dir.path().join(format!("bus/pci/devices/0000:0{i}:00.0"));
+            std::fs::create_dir_all(&dev).unwrap();
+            std::fs::write(dev.join("vendor"), format!("{vendor}\n")).unwrap();
+            std::fs::write(dev.join("class"), format!("{class}\n")).unwrap();
+        }
+        let env = dir.path().join("run/nodeforge/nvidia-gpus.env");
+        let o = Command::new("sh")
+            .arg(&script)
+            .arg(dir.path())
+            .arg(&env)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        read_text(&env)
+    };
+    assert_eq!(run(&[]), NONE);
+    assert_eq!(run(&[("0x10de", "0x040300"), ("0x8086", "0x030000")]), NONE);
+    assert_eq!(run(&[("0x10de", "0x030000"), ("0x10de", "0x040300")]), ALL);
+    assert_eq!(run(&[("0x10de", "0x030200")]), ALL);
+}
+
+/// The agent gets the count: the hardware's drop-in runs the script
+/// before it and reads its file; the ai stack reserves that many GPUs.
+#[test]
+fn the_agent_and_the_ai_stack_take_the_gpu_count() {
+    let plan = Plan::load(&root().join("profiles/ai.toml")).unwrap();
+    let dropin = plan
+        .overlay_files
+        .iter()
+        .find(|f| f.target == "/etc/systemd/system/nodeforge-firstboot.service.d/nvidia-gpus.conf")
+        .expect("the hardware's overlay adds the agent's drop-in");
+    let text = read_text(&dropin.source);
+    assert!(
+        text.lines()
+            .any(|l| l == "ExecStartPre=-/usr/libexec/nodeforge/nvidia-gpus"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "EnvironmentFile=-/run/nodeforge/nvidia-gpus.env"),
+        "{text}"
+    );
+    assert!(plan
+        .overlay_files
+        .iter()
+        .any(|f| f.target == "/usr/libexec/nodeforge/nvidia-gpus" && f.executable));
+    let compose = read_text(&root().join("stacks/ai/compose.yaml.tera"));
+    assert!(
+        compose.contains("count: ${NVIDIA_GPUS:-all}"),
+        "the ai stack reserves NVIDIA_GPUS devices"
+    );
+    assert!(
+        compose.contains("NVIDIA_VISIBLE_DEVICES: ${NVIDIA_VISIBLE_DEVICES:-all}"),
+        "Ollama's own NVIDIA_VISIBLE_DEVICES=all is overridden"
+    );
+}

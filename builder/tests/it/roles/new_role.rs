@@ -55,7 +55,7 @@ fn mirror_for(profile: &Path) -> TestRegistry {
     let reg = TestRegistry::start().unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"));
     for r in nodeforge::oci::lock::profile_images(&load_profile(profile)) {
         let parsed = Reference::parse(&r).unwrap_or_else(|e| panic!("{r}: {e}"));
-        let image = stand_in_image("amd64", Path::new("/bin/busybox"), &r, 8080, &[], &[])
+        let image = stand_in_image("amd64", Path::new("/bin/busybox"), &r, 8080, &[], &[], &[])
             .unwrap_or_else(|e| panic!("{r}: {e:#}"));
         reg.push_image(&parsed.repository, parsed.tag.as_deref(), &image)
             .unwrap_or_else(|e| panic!("pushing {r}: {e:#}"));
