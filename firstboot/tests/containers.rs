@@ -258,10 +258,46 @@ fn an_engine_that_never_answers_fails_naming_it() {
     m.world.borrow_mut().docker.engine_down_polls = u32::MAX;
     let err = m.boot().unwrap().unwrap_err().to_string();
     assert!(
-        err.contains("the Docker engine did not answer within 120 s"),
+        err.contains(
+            "the Docker engine did not answer within 600 s (docker.service is activating)"
+        ),
         "{err}"
     );
     assert!(err.contains("Cannot connect to the Docker daemon"), "{err}");
+    assert_eq!(m.calls_starting("docker compose"), 0);
+}
+
+/// Regression (CI, five TCG guests on two cores): a healthy engine took
+/// over the old 120 s to answer. The wait now follows systemd: it goes on
+/// while docker.service is starting and ends at once when it failed.
+#[test]
+fn a_slow_engine_is_waited_for_while_systemd_says_it_is_starting() {
+    let m = machine();
+    {
+        let mut w = m.world.borrow_mut();
+        // 2 s per poll: 90 polls are three minutes.
+        w.docker.engine_down_polls = 90;
+        w.docker.ps = vec![ps(("running", ""), ("running", "healthy"))];
+    }
+    let st = m.boot().unwrap().unwrap();
+    assert_eq!(st.state, RunState::Complete);
+    assert_eq!(m.calls_starting("docker info"), 91);
+}
+
+#[test]
+fn a_failed_docker_unit_ends_the_wait_at_once_naming_it() {
+    let m = machine();
+    {
+        let mut w = m.world.borrow_mut();
+        w.docker.engine_down_polls = u32::MAX;
+        w.docker.engine_failed = true;
+    }
+    let err = m.boot().unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("the Docker engine failed to start (docker.service is failed; see `journalctl -u docker.service`)"),
+        "{err}"
+    );
+    assert_eq!(m.calls_starting("docker info"), 1);
     assert_eq!(m.calls_starting("docker compose"), 0);
 }
 

@@ -121,6 +121,8 @@ pub struct World {
 pub struct DockerWorld {
     /// `docker info` fails this many times first (engine starting).
     pub engine_down_polls: u32,
+    /// systemd gave up on docker.service (`systemctl is-active`: failed).
+    pub engine_failed: bool,
     /// Images in the engine's store: (ID, repo:tag; `<none>:<none>` when
     /// untagged).
     pub images: Vec<(String, String)>,

@@ -154,6 +154,19 @@ impl Machine {
                 }
             }
             l if l.starts_with("docker ") => self.docker(cmd),
+            "systemctl is-active docker.service" => {
+                let d = &self.world.borrow().docker;
+                let state = match (d.engine_failed, d.engine_down_polls > 0) {
+                    (true, _) => "failed",
+                    (false, true) => "activating",
+                    (false, false) => "active",
+                };
+                CmdOutput {
+                    code: Some(if state == "active" { 0 } else { 3 }),
+                    stdout: format!("{state}\n"),
+                    ..Default::default()
+                }
+            }
             other => panic!("unexpected command `{other}`"),
         })
     }
