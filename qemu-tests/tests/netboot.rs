@@ -52,9 +52,9 @@ fn serve_fleet(dir: &Path, name: &str) -> Server {
     .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
-    let logger: Log = Arc::new(move |l: &str| {
-        eprintln!("serve: {l}");
-        sink.lock().unwrap().push(l.to_owned());
+    let logger: Log = Arc::new(move |e: &serve::Event| {
+        eprintln!("serve: {e}");
+        sink.lock().unwrap().push(e.to_string());
     });
     let running = serve::start(
         &ServeOptions {

@@ -233,6 +233,9 @@ pub struct FlashArgs {
     /// No progress bars or summary.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Progress and the result as JSON lines on stdout instead of bars.
+    #[arg(long)]
+    pub json: bool,
     /// The node's seed, stamped into the boot partition after the write.
     #[command(flatten)]
     pub seed: SeedArgs,
@@ -248,6 +251,7 @@ impl FlashArgs {
             force: self.force,
             no_verify: self.no_verify,
             quiet: self.quiet,
+            json: self.json,
         }
     }
 }
@@ -269,6 +273,9 @@ pub struct ServeArgs {
     /// Where the builds' netboot files are (`nodeforge build -o DIR --format netboot`).
     #[arg(long, default_value = "out")]
     pub artifacts: PathBuf,
+    /// Report each request as a JSON line on stdout instead of text on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl ServeArgs {

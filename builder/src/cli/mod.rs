@@ -67,7 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}: {} man pages", dir.display(), pages.len());
             Ok(())
         }
-        Command::Serve(args) => crate::serve::run(&args.options()),
+        Command::Serve(args) => crate::serve::run(&args.options(), args.json),
         Command::Netinstall {
             order_url,
             staging_dir,

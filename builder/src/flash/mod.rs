@@ -7,6 +7,7 @@
 
 pub mod buf;
 pub mod device;
+pub mod json;
 pub mod source;
 pub mod verify;
 pub mod write;
@@ -41,6 +42,8 @@ pub struct FlashOptions {
     pub no_verify: bool,
     /// No progress bars or summary.
     pub quiet: bool,
+    /// Progress and the result as JSON lines on stdout (no bars).
+    pub json: bool,
 }
 
 /// A per-node change made to the target after the image is written and
@@ -122,26 +125,40 @@ pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
     }
 
     let mut target = Target::open(&args.device, info.kind, bmap.image_size)?;
-    let bars = MultiProgress::with_draw_target(if args.quiet {
+    let bars = MultiProgress::with_draw_target(if args.quiet || args.json {
         ProgressDrawTarget::hidden()
     } else {
         ProgressDrawTarget::stderr()
     });
     let write_bar = bars.add(progress(bmap.mapped_bytes(), "writing"));
-    let (write, verify) = if args.no_verify {
-        (
+    let verify_bar =
+        (!args.no_verify).then(|| bars.add(progress(bmap.mapped_bytes(), "verifying")));
+    let reporter = args.json.then(|| {
+        json::Reporter::start(
+            std::iter::once(&write_bar)
+                .chain(&verify_bar)
+                .cloned()
+                .collect(),
+        )
+    });
+    let (write, verify) = match &verify_bar {
+        None => (
             write::write_image(&mut src, &bmap, &mut target, &write_bar)?,
             None,
-        )
-    } else {
-        let verify_bar = bars.add(progress(bmap.mapped_bytes(), "verifying"));
-        let (w, v) =
-            verify::write_and_verify(&mut src, &bmap, &mut target, &write_bar, &verify_bar)?;
-        verify_bar.finish_and_clear();
-        (w, Some(v))
+        ),
+        Some(verify_bar) => {
+            let (w, v) =
+                verify::write_and_verify(&mut src, &bmap, &mut target, &write_bar, verify_bar)?;
+            verify_bar.finish_and_clear();
+            (w, Some(v))
+        }
     };
     write_bar.finish_and_clear();
+    if let Some(r) = reporter {
+        r.finish();
+    }
     let mut reverify = None;
+    let mut stamped = None;
     if let Some(stamp) = env.stamp {
         let what = stamp.describe();
         let changed = stamp
@@ -156,12 +173,21 @@ pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
         if !args.no_verify {
             reverify = Some(verify_step(args, &bmap, &changed, "re-verify")?);
         }
-        if !args.quiet {
+        if !args.quiet && !args.json {
             writeln!(out, "Stamped {what}")?;
         }
+        stamped = Some(what);
     }
     target.reread_partitions();
-    if !args.quiet {
+    let report = FlashReport {
+        write,
+        verify,
+        reverify,
+    };
+    if args.json {
+        json::line(&json::result(args, &report, stamped.as_deref()));
+    } else if !args.quiet {
+        let (write, verify) = (&report.write, &report.verify);
         writeln!(
             out,
             "Wrote {} in {} ({}/s)",
@@ -186,11 +212,7 @@ pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
             None => writeln!(out, "Not verified (--no-verify)")?,
         }
     }
-    Ok(FlashReport {
-        write,
-        verify,
-        reverify,
-    })
+    Ok(report)
 }
 
 fn verify_step(
@@ -200,11 +222,15 @@ fn verify_step(
     msg: &'static str,
 ) -> Result<VerifyReport> {
     let bar = progress(bmap.mapped_bytes(), msg);
-    if !args.quiet {
+    if !args.quiet && !args.json {
         bar.set_draw_target(ProgressDrawTarget::stderr());
     }
+    let reporter = args.json.then(|| json::Reporter::start(vec![bar.clone()]));
     let report = verify::verify(&args.device, bmap, skip, &bar)?;
     bar.finish_and_clear();
+    if let Some(r) = reporter {
+        r.finish();
+    }
     Ok(report)
 }
 

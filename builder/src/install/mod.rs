@@ -104,6 +104,7 @@ pub fn run(order_url: &str, staging_dir: &Path) -> Result<()> {
         force: true,
         no_verify: false,
         quiet: true,
+        json: false,
     };
     let mut input = std::io::empty();
     let mut output = std::io::stdout();

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::routes::{App, Body, Request, Response};
-use super::Log;
+use super::{Event, Log};
 
 /// Request heads larger than this are refused.
 const MAX_HEAD: usize = 16 * 1024;
@@ -25,7 +25,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, log: Log) -> std::io::R
         let (app, log) = (app.clone(), log.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(sock, peer, &app, &log).await {
-                log(&format!("{peer} connection error: {e}"));
+                log(&Event::ConnectionError {
+                    peer,
+                    error: e.to_string(),
+                });
             }
         });
     }
@@ -54,33 +57,30 @@ async fn connection(
                     ..bad_request()
                 };
                 write_response(&mut sock, "GET", &resp, false).await?;
-                log(&format!(
-                    "{peer} mac=- bad request: {:?}",
-                    first_line(&head)
-                ));
+                log(&Event::BadRequest {
+                    peer,
+                    line: first_line(&head).to_string(),
+                });
                 return Ok(());
             }
         };
         let resp = app.respond(&req);
         let result = write_response(&mut sock, &req.method, &resp, keep_alive).await;
-        let mac = resp.mac.map_or("-".into(), |m| m.to_string());
-        let node = resp.node.as_deref().unwrap_or("-");
-        log(&format!(
-            "{peer} mac={mac} node={node} \"{} {}\" {} {} bytes {} ms{}",
-            req.method,
-            req.path,
-            resp.status,
-            if req.method == "HEAD" {
+        log(&Event::Request {
+            peer,
+            mac: resp.mac.map(|m| m.to_string()),
+            node: resp.node.clone(),
+            method: req.method.clone(),
+            path: req.path.clone(),
+            status: resp.status,
+            bytes: if req.method == "HEAD" {
                 0
             } else {
                 resp.body_len()
             },
-            started.elapsed().as_millis(),
-            match &result {
-                Ok(()) => String::new(),
-                Err(e) => format!(" (aborted: {e})"),
-            }
-        ));
+            ms: started.elapsed().as_millis(),
+            aborted: result.as_ref().err().map(|e| e.to_string()),
+        });
         result?;
         if !keep_alive {
             return Ok(());

@@ -3,6 +3,7 @@
 //! and root squashfs over HTTP, and its seed once. Optionally a TFTP
 //! server hands the iPXE binary to firmware that only speaks TFTP.
 
+pub mod event;
 pub mod http;
 pub mod nodes;
 pub mod routes;
@@ -16,11 +17,13 @@ use anyhow::{Context, Result};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::seed::Fleet;
+pub use event::Event;
 use nodes::NodeTable;
 use routes::App;
 
-/// Where log lines go (stderr for the command, a buffer in tests).
-pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+/// Where events go (text on stderr or JSON lines on stdout for the
+/// command, a buffer in tests).
+pub type Log = Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// Where Debian's ipxe package puts undionly.kpxe and ipxe.efi.
 pub const IPXE_DIR: &str = "/usr/lib/ipxe";
@@ -83,7 +86,10 @@ pub fn start(args: &ServeOptions, log: Log) -> Result<Running> {
             let (root, log) = (args.tftp_root.clone(), log.clone());
             runtime.spawn(async move {
                 if let Err(e) = tftp::serve(sock, root, log.clone()).await {
-                    log(&format!("TFTP server stopped: {e}"));
+                    log(&Event::Stopped {
+                        server: "tftp".into(),
+                        error: e.to_string(),
+                    });
                 }
             });
             Some(bound)
@@ -93,7 +99,10 @@ pub fn start(args: &ServeOptions, log: Log) -> Result<Running> {
     let http_log = log.clone();
     runtime.spawn(async move {
         if let Err(e) = http::serve(listener, app, http_log.clone()).await {
-            http_log(&format!("HTTP server stopped: {e}"));
+            http_log(&Event::Stopped {
+                server: "http".into(),
+                error: e.to_string(),
+            });
         }
     });
     Ok(Running {
@@ -103,19 +112,25 @@ pub fn start(args: &ServeOptions, log: Log) -> Result<Running> {
     })
 }
 
-/// `nodeforge serve`: runs until killed.
-pub fn run(args: &ServeOptions) -> Result<()> {
-    let log: Log = Arc::new(|line: &str| eprintln!("{line}"));
-    let running = start(args, log)?;
-    eprintln!(
-        "nodeforge serve: HTTP on {} (machines chain http://ADDRESS:{}/boot.ipxe){}",
-        running.http,
-        running.http.port(),
-        match running.tftp {
-            Some(t) => format!(", TFTP on {t} from {}", args.tftp_root.display()),
-            None => String::new(),
-        }
-    );
+/// `nodeforge serve`: runs until killed. Events go to stderr as text, or
+/// to stdout as JSON lines with `json`.
+pub fn run(args: &ServeOptions, json: bool) -> Result<()> {
+    let log: Log = if json {
+        Arc::new(|e: &Event| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", e.json_line());
+            let _ = out.flush();
+        })
+    } else {
+        Arc::new(|e: &Event| eprintln!("{e}"))
+    };
+    let running = start(args, log.clone())?;
+    log(&Event::Listening {
+        http: running.http,
+        tftp: running.tftp,
+        tftp_root: running.tftp.map(|_| args.tftp_root.display().to_string()),
+    });
     loop {
         std::thread::park();
     }

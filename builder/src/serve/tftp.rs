@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use tokio::net::UdpSocket;
 
-use super::Log;
+use super::{Event, Log};
 
 const RRQ: u16 = 1;
 const WRQ: u16 = 2;
@@ -130,17 +130,23 @@ pub async fn serve(sock: UdpSocket, root: PathBuf, log: Log) -> std::io::Result<
                 let (root, log) = (root.clone(), log.clone());
                 tokio::spawn(async move {
                     let file = req.file.clone();
-                    match transfer(local, peer, &root, req).await {
-                        Ok(bytes) => log(&format!("{peer} tftp \"{file}\" sent {bytes} bytes")),
-                        Err(e) => log(&format!("{peer} tftp \"{file}\" failed: {e}")),
-                    }
+                    let (bytes, error) = match transfer(local, peer, &root, req).await {
+                        Ok(bytes) => (Some(bytes), None),
+                        Err(e) => (None, Some(e.to_string())),
+                    };
+                    log(&Event::Tftp {
+                        peer,
+                        file,
+                        bytes,
+                        error,
+                    });
                 });
             }
             Some(Packet::Write) => {
                 let _ = sock
                     .send_to(&error_packet(2, "this server only hands out files"), peer)
                     .await;
-                log(&format!("{peer} tftp write refused"));
+                log(&Event::TftpWriteRefused { peer });
             }
             Some(Packet::Other) | None => {}
         }

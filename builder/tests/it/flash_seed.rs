@@ -116,3 +116,49 @@ fn customize_stamps_stack_secrets_read_from_files() {
     out.stderr_has(&["stack secret A"]);
     assert!(!out.stderr().contains("it's"), "{}", out.report());
 }
+
+/// `flash --json`: progress lines per phase, then one result line whose
+/// figures match what was written, verified and stamped.
+#[test]
+fn flash_json_reports_progress_and_the_result_as_lines() {
+    let (p, _img) = project();
+    p.ok(&["bmap", "node.img"]);
+    p.write("keys/s2", &format!("{KEY}\n"));
+    p.write(
+        "fleet.toml",
+        "[nodes.sentinel-2]\nauthkey_file = \"keys/s2\"\n",
+    );
+    let run = p.ok(&[
+        "flash",
+        "node.img",
+        "target.img",
+        "--yes",
+        "--json",
+        "--node",
+        "sentinel-2",
+    ]);
+    let lines: Vec<serde_json::Value> = run
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let (result, progress) = lines.split_last().expect("flash printed lines");
+    assert_eq!(result["event"], "result", "{result}");
+    let mapped = result["written"]["bytes"].as_u64().expect("bytes written");
+    assert!(mapped > 0, "{result}");
+    assert_eq!(result["verified"]["bytes"], mapped, "{result}");
+    assert_eq!(result["stamped"], "seed for sentinel-2", "{result}");
+    assert!(result["reverified"]["bytes"].is_u64(), "{result}");
+    for phase in ["writing", "verifying", "re-verify"] {
+        let last = progress
+            .iter()
+            .rfind(|l| l["event"] == "progress" && l["phase"] == phase)
+            .unwrap_or_else(|| panic!("no {phase} progress in {lines:#?}"));
+        assert_eq!(last["done"], last["total"], "{last}");
+    }
+    assert!(
+        !run.stderr().contains('\r'),
+        "bars were drawn: {}",
+        run.stderr()
+    );
+}

@@ -63,7 +63,7 @@ fn start(fleet_extra: &str, tftp: bool) -> Fixture {
     .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
-    let logger: Log = Arc::new(move |l: &str| sink.lock().unwrap().push(l.to_owned()));
+    let logger: Log = Arc::new(move |e: &serve::Event| sink.lock().unwrap().push(e.to_string()));
     let running = serve::start(
         &ServeOptions {
             nodes: fleet,

@@ -185,6 +185,15 @@ impl Cli {
         run
     }
 
+    /// Starts it in the background, its stdout to read, stderr discarded.
+    pub fn spawn_reading_stdout(mut self) -> Child {
+        self.cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting `{}`: {e}", self.line))
+    }
+
     /// Starts it in the background, its output discarded.
     pub fn spawn(mut self) -> Child {
         self.cmd

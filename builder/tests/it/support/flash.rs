@@ -41,6 +41,7 @@ pub fn args(image: &Path, device: &Path) -> FlashOptions {
         force: false,
         no_verify: false,
         quiet: true,
+        json: false,
     }
 }
 
