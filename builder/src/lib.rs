@@ -11,6 +11,7 @@ pub mod cli;
 pub mod disk;
 pub mod doctor;
 pub mod exec;
+pub mod firewall;
 pub mod flash;
 pub mod fsutil;
 pub mod initramfs;

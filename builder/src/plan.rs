@@ -169,6 +169,10 @@ impl Plan {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        line("firewall".into());
+        for rule in crate::firewall::describe(p.firewall.as_ref()) {
+            line(format!("  {rule}"));
+        }
         line("overlay files".into());
         for f in &self.overlay_files {
             line(format!(

@@ -14,9 +14,18 @@ use nodeforge::plan::Plan;
 pub mod control;
 pub mod debian_images;
 pub mod real_size;
+pub mod ssh;
 pub mod stacks;
 pub mod test_apt;
 pub mod web_stack;
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -24,6 +24,8 @@ use nodeforge::disk::gpt_table;
 use nodeforge::oci::fixture::{stand_in_image, TestRegistry};
 use nodeforge::oci::{Client, Mirror, Mirrors, Reference};
 
+pub use crate::free_port;
+pub use crate::ssh::{assert_closed_from_lan, Ssh, Tunnel};
 use crate::{build_profile, extract, require_root, vm_slot, workspace_root, STATUS_MARKER};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(1800);
@@ -516,10 +518,7 @@ impl Node {
         );
         Running {
             vm,
-            ssh: Ssh {
-                port,
-                key: self.ssh_key.clone(),
-            },
+            ssh: Ssh::new(port, self.ssh_key.clone()),
             took,
         }
     }
@@ -610,121 +609,6 @@ impl Running {
                 )
             });
     }
-}
-
-/// SSH to a guest's admin user through QEMU's forward, with the test's key.
-pub struct Ssh {
-    port: u16,
-    key: PathBuf,
-}
-
-impl Ssh {
-    fn command(&self, cmd: &str) -> Command {
-        self.command_with(&[], cmd)
-    }
-
-    fn command_with(&self, extra: &[&str], cmd: &str) -> Command {
-        let mut c = Command::new("ssh");
-        c.args(extra)
-            .args([
-                "-q",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=20",
-                "-i",
-            ])
-            .arg(&self.key)
-            .args(["-p", &self.port.to_string(), "admin@127.0.0.1", cmd]);
-        c
-    }
-
-    /// Runs `cmd` on the guest; panics with its output unless it succeeds.
-    /// Retries the connection for a while: sshd may still be starting.
-    pub fn run(&self, cmd: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let out = self
-                .command(cmd)
-                .output()
-                .unwrap_or_else(|e| panic!("running ssh: {e}"));
-            // 255: ssh itself failed (connection refused, reset, timeout).
-            if out.status.code() == Some(255) && start.elapsed() < Duration::from_secs(180) {
-                std::thread::sleep(Duration::from_secs(3));
-                continue;
-            }
-            return succeeded(cmd, &out);
-        }
-    }
-
-    /// [`run`](Self::run) with the guest's `127.0.0.1:guest_port` forwarded
-    /// to `host_addr` on this machine while `cmd` runs (`ssh -R`): how a
-    /// guest reaches a registry on the host's loopback, which the engine
-    /// trusts over plain HTTP as it trusts every loopback registry.
-    pub fn run_with_tunnel(&self, guest_port: u16, host_addr: &str, cmd: &str) -> String {
-        let forward = format!("127.0.0.1:{guest_port}:{host_addr}");
-        let out = self
-            .command_with(&["-o", "ExitOnForwardFailure=yes", "-R", &forward], cmd)
-            .output()
-            .unwrap_or_else(|e| panic!("running ssh: {e}"));
-        succeeded(cmd, &out)
-    }
-
-    /// Writes `contents` to `path` on the guest (as root, mode 0600),
-    /// through stdin: secrets never go on a command line.
-    pub fn write(&self, path: &str, contents: &[u8]) {
-        self.run_with_input(
-            &format!(
-                "sudo install -m 0600 /dev/stdin {path}.tmp && sudo mv {path}.tmp {path} && sync"
-            ),
-            contents,
-        );
-    }
-
-    /// Runs `cmd` on the guest with `input` on its stdin (how a secret
-    /// reaches a command there); panics with its output unless it succeeds.
-    pub fn run_with_input(&self, cmd: &str, input: &[u8]) -> String {
-        succeeded(cmd, &self.output_with_input(cmd, input))
-    }
-
-    /// Runs `cmd` on the guest and returns what happened, success or not.
-    pub fn output_with_input(&self, cmd: &str, input: &[u8]) -> std::process::Output {
-        use std::io::Write;
-        let mut child = self
-            .command(cmd)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("running ssh: {e}"));
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
-    }
-}
-
-/// The stdout of a command run on a guest; panics with all it said unless
-/// it succeeded.
-fn succeeded(cmd: &str, out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "on the guest: {cmd}\nexit: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 fn run_ok(cmd: &mut Command) {

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use nodeforge::boot::Lan;
 use qemu_tests::control;
 use qemu_tests::stacks::{
-    assert_all_healthy, free_port, image_file, prepare_on_two_lanes, step, wait_all, Guest,
-    Machine, Node, Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
+    assert_all_healthy, assert_closed_from_lan, free_port, image_file, prepare_on_two_lanes, step,
+    wait_all, Guest, Machine, Node, Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
 };
 
 /// The data node's PostgreSQL password, given in its seed so the test can
@@ -83,10 +83,23 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     // All three at once: the VM slot is held for the fleet.
     let slot = qemu_tests::vm_slot();
     let lan = Lan::start().expect("starting the virtual LAN");
-    let prometheus_port = free_port();
-    let loki_port = std::iter::repeat_with(free_port)
-        .find(|p| *p != prometheus_port)
-        .expect("a second free port");
+    // Forwards from this machine into each node's LAN interface (QEMU's
+    // user network) for the ports the firewall must keep off the LAN.
+    let mut taken = Vec::new();
+    let mut lan_forwards = |guest_ports: &[u16]| -> Vec<(u16, u16)> {
+        guest_ports
+            .iter()
+            .map(|g| {
+                let p = std::iter::repeat_with(free_port)
+                    .find(|p| !taken.contains(p))
+                    .expect("a free port");
+                taken.push(p);
+                (p, *g)
+            })
+            .collect()
+    };
+    let core_lan = lan_forwards(&[9090, 3100]);
+    let data_lan = lan_forwards(&[5432, 6379, 9000]);
     let started = Instant::now();
     let mut booting = Vec::new();
     for (i, node) in [&core, &data, &media].into_iter().enumerate() {
@@ -95,11 +108,10 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
             .unwrap_or_else(|| panic!("{} is not in the netmap", node.hostname));
         let guest = Guest {
             lan: vec![lan.port(&node.hostname, &mac)],
-            // core's Prometheus and Loki, for the test to ask.
-            forwards: if i == 0 {
-                vec![(prometheus_port, 9090), (loki_port, 3100)]
-            } else {
-                Vec::new()
+            forwards: match i {
+                0 => core_lan.clone(),
+                1 => data_lan.clone(),
+                _ => Vec::new(),
             },
             // Three guests share two cores.
             cpus: Some(1),
@@ -140,14 +152,59 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
         );
     }
     check_flows(&nodes);
-    check_scrapes(prometheus_port);
+    check_firewall(&core_vm, &core_lan, &data_vm, &data_lan);
+    // core's Prometheus and Loki through SSH, as an admin reaches them.
+    let prometheus = core_vm.ssh.tunnel(9090);
+    let loki = core_vm.ssh.tunnel(3100);
+    check_scrapes(prometheus.port);
     check_postgres_from_core(&core_vm);
     check_api_role(&data_vm);
-    check_logs_reach_core(&data_vm, loki_port);
+    check_logs_reach_core(&data_vm, loki.port);
+    drop((prometheus, loki));
     check_preloaded_store(&data, &data_vm);
     // The guests go before the slot: the next test's must not overlap them.
     drop((core_vm, data_vm, media_vm));
     drop(slot);
+}
+
+/// The host firewall (profiles/node.toml's [firewall]) is loaded on both
+/// nodes, and from the LAN (QEMU's user network, forwarded from this
+/// machine) data's PostgreSQL, Redis and MinIO and core's Prometheus and
+/// Loki get no connection, though Docker publishes them on every address;
+/// over the tailnet the permitted peers reach them (check_scrapes,
+/// check_postgres_from_core, check_logs_reach_core).
+fn check_firewall(
+    core: &Running,
+    core_lan: &[(u16, u16)],
+    data: &Running,
+    data_lan: &[(u16, u16)],
+) {
+    for (host, vm) in [("nxcore", core), ("datacore", data)] {
+        let out = vm.ssh.run(
+            "systemctl is-active nodeforge-firewall.service; sudo nft list chain inet nodeforge input",
+        );
+        assert!(out.starts_with("active\n"), "{host}: {out}");
+        assert!(out.contains("tcp dport 22 accept"), "{host}: {out}");
+    }
+    let probe = |guest: u16| -> &'static [u8] {
+        match guest {
+            // PostgreSQL's SSLRequest: the server answers `N` or `S` at once.
+            5432 => &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
+            6379 => b"PING\r\n",
+            _ => b"GET / HTTP/1.0\r\n\r\n",
+        }
+    };
+    for (host, vm, forwards) in [("nxcore", core, core_lan), ("datacore", data, data_lan)] {
+        for (port, guest) in forwards {
+            assert_closed_from_lan(
+                vm.ssh.port(),
+                *port,
+                &format!("{host}:{guest}"),
+                probe(*guest),
+            );
+        }
+    }
+    eprintln!("fleet: from the LAN, nxcore's 9090 and 3100 and datacore's 5432, 6379 and 9000 are closed; SSH answers");
 }
 
 /// data's engine holds what the build wrote into its store (#18): every

@@ -1,5 +1,6 @@
 //! Step `system`: what every node needs configured in its root: hostname,
-//! fstab by PARTUUID, an empty machine-id, DHCP networking.
+//! fstab by PARTUUID, an empty machine-id, DHCP networking, and the host
+//! firewall when the profile has one.
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -29,6 +30,7 @@ pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
         "firmware": p.hardware.firmware,
         "rpi": p.hardware.rpi,
         "partitions": plan.layout.partitions,
+        "firewall": p.firewall,
     })
 }
 
@@ -67,6 +69,16 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     }
     for unit in ["systemd-networkd.service", "systemd-resolved.service"] {
         enable_unit(&ctx.rootfs, unit)?;
+    }
+    if let Some(fw) = &p.firewall {
+        write(
+            ctx,
+            crate::firewall::RULESET_PATH,
+            &crate::firewall::ruleset(fw),
+        )?;
+        let unit = format!("/etc/systemd/system/{}", crate::firewall::UNIT_NAME);
+        write(ctx, &unit, crate::firewall::UNIT)?;
+        enable_unit(&ctx.rootfs, crate::firewall::UNIT_NAME)?;
     }
     remove_ssh_host_keys(ctx)?;
     Ok(StepOutcome::Done)

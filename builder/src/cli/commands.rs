@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::args::{BootArgs, BuildArgs, CacheCommand, CustomizeArgs};
 use crate::boot::{self, VmOptions};
@@ -15,13 +15,24 @@ use crate::profile::ByteSize;
 pub fn check(profiles: &[PathBuf]) -> Result<()> {
     let mut failed = 0;
     for p in profiles {
-        match Plan::load(p) {
-            Ok(plan) => println!(
+        let checked = Plan::load(p).and_then(|plan| {
+            let refused = crate::firewall::published::check_profile(&plan.profile)
+                .with_context(|| format!("checking the ports {} publishes", p.display()))?;
+            Ok((plan, refused))
+        });
+        match checked {
+            Ok((plan, refused)) if refused.is_empty() => println!(
                 "ok   {} (role {}, {} packages)",
                 p.display(),
                 plan.profile.role,
                 plan.packages.len()
             ),
+            Ok((_, refused)) => {
+                failed += 1;
+                for why in refused {
+                    eprintln!("{}: {why}", p.display());
+                }
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("{e:#}");

@@ -86,6 +86,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
     apt("strip netboot binaries", Program("strip"), "binutils"),
     apt("SSH keys (tests)", Program("ssh-keygen"), "openssh-client"),
     apt("check bash completions (tests)", Program("bash"), "bash"),
+    apt(
+        "check firewall rulesets (tests)",
+        Program("nft"),
+        "nftables",
+    ),
     apt("SSH to test guests", Program("ssh"), "openssh-client"),
     apt(
         "flash with bmaptool (tests)",

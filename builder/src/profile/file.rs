@@ -53,6 +53,21 @@ pub struct ProfileFile {
     /// mounted where.
     #[serde(default)]
     pub storage: Vec<StorageFile>,
+    /// The host firewall: what the LAN may reach.
+    pub firewall: Option<FirewallFile>,
+}
+
+/// `[firewall]`: the node's host firewall. Loopback, `tailscale0` (where
+/// the tailnet policy decides) and the node's container bridges pass;
+/// from every other interface (the LAN) only these ports. A key given
+/// here replaces the extended profile's list, so a role can close a port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallFile {
+    /// TCP ports open to the LAN (e.g. 22 for SSH).
+    pub lan_tcp: Option<Vec<Spanned<u16>>>,
+    /// UDP ports open to the LAN (e.g. 53 for a DNS server).
+    pub lan_udp: Option<Vec<Spanned<u16>>>,
 }
 
 /// `[[storage]]`: a data disk rule.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use error::{ProfileError, ProfileErrors};
-pub use file::{Arch, Firmware, InitramfsKind, OutputFormat, RpiFile};
+pub use file::{Arch, FirewallFile, Firmware, InitramfsKind, OutputFormat, RpiFile};
 pub use members::load;
 pub use size::ByteSize;
 
@@ -56,6 +56,16 @@ pub struct Profile {
     pub stacks: Vec<Stack>,
     /// Data disk rules the first-boot agent applies.
     pub storage: Vec<nodeforge_firstboot::config::StorageRule>,
+    /// The host firewall (`[firewall]`); None: the image has none.
+    pub firewall: Option<Firewall>,
+}
+
+/// `[firewall]`, merged: the ports the LAN may reach (see
+/// [`crate::firewall`] for the rules made from it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Firewall {
+    pub lan_tcp: Vec<u16>,
+    pub lan_udp: Vec<u16>,
 }
 
 /// `[tailnet]`, merged: the fleet's tailnet settings.

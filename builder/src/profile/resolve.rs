@@ -160,6 +160,7 @@ struct Merged {
     tailnet: super::Tailnet,
     stacks: Vec<Stack>,
     storage: Vec<nodeforge_firstboot::config::StorageRule>,
+    firewall: Option<super::Firewall>,
 }
 
 impl Merged {
@@ -254,6 +255,14 @@ impl Merged {
             tailnet::settings(ctx, t, &mut self.tailnet, errors);
         }
         storage::merge(ctx, &f.storage, &mut self.storage, errors);
+        if let Some(fw) = &f.firewall {
+            firewall(
+                ctx,
+                fw,
+                self.firewall.get_or_insert_with(Default::default),
+                errors,
+            );
+        }
         for x in &f.exclude_stacks {
             if !self.stacks.iter().any(|s| &s.name == x.get_ref()) {
                 errors.push(ctx.error_at(
@@ -365,6 +374,13 @@ impl Merged {
                 ));
             }
         }
+        if self.firewall.is_some() && !have(&"nftables") {
+            errors.push(ProfileError::whole_file(
+                &leaf.path,
+                "the profile has a [firewall] but does not install nftables: add \"nftables\" \
+                 to `packages` (the unit loads the rules with nft)",
+            ));
+        }
         let lacking: Vec<&str> = storage::needed_packages(&self.storage)
             .into_iter()
             .filter(|p| !have(p))
@@ -409,6 +425,7 @@ impl Merged {
             fleet: Vec::new(),
             stacks: self.stacks,
             storage: self.storage,
+            firewall: self.firewall,
         })
     }
 }
@@ -445,6 +462,34 @@ fn with_hardware_apt(hw: &Hardware, profile: super::Apt) -> super::Apt {
     super::Apt {
         repositories,
         local,
+    }
+}
+
+/// `[firewall]` over what the extended profiles said: each list given
+/// replaces the inherited one; port 0 is refused.
+fn firewall(
+    ctx: &FileCtx,
+    f: &super::FirewallFile,
+    into: &mut super::Firewall,
+    errors: &mut Vec<ProfileError>,
+) {
+    let ports = |list: &Vec<Spanned<u16>>, errors: &mut Vec<ProfileError>| {
+        let mut out: Vec<u16> = Vec::new();
+        for p in list {
+            if *p.get_ref() == 0 {
+                errors.push(ctx.error_at(p, "port 0 is not a port: use 1 to 65535"));
+            } else if !out.contains(p.get_ref()) {
+                out.push(*p.get_ref());
+            }
+        }
+        out.sort_unstable();
+        out
+    };
+    if let Some(l) = &f.lan_tcp {
+        into.lan_tcp = ports(l, errors);
+    }
+    if let Some(l) = &f.lan_udp {
+        into.lan_udp = ports(l, errors);
     }
 }
 

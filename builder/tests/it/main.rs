@@ -12,6 +12,7 @@ mod cli_build_epoch;
 mod cli_build_hardware;
 mod cli_build_rpi;
 mod cli_docs;
+mod cli_firewall;
 mod cli_json;
 mod cli_profiles;
 mod cli_stacks;
