@@ -52,6 +52,9 @@ Description=nodeforge host firewall (the LAN reaches only the role's declared po
 Documentation=man:nft(8)
 DefaultDependencies=no
 Wants=network-pre.target
+# After Debian's nftables.service, should someone enable it: its
+# /etc/nftables.conf starts with `flush ruleset`.
+After=nftables.service
 Before=network-pre.target docker.service tailscaled.service shutdown.target
 Conflicts=shutdown.target
 
@@ -68,9 +71,13 @@ WantedBy=sysinit.target
 
 /// The nftables ruleset for `fw`.
 pub fn ruleset(fw: &Firewall) -> String {
-    let set = |ports: &[u16]| {
-        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
-        format!("{{ {} }}", list.join(", "))
+    // One port is written bare: nft lists it back the same way.
+    let set = |ports: &[u16]| match ports {
+        [one] => one.to_string(),
+        _ => {
+            let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+            format!("{{ {} }}", list.join(", "))
+        }
     };
     let trusted = TRUSTED_INTERFACES
         .iter()
@@ -192,13 +199,13 @@ mod tests {
     fn declared_ports_open_on_input_and_for_published_ports() {
         let r = ruleset(&fw(&[22, 80], &[53]));
         assert!(r.contains("        tcp dport { 22, 80 } accept\n"), "{r}");
-        assert!(r.contains("        udp dport { 53 } accept\n"), "{r}");
+        assert!(r.contains("        udp dport 53 accept\n"), "{r}");
         assert!(
             r.contains("meta l4proto tcp ct status dnat ct original proto-dst { 22, 80 } accept"),
             "{r}"
         );
         assert!(
-            r.contains("meta l4proto udp ct status dnat ct original proto-dst { 53 } accept"),
+            r.contains("meta l4proto udp ct status dnat ct original proto-dst 53 accept"),
             "{r}"
         );
         assert!(r.contains("policy drop;"), "{r}");
