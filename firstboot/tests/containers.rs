@@ -294,7 +294,7 @@ fn a_failed_docker_unit_ends_the_wait_at_once_naming_it() {
     }
     let err = m.boot().unwrap().unwrap_err().to_string();
     assert!(
-        err.contains("the Docker engine failed to start (docker.service is failed; see `journalctl -u docker.service`)"),
+        err.contains("the Docker engine cannot start: docker.service failed (see `journalctl -u docker.service`)"),
         "{err}"
     );
     assert_eq!(m.calls_starting("docker info"), 1);
@@ -357,4 +357,22 @@ fn declared_secrets_come_from_the_seed_or_are_generated_once_and_the_seed_is_scr
             .any(|c| c.contains("from-the-seed-1") || c.contains(&first["SESSION_KEY"])),
         "{calls:#?}"
     );
+}
+
+/// The engine requires the host firewall: when its rules failed to load,
+/// the engine never starts and the step says why at once.
+#[test]
+fn a_failed_firewall_ends_the_wait_naming_it() {
+    let m = machine();
+    {
+        let mut w = m.world.borrow_mut();
+        w.docker.engine_down_polls = u32::MAX;
+        w.docker.firewall_failed = true;
+    }
+    let err = m.boot().unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("the Docker engine cannot start: nodeforge-firewall.service failed"),
+        "{err}"
+    );
+    assert_eq!(m.calls_starting("docker info"), 1);
 }

@@ -143,9 +143,12 @@ impl Ssh {
             .stdin(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("running ssh -L {forward}: {e}"));
-        let tunnel = Tunnel { child, port };
+        let mut tunnel = Tunnel { child, port };
         let limit = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = tunnel.child.try_wait() {
+                panic!("ssh -L {forward} ended ({status}) before it listened");
+            }
             assert!(
                 Instant::now() < limit,
                 "ssh -L {forward} did not listen within 60 s"

@@ -203,6 +203,21 @@ fn check_firewall(
                 probe(*guest),
             );
         }
+        // They were refused by the rule for Docker's published ports (the
+        // forward chain), not by something else on the way.
+        let forward = vm.ssh.run("sudo nft list chain inet nodeforge forward");
+        let refused: u64 = forward
+            .lines()
+            .find(|l| l.contains("reject with tcp reset"))
+            .and_then(|l| l.split("counter packets ").nth(1))
+            .and_then(|c| c.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{host}: no counted reject rule in:\n{forward}"));
+        assert!(
+            refused >= forwards.len() as u64,
+            "{host}: the forward chain refused {refused} connections, fewer than the {} tried:\n{forward}",
+            forwards.len()
+        );
     }
     eprintln!("fleet: from the LAN, nxcore's 9090 and 3100 and datacore's 5432, 6379 and 9000 are closed; SSH answers");
 }

@@ -43,8 +43,8 @@ pub const TRUSTED_INTERFACES: &[&str] = &["lo", "tailscale0", "docker0"];
 /// /etc/default/tailscaled: PORT="41641").
 pub const TAILSCALE_UDP: u16 = 41641;
 
-/// The unit: loads the ruleset before the network and the engine start;
-/// stopping it removes the table (and only it).
+/// The unit: loads the ruleset before the network and the engine start
+/// (the engine requires it); stopping it removes the table (and only it).
 pub const UNIT: &str = "\
 # Written by nodeforge: the host firewall from the profile's [firewall].
 [Unit]
@@ -62,11 +62,15 @@ Conflicts=shutdown.target
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/sbin/nft -f /etc/nodeforge/firewall.nft
+# `systemctl reload` re-reads the rules; a restart restarts the engine too.
 ExecReload=/usr/sbin/nft -f /etc/nodeforge/firewall.nft
-ExecStop=/usr/sbin/nft delete table inet nodeforge
+ExecStop=-/usr/sbin/nft delete table inet nodeforge
 
 [Install]
 WantedBy=sysinit.target
+# Fail closed: without the rules the engine does not start, so no
+# published port is ever open to the LAN (the agent reports the failure).
+RequiredBy=docker.service
 ";
 
 /// The nftables ruleset for `fw`.
@@ -134,8 +138,8 @@ table inet nodeforge {{
         iifname {{ {trusted} }} accept
         iifname \"br-*\" accept
 {lan_forward}
-        ct state new meta l4proto tcp reject with tcp reset
-        ct state new drop
+        ct state new meta l4proto tcp counter reject with tcp reset
+        ct state new counter drop
     }}
 }}
 ",

@@ -74,6 +74,14 @@ impl Binding {
     }
 }
 
+/// A host address must be an IP address (compose takes no names there).
+fn check_ip(ip: Option<&str>) -> Result<()> {
+    match ip {
+        Some(ip) if parse_ip(ip).is_none() => bail!("`{ip}` is not an IP address"),
+        _ => Ok(()),
+    }
+}
+
 fn parse_ip(s: &str) -> Option<IpAddr> {
     s.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
@@ -95,12 +103,7 @@ pub fn bindings(compose_yaml: &str, env: &BTreeMap<String, String>) -> Result<Ve
             .as_array()
             .ok_or_else(|| anyhow!("service `{name}`: `ports` is not a list"))?;
         for p in ports {
-            let p = match p {
-                Value::String(s) if s.contains('$') => Value::String(
-                    interpolate(s, env).with_context(|| format!("service `{name}`: `{s}`"))?,
-                ),
-                p => p.clone(),
-            };
+            let p = interpolate_value(p, env).with_context(|| format!("service `{name}`: {p}"))?;
             let b =
                 binding(name, &p).with_context(|| format!("service `{name}`: ports entry {p}"))?;
             out.push(b);
@@ -109,38 +112,85 @@ pub fn bindings(compose_yaml: &str, env: &BTreeMap<String, String>) -> Result<Ve
     Ok(out)
 }
 
-/// `${VAR}`, `${VAR:-default}`, `${VAR-default}` and `$VAR` from `env`.
+/// A ports entry with `${…}` in its strings (short syntax, or any field
+/// of the long one) interpolated.
+fn interpolate_value(v: &Value, env: &BTreeMap<String, String>) -> Result<Value> {
+    Ok(match v {
+        Value::String(s) if s.contains('$') => Value::String(interpolate(s, env)?),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| Ok((k.clone(), interpolate_value(v, env)?)))
+                .collect::<Result<_>>()?,
+        ),
+        v => v.clone(),
+    })
+}
+
+/// Compose's interpolation from `env`: `$VAR`, `${VAR}`, `${VAR:-default}`
+/// (also when empty), `${VAR-default}` (only when unset), `${VAR:?err}`,
+/// `${VAR?err}`, `${VAR:+alt}`, `${VAR+alt}`; `$$` is a literal `$`.
 fn interpolate(s: &str, env: &BTreeMap<String, String>) -> Result<String> {
+    let name_end = |t: &str| {
+        t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(t.len())
+    };
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        let (expr, tail) = if let Some(braced) = after.strip_prefix('{') {
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+            continue;
+        }
+        let (name, op, arg, tail) = if let Some(braced) = after.strip_prefix('{') {
             let end = braced
                 .find('}')
-                .ok_or_else(|| anyhow!("`${{` without its `}}`"))?;
-            (&braced[..end], &braced[end + 1..])
+                .ok_or_else(|| anyhow!("`${{` without its `}}` in `{s}`"))?;
+            let expr = &braced[..end];
+            let n = name_end(expr);
+            let modifier = &expr[n..];
+            let op = ([":-", ":?", ":+", "-", "?", "+"])
+                .into_iter()
+                .find(|op| modifier.starts_with(op));
+            match op {
+                Some(op) => (&expr[..n], op, &modifier[op.len()..], &braced[end + 1..]),
+                None if modifier.is_empty() => (expr, "", "", &braced[end + 1..]),
+                None => bail!("`${{{expr}}}` in `{s}` is not a variable compose knows"),
+            }
         } else {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            (&after[..end], &after[end..])
+            let n = name_end(after);
+            (&after[..n], "", "", &after[n..])
         };
-        let (name, default) = match expr.split_once(":-").or_else(|| expr.split_once('-')) {
-            Some((n, d)) => (n, Some(d)),
-            None => (expr, None),
-        };
-        let value = env
-            .get(name)
-            .map(String::as_str)
-            .or(default)
-            .ok_or_else(|| {
+        let value = env.get(name).map(String::as_str);
+        let set_nonempty = value.is_some_and(|v| !v.is_empty());
+        let chosen = match op {
+            ":-" if !set_nonempty => arg,
+            "-" if value.is_none() => arg,
+            ":?" if !set_nonempty => bail!("`{name}` is unset or empty: {arg}"),
+            "?" if value.is_none() => bail!("`{name}` is unset: {arg}"),
+            ":+" => {
+                if set_nonempty {
+                    arg
+                } else {
+                    ""
+                }
+            }
+            "+" => {
+                if value.is_some() {
+                    arg
+                } else {
+                    ""
+                }
+            }
+            _ => value.ok_or_else(|| {
                 anyhow!(
                     "`{name}` is not in the stack's env: give it there, or write the port itself"
                 )
-            })?;
-        out.push_str(value);
+            })?,
+        };
+        out.push_str(chosen);
         rest = tail;
     }
     out.push_str(rest);
@@ -168,9 +218,11 @@ fn binding(service: &str, entry: &Value) -> Result<Binding> {
                 Some(p) => port_range(&p)?,
                 None => Vec::new(),
             };
+            let host_ip = text("host_ip").filter(|ip| !ip.is_empty());
+            check_ip(host_ip.as_deref())?;
             Ok(Binding {
                 service: service.to_owned(),
-                host_ip: text("host_ip"),
+                host_ip,
                 host_ports,
                 container_port: target,
                 protocol: text("protocol").unwrap_or_else(|| "tcp".into()),
@@ -199,7 +251,9 @@ fn short_syntax(service: &str, s: &str) -> Result<Binding> {
     let (host_ip, host, container) = match (host_ip, parts.as_slice()) {
         (None, [c]) => (None, None, *c),
         (None, [h, c]) => (None, Some(*h), *c),
-        (None, [ip, h, c]) => (Some((*ip).to_owned()), Some(*h), *c),
+        // An IPv6 address may also come bare (`::1:6000:6000`, as in the
+        // Compose Specification): the last two parts are the ports.
+        (None, [ip @ .., h, c]) => (Some(ip.join(":")), Some(*h), *c),
         (Some(ip), [h, c]) => (Some(ip), Some(*h), *c),
         _ => bail!("`{s}` is not [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]"),
     };
@@ -207,9 +261,11 @@ fn short_syntax(service: &str, s: &str) -> Result<Binding> {
         Some("") | None => Vec::new(),
         Some(h) => port_range(h)?,
     };
+    let host_ip = host_ip.filter(|ip| !ip.is_empty());
+    check_ip(host_ip.as_deref())?;
     Ok(Binding {
         service: service.to_owned(),
-        host_ip: host_ip.filter(|ip| !ip.is_empty()),
+        host_ip,
         host_ports,
         container_port: container.to_owned(),
         protocol,
@@ -343,13 +399,27 @@ mod tests {
         assert_eq!(b.host_ports, vec![8080]);
         let b = one("\"127.0.0.1:${MISSING:-9000}:9000\"");
         assert_eq!(b.host_ports, vec![9000]);
+        let b = one("\"${WEB_PORT:?set WEB_PORT}:80\"");
+        assert_eq!(b.host_ports, vec![8080]);
+        let b = one("\"::1:6000:6000\"");
+        assert_eq!(b.host_ip.as_deref(), Some("::1"));
+        assert_eq!(b.host_ports, vec![6000]);
+        assert!(b.on_loopback());
+        let b = one("\"127.0.0.1::80\"");
+        assert!(b.host_ports.is_empty() && b.on_loopback());
+        let b =
+            one("{ target: 80, published: \"${WEB_PORT}\", host_ip: \"${LAN_IP:-192.168.1.5}\" }");
+        assert_eq!(b.host_ports, vec![8080]);
+        assert!(b.on_a_lan_address());
         let bad = |p: &str| {
             let doc = format!("services:\n  web:\n    ports:\n      - {p}\n");
             format!("{:#}", bindings(&doc, &BTreeMap::new()).unwrap_err())
         };
-        assert!(bad("\"a:b:c:d\"").contains("is not [HOST_IP:]"));
+        assert!(bad("\"a:b:80:80\"").contains("`a:b` is not an IP address"));
+        assert!(bad("\"[::1]8080:80\"").contains("needs `]:` after it"));
         assert!(bad("\"0:80\"").contains("`0` is not a port"));
         assert!(bad("\"${NOPE}:80\"").contains("`NOPE` is not in the stack's env"));
+        assert!(bad("\"${NOPE:?say NOPE}:80\"").contains("`NOPE` is unset or empty: say NOPE"));
     }
 
     #[test]

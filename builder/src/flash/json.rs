@@ -1,9 +1,10 @@
 //! `nodeforge flash --json`: progress and the result as JSON lines on
 //! stdout, for programs driving a flash (a provisioning station, CI).
 //!
-//! `{"event":"progress","phase":"writing","done":N,"total":M}` about once
-//! a second per phase while it moves, and at its end; then one
-//! `{"event":"result",…}` line.
+//! `{"event":"progress","phase":"writing","done":N,"total":M}` when a
+//! phase has moved (looked at four times a second), and once at its end;
+//! then one `{"event":"result",…}` line. A failed flash prints no result:
+//! the error goes to stderr and the exit status is 1.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,13 +66,24 @@ impl Reporter {
 
     /// Stops the reports and gives each bar's final position.
     pub fn finish(mut self) {
+        self.stop_thread();
+        for bar in &self.bars {
+            line(&progress(bar));
+        }
+    }
+
+    fn stop_thread(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        for bar in &self.bars {
-            line(&progress(bar));
-        }
+    }
+}
+
+/// A flash that fails part-way stops the reports too.
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop_thread();
     }
 }
 

@@ -149,13 +149,16 @@ pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
         Some(verify_bar) => {
             let (w, v) =
                 verify::write_and_verify(&mut src, &bmap, &mut target, &write_bar, verify_bar)?;
-            verify_bar.finish_and_clear();
             (w, Some(v))
         }
     };
-    write_bar.finish_and_clear();
+    // Before the bars finish: finishing sets a bar's position to its length.
     if let Some(r) = reporter {
         r.finish();
+    }
+    write_bar.finish_and_clear();
+    if let Some(b) = &verify_bar {
+        b.finish_and_clear();
     }
     let mut reverify = None;
     let mut stamped = None;
@@ -227,10 +230,10 @@ fn verify_step(
     }
     let reporter = args.json.then(|| json::Reporter::start(vec![bar.clone()]));
     let report = verify::verify(&args.device, bmap, skip, &bar)?;
-    bar.finish_and_clear();
     if let Some(r) = reporter {
         r.finish();
     }
+    bar.finish_and_clear();
     Ok(report)
 }
 

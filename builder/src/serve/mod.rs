@@ -77,25 +77,30 @@ pub fn start(args: &ServeOptions, log: Log) -> Result<Running> {
         .block_on(TcpListener::bind(args.listen))
         .with_context(|| format!("listening on {} for HTTP", args.listen))?;
     let http_addr = listener.local_addr()?;
-    let tftp_addr = match args.tftp {
-        Some(addr) => {
-            let sock = runtime.block_on(UdpSocket::bind(addr)).with_context(|| {
-                format!("binding {addr} for TFTP (port 69 needs root or CAP_NET_BIND_SERVICE)")
-            })?;
-            let bound = sock.local_addr()?;
-            let (root, log) = (args.tftp_root.clone(), log.clone());
-            runtime.spawn(async move {
-                if let Err(e) = tftp::serve(sock, root, log.clone()).await {
-                    log(&Event::Stopped {
-                        server: "tftp".into(),
-                        error: e.to_string(),
-                    });
-                }
-            });
-            Some(bound)
-        }
+    let tftp_sock = match args.tftp {
+        Some(addr) => Some(runtime.block_on(UdpSocket::bind(addr)).with_context(|| {
+            format!("binding {addr} for TFTP (port 69 needs root or CAP_NET_BIND_SERVICE)")
+        })?),
         None => None,
     };
+    let tftp_addr = tftp_sock.as_ref().map(UdpSocket::local_addr).transpose()?;
+    // Said before the servers run, so before any request.
+    log(&Event::Listening {
+        http: http_addr,
+        tftp: tftp_addr,
+        tftp_root: tftp_addr.map(|_| args.tftp_root.display().to_string()),
+    });
+    if let Some(sock) = tftp_sock {
+        let (root, log) = (args.tftp_root.clone(), log.clone());
+        runtime.spawn(async move {
+            if let Err(e) = tftp::serve(sock, root, log.clone()).await {
+                log(&Event::Stopped {
+                    server: "tftp".into(),
+                    error: e.to_string(),
+                });
+            }
+        });
+    }
     let http_log = log.clone();
     runtime.spawn(async move {
         if let Err(e) = http::serve(listener, app, http_log.clone()).await {
@@ -125,12 +130,7 @@ pub fn run(args: &ServeOptions, json: bool) -> Result<()> {
     } else {
         Arc::new(|e: &Event| eprintln!("{e}"))
     };
-    let running = start(args, log.clone())?;
-    log(&Event::Listening {
-        http: running.http,
-        tftp: running.tftp,
-        tftp_root: running.tftp.map(|_| args.tftp_root.display().to_string()),
-    });
+    let _running = start(args, log)?;
     loop {
         std::thread::park();
     }

@@ -92,6 +92,12 @@ fn the_image_loads_the_ruleset_before_the_network_and_nft_accepts_it() {
     );
     let wants = root.debugfs("ls -l /etc/systemd/system/sysinit.target.wants");
     assert!(wants.contains("nodeforge-firewall.service"), "{wants}");
+    // The engine requires it: no rules, no published ports.
+    let requires = root.debugfs("ls -l /etc/systemd/system/docker.service.requires");
+    assert!(
+        requires.contains("nodeforge-firewall.service"),
+        "{requires}"
+    );
 
     // The kernel's own parser, without applying anything (-c).
     let file = p.write("firewall.nft", &rules);

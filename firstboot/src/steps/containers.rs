@@ -131,10 +131,20 @@ pub fn compose(s: &StackEntry) -> Cmd {
     c
 }
 
+/// Units the engine needs; when systemd has given up on one, the engine
+/// cannot come (the host firewall: the engine requires it, so that no
+/// published port is open to the LAN without its rules).
+const ENGINE_UNITS: [&str; 4] = [
+    "docker.service",
+    "docker.socket",
+    "containerd.service",
+    "nodeforge-firewall.service",
+];
+
 /// The engine starts alongside us; poll `docker info` until it answers.
 /// docker.socket holds the first request until dockerd is up, so one poll
 /// may itself time out. The wait ends early when systemd has given up on
-/// docker.service (`failed`): retrying then only wastes the boot.
+/// a unit the engine needs (`failed`): waiting then only wastes the boot.
 fn wait_for_engine(ctx: &Ctx<'_>) -> Result<()> {
     let start = Instant::now();
     let mut slept = Duration::ZERO;
@@ -152,20 +162,29 @@ fn wait_for_engine(ctx: &Ctx<'_>) -> Result<()> {
         } else {
             out.stderr.trim().to_owned()
         };
-        let unit = ctx
+        // One state per unit, in order (`inactive` for one the image lacks).
+        let states = ctx
             .runner
-            .output(&Cmd::new("systemctl").args(["is-active", "docker.service"]))?;
-        if unit.stdout.trim() == "failed" {
+            .output(&Cmd::new("systemctl").arg("is-failed").args(ENGINE_UNITS))?;
+        let states: Vec<&str> = states.stdout.lines().map(str::trim).collect();
+        let failed: Vec<&str> = ENGINE_UNITS
+            .iter()
+            .zip(&states)
+            .filter(|(_, s)| **s == "failed")
+            .map(|(u, _)| *u)
+            .collect();
+        if !failed.is_empty() {
             bail!(
-                "the Docker engine failed to start (docker.service is failed; \
-                 see `journalctl -u docker.service`): {why}"
+                "the Docker engine cannot start: {} failed (see `journalctl -u {}`): {why}",
+                failed.join(", "),
+                failed[0]
             );
         }
         if slept.max(start.elapsed()) >= ENGINE_WAIT {
             bail!(
                 "the Docker engine did not answer within {} s (docker.service is {}): {why}",
                 ENGINE_WAIT.as_secs(),
-                unit.stdout.trim()
+                states.first().copied().unwrap_or("unknown")
             );
         }
         (ctx.sleep)(POLL);

@@ -121,8 +121,10 @@ pub struct World {
 pub struct DockerWorld {
     /// `docker info` fails this many times first (engine starting).
     pub engine_down_polls: u32,
-    /// systemd gave up on docker.service (`systemctl is-active`: failed).
+    /// systemd gave up on docker.service (`systemctl is-failed`: failed).
     pub engine_failed: bool,
+    /// The host firewall's unit failed (the engine requires it).
+    pub firewall_failed: bool,
     /// Images in the engine's store: (ID, repo:tag; `<none>:<none>` when
     /// untagged).
     pub images: Vec<(String, String)>,

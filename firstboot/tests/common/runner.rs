@@ -154,16 +154,18 @@ impl Machine {
                 }
             }
             l if l.starts_with("docker ") => self.docker(cmd),
-            "systemctl is-active docker.service" => {
+            "systemctl is-failed docker.service docker.socket containerd.service nodeforge-firewall.service" => {
                 let d = &self.world.borrow().docker;
-                let state = match (d.engine_failed, d.engine_down_polls > 0) {
+                let docker = match (d.engine_failed, d.engine_down_polls > 0) {
                     (true, _) => "failed",
                     (false, true) => "activating",
                     (false, false) => "active",
                 };
+                let firewall = if d.firewall_failed { "failed" } else { "active" };
+                let any = docker == "failed" || firewall == "failed";
                 CmdOutput {
-                    code: Some(if state == "active" { 0 } else { 3 }),
-                    stdout: format!("{state}\n"),
+                    code: Some(if any { 0 } else { 1 }),
+                    stdout: format!("{docker}\nactive\nactive\n{firewall}\n"),
                     ..Default::default()
                 }
             }
