@@ -27,3 +27,4 @@ mod nmap_scan;
 mod nvidia;
 mod roles;
 mod serve;
+mod workflow;
