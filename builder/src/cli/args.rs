@@ -59,7 +59,20 @@ pub enum Command {
     Customize(CustomizeArgs),
     /// Write an image to an SD card or USB stick: only its mapped blocks,
     /// verified, refusing the wrong disk; optionally stamping the node's seed.
+    /// IMAGE may be a pushed build, oci://HOST/REPO@sha256:…, streamed.
     Flash(FlashArgs),
+    /// Publish a build (image compressed with zstd, block map, build
+    /// manifest, netboot files) to a registry as one OCI artifact; prints
+    /// its pinned oci://…@sha256:… reference.
+    Push {
+        /// The build directory (`nodeforge build -o DIR`).
+        dir: PathBuf,
+        /// Where: oci://HOST[:PORT]/REPOSITORY[:TAG].
+        reference: String,
+        /// Which build of DIR (NAME.img), when it holds several.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Write an image's block map (bmaptool's format 2.0): the ranges that
     /// hold data, with their sha256. Builds write one for every image.
     Bmap {
@@ -214,7 +227,8 @@ pub struct BootArgs {
 /// Write a node image to an SD card or USB stick (or a file) and read it back to verify.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FlashArgs {
-    /// Image to write: .img, .img.zst or .img.xz.
+    /// Image to write: .img, .img.zst or .img.xz, or a pushed build
+    /// (oci://HOST/REPOSITORY@sha256:…).
     pub image: PathBuf,
     /// Disk to overwrite (e.g. /dev/sdb), or a regular file to write into.
     pub device: PathBuf,

@@ -254,3 +254,18 @@ pub fn cache_cmd(command: CacheCommand, dir: Option<PathBuf>) -> Result<()> {
         }
     }
 }
+
+/// `nodeforge push DIR REF`: prints the artifact's pinned reference.
+pub fn push(dir: &std::path::Path, reference: &str, name: Option<&str>) -> Result<()> {
+    let target = crate::oci::artifact::parse_uri(reference)?;
+    let client = crate::oci::client::Client::new()?;
+    let digest = crate::oci::artifact::push(&client, dir, name, &target, dir)
+        .with_context(|| format!("pushing {} to {reference}", dir.display()))?;
+    let pinned = crate::oci::Reference {
+        tag: None,
+        digest: Some(digest),
+        ..target
+    };
+    println!("oci://{pinned}");
+    Ok(())
+}

@@ -39,6 +39,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let stamp = stamp.as_ref().map(|s| s as &dyn crate::flash::Stamp);
             crate::flash::run(&args.options(), stamp)
         }
+        Command::Push {
+            dir,
+            reference,
+            name,
+        } => push(&dir, &reference, name.as_deref()),
         Command::Bmap { image, output } => {
             let out = output.unwrap_or_else(|| {
                 let name = image

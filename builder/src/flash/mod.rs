@@ -8,6 +8,7 @@
 pub mod buf;
 pub mod device;
 pub mod json;
+mod remote;
 pub mod source;
 pub mod verify;
 pub mod write;
@@ -99,13 +100,18 @@ pub fn run(args: &FlashOptions, stamp: Option<&dyn Stamp>) -> Result<()> {
 /// stamp).
 pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
     let out = env.output;
-    let (bmap, bmap_from) = load_bmap(args, out)?;
-    let mut src = ImageSource::open(&args.image)?;
+    let (bmap, bmap_from, mut src) = match args.image.to_str().filter(|s| s.starts_with("oci://")) {
+        Some(uri) => remote::open(uri)?,
+        None => {
+            let (bmap, from) = load_bmap(args, out)?;
+            (bmap, from, ImageSource::open(&args.image)?)
+        }
+    };
     let info = device::inspect(env.sys_root, &args.device)?;
     let facts = ImageFacts {
         size: bmap.image_size,
         mapped_bytes: bmap.mapped_bytes(),
-        file_id: Some(src.file_id),
+        file_id: src.file_id,
     };
     let prompt = !args.yes;
     if !args.quiet || prompt {
@@ -152,6 +158,7 @@ pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
             (w, Some(v))
         }
     };
+    src.finish()?;
     // Before the bars finish: finishing sets a bar's position to its length.
     if let Some(r) = reporter {
         r.finish();

@@ -38,9 +38,13 @@ enum Inner {
 pub struct ImageSource {
     path: PathBuf,
     compression: Compression,
-    /// (st_dev, st_ino) of the file on disk.
-    pub file_id: (u64, u64),
+    /// (st_dev, st_ino) of the file on disk; None for a stream from a
+    /// registry.
+    pub file_id: Option<(u64, u64)>,
     inner: Inner,
+    /// A remote stream is read to its end after the flash, so the blob's
+    /// digest is checked ([`ImageSource::finish`]).
+    read_to_end: bool,
 }
 
 impl ImageSource {
@@ -82,9 +86,37 @@ impl ImageSource {
         Ok(ImageSource {
             path: path.to_path_buf(),
             compression,
-            file_id: (meta.dev(), meta.ino()),
+            file_id: Some((meta.dev(), meta.ino())),
             inner,
+            read_to_end: false,
         })
+    }
+
+    /// A zstd-compressed image arriving as `reader` (a registry's blob,
+    /// checked as it streams); `name` is how messages call it.
+    pub fn zstd_stream(name: &str, reader: Box<dyn Read + Send>) -> Result<ImageSource> {
+        let d = zstd::stream::read::Decoder::new(reader)
+            .with_context(|| format!("starting zstd decoder for {name}"))?;
+        Ok(ImageSource {
+            path: PathBuf::from(name),
+            compression: Compression::Zstd,
+            file_id: None,
+            inner: Inner::Stream {
+                reader: Box::new(d),
+                pos: 0,
+            },
+            read_to_end: true,
+        })
+    }
+
+    /// Reads a remote stream to its end (the blob's digest is checked
+    /// there); nothing for a file.
+    pub fn finish(&mut self) -> Result<()> {
+        if let (true, Inner::Stream { reader, .. }) = (self.read_to_end, &mut self.inner) {
+            std::io::copy(reader, &mut std::io::sink())
+                .with_context(|| format!("reading the rest of {}", self.path.display()))?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

@@ -189,6 +189,104 @@ impl Client {
         Ok((resp, partial))
     }
 
+    /// Whether `image`'s repository holds blob `digest` already.
+    pub fn has_blob(&self, image: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+        let url = self.repository_url(image, &format!("blobs/{digest}"));
+        match self.send(image, &format!("blob {digest}"), || self.http.head(&url)) {
+            Ok(_) => Ok(true),
+            Err(RegistryError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads the file `path` as blob `digest` (`size` bytes) unless the
+    /// repository has it: one POST for an upload URL, one PUT of the body.
+    pub fn upload_blob(
+        &self,
+        image: &Reference,
+        digest: &Digest,
+        path: &std::path::Path,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        self.upload(image, digest, &|| {
+            std::fs::File::open(path)
+                .map(|f| reqwest::blocking::Body::sized(f, size))
+                .map_err(|e| protocol(image, format!("opening {}: {e}", path.display())))
+        })
+    }
+
+    /// [`upload_blob`](Self::upload_blob) of bytes in memory.
+    pub fn upload_blob_bytes(
+        &self,
+        image: &Reference,
+        digest: &Digest,
+        data: &[u8],
+    ) -> Result<(), RegistryError> {
+        self.upload(image, digest, &|| {
+            Ok(reqwest::blocking::Body::from(data.to_vec()))
+        })
+    }
+
+    fn upload(
+        &self,
+        image: &Reference,
+        digest: &Digest,
+        body: &dyn Fn() -> Result<reqwest::blocking::Body, RegistryError>,
+    ) -> Result<(), RegistryError> {
+        if self.has_blob(image, digest)? {
+            return Ok(());
+        }
+        let what = format!("an upload of blob {digest}");
+        let start = self.repository_url(image, "blobs/uploads/");
+        let resp = self.send(image, &what, || self.http.post(&start))?;
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| protocol(image, format!("{what}: no Location in the answer")))?
+            .to_owned();
+        let location = if location.starts_with("http") {
+            location
+        } else {
+            // Relative to the registry's root.
+            let base = self.api_base(image);
+            format!("{}{location}", base.trim_end_matches("/v2"))
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{sep}digest={digest}");
+        // The body is made once per attempt: a token request may come first.
+        let first = std::cell::RefCell::new(Some(body()?));
+        self.send(image, &format!("blob {digest}"), || {
+            let b = match first.borrow_mut().take() {
+                Some(b) => b,
+                None => body().unwrap_or_else(|_| reqwest::blocking::Body::from(Vec::new())),
+            };
+            self.http
+                .put(&put)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(b)
+        })?;
+        Ok(())
+    }
+
+    /// Puts a manifest under `reference` (a tag or its digest).
+    pub fn put_manifest(
+        &self,
+        image: &Reference,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<(), RegistryError> {
+        let url = self.repository_url(image, &format!("manifests/{reference}"));
+        self.send(image, &format!("manifest {reference}"), || {
+            self.http
+                .put(&url)
+                .header(CONTENT_TYPE, media_type)
+                .body(body.to_vec())
+        })?;
+        Ok(())
+    }
+
     /// Sends a request, authenticating with a bearer token when the
     /// registry asks for one, and maps failures to [`RegistryError`].
     fn send(

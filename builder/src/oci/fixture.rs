@@ -102,6 +102,18 @@ impl TestRegistry {
         }
     }
 
+    /// Where the registry keeps blob `digest` on disk (distribution's
+    /// filesystem layout), for tests that damage a stored blob.
+    pub fn blob_path(&self, digest: &Digest) -> std::path::PathBuf {
+        let hex = digest.hex();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

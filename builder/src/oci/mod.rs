@@ -2,6 +2,7 @@
 //! client, lock files, a content-addressed blob cache, `docker load`-able
 //! archives and the Docker engine's own image store, written daemonless.
 
+pub mod artifact;
 pub mod cache;
 pub mod client;
 pub mod docker_store;

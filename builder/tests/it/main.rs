@@ -21,6 +21,7 @@ mod cli_tailnet;
 mod flash_bmaptool;
 mod flash_file;
 mod flash_loop;
+mod flash_oci;
 mod flash_safety;
 mod flash_seed;
 mod nmap_scan;
