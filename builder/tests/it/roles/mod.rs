@@ -11,6 +11,7 @@
 //! the README says.
 
 mod new_role;
+mod seed_services;
 
 use std::path::Path;
 use std::process::Command;
