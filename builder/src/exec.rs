@@ -17,6 +17,9 @@ pub struct Cmd {
     dir: Option<std::path::PathBuf>,
     /// Output is passed through to our stderr instead of captured.
     inherit_output: bool,
+    /// Fed to the program's stdin (a secret never goes on its command
+    /// line); none: stdin is /dev/null.
+    input: Option<Vec<u8>>,
 }
 
 impl Cmd {
@@ -27,7 +30,14 @@ impl Cmd {
             envs: Vec::new(),
             dir: None,
             inherit_output: false,
+            input: None,
         }
+    }
+
+    /// Feeds `data` to the program's stdin.
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.input = Some(data.into());
+        self
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -73,7 +83,11 @@ impl Cmd {
         if let Some(dir) = &self.dir {
             c.current_dir(dir);
         }
-        c.stdin(Stdio::null());
+        c.stdin(if self.input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         if self.inherit_output {
             c.stdout(Stdio::inherit()).stderr(Stdio::inherit());
         } else {
@@ -85,7 +99,7 @@ impl Cmd {
     /// Runs to completion; fails with the command line and stderr unless it
     /// exits 0. Returns the captured output.
     pub fn run(&self) -> Result<Output> {
-        let output = self.command().output().map_err(|e| {
+        let output = self.output_with_input().map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::NotFound {
                 " (not installed? `nodeforge doctor --install` installs the host tools)"
             } else {
@@ -107,6 +121,26 @@ impl Cmd {
             );
         }
         Ok(output)
+    }
+
+    fn output_with_input(&self) -> std::io::Result<Output> {
+        let Some(input) = &self.input else {
+            return self.command().output();
+        };
+        let mut child = self.command().spawn()?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let data = input.clone();
+        // On a thread: a program that writes much before reading all its
+        // input would otherwise block on a full pipe.
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(&data)
+        });
+        let out = child.wait_with_output()?;
+        writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("writing stdin panicked")))?;
+        Ok(out)
     }
 
     /// Starts a long-running program (a server a test talks to) with its

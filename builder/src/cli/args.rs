@@ -72,6 +72,10 @@ pub enum Command {
         /// Which build of DIR (NAME.img), when it holds several.
         #[arg(long)]
         name: Option<String>,
+        /// Registry credentials in Docker's config format
+        /// [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json].
+        #[arg(long, value_name = "FILE")]
+        registry_auth_file: Option<PathBuf>,
     },
     /// Write an image's block map (bmaptool's format 2.0): the ranges that
     /// hold data, with their sha256. Builds write one for every image.

@@ -256,9 +256,15 @@ pub fn cache_cmd(command: CacheCommand, dir: Option<PathBuf>) -> Result<()> {
 }
 
 /// `nodeforge push DIR REF`: prints the artifact's pinned reference.
-pub fn push(dir: &std::path::Path, reference: &str, name: Option<&str>) -> Result<()> {
+pub fn push(
+    dir: &std::path::Path,
+    reference: &str,
+    name: Option<&str>,
+    auth_file: Option<&std::path::Path>,
+) -> Result<()> {
     let target = crate::oci::artifact::parse_uri(reference)?;
-    let client = crate::oci::client::Client::new()?;
+    let credentials = crate::oci::auth::Credentials::load(auth_file)?;
+    let client = crate::oci::client::Client::new()?.with_credentials(credentials);
     let digest = crate::oci::artifact::push(&client, dir, name, &target, dir)
         .with_context(|| format!("pushing {} to {reference}", dir.display()))?;
     let pinned = crate::oci::Reference {

@@ -43,7 +43,13 @@ pub fn run(cli: Cli) -> Result<()> {
             dir,
             reference,
             name,
-        } => push(&dir, &reference, name.as_deref()),
+            registry_auth_file,
+        } => push(
+            &dir,
+            &reference,
+            name.as_deref(),
+            registry_auth_file.as_deref(),
+        ),
         Command::Bmap { image, output } => {
             let out = output.unwrap_or_else(|| {
                 let name = image

@@ -91,6 +91,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         Program("nft"),
         "nftables",
     ),
+    apt(
+        "registries that want a login (tests)",
+        Program("htpasswd"),
+        "apache2-utils",
+    ),
     apt("SSH to test guests", Program("ssh"), "openssh-client"),
     apt(
         "flash with bmaptool (tests)",

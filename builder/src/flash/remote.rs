@@ -13,7 +13,8 @@ use crate::oci::client::Client;
 
 /// The block map, where it came from, and the image as a stream.
 pub fn open(uri: &str) -> Result<(Bmap, String, ImageSource)> {
-    let client = Client::new()?;
+    // Credentials as `docker login` keeps them, when the registry asks.
+    let client = Client::new()?.with_credentials(crate::oci::auth::Credentials::load(None)?);
     let pulled = Pulled::fetch(&client, uri)?;
     let bmap_layer = pulled.layer(BMAP)?;
     let text = pulled.read_small(&client, bmap_layer)?;

@@ -1,5 +1,7 @@
 //! A small client of the OCI distribution API: manifests and blobs, pulled
-//! anonymously or with a bearer token got from the realm a 401 names.
+//! and pushed anonymously, with a bearer token got from the realm a 401
+//! names (with the registry's credentials when there are some), or with
+//! Basic authentication where the registry asks for it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -53,9 +55,11 @@ pub struct Resolved {
 
 pub struct Client {
     http: reqwest::blocking::Client,
-    /// Bearer tokens by registry and repository (pull scope).
+    /// Authorization header values by registry and repository (a bearer
+    /// token, or Basic credentials).
     tokens: Mutex<HashMap<String, String>>,
     mirrors: Mirrors,
+    credentials: super::auth::Credentials,
 }
 
 impl Client {
@@ -70,7 +74,17 @@ impl Client {
             http,
             tokens: Mutex::new(HashMap::new()),
             mirrors: Mirrors::default(),
+            credentials: Default::default(),
         })
+    }
+
+    /// The same client, authenticating with `credentials` where a
+    /// registry asks.
+    pub fn with_credentials(self, credentials: super::auth::Credentials) -> Client {
+        Client {
+            credentials,
+            ..self
+        }
     }
 
     /// The same client, sending each mirrored registry's requests to its
@@ -303,7 +317,7 @@ impl Client {
             .get(&key)
             .cloned();
         let with_token = |req: RequestBuilder, token: &Option<String>| match token {
-            Some(t) => req.header(AUTHORIZATION, format!("Bearer {t}")),
+            Some(t) => req.header(AUTHORIZATION, t),
             None => req,
         };
         let mut resp = with_token(build(), &cached)
@@ -316,16 +330,23 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
                 .unwrap_or_default();
-            let params =
-                parse_bearer_challenge(&challenge).ok_or_else(|| RegistryError::Denied {
-                    image: image.to_string(),
-                    what: what.to_owned(),
-                    status: 401,
-                    hint: format!(
-                    ": it asks for `{challenge}`, and only anonymous bearer tokens are supported"
-                ),
-                })?;
-            let token = self.token(image, &params)?;
+            let creds = self.credentials.for_registry(&image.registry);
+            let token = match (parse_bearer_challenge(&challenge), creds) {
+                (Some(params), _) => format!("Bearer {}", self.token(image, &params)?),
+                (None, Some((user, password)))
+                    if challenge.to_ascii_lowercase().starts_with("basic") =>
+                {
+                    basic(user, password)
+                }
+                _ => {
+                    return Err(RegistryError::Denied {
+                        image: image.to_string(),
+                        what: what.to_owned(),
+                        status: 401,
+                        hint: self.credentials.hint(&image.registry),
+                    })
+                }
+            };
             self.tokens
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -347,7 +368,7 @@ impl Client {
                 image: image.to_string(),
                 what: what.to_owned(),
                 status: status.as_u16(),
-                hint: String::new(),
+                hint: self.credentials.hint(&image.registry),
             },
             _ => {
                 let body = resp.text().unwrap_or_default();
@@ -379,18 +400,17 @@ impl Client {
         if let Some(s) = params.get("service") {
             query.push(("service", s.clone()));
         }
-        let resp = self
-            .http
-            .get(realm)
-            .query(&query)
-            .send()
-            .map_err(|e| unreachable(image, realm, e))?;
+        let mut req = self.http.get(realm).query(&query);
+        if let Some((user, password)) = self.credentials.for_registry(&image.registry) {
+            req = req.basic_auth(user, Some(password));
+        }
+        let resp = req.send().map_err(|e| unreachable(image, realm, e))?;
         if !resp.status().is_success() {
             return Err(RegistryError::Denied {
                 image: image.to_string(),
                 what: format!("a token from {realm}"),
                 status: resp.status().as_u16(),
-                hint: String::new(),
+                hint: self.credentials.hint(&image.registry),
             });
         }
         #[derive(serde::Deserialize)]
@@ -405,6 +425,15 @@ impl Client {
             .or(t.access_token)
             .ok_or_else(|| protocol(image, format!("token response from {realm} holds no token")))
     }
+}
+
+/// An `Authorization: Basic` value.
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 fn protocol(image: &Reference, detail: String) -> RegistryError {

@@ -53,14 +53,45 @@ impl TestRegistry {
 
     /// Starts a registry on 127.0.0.1:`port` (for profiles that name it).
     pub fn start_on(port: u16) -> Result<TestRegistry> {
+        TestRegistry::start_with(port, None)
+    }
+
+    /// Starts a registry that wants Basic credentials (`user`, `password`,
+    /// through an htpasswd file made with apache2-utils' htpasswd).
+    pub fn start_with_login(user: &str, password: &str) -> Result<TestRegistry> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        TestRegistry::start_with(port, Some((user, password)))
+    }
+
+    fn start_with(port: u16, login: Option<(&str, &str)>) -> Result<TestRegistry> {
         let dir = tempfile::tempdir().context("creating the registry's directory")?;
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
+        let auth = match login {
+            Some((user, password)) => {
+                let file = dir.path().join("htpasswd");
+                // The password goes over stdin (-i), not the command line.
+                let out = Cmd::new("htpasswd")
+                    .args(["-B", "-i", "-n", user])
+                    .stdin(password.as_bytes())
+                    .run()
+                    .context(
+                        "making the registry's htpasswd file (apt-get install apache2-utils)",
+                    )?;
+                std::fs::write(&file, out.stdout)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -87,7 +118,8 @@ impl TestRegistry {
                 );
             }
             if let Ok(r) = reg.http.get(reg.url("/v2/")).send() {
-                if r.status().is_success() {
+                // 401: it answers, and wants the login.
+                if r.status().is_success() || (login.is_some() && r.status().as_u16() == 401) {
                     return Ok(reg);
                 }
             }

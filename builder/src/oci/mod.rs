@@ -3,6 +3,7 @@
 //! archives and the Docker engine's own image store, written daemonless.
 
 pub mod artifact;
+pub mod auth;
 pub mod cache;
 pub mod client;
 pub mod docker_store;

@@ -2,7 +2,9 @@
 //! real `docker-registry` (Debian's distribution) on 127.0.0.1: the file
 //! flashed from the registry is the file flashed from the build; the push
 //! is deterministic; a tag alone is refused; a blob damaged in the
-//! registry's storage is refused, naming it.
+//! registry's storage is refused, naming it; a registry that wants a
+//! login gets the credentials `docker login` keeps, from a file, never the
+//! command line.
 
 use nodeforge::oci::artifact::DISK_IMAGE_ZSTD;
 use nodeforge::oci::fixture::TestRegistry;
@@ -16,6 +18,12 @@ use crate::support::{read_bytes, Project};
 /// a build manifest, and a registry.
 fn setup() -> (Project, TestRegistry) {
     require_tool("docker-registry", "docker-registry");
+    let p = build_dir();
+    let registry = TestRegistry::start().expect("starting docker-registry");
+    (p, registry)
+}
+
+fn build_dir() -> Project {
     let p = Project::empty();
     let (dir, image, _) = standard_image_with_bmap();
     for name in ["node.img", "node.img.bmap"] {
@@ -26,8 +34,7 @@ fn setup() -> (Project, TestRegistry) {
     }
     drop(image);
     p.write("out/node.manifest.json", "{\"name\":\"node\"}\n");
-    let registry = TestRegistry::start().expect("starting docker-registry");
-    (p, registry)
+    p
 }
 
 fn push(p: &Project, registry: &TestRegistry) -> String {
@@ -121,4 +128,66 @@ fn push_errors_name_what_to_fix() {
         &format!("oci://127.0.0.1:{port}/fleet/node:1"),
     ])
     .stderr_has(&["unreachable"]);
+}
+
+#[test]
+fn a_registry_that_wants_a_login_gets_docker_logins_credentials() {
+    require_tool("docker-registry", "docker-registry");
+    require_tool("htpasswd", "apache2-utils");
+    let p = build_dir();
+    let registry =
+        TestRegistry::start_with_login("ci", "push-s3cret").expect("starting docker-registry");
+    let target = format!("oci://{}/fleet/node:1", registry.addr);
+
+    // No credentials: refused, saying how to give them.
+    let empty = p.path("no-docker-config");
+    std::fs::create_dir_all(&empty).unwrap();
+    p.cmd(&["push", "out", &target])
+        .env("DOCKER_CONFIG", &empty)
+        .fails()
+        .stderr_has(&["HTTP 401", &format!("docker login {}", registry.addr)]);
+
+    // `docker login`'s file, given as --registry-auth-file.
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:push-s3cret");
+    let file = p.write(
+        "auth.json",
+        &format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+            registry.addr
+        ),
+    );
+    let file = file.to_string_lossy().into_owned();
+    let pinned = p
+        .cmd(&["push", "out", &target, "--registry-auth-file", &file])
+        .env("DOCKER_CONFIG", &empty)
+        .ok()
+        .stdout()
+        .trim()
+        .to_owned();
+
+    // flash reads the Docker config, as docker does.
+    let config = p.path("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::copy(&file, config.join("config.json")).unwrap();
+    p.cmd(&["flash", &pinned, "remote.img", "--yes", "--quiet"])
+        .env("DOCKER_CONFIG", &config)
+        .ok();
+    p.ok(&["flash", "out/node.img", "local.img", "--yes", "--quiet"]);
+    assert!(read_bytes(&p.path("local.img")) == read_bytes(&p.path("remote.img")));
+
+    // A wrong password is refused, naming where it came from.
+    let wrong = base64::engine::general_purpose::STANDARD.encode("ci:wrong");
+    std::fs::write(
+        config.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{wrong}\"}}}}}}",
+            registry.addr
+        ),
+    )
+    .unwrap();
+    p.cmd(&["flash", &pinned, "again.img", "--yes", "--quiet"])
+        .env("DOCKER_CONFIG", &config)
+        .fails()
+        .stderr_has(&["were refused", "config.json"]);
 }
