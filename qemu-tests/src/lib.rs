@@ -132,6 +132,7 @@ pub fn build_profile(profile: &str) -> BuildResult {
             no_cache: false,
             agent: None,
             offline: false,
+            remote_cache: Default::default(),
         };
         build::build(&plan, &opts).unwrap_or_else(|e| panic!("building {profile}: {e:#}"))
     })

@@ -26,6 +26,7 @@ fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
         no_cache: false,
         agent: None,
         offline: false,
+        remote_cache: Default::default(),
     };
     let (first, check) =
         build::verify_reproducible(&plan, &opts).unwrap_or_else(|e| panic!("{e:#}"));

@@ -23,6 +23,9 @@ pub struct BuildOptions {
     /// Take container image blobs from the cache only; a missing one is an
     /// error naming it.
     pub offline: bool,
+    /// The build cache shared through a registry (`--cache-from`,
+    /// `--cache-to`).
+    pub remote_cache: super::remote_cache::RemoteCacheOptions,
 }
 
 /// What a finished build produced.
@@ -54,6 +57,8 @@ pub struct BuildContext<'a> {
     /// Set by the `outputs` step.
     pub(super) result: Option<BuildResult>,
     pub cache: Cache,
+    /// The registry cache, when the build was given one.
+    pub remote: Option<super::remote_cache::RemoteCache>,
     /// The first-boot agent binary for the image's architecture.
     pub agent_binary: PathBuf,
     /// Key of everything the image is made from (see uptodate.rs).

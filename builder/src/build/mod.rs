@@ -12,6 +12,7 @@ mod outputs;
 mod overlay;
 pub mod progress;
 mod qcow2;
+pub mod remote_cache;
 pub mod reproducible;
 mod rootfs;
 pub mod rpi;
@@ -200,6 +201,7 @@ impl<'a> BuildContext<'a> {
             reports: Vec::new(),
             result: None,
             cache,
+            remote: remote_cache::RemoteCache::new(&opts.remote_cache)?,
             work,
             _lock: lock,
         })
@@ -269,12 +271,23 @@ impl Runner {
         ctx.layer_key = key.clone();
         self.run(name, ctx, |ctx| {
             if !ctx.opts.no_cache {
+                let mut from = "the cache".to_owned();
+                if layers::find(&ctx.cache, &key).is_none() {
+                    if let Some(remote) = &ctx.remote {
+                        if remote.fetch("layer", &key, &layer_files(&ctx.cache, &key)) {
+                            from = format!("the remote cache {}", remote.from_uri());
+                        }
+                    }
+                }
                 if let Some(meta) = layers::find(&ctx.cache, &key) {
                     layers::apply(&ctx.cache, &key, &meta, &ctx.rootfs)?;
                     ctx.tree_snapshot = None;
                     ctx.facts.extend(meta.facts);
+                    if let Some(remote) = &ctx.remote {
+                        remote.store("layer", &key, &layer_files(&ctx.cache, &key));
+                    }
                     return Ok(StepOutcome::Reused(format!(
-                        "layer {} from the cache",
+                        "layer {} from {from}",
                         &key[..12]
                     )));
                 }
@@ -313,11 +326,22 @@ impl Runner {
                 facts,
             };
             // Refused (a secret in the tree) means only: not cached.
-            let _ = layers::store(&ctx.cache, &key, &ctx.rootfs, &delta, &meta)
+            let stored = layers::store(&ctx.cache, &key, &ctx.rootfs, &delta, &meta)
                 .with_context(|| format!("caching the {name} step's layer"))?;
+            if let (Ok(_), Some(remote)) = (stored, &ctx.remote) {
+                remote.store("layer", &key, &layer_files(&ctx.cache, &key));
+            }
             Ok(outcome)
         })
     }
+}
+
+/// A step layer's files in the local cache, as the remote cache keeps them.
+fn layer_files(cache: &crate::cache::Cache, key: &str) -> [remote_cache::EntryFile; 2] {
+    [
+        (cache.layer_tar(key), remote_cache::TARBALL),
+        (cache.layer_meta_path(key), remote_cache::META),
+    ]
 }
 
 fn check_privileges() -> Result<()> {

@@ -35,9 +35,18 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let tar = ctx.cache.rootfs_tar(&plan.rootfs_key);
     // Another build making the same layer finishes first; then it is reused.
     let _producing = ctx.cache.lock_rootfs(&plan.rootfs_key)?;
+    let entry = [(tar.clone(), super::remote_cache::TARBALL)];
+    let mut from = "the cache".to_owned();
+    if !tar.is_file() && !ctx.opts.no_cache {
+        if let Some(remote) = &ctx.remote {
+            if remote.fetch("rootfs", &plan.rootfs_key, &entry) {
+                from = format!("the remote cache {}", remote.from_uri());
+            }
+        }
+    }
     let outcome = if tar.is_file() && !ctx.opts.no_cache {
         StepOutcome::Reused(format!(
-            "base rootfs {} from the cache",
+            "base rootfs {} from {from}",
             &plan.rootfs_key[..12]
         ))
     } else {
@@ -76,6 +85,9 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
             .map_or_else(|| "none (build time)".to_owned(), |e| e.to_string())
     );
     ctx.cache.touch_rootfs(&plan.rootfs_key, &summary)?;
+    if let Some(remote) = &ctx.remote {
+        remote.store("rootfs", &plan.rootfs_key, &entry);
+    }
     crate::fsutil::create_dir_all(&ctx.rootfs)
         .with_context(|| format!("creating {}", ctx.rootfs.display()))?;
     Cmd::new("tar")

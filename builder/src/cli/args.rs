@@ -167,6 +167,18 @@ pub struct BuildArgs {
     /// More output formats besides the profile's [outputs] (e.g. netboot); repeatable.
     #[arg(long = "format", value_enum)]
     pub formats: Vec<crate::profile::OutputFormat>,
+    /// Take missing rootfs and step layers from this registry repository
+    /// (oci://HOST/REPOSITORY), before building them here.
+    #[arg(long, value_name = "REF", env = "NODEFORGE_CACHE_FROM")]
+    pub cache_from: Option<String>,
+    /// Push every rootfs and step layer the build made or reused to this
+    /// registry repository (oci://HOST/REPOSITORY).
+    #[arg(long, value_name = "REF", env = "NODEFORGE_CACHE_TO")]
+    pub cache_to: Option<String>,
+    /// Registry credentials in Docker's config format
+    /// [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json].
+    #[arg(long, value_name = "FILE")]
+    pub registry_auth_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

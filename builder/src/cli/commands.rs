@@ -66,6 +66,11 @@ pub fn build_cmd(args: BuildArgs) -> Result<()> {
         no_cache: args.no_cache,
         agent: args.agent,
         offline: args.offline,
+        remote_cache: build::remote_cache::RemoteCacheOptions {
+            from: args.cache_from,
+            to: args.cache_to,
+            auth_file: args.registry_auth_file,
+        },
     };
     if args.verify_reproducible {
         let (result, check) = build::verify_reproducible(&plan, &opts)?;

@@ -158,7 +158,8 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-fn file_digest(path: &Path) -> Result<(Digest, u64)> {
+/// A file's sha256 digest and size.
+pub fn file_digest(path: &Path) -> Result<(Digest, u64)> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hash = Sha256::new();
     let len =
@@ -207,20 +208,42 @@ pub fn push(
             "annotations": {TITLE: title},
         }));
     }
+    let reference = target.tag.clone();
+    put_artifact(
+        client,
+        target,
+        reference.as_deref(),
+        ARTIFACT_TYPE,
+        layers,
+        json!({TITLE: build.name}),
+    )
+}
+
+/// Puts an artifact manifest of `artifact_type` with `layers` (their blobs
+/// pushed already) and the empty config under `tag` (none: its digest).
+/// Returns the manifest's digest.
+pub fn put_artifact(
+    client: &Client,
+    target: &Reference,
+    tag: Option<&str>,
+    artifact_type: &str,
+    layers: Vec<serde_json::Value>,
+    annotations: serde_json::Value,
+) -> Result<Digest> {
     let empty = b"{}";
     let empty_digest = Digest::of(empty);
     client.upload_blob_bytes(target, &empty_digest, empty)?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": ARTIFACT_TYPE,
+        "artifactType": artifact_type,
         "config": {"mediaType": EMPTY_CONFIG, "digest": empty_digest.as_str(), "size": 2},
         "layers": layers,
-        "annotations": {TITLE: build.name},
+        "annotations": annotations,
     });
     let body = serde_json::to_vec(&manifest)?;
     let digest = Digest::of(&body);
-    let reference = target.tag.clone().unwrap_or_else(|| digest.to_string());
+    let reference = tag.map_or_else(|| digest.to_string(), str::to_owned);
     client.put_manifest(target, &reference, OCI_MANIFEST, &body)?;
     Ok(digest)
 }

@@ -26,6 +26,7 @@ mod flash_safety;
 mod flash_seed;
 mod nmap_scan;
 mod nvidia;
+mod remote_cache;
 mod roles;
 mod serve;
 mod workflow;
