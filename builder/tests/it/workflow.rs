@@ -220,3 +220,76 @@ fn every_command_the_workflow_runs_exists() {
     assert!(checked >= 9 * 5, "only {checked} commands checked");
     assert!(Path::new(&repo_root().join("scripts/ci-runner.sh")).is_file());
 }
+
+/// The build script the workflow runs: every nodeforge command in it is
+/// one the CLI accepts, with a role's values put in.
+#[test]
+fn the_ci_build_script_runs_commands_the_cli_accepts() {
+    let text = std::fs::read_to_string(repo_root().join("scripts/ci-build-role.sh"))
+        .expect("reading scripts/ci-build-role.sh");
+    for line in [
+        "\"$nodeforge\" lock \"profiles/$role.toml\"",
+        "args=(build \"profiles/$role.toml\" --output out)",
+        "args+=(--cache-from \"$cache\")",
+        "args+=(--cache-to \"$cache\")",
+        "\"$nodeforge\" push out",
+    ] {
+        assert!(text.contains(line), "{line} missing from ci-build-role.sh");
+    }
+    let cache = "oci://ghcr.io/owner/fleet/nodeforge-cache";
+    for args in [
+        vec!["nodeforge", "lock", "profiles/core.toml"],
+        vec![
+            "nodeforge",
+            "build",
+            "profiles/core.toml",
+            "--output",
+            "out",
+            "--cache-from",
+            cache,
+            "--cache-to",
+            cache,
+        ],
+        vec![
+            "nodeforge",
+            "push",
+            "out",
+            "oci://ghcr.io/owner/fleet/core:abc123",
+            "--name",
+            "core",
+        ],
+    ] {
+        nodeforge::cli::Cli::try_parse_from(&args)
+            .unwrap_or_else(|e| panic!("nodeforge refuses {args:?}:\n{e}"));
+    }
+}
+
+/// The login step writes the file nodeforge reads, for the registry's
+/// host only, mode 0600, the token taken from the environment.
+#[test]
+fn the_ci_login_script_writes_what_nodeforge_reads() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/ci-registry-login.sh"))
+        .env("HOME", home.path())
+        .env("NODEFORGE_REGISTRY", "127.0.0.1:5000/fleet")
+        .env("REGISTRY_USER", "ci")
+        .env("REGISTRY_TOKEN", "tok-123")
+        .output()
+        .expect("running ci-registry-login.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = home.path().join(".docker/config.json");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let creds = nodeforge::oci::auth::Credentials::from_file(&file).unwrap();
+    assert_eq!(
+        creds.for_registry("127.0.0.1:5000"),
+        Some(("ci", "tok-123"))
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("tok-123"));
+}
