@@ -204,6 +204,7 @@ pub enum CacheCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct CustomizeArgs {
+    /// The image, or a pushed build (oci://HOST/REPO@sha256:…, with -o).
     pub image: PathBuf,
     /// Stamp a copy written here instead of the image itself.
     #[arg(long, short)]

@@ -178,12 +178,23 @@ pub fn customize_cmd(args: CustomizeArgs) -> Result<()> {
     let Some(seed) = args.seed.seed()? else {
         bail!("nothing to stamp: give --node, --hostname, --authkey-file, --ssh-key or --tag");
     };
-    let target = match &args.output {
-        Some(out) => {
+    let remote = args.image.to_str().filter(|s| s.starts_with("oci://"));
+    let target = match (&args.output, remote) {
+        (Some(out), Some(uri)) => {
+            let client = crate::oci::client::Client::new()?
+                .with_credentials(crate::oci::auth::Credentials::load(None)?);
+            crate::oci::artifact::pull_image(&client, uri, out)
+                .with_context(|| format!("fetching {uri} into {}", out.display()))?;
+            out.clone()
+        }
+        (None, Some(uri)) => {
+            bail!("{uri} is in a registry: give -o OUT.img, the file to fetch it into and stamp")
+        }
+        (Some(out), None) => {
             crate::fsutil::sparse_copy(&args.image, out)?;
             out.clone()
         }
-        None => args.image.clone(),
+        (None, None) => args.image.clone(),
     };
     crate::seed::stamp(&target, &seed)?;
     println!(

@@ -322,6 +322,68 @@ impl Pulled {
     }
 }
 
+/// Fetches the pushed build `uri` (pinned by digest) into the raw image
+/// file `dest`, sparse where the image is zero, with its block map beside
+/// it (`dest.bmap`); the blob's digest is checked before `dest` appears.
+pub fn pull_image(client: &Client, uri: &str, dest: &Path) -> Result<()> {
+    let pulled = Pulled::fetch(client, uri)?;
+    let bmap = pulled.layer(BMAP)?;
+    let bmap_text = pulled.read_small(client, bmap)?;
+    let image = pulled.layer(DISK_IMAGE_ZSTD)?;
+    let what = format!("blob {} of {uri}", image.digest);
+    let partial = dest.with_file_name(format!(
+        ".{}.{}.partial",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("image"),
+        std::process::id()
+    ));
+    let _cleanup = RemoveOnDrop(partial.clone());
+    let mut out =
+        File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut decoder = zstd::stream::read::Decoder::new(pulled.stream(client, image)?)
+        .with_context(|| format!("starting zstd decoder for {what}"))?;
+    let len = copy_sparse(&mut decoder, &mut out).with_context(|| format!("unpacking {what}"))?;
+    // The rest of the blob, so its digest is checked.
+    std::io::copy(&mut decoder.finish(), &mut std::io::sink())
+        .with_context(|| format!("reading the rest of {what}"))?;
+    out.set_len(len)
+        .and_then(|_| out.sync_all())
+        .with_context(|| format!("writing {}", partial.display()))?;
+    crate::fsutil::atomic_write(
+        &PathBuf::from(format!("{}.bmap", dest.display())),
+        &bmap_text,
+    )?;
+    std::fs::rename(&partial, dest)
+        .with_context(|| format!("moving {} to {}", partial.display(), dest.display()))?;
+    Ok(())
+}
+
+/// Copies `from` into `to`, seeking over blocks of zeros (holes); returns
+/// the length.
+fn copy_sparse(from: &mut dyn Read, to: &mut File) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut buf = vec![0u8; 1 << 16];
+    let mut pos = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match from.read(&mut buf[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            return Ok(pos);
+        }
+        let block = &buf[..filled];
+        if block.iter().all(|b| *b == 0) {
+            to.seek(SeekFrom::Current(filled as i64))?;
+        } else {
+            to.write_all(block)?;
+        }
+        pos += filled as u64;
+    }
+}
+
 /// Passes a blob's bytes through and checks digest and size at its end.
 pub struct VerifyingReader {
     inner: Box<dyn Read + Send>,

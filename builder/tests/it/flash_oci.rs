@@ -191,3 +191,45 @@ fn a_registry_that_wants_a_login_gets_docker_logins_credentials() {
         .fails()
         .stderr_has(&["were refused", "config.json"]);
 }
+
+/// `customize oci://…@sha256:… -o OUT` fetches the build into OUT (with
+/// its bmap beside it) and stamps it: the same file as customizing the
+/// local image.
+#[test]
+fn customize_fetches_a_pushed_build_and_stamps_it() {
+    require_tool("docker-registry", "docker-registry");
+    let p = Project::empty();
+    let img = crate::support::scratch::esp_disk_image(p.root());
+    std::fs::create_dir_all(p.path("out")).unwrap();
+    std::fs::copy(&img, p.path("out/node.img")).unwrap();
+    p.ok(&["bmap", "out/node.img"]);
+    let registry = TestRegistry::start().expect("starting docker-registry");
+    let pinned = push(&p, &registry);
+
+    // The fetched image is the pushed one, byte for byte, and sparse.
+    let client = nodeforge::oci::client::Client::new().unwrap();
+    nodeforge::oci::artifact::pull_image(&client, &pinned, &p.path("pulled.img")).unwrap();
+    assert!(read_bytes(&p.path("pulled.img")) == read_bytes(&p.path("out/node.img")));
+    use std::os::unix::fs::MetadataExt;
+    let pulled = std::fs::metadata(p.path("pulled.img")).unwrap();
+    assert!(
+        pulled.blocks() * 512 < pulled.len() / 2,
+        "not sparse: {pulled:?}"
+    );
+
+    // customize fetches the same way, then stamps (FAT timestamps follow
+    // the clock, so the seed is read back rather than the bytes compared).
+    let stamp = ["--hostname", "sentinel-7", "--tag", "tag:edge"];
+    p.ok(&[&["customize", &pinned, "-o", "fetched.img"][..], &stamp].concat());
+    assert_eq!(
+        read_bytes(&p.path("fetched.img.bmap")),
+        read_bytes(&p.path("out/node.img.bmap"))
+    );
+    let seed = nodeforge::seed::read_seed(&p.path("fetched.img"))
+        .unwrap()
+        .expect("a seed");
+    assert_eq!(seed.hostname.as_deref(), Some("sentinel-7"));
+
+    p.fails(&[&["customize", &pinned][..], &stamp].concat())
+        .stderr_has(&["is in a registry: give -o OUT.img"]);
+}
