@@ -152,6 +152,7 @@ impl RemoteCache {
                 ..from.clone()
             },
             layers: manifest.layers,
+            name: None,
         };
         // Metadata first, the tarball last (see above).
         let mut order: Vec<&EntryFile> = files.iter().collect();

@@ -301,7 +301,8 @@ pub struct ServeArgs {
     /// The directory TFTP serves.
     #[arg(long, default_value = IPXE_DIR)]
     pub tftp_root: PathBuf,
-    /// Where the builds' netboot files are (`nodeforge build -o DIR --format netboot`).
+    /// Where the builds' netboot files are (`nodeforge build -o DIR --format netboot`),
+    /// or one pushed build, oci://HOST/REPO@sha256:… (fetched into the cache).
     #[arg(long, default_value = "out")]
     pub artifacts: PathBuf,
     /// Report each request as a JSON line on stdout instead of text on stderr.

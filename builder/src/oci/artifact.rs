@@ -260,6 +260,8 @@ impl Drop for RemoveOnDrop {
 pub struct Pulled {
     pub reference: Reference,
     pub layers: Vec<Descriptor>,
+    /// The build's name (the manifest's title annotation), when it has one.
+    pub name: Option<String>,
 }
 
 impl Pulled {
@@ -272,13 +274,16 @@ impl Pulled {
                  `nodeforge push` prints it), so what is flashed is exactly what was pushed"
             );
         };
-        let (m, _, _) = client.manifest(&reference, digest.as_str())?;
+        let (m, body, _) = client.manifest(&reference, digest.as_str())?;
         let Manifest::Image(m) = m else {
             bail!("{uri} is an index, not a nodeforge image artifact");
         };
+        let raw: serde_json::Value = serde_json::from_slice(&body)?;
+        let name = raw["annotations"][TITLE].as_str().map(str::to_owned);
         Ok(Pulled {
             reference,
             layers: m.layers,
+            name,
         })
     }
 
@@ -355,6 +360,50 @@ pub fn pull_image(client: &Client, uri: &str, dest: &Path) -> Result<()> {
     std::fs::rename(&partial, dest)
         .with_context(|| format!("moving {} to {}", partial.display(), dest.display()))?;
     Ok(())
+}
+
+/// Fetches every file of the pushed build `uri` into `dir` under the
+/// names `nodeforge build` gives them (`NAME.img` unpacked, `NAME.img.bmap`,
+/// `NAME.manifest.json`, netboot files), so `serve` can use `dir` as its
+/// artifacts. Returns the build's name. Files already there from an
+/// earlier fetch of the same digest are kept.
+pub fn pull_build(client: &Client, uri: &str, dir: &Path) -> Result<String> {
+    let pulled = Pulled::fetch(client, uri)?;
+    let name = pulled.name.clone().ok_or_else(|| {
+        anyhow!("{uri} names no build (no title annotation): push it with nodeforge push")
+    })?;
+    if name.contains('/') || name.starts_with('.') {
+        bail!("{uri} names its build `{name}`, which is not a file name");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let image = dir.join(format!("{name}.img"));
+    if !image.is_file() {
+        pull_image(client, uri, &image)?;
+    }
+    let rest = std::iter::once((".manifest.json", BUILD_MANIFEST)).chain(NETBOOT);
+    for (suffix, media) in rest {
+        let Some(layer) = pulled
+            .layers
+            .iter()
+            .find(|l| l.media_type.as_deref() == Some(media))
+        else {
+            continue;
+        };
+        let path = dir.join(format!("{name}{suffix}"));
+        if path.is_file() {
+            continue;
+        }
+        let partial = dir.join(format!(".{name}{suffix}.{}.partial", std::process::id()));
+        let _cleanup = RemoveOnDrop(partial.clone());
+        let mut out =
+            File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        std::io::copy(&mut pulled.stream(client, layer)?, &mut out)
+            .with_context(|| format!("fetching blob {} of {uri}", layer.digest))?;
+        out.sync_all()?;
+        std::fs::rename(&partial, &path)
+            .with_context(|| format!("moving {} to {}", partial.display(), path.display()))?;
+    }
+    Ok(name)
 }
 
 /// Copies `from` into `to`, seeking over blocks of zeros (holes); returns

@@ -50,8 +50,39 @@ pub struct Running {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// A pushed build (`oci://…@sha256:…`) as `--artifacts`: fetched once into
+/// the build cache (`artifacts/<digest>/`), which is then served.
+fn local_artifacts(args: &ServeOptions) -> Result<PathBuf> {
+    let Some(uri) = args.artifacts.to_str().filter(|s| s.starts_with("oci://")) else {
+        return Ok(args.artifacts.clone());
+    };
+    let reference = crate::oci::artifact::parse_uri(uri)?;
+    let digest = reference
+        .digest
+        .as_ref()
+        .map(|d| d.hex().to_owned())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--artifacts {uri} is not pinned: give the oci://…@sha256:… that push printed"
+            )
+        })?;
+    let dir = crate::build::default_cache_dir()
+        .join("artifacts")
+        .join(digest);
+    let client = crate::oci::client::Client::new()?
+        .with_credentials(crate::oci::auth::Credentials::load(None)?);
+    crate::oci::artifact::pull_build(&client, uri, &dir)
+        .with_context(|| format!("fetching {uri} into {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Checks the fleet and the builds it names, binds the sockets.
 pub fn start(args: &ServeOptions, log: Log) -> Result<Running> {
+    let artifacts = local_artifacts(args)?;
+    let args = &ServeOptions {
+        artifacts,
+        ..args.clone()
+    };
     let fleet = Fleet::load(&args.nodes)?;
     let nodes = NodeTable::from_fleet(&fleet)?;
     for name in nodes.artifacts() {

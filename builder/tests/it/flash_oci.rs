@@ -233,3 +233,80 @@ fn customize_fetches_a_pushed_build_and_stamps_it() {
     p.fails(&[&["customize", &pinned][..], &stamp].concat())
         .stderr_has(&["is in a registry: give -o OUT.img"]);
 }
+
+/// `serve --artifacts oci://…@sha256:…`: the pushed build's netboot files
+/// are fetched into the cache and served as from a build directory.
+#[test]
+fn serve_fetches_a_pushed_build_and_serves_its_netboot_files() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    require_tool("docker-registry", "docker-registry");
+    let p = Project::empty();
+    let (dir, image, _) = standard_image_with_bmap();
+    std::fs::create_dir_all(p.path("out")).unwrap();
+    std::fs::copy(&image, p.path("out/web.img")).unwrap();
+    std::fs::copy(dir.path().join("node.img.bmap"), p.path("out/web.img.bmap")).unwrap();
+    let squashfs: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(p.path("out/web.squashfs"), &squashfs).unwrap();
+    p.write("out/web.vmlinuz", "kernel");
+    p.write("out/web.initrd", "initrd");
+    p.write("out/web.boot.ipxe", "#!ipxe\nboot\n");
+    let registry = TestRegistry::start().expect("starting docker-registry");
+    let pinned = p
+        .ok(&[
+            "push",
+            "out",
+            &format!("oci://{}/fleet/web:1", registry.addr),
+        ])
+        .stdout()
+        .trim()
+        .to_owned();
+    p.write(
+        "fleet.toml",
+        "[nodes.web-1]\nmac = \"52:54:00:12:34:56\"\nartifacts = \"web\"\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = p
+        .cmd(&[
+            "serve",
+            "--json",
+            "--nodes",
+            "fleet.toml",
+            "--artifacts",
+            &pinned,
+            "--listen",
+            &listen,
+        ])
+        .env("NODEFORGE_CACHE_DIR", p.path("cache"))
+        .spawn_reading_stdout();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("serve said nothing").unwrap();
+    assert!(first.contains("\"listening\""), "{first}");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /nodes/52-54-00-12-34-56/web.squashfs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw[..end])
+    );
+    assert!(
+        raw[end + 4..] == squashfs[..],
+        "the served root is not the pushed one"
+    );
+    let fetched = std::fs::read_dir(p.path("cache/artifacts"))
+        .unwrap()
+        .count();
+    assert_eq!(fetched, 1, "one fetched build in the cache");
+}
