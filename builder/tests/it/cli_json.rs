@@ -5,6 +5,7 @@
 
 use crate::support::fake::{fake_tool, offline_build, x_project};
 use crate::support::require::require_root;
+use crate::support::serve::{write_fleet, ServeRun, MAC};
 use crate::support::{write_file, Project};
 
 /// A built image booted by a stand-in `qemu-system-x86_64` that writes
@@ -116,8 +117,6 @@ fn doctor_json_lists_every_requirement() {
 /// JSON object with its `event`, on stdout.
 #[test]
 fn serve_json_reports_each_request_as_a_line() {
-    use std::io::{BufRead, BufReader, Read, Write};
-
     let p = Project::empty();
     for (name, body) in [
         ("out/web.vmlinuz", "kernel"),
@@ -127,53 +126,18 @@ fn serve_json_reports_each_request_as_a_line() {
     ] {
         p.write(name, body);
     }
-    p.write(
-        "fleet.toml",
-        "[nodes.web-1]\nmac = \"52:54:00:12:34:56\"\nartifacts = \"web\"\n",
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = p
-        .cmd(&[
-            "serve",
-            "--json",
-            "--nodes",
-            "fleet.toml",
-            "--artifacts",
-            "out",
-            "--listen",
-            &listen,
-        ])
-        .spawn_reading_stdout();
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let mut next = || -> serde_json::Value {
-        let line = lines
-            .next()
-            .expect("serve ended early")
-            .expect("reading serve's stdout");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    };
-    let first = next();
-    assert_eq!(first["event"], "listening", "{first}");
-    assert_eq!(first["http"], listen.as_str(), "{first}");
-
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to serve");
-    write!(
-        s,
-        "GET /nodes/52-54-00-12-34-56/boot.ipxe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let request = next();
-    let _ = child.kill();
-    let _ = child.wait();
+    write_fleet(&p);
+    let mut serve = ServeRun::start(&p, "out", &[]);
+    let answer = serve.get("/nodes/52-54-00-12-34-56/boot.ipxe");
+    let request = serve.next_event();
     assert_eq!(request["event"], "request", "{request}");
     assert_eq!(request["method"], "GET", "{request}");
-    assert_eq!(request["status"], 200, "{request}\n{answer}");
+    assert_eq!(
+        request["status"],
+        200,
+        "{request}\n{}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(request["node"], "web-1", "{request}");
-    assert_eq!(request["mac"], "52:54:00:12:34:56", "{request}");
+    assert_eq!(request["mac"], MAC, "{request}");
 }

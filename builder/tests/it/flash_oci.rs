@@ -12,6 +12,7 @@ use nodeforge::oci::Digest;
 
 use crate::support::require::require_tool;
 use crate::support::scratch::standard_image_with_bmap;
+use crate::support::serve::{write_fleet, ServeRun};
 use crate::support::{read_bytes, Project};
 
 /// A project holding a build directory `out/` with node.img, its bmap and
@@ -238,7 +239,6 @@ fn customize_fetches_a_pushed_build_and_stamps_it() {
 /// are fetched into the cache and served as from a build directory.
 #[test]
 fn serve_fetches_a_pushed_build_and_serves_its_netboot_files() {
-    use std::io::{BufRead, BufReader, Read, Write};
     require_tool("docker-registry", "docker-registry");
     let p = Project::empty();
     let (dir, image, _) = standard_image_with_bmap();
@@ -260,41 +260,10 @@ fn serve_fetches_a_pushed_build_and_serves_its_netboot_files() {
         .stdout()
         .trim()
         .to_owned();
-    p.write(
-        "fleet.toml",
-        "[nodes.web-1]\nmac = \"52:54:00:12:34:56\"\nartifacts = \"web\"\n",
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = p
-        .cmd(&[
-            "serve",
-            "--json",
-            "--nodes",
-            "fleet.toml",
-            "--artifacts",
-            &pinned,
-            "--listen",
-            &listen,
-        ])
-        .env("NODEFORGE_CACHE_DIR", p.path("cache"))
-        .spawn_reading_stdout();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("serve said nothing").unwrap();
-    assert!(first.contains("\"listening\""), "{first}");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /nodes/52-54-00-12-34-56/web.squashfs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    write_fleet(&p);
+    let serve = ServeRun::start(&p, &pinned, &[("NODEFORGE_CACHE_DIR", p.path("cache"))]);
+    let raw = serve.get("/nodes/52-54-00-12-34-56/web.squashfs");
+    drop(serve);
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     assert!(
         raw.starts_with(b"HTTP/1.1 200"),

@@ -17,6 +17,7 @@ pub mod image;
 pub mod require;
 pub mod roles;
 pub mod scratch;
+pub mod serve;
 
 use std::fs;
 use std::path::{Path, PathBuf};
