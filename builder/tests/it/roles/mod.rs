@@ -350,3 +350,54 @@ pub fn check_resolved_leaves_published_ports(p: &Project) {
     // The sentinel's Pi-hole publishes 53: the check above is not vacuous.
     assert!(!publishers.is_empty(), "no role's stack publishes port 53");
 }
+
+/// Regression (the sentinel's nmap timer was never enabled): a recovered
+/// checkout had turned the overlay's `timers.target.wants/` symlink into a
+/// regular file holding the link's text, which systemd ignores. Every
+/// entry of a `.wants`/`.requires` folder in an overlay is a symlink to a
+/// unit file the overlay or the image has.
+#[test]
+fn overlays_enable_units_with_symlinks_to_units() {
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    let root = crate::support::repo_root().join("overlays");
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = e.expect("an entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            let parent = dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if parent.ends_with(".wants") || parent.ends_with(".requires") {
+                checked += 1;
+                if !meta.file_type().is_symlink() {
+                    wrong.push(format!("{} is not a symlink", path.display()));
+                    continue;
+                }
+                let target = std::fs::read_link(&path).expect("a link");
+                let in_overlay = dir.join(&target);
+                let image_unit = target.is_absolute()
+                    && (target.starts_with("/usr/lib/systemd/system")
+                        || target.starts_with("/lib/systemd/system"));
+                if !(in_overlay.is_file() || image_unit) {
+                    wrong.push(format!(
+                        "{} points at {}, no unit",
+                        path.display(),
+                        target.display()
+                    ));
+                }
+            } else if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    assert!(
+        checked >= 4,
+        "only {checked} enabled units found under {}",
+        root.display()
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
