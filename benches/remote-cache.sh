@@ -33,6 +33,9 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 cache=oci://127.0.0.1:$port/nodeforge-cache
+# Reproducible builds (README): the same epoch on both machines, or the
+# non-layered steps stamp each build's own time.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1764547200}
 echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 timed_build "$work/a-cold.json" profiles/base.toml -o "$work/out-a" \
