@@ -17,22 +17,28 @@ pub fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial"))
 }
 
-/// Writes `contents` to `path` atomically: temp file, fsync, rename, fsync
-/// of the directory. The temp name is this writer's own (process and
-/// call), so writers of the same file at once (builds sharing a cache)
-/// never write into each other's temp file; the last rename wins.
-pub fn atomic_write(path: &Path, contents: &[u8]) -> Result<()> {
+/// A temp name for `path` of this writer's own (process and call), for
+/// files that several processes may write at once.
+pub fn private_partial_path(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(
+    path.with_file_name(format!(
         ".{name}.{}-{}.partial",
         std::process::id(),
         WRITES.fetch_add(1, Ordering::Relaxed)
-    ));
+    ))
+}
+
+/// Writes `contents` to `path` atomically: temp file, fsync, rename, fsync
+/// of the directory. The temp name is this writer's own (process and
+/// call), so writers of the same file at once (builds sharing a cache)
+/// never write into each other's temp file; the last rename wins.
+pub fn atomic_write(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = private_partial_path(path);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -12,7 +12,7 @@
 //! error (bad input).
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -163,7 +163,7 @@ impl RemoteCache {
                 fsutil::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
-            let partial = partial_path(path);
+            let partial = fsutil::private_partial_path(path);
             let mut out = File::create(&partial)
                 .with_context(|| format!("creating {}", partial.display()))?;
             let copied = std::io::copy(&mut pulled.stream(&self.client, layer)?, &mut out)
@@ -224,14 +224,6 @@ impl RemoteCache {
     pub fn from_uri(&self) -> &str {
         &self.from_text
     }
-}
-
-fn partial_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.remote.partial", std::process::id()))
 }
 
 fn warn(msg: &str) {

@@ -160,11 +160,10 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// A file's sha256 digest and size.
 pub fn file_digest(path: &Path) -> Result<(Digest, u64)> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hash = Sha256::new();
-    let len =
-        std::io::copy(&mut f, &mut hash).with_context(|| format!("reading {}", path.display()))?;
-    Ok((Digest::from_hex(&hex::encode(hash.finalize()))?, len))
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    Ok((Digest::from_hex(&crate::fsutil::sha256_file(path)?)?, len))
 }
 
 /// Publishes the build `name` of `dir` (the only one when None) to
@@ -179,11 +178,8 @@ pub fn push(
 ) -> Result<Digest> {
     let build = find_build(dir, name)?;
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    let compressed = work.join(format!(
-        ".{}.img.zst.{}.partial",
-        build.name,
-        std::process::id()
-    ));
+    let compressed =
+        crate::fsutil::private_partial_path(&work.join(format!("{}.img.zst", build.name)));
     let _cleanup = RemoveOnDrop(compressed.clone());
     let mut layers = Vec::new();
     for (path, media) in &build.files {
@@ -336,11 +332,7 @@ pub fn pull_image(client: &Client, uri: &str, dest: &Path) -> Result<()> {
     let bmap_text = pulled.read_small(client, bmap)?;
     let image = pulled.layer(DISK_IMAGE_ZSTD)?;
     let what = format!("blob {} of {uri}", image.digest);
-    let partial = dest.with_file_name(format!(
-        ".{}.{}.partial",
-        dest.file_name().and_then(|n| n.to_str()).unwrap_or("image"),
-        std::process::id()
-    ));
+    let partial = crate::fsutil::private_partial_path(dest);
     let _cleanup = RemoveOnDrop(partial.clone());
     let mut out =
         File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
@@ -357,9 +349,7 @@ pub fn pull_image(client: &Client, uri: &str, dest: &Path) -> Result<()> {
         &PathBuf::from(format!("{}.bmap", dest.display())),
         &bmap_text,
     )?;
-    std::fs::rename(&partial, dest)
-        .with_context(|| format!("moving {} to {}", partial.display(), dest.display()))?;
-    Ok(())
+    crate::fsutil::commit_partial(&partial, dest)
 }
 
 /// Fetches every file of the pushed build `uri` into `dir` under the
@@ -393,15 +383,14 @@ pub fn pull_build(client: &Client, uri: &str, dir: &Path) -> Result<String> {
         if path.is_file() {
             continue;
         }
-        let partial = dir.join(format!(".{name}{suffix}.{}.partial", std::process::id()));
+        let partial = crate::fsutil::private_partial_path(&path);
         let _cleanup = RemoveOnDrop(partial.clone());
         let mut out =
             File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
         std::io::copy(&mut pulled.stream(client, layer)?, &mut out)
             .with_context(|| format!("fetching blob {} of {uri}", layer.digest))?;
         out.sync_all()?;
-        std::fs::rename(&partial, &path)
-            .with_context(|| format!("moving {} to {}", partial.display(), path.display()))?;
+        crate::fsutil::commit_partial(&partial, &path)?;
     }
     Ok(name)
 }
