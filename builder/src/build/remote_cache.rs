@@ -203,6 +203,13 @@ impl RemoteCache {
             tag: Some(tag.clone()),
             ..to.clone()
         };
+        // An entry is immutable under its key: one there already is not
+        // hashed and offered again (a reused layer can be gigabytes).
+        match self.client.manifest(&target, &tag) {
+            Ok(_) => return Ok(()),
+            Err(RegistryError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let mut layers = Vec::new();
         for (path, media) in files {
             let (digest, size) = file_digest(path)?;
