@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::build::archive_epoch::{self, EpochSource};
 use crate::disk::{DiskLayout, TableKind};
 use crate::fsutil::sha256_bytes;
 use crate::oci::lock::{self, LockFile, LockedImage};
@@ -31,10 +32,12 @@ pub struct Plan {
     pub layout: DiskLayout,
     /// Cache key of the base rootfs: only what shapes mmdebstrap's output.
     pub rootfs_key: String,
-    /// SOURCE_DATE_EPOCH (or the pinned snapshot's time): the time every
-    /// file of the image carries; None stamps the build's own time. Part
-    /// of the rootfs key, so of every key chained from it.
+    /// The time every file of the image carries: SOURCE_DATE_EPOCH, the
+    /// pinned snapshot's time, or the archive's Release date (see
+    /// [`Plan::resolve_epoch`]); None stamps the build's own time. Part of
+    /// the rootfs key, so of every key chained from it.
     pub epoch: Option<i64>,
+    pub epoch_source: EpochSource,
     /// The lock file beside the profile, read when the profile has stacks.
     pub lock_path: PathBuf,
     pub lock: Option<LockFile>,
@@ -75,6 +78,15 @@ impl Plan {
         let overlay_files = list_overlay_files(&profile)?;
         let packages = profile.all_packages();
         let epoch = crate::build::reproducible::source_date_epoch(&profile)?;
+        let epoch_source = match (&epoch, &profile.debian.snapshot) {
+            (None, _) => EpochSource::Unresolved,
+            (Some(_), _) if std::env::var_os("SOURCE_DATE_EPOCH").is_some() => {
+                EpochSource::Environment
+            }
+            (Some(_), snapshot) => EpochSource::Snapshot {
+                snapshot: snapshot.clone().unwrap_or_default(),
+            },
+        };
         let rootfs_key = rootfs_key(&profile, &packages, epoch)?;
         let lock_path = lock::lock_path(profile.sources.last().expect("a profile has a source"));
         let lock = if profile.stacks.is_empty() {
@@ -105,10 +117,27 @@ impl Plan {
             layout,
             rootfs_key,
             epoch,
+            epoch_source,
             lock_path,
             lock,
             images,
         })
+    }
+
+    /// A plan with no epoch from the environment or a snapshot takes the
+    /// archive's (the suite's Release date; see
+    /// [`crate::build::archive_epoch`]) and re-keys its rootfs with it.
+    /// Goes to the network once; `check` and [`Plan::load`] never do.
+    pub fn resolve_epoch(&mut self, cache_dir: &Path, offline: bool, remember: bool) -> Result<()> {
+        if self.epoch_source != EpochSource::Unresolved {
+            return Ok(());
+        }
+        let (epoch, source) =
+            archive_epoch::resolve(&self.profile.debian, cache_dir, offline, remember);
+        self.rootfs_key = rootfs_key(&self.profile, &self.packages, epoch)?;
+        self.epoch = epoch;
+        self.epoch_source = source;
+        Ok(())
     }
 
     /// Human-readable summary for `nodeforge plan` (the steps follow it,
@@ -156,6 +185,12 @@ impl Plan {
         }
         line(format!("hostname   {}", p.hostname));
         line(format!("hash       {}", self.profile_hash));
+        line(format!(
+            "epoch      {} ({})",
+            self.epoch
+                .map_or_else(|| "none".to_owned(), |e| e.to_string()),
+            self.epoch_source
+        ));
         line(format!(
             "packages   ({}) {}",
             self.packages.len(),

@@ -7,13 +7,14 @@
 //! (qemu_tests::control), so the flows below pass or are dropped as the
 //! generated policy says.
 //!
-//! Real: PostgreSQL, Redis, Prometheus and postgres_exporter (Debian's
-//! packages, qemu_tests::debian_images), node_exporter (the image's own
+//! Real: PostgreSQL, Redis, Prometheus, postgres_exporter and the landing
+//! page's nginx (Debian's packages, qemu_tests::debian_images),
+//! node_exporter (the image's own
 //! package), the journal, Docker, compose, systemd-resolved, the agent.
 //! Stand-ins: Alloy and Loki (scripts that push the journal where the
 //! stack's Alloy config says and record what arrives); busybox httpd on
 //! the service's port for Traefik, Authelia, n8n, Uptime Kuma, Portainer,
-//! the landing page's nginx, Grafana, cAdvisor, MinIO, Meilisearch,
+//! Grafana, cAdvisor, MinIO, Meilisearch,
 //! PostgREST, the backup job, Jellyfin, Navidrome, CopyParty, Snapcast;
 //! and Tailscale's client and control server.
 //!
@@ -448,8 +449,9 @@ fn check_flows(nodes: &[(&str, &Running); 3]) {
     );
 }
 
-/// core's real Prometheus scrapes every booted node's node_exporter and
-/// data's postgres_exporter by their MagicDNS names: `up == 1`.
+/// core's real Prometheus loaded the role's prometheus.yml and scrapes
+/// every booted node's node_exporter and data's postgres_exporter by their
+/// MagicDNS names: `up == 1`.
 fn check_scrapes(port: u16) {
     let wanted = [
         "datacore.tail79107c.ts.net:9100",
@@ -482,6 +484,19 @@ fn check_scrapes(port: u16) {
             assert!(
                 all_up,
                 "not every fleet node is up in core's Prometheus: {ups:?}"
+            );
+            // The role's prometheus.yml loaded with no error.
+            let metrics = http_get(port, "/metrics");
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l == "prometheus_config_last_reload_successful 1"),
+                "core's Prometheus did not load its configuration: {}",
+                metrics
+                    .lines()
+                    .filter(|l| l.starts_with("prometheus_config_"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             return;
         }

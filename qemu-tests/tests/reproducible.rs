@@ -3,7 +3,8 @@
 //! twice from scratch (fresh caches, so mmdebstrap runs both times) gives
 //! the same image and the same companion files, byte for byte; a third
 //! build, from the first build's cached layers, gives the same image
-//! again. Its own test binary: it sets SOURCE_DATE_EPOCH for the process.
+//! again. No SOURCE_DATE_EPOCH and no snapshot: the epoch is the Debian
+//! archive's Release date (#21, reproducible by default).
 
 use nodeforge::build::{self, BuildOptions, Output, StepOutcome};
 use nodeforge::plan::Plan;
@@ -12,7 +13,10 @@ use qemu_tests::{require_root, web_stack, workspace_root};
 #[test]
 fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
     require_root();
-    std::env::set_var("SOURCE_DATE_EPOCH", "1763600000");
+    assert!(
+        std::env::var_os("SOURCE_DATE_EPOCH").is_none(),
+        "this test checks builds without SOURCE_DATE_EPOCH: unset it"
+    );
     // Its Tailscale repository is the tests' local one (build_profile
     // writes it for the other tests; this one builds through the library).
     qemu_tests::test_apt::ensure().unwrap_or_else(|e| panic!("{e:#}"));
@@ -38,6 +42,17 @@ fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
         containers.outcome
     );
     assert!(check.identical, "builds differ: {check:?}");
+    let manifest = opts
+        .output_dir
+        .join(format!("{}.manifest.json", plan.profile.name));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    eprintln!(
+        "reproducible: epoch {} from {}",
+        manifest["epoch"], manifest["epoch_source"]
+    );
+    assert_eq!(manifest["epoch_source"]["from"], "archive", "{manifest:#}");
+    assert!(manifest["epoch"].is_i64(), "{manifest:#}");
     assert!(check.differing_partitions.is_empty());
     // sha256, bmap and the four netboot files.
     assert_eq!(check.compared_files, 6, "{check:?}");

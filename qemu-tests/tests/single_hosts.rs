@@ -8,7 +8,7 @@
 //!
 //! Real (Debian's packages under the public names, see
 //! qemu_tests::debian_images): PostgreSQL with pgvector, Redis,
-//! Prometheus, nginx; and the image's own Docker, compose, journal, agent.
+//! Prometheus, nginx, MariaDB; and the image's own Docker, compose, journal, agent.
 //! Real on the ai node: Debian's NVIDIA driver, its module built by DKMS
 //! in the image. Stand-ins: NVIDIA's container toolkit (packages of the
 //! real names from a local signed repository, qemu_tests::test_apt),
@@ -16,7 +16,7 @@
 //! the Debian layer, so the first-boot unseal runs end to end); busybox
 //! httpd on the service's port, answering the role's health paths, for
 //! everything else (n8n, MinIO, Ollama, Whisper, Qdrant, Grafana, Traefik,
-//! Consul, LibreChat, MongoDB, Nextcloud, MariaDB, OnlyOffice, Netdata,
+//! Consul, LibreChat, MongoDB, Nextcloud, OnlyOffice, Netdata,
 //! Watchtower, Tempo, code-server, JupyterHub, draw.io, Excalidraw, Open
 //! WebUI) and
 //! Tailscale's client and control server.

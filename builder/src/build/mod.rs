@@ -1,6 +1,7 @@
 //! `nodeforge build`: one function that reads as the list of steps.
 
 mod agent;
+pub mod archive_epoch;
 pub mod containers;
 mod context;
 mod cross;
@@ -43,6 +44,8 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
     check_privileges()?;
     // Before minutes of bootstrap: images are built from locked digests only.
     containers::check_locked(plan)?;
+    let resolved = with_epoch(plan, opts)?;
+    let plan = &resolved;
     let mut ctx = BuildContext::new(plan, opts)?;
     if !opts.no_cache {
         if let Some(mut done) = uptodate::reusable_outputs(plan, &opts.output_dir, &ctx.image_key)?
@@ -94,10 +97,13 @@ pub fn verify_reproducible(
     plan: &Plan,
     opts: &BuildOptions,
 ) -> Result<(BuildResult, Reproducibility)> {
+    let resolved = with_epoch(plan, opts)?;
+    let plan = &resolved;
     if plan.epoch.is_none() {
         bail!(
-            "the build would be stamped with the current time: set SOURCE_DATE_EPOCH \
-             (e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)) or pin [debian] snapshot in the profile"
+            "the build would be stamped with the current time ({}): set SOURCE_DATE_EPOCH \
+             (e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)) or pin [debian] snapshot in the profile",
+            plan.epoch_source
         );
     }
     let scratch = tempfile::Builder::new()
@@ -151,6 +157,14 @@ pub fn verify_reproducible(
         compared_files: companions.len(),
     };
     Ok((first, report))
+}
+
+/// `plan` with its epoch resolved (the archive's date when nothing else
+/// gives one), remembered in the build's cache.
+fn with_epoch(plan: &Plan, opts: &BuildOptions) -> Result<Plan> {
+    let mut plan = plan.clone();
+    plan.resolve_epoch(&opts.cache_dir, opts.offline, true)?;
+    Ok(plan)
 }
 
 fn hash_range(path: &Path, offset: u64, size: u64) -> Result<String> {

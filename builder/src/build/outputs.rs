@@ -26,6 +26,9 @@ pub struct Manifest<'a> {
     pub image_key: &'a str,
     pub arch: &'static str,
     pub suite: &'a str,
+    /// The time the image's files carry, and where it came from.
+    pub epoch: Option<i64>,
+    pub epoch_source: &'a crate::build::archive_epoch::EpochSource,
     pub image: String,
     pub image_size: u64,
     pub sha256: &'a str,
@@ -76,6 +79,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         image_key: &ctx.image_key,
         arch: plan.profile.hardware.arch.debian(),
         suite: &plan.profile.debian.suite,
+        epoch: plan.epoch,
+        epoch_source: &plan.epoch_source,
         image: name.clone(),
         image_size: plan.layout.size,
         sha256: &sha256,

@@ -81,8 +81,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         p.hardware.arch.debian(),
         p.debian.components.join(","),
         plan.packages.len(),
-        plan.epoch
-            .map_or_else(|| "none (build time)".to_owned(), |e| e.to_string())
+        match plan.epoch {
+            Some(e) => format!("{e} ({})", short_source(&plan.epoch_source)),
+            None => "none (build time)".to_owned(),
+        }
     );
     ctx.cache.touch_rootfs(&plan.rootfs_key, &summary)?;
     if let Some(remote) = &ctx.remote {
@@ -246,4 +248,15 @@ fn mmdebstrap(ctx: &BuildContext, out: &std::path::Path) -> Result<()> {
             )
         })?;
     Ok(())
+}
+
+/// Where the epoch came from, in a word or two for `cache ls`.
+fn short_source(source: &crate::build::archive_epoch::EpochSource) -> String {
+    use crate::build::archive_epoch::EpochSource as S;
+    match source {
+        S::Environment => "SOURCE_DATE_EPOCH".into(),
+        S::Snapshot { snapshot } => format!("snapshot {snapshot}"),
+        S::Archive { date, .. } => format!("archive Date: {date}"),
+        S::Unresolved | S::BuildTime { .. } => "build time".into(),
+    }
 }

@@ -39,6 +39,13 @@ pub enum Command {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// The cache whose remembered archive date an unreachable archive
+        /// falls back to (as `build --cache-dir`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Do not ask the archive for its date; use the cache's.
+        #[arg(long)]
+        offline: bool,
     },
     /// Build a profile's disk image.
     Build(BuildArgs),

@@ -20,8 +20,15 @@ use crate::plan::Plan;
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { profiles } => check(&profiles),
-        Command::Plan { profile, json } => {
-            let plan = Plan::load(&profile)?;
+        Command::Plan {
+            profile,
+            json,
+            cache_dir,
+            offline,
+        } => {
+            let mut plan = Plan::load(&profile)?;
+            let cache_dir = cache_dir.unwrap_or_else(build::default_cache_dir);
+            plan.resolve_epoch(&cache_dir, offline, false)?;
             let report = build::steps::PlanReport::new(&plan);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -69,6 +69,21 @@ pub fn offline_build(p: &Project, profile: &str, extra: &[&str]) -> Run {
     p.ok(&build_args(profile, extra))
 }
 
+/// The `Date:` of the fake archive's Release file ([`write_mirror`]),
+/// and that time in seconds (`date -u -d "$MIRROR_DATE" +%s`).
+pub const MIRROR_DATE: &str = "Sat, 21 Nov 2026 09:15:44 UTC";
+pub const MIRROR_EPOCH: i64 = 1_795_252_544;
+
+/// A local archive with only trixie's InRelease, which the fake builds'
+/// plans read their epoch from (nothing else reads the mirror: the
+/// rootfs comes from the cache), so they need no network.
+pub fn write_mirror(p: &Project) {
+    p.write(
+        "mirror/dists/trixie/InRelease",
+        &format!("Origin: Debian\nSuite: stable\nCodename: trixie\nDate: {MIRROR_DATE}\n"),
+    );
+}
+
 /// The fake agent file every offline build bakes.
 pub fn write_agent(p: &Project) {
     p.write("agent", "#!/bin/sh\necho fake agent\n");
@@ -79,9 +94,10 @@ pub fn write_agent(p: &Project) {
 /// builds.
 pub fn x_project() -> Project {
     let p = Project::new();
+    write_mirror(&p);
     p.write(
         "profiles/x.toml",
-        &format!("name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\noverlays = [\"base\"]\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n"),
+        &format!("name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\noverlays = [\"base\"]\n[[users]]\nname = \"admin\"\nsudo = true\nauthorized_keys = [\"{KEY}\"]\n[debian]\nmirror = \"file://{}\"\n[disk]\nsize = \"800MiB\"\nesp_size = \"64MiB\"\n", p.path("mirror").display()),
     );
     write_agent(&p);
     install_fake_rootfs(&p, "profiles/x.toml");
