@@ -17,6 +17,7 @@ use nodeforge_firstboot::stacks::{
 use super::context::BuildContext;
 use super::overlay::tera_error_chain;
 use super::progress::StepOutcome;
+use super::remote_cache::RemoteCache;
 use crate::fsutil;
 use crate::oci::cache::BlobCache;
 use crate::oci::docker_store::{self, StoreImage, DOCKER_ROOT};
@@ -92,10 +93,18 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let mut fetched = Vec::new();
     let mut facts = Vec::new();
     let mut blob_total = 0;
+    let mut from_remote = 0;
     for (r, l) in refs.iter().zip(locked) {
         let parsed = Reference::parse(r)?;
-        let manifest = ensure_blobs(&cache, client.as_ref(), &parsed, &l.digest)
-            .with_context(|| format!("fetching image {r} ({})", l.digest))?;
+        let manifest = ensure_blobs(
+            &cache,
+            client.as_ref(),
+            ctx.remote.as_ref(),
+            &parsed,
+            &l.digest,
+            &mut from_remote,
+        )
+        .with_context(|| format!("fetching image {r} ({})", l.digest))?;
         let tag = parsed.load_tag(&l.digest);
         let blob_bytes: u64 = std::iter::once(&manifest.config)
             .chain(&manifest.layers)
@@ -124,6 +133,7 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
         serde_json::json!({
             "images": facts, "blob_bytes": blob_total, "layers": report.layers,
             "unpacked_bytes": report.unpacked_bytes, "offline": ctx.opts.offline,
+            "blobs_from_remote_cache": from_remote,
         }),
     );
     Ok(StepOutcome::Done)
@@ -181,13 +191,17 @@ pub fn check_locked(plan: &crate::plan::Plan) -> Result<()> {
 }
 
 /// The image manifest of `digest`, with it, its config and its layers in
-/// the cache: from there if present, else from the registry (unless
-/// offline, which names the missing blob instead).
+/// the cache: from there if present, else from the remote build cache
+/// (`--cache-from`, counted in `from_remote`), else from the image's
+/// registry (unless offline, which names the missing blob instead). Each
+/// is offered to `--cache-to`.
 fn ensure_blobs(
     cache: &BlobCache,
     client: Option<&Client>,
+    remote: Option<&RemoteCache>,
     image: &Reference,
     digest: &Digest,
+    from_remote: &mut usize,
 ) -> Result<ImageManifest> {
     let need_client = |what: &str, d: &Digest| {
         client.ok_or_else(|| {
@@ -198,6 +212,11 @@ fn ensure_blobs(
             )
         })
     };
+    let mut from_cache_registry = |d: &Digest, size: Option<u64>| {
+        let found = cache.get(d).is_none() && remote.is_some_and(|r| r.fetch_blob(cache, d, size));
+        *from_remote += usize::from(found);
+    };
+    from_cache_registry(digest, None);
     let body = match cache.get(digest) {
         Some(_) => cache.read(digest)?,
         None => {
@@ -214,9 +233,19 @@ fn ensure_blobs(
         ),
     };
     for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
+        from_cache_registry(&d.digest, Some(d.size));
         if cache.get(&d.digest).is_none() {
             let c = need_client("blob", &d.digest)?;
             cache.fetch(c, image, &d.digest, Some(d.size))?;
+        }
+    }
+    if let Some(remote) = remote {
+        for d in std::iter::once(digest).chain(
+            std::iter::once(&manifest.config)
+                .chain(&manifest.layers)
+                .map(|l| &l.digest),
+        ) {
+            remote.store_blob(d, &cache.path(d));
         }
     }
     Ok(manifest)

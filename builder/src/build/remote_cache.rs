@@ -10,9 +10,15 @@
 //! cache. A cache that is missing, unreachable or refuses access is a
 //! warning, and the build goes on locally; a malformed reference is an
 //! error (bad input).
+//!
+//! Container images' blobs (manifests, configs, layers) are content
+//! addressed already: they go into the same repository as plain blobs,
+//! fetched by digest (checked, resumable, as from any registry) before
+//! the image's own registry is asked, and each is kept from the
+//! registry's garbage collection by an artifact tagged `blob-<hex>`.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -20,13 +26,16 @@ use serde_json::json;
 
 use crate::fsutil;
 use crate::oci::artifact::{file_digest, parse_uri, put_artifact, Pulled};
+use crate::oci::cache::BlobCache;
 use crate::oci::client::{Client, RegistryError};
 use crate::oci::manifest::Manifest;
-use crate::oci::Reference;
+use crate::oci::{Digest, Reference};
 
 pub const CACHE_ARTIFACT: &str = "application/vnd.nodeforge.cache.v1";
 pub const TARBALL: &str = "application/vnd.nodeforge.cache.tar+zstd";
 pub const META: &str = "application/vnd.nodeforge.cache.meta+json";
+/// A container image's blob, kept as it is.
+pub const BLOB: &str = "application/vnd.nodeforge.cache.blob";
 
 /// `--cache-from` / `--cache-to` and the credentials file, as given.
 #[derive(Debug, Clone, Default)]
@@ -225,6 +234,79 @@ impl RemoteCache {
             json!({}),
         )?;
         Ok(())
+    }
+
+    /// Fetches blob `d` of a container image into `blobs` from
+    /// `--cache-from`; false when it is not there (or the cache failed,
+    /// which warns once). The digest is checked before the blob counts.
+    pub fn fetch_blob(&self, blobs: &BlobCache, d: &Digest, size: Option<u64>) -> bool {
+        let Some(from) = &self.from else {
+            return false;
+        };
+        if self.from_off.load(Ordering::Relaxed) {
+            return false;
+        }
+        match blobs.fetch(&self.client, from, d, size) {
+            Ok(_) => true,
+            Err(e) => {
+                if matches!(
+                    e.downcast_ref::<RegistryError>(),
+                    Some(RegistryError::NotFound { .. })
+                ) {
+                    return false;
+                }
+                warn(&format!(
+                    "the remote cache {} gave no blob {d}: {e:#}; fetching it from its image's \
+                     registry, and the rest of this build without the cache",
+                    self.from_text
+                ));
+                self.from_off.store(true, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Pushes blob `d` (the file `path`) to `--cache-to` unless it is
+    /// there already (one request).
+    pub fn store_blob(&self, d: &Digest, path: &Path) {
+        let Some(to) = &self.to else {
+            return;
+        };
+        if self.to_off.load(Ordering::Relaxed) {
+            return;
+        }
+        let stored = (|| -> Result<()> {
+            if self.client.has_blob(to, d)? {
+                return Ok(());
+            }
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .len();
+            self.client.upload_blob(to, d, path, size)?;
+            let tag = Self::tag("blob", d.hex());
+            let layer = json!({"mediaType": BLOB, "digest": d.as_str(), "size": size});
+            let target = Reference {
+                tag: Some(tag.clone()),
+                ..to.clone()
+            };
+            put_artifact(
+                &self.client,
+                &target,
+                Some(&tag),
+                CACHE_ARTIFACT,
+                vec![layer],
+                json!({}),
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = stored {
+            warn(&format!(
+                "the remote cache {} did not take blob {d}: {e:#}; the rest of this build \
+                 pushes nothing",
+                self.to_text
+            ));
+            self.to_off.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Where entries come from, for step reports.

@@ -18,7 +18,7 @@ const DOCKER: &str = "packages = [\"docker.io\", \"docker-cli\", \"docker-compos
 const COMPOSE: &str = "services:\n  web:\n    image: {{ images[\"IMAGE\"] }}\n    pull_policy: never\n    restart: unless-stopped\n    environment:\n      GREETING: ${GREETING}\n# {{ stack }} on {{ hostname }}\n";
 
 /// A project whose profile `profiles/s.toml` has one stack running `image`.
-fn project(image: &str) -> Project {
+pub fn project(image: &str) -> Project {
     let p = Project::new();
     p.write(
         "profiles/s.toml",

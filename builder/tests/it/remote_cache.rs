@@ -3,11 +3,16 @@
 //! pushes; machine B, with an empty cache and a bootstrap that would fail,
 //! takes the rootfs and every layer from the registry (its steps say
 //! `reused`, from the remote cache) and makes the same image. A cache that
-//! does not answer is a warning and a local build.
+//! does not answer is a warning and a local build. Container images'
+//! blobs come from it when their own registry is gone.
 
-use nodeforge::oci::fixture::TestRegistry;
+use std::path::Path;
 
-use crate::support::fake::{build_args, fake_tool, write_agent, x_project, TEST_EPOCH};
+use nodeforge::oci::fixture::{busybox_httpd_image, TestRegistry};
+
+use crate::support::fake::{
+    build_args, fake_tool, install_fake_rootfs, write_agent, x_project, TEST_EPOCH,
+};
 use crate::support::require::require_tool;
 use crate::support::{require_root, Project, Run};
 
@@ -109,4 +114,70 @@ fn a_cache_reference_must_name_a_repository() {
         "oci://127.0.0.1:5000/cache:latest",
     ])
     .stderr_has(&["--cache-from oci://127.0.0.1:5000/cache:latest: name a repository"]);
+}
+
+/// Container images' blobs travel through the registry cache too: machine
+/// B (another hostname, so its `containers` layer is not A's; an empty
+/// cache) bakes the locked image with the image's own registry gone.
+#[test]
+fn container_blobs_come_from_the_registry_cache_when_their_registry_is_gone() {
+    require_root();
+    let source = crate::cli_stacks::registry();
+    let cache_registry = crate::cli_stacks::registry();
+    let cache = format!("oci://{}/nodeforge-cache", cache_registry.addr);
+    let image = format!("{}/team/web:1", source.addr);
+    let built = busybox_httpd_image("amd64", Path::new("/bin/busybox"), "cached", 8080).unwrap();
+    let locked = source.push_image("team/web", Some("1"), &built).unwrap();
+    // The manifest, the config and each layer.
+    let blobs = 2 + built.layers.len();
+
+    let a = crate::cli_stacks::project(&image);
+    install_fake_rootfs(&a, "profiles/s.toml");
+    a.ok(&["lock", "profiles/s.toml"]);
+    let facts = |p: &Project| -> serde_json::Value {
+        let m: serde_json::Value = serde_json::from_str(&p.read("out/s.manifest.json")).unwrap();
+        m["facts"]["containers"].clone()
+    };
+    let run_a = build_s(&a, &["--cache-to", &cache]);
+    run_a.steps().assert(&["containers"], "done");
+    assert_eq!(facts(&a)["blobs_from_remote_cache"], 0);
+
+    let b = Project::new();
+    for f in ["profiles/s.lock.toml", "stacks/web/compose.yaml.tera"] {
+        b.write(f, &a.read(f));
+    }
+    b.write(
+        "profiles/s.toml",
+        &a.read("profiles/s.toml")
+            .replace("name = \"s\"\n", "name = \"s\"\nhostname = \"b\"\n"),
+    );
+    write_agent(&b);
+    install_fake_rootfs(&b, "profiles/s.toml");
+    drop(source);
+    let run_b = build_s(&b, &["--cache-from", &cache]);
+    run_b.steps().assert(&["containers"], "done");
+    assert!(!run_b.stderr().contains("warning"), "{}", run_b.stderr());
+    let b_facts = facts(&b);
+    assert_eq!(b_facts["blobs_from_remote_cache"], blobs, "{b_facts:#}");
+    assert_eq!(b_facts["images"][0]["digest"], locked.to_string());
+}
+
+/// `profiles/s.toml` built with the cache `cache` and `extra` arguments.
+fn build_s(p: &Project, extra: &[&str]) -> Run {
+    let args = [
+        &[
+            "build",
+            "profiles/s.toml",
+            "--output",
+            "out",
+            "--agent",
+            "agent",
+            "--cache-dir",
+            "cache",
+            "--json",
+        ][..],
+        extra,
+    ]
+    .concat();
+    p.cmd(&args).env("SOURCE_DATE_EPOCH", TEST_EPOCH).ok()
 }
