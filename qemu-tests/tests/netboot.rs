@@ -2,16 +2,21 @@
 //! `nodeforge serve` on the host (10.0.2.2 in QEMU's user network); each
 //! machine is recognised by its MAC address and comes up with its own
 //! hostname from the fleet file, its seed fetched once over HTTP. An
-//! install-mode machine writes the role's image to its empty disk (not to
-//! the one holding data) and then boots from that disk.
+//! install-mode machine writes the role's image, pushed to a registry
+//! (Debian's docker-registry on the host) and named by the fleet's
+//! `install_from`, straight from that registry to its empty disk (not to
+//! the one holding data), and then boots from that disk. (The install
+//! from `serve` itself, by ranges, is checked against a real `serve` in
+//! builder/tests/it/serve.rs.)
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nodeforge::boot::{NetbootVmOptions, Vm, VmOptions};
+use nodeforge::oci::fixture::TestRegistry;
 use nodeforge::serve::{self, Log, Running, ServeOptions};
 use nodeforge_firstboot::READY_MARKER;
 use qemu_tests::{build_profile, console_log, output_dir, report_value, vm_slot};
@@ -36,7 +41,8 @@ impl Server {
     }
 }
 
-fn serve_fleet(dir: &Path, name: &str) -> Server {
+/// `gamma_install` is added to the install-mode node gamma's values.
+fn serve_fleet(dir: &Path, name: &str, gamma_install: &str) -> Server {
     std::fs::write(dir.join("alpha.key"), format!("{KEY}\n")).unwrap();
     let fleet = dir.join("fleet.toml");
     std::fs::write(
@@ -46,7 +52,7 @@ fn serve_fleet(dir: &Path, name: &str) -> Server {
              [nodes.alpha]\nmac = \"{MAC_ALPHA}\"\nhostname = \"alpha-1\"\nartifacts = \"{name}\"\nauthkey_file = \"alpha.key\"\n\
              [nodes.beta]\nmac = \"{MAC_BETA}\"\nhostname = \"beta-2\"\nartifacts = \"{name}\"\nauthkey_file = \"alpha.key\"\n\
              [nodes.gamma]\nmac = \"{MAC_GAMMA}\"\nhostname = \"gamma-3\"\nartifacts = \"{name}\"\nauthkey_file = \"alpha.key\"\n\
-             mode = \"install\"\ninstall_disk = \"smallest-empty\"\n"
+             mode = \"install\"\ninstall_disk = \"smallest-empty\"\n{gamma_install}"
         ),
     )
     .unwrap();
@@ -143,7 +149,7 @@ fn assert_complete(console: &str, hostname: &str, mac: &str) {
 fn diskless_guests_boot_their_role_by_mac_with_their_own_hostnames() {
     let name = built_name();
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_fleet(dir.path(), &name);
+    let server = serve_fleet(dir.path(), &name, "");
     let _slot = vm_slot();
 
     let (console, secs) = netboot(&server, MAC_ALPHA, "netboot-alpha");
@@ -193,7 +199,35 @@ fn make_disk(path: &Path, size: u64, ext4: bool) {
 fn install_mode_guest_writes_its_empty_disk_and_boots_from_it() {
     let name = built_name();
     let dir = tempfile::tempdir().unwrap();
-    let server = serve_fleet(dir.path(), &name);
+    // The build pushed as `nodeforge push` does; the guest reaches the
+    // host's registry at 10.0.2.2 (its mirror), the fleet names it as the
+    // host does.
+    let registry = TestRegistry::start().unwrap_or_else(|e| panic!("docker-registry: {e:#}"));
+    let target =
+        nodeforge::oci::artifact::parse_uri(&format!("oci://{}/fleet/netboot:1", registry.addr))
+            .unwrap();
+    let pushed = Instant::now();
+    let digest = nodeforge::oci::artifact::push(
+        &nodeforge::oci::Client::new().unwrap(),
+        &output_dir(&name),
+        Some(&name),
+        &target,
+        dir.path(),
+    )
+    .unwrap_or_else(|e| panic!("pushing {name}: {e:#}"));
+    eprintln!(
+        "netboot install: pushed in {:.1} s",
+        pushed.elapsed().as_secs_f64()
+    );
+    let port = registry.addr.rsplit_once(':').unwrap().1;
+    let server = serve_fleet(
+        dir.path(),
+        &name,
+        &format!(
+            "install_from = \"oci://{}/fleet/netboot@{digest}\"\ninstall_mirror = \"http://10.0.2.2:{port}\"\n",
+            registry.addr
+        ),
+    );
     // The image is 2 GiB: the smaller disk holds data, the larger is empty.
     let data_disk = dir.path().join("data.img");
     let empty_disk = dir.path().join("empty.img");
@@ -249,16 +283,23 @@ fn install_mode_guest_writes_its_empty_disk_and_boots_from_it() {
     let dashed = MAC_GAMMA.replace(':', "-");
     for want in [
         format!("\"GET /nodes/{dashed}/install.toml\" 200"),
-        format!("\"GET /nodes/{dashed}/{name}.img\" 206"),
         format!("\"GET /nodes/{dashed}/seed.toml\" 200"),
         format!("\"POST /nodes/{dashed}/installed\" 200"),
     ] {
         assert!(log.contains(&want), "no `{want}` in the server log:\n{log}");
     }
     assert!(
-        !log.contains(&format!("\"GET /nodes/{dashed}/{name}.img\" 200")),
-        "the image was fetched whole instead of by its mapped ranges"
+        !log.contains(&format!("/nodes/{dashed}/{name}.img")),
+        "the image came from serve, not from the registry:\n{log}"
     );
+    assert!(
+        console.contains(&format!(
+            "nodeforge netinstall: writing oci://{}/fleet/netboot@{digest}",
+            registry.addr
+        )),
+        "the installer did not write the pushed build: {console}"
+    );
+    drop(registry);
     let (_, script) = http_get(&server, &format!("/nodes/{dashed}/boot.ipxe"));
     assert!(
         script.contains("is installed") && script.contains("\nexit\n"),

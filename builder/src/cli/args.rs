@@ -274,6 +274,10 @@ pub struct FlashArgs {
     /// Progress and the result as JSON lines on stdout instead of bars.
     #[arg(long)]
     pub json: bool,
+    /// For an oci:// image, reach its registry through another URL:
+    /// `--mirror registry.lan:5000=http://10.0.0.5:5000` (repeatable).
+    #[arg(long = "mirror", value_name = "REGISTRY=URL", value_parser = crate::oci::Mirror::parse)]
+    pub mirrors: Vec<crate::oci::Mirror>,
     /// The node's seed, stamped into the boot partition after the write.
     #[command(flatten)]
     pub seed: SeedArgs,
@@ -290,6 +294,7 @@ impl FlashArgs {
             no_verify: self.no_verify,
             quiet: self.quiet,
             json: self.json,
+            mirrors: self.mirrors.clone(),
         }
     }
 }

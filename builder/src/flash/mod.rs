@@ -8,7 +8,7 @@
 pub mod buf;
 pub mod device;
 pub mod json;
-mod remote;
+pub mod remote;
 pub mod source;
 pub mod verify;
 pub mod write;
@@ -45,6 +45,9 @@ pub struct FlashOptions {
     pub quiet: bool,
     /// Progress and the result as JSON lines on stdout (no bars).
     pub json: bool,
+    /// For an `oci://` image: the registries reached through another URL
+    /// (a plain-HTTP address on the LAN, a closer mirror).
+    pub mirrors: Vec<crate::oci::Mirror>,
 }
 
 /// A per-node change made to the target after the image is written and
@@ -101,7 +104,7 @@ pub fn run(args: &FlashOptions, stamp: Option<&dyn Stamp>) -> Result<()> {
 pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
     let out = env.output;
     let (bmap, bmap_from, mut src) = match args.image.to_str().filter(|s| s.starts_with("oci://")) {
-        Some(uri) => remote::open(uri)?,
+        Some(uri) => remote::open(uri, &args.mirrors)?,
         None => {
             let (bmap, from) = load_bmap(args, out)?;
             (bmap, from, ImageSource::open(&args.image)?)

@@ -10,11 +10,26 @@ use super::source::ImageSource;
 use crate::bmap::Bmap;
 use crate::oci::artifact::{Pulled, BMAP, DISK_IMAGE_ZSTD};
 use crate::oci::client::Client;
+use crate::oci::mirror::{Mirror, Mirrors};
 
 /// The block map, where it came from, and the image as a stream.
-pub fn open(uri: &str) -> Result<(Bmap, String, ImageSource)> {
+pub fn open(uri: &str, mirrors: &[Mirror]) -> Result<(Bmap, String, ImageSource)> {
+    let (client, pulled, bmap) = open_bmap(uri, mirrors)?;
+    let bmap_layer = pulled.layer(BMAP)?;
+    let image = pulled.layer(DISK_IMAGE_ZSTD)?;
+    let name = format!("blob {} of {uri}", image.digest);
+    let stream = pulled.stream(&client, image)?;
+    let src = ImageSource::zstd_stream(&name, Box::new(stream))?;
+    Ok((bmap, format!("blob {} of {uri}", bmap_layer.digest), src))
+}
+
+/// The pushed build's artifact and its block map (read whole, checked by
+/// digest): what a caller needs to pick a disk before any image byte.
+pub fn open_bmap(uri: &str, mirrors: &[Mirror]) -> Result<(Client, Pulled, Bmap)> {
     // Credentials as `docker login` keeps them, when the registry asks.
-    let client = Client::new()?.with_credentials(crate::oci::auth::Credentials::load(None)?);
+    let client = Client::new()?
+        .with_credentials(crate::oci::auth::Credentials::load(None)?)
+        .with_mirrors(Mirrors::new(mirrors.iter().cloned()));
     let pulled = Pulled::fetch(&client, uri)?;
     let bmap_layer = pulled.layer(BMAP)?;
     let text = pulled.read_small(&client, bmap_layer)?;
@@ -26,9 +41,5 @@ pub fn open(uri: &str) -> Result<(Bmap, String, ImageSource)> {
     })?;
     let bmap = Bmap::parse(&text)
         .with_context(|| format!("reading the block map {} of {uri}", bmap_layer.digest))?;
-    let image = pulled.layer(DISK_IMAGE_ZSTD)?;
-    let name = format!("blob {} of {uri}", image.digest);
-    let stream = pulled.stream(&client, image)?;
-    let src = ImageSource::zstd_stream(&name, Box::new(stream))?;
-    Ok((bmap, format!("blob {} of {uri}", bmap_layer.digest), src))
+    Ok((client, pulled, bmap))
 }

@@ -5,6 +5,12 @@
 //! RAM staging file, then writes them to the disk the fleet's rule picks
 //! exactly as `nodeforge flash` does (checked, partition tables last, read
 //! back), stamps the node's seed, and tells the server it is done.
+//!
+//! An order naming a pushed build (the fleet's `install_from`) is written
+//! straight from the registry instead, as `flash oci://…` does: the block
+//! map first, then the image streamed to the disk with every range and
+//! blob checked; nothing is staged, so the machine's RAM need not hold
+//! the image's data.
 
 pub mod disk;
 
@@ -20,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bmap::Bmap;
 use crate::flash::{self, device::ImageFacts, FlashOptions};
+use crate::oci::Mirror;
 use crate::seed::SeedStamp;
 use disk::DiskRule;
 use nodeforge_firstboot::seed::Seed;
@@ -43,6 +50,13 @@ pub struct InstallOrder {
     /// `install_disk` (see [`DiskRule`]).
     pub disk: String,
     pub force: bool,
+    /// A pushed build (`oci://…@sha256:…`) to write from the registry
+    /// instead of `image` and `bmap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// `registry=url`: where the machine reaches `artifact`'s registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 /// Fetches are retried over a flaky network; each may take this long.
@@ -63,8 +77,22 @@ pub fn run(order_url: &str, staging_dir: &Path) -> Result<()> {
     let order: InstallOrder = toml::from_str(&get(order_url)?.text()?)
         .with_context(|| format!("reading the install order from {order_url}"))?;
     let rule = DiskRule::parse(&order.disk)?;
-    let bmap_text = get(&order.bmap)?.text()?;
-    let bmap = Bmap::parse(&bmap_text).with_context(|| format!("reading {}", order.bmap))?;
+    let mirrors: Vec<Mirror> = order
+        .mirror
+        .as_deref()
+        .map(Mirror::parse)
+        .transpose()
+        .with_context(|| format!("the install order from {order_url}"))?
+        .into_iter()
+        .collect();
+    let (bmap, bmap_text) = match &order.artifact {
+        Some(uri) => (crate::flash::remote::open_bmap(uri, &mirrors)?.2, None),
+        None => {
+            let text = get(&order.bmap)?.text()?;
+            let bmap = Bmap::parse(&text).with_context(|| format!("reading {}", order.bmap))?;
+            (bmap, Some(text))
+        }
+    };
     let facts = ImageFacts {
         size: bmap.image_size,
         mapped_bytes: bmap.mapped_bytes(),
@@ -74,37 +102,46 @@ pub fn run(order_url: &str, staging_dir: &Path) -> Result<()> {
     println!("nodeforge netinstall: disks:\n{}", disk::describe(&disks));
     let target = disk::choose(&rule, &disks, order.force)
         .with_context(|| format!("choosing the disk for node {}", order.node))?;
+    let source = order.artifact.as_deref().unwrap_or(&order.image);
     println!(
-        "nodeforge netinstall: writing {} ({} MiB of data) to {}",
-        order.image,
+        "nodeforge netinstall: writing {source} ({} MiB of data) to {}",
         bmap.mapped_bytes() >> 20,
         target.display()
     );
 
+    // From serve: the mapped ranges staged in RAM first. From a registry:
+    // streamed by `flash` itself.
     let staging = tempfile::Builder::new()
         .prefix("netinstall-")
         .tempdir_in(staging_dir)
         .with_context(|| format!("making a staging directory in {}", staging_dir.display()))?;
-    let image = staging.path().join("image.img");
-    let bmap_path = staging.path().join("image.img.bmap");
-    std::fs::write(&bmap_path, &bmap_text)
-        .with_context(|| format!("writing {}", bmap_path.display()))?;
-    fetch_mapped(&http, &order.image, &bmap, &image)?;
+    let (image, bmap_path) = match bmap_text {
+        None => (std::path::PathBuf::from(source), None),
+        Some(text) => {
+            let image = staging.path().join("image.img");
+            let bmap_path = staging.path().join("image.img.bmap");
+            std::fs::write(&bmap_path, &text)
+                .with_context(|| format!("writing {}", bmap_path.display()))?;
+            fetch_mapped(&http, &order.image, &bmap, &image)?;
+            (image, Some(bmap_path))
+        }
+    };
 
     let seed_text = get(&order.seed)?.text()?;
     let seed = Seed::from_toml(&seed_text)
         .map_err(|e| anyhow::anyhow!("the seed from {}: {e}", order.seed))?;
     let stamp = SeedStamp(seed);
     let args = FlashOptions {
-        image: image.clone(),
+        image,
         device: target.clone(),
-        bmap: Some(bmap_path),
+        bmap: bmap_path,
         yes: true,
         // The fleet rule chose this disk: internal disks are the point.
         force: true,
         no_verify: false,
         quiet: true,
         json: false,
+        mirrors,
     };
     let mut input = std::io::empty();
     let mut output = std::io::stdout();
@@ -211,9 +248,27 @@ mod tests {
             done: "http://h/nodes/m/installed".into(),
             disk: "smallest-empty".into(),
             force: false,
+            artifact: None,
+            mirror: None,
         };
         let text = toml::to_string(&o).unwrap();
+        // An order without a registry says nothing of one (older
+        // installers read it as before).
+        assert!(
+            !text.contains("artifact") && !text.contains("mirror"),
+            "{text}"
+        );
         assert_eq!(toml::from_str::<InstallOrder>(&text).unwrap(), o);
         assert!(toml::from_str::<InstallOrder>(&format!("{text}extra = 1\n")).is_err());
+        let from_registry = InstallOrder {
+            artifact: Some("oci://r.lan:5000/fleet/x@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into()),
+            mirror: Some("r.lan:5000=http://10.0.0.5:5000".into()),
+            ..o
+        };
+        let text = toml::to_string(&from_registry).unwrap();
+        assert_eq!(
+            toml::from_str::<InstallOrder>(&text).unwrap(),
+            from_registry
+        );
     }
 }

@@ -50,6 +50,14 @@ pub struct NodeValues {
     pub install_disk: Option<String>,
     /// Install mode: overwrite a disk that holds data.
     pub force: Option<bool>,
+    /// Install mode: the machine writes this pushed build
+    /// (`oci://HOST/REPOSITORY@sha256:…`, see `nodeforge push`) straight
+    /// from the registry, streamed to its disk, instead of fetching the
+    /// image from `serve`.
+    pub install_from: Option<String>,
+    /// The URL the machine reaches `install_from`'s registry at, when not
+    /// the reference's own (a plain-HTTP address on the LAN, a mirror).
+    pub install_mirror: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -67,6 +67,11 @@ pub struct InstallPlan {
     /// The fleet's `install_disk`, checked.
     pub disk: String,
     pub force: bool,
+    /// `install_from`: a pushed build pinned by digest, which the machine
+    /// streams from the registry itself.
+    pub from: Option<String>,
+    /// `install_mirror`, as `registry=url` for that reference's registry.
+    pub mirror: Option<crate::oci::Mirror>,
 }
 
 /// The fleet's machines by MAC address.
@@ -179,18 +184,61 @@ fn node(fleet: &Fleet, name: &str) -> Result<Node> {
                 .clone()
                 .unwrap_or_else(|| "smallest-empty".into());
             DiskRule::parse(&disk).with_context(|| format!("fleet node `{name}`"))?;
+            let (from, mirror) = install_source(fleet, name, values)?;
             Some(InstallPlan {
                 disk,
                 force: values.force.unwrap_or(false),
+                from,
+                mirror,
             })
         }
     };
+    if install.is_none() && (values.install_from.is_some() || values.install_mirror.is_some()) {
+        bail!(
+            "fleet node `{name}` sets install_from or install_mirror but is not `mode = \"install\"`"
+        );
+    }
     Ok(Node {
         name: name.to_owned(),
         artifacts,
         seed,
         install,
     })
+}
+
+/// A node's `install_from` (checked: an `oci://` reference pinned by
+/// digest) and `install_mirror` (its own, else the defaults').
+fn install_source(
+    fleet: &Fleet,
+    name: &str,
+    values: &crate::seed::fleet::NodeValues,
+) -> Result<(Option<String>, Option<crate::oci::Mirror>)> {
+    let mirror_url = values
+        .install_mirror
+        .as_ref()
+        .or(fleet.defaults.install_mirror.as_ref());
+    let Some(from) = &values.install_from else {
+        if values.install_mirror.is_some() {
+            bail!("fleet node `{name}` sets install_mirror without install_from");
+        }
+        return Ok((None, None));
+    };
+    let pinned = crate::oci::artifact::parse_uri(from)
+        .ok()
+        .filter(|r| from.starts_with("oci://") && r.digest.is_some());
+    let Some(reference) = pinned else {
+        bail!(
+            "fleet node `{name}`: install_from `{from}` must be a pushed build pinned by digest, \
+             oci://HOST/REPOSITORY@sha256:… (`nodeforge push` prints it)"
+        );
+    };
+    let mirror = mirror_url
+        .map(|url| {
+            crate::oci::Mirror::parse(&format!("{}={url}", reference.registry))
+                .with_context(|| format!("fleet node `{name}`: install_mirror"))
+        })
+        .transpose()?;
+    Ok((Some(from.clone()), mirror))
 }
 
 #[cfg(test)]
@@ -271,10 +319,49 @@ mod tests {
                 "fleet node `a`: install_disk `sda`",
             ),
             ("[nodes.a]\nartifacts = \"w\"\n", "nothing to serve"),
+            (
+                "[nodes.a]\nmac = \"52:54:00:00:00:0a\"\nartifacts = \"w\"\ninstall_from = \"oci://r:5000/b@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\n",
+                "fleet node `a` sets install_from or install_mirror but is not `mode = \"install\"`",
+            ),
+            (
+                "[nodes.a]\nmac = \"52:54:00:00:00:0a\"\nartifacts = \"w\"\nmode = \"install\"\ninstall_from = \"oci://r:5000/b:latest\"\n",
+                "fleet node `a`: install_from `oci://r:5000/b:latest` must be a pushed build pinned by digest",
+            ),
+            (
+                "[nodes.a]\nmac = \"52:54:00:00:00:0a\"\nartifacts = \"w\"\nmode = \"install\"\ninstall_mirror = \"http://10.0.0.5:5000\"\n",
+                "fleet node `a` sets install_mirror without install_from",
+            ),
+            (
+                "[nodes.a]\nmac = \"52:54:00:00:00:0a\"\nartifacts = \"w\"\nmode = \"install\"\ninstall_from = \"oci://r:5000/b@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\ninstall_mirror = \"10.0.0.5:5000\"\n",
+                "fleet node `a`: install_mirror",
+            ),
         ] {
             let (_d, f) = fleet(text);
             let err = format!("{:#}", NodeTable::from_fleet(&f).unwrap_err());
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn an_install_from_a_registry_takes_the_defaults_mirror() {
+        let digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let (_d, f) = fleet(&format!(
+            "[defaults]\ninstall_mirror = \"http://10.0.0.5:5000\"\n\
+             [nodes.a]\nmac = \"52:54:00:00:00:0a\"\nartifacts = \"w\"\nmode = \"install\"\n\
+             install_from = \"oci://registry.lan:5000/fleet/w@{digest}\"\n"
+        ));
+        let table = NodeTable::from_fleet(&f).unwrap();
+        let Lookup::Known(node) = table.lookup(Mac::parse("52:54:00:00:00:0a").unwrap()) else {
+            panic!("node a not found")
+        };
+        let install = node.install.unwrap();
+        assert_eq!(
+            install.from.as_deref(),
+            Some(format!("oci://registry.lan:5000/fleet/w@{digest}").as_str())
+        );
+        assert_eq!(
+            install.mirror.unwrap().to_string(),
+            "registry.lan:5000=http://10.0.0.5:5000"
+        );
     }
 }

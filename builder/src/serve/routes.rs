@@ -271,6 +271,8 @@ fn install_order(base: &str, node: &Node, plan: &InstallPlan) -> Response {
         done: format!("{base}installed"),
         disk: plan.disk.clone(),
         force: plan.force,
+        artifact: plan.from.clone(),
+        mirror: plan.mirror.as_ref().map(ToString::to_string),
     };
     Response {
         content_type: "application/toml",

@@ -279,3 +279,63 @@ fn serve_fetches_a_pushed_build_and_serves_its_netboot_files() {
         .count();
     assert_eq!(fetched, 1, "one fetched build in the cache");
 }
+
+/// An install-mode node with `install_from`: `serve`'s order names the
+/// pushed build and the URL the machine reaches its registry at (here the
+/// reference's host does not resolve; the mirror is the registry), and
+/// flashing what the order says, as `netinstall` does, gives the image
+/// flashed from the build directory, byte for byte.
+#[test]
+fn an_install_order_names_the_pushed_build_and_its_mirror() {
+    let (p, registry) = setup();
+    let pinned = push(&p, &registry);
+    let unresolvable = pinned.replace(&registry.addr, "registry.invalid:5000");
+    // The netboot files serve hands the machine before it installs.
+    for (file, text) in [
+        ("vmlinuz", "kernel"),
+        ("initrd", "initrd"),
+        ("squashfs", "root"),
+    ] {
+        p.write(&format!("out/node.{file}"), text);
+    }
+    p.write("out/node.boot.ipxe", "#!ipxe\nboot\n");
+    p.write(
+        "fleet.toml",
+        &format!(
+            "[nodes.web-1]\nmac = \"52:54:00:12:34:56\"\nartifacts = \"node\"\nmode = \"install\"\n\
+             install_from = \"{unresolvable}\"\ninstall_mirror = \"http://{}\"\n",
+            registry.addr
+        ),
+    );
+    let serve = ServeRun::start(&p, "out", &[]);
+    let raw = serve.get("/nodes/52-54-00-12-34-56/install.toml");
+    drop(serve);
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let order: nodeforge::install::InstallOrder = toml::from_str(body).unwrap();
+    assert_eq!(order.artifact.as_deref(), Some(unresolvable.as_str()));
+    let mirror = order.mirror.expect("the order names the mirror");
+    assert_eq!(
+        mirror,
+        format!("registry.invalid:5000=http://{}", registry.addr)
+    );
+
+    p.ok(&["flash", "out/node.img", "local.img", "--yes", "--quiet"]);
+    // Without the mirror the reference's own host is asked, and fails.
+    p.fails(&["flash", &unresolvable, "t.img", "--yes", "--quiet"])
+        .stderr_has(&["registry.invalid"]);
+    p.ok(&[
+        "flash",
+        &unresolvable,
+        "installed.img",
+        "--yes",
+        "--quiet",
+        "--mirror",
+        &mirror,
+    ]);
+    assert!(
+        read_bytes(&p.path("local.img")) == read_bytes(&p.path("installed.img")),
+        "the image written from the registry differs from the build's"
+    );
+}

@@ -42,6 +42,7 @@ pub fn args(image: &Path, device: &Path) -> FlashOptions {
         no_verify: false,
         quiet: true,
         json: false,
+        mirrors: Vec::new(),
     }
 }
 
