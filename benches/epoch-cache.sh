@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The three builds of #24 with the real bootstrap, in one empty cache:
-#   a  no SOURCE_DATE_EPOCH           (caches a rootfs stamped with the build time)
+#   a  no SOURCE_DATE_EPOCH           (caches a rootfs stamped with the archive's Release date)
 #   b  SOURCE_DATE_EPOCH=1764547200   (must bootstrap anew, not reuse a's)
 #   c  the same epoch, --no-cache
 # Prints each build's rootfs outcome and the image sha256s; exits non-zero

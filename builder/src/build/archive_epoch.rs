@@ -78,8 +78,9 @@ struct Remembered {
 }
 
 /// The epoch of `debian`'s archive and where it came from. Never fails:
-/// what goes wrong is the returned source's reason (and a warning on
-/// stderr). `remember` writes a fresh reading to `cache_dir`.
+/// what goes wrong is the returned source's reason. `remember` (a build)
+/// writes a fresh reading to `cache_dir` and warns on stderr when there
+/// was none; `plan` shows the source in its `epoch` line instead.
 pub fn resolve(
     debian: &Debian,
     cache_dir: &Path,
@@ -126,11 +127,13 @@ pub fn resolve(
         .and_then(|b| serde_json::from_slice::<Remembered>(&b).ok())
     {
         Some(r) => {
-            eprintln!(
-                "warning: the archive's date could not be read ({why}); using the one this cache \
-                 saw last ({}: {})",
-                r.release, r.date
-            );
+            if remember {
+                eprintln!(
+                    "warning: the archive's date could not be read ({why}); using the one this \
+                     cache saw last ({}: {})",
+                    r.release, r.date
+                );
+            }
             let source = EpochSource::Archive {
                 release: r.release,
                 date: r.date,
@@ -144,7 +147,9 @@ pub fn resolve(
                  carry the build's time; set SOURCE_DATE_EPOCH or pin [debian] snapshot for a \
                  reproducible image"
             );
-            eprintln!("warning: {reason}");
+            if remember {
+                eprintln!("warning: {reason}");
+            }
             (None, EpochSource::BuildTime { reason })
         }
     }
@@ -173,35 +178,57 @@ fn fetch_date(urls: &[String]) -> Result<(String, String, i64)> {
     let mut errors = Vec::new();
     for url in urls {
         match read_url(url) {
-            Ok(text) => {
-                let date =
-                    release_date(&text).with_context(|| format!("reading the Date: of {url}"))?;
-                let epoch = rfc2822_epoch(&date).with_context(|| format!("the Date: of {url}"))?;
-                return Ok((url.clone(), date, epoch));
-            }
+            // A page that is no Release file (a proxy's or a captive
+            // portal's) counts as no answer: the next URL is asked.
+            Ok(text) => match release_date(&text).and_then(|d| Ok((rfc2822_epoch(&d)?, d))) {
+                Ok((epoch, date)) => return Ok((redacted(url), date, epoch)),
+                Err(e) => errors.push(format!("the Date: of {}: {e:#}", redacted(url))),
+            },
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
     bail!("{}", errors.join("; "))
 }
 
+/// `url` without the `user:password@` a mirror URL may carry: it goes
+/// into the manifest and `plan`'s output.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, path)) => {
+                let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                format!("{scheme}://{host}/{path}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 fn read_url(url: &str) -> Result<String> {
     if let Some(path) = url.strip_prefix("file:") {
-        // file:/p and file:///p both name /p.
+        // file:/p, file:///p and file://localhost/p all name /p.
+        let path = path.trim_start_matches("//localhost");
         let path = format!("/{}", path.trim_start_matches('/'));
         return std::fs::read_to_string(&path).with_context(|| format!("reading {path}"));
     }
     let http = reqwest::blocking::Client::builder()
+        // A mirror that does not answer costs seconds, not minutes.
+        .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("nodeforge/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("making an HTTP client")?;
-    let response = http.get(url).send().with_context(|| format!("GET {url}"))?;
+    let shown = redacted(url);
+    let response = http
+        .get(url)
+        .send()
+        .with_context(|| format!("GET {shown}"))?;
     let status = response.status();
     if !status.is_success() {
-        bail!("GET {url}: {status}");
+        bail!("GET {shown}: {status}");
     }
-    response.text().with_context(|| format!("GET {url}"))
+    response.text().with_context(|| format!("GET {shown}"))
 }
 
 /// The `Date:` field of a Release file (clear-signed or not).
@@ -289,6 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_a_mirror_url_are_not_shown() {
+        assert_eq!(
+            redacted("https://user:secret@mirror.example/debian/dists/trixie/InRelease"),
+            "https://mirror.example/debian/dists/trixie/InRelease"
+        );
+        assert_eq!(
+            redacted("http://deb.debian.org/debian/dists/trixie/InRelease"),
+            "http://deb.debian.org/debian/dists/trixie/InRelease"
+        );
+    }
+
+    #[test]
     fn zones_and_offsets() {
         let utc = rfc2822_epoch("Thu, 01 Jan 1970 00:00:00 UTC").unwrap();
         assert_eq!(utc, 0);
@@ -321,6 +360,8 @@ mod tests {
         let mirror = dir.path().join("mirror");
         std::fs::create_dir_all(mirror.join("dists/trixie")).unwrap();
         std::fs::write(mirror.join("dists/trixie/Release"), IN_RELEASE).unwrap();
+        // A proxy's page where InRelease should be: Release is asked next.
+        std::fs::write(mirror.join("dists/trixie/InRelease"), "<html>log in</html>").unwrap();
         let debian = Debian {
             suite: "trixie".into(),
             mirror: format!("file://{}/", mirror.display()),

@@ -207,7 +207,7 @@ fn ensure_blobs(
         client.ok_or_else(|| {
             anyhow::anyhow!(
                 "offline build: {what} {d} of image {image} is not in the blob cache ({}); \
-                 build once without --offline to fetch it",
+                 build once without --offline (or with --cache-from a registry cache that has it) to fetch it",
                 cache.path(d).display()
             )
         })

@@ -101,8 +101,7 @@ pub fn verify_reproducible(
     let plan = &resolved;
     if plan.epoch.is_none() {
         bail!(
-            "the build would be stamped with the current time ({}): set SOURCE_DATE_EPOCH \
-             (e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)) or pin [debian] snapshot in the profile",
+            "cannot verify reproducibility: {} (e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct))",
             plan.epoch_source
         );
     }

@@ -266,8 +266,10 @@ impl RemoteCache {
         }
     }
 
-    /// Pushes blob `d` (the file `path`) to `--cache-to` unless it is
-    /// there already (one request).
+    /// Pushes blob `d` (the file `path`) to `--cache-to` unless its
+    /// `blob-<hex>` entry is there already (one request). The entry, not
+    /// the blob, is asked for: a blob left without one by an interrupted
+    /// push would be garbage-collected.
     pub fn store_blob(&self, d: &Digest, path: &Path) {
         let Some(to) = &self.to else {
             return;
@@ -276,19 +278,22 @@ impl RemoteCache {
             return;
         }
         let stored = (|| -> Result<()> {
-            if self.client.has_blob(to, d)? {
-                return Ok(());
-            }
-            let size = std::fs::metadata(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .len();
-            self.client.upload_blob(to, d, path, size)?;
             let tag = Self::tag("blob", d.hex());
-            let layer = json!({"mediaType": BLOB, "digest": d.as_str(), "size": size});
             let target = Reference {
                 tag: Some(tag.clone()),
                 ..to.clone()
             };
+            match self.client.manifest(&target, &tag) {
+                Ok(_) => return Ok(()),
+                Err(RegistryError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .len();
+            // Skips the upload when the registry has the blob already.
+            self.client.upload_blob(to, d, path, size)?;
+            let layer = json!({"mediaType": BLOB, "digest": d.as_str(), "size": size});
             put_artifact(
                 &self.client,
                 &target,

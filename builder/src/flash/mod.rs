@@ -8,7 +8,7 @@
 pub mod buf;
 pub mod device;
 pub mod json;
-pub mod remote;
+pub(crate) mod remote;
 pub mod source;
 pub mod verify;
 pub mod write;
@@ -106,6 +106,12 @@ pub fn run_with(args: &FlashOptions, env: Env<'_>) -> Result<FlashReport> {
     let (bmap, bmap_from, mut src) = match args.image.to_str().filter(|s| s.starts_with("oci://")) {
         Some(uri) => remote::open(uri, &args.mirrors)?,
         None => {
+            if !args.mirrors.is_empty() {
+                bail!(
+                    "--mirror applies to oci:// images only; {} is a file",
+                    args.image.display()
+                );
+            }
             let (bmap, from) = load_bmap(args, out)?;
             (bmap, from, ImageSource::open(&args.image)?)
         }

@@ -110,20 +110,22 @@ pub fn run(order_url: &str, staging_dir: &Path) -> Result<()> {
     );
 
     // From serve: the mapped ranges staged in RAM first. From a registry:
-    // streamed by `flash` itself.
-    let staging = tempfile::Builder::new()
-        .prefix("netinstall-")
-        .tempdir_in(staging_dir)
-        .with_context(|| format!("making a staging directory in {}", staging_dir.display()))?;
-    let (image, bmap_path) = match bmap_text {
-        None => (std::path::PathBuf::from(source), None),
+    // streamed by `flash` itself. (`_staging` lives until the write ends.)
+    let (image, bmap_path, _staging) = match bmap_text {
+        None => (std::path::PathBuf::from(source), None, None),
         Some(text) => {
+            let staging = tempfile::Builder::new()
+                .prefix("netinstall-")
+                .tempdir_in(staging_dir)
+                .with_context(|| {
+                    format!("making a staging directory in {}", staging_dir.display())
+                })?;
             let image = staging.path().join("image.img");
             let bmap_path = staging.path().join("image.img.bmap");
             std::fs::write(&bmap_path, &text)
                 .with_context(|| format!("writing {}", bmap_path.display()))?;
             fetch_mapped(&http, &order.image, &bmap, &image)?;
-            (image, Some(bmap_path))
+            (image, Some(bmap_path), Some(staging))
         }
     };
 

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! `serve` also reads `default_node` (top level), `artifacts`, `mode`,
-//! `install_disk` and `force`.
+//! `install_disk`, `force`, `install_from` and `install_mirror`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -176,6 +176,12 @@ fn node(fleet: &Fleet, name: &str) -> Result<Node> {
              which build it boots"
         ),
     };
+    if fleet.defaults.install_from.is_some() {
+        bail!(
+            "the fleet file's [defaults] sets install_from: a pushed build belongs to one node's \
+             role, so set it on each install-mode node"
+        );
+    }
     let install = match values.mode.unwrap_or_default() {
         NodeMode::Diskless => None,
         NodeMode::Install => {
@@ -234,8 +240,12 @@ fn install_source(
     };
     let mirror = mirror_url
         .map(|url| {
-            crate::oci::Mirror::parse(&format!("{}={url}", reference.registry))
-                .with_context(|| format!("fleet node `{name}`: install_mirror"))
+            crate::oci::Mirror::parse(&format!("{}={url}", reference.registry)).map_err(|_| {
+                anyhow::anyhow!(
+                    "fleet node `{name}`: install_mirror `{url}` must be an http:// or https:// \
+                     URL without a path, e.g. http://10.0.0.5:5000"
+                )
+            })
         })
         .transpose()?;
     Ok((Some(from.clone()), mirror))
@@ -333,7 +343,12 @@ mod tests {
             ),
             (
                 "[nodes.a]\nmac = \"52:54:00:00:00:0a\"\nartifacts = \"w\"\nmode = \"install\"\ninstall_from = \"oci://r:5000/b@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\ninstall_mirror = \"10.0.0.5:5000\"\n",
-                "fleet node `a`: install_mirror",
+                "fleet node `a`: install_mirror `10.0.0.5:5000` must be an http:// or https:// URL",
+            ),
+            (
+                "[defaults]\ninstall_from = \"oci://r:5000/b@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\n\
+                 [nodes.a]\nmac = \"52:54:00:00:00:0a\"\nartifacts = \"w\"\nmode = \"install\"\n",
+                "[defaults] sets install_from",
             ),
         ] {
             let (_d, f) = fleet(text);

@@ -106,7 +106,8 @@ pub fn x_project() -> Project {
 
 /// Writes [`BASE_TREE`] to `p`'s fake-rootfs/ and stores it as the cached
 /// base rootfs of `profile`, so a build runs every later step for real
-/// without mmdebstrap or a network.
+/// without mmdebstrap. (A profile on the default mirror still asks it for
+/// its Release date; x_project's has a local archive.)
 pub fn install_fake_rootfs(p: &Project, profile: &str) {
     let tree = p.path("fake-rootfs");
     write_tree(&tree, BASE_TREE);
@@ -119,7 +120,9 @@ pub fn install_fake_rootfs(p: &Project, profile: &str) {
 pub fn store_rootfs_tree(p: &Project, tree: &Path, profile: &str) {
     std::fs::create_dir_all(p.path("cache/rootfs")).expect("creating cache/rootfs");
     for epoch in [None, Some(TEST_EPOCH)] {
-        let plan = p.cmd(&["plan", "--json", profile]);
+        // The builds' own cache: an archive that does not answer falls
+        // back to the date that cache remembers, as the builds do.
+        let plan = p.cmd(&["plan", "--json", profile, "--cache-dir", "cache"]);
         let plan = match epoch {
             Some(e) => plan.env("SOURCE_DATE_EPOCH", e),
             None => plan.env_remove("SOURCE_DATE_EPOCH"),
