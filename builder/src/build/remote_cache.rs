@@ -206,18 +206,28 @@ impl RemoteCache {
         }
     }
 
-    fn try_store(&self, to: &Reference, kind: &str, key: &str, files: &[EntryFile]) -> Result<()> {
+    /// The entry `kind`/`key` in `to`, and whether the registry has it
+    /// already (one request). An entry is immutable under its key: one
+    /// there already is not hashed and offered again (a reused layer can
+    /// be gigabytes).
+    fn entry(&self, to: &Reference, kind: &str, key: &str) -> Result<(Reference, String, bool)> {
         let tag = Self::tag(kind, key);
         let target = Reference {
             tag: Some(tag.clone()),
             ..to.clone()
         };
-        // An entry is immutable under its key: one there already is not
-        // hashed and offered again (a reused layer can be gigabytes).
-        match self.client.manifest(&target, &tag) {
-            Ok(_) => return Ok(()),
-            Err(RegistryError::NotFound { .. }) => {}
+        let present = match self.client.manifest(&target, &tag) {
+            Ok(_) => true,
+            Err(RegistryError::NotFound { .. }) => false,
             Err(e) => return Err(e.into()),
+        };
+        Ok((target, tag, present))
+    }
+
+    fn try_store(&self, to: &Reference, kind: &str, key: &str, files: &[EntryFile]) -> Result<()> {
+        let (target, tag, present) = self.entry(to, kind, key)?;
+        if present {
+            return Ok(());
         }
         let mut layers = Vec::new();
         for (path, media) in files {
@@ -278,15 +288,9 @@ impl RemoteCache {
             return;
         }
         let stored = (|| -> Result<()> {
-            let tag = Self::tag("blob", d.hex());
-            let target = Reference {
-                tag: Some(tag.clone()),
-                ..to.clone()
-            };
-            match self.client.manifest(&target, &tag) {
-                Ok(_) => return Ok(()),
-                Err(RegistryError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
+            let (target, tag, present) = self.entry(to, "blob", d.hex())?;
+            if present {
+                return Ok(());
             }
             let size = std::fs::metadata(path)
                 .with_context(|| format!("reading {}", path.display()))?
