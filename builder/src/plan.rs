@@ -77,16 +77,7 @@ impl Plan {
     pub fn from_profile(profile: Profile) -> Result<Plan> {
         let overlay_files = list_overlay_files(&profile)?;
         let packages = profile.all_packages();
-        let epoch = crate::build::reproducible::source_date_epoch(&profile)?;
-        let epoch_source = match (&epoch, &profile.debian.snapshot) {
-            (None, _) => EpochSource::Unresolved,
-            (Some(_), _) if std::env::var_os("SOURCE_DATE_EPOCH").is_some() => {
-                EpochSource::Environment
-            }
-            (Some(_), snapshot) => EpochSource::Snapshot {
-                snapshot: snapshot.clone().unwrap_or_default(),
-            },
-        };
+        let (epoch, epoch_source) = crate::build::reproducible::source_date_epoch(&profile)?;
         let rootfs_key = rootfs_key(&profile, &packages, epoch)?;
         let lock_path = lock::lock_path(profile.sources.last().expect("a profile has a source"));
         let lock = if profile.stacks.is_empty() {

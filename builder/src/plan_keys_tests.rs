@@ -85,7 +85,7 @@ fn what_does_not_shape_the_bootstrap_keeps_the_rootfs_key() {
 #[test]
 fn the_plan_carries_the_epoch_it_keyed() {
     let p = base();
-    let epoch = crate::build::reproducible::source_date_epoch(&p.profile).unwrap();
+    let (epoch, _) = crate::build::reproducible::source_date_epoch(&p.profile).unwrap();
     assert_eq!(p.epoch, epoch);
     assert_eq!(p.rootfs_key, key(&p, epoch));
 }

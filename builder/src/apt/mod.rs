@@ -76,13 +76,22 @@ fn fetched_key(repo: &AptRepository, url: &str, cache_dir: &Path) -> Result<(Vec
     Ok((data, format!("fetched from {url}")))
 }
 
-fn http_get(url: &str) -> Result<Vec<u8>> {
+/// GET `url`'s body. Errors leave the URL out (it may carry a password):
+/// callers name what they fetched. A server that does not answer costs
+/// seconds, not minutes.
+pub(crate) fn http_get(url: &str) -> Result<Vec<u8>> {
     let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(60))
+        .user_agent(concat!("nodeforge/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("setting up an HTTP client")?;
-    let resp = client.get(url).send()?.error_for_status()?;
-    Ok(resp.bytes()?.to_vec())
+    let resp = client
+        .get(url)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .map_err(reqwest::Error::without_url)?;
+    Ok(resp.bytes().map_err(reqwest::Error::without_url)?.to_vec())
 }
 
 /// A one-line sources.list entry for `repo` with its keyring at `keyring`.

@@ -13,7 +13,6 @@
 //! file times, never content.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -212,23 +211,9 @@ fn read_url(url: &str) -> Result<String> {
         let path = format!("/{}", path.trim_start_matches('/'));
         return std::fs::read_to_string(&path).with_context(|| format!("reading {path}"));
     }
-    let http = reqwest::blocking::Client::builder()
-        // A mirror that does not answer costs seconds, not minutes.
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("nodeforge/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("making an HTTP client")?;
     let shown = redacted(url);
-    let response = http
-        .get(url)
-        .send()
-        .with_context(|| format!("GET {shown}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        bail!("GET {shown}: {status}");
-    }
-    response.text().with_context(|| format!("GET {shown}"))
+    let body = crate::apt::http_get(url).with_context(|| format!("GET {shown}"))?;
+    String::from_utf8(body).with_context(|| format!("GET {shown}: not text"))
 }
 
 /// The `Date:` field of a Release file (clear-signed or not).

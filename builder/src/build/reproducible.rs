@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
+use super::archive_epoch::EpochSource;
 use crate::exec::Cmd;
 use crate::profile::{OutputFormat, Profile};
 
@@ -53,23 +54,27 @@ fn versions(packages: &[&str]) -> serde_json::Value {
         .into()
 }
 
-/// The build's timestamp: $SOURCE_DATE_EPOCH if set, else the pinned
-/// Debian snapshot's time, else none (file times are then the build's).
-pub fn source_date_epoch(profile: &Profile) -> Result<Option<i64>> {
+/// The build's timestamp and where it came from: $SOURCE_DATE_EPOCH if
+/// set, else the pinned Debian snapshot's time, else none yet (the
+/// archive's date is looked up later, see [`crate::plan::Plan::resolve_epoch`]).
+pub fn source_date_epoch(profile: &Profile) -> Result<(Option<i64>, EpochSource)> {
     if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") {
         let s = v.to_string_lossy();
         let epoch: i64 = s
             .trim()
             .parse()
             .with_context(|| format!("SOURCE_DATE_EPOCH={s} is not a number of seconds"))?;
-        return Ok(Some(epoch));
+        return Ok((Some(epoch), EpochSource::Environment));
     }
-    profile
-        .debian
-        .snapshot
-        .as_deref()
-        .map(snapshot_epoch)
-        .transpose()
+    Ok(match profile.debian.snapshot.as_deref() {
+        Some(snapshot) => (
+            Some(snapshot_epoch(snapshot)?),
+            EpochSource::Snapshot {
+                snapshot: snapshot.to_owned(),
+            },
+        ),
+        None => (None, EpochSource::Unresolved),
+    })
 }
 
 /// Seconds since 1970 of a snapshot.debian.org timestamp `YYYYMMDDTHHMMSSZ`.
