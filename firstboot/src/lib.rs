@@ -9,6 +9,7 @@
 //! external program going through [`runner::CommandRunner`].
 
 pub mod agent;
+pub mod backup;
 pub mod config;
 pub mod disks;
 pub mod fsutil;

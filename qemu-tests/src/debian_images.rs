@@ -1,7 +1,7 @@
 //! Test images of the services Debian packages, served under the public
 //! names the stacks use, so a boot test runs the role's configuration of
 //! them for real: PostgreSQL (with pgvector), Redis, Prometheus,
-//! postgres_exporter and nginx.
+//! Alertmanager, postgres_exporter and nginx.
 //! On the same layer, STAND-INS for what Debian lacks but a boot test
 //! must see work end to end: logs, with Grafana Alloy (a script that
 //! follows the host's journal and pushes it where the stack's Alloy config
@@ -47,6 +47,7 @@ fn packages(arch: &str) -> &'static [&'static str] {
             "postgresql",
             "redis-server",
             "prometheus",
+            "prometheus-alertmanager",
             "prometheus-postgres-exporter",
             "postgresql-17-pgvector",
             "nginx",
@@ -69,7 +70,7 @@ const CUSTOMIZE: &str = "rm -rf \"$1\"/var/lib/postgresql/* \"$1\"/etc/postgresq
      \"$1\"/usr/bin/promtool \"$1\"/usr/lib/*-linux-gnu/libLLVM* \
      \"$1\"/usr/lib/*-linux-gnu/libz3* \"$1\"/usr/lib/postgresql/*/lib/bitcode \
      \"$1\"/usr/share/javascript; \
-     mkdir -p \"$1\"/prometheus \"$1\"/var/lib/postgresql/data \"$1\"/data \"$1\"/loki; \
+     mkdir -p \"$1\"/prometheus \"$1\"/alertmanager \"$1\"/var/lib/postgresql/data \"$1\"/data \"$1\"/loki; \
      if [ -d \"$1\"/etc/nginx ]; then rm -f \"$1\"/etc/nginx/sites-enabled/*; \
      ln -sf /dev/stdout \"$1\"/var/log/nginx/access.log; \
      ln -sf /dev/stderr \"$1\"/var/log/nginx/error.log; fi";
@@ -103,6 +104,15 @@ const PROVIDED: &[Provided] = &[
         cmd: &[
             "--config.file=/etc/prometheus/prometheus.yml",
             "--storage.tsdb.path=/prometheus",
+        ],
+    },
+    Provided {
+        name: "prom/alertmanager:v0.28.1",
+        package: "prometheus-alertmanager",
+        entrypoint: &["/usr/bin/prometheus-alertmanager"],
+        cmd: &[
+            "--config.file=/etc/alertmanager/alertmanager.yml",
+            "--storage.path=/alertmanager",
         ],
     },
     Provided {
@@ -402,6 +412,14 @@ pub fn image_for(arch: &str, name: &str) -> Result<Option<TestImage>> {
             ),
         )
     };
+    // The official postgres images put the server's tools on PATH
+    // (ENV PATH $PATH:/usr/lib/postgresql/$PG_MAJOR/bin), which a stack's
+    // `docker exec … pg_dumpall` relies on; trixie's major is 17.
+    let path = if p.package.starts_with("postgresql") {
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/17/bin"
+    } else {
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    };
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
@@ -409,7 +427,7 @@ pub fn image_for(arch: &str, name: &str) -> Result<Option<TestImage>> {
         "config": {
             "Entrypoint": if p.entrypoint.is_empty() { serde_json::Value::Null } else { p.entrypoint.into() },
             "Cmd": p.cmd,
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+            "Env": [path, "LANG=C.UTF-8"],
             "WorkingDir": "/",
             "Labels": {label_key: label},
         },

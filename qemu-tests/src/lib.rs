@@ -18,6 +18,7 @@ pub mod ssh;
 pub mod stacks;
 pub mod test_apt;
 pub mod web_stack;
+pub mod webhook;
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {

@@ -7,8 +7,8 @@
 //! (qemu_tests::control), so the flows below pass or are dropped as the
 //! generated policy says.
 //!
-//! Real: PostgreSQL, Redis, Prometheus, postgres_exporter and the landing
-//! page's nginx (Debian's packages, qemu_tests::debian_images),
+//! Real: PostgreSQL, Redis, Prometheus, Alertmanager, postgres_exporter
+//! and the landing page's nginx (Debian's packages, qemu_tests::debian_images),
 //! node_exporter (the image's own
 //! package), the journal, Docker, compose, systemd-resolved, the agent.
 //! Stand-ins: Alloy and Loki (scripts that push the journal where the
@@ -16,7 +16,8 @@
 //! the service's port for Traefik, Authelia, n8n, Uptime Kuma, Portainer,
 //! Grafana, cAdvisor, MinIO, Meilisearch,
 //! PostgREST, the backup job, Jellyfin, Navidrome, CopyParty, Snapcast;
-//! and Tailscale's client and control server.
+//! Tailscale's client and control server; and the webhook Alertmanager
+//! notifies (qemu_tests::webhook, on this machine).
 //!
 //! What core, data and media each checked alone before (every service
 //! healthy, secrets made on the node, the fleet in prometheus.yml, the
@@ -27,6 +28,14 @@ use std::time::{Duration, Instant};
 
 use nodeforge::boot::Lan;
 use qemu_tests::control;
+use qemu_tests::webhook::WebhookSink;
+
+#[path = "fleet/alerts.rs"]
+mod alerts;
+#[path = "fleet/backup.rs"]
+mod backup;
+use alerts::{check_alert_rules, check_container_health, check_node_down_alert};
+use backup::check_backup_and_restore;
 use qemu_tests::stacks::{
     assert_all_healthy, assert_closed_from_lan, free_port, image_file, prepare_on_two_lanes, step,
     wait_all, Guest, Machine, Node, Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
@@ -71,7 +80,17 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     ])
     .try_into()
     .unwrap_or_else(|_| unreachable!("three profiles, three nodes"));
-    core.stamp(GOOD_KEY, &[("N8N_DB_PASSWORD", N8N_DB_PASSWORD)]);
+    // Where core's Alertmanager notifies: a receiver on this machine, its
+    // URL a stack secret in the seed as a user gives theirs.
+    let webhook = WebhookSink::start();
+    let notify_url = webhook.guest_url("/alerts");
+    core.stamp(
+        GOOD_KEY,
+        &[
+            ("N8N_DB_PASSWORD", N8N_DB_PASSWORD),
+            ("ALERT_NOTIFY_URL", &notify_url),
+        ],
+    );
     data.stamp(
         GOOD_KEY,
         &[
@@ -158,9 +177,20 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     let prometheus = core_vm.ssh.tunnel(9090);
     let loki = core_vm.ssh.tunnel(3100);
     check_scrapes(prometheus.port);
+    // A node goes down: data's node_exporter stops. The alert is checked
+    // after the other checks, which its `for: 1m` and Alertmanager's
+    // group_wait overlap.
+    check_alert_rules(prometheus.port);
+    data_vm
+        .ssh
+        .run("sudo systemctl stop prometheus-node-exporter.service");
+    let stopped = Instant::now();
     check_postgres_from_core(&core_vm);
     check_api_role(&data_vm);
     check_logs_reach_core(&data_vm, loki.port);
+    check_backup_and_restore(&data_vm);
+    check_container_health(prometheus.port);
+    check_node_down_alert(&webhook, stopped);
     drop((prometheus, loki));
     check_preloaded_store(&data, &data_vm);
     // The guests go before the slot: the next test's must not overlap them.
@@ -362,11 +392,11 @@ fn check_each_node(core: &Node, data: &Node, media: &Node) {
     assert_eq!(postgres["health"], "healthy", "{postgres:#}");
     assert_eq!(
         step(&core.status, "stack-secrets")["detail"],
-        "6 secrets of 1 stacks: 5 generated, 1 from the seed, 0 kept"
+        "7 secrets of 1 stacks: 5 generated, 2 from the seed, 0 kept"
     );
     assert_eq!(
         step(&data.status, "stack-secrets")["detail"],
-        "7 secrets of 1 stacks: 5 generated, 2 from the seed, 0 kept"
+        "8 secrets of 1 stacks: 6 generated, 2 from the seed, 0 kept"
     );
     let storage = step(&media.status, "storage");
     assert_eq!(storage["state"], "done", "{storage:#}");

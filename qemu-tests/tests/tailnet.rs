@@ -59,7 +59,7 @@ fn a_data_node_joins_late_resolves_the_fleet_and_its_clone_joins_anew() {
     assert_services_healthy(s, &[LOGS, DATA]);
     assert_eq!(
         step(s, "stack-secrets")["detail"],
-        "7 secrets of 1 stacks: 6 generated, 1 from the seed, 0 kept"
+        "8 secrets of 1 stacks: 7 generated, 1 from the seed, 0 kept"
     );
 
     // 2. A good seed from outside; the next boot joins.

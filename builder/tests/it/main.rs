@@ -5,6 +5,8 @@
 
 mod support;
 
+mod alerting;
+mod backup;
 mod cli_apt;
 mod cli_build;
 mod cli_build_apt;

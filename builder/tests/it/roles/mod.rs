@@ -279,8 +279,11 @@ pub fn check_stacks_with_compose(p: &Project) {
             let resolved = String::from_utf8_lossy(&out.stdout);
             for (n, v) in &values {
                 assert!(
-                    resolved.contains(v.as_str()),
-                    "{what}: secret {n} is declared but the compose file never uses it"
+                    resolved.contains(v.as_str())
+                        || mounted_as_compose_secret(&config, n)
+                        || overlays_read(&file, n),
+                    "{what}: secret {n} is declared but neither the compose file nor \
+                     a program of the profile's overlays uses it"
                 );
             }
             checked.push(what);
@@ -400,4 +403,36 @@ fn overlays_enable_units_with_symlinks_to_units() {
         root.display()
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Whether stack secret `name` reaches a service as a compose secret (a
+/// file under /run/secrets): a top-level secret whose source is that
+/// environment variable, granted to at least one service.
+fn mounted_as_compose_secret(config: &serde_json::Value, name: &str) -> bool {
+    let Some(secrets) = config["secrets"].as_object() else {
+        return false;
+    };
+    secrets
+        .iter()
+        .filter(|(_, s)| s["environment"] == name)
+        .any(|(key, _)| {
+            config["services"]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.values())
+                .flat_map(|svc| svc["secrets"].as_array().into_iter().flatten())
+                .any(|g| g["source"] == key.as_str())
+        })
+}
+
+/// Whether a program of the profile's overlays (a script run on the host,
+/// such as overlays/backup's) reads stack secret `name` from the secrets
+/// file: its text names it.
+fn overlays_read(profile: &Path, name: &str) -> bool {
+    let plan = nodeforge::plan::Plan::load(profile)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", profile.display()));
+    plan.overlay_files.iter().any(|f| {
+        f.target.starts_with("/usr/libexec/")
+            && std::fs::read_to_string(&f.source).is_ok_and(|t| t.contains(name))
+    })
 }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod fake;
 pub mod flash;
 pub mod image;
+pub mod overlay;
 pub mod require;
 pub mod roles;
 pub mod scratch;
