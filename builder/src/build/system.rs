@@ -141,12 +141,16 @@ fn fstab(ctx: &BuildContext) -> String {
     let root = layout.partition(PartitionKind::Root);
     let esp = layout.partition(PartitionKind::Esp);
     // The seed on this partition may hold an auth key until the agent
-    // scrubs it: root only.
+    // scrubs it: root only. nofail keeps the boot going without it; the
+    // agent waits for its mount (WantsMountsFor) to read the seed, so its
+    // device may take longer than systemd's default 90 s: udev's first
+    // pass took more under load (five TCG guests on two cores), the mount
+    // failed and the agent ran without its seed.
     let mount = ctx.plan.profile.hardware.firmware.boot_mount();
     format!(
         "# Written by nodeforge; partitions are found by PARTUUID.\n\
          PARTUUID={}\t/\text4\terrors=remount-ro\t0\t1\n\
-         PARTUUID={}\t{mount}\tvfat\tumask=0077,nofail\t0\t2\n",
+         PARTUUID={}\t{mount}\tvfat\tumask=0077,nofail,x-systemd.device-timeout=5min\t0\t2\n",
         root.partuuid, esp.partuuid
     )
 }

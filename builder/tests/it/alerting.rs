@@ -73,6 +73,9 @@ fn core_and_controlplane_have_rules_an_alertmanager_and_its_secret() {
             // Alertmanager's own port stays on the node.
             "      - \"127.0.0.1:9093:9093\"\n",
             "- /etc/prometheus/alerts.yml\n",
+            // Alerts go to the stack's Alertmanager (not only a scrape).
+            "alerting:\n",
+            "alertmanagers:\n",
             "- targets: ['alertmanager:9093']\n",
         ] {
             assert!(

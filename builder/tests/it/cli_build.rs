@@ -86,6 +86,12 @@ fn offline_build_produces_image_checksum_and_manifest() {
     assert_eq!(cat("/home/admin/.ssh/authorized_keys").trim(), KEY);
     assert_eq!(cat("/etc/role"), "test\n");
     assert!(cat("/etc/fstab").contains(&format!("PARTUUID={}\t/\text4", parts[1].part_guid)));
+    // Regression: the ESP's device waited only systemd's default 90 s, and
+    // under load the agent ran without the seed on it.
+    assert!(cat("/etc/fstab").contains(&format!(
+        "PARTUUID={}\t/boot/efi\tvfat\tumask=0077,nofail,x-systemd.device-timeout=5min\t",
+        parts[0].part_guid
+    )));
     assert!(cat("/etc/nodeforge/firstboot.toml").contains("role = \"test\""));
     assert_eq!(
         cat("/usr/bin/nodeforge-firstboot"),

@@ -427,12 +427,13 @@ fn mounted_as_compose_secret(config: &serde_json::Value, name: &str) -> bool {
 
 /// Whether a program of the profile's overlays (a script run on the host,
 /// such as overlays/backup's) reads stack secret `name` from the secrets
-/// file: its text names it.
+/// file: it calls `secret NAME`, the scripts' reader of that file.
 fn overlays_read(profile: &Path, name: &str) -> bool {
     let plan = nodeforge::plan::Plan::load(profile)
         .unwrap_or_else(|e| panic!("{}: {e:#}", profile.display()));
     plan.overlay_files.iter().any(|f| {
         f.target.starts_with("/usr/libexec/")
-            && std::fs::read_to_string(&f.source).is_ok_and(|t| t.contains(name))
+            && std::fs::read_to_string(&f.source)
+                .is_ok_and(|t| t.contains(&format!("secret {name}")))
     })
 }
