@@ -86,6 +86,33 @@ impl BackupState {
     }
 }
 
+/// `nodeforge-firstboot status` (text or `--json`): the agent's record,
+/// and the last backup beside it when the image makes backups; an
+/// unreadable backup record is said, not fatal.
+pub fn report(
+    status: &crate::status::Status,
+    backup: &Result<Option<BackupState>>,
+    json: bool,
+) -> String {
+    if !json {
+        let mut out = status.render();
+        match backup {
+            Ok(Some(b)) => out.push_str(&b.render()),
+            Ok(None) => {}
+            Err(e) => out.push_str(&format!("  last backup: unreadable: {e:#}\n")),
+        }
+        return out;
+    }
+    let last_backup = match backup {
+        Ok(Some(b)) => b.to_json(),
+        Ok(None) => return status.to_json(),
+        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+    };
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    v["last_backup"] = last_backup;
+    format!("{v:#}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

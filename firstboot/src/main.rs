@@ -88,32 +88,8 @@ fn identity_check(root: &std::path::Path) -> ExitCode {
 fn status(root: &std::path::Path, json: bool) -> ExitCode {
     match Status::read(root) {
         Ok(Some(s)) => {
-            // The last backup (overlays/backup's timer) beside the agent's
-            // own record; an unreadable one is said, not fatal.
             let backup = nodeforge_firstboot::backup::read(root);
-            if json {
-                let last_backup = match &backup {
-                    Ok(Some(b)) => Some(b.to_json()),
-                    Ok(None) => None,
-                    Err(e) => Some(serde_json::json!({ "error": format!("{e:#}") })),
-                };
-                match last_backup {
-                    Some(b) => {
-                        let mut v: serde_json::Value =
-                            serde_json::from_str(&s.to_json()).unwrap_or_default();
-                        v["last_backup"] = b;
-                        println!("{v:#}");
-                    }
-                    None => print!("{}", s.to_json()),
-                }
-            } else {
-                print!("{}", s.render());
-                match &backup {
-                    Ok(Some(b)) => print!("{}", b.render()),
-                    Ok(None) => {}
-                    Err(e) => println!("  last backup: unreadable: {e:#}"),
-                }
-            }
+            print!("{}", nodeforge_firstboot::backup::report(&s, &backup, json));
             ExitCode::SUCCESS
         }
         Ok(None) => {

@@ -7,12 +7,14 @@ use std::time::Instant;
 
 use qemu_tests::stacks::Running;
 
-/// The live database dumped as the backup dumps it, less the per-dump
-/// random `\restrict` key lines PostgreSQL 17.6+ writes, piped through
-/// sha256sum on the node.
-const LIVE_DUMP_SHA: &str = "sudo docker exec \
+/// Drops the per-dump random `\restrict` key lines PostgreSQL 17.6+
+/// writes, then hashes what is left, on the node.
+const WITHOUT_KEY_SHA: &str = "grep -v '^\\\\\\(un\\)\\?restrict ' | sha256sum";
+
+/// The live database dumped as the backup dumps it.
+const LIVE_DUMP: &str = "sudo docker exec \
      $(sudo docker ps -qf label=com.docker.compose.project=data -f label=com.docker.compose.service=postgres) \
-     pg_dumpall --username=aerovista | grep -v '^\\\\\\(un\\)\\?restrict ' | sha256sum";
+     pg_dumpall --username=aerovista";
 
 pub fn check_backup_and_restore(data: &Running) {
     let started = Instant::now();
@@ -51,10 +53,10 @@ pub fn check_backup_and_restore(data: &Running) {
         out.trim().lines().last().unwrap_or_default()
     );
     let dump = "/var/tmp/restore/var/lib/nodeforge/backup/dumps/postgres.sql";
-    let restored = data.ssh.run(&format!(
-        "sudo grep -v '^\\\\\\(un\\)\\?restrict ' {dump} | sha256sum"
-    ));
-    let live = data.ssh.run(LIVE_DUMP_SHA);
+    let restored = data
+        .ssh
+        .run(&format!("sudo cat {dump} | {WITHOUT_KEY_SHA}"));
+    let live = data.ssh.run(&format!("{LIVE_DUMP} | {WITHOUT_KEY_SHA}"));
     assert_eq!(
         restored, live,
         "the restored dump differs from the live database"
