@@ -38,7 +38,8 @@ pub struct Plan {
     /// the rootfs key, so of every key chained from it.
     pub epoch: Option<i64>,
     pub epoch_source: EpochSource,
-    /// The lock file beside the profile, read when the profile has stacks.
+    /// The lock file beside the profile, read when the profile has stacks
+    /// or models.
     pub lock_path: PathBuf,
     pub lock: Option<LockFile>,
     /// Every container image the stacks name, with its locked digest.
@@ -80,7 +81,7 @@ impl Plan {
         let (epoch, epoch_source) = crate::build::reproducible::source_date_epoch(&profile)?;
         let rootfs_key = rootfs_key(&profile, &packages, epoch)?;
         let lock_path = lock::lock_path(profile.sources.last().expect("a profile has a source"));
-        let lock = if profile.stacks.is_empty() {
+        let lock = if profile.stacks.is_empty() && profile.models.is_empty() {
             None
         } else {
             LockFile::read(&lock_path)?
@@ -92,7 +93,15 @@ impl Plan {
                 reference,
             })
             .collect();
-        let profile_hash = profile_hash(&profile, &overlay_files, &images)?;
+        let models: Vec<Option<String>> = profile
+            .models
+            .iter()
+            .map(|m| {
+                let locked = lock.as_ref().and_then(|l| l.find_model(m));
+                locked.map(|l| l.digest.to_string())
+            })
+            .collect();
+        let profile_hash = profile_hash(&profile, &overlay_files, &images, &models)?;
         let layout = DiskLayout::fat_and_root(
             profile.hardware.firmware.table(),
             profile.disk.size.0,
@@ -229,6 +238,20 @@ impl Plan {
                 line(format!("  image {} -> {state}", im.reference));
             }
         }
+        if !p.models.is_empty() {
+            line(format!(
+                "models     (into {}, lock {})",
+                crate::oci::ollama::MODELS_DIR,
+                self.lock_path.display()
+            ));
+            for m in &p.models {
+                let state = match self.lock.as_ref().and_then(|l| l.find_model(m)) {
+                    Some(l) => l.digest.to_string(),
+                    None => "NOT LOCKED: run `nodeforge lock`".into(),
+                };
+                line(format!("  model {m} -> {state}"));
+            }
+        }
         line(match self.layout.table {
             TableKind::Gpt => format!(
                 "disk       {} bytes, GPT {}",
@@ -305,6 +328,7 @@ fn profile_hash(
     p: &Profile,
     overlay_files: &[OverlayFile],
     images: &[PlannedImage],
+    models: &[Option<String>],
 ) -> Result<String> {
     let mut sources = Vec::new();
     for path in p.sources.iter().chain(std::iter::once(&p.hardware.file)) {
@@ -356,6 +380,7 @@ fn profile_hash(
         .collect();
     let all = serde_json::json!({
         "profile": resolved, "sources": sources, "overlay_files": files, "images": locked,
+        "models": models,
     });
     Ok(sha256_bytes(all.to_string().as_bytes()))
 }

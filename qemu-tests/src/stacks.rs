@@ -364,10 +364,27 @@ pub fn prepare_with(profile: &str, data_disk_gib: Option<u64>, sizes: ImageSizes
             .push_image_gzip(&parsed.repository, parsed.tag.as_deref(), &image)
             .unwrap();
     }
+    // The profile's Ollama models: a STAND-IN model each (Ollama's
+    // manifest format, a few bytes for the weights), under the name
+    // Ollama's registry gives it.
+    for m in &p.models {
+        let name = nodeforge::oci::ollama::ModelName::parse(m).unwrap();
+        let weights = format!("GGUF stand-in weights of {}", name.full());
+        registry
+            .push_ollama_model(&name.reference().repository, &name.tag, weights.as_bytes())
+            .unwrap_or_else(|e| panic!("pushing the stand-in model {m}: {e:#}"));
+    }
     let url = format!("http://{}", registry.addr);
     let mirrors = Mirrors::new(
-        ["docker.io", "gcr.io", "quay.io", "ghcr.io", "lscr.io"]
-            .map(|r| Mirror::parse(&format!("{r}={url}")).unwrap()),
+        [
+            "docker.io",
+            "gcr.io",
+            "quay.io",
+            "ghcr.io",
+            "lscr.io",
+            nodeforge::oci::ollama::DEFAULT_HOST,
+        ]
+        .map(|r| Mirror::parse(&format!("{r}={url}")).unwrap()),
     );
     let client = Client::new().unwrap().with_mirrors(mirrors);
     let (lock, _) = nodeforge::oci::lock::lock(&p, &path, &client)

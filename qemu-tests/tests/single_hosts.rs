@@ -116,6 +116,7 @@ fn the_single_host_roles_boot_with_working_stacks() {
     check_code_server_volumes(ws_vm);
     check_nvidia_driver(ai_vm);
     check_ollama_without_gpu(ai_vm);
+    check_baked_models(ai_vm);
     drop(running);
     drop(slot);
 }
@@ -202,6 +203,48 @@ fn check_nvidia_driver(vm: &Running) {
         "runtime nvidia",
     ] {
         assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+}
+
+/// The ai profile's models (llama3.2 and nomic-embed-text, stand-ins in
+/// Ollama's format served under those names) are in Ollama's store as the
+/// Ollama container sees it, each manifest with the digest the lock file
+/// gives (the ID `ollama list` shows) and every blob it names present and
+/// whole, with nothing fetched at first boot (the node has no registry).
+fn check_baked_models(vm: &Running) {
+    let lock_path = qemu_tests::workspace_root().join("qemu-tests/profiles/role-ai.lock.toml");
+    let lock = nodeforge::oci::lock::LockFile::read(&lock_path)
+        .unwrap()
+        .expect("the test locked role-ai");
+    let names: Vec<&str> = lock.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["llama3.2", "nomic-embed-text"], "{lock_path:?}");
+    let out = vm.ssh.run(
+        "sudo docker exec $(sudo docker ps -qf label=com.docker.compose.service=ollama) \
+         /bin/sh -c 'cd /root/.ollama/models && for f in manifests/*/*/*/* blobs/*; do \
+         echo \"$f $(/bin/busybox sha256sum < $f | /bin/busybox cut -d\" \" -f1)\"; done'",
+    );
+    eprintln!("ai: Ollama's store:\n{}", out.trim());
+    let files: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once(' ')).collect();
+    for m in &lock.models {
+        let name = nodeforge::oci::ollama::ModelName::parse(&m.name).unwrap();
+        let path = name.manifest_path();
+        let path = path.to_str().unwrap();
+        assert!(
+            files.contains(&(path, m.digest.hex())),
+            "{}: no manifest {path} with the locked digest {}: {out}",
+            m.name,
+            m.digest
+        );
+    }
+    let blobs: Vec<_> = files
+        .iter()
+        .filter(|(f, _)| f.starts_with("blobs/"))
+        .collect();
+    // Per model: its config and four layers (weights, template,
+    // parameters, licence); the two stand-ins share the last three.
+    assert_eq!(blobs.len(), 2 * 2 + 3, "{out}");
+    for (file, sha) in blobs {
+        assert_eq!(*file, format!("blobs/sha256-{sha}"), "a torn blob: {out}");
     }
 }
 

@@ -176,17 +176,19 @@ pub fn write_stacks(ctx: &mut BuildContext) -> Result<StepOutcome> {
     Ok(StepOutcome::Done)
 }
 
-/// Refuses a profile whose stacks' images are not all locked (or locked
-/// for another architecture), naming the command that fixes it.
+/// Refuses a profile whose stacks' images or models are not all locked
+/// (or locked for another architecture), naming the command that fixes it.
 pub fn check_locked(plan: &crate::plan::Plan) -> Result<()> {
     let p = &plan.profile;
+    let profile_path = p.sources.last().expect("a profile has a source");
     LockFile::check(
         plan.lock.as_ref(),
         &plan.lock_path,
-        p.sources.last().expect("a profile has a source"),
+        profile_path,
         p.hardware.arch.debian(),
         &profile_images(p),
     )?;
+    LockFile::check_models(plan.lock.as_ref(), &plan.lock_path, profile_path, &p.models)?;
     Ok(())
 }
 
@@ -195,7 +197,7 @@ pub fn check_locked(plan: &crate::plan::Plan) -> Result<()> {
 /// (`--cache-from`, counted in `from_remote`), else from the image's
 /// registry (unless offline, which names the missing blob instead). Each
 /// is offered to `--cache-to`.
-fn ensure_blobs(
+pub(super) fn ensure_blobs(
     cache: &BlobCache,
     client: Option<&Client>,
     remote: Option<&RemoteCache>,

@@ -8,6 +8,7 @@ mod cross;
 mod image;
 mod initrd;
 pub mod layers;
+mod models;
 pub mod netboot;
 mod outputs;
 mod overlay;

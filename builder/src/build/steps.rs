@@ -9,7 +9,9 @@ use serde::Serialize;
 use super::context::BuildContext;
 use super::progress::StepOutcome;
 use super::qcow2;
-use super::{agent, containers, image, initrd, netboot, outputs, overlay, rootfs, system, users};
+use super::{
+    agent, containers, image, initrd, models, netboot, outputs, overlay, rootfs, system, users,
+};
 use crate::disk::TableKind;
 use crate::oci::docker_store::DOCKER_ROOT;
 use crate::oci::lock;
@@ -157,6 +159,19 @@ pub const STEPS: &[Step] = &[
         },
         caching: Caching::Layer(|ctx| containers::stacks_inputs(ctx.plan)),
         run: containers::write_stacks,
+    },
+    Step {
+        name: "models",
+        applies: models::applies,
+        describe: |plan| {
+            let n = plan.profile.models.len();
+            vec![format!(
+                "{n} locked Ollama models into its store ({})",
+                crate::oci::ollama::MODELS_DIR
+            )]
+        },
+        caching: Caching::Layer(|ctx| Ok(models::inputs(ctx.plan))),
+        run: models::run,
     },
     Step {
         name: "initramfs",

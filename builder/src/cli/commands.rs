@@ -124,9 +124,9 @@ pub fn build_cmd(args: BuildArgs) -> Result<()> {
 
 pub fn lock_cmd(profile: &std::path::Path, mirrors: Vec<crate::oci::Mirror>) -> Result<()> {
     let p = crate::profile::load(profile)?;
-    if p.stacks.is_empty() {
+    if p.stacks.is_empty() && p.models.is_empty() {
         bail!(
-            "{}: the profile has no stacks, so there is nothing to lock",
+            "{}: the profile has no stacks and no models, so there is nothing to lock",
             profile.display()
         );
     }
@@ -135,11 +135,15 @@ pub fn lock_cmd(profile: &std::path::Path, mirrors: Vec<crate::oci::Mirror>) -> 
     for im in &lock.images {
         println!("{}  {}", im.digest, im.reference);
     }
+    for m in &lock.models {
+        println!("{}  model {}", m.digest, m.name);
+    }
     println!(
-        "wrote {} ({} images for {})",
+        "wrote {} ({} images for {}, {} models)",
         path.display(),
         lock.images.len(),
-        lock.arch
+        lock.arch,
+        lock.models.len()
     );
     Ok(())
 }

@@ -228,6 +228,48 @@ impl TestRegistry {
         Ok(Digest::of(body))
     }
 
+    /// Pushes a STAND-IN Ollama model under `repo:tag`, in the format of
+    /// Ollama's registry (a Docker v2 manifest whose layers are the
+    /// weights, template, parameters and licence, each with Ollama's media
+    /// type): `weights` stand for the GGUF file. Returns the manifest
+    /// digest, which `ollama list` shows as the model's ID.
+    pub fn push_ollama_model(&self, repo: &str, tag: &str, weights: &[u8]) -> Result<Digest> {
+        let parts: [(&str, &[u8]); 4] = [
+            (crate::oci::ollama::WEIGHTS_MEDIA_TYPE, weights),
+            ("application/vnd.ollama.image.template", b"{{ .Prompt }}"),
+            (
+                "application/vnd.ollama.image.params",
+                br#"{"stop":["<|eot_id|>"]}"#,
+            ),
+            (
+                "application/vnd.ollama.image.license",
+                b"stand-in model for tests",
+            ),
+        ];
+        let mut layers = Vec::new();
+        for (media, data) in parts {
+            let d = self.push_blob(repo, data)?;
+            layers.push(serde_json::json!({"mediaType": media, "digest": d, "size": data.len()}));
+        }
+        let diff_ids: Vec<&serde_json::Value> = layers.iter().map(|l| &l["digest"]).collect();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "model_format": "gguf", "model_family": "stand-in", "model_families": ["stand-in"],
+            "model_type": "tiny", "file_type": "F32", "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))?;
+        let config_digest = self.push_blob(repo, &config)?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": super::manifest::DOCKER_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": config_digest, "size": config.len(),
+            },
+            "layers": layers,
+        }))?;
+        self.push_manifest(repo, tag, super::manifest::DOCKER_MANIFEST, &manifest)
+    }
+
     /// Pushes an image's blobs and manifest, tagged `tag` (none: by digest
     /// only). Returns the manifest digest.
     pub fn push_image(&self, repo: &str, tag: Option<&str>, image: &TestImage) -> Result<Digest> {

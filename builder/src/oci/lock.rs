@@ -22,6 +22,21 @@ pub struct LockFile {
     pub arch: String,
     #[serde(default)]
     pub images: Vec<LockedImage>,
+    /// The profile's Ollama models (`[[models]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<LockedModel>,
+}
+
+/// A model resolved to the digest of its manifest (what `ollama list`
+/// shows as its ID).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedModel {
+    /// The name as the profile writes it.
+    pub name: String,
+    pub digest: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +66,21 @@ pub enum LockError {
     )]
     NoLockFile {
         count: usize,
+        lock: String,
+        profile: String,
+    },
+    #[error(
+        "the profile bakes {count} models but it has no lock file {lock}: run `nodeforge lock \
+         {profile}`; builds use locked digests only"
+    )]
+    NoLockFileForModels {
+        count: usize,
+        lock: String,
+        profile: String,
+    },
+    #[error("model {model} is not in the lock file {lock}: run `nodeforge lock {profile}`")]
+    ModelNotLocked {
+        model: String,
         lock: String,
         profile: String,
     },
@@ -116,6 +146,43 @@ impl LockFile {
 
     pub fn find(&self, reference: &str) -> Option<&LockedImage> {
         self.images.iter().find(|i| i.reference == reference)
+    }
+
+    pub fn find_model(&self, name: &str) -> Option<&LockedModel> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The locked entry of every model in `names`.
+    pub fn check_models<'a>(
+        lock: Option<&'a LockFile>,
+        lock_path: &Path,
+        profile_path: &Path,
+        names: &[String],
+    ) -> Result<Vec<&'a LockedModel>, LockError> {
+        let (lock_name, profile) = (
+            lock_path.display().to_string(),
+            profile_path.display().to_string(),
+        );
+        let Some(lock) = lock else {
+            return match names.len() {
+                0 => Ok(Vec::new()),
+                count => Err(LockError::NoLockFileForModels {
+                    count,
+                    lock: lock_name,
+                    profile,
+                }),
+            };
+        };
+        names
+            .iter()
+            .map(|n| {
+                lock.find_model(n).ok_or_else(|| LockError::ModelNotLocked {
+                    model: n.clone(),
+                    lock: lock_name.clone(),
+                    profile: profile.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The locked entry of every image in `references`, checked against
@@ -231,10 +298,24 @@ pub fn lock(
             platform: platform.to_string(),
         });
     }
+    let mut models = Vec::new();
+    for name in &profile.models {
+        let reference = super::ollama::ModelName::parse(name)?.reference();
+        // A model's manifest names no platform: the tag's manifest is it.
+        let (_, _, digest) = client
+            .manifest(&reference, &reference.manifest_ref())
+            .with_context(|| format!("locking model {name} ({reference})"))?;
+        models.push(LockedModel {
+            name: name.clone(),
+            digest,
+            mirror: client.mirror_of(&reference).map(|m| m.url.clone()),
+        });
+    }
     let lock = LockFile {
         version: LOCK_VERSION,
         arch: profile.hardware.arch.debian().to_owned(),
         images,
+        models,
     };
     let path = lock_path(profile_path);
     fsutil::atomic_write(&path, lock.to_toml().as_bytes())
@@ -260,6 +341,11 @@ mod tests {
                 index_digest: Some(d('b')),
                 platform: "linux/amd64".into(),
                 mirror: Some("http://127.0.0.1:5000".into()),
+            }],
+            models: vec![LockedModel {
+                name: "llama3.2".into(),
+                digest: d('e'),
+                mirror: None,
             }],
         }
     }
@@ -327,6 +413,28 @@ mod tests {
         let err = check(Some(&lock2), "amd64", std::slice::from_ref(&bad)).unwrap_err();
         assert!(matches!(err, LockError::DigestMismatch { .. }));
         assert!(err.to_string().contains(&bad), "{err}");
+    }
+
+    #[test]
+    fn models_must_be_locked() {
+        let lock = sample();
+        let (lock_path, profile_path) = (Path::new("x.lock.toml"), Path::new("x.toml"));
+        let check = |l, names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            LockFile::check_models(l, lock_path, profile_path, &names)
+        };
+        assert_eq!(check(Some(&lock), &["llama3.2"]).unwrap()[0].digest, d('e'));
+        assert!(check(None, &[]).unwrap().is_empty());
+        let e = check(Some(&lock), &["nomic-embed-text"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "model nomic-embed-text is not in the lock file x.lock.toml: run `nodeforge lock x.toml`"
+        );
+        let e = check(None, &["llama3.2"]).unwrap_err();
+        assert!(
+            matches!(e, LockError::NoLockFileForModels { count: 1, .. }),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod lock;
 pub mod manifest;
 pub mod mirror;
+pub mod ollama;
 pub mod reference;
 #[cfg(test)]
 mod registry_tests;

@@ -415,3 +415,77 @@ fn concurrent_fetches_of_one_blob_all_get_it_whole() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn models_lock_through_a_mirror_of_ollamas_registry_and_bake_into_its_store() {
+    // The test registry plays Ollama's registry: a stand-in model in its
+    // manifest format under the name the profile gives.
+    let reg = TestRegistry::start().unwrap();
+    let digest = reg
+        .push_ollama_model("library/llama3.2", "latest", b"GGUF stand-in weights")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/base.toml");
+    let profile_path = dir.path().join("m.toml");
+    std::fs::write(
+        &profile_path,
+        format!(
+            "extends = \"{}\"\nname = \"m\"\n[[models]]\nname = \"llama3.2\"\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let profile = crate::profile::load(&profile_path).unwrap();
+    let mirror = super::Mirror::parse(&format!("registry.ollama.ai=http://{}", reg.addr)).unwrap();
+    let client = Client::new()
+        .unwrap()
+        .with_mirrors(super::Mirrors::new([mirror.clone()]));
+    let (lock, path) = super::lock::lock(&profile, &profile_path, &client).unwrap();
+    assert!(lock.images.is_empty());
+    assert_eq!(lock.models.len(), 1);
+    assert_eq!(lock.models[0].name, "llama3.2");
+    assert_eq!(lock.models[0].digest, digest);
+    assert_eq!(lock.models[0].mirror.as_deref(), Some(mirror.url.as_str()));
+    let reread = super::lock::LockFile::read(&path).unwrap().unwrap();
+    assert_eq!(reread, lock);
+
+    // Baked: the manifest's bytes under Ollama's path (their sha256 is
+    // the locked digest, the ID `ollama list` shows) and every blob.
+    let name = super::ollama::ModelName::parse("llama3.2").unwrap();
+    let (_cache_dir, cache) = scratch_cache();
+    let (m, body, _) = client.manifest(&name.reference(), digest.as_str()).unwrap();
+    let Manifest::Image(m) = m else {
+        panic!("a model's manifest is an image manifest")
+    };
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        cache
+            .fetch(&client, &name.reference(), &d.digest, Some(d.size))
+            .unwrap();
+    }
+    let store = tempfile::tempdir().unwrap();
+    let model = super::ollama::StoreModel {
+        name: &name,
+        manifest_bytes: &body,
+        manifest: &m,
+    };
+    let written = super::ollama::write_store(store.path(), &[model], &cache).unwrap();
+    let manifest_file = store
+        .path()
+        .join("manifests/registry.ollama.ai/library/llama3.2/latest");
+    assert_eq!(Digest::of(&std::fs::read(&manifest_file).unwrap()), digest);
+    let weights = m
+        .layers
+        .iter()
+        .find(|l| l.media_type.as_deref() == Some(super::ollama::WEIGHTS_MEDIA_TYPE))
+        .unwrap();
+    let blob = store
+        .path()
+        .join(format!("blobs/sha256-{}", weights.digest.hex()));
+    assert_eq!(std::fs::read(blob).unwrap(), b"GGUF stand-in weights");
+    let blobs = std::fs::read_dir(store.path().join("blobs"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, m.layers.len() + 1, "config and every layer");
+    let total: u64 = m.layers.iter().map(|l| l.size).sum::<u64>() + m.config.size;
+    assert_eq!(written, total + body.len() as u64);
+}

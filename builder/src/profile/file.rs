@@ -45,6 +45,11 @@ pub struct ProfileFile {
     /// Compose stacks baked into the image with their container images.
     #[serde(default)]
     pub stacks: Vec<StackFile>,
+    /// Ollama models baked into the image's model store, locked like the
+    /// stacks' images (`llama3.2`, `nomic-embed-text:v1.5`,
+    /// `host/namespace/model:tag`).
+    #[serde(default)]
+    pub models: Vec<ModelFile>,
     /// Stacks of the extended profiles this one leaves out, by name (a
     /// test profile that boots a role without its services).
     #[serde(default)]
@@ -102,6 +107,14 @@ pub struct MatchFile {
     /// Of the matching disks (root's never among them), take the largest.
     #[serde(default)]
     pub largest: bool,
+}
+
+/// `[[models]]`: one Ollama model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// As `ollama pull` takes it.
+    pub name: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

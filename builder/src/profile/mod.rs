@@ -54,6 +54,8 @@ pub struct Profile {
     /// the same fleet (see [`members`]).
     pub fleet: Vec<FleetMember>,
     pub stacks: Vec<Stack>,
+    /// Ollama models baked into the image (`[[models]]`), as written.
+    pub models: Vec<String>,
     /// Data disk rules the first-boot agent applies.
     pub storage: Vec<nodeforge_firstboot::config::StorageRule>,
     /// The host firewall (`[firewall]`); None: the image has none.

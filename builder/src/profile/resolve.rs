@@ -159,6 +159,7 @@ struct Merged {
     tailscale: Option<super::Tailscale>,
     tailnet: super::Tailnet,
     stacks: Vec<Stack>,
+    models: Vec<String>,
     storage: Vec<nodeforge_firstboot::config::StorageRule>,
     firewall: Option<super::Firewall>,
 }
@@ -274,6 +275,13 @@ impl Merged {
                 ));
             }
             self.stacks.retain(|s| &s.name != x.get_ref());
+        }
+        for m in &f.models {
+            match crate::oci::ollama::ModelName::parse(m.name.get_ref()) {
+                Ok(_) if self.models.contains(m.name.get_ref()) => {}
+                Ok(_) => self.models.push(m.name.get_ref().clone()),
+                Err(e) => errors.push(ctx.error_at(&m.name, format!("{e:#}"))),
+            }
         }
         let mut names = Vec::new();
         for st in &f.stacks {
@@ -424,6 +432,7 @@ impl Merged {
             tailnet: self.tailnet,
             fleet: Vec::new(),
             stacks: self.stacks,
+            models: self.models,
             storage: self.storage,
             firewall: self.firewall,
         })

@@ -1,0 +1,110 @@
+//! Step `models`: the profile's Ollama models (`[[models]]`) written into
+//! Ollama's model store in the image (`oci::ollama`), from their locked
+//! manifests and the blob cache, so the node has them at first boot with
+//! no network. A cached layer keyed by the locked digests.
+
+use anyhow::{bail, Context, Result};
+
+use super::containers::ensure_blobs;
+use super::context::BuildContext;
+use super::progress::StepOutcome;
+use crate::oci::cache::BlobCache;
+use crate::oci::lock::LockFile;
+use crate::oci::ollama::{self, ModelName, StoreModel, MODELS_DIR};
+use crate::oci::{Client, Mirror, Mirrors};
+
+/// What the store is made from: each model and its locked digest.
+pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
+    let models: Vec<(&str, Option<&str>)> = plan
+        .profile
+        .models
+        .iter()
+        .map(|m| {
+            let locked = plan.lock.as_ref().and_then(|l| l.find_model(m));
+            (m.as_str(), locked.map(|l| l.digest.as_str()))
+        })
+        .collect();
+    serde_json::json!({ "models": models, "dir": MODELS_DIR })
+}
+
+pub fn applies(plan: &crate::plan::Plan) -> bool {
+    !plan.profile.models.is_empty()
+}
+
+pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
+    let plan = ctx.plan;
+    let p = &plan.profile;
+    let locked = LockFile::check_models(
+        plan.lock.as_ref(),
+        &plan.lock_path,
+        p.sources.last().expect("a profile has a source"),
+        &p.models,
+    )?;
+    let cache = BlobCache::new(&ctx.opts.cache_dir);
+    let mut mirrors = Vec::new();
+    let mut names = Vec::new();
+    for l in &locked {
+        let name = ModelName::parse(&l.name)?;
+        if let Some(url) = &l.mirror {
+            mirrors.push(
+                Mirror::parse(&format!("{}={url}", name.host))
+                    .with_context(|| format!("the lock file's mirror of model {}", l.name))?,
+            );
+        }
+        names.push(name);
+    }
+    let client = match ctx.opts.offline {
+        true => None,
+        false => Some(
+            Client::new()
+                .context("setting up the registry client")?
+                .with_mirrors(Mirrors::new(mirrors)),
+        ),
+    };
+    let mut fetched = Vec::new();
+    let mut from_remote = 0;
+    for (name, l) in names.iter().zip(&locked) {
+        let manifest = ensure_blobs(
+            &cache,
+            client.as_ref(),
+            ctx.remote.as_ref(),
+            &name.reference(),
+            &l.digest,
+            &mut from_remote,
+        )
+        .with_context(|| format!("fetching model {} ({})", l.name, l.digest))?;
+        let bytes = cache.read(&l.digest)?;
+        if !manifest
+            .layers
+            .iter()
+            .any(|d| d.media_type.as_deref() == Some(ollama::WEIGHTS_MEDIA_TYPE))
+        {
+            bail!(
+                "{} ({}) is not an Ollama model: its manifest has no {} layer",
+                l.name,
+                l.digest,
+                ollama::WEIGHTS_MEDIA_TYPE
+            );
+        }
+        fetched.push((name, bytes, manifest));
+    }
+    let models: Vec<StoreModel> = fetched
+        .iter()
+        .map(|(name, bytes, manifest)| StoreModel {
+            name,
+            manifest_bytes: bytes,
+            manifest,
+        })
+        .collect();
+    let bytes = ollama::write_store(&ctx.target(MODELS_DIR), &models, &cache)
+        .with_context(|| format!("writing the models into {MODELS_DIR} in the image"))?;
+    let facts: Vec<serde_json::Value> = locked
+        .iter()
+        .map(|l| serde_json::json!({ "name": l.name, "digest": l.digest }))
+        .collect();
+    ctx.facts.insert(
+        "models".into(),
+        serde_json::json!({ "models": facts, "bytes": bytes, "blobs_from_remote_cache": from_remote }),
+    );
+    Ok(StepOutcome::Done)
+}
