@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use nodeforge::build::{self, BuildOptions, BuildResult, Output};
 use nodeforge::plan::Plan;
 
+pub mod backup;
 pub mod control;
 pub mod debian_images;
 pub mod real_size;

@@ -35,7 +35,7 @@ mod alerts;
 #[path = "fleet/backup.rs"]
 mod backup;
 use alerts::{check_alert_rules, check_container_health, check_node_down_alert};
-use backup::check_backup_and_restore;
+use backup::{check_backup_and_restore, check_core_backup};
 use qemu_tests::stacks::{
     assert_all_healthy, assert_closed_from_lan, free_port, image_file, prepare_on_two_lanes, step,
     wait_all, Guest, Machine, Node, Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
@@ -189,6 +189,7 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     check_api_role(&data_vm);
     check_logs_reach_core(&data_vm, loki.port);
     check_backup_and_restore(&data_vm);
+    check_core_backup(&core_vm);
     check_container_health(prometheus.port);
     check_node_down_alert(&webhook, stopped);
     drop((prometheus, loki));
@@ -392,7 +393,7 @@ fn check_each_node(core: &Node, data: &Node, media: &Node) {
     assert_eq!(postgres["health"], "healthy", "{postgres:#}");
     assert_eq!(
         step(&core.status, "stack-secrets")["detail"],
-        "7 secrets of 1 stacks: 5 generated, 2 from the seed, 0 kept"
+        "8 secrets of 1 stacks: 6 generated, 2 from the seed, 0 kept"
     );
     assert_eq!(
         step(&data.status, "stack-secrets")["detail"],

@@ -23,6 +23,7 @@
 
 use std::time::Instant;
 
+use qemu_tests::backup::{backup_and_restore, RESTORE_DIR};
 use qemu_tests::stacks::{
     assert_all_healthy, prepare_on_two_lanes, step, wait_all, Guest, Machine, Node, Running, AI,
     CLOUD, CONTROLPLANE, LOGS, OBSERVABILITY, WORKSPACE,
@@ -112,6 +113,8 @@ fn the_single_host_roles_boot_with_working_stacks() {
     check_vault_unsealed(controlplane, cp_vm);
     check_vault_unsealed(cloud, cloud_vm);
     check_pgvector(cp_vm);
+    check_controlplane_backup(cp_vm);
+    check_workspace_backup(ws_vm);
     check_prometheus_config(obs_vm);
     check_code_server_volumes(ws_vm);
     check_nvidia_driver(ai_vm);
@@ -142,6 +145,55 @@ fn check_pgvector(vm: &Running) {
          sh -c '$(ls -d /usr/lib/postgresql/*/bin)/psql -U \"$POSTGRES_USER\" -d \"${POSTGRES_DB:-$POSTGRES_USER}\" -h /run/postgresql -tAc \"select extname from pg_extension order by 1\"'",
     );
     assert!(out.lines().any(|l| l == "vector"), "extensions: {out}");
+}
+
+/// controlplane's restic backup holds a pg_dumpall of its PostgreSQL and
+/// its volumes, less PostgreSQL's live files and the re-made stores.
+fn check_controlplane_backup(vm: &Running) {
+    let restored = backup_and_restore(vm, "controlplane", "controlplane");
+    assert_eq!(restored.dumps, ["postgres.sql"], "{restored:?}");
+    let roles = vm.ssh.run(&format!(
+        "sudo grep -c '^CREATE ROLE zentoria;' {RESTORE_DIR}/var/lib/nodeforge/backup/dumps/postgres.sql"
+    ));
+    assert_eq!(roles.trim(), "1", "the dump lacks the stack's role");
+    let volumes = &restored.volumes;
+    for v in [
+        "controlplane_n8n",
+        "controlplane_vault",
+        "controlplane_grafana",
+    ] {
+        assert!(
+            volumes.iter().any(|x| x == v),
+            "{v} not restored: {volumes:?}"
+        );
+    }
+    for v in [
+        "controlplane_postgres",
+        "controlplane_prometheus",
+        "controlplane_loki",
+    ] {
+        assert!(
+            !volumes.iter().any(|x| x == v),
+            "{v} was backed up: {volumes:?}"
+        );
+    }
+}
+
+/// workspace's backup keeps code-server's bind-mounted data
+/// (vars.backup_paths) beside its volumes.
+fn check_workspace_backup(vm: &Running) {
+    let restored = backup_and_restore(vm, "workspace", "workspace");
+    assert!(
+        restored
+            .volumes
+            .iter()
+            .any(|x| x == "workspace_jupyterhub-home"),
+        "{restored:?}"
+    );
+    let projects = vm.ssh.run(&format!(
+        "sudo test -d {RESTORE_DIR}/srv/workspace/projects && echo present"
+    ));
+    assert_eq!(projects.trim(), "present", "/srv/workspace not restored");
 }
 
 /// observability's real Prometheus loaded the role's configuration.

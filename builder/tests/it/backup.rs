@@ -67,3 +67,158 @@ fn a_profile_that_names_no_repository_is_told_what_to_set() {
         "{err}"
     );
 }
+
+/// Each role with state: the database services it dumps and the named
+/// volumes it leaves out of the snapshot (the profiles' vars say why).
+const ROLES: &[(&str, &[&str], &[&str])] = &[
+    ("core", &[], &["prometheus", "loki"]),
+    ("data", &["postgres"], &["postgres"]),
+    ("ai", &[], &[]),
+    ("media", &[], &["jellyfin-cache"]),
+    (
+        "controlplane",
+        &["postgres"],
+        &["postgres", "prometheus", "loki", "ollama", "whisper"],
+    ),
+    (
+        "cloud",
+        &["mariadb", "mongodb"],
+        &["mariadb", "mongodb", "netdata", "loki"],
+    ),
+    ("workspace", &[], &["onlyoffice-logs"]),
+    ("observability", &[], &["loki", "tempo", "prometheus"]),
+    ("sentinel", &[], &[]),
+];
+
+/// Images (the repository's last part) whose service is a database: its
+/// live files are no backup, so the role dumps it.
+const DATABASES: &[&str] = &["postgres", "pgvector", "mariadb", "mysql", "mongo"];
+
+/// The top-level named volumes of a compose template, and each service
+/// with the image it runs (from `image: {{ images["…"] }}`).
+fn compose_volumes_and_images(text: &str) -> (Vec<String>, Vec<(String, String)>) {
+    let (mut volumes, mut services) = (Vec::new(), Vec::new());
+    let mut section = "";
+    let mut service = String::new();
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            section = if line == "volumes:" {
+                "volumes"
+            } else if line == "services:" {
+                "services"
+            } else {
+                ""
+            };
+            continue;
+        }
+        let key = line.strip_prefix("  ").filter(|k| !k.starts_with(' '));
+        match (section, key.and_then(|k| k.strip_suffix(':'))) {
+            ("volumes", Some(v)) => volumes.push(v.to_owned()),
+            ("services", Some(s)) => service = s.to_owned(),
+            _ => {}
+        }
+        if let Some((_, image)) = line.trim().split_once("image: {{ images[\"") {
+            let image = image.split('"').next().unwrap_or_default();
+            services.push((service.clone(), image.to_owned()));
+        }
+    }
+    (volumes, services)
+}
+
+#[test]
+fn every_role_with_state_backs_it_up_and_dumps_its_databases() {
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("profiles")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        if path.extension().is_none_or(|e| e != "toml") || name.contains('.') {
+            continue;
+        }
+        let plan = plan(&format!("profiles/{name}.toml"));
+        let Some(stack) = plan
+            .profile
+            .stacks
+            .iter()
+            .find(|s| s.name == plan.profile.role)
+        else {
+            continue;
+        };
+        let (volumes, services) = compose_volumes_and_images(&read_text(&stack.compose));
+        if volumes.is_empty() {
+            continue;
+        }
+        let Some((_, dumped, excluded)) = ROLES.iter().find(|(r, _, _)| *r == name) else {
+            panic!("role {name} keeps volumes {volumes:?} and is not in this test's ROLES: configure overlays/backup for it")
+        };
+        checked.push(name.clone());
+        assert!(
+            plan.packages.iter().any(|p| p == "restic"),
+            "{name}: no restic"
+        );
+        assert!(
+            plan.overlay_files
+                .iter()
+                .any(|f| f.target == "/usr/libexec/nodeforge/backup"),
+            "{name}: no overlays/backup"
+        );
+        assert!(
+            stack.secrets.iter().any(|s| s == "RESTIC_PASSWORD"),
+            "{name}: stack {} does not declare RESTIC_PASSWORD",
+            stack.name
+        );
+        let env = render(&plan, "/etc/nodeforge/backup.env", |_| {}).unwrap();
+        assert!(
+            env.contains(&format!("BACKUP_STACK='{}'\n", stack.name)),
+            "{name}: {env}"
+        );
+        assert!(
+            env.contains(&format!(
+                "BACKUP_EXCLUDE_VOLUMES='{}'\n",
+                excluded.join(" ")
+            )),
+            "{name}: {env}"
+        );
+        for v in *excluded {
+            assert!(
+                volumes.iter().any(|x| x == v),
+                "{name}: excluded volume {v} is not one of {volumes:?}"
+            );
+        }
+        let dumps = render(&plan, "/etc/nodeforge/backup-dumps", |_| {}).unwrap();
+        let dump_services: Vec<&str> = dumps
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                assert_eq!(
+                    l.split('|').count(),
+                    3,
+                    "{name}: a dump line is service|file|command: {l}"
+                );
+                l.split('|').next().unwrap()
+            })
+            .collect();
+        assert_eq!(dump_services, *dumped, "{name}: {dumps}");
+        for (service, image) in &services {
+            let repo = image.split(':').next().unwrap_or_default();
+            let database = DATABASES.contains(&repo.rsplit('/').next().unwrap_or_default());
+            assert_eq!(
+                database,
+                dump_services.contains(&service.as_str()),
+                "{name}: service {service} ({image}) is a database exactly when it is dumped"
+            );
+        }
+        // A dumped database's own files are left out; no secret's value
+        // is ever in a dump command (they read the container's environment).
+        for s in &dump_services {
+            assert!(
+                excluded.contains(s),
+                "{name}: {s} is dumped but its volume is kept too"
+            );
+        }
+        assert!(!dumps.contains("--password"), "{name}: {dumps}");
+    }
+    let mut want: Vec<&str> = ROLES.iter().map(|(r, _, _)| *r).collect();
+    want.sort();
+    checked.sort();
+    assert_eq!(checked, want);
+}
