@@ -1,6 +1,7 @@
 //! A node's restic backup (overlays/backup) run as its timer runs it and
 //! restored into a scratch directory, for the boot tests of the roles that
-//! keep state (fleet.rs: data and core; single_hosts.rs: controlplane).
+//! keep state (fleet.rs: data and core; single_hosts.rs: controlplane and
+//! workspace).
 
 use std::time::Instant;
 

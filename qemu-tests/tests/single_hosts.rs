@@ -114,6 +114,7 @@ fn the_single_host_roles_boot_with_working_stacks() {
     check_vault_unsealed(cloud, cloud_vm);
     check_pgvector(cp_vm);
     check_controlplane_backup(cp_vm);
+    check_cloud_mariadb_dump(cloud_vm);
     check_workspace_backup(ws_vm);
     check_prometheus_config(obs_vm);
     check_code_server_volumes(ws_vm);
@@ -179,9 +180,32 @@ fn check_controlplane_backup(vm: &Running) {
     }
 }
 
+/// cloud's MariaDB dump (its line of /etc/nodeforge/backup-dumps, run as
+/// the backup runs it) works against the real MariaDB: the root password
+/// reaches mariadb-dump in a temporary file, and the dump holds Nextcloud's
+/// database. (cloud's whole backup is not run: MongoDB's test image is a
+/// stand-in without mongodump.)
+fn check_cloud_mariadb_dump(vm: &Running) {
+    let out = vm.ssh.run(
+        "sudo sh -c 'cmd=$(sed -n \"s/^mariadb|mariadb.sql|//p\" /etc/nodeforge/backup-dumps); \
+         docker exec $(docker ps -qf label=com.docker.compose.service=mariadb) sh -c \"$cmd\"' \
+         | grep -c '^CREATE DATABASE .*`nextcloud`'",
+    );
+    assert_eq!(
+        out.trim(),
+        "1",
+        "cloud's MariaDB dump lacks nextcloud: {out}"
+    );
+}
+
 /// workspace's backup keeps code-server's bind-mounted data
-/// (vars.backup_paths) beside its volumes.
+/// (vars.backup_paths) beside its volumes: a file written into
+/// /srv/workspace/projects comes back with its content.
 fn check_workspace_backup(vm: &Running) {
+    let marker = "/srv/workspace/projects/nodeforge-backup-marker";
+    let written = vm.ssh.run(&format!(
+        "date +%s%N | sudo tee {marker} && sudo chown 1000:1000 {marker}"
+    ));
     let restored = backup_and_restore(vm, "workspace", "workspace");
     assert!(
         restored
@@ -190,10 +214,8 @@ fn check_workspace_backup(vm: &Running) {
             .any(|x| x == "workspace_jupyterhub-home"),
         "{restored:?}"
     );
-    let projects = vm.ssh.run(&format!(
-        "sudo test -d {RESTORE_DIR}/srv/workspace/projects && echo present"
-    ));
-    assert_eq!(projects.trim(), "present", "/srv/workspace not restored");
+    let back = vm.ssh.run(&format!("sudo cat {RESTORE_DIR}{marker}"));
+    assert_eq!(back, written, "/srv/workspace not restored as it was");
 }
 
 /// observability's real Prometheus loaded the role's configuration.

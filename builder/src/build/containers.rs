@@ -97,6 +97,7 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
     for (r, l) in refs.iter().zip(locked) {
         let parsed = Reference::parse(r)?;
         let manifest = ensure_blobs(
+            "image",
             &cache,
             client.as_ref(),
             ctx.remote.as_ref(),
@@ -192,12 +193,14 @@ pub fn check_locked(plan: &crate::plan::Plan) -> Result<()> {
     Ok(())
 }
 
-/// The image manifest of `digest`, with it, its config and its layers in
+/// The image manifest of `digest` (of an image or a model: `kind` names it
+/// in errors), with it, its config and its layers in
 /// the cache: from there if present, else from the remote build cache
 /// (`--cache-from`, counted in `from_remote`), else from the image's
 /// registry (unless offline, which names the missing blob instead). Each
 /// is offered to `--cache-to`.
 pub(super) fn ensure_blobs(
+    kind: &str,
     cache: &BlobCache,
     client: Option<&Client>,
     remote: Option<&RemoteCache>,
@@ -208,7 +211,7 @@ pub(super) fn ensure_blobs(
     let need_client = |what: &str, d: &Digest| {
         client.ok_or_else(|| {
             anyhow::anyhow!(
-                "offline build: {what} {d} of image {image} is not in the blob cache ({}); \
+                "offline build: {what} {d} of {kind} {image} is not in the blob cache ({}); \
                  build once without --offline (or with --cache-from a registry cache that has it) to fetch it",
                 cache.path(d).display()
             )

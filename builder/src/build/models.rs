@@ -9,9 +9,9 @@ use super::containers::ensure_blobs;
 use super::context::BuildContext;
 use super::progress::StepOutcome;
 use crate::oci::cache::BlobCache;
-use crate::oci::lock::LockFile;
+use crate::oci::lock::{self, LockFile};
 use crate::oci::ollama::{self, ModelName, StoreModel, MODELS_DIR};
-use crate::oci::{Client, Mirror, Mirrors};
+use crate::oci::Client;
 
 /// What the store is made from: each model and its locked digest.
 pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
@@ -41,30 +41,23 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         &p.models,
     )?;
     let cache = BlobCache::new(&ctx.opts.cache_dir);
-    let mut mirrors = Vec::new();
-    let mut names = Vec::new();
-    for l in &locked {
-        let name = ModelName::parse(&l.name)?;
-        if let Some(url) = &l.mirror {
-            mirrors.push(
-                Mirror::parse(&format!("{}={url}", name.host))
-                    .with_context(|| format!("the lock file's mirror of model {}", l.name))?,
-            );
-        }
-        names.push(name);
-    }
+    let names = locked
+        .iter()
+        .map(|l| ModelName::parse(&l.name))
+        .collect::<Result<Vec<_>>>()?;
     let client = match ctx.opts.offline {
         true => None,
         false => Some(
             Client::new()
                 .context("setting up the registry client")?
-                .with_mirrors(Mirrors::new(mirrors)),
+                .with_mirrors(lock::model_mirrors(&locked)?),
         ),
     };
     let mut fetched = Vec::new();
     let mut from_remote = 0;
     for (name, l) in names.iter().zip(&locked) {
         let manifest = ensure_blobs(
+            "model",
             &cache,
             client.as_ref(),
             ctx.remote.as_ref(),
@@ -74,13 +67,10 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         )
         .with_context(|| format!("fetching model {} ({})", l.name, l.digest))?;
         let bytes = cache.read(&l.digest)?;
-        if !manifest
-            .layers
-            .iter()
-            .any(|d| d.media_type.as_deref() == Some(ollama::WEIGHTS_MEDIA_TYPE))
-        {
+        if !ModelName::is_model(&manifest) {
             bail!(
-                "{} ({}) is not an Ollama model: its manifest has no {} layer",
+                "{} ({}) is not an Ollama model: its manifest has no {} layer; \
+                 check the name and run `nodeforge lock` again",
                 l.name,
                 l.digest,
                 ollama::WEIGHTS_MEDIA_TYPE

@@ -252,11 +252,32 @@ pub fn mirrors(locked: &[&LockedImage]) -> Result<super::Mirrors> {
     for l in locked {
         if let Some(url) = &l.mirror {
             let r = Reference::parse(&l.reference)?;
-            out.push(
-                super::Mirror::parse(&format!("{}={url}", r.registry))
-                    .with_context(|| format!("the lock file's mirror of {}", l.reference))?,
-            );
+            out.push((r.registry, url.as_str(), l.reference.as_str()));
         }
+    }
+    mirror_list(out)
+}
+
+/// The same for locked models (`LockedModel::mirror`, by the model's host).
+pub fn model_mirrors(locked: &[&LockedModel]) -> Result<super::Mirrors> {
+    let mut out = Vec::new();
+    for l in locked {
+        if let Some(url) = &l.mirror {
+            let name = super::ollama::ModelName::parse(&l.name)?;
+            out.push((name.host, url.as_str(), l.name.as_str()));
+        }
+    }
+    mirror_list(out)
+}
+
+/// Mirrors from (registry, mirror URL, what the lock recorded it for).
+fn mirror_list(entries: Vec<(String, &str, &str)>) -> Result<super::Mirrors> {
+    let mut out = Vec::new();
+    for (registry, url, of) in entries {
+        out.push(
+            super::Mirror::parse(&format!("{registry}={url}"))
+                .with_context(|| format!("the lock file's mirror of {of}"))?,
+        );
     }
     Ok(super::Mirrors::new(out))
 }
@@ -302,9 +323,17 @@ pub fn lock(
     for name in &profile.models {
         let reference = super::ollama::ModelName::parse(name)?.reference();
         // A model's manifest names no platform: the tag's manifest is it.
-        let (_, _, digest) = client
+        let (manifest, _, digest) = client
             .manifest(&reference, &reference.manifest_ref())
             .with_context(|| format!("locking model {name} ({reference})"))?;
+        match manifest {
+            super::manifest::Manifest::Image(m) if super::ollama::ModelName::is_model(&m) => {}
+            _ => bail!(
+                "locking model {name} ({reference}): what the registry serves is not an Ollama \
+                 model (no {} layer); check the name",
+                super::ollama::WEIGHTS_MEDIA_TYPE
+            ),
+        }
         models.push(LockedModel {
             name: name.clone(),
             digest,

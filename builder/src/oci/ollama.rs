@@ -58,11 +58,15 @@ impl ModelName {
             }
         };
         let (model, tag) = rest.split_once(':').unwrap_or((rest, DEFAULT_TAG));
+        // Lowercase only: some Ollama versions lowercase the store's paths
+        // (model.Name.Filepath) and some do not, so only a lowercase name
+        // is found by both; the registry wants lowercase repositories.
         let part_ok = |p: &str, extra: &str| {
-            !p.is_empty()
-                && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+            let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+            p.starts_with(edge)
+                && p.ends_with(edge)
                 && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c) || extra.contains(c))
+                    .all(|c| edge(c) || "_.-".contains(c) || extra.contains(c))
         };
         if !part_ok(host, ":")
             || !part_ok(namespace, "")
@@ -70,18 +74,16 @@ impl ModelName {
             || !part_ok(tag, "")
         {
             return Err(bad(
-                "each part holds letters, digits, `_`, `.` and `-` (a host may add `:port`)",
+                "each part holds lowercase letters, digits, and `_`, `.` or `-` between them \
+                 (a host may add `:port`)",
             ));
         }
-        let name = ModelName {
+        Ok(ModelName {
             host: host.to_owned(),
             namespace: namespace.to_owned(),
             model: model.to_owned(),
             tag: tag.to_owned(),
-        };
-        // The registry API needs what a container image reference allows.
-        Reference::parse(&name.full()).map_err(|e| bad(&e.to_string()))?;
-        Ok(name)
+        })
     }
 
     /// `host/namespace/model:tag`, as Ollama writes it in full.
@@ -92,9 +94,24 @@ impl ModelName {
         )
     }
 
-    /// The registry reference its manifest and blobs are fetched by.
+    /// The registry reference its manifest and blobs are fetched by: the
+    /// first of three parts is always the host, as Ollama reads it (an
+    /// image reference would take `myhost/ns/model` for Docker Hub's).
     pub fn reference(&self) -> Reference {
-        Reference::parse(&self.full()).expect("checked when parsed")
+        Reference {
+            registry: self.host.clone(),
+            repository: format!("{}/{}", self.namespace, self.model),
+            tag: Some(self.tag.clone()),
+            digest: None,
+        }
+    }
+
+    /// Whether `manifest` is a model's: it has a weights layer.
+    pub fn is_model(manifest: &ImageManifest) -> bool {
+        manifest
+            .layers
+            .iter()
+            .any(|d| d.media_type.as_deref() == Some(WEIGHTS_MEDIA_TYPE))
     }
 
     /// The manifest's path below the store.
@@ -185,11 +202,19 @@ mod tests {
             n.manifest_path(),
             Path::new("manifests/127.0.0.1:5000/library/tiny/q4")
         );
+        // Three parts: the first is the host even without a dot or port.
+        let r = ModelName::parse("myhost/ns/tiny").unwrap().reference();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("myhost", "ns/tiny")
+        );
     }
 
     #[test]
     fn bad_names_say_what_a_name_is() {
-        for bad in ["", "a/b/c/d", "llama 3", "Llama3", "x:", "/x", "x:@1"] {
+        for bad in [
+            "", "a/b/c/d", "llama 3", "Llama3", "x:Q4_K_M", "x:", "/x", "x:@1", "x-",
+        ] {
             let e = ModelName::parse(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("model name `{bad}`")), "{e}");
         }

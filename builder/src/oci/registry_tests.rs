@@ -489,3 +489,35 @@ fn models_lock_through_a_mirror_of_ollamas_registry_and_bake_into_its_store() {
     let total: u64 = m.layers.iter().map(|l| l.size).sum::<u64>() + m.config.size;
     assert_eq!(written, total + body.len() as u64);
 }
+
+#[test]
+fn a_name_that_is_no_model_is_refused_when_locked() {
+    // Under the model's name, Ollama's registry (here a mirror of it)
+    // serves a container image: no weights layer, so no model.
+    let reg = TestRegistry::start().unwrap();
+    push_small(&reg, "library/tiny", "latest", "not a model");
+    let dir = tempfile::tempdir().unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/base.toml");
+    let profile_path = dir.path().join("m.toml");
+    std::fs::write(
+        &profile_path,
+        format!(
+            "extends = \"{}\"\nname = \"m\"\n[[models]]\nname = \"tiny\"\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let profile = crate::profile::load(&profile_path).unwrap();
+    let mirror = super::Mirror::parse(&format!("registry.ollama.ai=http://{}", reg.addr)).unwrap();
+    let client = Client::new()
+        .unwrap()
+        .with_mirrors(super::Mirrors::new([mirror]));
+    let err = super::lock::lock(&profile, &profile_path, &client).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("locking model tiny (registry.ollama.ai/library/tiny:latest)")
+            && err.contains("is not an Ollama model"),
+        "{err}"
+    );
+    assert!(!dir.path().join("m.lock.toml").exists());
+}

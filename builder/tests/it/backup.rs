@@ -56,6 +56,21 @@ fn data_backs_up_daily_with_restic_as_its_vars_say() {
 }
 
 #[test]
+fn backup_paths_must_be_absolute() {
+    let plan = plan("profiles/workspace.toml");
+    let env = render(&plan, "/etc/nodeforge/backup.env", |_| {}).unwrap();
+    assert!(env.contains("BACKUP_PATHS='/srv/workspace'\n"), "{env}");
+    let err = render(&plan, "/etc/nodeforge/backup.env", |v| {
+        v["backup_paths"] = serde_json::json!(["srv/workspace"]);
+    })
+    .unwrap_err();
+    assert!(
+        err.contains("vars.backup_paths: `srv/workspace` must be an absolute path"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_profile_that_names_no_repository_is_told_what_to_set() {
     let plan = plan("profiles/data.toml");
     let err = render(&plan, "/etc/nodeforge/backup.env", |v| {
@@ -207,15 +222,28 @@ fn every_role_with_state_backs_it_up_and_dumps_its_databases() {
                 "{name}: service {service} ({image}) is a database exactly when it is dumped"
             );
         }
-        // A dumped database's own files are left out; no secret's value
-        // is ever in a dump command (they read the container's environment).
+        // A dumped database's own files are left out.
         for s in &dump_services {
             assert!(
                 excluded.contains(s),
                 "{name}: {s} is dumped but its volume is kept too"
             );
         }
-        assert!(!dumps.contains("--password"), "{name}: {dumps}");
+        // A password reaches a dump tool only through a file written by
+        // the shell's printf (a builtin: no argv holds the value).
+        for line in dumps.lines().filter(|l| l.contains('|')) {
+            let command = line.splitn(3, '|').nth(2).unwrap_or_default();
+            for part in command.split("&&").flat_map(|p| p.split(';')) {
+                let part = part.trim();
+                if part.contains("PASSWORD") {
+                    assert!(
+                        part.starts_with("printf ") && part.ends_with("> \"$f\""),
+                        "{name}: a password outside a printf into the temporary file: {part}"
+                    );
+                }
+            }
+            assert!(!command.contains("--password"), "{name}: {command}");
+        }
     }
     let mut want: Vec<&str> = ROLES.iter().map(|(r, _, _)| *r).collect();
     want.sort();
