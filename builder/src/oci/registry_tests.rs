@@ -416,6 +416,36 @@ fn concurrent_fetches_of_one_blob_all_get_it_whole() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// A profile `m.toml` (on base.toml) in a scratch directory that bakes
+/// `model`.
+fn model_profile(
+    model: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    crate::profile::Profile,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/base.toml");
+    let path = dir.path().join("m.toml");
+    let text = format!(
+        "extends = \"{}\"\nname = \"m\"\n[[models]]\nname = \"{model}\"\n",
+        base.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let profile = crate::profile::load(&path).unwrap();
+    (dir, path, profile)
+}
+
+/// A client that reaches Ollama's registry through `reg`, and the mirror.
+fn ollama_mirror(reg: &TestRegistry) -> (Client, super::Mirror) {
+    let mirror = super::Mirror::parse(&format!("registry.ollama.ai=http://{}", reg.addr)).unwrap();
+    let client = Client::new()
+        .unwrap()
+        .with_mirrors(super::Mirrors::new([mirror.clone()]));
+    (client, mirror)
+}
+
 #[test]
 fn models_lock_through_a_mirror_of_ollamas_registry_and_bake_into_its_store() {
     // The test registry plays Ollama's registry: a stand-in model in its
@@ -424,22 +454,8 @@ fn models_lock_through_a_mirror_of_ollamas_registry_and_bake_into_its_store() {
     let digest = reg
         .push_ollama_model("library/llama3.2", "latest", b"GGUF stand-in weights")
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/base.toml");
-    let profile_path = dir.path().join("m.toml");
-    std::fs::write(
-        &profile_path,
-        format!(
-            "extends = \"{}\"\nname = \"m\"\n[[models]]\nname = \"llama3.2\"\n",
-            base.display()
-        ),
-    )
-    .unwrap();
-    let profile = crate::profile::load(&profile_path).unwrap();
-    let mirror = super::Mirror::parse(&format!("registry.ollama.ai=http://{}", reg.addr)).unwrap();
-    let client = Client::new()
-        .unwrap()
-        .with_mirrors(super::Mirrors::new([mirror.clone()]));
+    let (_dir, profile_path, profile) = model_profile("llama3.2");
+    let (client, mirror) = ollama_mirror(&reg);
     let (lock, path) = super::lock::lock(&profile, &profile_path, &client).unwrap();
     assert!(lock.images.is_empty());
     assert_eq!(lock.models.len(), 1);
@@ -496,22 +512,8 @@ fn a_name_that_is_no_model_is_refused_when_locked() {
     // serves a container image: no weights layer, so no model.
     let reg = TestRegistry::start().unwrap();
     push_small(&reg, "library/tiny", "latest", "not a model");
-    let dir = tempfile::tempdir().unwrap();
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/base.toml");
-    let profile_path = dir.path().join("m.toml");
-    std::fs::write(
-        &profile_path,
-        format!(
-            "extends = \"{}\"\nname = \"m\"\n[[models]]\nname = \"tiny\"\n",
-            base.display()
-        ),
-    )
-    .unwrap();
-    let profile = crate::profile::load(&profile_path).unwrap();
-    let mirror = super::Mirror::parse(&format!("registry.ollama.ai=http://{}", reg.addr)).unwrap();
-    let client = Client::new()
-        .unwrap()
-        .with_mirrors(super::Mirrors::new([mirror]));
+    let (dir, profile_path, profile) = model_profile("tiny");
+    let (client, _) = ollama_mirror(&reg);
     let err = super::lock::lock(&profile, &profile_path, &client).unwrap_err();
     let err = format!("{err:#}");
     assert!(
