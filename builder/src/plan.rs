@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::build::archive_epoch::{self, EpochSource};
 use crate::disk::{DiskLayout, TableKind};
 use crate::fsutil::sha256_bytes;
-use crate::oci::lock::{self, LockFile, LockedImage};
+use crate::oci::lock::{self, LockFile, LockedImage, LockedModel};
 use crate::profile::{self, InitramfsKind, Profile};
 
 /// Bumped when the way a rootfs is made changes, so old cache entries are
@@ -44,6 +44,8 @@ pub struct Plan {
     pub lock: Option<LockFile>,
     /// Every container image the stacks name, with its locked digest.
     pub images: Vec<PlannedImage>,
+    /// Every Ollama model the profile bakes, with its locked digest.
+    pub models: Vec<PlannedModel>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +53,13 @@ pub struct PlannedImage {
     pub reference: String,
     /// None until `nodeforge lock` has resolved it.
     pub locked: Option<LockedImage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedModel {
+    pub name: String,
+    /// None until `nodeforge lock` has resolved it.
+    pub locked: Option<LockedModel>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,12 +102,12 @@ impl Plan {
                 reference,
             })
             .collect();
-        let models: Vec<Option<String>> = profile
+        let models: Vec<PlannedModel> = profile
             .models
             .iter()
-            .map(|m| {
-                let locked = lock.as_ref().and_then(|l| l.find_model(m));
-                locked.map(|l| l.digest.to_string())
+            .map(|name| PlannedModel {
+                locked: lock.as_ref().and_then(|l| l.find_model(name)).cloned(),
+                name: name.clone(),
             })
             .collect();
         let profile_hash = profile_hash(&profile, &overlay_files, &images, &models)?;
@@ -121,6 +130,7 @@ impl Plan {
             lock_path,
             lock,
             images,
+            models,
         })
     }
 
@@ -244,12 +254,12 @@ impl Plan {
                 crate::oci::ollama::MODELS_DIR,
                 self.lock_path.display()
             ));
-            for m in &p.models {
-                let state = match self.lock.as_ref().and_then(|l| l.find_model(m)) {
+            for m in &self.models {
+                let state = match &m.locked {
                     Some(l) => l.digest.to_string(),
                     None => "NOT LOCKED: run `nodeforge lock`".into(),
                 };
-                line(format!("  model {m} -> {state}"));
+                line(format!("  model {} -> {state}", m.name));
             }
         }
         line(match self.layout.table {
@@ -328,7 +338,7 @@ fn profile_hash(
     p: &Profile,
     overlay_files: &[OverlayFile],
     images: &[PlannedImage],
-    models: &[Option<String>],
+    models: &[PlannedModel],
 ) -> Result<String> {
     let mut sources = Vec::new();
     for path in p.sources.iter().chain(std::iter::once(&p.hardware.file)) {
@@ -377,6 +387,10 @@ fn profile_hash(
     let locked: Vec<Option<&str>> = images
         .iter()
         .map(|i| i.locked.as_ref().map(|l| l.digest.as_str()))
+        .collect();
+    let models: Vec<Option<&str>> = models
+        .iter()
+        .map(|m| m.locked.as_ref().map(|l| l.digest.as_str()))
         .collect();
     let all = serde_json::json!({
         "profile": resolved, "sources": sources, "overlay_files": files, "images": locked,

@@ -23,7 +23,7 @@ use crate::oci::cache::BlobCache;
 use crate::oci::docker_store::{self, StoreImage, DOCKER_ROOT};
 use crate::oci::lock::{self, profile_images, LockFile};
 use crate::oci::manifest::{ImageManifest, Manifest};
-use crate::oci::{Client, Digest, Reference};
+use crate::oci::{Client, Digest, Mirrors, Reference};
 use crate::profile::{ProbeCheck, Stack};
 
 /// What the store is made from: the architecture and each image's locked
@@ -82,14 +82,7 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
         &refs,
     )?;
     let cache = BlobCache::new(&ctx.opts.cache_dir);
-    let client = match ctx.opts.offline {
-        true => None,
-        false => Some(
-            Client::new()
-                .context("setting up the registry client")?
-                .with_mirrors(lock::mirrors(&locked)?),
-        ),
-    };
+    let client = registry_client(ctx, lock::mirrors(&locked)?)?;
     let mut fetched = Vec::new();
     let mut facts = Vec::new();
     let mut blob_total = 0;
@@ -138,6 +131,16 @@ pub fn write_images(ctx: &mut BuildContext) -> Result<StepOutcome> {
         }),
     );
     Ok(StepOutcome::Done)
+}
+
+/// The registry client a step fetches blobs with, through `mirrors`;
+/// None for an `--offline` build.
+pub(super) fn registry_client(ctx: &BuildContext, mirrors: Mirrors) -> Result<Option<Client>> {
+    if ctx.opts.offline {
+        return Ok(None);
+    }
+    let client = Client::new().context("setting up the registry client")?;
+    Ok(Some(client.with_mirrors(mirrors)))
 }
 
 /// Step `stacks`.

@@ -3,25 +3,25 @@
 //! manifests and the blob cache, so the node has them at first boot with
 //! no network. A cached layer keyed by the locked digests.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use super::containers::ensure_blobs;
+use super::containers::{ensure_blobs, registry_client};
 use super::context::BuildContext;
 use super::progress::StepOutcome;
 use crate::oci::cache::BlobCache;
 use crate::oci::lock::{self, LockFile};
 use crate::oci::ollama::{self, ModelName, StoreModel, MODELS_DIR};
-use crate::oci::Client;
 
 /// What the store is made from: each model and its locked digest.
 pub fn inputs(plan: &crate::plan::Plan) -> serde_json::Value {
     let models: Vec<(&str, Option<&str>)> = plan
-        .profile
         .models
         .iter()
         .map(|m| {
-            let locked = plan.lock.as_ref().and_then(|l| l.find_model(m));
-            (m.as_str(), locked.map(|l| l.digest.as_str()))
+            (
+                m.name.as_str(),
+                m.locked.as_ref().map(|l| l.digest.as_str()),
+            )
         })
         .collect();
     serde_json::json!({ "models": models, "dir": MODELS_DIR })
@@ -45,14 +45,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         .iter()
         .map(|l| ModelName::parse(&l.name))
         .collect::<Result<Vec<_>>>()?;
-    let client = match ctx.opts.offline {
-        true => None,
-        false => Some(
-            Client::new()
-                .context("setting up the registry client")?
-                .with_mirrors(lock::model_mirrors(&locked)?),
-        ),
-    };
+    let client = registry_client(ctx, lock::model_mirrors(&locked)?)?;
     let mut fetched = Vec::new();
     let mut from_remote = 0;
     for (name, l) in names.iter().zip(&locked) {
@@ -66,16 +59,8 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
             &mut from_remote,
         )
         .with_context(|| format!("fetching model {} ({})", l.name, l.digest))?;
+        // The lock refused anything but a model (ModelName::is_model).
         let bytes = cache.read(&l.digest)?;
-        if !ModelName::is_model(&manifest) {
-            bail!(
-                "{} ({}) is not an Ollama model: its manifest has no {} layer; \
-                 check the name and run `nodeforge lock` again",
-                l.name,
-                l.digest,
-                ollama::WEIGHTS_MEDIA_TYPE
-            );
-        }
         fetched.push((name, bytes, manifest));
     }
     let models: Vec<StoreModel> = fetched
