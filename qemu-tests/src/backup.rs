@@ -17,6 +17,8 @@ pub struct Restored {
     pub volumes: Vec<String>,
     /// The database dumps in it (file names).
     pub dumps: Vec<String>,
+    /// `nodeforge-firstboot status`'s line of the backup.
+    pub status_line: String,
     pub backup_secs: f64,
     pub restore_secs: f64,
 }
@@ -71,6 +73,7 @@ pub fn backup_and_restore(node: &Running, name: &str, stack: &str) -> Restored {
     Restored {
         volumes: list("/var/lib/docker/volumes"),
         dumps: list("/var/lib/nodeforge/backup/dumps"),
+        status_line: line.trim().to_owned(),
         backup_secs,
         restore_secs,
     }

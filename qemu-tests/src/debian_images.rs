@@ -1,7 +1,7 @@
 //! Test images of the services Debian packages, served under the public
 //! names the stacks use, so a boot test runs the role's configuration of
-//! them for real: PostgreSQL (with pgvector), Redis, Prometheus,
-//! Alertmanager, postgres_exporter and nginx.
+//! them for real: PostgreSQL (with pgvector), PgBouncer, Redis,
+//! Prometheus, Alertmanager, postgres_exporter, nginx and MariaDB.
 //! On the same layer, STAND-INS for what Debian lacks but a boot test
 //! must see work end to end: logs, with Grafana Alloy (a script that
 //! follows the host's journal and pushes it where the stack's Alloy config
@@ -52,6 +52,7 @@ fn packages(arch: &str) -> &'static [&'static str] {
             "postgresql-17-pgvector",
             "nginx",
             "mariadb-server",
+            "pgbouncer",
             "python3",
             "python3-systemd",
         ],
@@ -62,7 +63,8 @@ fn packages(arch: &str) -> &'static [&'static str] {
 /// theirs are (a new volume starts from them; the entrypoints make the
 /// cluster and system tables), nginx as the official image has it (no
 /// Debian default site, logs to the container's output; its nginx.conf is
-/// in the scripts layer), and out what no test runs, to keep the layer
+/// in the scripts layer), PgBouncer also where edoburu/pgbouncer has it
+/// (/usr/bin), and out what no test runs, to keep the layer
 /// small: promtool, PostgreSQL's JIT (LLVM, its bitcode; the entrypoint
 /// turns `jit` off), the console libraries.
 const CUSTOMIZE: &str = "rm -rf \"$1\"/var/lib/postgresql/* \"$1\"/etc/postgresql/* \
@@ -71,6 +73,7 @@ const CUSTOMIZE: &str = "rm -rf \"$1\"/var/lib/postgresql/* \"$1\"/etc/postgresq
      \"$1\"/usr/lib/*-linux-gnu/libz3* \"$1\"/usr/lib/postgresql/*/lib/bitcode \
      \"$1\"/usr/share/javascript; \
      mkdir -p \"$1\"/prometheus \"$1\"/alertmanager \"$1\"/var/lib/postgresql/data \"$1\"/data \"$1\"/loki; \
+     if [ -x \"$1\"/usr/sbin/pgbouncer ]; then ln -sf /usr/sbin/pgbouncer \"$1\"/usr/bin/pgbouncer; fi; \
      if [ -d \"$1\"/etc/nginx ]; then rm -f \"$1\"/etc/nginx/sites-enabled/*; \
      ln -sf /dev/stdout \"$1\"/var/log/nginx/access.log; \
      ln -sf /dev/stderr \"$1\"/var/log/nginx/error.log; fi";
@@ -126,6 +129,19 @@ const PROVIDED: &[Provided] = &[
         package: "postgresql-17-pgvector",
         entrypoint: &["/usr/local/bin/docker-entrypoint.sh"],
         cmd: &["postgres"],
+    },
+    // edoburu/pgbouncer runs /usr/bin/pgbouncer as its `postgres` user
+    // (its Dockerfile's USER); PgBouncer refuses to run as root.
+    Provided {
+        name: "edoburu/pgbouncer:v1.23.1-p2",
+        package: "pgbouncer",
+        entrypoint: &[
+            "setpriv",
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+        ],
+        cmd: &["/usr/bin/pgbouncer", "/etc/pgbouncer/pgbouncer.ini"],
     },
     Provided {
         name: "nginx:1.27.2-alpine",
@@ -415,7 +431,9 @@ pub fn image_for(arch: &str, name: &str) -> Result<Option<TestImage>> {
     // The official postgres images put the server's tools on PATH
     // (ENV PATH $PATH:/usr/lib/postgresql/$PG_MAJOR/bin), which a stack's
     // `docker exec … pg_dumpall` relies on; trixie's major is 17.
-    let path = if p.package.starts_with("postgresql") {
+    // edoburu/pgbouncer has psql on its PATH too (Alpine's
+    // postgresql-client).
+    let path = if p.package.starts_with("postgresql") || p.package == "pgbouncer" {
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/17/bin"
     } else {
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

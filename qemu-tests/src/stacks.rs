@@ -475,7 +475,12 @@ impl Node {
     /// Writes a seed onto the node's boot partition, as `nodeforge
     /// customize` does from another computer.
     pub fn stamp(&self, key: &str, seed_secrets: &[(&str, &str)]) {
-        nodeforge::seed::stamp(&self.disk, &self.seed(key, seed_secrets))
+        self.stamp_seed(&self.seed(key, seed_secrets));
+    }
+
+    /// Writes `seed` onto the node's boot partition.
+    pub fn stamp_seed(&self, seed: &nodeforge_firstboot::seed::Seed) {
+        nodeforge::seed::stamp(&self.disk, seed)
             .unwrap_or_else(|e| panic!("stamping {}: {e:#}", self.disk.display()));
     }
 
@@ -715,6 +720,7 @@ pub const DATA: (&str, &[&str]) = (
         "minio",
         "meilisearch",
         "postgrest",
+        "pgbouncer",
         "backup",
         "postgres-exporter",
     ],
@@ -730,6 +736,7 @@ pub const CONTROLPLANE: (&str, &[&str]) = (
         "n8n",
         "vault",
         "postgres",
+        "pgbouncer",
         "redis",
         "minio",
         "ollama",

@@ -119,7 +119,7 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
             .collect()
     };
     let core_lan = lan_forwards(&[9090, 3100]);
-    let data_lan = lan_forwards(&[5432, 6379, 9000]);
+    let data_lan = lan_forwards(&[5432, 6432, 6379, 9000]);
     let started = Instant::now();
     let mut booting = Vec::new();
     for (i, node) in [&core, &data, &media].into_iter().enumerate() {
@@ -220,8 +220,9 @@ fn check_firewall(
     }
     let probe = |guest: u16| -> &'static [u8] {
         match guest {
-            // PostgreSQL's SSLRequest: the server answers `N` or `S` at once.
-            5432 => &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
+            // PostgreSQL's SSLRequest: the server (and PgBouncer) answers
+            // `N` or `S` at once.
+            5432 | 6432 => &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
             6379 => b"PING\r\n",
             _ => b"GET / HTTP/1.0\r\n\r\n",
         }
@@ -251,7 +252,7 @@ fn check_firewall(
             forwards.len()
         );
     }
-    eprintln!("fleet: from the LAN, nxcore's 9090 and 3100 and datacore's 5432, 6379 and 9000 are closed; SSH answers");
+    eprintln!("fleet: from the LAN, nxcore's 9090 and 3100 and datacore's 5432, 6432, 6379 and 9000 are closed; SSH answers");
 }
 
 /// data's engine holds what the build wrote into its store (#18): every
@@ -461,6 +462,7 @@ fn check_flows(nodes: &[(&str, &Running); 3]) {
         ("nxcore", "media", 8096, "reached"),
         // Nothing else.
         ("media", "datacore", 5432, "dropped"),
+        ("media", "datacore", 6432, "dropped"),
         ("media", "datacore", 6379, "dropped"),
         ("datacore", "media", 8096, "dropped"),
         ("datacore", "nxcore", 22, "dropped"),
@@ -535,8 +537,8 @@ fn check_scrapes(port: u16) {
     }
 }
 
-/// A real query on data's PostgreSQL from core (core may reach every
-/// port): psql from Debian's postgresql in core's Prometheus test image
+/// Real queries on data's PostgreSQL from core (core may reach every
+/// port), directly and through data's PgBouncer: psql from Debian's postgresql in core's Prometheus test image
 /// (the images share one Debian layer), the password over stdin.
 fn check_postgres_from_core(core: &Running) {
     let out = core.ssh.run_with_input(
@@ -548,16 +550,39 @@ fn check_postgres_from_core(core: &Running) {
     );
     eprintln!("fleet: core -> datacore:5432 psql: {}", out.trim());
     assert_eq!(out.trim(), "aerovista 42");
-    // n8n's login, made by data's init script from the value both seeds
-    // share, owns its database: core's n8n can create its tables there.
+    // Through data's PgBouncer (6432, where seed 001 sends clients): the
+    // server it relays to answers on 5432, inside data's stack.
     let out = core.ssh.run_with_input(
         "sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=prometheus) \
          sh -c 'read -r PGPASSWORD; export PGPASSWORD; \
-         $(ls -d /usr/lib/postgresql/*/bin)/psql -h datacore.tail79107c.ts.net -U n8n -d n8n \
+         $(ls -d /usr/lib/postgresql/*/bin)/psql -h datacore.tail79107c.ts.net -p 6432 \
+         -U aerovista -d aerovista -tAc \"select current_database() || chr(32) || inet_server_port()\"'",
+        format!("{POSTGRES_PASSWORD}\n").as_bytes(),
+    );
+    eprintln!(
+        "fleet: core -> datacore:6432 (PgBouncer) psql: {}",
+        out.trim()
+    );
+    assert_eq!(
+        out.trim(),
+        "aerovista 5432",
+        "the aerovista pool of data's PgBouncer"
+    );
+    // n8n's login, made by data's init script from the value both seeds
+    // share, owns its database and reaches it as core's n8n does, through
+    // PgBouncer's session pool: core's n8n can create its tables there.
+    let out = core.ssh.run_with_input(
+        "sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=prometheus) \
+         sh -c 'read -r PGPASSWORD; export PGPASSWORD; \
+         $(ls -d /usr/lib/postgresql/*/bin)/psql -h datacore.tail79107c.ts.net -p 6432 -U n8n -d n8n \
          -v ON_ERROR_STOP=1 -qtAc \"create table fleet_check(x int); drop table fleet_check; select current_user\"'",
         format!("{N8N_DB_PASSWORD}\n").as_bytes(),
     );
-    assert_eq!(out.trim(), "n8n", "n8n's login on datacore");
+    assert_eq!(
+        out.trim(),
+        "n8n",
+        "n8n's login on datacore through PgBouncer"
+    );
 }
 
 /// The seed's API through PostgREST's roles on the real PostgreSQL: the

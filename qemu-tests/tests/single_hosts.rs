@@ -67,7 +67,12 @@ fn the_single_host_roles_boot_with_working_stacks() {
     .try_into()
     .unwrap_or_else(|_| unreachable!("five profiles, five nodes"));
     for n in &nodes {
-        n.stamp(qemu_tests::stacks::GOOD_KEY, &[]);
+        let mut seed = n.seed(qemu_tests::stacks::GOOD_KEY, &[]);
+        // workspace's backups go where its fleet file would send them.
+        if n.name.ends_with("workspace") {
+            seed.backup_repository = Some(SEED_REPOSITORY.into());
+        }
+        n.stamp_seed(&seed);
     }
 
     let slot = qemu_tests::vm_slot();
@@ -113,8 +118,11 @@ fn the_single_host_roles_boot_with_working_stacks() {
     check_vault_unsealed(controlplane, cp_vm);
     check_vault_unsealed(cloud, cloud_vm);
     check_pgvector(cp_vm);
+    check_controlplane_pgbouncer(cp_vm);
     check_controlplane_backup(cp_vm);
     check_cloud_mariadb_dump(cloud_vm);
+    let repo = step(&workspace.status, "backup-repository");
+    assert_eq!(repo["state"], "done", "workspace: {repo:#}");
     check_workspace_backup(ws_vm);
     check_prometheus_config(obs_vm);
     check_code_server_volumes(ws_vm);
@@ -146,6 +154,32 @@ fn check_pgvector(vm: &Running) {
          sh -c '$(ls -d /usr/lib/postgresql/*/bin)/psql -U \"$POSTGRES_USER\" -d \"${POSTGRES_DB:-$POSTGRES_USER}\" -h /run/postgresql -tAc \"select extname from pg_extension order by 1\"'",
     );
     assert!(out.lines().any(|l| l == "vector"), "extensions: {out}");
+}
+
+/// controlplane's PgBouncer pools seed 002's databases: zentoria_vectors
+/// (transaction pool) has its vector extension, relayed to the server on
+/// 5432; n8n's login (its password from the stack's secrets file, over
+/// stdin) may create tables in its database through the session pool.
+fn check_controlplane_pgbouncer(vm: &Running) {
+    let psql = "psql -h 127.0.0.1 -p 6432 -v ON_ERROR_STOP=1 -qtA";
+    let out = vm.ssh.run(&format!(
+        "sudo docker exec $(sudo docker ps -qf label=com.docker.compose.service=pgbouncer) \
+         {psql} -U zentoria -d zentoria_vectors \
+         -c \"select inet_server_port() || chr(32) || extname from pg_extension where extname = 'vector'\""
+    ));
+    assert_eq!(
+        out.trim(),
+        "5432 vector",
+        "zentoria_vectors through PgBouncer"
+    );
+    let out = vm.ssh.run(&format!(
+        "sudo sh -c '. /var/lib/nodeforge/secrets/controlplane.env; printf \"%s\\n\" \"$N8N_DB_PASSWORD\"' \
+         | sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=pgbouncer) \
+         sh -c 'read -r PGPASSWORD; export PGPASSWORD; {psql} -U n8n -d n8n \
+         -c \"create table pool_check(x int); drop table pool_check; select current_user\"'"
+    ));
+    assert_eq!(out.trim(), "n8n", "n8n's login through PgBouncer");
+    eprintln!("controlplane: PgBouncer pools zentoria_vectors and n8n");
 }
 
 /// controlplane's restic backup holds a pg_dumpall of its PostgreSQL and
@@ -198,9 +232,14 @@ fn check_cloud_mariadb_dump(vm: &Running) {
     );
 }
 
+/// The restic repository workspace's seed names (as a fleet file's
+/// `backup_repository` would), over the image's /srv/backups/restic.
+const SEED_REPOSITORY: &str = "/srv/backups/fleet-restic";
+
 /// workspace's backup keeps code-server's bind-mounted data
 /// (vars.backup_paths) beside its volumes: a file written into
-/// /srv/workspace/projects comes back with its content.
+/// /srv/workspace/projects comes back with its content. It went to the
+/// repository its seed names, not the image's.
 fn check_workspace_backup(vm: &Running) {
     let marker = "/srv/workspace/projects/nodeforge-backup-marker";
     let written = vm.ssh.run(&format!(
@@ -216,6 +255,20 @@ fn check_workspace_backup(vm: &Running) {
     );
     let back = vm.ssh.run(&format!("sudo cat {RESTORE_DIR}{marker}"));
     assert_eq!(back, written, "/srv/workspace not restored as it was");
+    assert!(
+        restored
+            .status_line
+            .contains(&format!(" in {SEED_REPOSITORY} of ")),
+        "{restored:?}"
+    );
+    let repos = vm.ssh.run(&format!(
+        "sudo sh -c 'ls -d {SEED_REPOSITORY}/config /srv/backups/restic 2>&1; true'"
+    ));
+    assert!(
+        repos.contains(&format!("{SEED_REPOSITORY}/config\n"))
+            && repos.contains("/srv/backups/restic': No such file"),
+        "the backup did not go to the seed's repository alone: {repos}"
+    );
 }
 
 /// observability's real Prometheus loaded the role's configuration.

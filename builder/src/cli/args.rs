@@ -360,6 +360,11 @@ pub struct SeedArgs {
     /// secrets not given are generated at first boot.
     #[arg(long = "stack-secret", value_name = "NAME=FILE", value_parser = parse_stack_secret)]
     pub stack_secrets: Vec<(String, PathBuf)>,
+    /// Where the node's backups go, over its image's repository: a path
+    /// on the node or a restic repository (s3:http://host:9000/bucket,
+    /// sftp:user@host:/path); credentials go in --stack-secret, never here.
+    #[arg(long, value_name = "REPOSITORY")]
+    pub backup_repository: Option<String>,
 }
 
 impl SeedArgs {
@@ -375,6 +380,7 @@ impl SeedArgs {
                 ssh_keys: self.ssh_keys.clone(),
                 tags: self.tags.clone(),
                 stack_secret_files: self.stack_secrets.clone(),
+                backup_repository: self.backup_repository.clone(),
             },
         }
         .resolve()

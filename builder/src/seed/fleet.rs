@@ -11,6 +11,8 @@
 //! hostname = "sentinel-2"            # default: the node's name
 //! authkey_file = "keys/sentinel-2"   # relative to this file
 //! tags = ["tag:edge"]
+//! backup_repository = "s3:http://datacore.tail79107c.ts.net:9000/backups"
+//! stack_secrets = { RESTIC_PASSWORD = "keys/restic" }   # NAME = file
 //! profile = "profiles/sentinel.toml"
 //! mac = "52:54:00:12:34:56"
 //! ```
@@ -36,6 +38,13 @@ pub struct NodeValues {
     pub tags: Vec<String>,
     #[serde(default)]
     pub ssh_keys: Vec<String>,
+    /// Where the machine's backups go (a restic repository), over its
+    /// image's own; see the seed's `backup_repository`.
+    pub backup_repository: Option<String>,
+    /// Stack secrets by name, each read from a file relative to the fleet
+    /// file (a node's own over the defaults' of the same name).
+    #[serde(default)]
+    pub stack_secrets: BTreeMap<String, PathBuf>,
     /// The role profile this machine runs (for `serve`).
     pub profile: Option<PathBuf>,
     /// The machine's MAC address (for `serve`).
@@ -107,6 +116,8 @@ impl Fleet {
         tags.extend(node.tags.iter().cloned());
         let mut ssh_keys = d.ssh_keys.clone();
         ssh_keys.extend(node.ssh_keys.iter().cloned());
+        let mut secrets = d.stack_secrets.clone();
+        secrets.extend(node.stack_secrets.clone());
         Ok(SeedOptions {
             hostname: Some(node.hostname.clone().unwrap_or_else(|| name.to_owned())),
             authkey_file: node
@@ -116,7 +127,14 @@ impl Fleet {
                 .map(|p| self.dir.join(p)),
             ssh_keys,
             tags,
-            ..SeedOptions::default()
+            stack_secret_files: secrets
+                .into_iter()
+                .map(|(name, file)| (name, self.dir.join(file)))
+                .collect(),
+            backup_repository: node
+                .backup_repository
+                .clone()
+                .or_else(|| d.backup_repository.clone()),
         })
     }
 }
@@ -138,6 +156,39 @@ mod tests {
         assert_eq!(b.tags, ["tag:lab", "tag:edge"]);
         let err = f.seed_options("c").unwrap_err().to_string();
         assert!(err.contains("no node `c`") && err.contains("a, b"), "{err}");
+    }
+
+    #[test]
+    fn backup_repository_and_stack_secrets_come_from_the_node_over_the_defaults() {
+        let (dir, path) = scratch_file(
+            "fleet.toml",
+            "[defaults]\nbackup_repository = \"s3:http://datacore:9000/backups\"\n\
+             stack_secrets = { RESTIC_PASSWORD = \"k/restic\", AWS_ACCESS_KEY_ID = \"k/id\" }\n\
+             [nodes.a]\n[nodes.b]\nbackup_repository = \"/srv/backups/b\"\n\
+             stack_secrets = { RESTIC_PASSWORD = \"k/restic-b\" }\n",
+        );
+        let f = Fleet::load(&path).unwrap();
+        let a = f.seed_options("a").unwrap();
+        assert_eq!(
+            a.backup_repository.as_deref(),
+            Some("s3:http://datacore:9000/backups")
+        );
+        assert_eq!(
+            a.stack_secret_files,
+            [
+                ("AWS_ACCESS_KEY_ID".to_owned(), dir.path().join("k/id")),
+                ("RESTIC_PASSWORD".to_owned(), dir.path().join("k/restic")),
+            ]
+        );
+        let b = f.seed_options("b").unwrap();
+        assert_eq!(b.backup_repository.as_deref(), Some("/srv/backups/b"));
+        assert_eq!(
+            b.stack_secret_files,
+            [
+                ("AWS_ACCESS_KEY_ID".to_owned(), dir.path().join("k/id")),
+                ("RESTIC_PASSWORD".to_owned(), dir.path().join("k/restic-b")),
+            ]
+        );
     }
 
     #[test]

@@ -47,11 +47,15 @@ impl SeedRequest {
         opts.tags.extend(given.tags.iter().cloned());
         opts.stack_secret_files
             .extend(given.stack_secret_files.iter().cloned());
+        if given.backup_repository.is_some() {
+            opts.backup_repository = given.backup_repository.clone();
+        }
         let empty = opts.hostname.is_none()
             && opts.authkey_file.is_none()
             && opts.ssh_keys.is_empty()
             && opts.tags.is_empty()
-            && opts.stack_secret_files.is_empty();
+            && opts.stack_secret_files.is_empty()
+            && opts.backup_repository.is_none();
         if empty {
             return Ok(None);
         }

@@ -17,6 +17,8 @@ pub struct SeedOptions {
     pub tags: Vec<String>,
     /// Stack secrets by name, each read from a file (never given inline).
     pub stack_secret_files: Vec<(String, PathBuf)>,
+    /// Where the node's backups go, over its image's repository.
+    pub backup_repository: Option<String>,
 }
 
 impl SeedOptions {
@@ -48,6 +50,7 @@ impl SeedOptions {
                 .iter()
                 .map(|(name, file)| Ok((name.clone(), read_stack_secret(name, file)?)))
                 .collect::<Result<_>>()?,
+            backup_repository: self.backup_repository.clone(),
         };
         seed.validate()?;
         Ok(seed)

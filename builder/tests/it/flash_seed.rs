@@ -117,6 +117,63 @@ fn customize_stamps_stack_secrets_read_from_files() {
     assert!(!out.stderr().contains("it's"), "{}", out.report());
 }
 
+/// The fleet file's backup repository and stack secrets reach the seed,
+/// a flag overrides the repository, and a password in its URL is refused
+/// without being shown.
+#[test]
+fn customize_stamps_the_fleets_backup_repository_and_secrets() {
+    let (p, img) = project();
+    p.write("keys/restic", "restic-pass\n");
+    p.write(
+        "fleet.toml",
+        "[defaults]\nbackup_repository = \"s3:http://datacore:9000/backups\"\n\
+         stack_secrets = { RESTIC_PASSWORD = \"keys/restic\" }\n[nodes.core-2]\n",
+    );
+    p.ok(&["customize", "node.img", "--node", "core-2"]);
+    let seed = seed_of(&img);
+    assert_eq!(
+        seed.backup_repository.as_deref(),
+        Some("s3:http://datacore:9000/backups")
+    );
+    assert_eq!(
+        seed.stack_secrets["RESTIC_PASSWORD"].expose(),
+        "restic-pass"
+    );
+
+    p.ok(&[
+        "customize",
+        "node.img",
+        "--node",
+        "core-2",
+        "--backup-repository",
+        "/srv/backups/restic-2",
+    ]);
+    assert_eq!(
+        seed_of(&img).backup_repository.as_deref(),
+        Some("/srv/backups/restic-2")
+    );
+
+    let out = p.fails(&[
+        "customize",
+        "node.img",
+        "--backup-repository",
+        "rest:https://ops:hunter2@backup.lan:8000/",
+    ]);
+    out.stderr_has(&[
+        "backup_repository",
+        "ops:***@backup.lan:8000",
+        "stack secret",
+    ]);
+    assert!(!out.stderr().contains("hunter2"), "{}", out.report());
+    p.fails(&[
+        "customize",
+        "node.img",
+        "--backup-repository",
+        "backups/here",
+    ])
+    .stderr_has(&["neither an absolute path nor a restic repository"]);
+}
+
 /// `flash --json`: progress lines per phase, then one result line whose
 /// figures match what was written, verified and stamped.
 #[test]

@@ -100,6 +100,14 @@ pub struct Seed {
     /// generated at first boot. Scrubbed with the auth key.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub stack_secrets: std::collections::BTreeMap<String, AuthKey>,
+    /// The restic repository this node's backups go to, over the image's
+    /// own (`vars.backup_repository` of overlays/backup): a path on the
+    /// node or any repository restic takes (`s3:https://host/bucket`,
+    /// `sftp:user@host:/path`, `rest:https://host/`). Not a secret: its
+    /// credentials are stack secrets (`AWS_ACCESS_KEY_ID` …), never part
+    /// of the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_repository: Option<String>,
 }
 
 /// Why a seed (or one of its values) was refused. Each message is whole in
@@ -121,6 +129,8 @@ pub enum SeedError {
     SecretName(String),
     #[error("stack secret {0} must be one non-empty line without `'`")]
     SecretValue(String),
+    #[error("backup_repository {0:?} is {1}")]
+    BackupRepository(String, &'static str),
 }
 
 impl Seed {
@@ -157,6 +167,9 @@ impl Seed {
         for (name, v) in &self.stack_secrets {
             validate_secret(name, v.expose())?;
         }
+        if let Some(r) = &self.backup_repository {
+            validate_backup_repository(r)?;
+        }
         Ok(())
     }
 
@@ -187,6 +200,49 @@ pub fn validate_secret(name: &str, value: &str) -> Result<(), SeedError> {
     }
     if value.is_empty() || value.contains(['\n', '\r', '\'']) {
         return Err(SeedError::SecretValue(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// restic's repository back ends (restic docs, "Preparing a new
+/// repository"; checked 0.18): `<backend>:<location>`, or a local path.
+const RESTIC_BACKENDS: &[&str] = &[
+    "local", "sftp", "rest", "s3", "swift", "b2", "azure", "gs", "rclone",
+];
+
+/// A restic repository a seed may name: an absolute path or one of
+/// restic's back ends, on one line, with no password in it (restic reads
+/// credentials from its environment: the stack secrets). The message
+/// shows the value, which is no secret (a password found in it is not
+/// shown).
+pub fn validate_backup_repository(r: &str) -> Result<(), SeedError> {
+    let bad = |why| Err(SeedError::BackupRepository(r.to_owned(), why));
+    if r.is_empty() || r.chars().any(char::is_control) || r.contains('\'') {
+        return bad("not one line without `'`");
+    }
+    if r.starts_with('/') {
+        return Ok(());
+    }
+    let backend = r.split_once(':').map(|(b, _)| b).unwrap_or("");
+    if !RESTIC_BACKENDS.contains(&backend) {
+        return bad("neither an absolute path nor a restic repository \
+             (local:, sftp:, rest:, s3:, swift:, b2:, azure:, gs:, rclone:)");
+    }
+    // `scheme://user:password@host`: a password in the URL would sit on
+    // the boot partition and in the node's files.
+    if let Some((_, rest)) = r.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        if let Some((userinfo, host)) = authority.split_once('@') {
+            if let Some((user, _password)) = userinfo.split_once(':') {
+                // The message shows the URL without the password.
+                let shown = r.replacen(authority, &format!("{user}:***@{host}"), 1);
+                return Err(SeedError::BackupRepository(
+                    shown,
+                    "holding a password: give it as a stack secret instead \
+                     (AWS_SECRET_ACCESS_KEY for s3:, RESTIC_REST_PASSWORD for rest:)",
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -234,7 +290,47 @@ mod tests {
             tailscale_tags: vec!["tag:lab".into()],
             ssh_authorized_keys: vec![KEY.into()],
             stack_secrets: Default::default(),
+            backup_repository: None,
         }
+    }
+
+    #[test]
+    fn backup_repositories_are_paths_or_restic_back_ends_without_passwords() {
+        for ok in [
+            "/srv/backups/restic",
+            "s3:http://datacore.tail79107c.ts.net:9000/backups",
+            "sftp:backup@nas:/srv/restic",
+            "rest:https://backup@rest.example:8000/node",
+            "local:/mnt/usb/restic",
+        ] {
+            validate_backup_repository(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let e = validate_backup_repository("rest:https://user:hunter2@host:8000/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("hunter2") && e.contains("user:***@host:8000"),
+            "{e}"
+        );
+        for (bad, says) in [
+            ("", "one line"),
+            ("srv/backups", "neither an absolute path"),
+            ("ftp:host/x", "neither an absolute path"),
+            ("/srv/a\nb", "one line"),
+            ("/srv/it's", "one line"),
+            ("rest:https://user:hunter2@host:8000/", "holding a password"),
+        ] {
+            let e = validate_backup_repository(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let seed = Seed {
+            backup_repository: Some("srv/backups".into()),
+            ..Seed::default()
+        };
+        assert!(matches!(
+            seed.validate(),
+            Err(SeedError::BackupRepository(..))
+        ));
     }
 
     #[test]

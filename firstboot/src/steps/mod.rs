@@ -17,6 +17,7 @@ use crate::runner::CommandRunner;
 use crate::seed::load::SeedSource;
 use crate::seed::Seed;
 
+mod backup;
 mod containers;
 mod grow;
 mod network;
@@ -27,6 +28,7 @@ mod storage;
 mod system;
 mod tailnet;
 
+pub use backup::REPOSITORY_PATH as BACKUP_REPOSITORY_PATH;
 pub use containers::{missing_images, parse_ps, probe, retags, service_status, PsEntry};
 pub use grow::{plan_grow, GrowPlan, NotGrowable};
 pub use storage::{fstab_line, matches as disk_matches, Refusal, CLAIMS_PATH};
@@ -40,6 +42,7 @@ pub enum Step {
     SshHostKeys,
     AuthorizedKeys,
     StackSecrets,
+    BackupRepository,
     Network,
     Tailscale,
     ScrubSecrets,
@@ -56,6 +59,7 @@ impl Step {
         Step::SshHostKeys,
         Step::AuthorizedKeys,
         Step::StackSecrets,
+        Step::BackupRepository,
         Step::Network,
         Step::Tailscale,
         Step::ScrubSecrets,
@@ -72,6 +76,7 @@ impl Step {
             Step::SshHostKeys => "ssh-host-keys",
             Step::AuthorizedKeys => "authorized-keys",
             Step::StackSecrets => "stack-secrets",
+            Step::BackupRepository => "backup-repository",
             Step::Network => "network",
             Step::Tailscale => "tailscale",
             Step::ScrubSecrets => "scrub-secrets",
@@ -88,6 +93,7 @@ impl Step {
             Step::SshHostKeys => system::ssh_host_keys(ctx),
             Step::AuthorizedKeys => system::authorized_keys(ctx),
             Step::StackSecrets => secrets::stack_secrets(ctx),
+            Step::BackupRepository => backup::backup_repository(ctx),
             Step::Network => network::wait_for_network(ctx),
             Step::Tailscale => tailnet::join(ctx),
             Step::ScrubSecrets => scrub::scrub_secrets(ctx),
@@ -115,6 +121,7 @@ impl Step {
             | Step::SshHostKeys
             | Step::AuthorizedKeys
             | Step::StackSecrets
+            | Step::BackupRepository
             | Step::Network => false,
         }
     }
