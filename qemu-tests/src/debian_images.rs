@@ -1,7 +1,8 @@
 //! Test images of the services Debian packages, served under the public
 //! names the stacks use, so a boot test runs the role's configuration of
 //! them for real: PostgreSQL (with pgvector), PgBouncer, Redis,
-//! Prometheus, Alertmanager, postgres_exporter, nginx and MariaDB.
+//! Prometheus, Alertmanager, postgres_exporter, nginx, MariaDB and
+//! Syncthing.
 //! On the same layer, STAND-INS for what Debian lacks but a boot test
 //! must see work end to end: logs, with Grafana Alloy (a script that
 //! follows the host's journal and pushes it where the stack's Alloy config
@@ -53,6 +54,7 @@ fn packages(arch: &str) -> &'static [&'static str] {
             "nginx",
             "mariadb-server",
             "pgbouncer",
+            "syncthing",
             "python3",
             "python3-systemd",
         ],
@@ -85,6 +87,8 @@ struct Provided {
     package: &'static str,
     entrypoint: &'static [&'static str],
     cmd: &'static [&'static str],
+    /// The official image's own environment, beside PATH and LANG.
+    env: &'static [&'static str],
 }
 
 const PROVIDED: &[Provided] = &[
@@ -93,12 +97,14 @@ const PROVIDED: &[Provided] = &[
         package: "postgresql",
         entrypoint: &["/usr/local/bin/docker-entrypoint.sh"],
         cmd: &["postgres"],
+        env: &[],
     },
     Provided {
         name: "redis:7.4.1",
         package: "redis-server",
         entrypoint: &[],
         cmd: &["redis-server"],
+        env: &[],
     },
     Provided {
         name: "prom/prometheus:v2.54.1",
@@ -108,6 +114,7 @@ const PROVIDED: &[Provided] = &[
             "--config.file=/etc/prometheus/prometheus.yml",
             "--storage.tsdb.path=/prometheus",
         ],
+        env: &[],
     },
     Provided {
         name: "prom/alertmanager:v0.28.1",
@@ -117,18 +124,21 @@ const PROVIDED: &[Provided] = &[
             "--config.file=/etc/alertmanager/alertmanager.yml",
             "--storage.path=/alertmanager",
         ],
+        env: &[],
     },
     Provided {
         name: "quay.io/prometheuscommunity/postgres-exporter:v0.15.0",
         package: "prometheus-postgres-exporter",
         entrypoint: &["/usr/bin/prometheus-postgres-exporter"],
         cmd: &[],
+        env: &[],
     },
     Provided {
         name: "pgvector/pgvector:0.7.4-pg16",
         package: "postgresql-17-pgvector",
         entrypoint: &["/usr/local/bin/docker-entrypoint.sh"],
         cmd: &["postgres"],
+        env: &[],
     },
     // edoburu/pgbouncer runs /usr/bin/pgbouncer as its `postgres` user
     // (its Dockerfile's USER); PgBouncer refuses to run as root.
@@ -142,42 +152,64 @@ const PROVIDED: &[Provided] = &[
             "--init-groups",
         ],
         cmd: &["/usr/bin/pgbouncer", "/etc/pgbouncer/pgbouncer.ini"],
+        env: &[],
     },
     Provided {
         name: "nginx:1.27.2-alpine",
         package: "nginx",
         entrypoint: &[],
         cmd: &["nginx", "-g", "daemon off;"],
+        env: &[],
     },
     Provided {
         name: "mariadb:11.4.3",
         package: "mariadb-server",
         entrypoint: &["/usr/local/bin/mariadb-entrypoint.sh"],
         cmd: &["mariadbd"],
+        env: &[],
     },
     Provided {
         name: "prom/blackbox-exporter:v0.25.0",
         package: "prometheus-blackbox-exporter",
         entrypoint: &["/usr/bin/prometheus-blackbox-exporter"],
         cmd: &["--config.file=/etc/blackbox_exporter/config.yml"],
+        env: &[],
     },
     Provided {
         name: "grafana/alloy:v1.4.3",
         package: STAND_IN,
         entrypoint: &["/usr/local/bin/alloy-standin"],
         cmd: &["run", "/etc/alloy/config.alloy"],
+        env: &[],
     },
     Provided {
         name: "grafana/loki:3.2.1",
         package: STAND_IN,
         entrypoint: &["/usr/local/bin/loki-standin"],
         cmd: &[],
+        env: &[],
     },
     Provided {
         name: "hashicorp/vault:1.17.6",
         package: STAND_IN,
         entrypoint: &["/usr/local/bin/vault-standin"],
         cmd: &["server"],
+        env: &[],
+    },
+    // syncthing/syncthing: its entrypoint script (as the image's, below)
+    // and environment (Dockerfile, checked 1.27.12).
+    Provided {
+        name: "syncthing/syncthing:1.27.12",
+        package: "syncthing",
+        entrypoint: &["/bin/entrypoint.sh", "/bin/syncthing"],
+        cmd: &[],
+        env: &[
+            "PUID=1000",
+            "PGID=1000",
+            "HOME=/var/syncthing",
+            "STGUIADDRESS=0.0.0.0:8384",
+            "STHOMEDIR=/var/syncthing/config",
+        ],
     },
 ];
 
@@ -195,6 +227,7 @@ fn scripts_layer() -> Result<Vec<u8>> {
     };
     let (alloy, loki) = (read("alloy-standin")?, read("loki-standin")?);
     let vault = read("vault-standin")?;
+    let syncthing = read("syncthing-entrypoint.sh")?;
     layer_tar(&[
         (
             "usr/local/bin/docker-entrypoint.sh",
@@ -204,6 +237,9 @@ fn scripts_layer() -> Result<Vec<u8>> {
         ("usr/local/bin/alloy-standin", 0o755, &alloy),
         ("usr/local/bin/loki-standin", 0o755, &loki),
         ("usr/local/bin/vault-standin", 0o755, &vault),
+        // /bin/entrypoint.sh, as syncthing/syncthing has it (/bin is
+        // /usr/bin on trixie).
+        ("usr/bin/entrypoint.sh", 0o755, &syncthing),
         (
             "usr/local/bin/mariadb-entrypoint.sh",
             0o755,
@@ -438,6 +474,10 @@ pub fn image_for(arch: &str, name: &str) -> Result<Option<TestImage>> {
     } else {
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     };
+    let env: Vec<&str> = [path, "LANG=C.UTF-8"]
+        .into_iter()
+        .chain(p.env.iter().copied())
+        .collect();
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
@@ -445,7 +485,7 @@ pub fn image_for(arch: &str, name: &str) -> Result<Option<TestImage>> {
         "config": {
             "Entrypoint": if p.entrypoint.is_empty() { serde_json::Value::Null } else { p.entrypoint.into() },
             "Cmd": p.cmd,
-            "Env": [path, "LANG=C.UTF-8"],
+            "Env": env,
             "WorkingDir": "/",
             "Labels": {label_key: label},
         },

@@ -41,6 +41,7 @@ const PORTS: &[(&str, u16)] = &[
     ("portainer/portainer-ce:2.21.4", 9000),
     ("grafana/grafana:11.2.2", 3000),
     ("gcr.io/cadvisor/cadvisor:v0.49.1", 8080),
+    ("axllent/mailpit:v1.20.7", 8025),
     // data
     ("minio/minio:RELEASE.2024-10-13T13-34-11Z", 9000),
     ("getmeili/meilisearch:v1.10.3", 7700),
@@ -73,6 +74,7 @@ const PORTS: &[(&str, u16)] = &[
     ("quay.io/jupyterhub/k8s-singleuser-sample:4.0.0", 8081),
     ("jgraph/drawio:24.7.17", 8080),
     ("excalidraw/excalidraw:latest", 80),
+    ("etherpad/etherpad:2.2.6", 9001),
     // sentinel (arm64; blackbox_exporter is Debian's)
     ("pihole/pihole:2024.07.0", 80),
     ("lscr.io/linuxserver/speedtest-tracker:0.21.2", 80),
@@ -710,6 +712,8 @@ pub const CORE: (&str, &[&str]) = (
         "grafana",
         "loki",
         "cadvisor",
+        "syncthing",
+        "mailpit",
     ],
 );
 pub const DATA: (&str, &[&str]) = (
@@ -734,6 +738,7 @@ pub const CONTROLPLANE: (&str, &[&str]) = (
     &[
         "nginx",
         "n8n",
+        "n8n-worker",
         "vault",
         "postgres",
         "pgbouncer",
@@ -781,6 +786,7 @@ pub const WORKSPACE: (&str, &[&str]) = (
         "onlyoffice",
         "drawio",
         "excalidraw",
+        "etherpad",
     ],
 );
 /// A key the stand-in control server accepts.

@@ -53,6 +53,8 @@ pub fn check_core_backup(core: &Running) {
         "core_authelia",
         "core_uptime-kuma",
         "core_portainer",
+        "core_syncthing",
+        "core_mailpit",
     ] {
         assert!(
             restored.volumes.iter().any(|x| x == v),

@@ -1,0 +1,39 @@
+//! The fleet test's login checks: a service whose login the stack writes
+//! asks for it, with the node's own secret.
+
+use qemu_tests::stacks::Running;
+
+/// Syncthing (Debian's, in the test image) took the `admin` login the
+/// stack wrote before it started: its password login route (registered
+/// only while GUI authentication is on) accepts the node's generated
+/// SYNCTHING_GUI_PASSWORD with 204 and refuses another with 403, and its
+/// REST API refuses a request without a login. Python from the Prometheus
+/// test image asks over the stack's network; the password goes from the
+/// secrets file over stdin.
+pub fn check_syncthing_login(core: &Running) {
+    const ASK: &str = r#"
+import json, sys, urllib.request as u
+pw = sys.stdin.readline().rstrip("\n")
+def status(path, body=None):
+    req = u.Request("http://syncthing:8384" + path, data=body,
+                    headers={"Content-Type": "application/json"} if body else {})
+    try:
+        return u.urlopen(req, timeout=10).status
+    except u.HTTPError as e:
+        return e.code
+login = lambda p: json.dumps({"Username": "admin", "Password": p}).encode()
+print(status("/rest/noauth/auth/password", login(pw)),
+      status("/rest/noauth/auth/password", login(pw + "x")),
+      status("/rest/system/version"))
+"#;
+    let out = core.ssh.run(&format!(
+        "sudo sh -c '. /var/lib/nodeforge/secrets/core.env; printf \"%s\\n\" \"$SYNCTHING_GUI_PASSWORD\"' \
+         | sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=prometheus) \
+         python3 -c '{ASK}'"
+    ));
+    eprintln!(
+        "fleet: syncthing login (right, wrong, none): {}",
+        out.trim()
+    );
+    assert_eq!(out.trim(), "204 403 403", "Syncthing's GUI login");
+}
