@@ -17,6 +17,7 @@ pub mod debian_images;
 pub mod real_size;
 pub mod ssh;
 pub mod stacks;
+pub mod standins;
 pub mod test_apt;
 pub mod web_stack;
 pub mod webhook;

@@ -38,13 +38,16 @@ mod backup;
 mod databases;
 #[path = "fleet/logins.rs"]
 mod logins;
+#[path = "fleet/network.rs"]
+mod network;
 use alerts::{check_alert_rules, check_container_health, check_node_down_alert};
 use backup::{check_backup_and_restore, check_core_backup};
 use databases::{check_api_role, check_postgres_from_core};
-use logins::check_syncthing_login;
+use logins::{check_portainer_admin_file, check_syncthing_login};
+use network::{check_firewall, check_flows};
 use qemu_tests::stacks::{
-    assert_all_healthy, assert_closed_from_lan, free_port, image_file, prepare_on_two_lanes, step,
-    wait_all, Guest, Machine, Node, Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
+    assert_all_healthy, free_port, image_file, prepare_on_two_lanes, step, wait_all, Guest,
+    Machine, Node, Running, CORE, DATA, GOOD_KEY, LOGS, MEDIA,
 };
 
 /// The data node's PostgreSQL password, given in its seed so the test can
@@ -194,6 +197,7 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     check_postgres_from_core(&core_vm);
     check_api_role(&data_vm);
     check_syncthing_login(&core_vm);
+    check_portainer_admin_file(&core_vm);
     check_logs_reach_core(&data_vm, loki.port);
     check_backup_and_restore(&data_vm);
     check_core_backup(&core_vm);
@@ -204,62 +208,6 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
     // The guests go before the slot: the next test's must not overlap them.
     drop((core_vm, data_vm, media_vm));
     drop(slot);
-}
-
-/// The host firewall (profiles/node.toml's [firewall]) is loaded on both
-/// nodes, and from the LAN (QEMU's user network, forwarded from this
-/// machine) data's PostgreSQL, Redis and MinIO and core's Prometheus and
-/// Loki get no connection, though Docker publishes them on every address;
-/// over the tailnet the permitted peers reach them (check_scrapes,
-/// check_postgres_from_core, check_logs_reach_core).
-fn check_firewall(
-    core: &Running,
-    core_lan: &[(u16, u16)],
-    data: &Running,
-    data_lan: &[(u16, u16)],
-) {
-    for (host, vm) in [("nxcore", core), ("datacore", data)] {
-        let out = vm.ssh.run(
-            "systemctl is-active nodeforge-firewall.service; sudo nft list chain inet nodeforge input",
-        );
-        assert!(out.starts_with("active\n"), "{host}: {out}");
-        assert!(out.contains("tcp dport 22 accept"), "{host}: {out}");
-    }
-    let probe = |guest: u16| -> &'static [u8] {
-        match guest {
-            // PostgreSQL's SSLRequest: the server (and PgBouncer) answers
-            // `N` or `S` at once.
-            5432 | 6432 => &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
-            6379 => b"PING\r\n",
-            _ => b"GET / HTTP/1.0\r\n\r\n",
-        }
-    };
-    for (host, vm, forwards) in [("nxcore", core, core_lan), ("datacore", data, data_lan)] {
-        for (port, guest) in forwards {
-            assert_closed_from_lan(
-                vm.ssh.port(),
-                *port,
-                &format!("{host}:{guest}"),
-                probe(*guest),
-            );
-        }
-        // They were refused by the rule for Docker's published ports (the
-        // forward chain), not by something else on the way.
-        let forward = vm.ssh.run("sudo nft list chain inet nodeforge forward");
-        let refused: u64 = forward
-            .lines()
-            .find(|l| l.contains("reject with tcp reset"))
-            .and_then(|l| l.split("counter packets ").nth(1))
-            .and_then(|c| c.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{host}: no counted reject rule in:\n{forward}"));
-        assert!(
-            refused >= forwards.len() as u64,
-            "{host}: the forward chain refused {refused} connections, fewer than the {} tried:\n{forward}",
-            forwards.len()
-        );
-    }
-    eprintln!("fleet: from the LAN, nxcore's 9090 and 3100 and datacore's 5432, 6432, 6379 and 9000 are closed; SSH answers");
 }
 
 /// data's engine holds what the build wrote into its store (#18): every
@@ -401,7 +349,7 @@ fn check_each_node(core: &Node, data: &Node, media: &Node) {
     assert_eq!(postgres["health"], "healthy", "{postgres:#}");
     assert_eq!(
         step(&core.status, "stack-secrets")["detail"],
-        "10 secrets of 1 stacks: 8 generated, 2 from the seed, 0 kept"
+        "11 secrets of 1 stacks: 9 generated, 2 from the seed, 0 kept"
     );
     assert_eq!(
         step(&data.status, "stack-secrets")["detail"],
@@ -427,66 +375,6 @@ fn check_each_node(core: &Node, data: &Node, media: &Node) {
     );
     // Secrets are made on the node, never baked.
     assert!(image_file(&core.image, "/var/lib/nodeforge/secrets/core.env").is_none());
-}
-
-/// How a connection attempt from one node to another's tailnet name
-/// ended: `reached` (connected, or the far node refused it: nothing
-/// listens there) or `dropped` (no answer in 8 s: the packet filter).
-/// Anything else (a name that does not resolve, no route) fails the test.
-fn attempt(from: &Running, host: &str, port: u16) -> &'static str {
-    let out = from.ssh.output_with_input(
-        &format!(
-            "timeout 8 bash -c 'exec 3<>/dev/tcp/{host}.tail79107c.ts.net/{port}' 2>&1; echo \"rc=$?\""
-        ),
-        b"",
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (said, rc) = text.trim().rsplit_once("rc=").unwrap_or((&text, ""));
-    match rc {
-        "0" => "reached",
-        "1" if said.contains("Connection refused") => "reached",
-        "124" => "dropped",
-        _ => panic!(
-            "connecting to {host}:{port} ended neither connected, refused nor unanswered: {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-}
-
-/// The seed's flows, allowed and denied, tried from the nodes over their
-/// tunnels; each must end as the generated policy says.
-fn check_flows(nodes: &[(&str, &Running); 3]) {
-    let vm = |h: &str| nodes.iter().find(|(n, _)| *n == h).unwrap().1;
-    let flows: &[(&str, &str, u16, &str)] = &[
-        // Everyone reaches core's gateway, metrics and logs.
-        ("datacore", "nxcore", 443, "reached"),
-        ("datacore", "nxcore", 9090, "reached"),
-        ("media", "nxcore", 3100, "reached"),
-        ("media", "nxcore", 9090, "reached"),
-        // Core reaches everything.
-        ("nxcore", "datacore", 5432, "reached"),
-        ("nxcore", "datacore", 22, "reached"),
-        ("nxcore", "media", 8096, "reached"),
-        // Nothing else.
-        ("media", "datacore", 5432, "dropped"),
-        ("media", "datacore", 6432, "dropped"),
-        ("media", "datacore", 6379, "dropped"),
-        ("datacore", "media", 8096, "dropped"),
-        ("datacore", "nxcore", 22, "dropped"),
-        ("media", "nxcore", 5432, "dropped"),
-    ];
-    let mut wrong = Vec::new();
-    for (from, to, port, want) in flows {
-        let got = attempt(vm(from), to, *port);
-        eprintln!("fleet: flow {from} -> {to}:{port}: {got} (policy: {want})");
-        if got != *want {
-            wrong.push(format!("{from} -> {to}:{port}: {got}, policy says {want}"));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "flows not as the policy says:\n{wrong:#?}"
-    );
 }
 
 /// core's real Prometheus loaded the role's prometheus.yml and scrapes

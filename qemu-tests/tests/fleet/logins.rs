@@ -37,3 +37,27 @@ print(status("/rest/noauth/auth/password", login(pw)),
     );
     assert_eq!(out.trim(), "204 403 403", "Syncthing's GUI login");
 }
+
+/// Portainer (a stand-in: no Portainer here) is started with
+/// --admin-password-file, and the file the stack mounts holds the node's
+/// PORTAINER_ADMIN_PASSWORD: compared by hash on the node, so neither
+/// value leaves it.
+pub fn check_portainer_admin_file(core: &Running) {
+    let id = "$(sudo docker ps -qf label=com.docker.compose.service=portainer)";
+    let args = core
+        .ssh
+        .run(&format!("sudo docker inspect -f '{{{{json .Args}}}}' {id}"));
+    assert!(
+        args.contains(r#""--admin-password-file","/run/secrets/portainer_admin_password""#),
+        "Portainer's arguments: {args}"
+    );
+    let hashes = core.ssh.run(&format!(
+        "sudo docker exec {id} /bin/busybox cat /run/secrets/portainer_admin_password | sha256sum; \
+         sudo sh -c '. /var/lib/nodeforge/secrets/core.env; printf %s \"$PORTAINER_ADMIN_PASSWORD\"' | sha256sum"
+    ));
+    let lines: Vec<&str> = hashes.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0] == lines[1],
+        "Portainer's password file differs from the stack secret: {hashes}"
+    );
+}
