@@ -13,6 +13,10 @@ use crate::fsutil::{read_optional, under};
 pub const LAST_BACKUP_PATH: &str = "/var/lib/nodeforge/backup/last.json";
 /// Present in an image that backs up (the overlay's settings).
 pub const BACKUP_CONF_PATH: &str = "/etc/nodeforge/backup.env";
+/// The repository the node's seed names (the agent's `backup-repository`
+/// step writes it, one line); the backup script prefers it to the one in
+/// [`BACKUP_CONF_PATH`].
+pub const REPOSITORY_PATH: &str = "/var/lib/nodeforge/backup/repository";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastBackup {

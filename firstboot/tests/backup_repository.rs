@@ -6,11 +6,19 @@
 mod common;
 
 use common::{seed_text, Machine, AUTH_KEY, ESP_SEED};
+use nodeforge_firstboot::backup::REPOSITORY_PATH as BACKUP_REPOSITORY_PATH;
 use nodeforge_firstboot::status::{RunState, StepState};
-use nodeforge_firstboot::steps::BACKUP_REPOSITORY_PATH;
 
 const BAKED_ENV: &str = "BACKUP_STACK='data'\nBACKUP_REPOSITORY='/srv/backups/restic'\n";
 const FLEET_REPO: &str = "s3:http://datacore.tail79107c.ts.net:9000/backups";
+
+/// Stamps the usual seed with `backup_repository = repo`.
+fn stamp_seed_naming(m: &Machine, repo: &str) {
+    m.write(
+        ESP_SEED,
+        &format!("{}backup_repository = \"{repo}\"\n", seed_text(AUTH_KEY)),
+    );
+}
 
 fn boot_complete(m: &Machine) {
     let st = m.boot().expect("the agent ran").expect("the run ended");
@@ -21,13 +29,7 @@ fn boot_complete(m: &Machine) {
 fn the_seeds_repository_is_where_backups_go() {
     let m = Machine::new();
     m.write("/etc/nodeforge/backup.env", BAKED_ENV);
-    m.write(
-        ESP_SEED,
-        &format!(
-            "{}backup_repository = \"{FLEET_REPO}\"\n",
-            seed_text(AUTH_KEY)
-        ),
-    );
+    stamp_seed_naming(&m, FLEET_REPO);
     boot_complete(&m);
     assert_eq!(m.read(BACKUP_REPOSITORY_PATH), format!("{FLEET_REPO}\n"));
     m.assert_step(
@@ -53,13 +55,7 @@ fn without_a_seed_repository_the_images_own_is_kept() {
 #[test]
 fn an_image_without_backups_says_the_seeds_repository_is_unused() {
     let m = Machine::new();
-    m.write(
-        ESP_SEED,
-        &format!(
-            "{}backup_repository = \"{FLEET_REPO}\"\n",
-            seed_text(AUTH_KEY)
-        ),
-    );
+    stamp_seed_naming(&m, FLEET_REPO);
     boot_complete(&m);
     assert!(!m.path(BACKUP_REPOSITORY_PATH).exists());
     m.assert_step(
@@ -73,13 +69,7 @@ fn an_image_without_backups_says_the_seeds_repository_is_unused() {
 fn a_repository_with_a_password_in_it_is_refused_without_showing_it() {
     let m = Machine::new();
     m.write("/etc/nodeforge/backup.env", BAKED_ENV);
-    m.write(
-        ESP_SEED,
-        &format!(
-            "{}backup_repository = \"rest:https://ops:hunter2@backup.lan:8000/\"\n",
-            seed_text(AUTH_KEY)
-        ),
-    );
+    stamp_seed_naming(&m, "rest:https://ops:hunter2@backup.lan:8000/");
     let _ = m.boot();
     let console = m.console();
     assert!(

@@ -440,6 +440,14 @@ fn run_ok(cmd: &mut Command) {
     );
 }
 
+/// A shell command, run on the node, that prints stack `stack`'s secret
+/// `name` and a newline from the agent's secrets file, for a check to
+/// pipe into the command that needs it: the value never reaches a
+/// command line or this machine.
+pub fn print_secret(stack: &str, name: &str) -> String {
+    format!("sudo sed -n \"s/^{name}='\\(.*\\)'$/\\1/p\" /var/lib/nodeforge/secrets/{stack}.env")
+}
+
 pub fn step<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["steps"]
         .as_array()

@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use qemu_tests::backup::{backup_and_restore, RESTORE_DIR};
 use qemu_tests::stacks::{
-    assert_all_healthy, prepare_on_two_lanes, step, wait_all, Guest, Machine, Node, Running, AI,
-    CLOUD, CONTROLPLANE, LOGS, OBSERVABILITY, WORKSPACE,
+    assert_all_healthy, prepare_on_two_lanes, print_secret, step, wait_all, Guest, Machine, Node,
+    Running, AI, CLOUD, CONTROLPLANE, LOGS, OBSERVABILITY, WORKSPACE,
 };
 
 /// A node of this test: one SMBIOS UUID and MAC each.
@@ -173,10 +173,10 @@ fn check_controlplane_pgbouncer(vm: &Running) {
         "zentoria_vectors through PgBouncer"
     );
     let out = vm.ssh.run(&format!(
-        "sudo sh -c '. /var/lib/nodeforge/secrets/controlplane.env; printf \"%s\\n\" \"$N8N_DB_PASSWORD\"' \
-         | sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=pgbouncer) \
+        "{} | sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=pgbouncer) \
          sh -c 'read -r PGPASSWORD; export PGPASSWORD; {psql} -U n8n -d n8n \
-         -c \"create table pool_check(x int); drop table pool_check; select current_user\"'"
+         -c \"create table pool_check(x int); drop table pool_check; select current_user\"'",
+        print_secret("controlplane", "N8N_DB_PASSWORD")
     ));
     assert_eq!(out.trim(), "n8n", "n8n's login through PgBouncer");
     eprintln!("controlplane: PgBouncer pools zentoria_vectors and n8n");

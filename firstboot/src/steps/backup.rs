@@ -8,16 +8,12 @@
 use anyhow::{Context, Result};
 
 use super::{Ctx, Outcome};
+use crate::backup::{BACKUP_CONF_PATH, REPOSITORY_PATH};
 use crate::fsutil::{atomic_write, read_optional, under};
 use crate::stacks::parse_env_file;
 
-/// What overlays/backup bakes: the stack, the repository, what to keep.
-pub const BACKUP_ENV: &str = "/etc/nodeforge/backup.env";
-/// The seed's repository, one line; the backup script prefers it.
-pub const REPOSITORY_PATH: &str = "/var/lib/nodeforge/backup/repository";
-
 pub fn backup_repository(ctx: &mut Ctx<'_>) -> Result<Outcome> {
-    let baked = read_optional(&under(ctx.root, BACKUP_ENV))?
+    let baked = read_optional(&under(ctx.root, BACKUP_CONF_PATH))?
         .map(|t| parse_env_file(&t))
         .and_then(|env| env.get("BACKUP_REPOSITORY").cloned());
     let Some(baked) = baked else {

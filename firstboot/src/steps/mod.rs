@@ -28,7 +28,6 @@ mod storage;
 mod system;
 mod tailnet;
 
-pub use backup::REPOSITORY_PATH as BACKUP_REPOSITORY_PATH;
 pub use containers::{missing_images, parse_ps, probe, retags, service_status, PsEntry};
 pub use grow::{plan_grow, GrowPlan, NotGrowable};
 pub use storage::{fstab_line, matches as disk_matches, Refusal, CLAIMS_PATH};

@@ -2,7 +2,7 @@
 //! from core, directly and through data's PgBouncer, and the seed's API
 //! through PostgREST's roles.
 
-use qemu_tests::stacks::Running;
+use qemu_tests::stacks::{print_secret, Running};
 
 use super::{N8N_DB_PASSWORD, POSTGRES_PASSWORD};
 
@@ -77,9 +77,9 @@ pub fn check_api_role(data: &Running) {
     let as_api = |sql: &str| {
         data.ssh.output_with_input(
             &format!(
-                "sudo sed -n \"s/^POSTGREST_DB_PASSWORD='\\(.*\\)'$/\\1/p\" /var/lib/nodeforge/secrets/data.env \
-                 | sudo docker exec -i {container} sh -c 'read -r PGPASSWORD; export PGPASSWORD; \
-                 {psql} -U authenticator -c \"set role web_anon\" -c \"{sql}\"' 2>&1"
+                "{} | sudo docker exec -i {container} sh -c 'read -r PGPASSWORD; export PGPASSWORD; \
+                 {psql} -U authenticator -c \"set role web_anon\" -c \"{sql}\"' 2>&1",
+                print_secret("data", "POSTGREST_DB_PASSWORD")
             ),
             b"",
         )

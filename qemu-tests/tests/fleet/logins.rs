@@ -1,7 +1,7 @@
 //! The fleet test's login checks: a service whose login the stack writes
 //! asks for it, with the node's own secret.
 
-use qemu_tests::stacks::Running;
+use qemu_tests::stacks::{print_secret, Running};
 
 /// Syncthing (Debian's, in the test image) took the `admin` login the
 /// stack wrote before it started: its password login route (registered
@@ -27,9 +27,9 @@ print(status("/rest/noauth/auth/password", login(pw)),
       status("/rest/system/version"))
 "#;
     let out = core.ssh.run(&format!(
-        "sudo sh -c '. /var/lib/nodeforge/secrets/core.env; printf \"%s\\n\" \"$SYNCTHING_GUI_PASSWORD\"' \
-         | sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=prometheus) \
-         python3 -c '{ASK}'"
+        "{} | sudo docker exec -i $(sudo docker ps -qf label=com.docker.compose.service=prometheus) \
+         python3 -c '{ASK}'",
+        print_secret("core", "SYNCTHING_GUI_PASSWORD")
     ));
     eprintln!(
         "fleet: syncthing login (right, wrong, none): {}",
@@ -53,7 +53,8 @@ pub fn check_portainer_admin_file(core: &Running) {
     );
     let hashes = core.ssh.run(&format!(
         "sudo docker exec {id} /bin/busybox cat /run/secrets/portainer_admin_password | sha256sum; \
-         sudo sh -c '. /var/lib/nodeforge/secrets/core.env; printf %s \"$PORTAINER_ADMIN_PASSWORD\"' | sha256sum"
+         {} | tr -d '\\n' | sha256sum",
+        print_secret("core", "PORTAINER_ADMIN_PASSWORD")
     ));
     let lines: Vec<&str> = hashes.lines().collect();
     assert!(
