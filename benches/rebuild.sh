@@ -29,13 +29,7 @@ name = "bench-base"
 hostname = "bench-a"
 overlays = ["bench"]
 TOML
-cat > "$work/stacks/web/compose.yaml.tera" <<'YAML'
-services:
-  web:
-    image: {{ images[env.IMAGE] }}
-    pull_policy: never
-    ports: ["8080:80"]
-YAML
+web_compose "$work/stacks/web/compose.yaml.tera"
 stack_profile "$work/profiles/role.toml" bench-role web/compose.yaml.tera "${refs[0]}"
 
 # run LABEL PROFILE: builds, prints the steps, stores the wall time.

@@ -9,6 +9,8 @@
 #     was started (benches/lib/registry.sh), is stopped and `work` removed.
 #   timed_build EVENTS ARGS...: runs `nodeforge build --json ARGS` with its
 #     events in the file EVENTS and sets `wall` to its wall time (seconds).
+#   web_compose FILE: writes the compose template of the stack `web` (one
+#     service running env.IMAGE, port 8080 published).
 #   stack_profile FILE NAME COMPOSE IMAGE: writes the profile FILE (named
 #     NAME, on the repository's base, with Docker and one stack `web` that
 #     runs IMAGE from the compose template COMPOSE) and locks it.
@@ -35,6 +37,16 @@ timed_build() {
   "$nf" build --json "$@" > "$events"
   end=$(date +%s.%N)
   wall=$(python3 -c 'import sys; print(float(sys.argv[2]) - float(sys.argv[1]))' "$start" "$end")
+}
+
+web_compose() {
+  cat > "$1" <<'YAML'
+services:
+  web:
+    image: {{ images[env.IMAGE] }}
+    pull_policy: never
+    ports: ["8080:80"]
+YAML
 }
 
 stack_profile() {

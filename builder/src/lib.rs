@@ -19,6 +19,7 @@ pub mod install;
 pub mod oci;
 pub mod plan;
 pub mod profile;
+pub mod release;
 pub mod seed;
 pub mod serve;
 pub mod tailnet;

@@ -136,10 +136,34 @@ pub fn build_profile(profile: &str) -> BuildResult {
             agent: None,
             offline: false,
             remote_cache: Default::default(),
+            signing_key: Some(release_keys().private.clone()),
         };
         build::build(&plan, &opts).unwrap_or_else(|e| panic!("building {profile}: {e:#}"))
     })
     .clone()
+}
+
+/// The release key pair every test build is signed with, made once per
+/// test process (`nodeforge keys generate`'s code) in a directory removed
+/// at its end: no private key is kept in the repository.
+pub struct ReleaseKeys {
+    pub private: PathBuf,
+    pub public: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn release_keys() -> &'static ReleaseKeys {
+    static KEYS: OnceLock<ReleaseKeys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a directory for the test release key");
+        let (private, public) = nodeforge::release::generate_keys(dir.path(), "release")
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        ReleaseKeys {
+            private,
+            public,
+            _dir: dir,
+        }
+    })
 }
 
 static VM_LOCK: Mutex<()> = Mutex::new(());

@@ -11,7 +11,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use nodeforge::boot::{NetbootVmOptions, Vm, VmOptions};
 use nodeforge::oci::fixture::TestRegistry;
 use nodeforge::serve::{self, Log, Running, ServeOptions};
 use nodeforge_firstboot::READY_MARKER;
-use qemu_tests::{build_profile, console_log, output_dir, report_value, vm_slot};
+use qemu_tests::{build_profile, console_log, output_dir, release_keys, report_value, vm_slot};
 use serde_json::Value;
 
 const PROFILE: &str = "qemu-tests/profiles/netboot.toml";
@@ -42,7 +42,21 @@ impl Server {
 }
 
 /// `gamma_install` is added to the install-mode node gamma's values.
+/// The build's release must be signed by the tests' release key.
 fn serve_fleet(dir: &Path, name: &str, gamma_install: &str) -> Server {
+    let key = Some(release_keys().public.clone());
+    serve_fleet_from(dir, name, gamma_install, output_dir(name), key)
+}
+
+/// As `serve_fleet`, with the build's files taken from `artifacts`,
+/// checked against their release when there is a `release_key`.
+fn serve_fleet_from(
+    dir: &Path,
+    name: &str,
+    gamma_install: &str,
+    artifacts: PathBuf,
+    release_key: Option<PathBuf>,
+) -> Server {
     std::fs::write(dir.join("alpha.key"), format!("{KEY}\n")).unwrap();
     let fleet = dir.join("fleet.toml");
     std::fs::write(
@@ -68,7 +82,8 @@ fn serve_fleet(dir: &Path, name: &str, gamma_install: &str) -> Server {
             listen: "127.0.0.1:0".parse().unwrap(),
             tftp: None,
             tftp_root: serve::IPXE_DIR.into(),
-            artifacts: output_dir(name),
+            artifacts,
+            release_key,
         },
         logger,
     )
@@ -79,15 +94,7 @@ fn serve_fleet(dir: &Path, name: &str, gamma_install: &str) -> Server {
 /// Netboots a diskless guest with `mac` until its report; returns the
 /// console and the seconds from QEMU's start to the agent's ready line.
 fn netboot(server: &Server, mac: &str, log_name: &str) -> (String, f64) {
-    let mut vm = Vm::start_netboot(&NetbootVmOptions {
-        bootfile: format!("http://10.0.2.2:{}/boot.ipxe", server.running.http.port()),
-        mac: mac.into(),
-        memory_mb: GUEST_MB,
-        cpus: 2,
-        disks: Vec::new(),
-        log: Some(console_log(log_name)),
-    })
-    .expect("starting QEMU");
+    let mut vm = start_diskless(server, mac, log_name);
     let ready = vm
         .wait_for(READY_MARKER, Duration::from_secs(600))
         .unwrap_or_else(|e| {
@@ -101,6 +108,19 @@ fn netboot(server: &Server, mac: &str, log_name: &str) -> (String, f64) {
     vm.wait_exit(Duration::from_secs(120))
         .expect("guest powers off after its report");
     (vm.console(), ready.as_secs_f64())
+}
+
+/// A diskless guest with `mac` chaining to `server`'s iPXE script.
+fn start_diskless(server: &Server, mac: &str, log_name: &str) -> Vm {
+    Vm::start_netboot(&NetbootVmOptions {
+        bootfile: format!("http://10.0.2.2:{}/boot.ipxe", server.running.http.port()),
+        mac: mac.into(),
+        memory_mb: GUEST_MB,
+        cpus: 2,
+        disks: Vec::new(),
+        log: Some(console_log(log_name)),
+    })
+    .expect("starting QEMU")
 }
 
 /// (status, body) of a GET.
@@ -158,6 +178,11 @@ fn diskless_guests_boot_their_role_by_mac_with_their_own_hostnames() {
         console.contains("nodeforge-netboot: ") && console.contains("fetching http://10.0.2.2:"),
         "the netboot initramfs did not run"
     );
+    assert!(
+        console.contains("nodeforge-netboot: root sha256 ")
+            && console.contains("matches the build's"),
+        "the initramfs did not check the root's sha256"
+    );
     assert_complete(&console, "alpha-1", MAC_ALPHA);
 
     let (console, secs) = netboot(&server, MAC_BETA, "netboot-beta");
@@ -182,6 +207,81 @@ fn diskless_guests_boot_their_role_by_mac_with_their_own_hostnames() {
         );
     }
     assert!(!log.contains(KEY));
+}
+
+/// The same build's files with one byte of the squashfs flipped, as a
+/// disk or a network could: the initramfs fetches it, finds its sha256
+/// is not the one in the build's iPXE script, says so and stops before
+/// mounting anything.
+#[test]
+fn a_squashfs_with_one_flipped_byte_stops_the_boot_before_it_is_mounted() {
+    let name = &built_name();
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir(&artifacts).unwrap();
+    for ext in ["vmlinuz", "initrd", "squashfs", "boot.ipxe"] {
+        let file = format!("{name}.{ext}");
+        std::fs::copy(output_dir(name).join(&file), artifacts.join(&file)).unwrap();
+    }
+    let squashfs = artifacts.join(format!("{name}.squashfs"));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&squashfs)
+            .unwrap();
+        let at = f.metadata().unwrap().len() / 2;
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
+    }
+    // serve --release-key would refuse it itself (builder/tests/it/serve.rs):
+    // this is the corruption it cannot see, on the wire.
+    let server = serve_fleet_from(dir.path(), name, "", artifacts, None);
+    let _slot = vm_slot();
+    let started = Instant::now();
+    let mut vm = start_diskless(&server, MAC_ALPHA, "netboot-flipped-byte");
+    vm.wait_for("REFUSING the root from", Duration::from_secs(300))
+        .unwrap_or_else(|e| {
+            panic!(
+                "the flipped squashfs was not refused: {e}\nserver log:\n{}",
+                server.log_text()
+            )
+        });
+    // The message names both sums; nothing was mounted or started.
+    vm.wait_for(
+        "copy the build's netboot files again",
+        Duration::from_secs(30),
+    )
+    .expect("the whole refusal on the console");
+    let console = vm.console();
+    vm.kill();
+    eprintln!(
+        "netboot flipped byte: refused {:.1} s after QEMU start (TCG)",
+        started.elapsed().as_secs_f64()
+    );
+    let script =
+        std::fs::read_to_string(output_dir(name).join(format!("{name}.boot.ipxe"))).unwrap();
+    let want = fsutil_sha256(&output_dir(name).join(format!("{name}.squashfs")));
+    assert!(
+        script.contains(&format!("nodeforge.root_sha256={want}")),
+        "the build's script does not carry its squashfs's sha256 {want}:\n{script}"
+    );
+    let got = fsutil_sha256(&squashfs);
+    assert!(
+        console.contains(&format!("its sha256 is {got}, the build's is {want}")),
+        "the refusal does not name both sums:\n{console}"
+    );
+    assert!(!console.contains("matches the build's"), "{console}");
+    assert!(
+        !console.contains("running in system mode"),
+        "the refused root was started:\n{console}"
+    );
+}
+
+fn fsutil_sha256(path: &Path) -> String {
+    nodeforge::fsutil::sha256_file(path).unwrap()
 }
 
 /// A sparse disk of `size` bytes; with `ext4`, the superblock magic of an

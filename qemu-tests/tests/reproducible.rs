@@ -31,6 +31,7 @@ fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
         agent: None,
         offline: false,
         remote_cache: Default::default(),
+        signing_key: None,
     };
     let (first, check) =
         build::verify_reproducible(&plan, &opts).unwrap_or_else(|e| panic!("{e:#}"));

@@ -26,6 +26,8 @@ pub struct BuildOptions {
     /// The build cache shared through a registry (`--cache-from`,
     /// `--cache-to`).
     pub remote_cache: super::remote_cache::RemoteCacheOptions,
+    /// The release key that signs the build's release (`--signing-key`).
+    pub signing_key: Option<PathBuf>,
 }
 
 /// What a finished build produced.
@@ -54,6 +56,11 @@ pub struct BuildContext<'a> {
     pub facts: serde_json::Map<String, serde_json::Value>,
     /// The steps finished so far (the manifest lists them).
     pub reports: Vec<StepReport>,
+    /// Files written beside the image whose digest a step already took
+    /// (the release lists them without reading them again).
+    pub digests: std::collections::BTreeMap<String, crate::release::FileDigest>,
+    /// Loaded before the first step, so a bad key fails the build at once.
+    pub signing_key: Option<ssh_key::PrivateKey>,
     /// Set by the `outputs` step.
     pub(super) result: Option<BuildResult>,
     pub cache: Cache,

@@ -42,12 +42,18 @@ use crate::plan::Plan;
 
 /// Builds the image described by `plan`.
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
+    // First: a bad key should not wait for minutes of bootstrap.
+    let signing_key = opts
+        .signing_key
+        .as_deref()
+        .map(crate::release::load_signing_key)
+        .transpose()?;
     check_privileges()?;
     // Before minutes of bootstrap: images are built from locked digests only.
     containers::check_locked(plan)?;
     let resolved = with_epoch(plan, opts)?;
     let plan = &resolved;
-    let mut ctx = BuildContext::new(plan, opts)?;
+    let mut ctx = BuildContext::new(plan, opts, signing_key)?;
     if !opts.no_cache {
         if let Some(mut done) = uptodate::reusable_outputs(plan, &opts.output_dir, &ctx.image_key)?
         {
@@ -57,7 +63,8 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildResult> {
                 &ctx.image_key[..12]
             );
             let mut runner = Runner::new(opts.output, 1);
-            runner.run("outputs", &mut ctx, |_| {
+            runner.run("outputs", &mut ctx, |ctx| {
+                outputs::sign_reused_release(ctx)?;
                 Ok(StepOutcome::Reused(reason.clone()))
             })?;
             done.steps = ctx.reports;
@@ -176,7 +183,11 @@ fn hash_range(path: &Path, offset: u64, size: u64) -> Result<String> {
 }
 
 impl<'a> BuildContext<'a> {
-    fn new(plan: &'a Plan, opts: &'a BuildOptions) -> Result<Self> {
+    fn new(
+        plan: &'a Plan,
+        opts: &'a BuildOptions,
+        signing_key: Option<ssh_key::PrivateKey>,
+    ) -> Result<Self> {
         let cache = Cache::new(&opts.cache_dir);
         let lock = cache.lock_for_build()?;
         let work_parent = cache.work_dir();
@@ -213,6 +224,8 @@ impl<'a> BuildContext<'a> {
             image: None,
             facts: serde_json::Map::new(),
             reports: Vec::new(),
+            digests: Default::default(),
+            signing_key,
             result: None,
             cache,
             remote: remote_cache::RemoteCache::new(&opts.remote_cache)?,

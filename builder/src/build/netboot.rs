@@ -13,7 +13,7 @@ use super::image::kernel_version;
 use super::progress::StepOutcome;
 use crate::exec::{find_program, Cmd};
 use crate::fsutil;
-use crate::initramfs::netboot::{self, ROOT_PARAM};
+use crate::initramfs::netboot::{self, ROOT_PARAM, ROOT_SHA256_PARAM};
 use crate::install::INSTALLER_PATH;
 use crate::profile::Arch;
 
@@ -81,8 +81,17 @@ fn write(ctx: &mut BuildContext) -> Result<NetbootFiles> {
             ctx.plan.profile.hardware.arch.debian()
         ),
     }
-    write_squashfs(&ctx.rootfs, &out(&files.squashfs), ctx.epoch)?;
-    let script = ipxe_script(&files, &p.name, &p.role, &p.hardware.kernel_cmdline);
+    let squashfs = write_squashfs(&ctx.rootfs, &out(&files.squashfs), ctx.epoch)?;
+    let digest = crate::release::FileDigest::of(&squashfs)?;
+    let root_sha256 = digest.sha256.clone();
+    ctx.digests.insert(files.squashfs.clone(), digest);
+    let script = ipxe_script(
+        &files,
+        &root_sha256,
+        &p.name,
+        &p.role,
+        &p.hardware.kernel_cmdline,
+    );
     fsutil::atomic_write(&out(&files.script), script.as_bytes())?;
     Ok(files)
 }
@@ -188,12 +197,21 @@ fn write_squashfs(rootfs: &Path, dest: &Path, epoch: Option<i64>) -> Result<Path
 
 /// The iPXE script: relative to `${nodeforge-base}`, with the node's own
 /// parameters from `${nodeforge-node}` (both empty when unset, so the
-/// script also boots from a plain HTTP server once the base is set).
-pub fn ipxe_script(files: &NetbootFiles, name: &str, role: &str, cmdline: &[String]) -> String {
+/// script also boots from a plain HTTP server once the base is set). It
+/// carries the squashfs's sha256, which the initramfs checks before it
+/// mounts a byte of what it fetched over plain HTTP.
+pub fn ipxe_script(
+    files: &NetbootFiles,
+    root_sha256: &str,
+    name: &str,
+    role: &str,
+    cmdline: &[String],
+) -> String {
     let base = format!("${{{BASE_VAR}}}");
     let mut args = vec![
         format!("initrd={}", files.initrd),
         format!("{ROOT_PARAM}={base}{}", files.squashfs),
+        format!("{ROOT_SHA256_PARAM}={root_sha256}"),
         format!("${{{NODE_VAR}}}"),
     ];
     args.extend(cmdline.iter().cloned());
@@ -218,12 +236,14 @@ mod tests {
     #[test]
     fn script_boots_kernel_and_initrd_with_the_root_url_and_node_parameters() {
         let f = NetbootFiles::of("web");
-        let s = ipxe_script(&f, "web", "web", &["console=ttyS0,115200n8".into()]);
+        let sum = "ab".repeat(32);
+        let s = ipxe_script(&f, &sum, "web", "web", &["console=ttyS0,115200n8".into()]);
         assert!(s.starts_with("#!ipxe\n"));
         assert!(
             s.contains(
                 "kernel ${nodeforge-base}web.vmlinuz initrd=web.initrd \
-                 nodeforge.root=${nodeforge-base}web.squashfs ${nodeforge-node} console=ttyS0,115200n8\n"
+                 nodeforge.root=${nodeforge-base}web.squashfs nodeforge.root_sha256=abababababababababababababababababababababababababababababababab \
+                 ${nodeforge-node} console=ttyS0,115200n8\n"
             ),
             "{s}"
         );

@@ -1,19 +1,22 @@
 //! Step `outputs`: the image under its final name, its sha256, the
 //! bmap and manifest, each appearing only when complete.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::context::{BuildContext, BuildResult};
 use super::image::image_path;
 use super::progress::StepOutcome;
 use super::progress::StepReport;
+use crate::disk::PartitionKind;
 use crate::disk::PartitionSpec;
 use crate::fsutil;
+use crate::release::{FileDigest, Release, RootSlot};
 
 #[derive(Debug, Serialize)]
 pub struct Manifest<'a> {
@@ -69,6 +72,21 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let sha_path = ctx.opts.output_dir.join(format!("{name}.sha256"));
     fsutil::atomic_write(&sha_path, format!("{sha256}  {name}\n").as_bytes())?;
 
+    // The chunk index and release before the manifest: the manifest marks
+    // the outputs whole (reuse starts from it), so it comes last.
+    let mut digests = std::mem::take(&mut ctx.digests);
+    digests.insert(
+        name.clone(),
+        FileDigest {
+            size: fs::metadata(&final_path)
+                .with_context(|| format!("reading the size of {}", final_path.display()))?
+                .len(),
+            sha256: sha256.clone(),
+        },
+    );
+    let root_slot = index_root_slot(ctx, &final_path, &name, &bmap, &mut digests)?;
+    write_release(ctx, digests, root_slot)?;
+
     let plan = ctx.plan;
     let manifest = Manifest {
         nodeforge: env!("CARGO_PKG_VERSION"),
@@ -107,6 +125,127 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     };
     ctx.result = Some(result);
     Ok(StepOutcome::Done)
+}
+
+/// The build's release: the image and every file beside it (the release
+/// itself aside), with the image key as its version; signed when the
+/// build has a key. `known` holds digests steps took already.
+fn write_release(
+    ctx: &BuildContext,
+    known: BTreeMap<String, FileDigest>,
+    root_slot: RootSlot,
+) -> Result<()> {
+    let plan = ctx.plan;
+    let name = &plan.profile.name;
+    let own = format!("{name}.release.json");
+    let mut files = known;
+    for file in super::uptodate::companion_names(plan) {
+        if file == own || files.contains_key(&file) {
+            continue;
+        }
+        let digest = FileDigest::of(&ctx.opts.output_dir.join(&file))?;
+        files.insert(file, digest);
+    }
+    let doc = Release {
+        format: crate::release::FORMAT,
+        name: name.clone(),
+        role: plan.profile.role.clone(),
+        arch: plan.profile.hardware.arch.debian().to_owned(),
+        version: ctx.image_key.clone(),
+        files,
+        root_slot: Some(root_slot),
+    };
+    crate::release::write(&ctx.opts.output_dir, &doc, ctx.signing_key.as_ref())?;
+    Ok(())
+}
+
+/// The root partition's chunk index, written beside the image (and its
+/// digest added to `digests`): what an update to this build fetches is
+/// decided chunk by chunk against it.
+fn index_root_slot(
+    ctx: &BuildContext,
+    image: &Path,
+    image_name: &str,
+    bmap: &crate::bmap::Bmap,
+    digests: &mut BTreeMap<String, FileDigest>,
+) -> Result<RootSlot> {
+    use std::os::unix::fs::FileExt;
+    let root = ctx.plan.layout.partition(PartitionKind::Root);
+    let what = || format!("indexing the root partition of {}", image.display());
+    let f = fs::File::open(image).with_context(what)?;
+    // Only the mapped ranges are read; the holes between them (the
+    // filesystem's free space) are zeros the chunker skips over.
+    let mut chunker = nodeforge_delta::Chunker::new(nodeforge_delta::DEFAULT_CUTTING);
+    let (start, end) = (root.offset, root.offset + root.size);
+    let mut at = start;
+    let mut buf = vec![0u8; 1 << 20];
+    for r in &bmap.ranges {
+        let span = bmap.byte_range(r);
+        let (from, to) = (span.start.max(start), span.end.min(end));
+        if from >= to {
+            continue;
+        }
+        chunker.zeros(from - at);
+        let mut pos = from;
+        while pos < to {
+            let n = ((to - pos) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], pos).with_context(what)?;
+            chunker.data(&buf[..n]);
+            pos += n as u64;
+        }
+        at = to;
+    }
+    chunker.zeros(end - at);
+    let index = chunker.finish();
+    let chunks = crate::release::chunks_file_name(&ctx.plan.profile.name);
+    let path = ctx.opts.output_dir.join(&chunks);
+    let json = serde_json::to_vec(&index).context("encoding the chunk index")?;
+    fsutil::atomic_write(&path, &json)?;
+    digests.insert(
+        chunks.clone(),
+        FileDigest {
+            size: json.len() as u64,
+            sha256: fsutil::sha256_bytes(&json),
+        },
+    );
+    Ok(RootSlot {
+        file: image_name.to_owned(),
+        offset: root.offset,
+        size: root.size,
+        chunks,
+    })
+}
+
+/// An unchanged build reused whole keeps its release; with a key, the
+/// release is signed (again) once its files are checked against it, so
+/// adding `--signing-key` needs no rebuild.
+pub fn sign_reused_release(ctx: &BuildContext) -> Result<()> {
+    let Some(key) = &ctx.signing_key else {
+        return Ok(());
+    };
+    let dir = &ctx.opts.output_dir;
+    let name = &ctx.plan.profile.name;
+    let path = crate::release::release_path(dir, name);
+    let text = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let doc = crate::release::parse(&text, &path)?;
+    if doc.version != ctx.image_key {
+        bail!(
+            "{} is of another build (version {}, this build is {}): rebuild with --no-cache",
+            path.display(),
+            doc.version,
+            ctx.image_key
+        );
+    }
+    // Only what still matches is signed: reuse checked the image, this
+    // checks every other file the release lists.
+    let image = format!("{name}.img");
+    for file in doc.files.keys().filter(|f| **f != image) {
+        doc.check_file(dir, file, &path).context(
+            "the reused build's files changed since it was built; rebuild with --no-cache",
+        )?;
+    }
+    crate::release::write(dir, &doc, Some(key))?;
+    Ok(())
 }
 
 /// Installed packages from a dpkg status file, sorted by name.

@@ -257,9 +257,10 @@ pub const STEPS: &[Step] = &[
         applies: always,
         describe: |plan| {
             let name = &plan.profile.name;
-            vec![format!(
-                "{name}.img, {name}.img.bmap, {name}.img.sha256, {name}.manifest.json"
-            )]
+            vec![
+                format!("{name}.img, {name}.img.bmap, {name}.img.sha256, {name}.manifest.json"),
+                format!("{name}.root.chunks.json, {name}.release.json (signed with --signing-key)"),
+            ]
         },
         caching: Caching::Always,
         run: outputs::run,

@@ -57,7 +57,12 @@ pub fn builder_sha256() -> Result<String> {
 /// The files a build writes beside the image and its manifest.
 pub fn companion_names(plan: &Plan) -> Vec<String> {
     let name = &plan.profile.name;
-    let mut names = vec![format!("{name}.img.sha256"), format!("{name}.img.bmap")];
+    let mut names = vec![
+        format!("{name}.img.sha256"),
+        format!("{name}.img.bmap"),
+        format!("{name}.release.json"),
+        crate::release::chunks_file_name(name),
+    ];
     for format in &plan.profile.outputs {
         match format {
             OutputFormat::Raw => {}
@@ -100,6 +105,18 @@ pub fn reusable_outputs(plan: &Plan, output_dir: &Path, key: &str) -> Result<Opt
         .map(|n| output_dir.join(n))
         .collect();
     if !image.is_file() || companions.iter().any(|p| !p.is_file()) {
+        return Ok(None);
+    }
+    // The release must be this build's (a crash between writing it and
+    // the manifest would leave an earlier one).
+    let release = crate::release::release_path(output_dir, name);
+    let Ok(doc) = fs::read(&release)
+        .map_err(anyhow::Error::from)
+        .and_then(|t| crate::release::parse(&t, &release))
+    else {
+        return Ok(None);
+    };
+    if doc.version != key {
         return Ok(None);
     }
     let (bmap, sha256) = crate::bmap::Bmap::create_with_image_sha256(&image)?;

@@ -100,6 +100,16 @@ pub enum Command {
         #[arg(long, global = true)]
         cache_dir: Option<PathBuf>,
     },
+    /// Release keys: the ed25519 key pair that signs builds.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Builds' releases (NAME.release.json).
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
     /// The tailnet: policy file from the profiles, auth keys through the API.
     Tailnet {
         #[command(subcommand)]
@@ -186,6 +196,39 @@ pub struct BuildArgs {
     /// [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json].
     #[arg(long, value_name = "FILE")]
     pub registry_auth_file: Option<PathBuf>,
+    /// Sign the build's release (NAME.release.json: each file's size and
+    /// sha256) with this key from `nodeforge keys generate`. The key is
+    /// only read: it never enters the image, the cache or the output.
+    #[arg(long, value_name = "FILE", env = "NODEFORGE_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a release key pair: DIR/NAME.key (private, 0600) and
+    /// DIR/NAME.pub, both OpenSSH ed25519. Builds sign with the first
+    /// (`build --signing-key`); `serve --release-key` trusts the second.
+    /// An existing key is never replaced.
+    Generate {
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+        #[arg(long, default_value = "release")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// What a node running OLD would download to move to NEW: the chunks
+    /// of NEW's root slot that OLD's lacks, against the whole slot and the
+    /// slot compressed. OLD and NEW are releases or build directories.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print the figures as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +360,10 @@ pub struct ServeArgs {
     /// or one pushed build, oci://HOST/REPO@sha256:… (fetched into the cache).
     #[arg(long, default_value = "out")]
     pub artifacts: PathBuf,
+    /// Serve only builds whose release this key signed (the .pub that
+    /// `nodeforge keys generate` wrote), and only files matching it.
+    #[arg(long, value_name = "FILE")]
+    pub release_key: Option<PathBuf>,
     /// Report each request as a JSON line on stdout instead of text on stderr.
     #[arg(long)]
     pub json: bool,
@@ -330,6 +377,7 @@ impl ServeArgs {
             tftp: self.tftp,
             tftp_root: self.tftp_root.clone(),
             artifacts: self.artifacts.clone(),
+            release_key: self.release_key.clone(),
         }
     }
 }

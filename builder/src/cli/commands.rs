@@ -71,6 +71,7 @@ pub fn build_cmd(args: BuildArgs) -> Result<()> {
             to: args.cache_to,
             auth_file: args.registry_auth_file,
         },
+        signing_key: args.signing_key,
     };
     if args.verify_reproducible {
         let (result, check) = build::verify_reproducible(&plan, &opts)?;
@@ -213,6 +214,34 @@ pub fn customize_cmd(args: CustomizeArgs) -> Result<()> {
         seed.ssh_authorized_keys.len(),
         seed.tailscale_tags.join(", ")
     );
+    Ok(())
+}
+
+/// `nodeforge keys generate`: the pair, and what to do with each half.
+pub fn keys_generate(dir: &std::path::Path, name: &str) -> Result<()> {
+    let (private, public) = crate::release::generate_keys(dir, name)?;
+    let key = crate::release::load_public_key(&public)?;
+    println!(
+        "release key {}\n  private: {} (0600; builds sign with `nodeforge build --signing-key {}`; \
+         keep it off images, caches and logs)\n  public:  {} (`nodeforge serve --release-key {}`)",
+        key.fingerprint(ssh_key::HashAlg::Sha256),
+        private.display(),
+        private.display(),
+        public.display(),
+        public.display(),
+    );
+    Ok(())
+}
+
+/// `nodeforge release diff`.
+pub fn release_diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> Result<()> {
+    use crate::release::diff::{Build, Report};
+    let report = Report::of(&Build::open(old)?, &Build::open(new)?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.text());
+    }
     Ok(())
 }
 

@@ -75,6 +75,12 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cache { command, cache_dir } => cache_cmd(command, cache_dir),
+        Command::Keys {
+            command: KeysCommand::Generate { dir, name },
+        } => keys_generate(&dir, &name),
+        Command::Release {
+            command: ReleaseCommand::Diff { old, new, json },
+        } => release_diff(&old, &new, json),
         Command::Tailnet { command } => tailnet::run(command),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout());

@@ -1,7 +1,8 @@
 //! The netboot initramfs: the same busybox and module loading as the disk
 //! initramfs, but /init brings up the network with busybox's DHCP client,
-//! fetches the root squashfs from the URL in `nodeforge.root=`, mounts it
-//! under a RAM overlay and switches to it. The image's kernel supplies the
+//! fetches the root squashfs from the URL in `nodeforge.root=`, checks it
+//! against the sha256 in `nodeforge.root_sha256=` (the build's, in its
+//! iPXE script), mounts it under a RAM overlay and switches to it. The image's kernel supplies the
 //! modules (NIC drivers, squashfs, overlay, loop).
 
 use std::path::Path;
@@ -13,6 +14,11 @@ use crate::install::{INSTALLER_PATH, INSTALL_PARAM};
 
 /// Kernel command-line parameter naming the root squashfs's URL.
 pub const ROOT_PARAM: &str = "nodeforge.root";
+/// Kernel command-line parameter with the root squashfs's sha256 (hex):
+/// nothing is mounted before it matches. It arrives in the iPXE script,
+/// over the same plain HTTP as the root, so it catches damage (a disk, a
+/// network, a partial copy), not someone who can rewrite both.
+pub const ROOT_SHA256_PARAM: &str = "nodeforge.root_sha256";
 
 /// Modules netboot cannot do without (each may be built in).
 const REQUIRED_MODULES: [&str; 4] = ["af_packet", "squashfs", "overlay", "loop"];
@@ -101,6 +107,11 @@ param() {{
 }}
 url=$(param {ROOT_PARAM})
 [ -n "$url" ] || fail "no {ROOT_PARAM}=URL on the kernel command line"
+want=$(param {ROOT_SHA256_PARAM})
+case "$want" in
+*[!0-9a-f]* | "") fail "no {ROOT_SHA256_PARAM}=HEX (64 lowercase hex digits) on the kernel command line: boot with the iPXE script of the same build as this initramfs" ;;
+esac
+[ "${{#want}}" -eq 64 ] || fail "{ROOT_SHA256_PARAM}=$want is not 64 hex digits: boot with the iPXE script of the same build as this initramfs"
 ip link set lo up
 iface=
 round=0
@@ -126,6 +137,13 @@ until wget -q -O /media/ram/root.squashfs "$url"; do
     [ "$n" -ge 5 ] && fail "cannot fetch $url"
     sleep 2
 done
+sum=$(sha256sum /media/ram/root.squashfs) || fail "cannot hash the root fetched from $url (out of RAM?)"
+got=${{sum%% *}}
+if [ "$got" != "$want" ]; then
+    rm -f /media/ram/root.squashfs
+    fail "REFUSING the root from $url: its sha256 is $got, the build's is $want (damaged on the way or on the server); rebuild or copy the build's netboot files again"
+fi
+echo "nodeforge-netboot: root sha256 $got matches the build's"
 mount -t squashfs -o ro,loop /media/ram/root.squashfs /media/lower || fail "cannot mount the squashfs from $url"
 mount -t tmpfs -o mode=0755 tmpfs /media/rw
 mkdir -p /media/rw/upper /media/rw/work
@@ -171,6 +189,14 @@ mod tests {
         assert!(s.contains("url=$(param nodeforge.root)"), "{s}");
         assert!(s.contains("udhcpc -i \"$i\""), "{s}");
         assert!(s.contains("wget -q -O /media/ram/root.squashfs \"$url\""));
+        // Checked before anything mounts it.
+        let check = s
+            .find("want=$(param nodeforge.root_sha256)")
+            .expect("reads the sha256");
+        let compare = s.find("if [ \"$got\" != \"$want\" ]").expect("compares");
+        let mount = s.find("mount -t squashfs").unwrap();
+        assert!(check < compare && compare < mount, "{s}");
+        assert!(s.contains("REFUSING the root from $url"), "{s}");
         assert!(s.contains("lowerdir=/media/lower,upperdir=/media/rw/upper"));
         assert!(s.contains("exec switch_root /newroot /sbin/init"));
         assert!(s.contains("order=$(param nodeforge.install)"), "{s}");

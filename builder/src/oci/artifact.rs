@@ -26,6 +26,18 @@ pub const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 pub const DISK_IMAGE_ZSTD: &str = "application/vnd.nodeforge.disk-image.v1.raw+zstd";
 pub const BMAP: &str = "application/vnd.nodeforge.bmap.v1+xml";
 pub const BUILD_MANIFEST: &str = "application/vnd.nodeforge.build-manifest.v1+json";
+pub const ROOT_CHUNKS: &str = "application/vnd.nodeforge.root-chunks.v1+json";
+pub const RELEASE: &str = "application/vnd.nodeforge.release.v1+json";
+pub const RELEASE_SIGNATURE: &str = "application/vnd.nodeforge.release.v1.sshsig";
+/// Files beside the image a build may have written, by their suffix
+/// after the build's name: its manifest, its root slot's chunk index and
+/// its (signed) release.
+pub const BESIDE_IMAGE: [(&str, &str); 4] = [
+    (".manifest.json", BUILD_MANIFEST),
+    (".root.chunks.json", ROOT_CHUNKS),
+    (".release.json", RELEASE),
+    (".release.json.sig", RELEASE_SIGNATURE),
+];
 /// Netboot files by their suffix after the build's name.
 pub const NETBOOT: [(&str, &str); 4] = [
     (".vmlinuz", "application/vnd.nodeforge.netboot.kernel.v1"),
@@ -62,8 +74,8 @@ pub struct BuildFiles {
 }
 
 /// Finds the build `name` in `dir` (the only one when `name` is None):
-/// `<name>.img` with its `.img.bmap` and `.manifest.json`, and netboot
-/// files when the build made them.
+/// `<name>.img` with its `.img.bmap`, and its manifest, release and
+/// netboot files when the build made them.
 pub fn find_build(dir: &Path, name: Option<&str>) -> Result<BuildFiles> {
     let name = match name {
         Some(n) => n.to_owned(),
@@ -107,7 +119,7 @@ pub fn find_build(dir: &Path, name: Option<&str>) -> Result<BuildFiles> {
         }
         files.push((p, media));
     }
-    for (suffix, media) in std::iter::once((".manifest.json", BUILD_MANIFEST)).chain(NETBOOT) {
+    for (suffix, media) in BESIDE_IMAGE.into_iter().chain(NETBOOT) {
         let p = path(suffix);
         if p.is_file() {
             files.push((p, media));
@@ -370,7 +382,7 @@ pub fn pull_build(client: &Client, uri: &str, dir: &Path) -> Result<String> {
     if !image.is_file() {
         pull_image(client, uri, &image)?;
     }
-    let rest = std::iter::once((".manifest.json", BUILD_MANIFEST)).chain(NETBOOT);
+    let rest = BESIDE_IMAGE.into_iter().chain(NETBOOT);
     for (suffix, media) in rest {
         let Some(layer) = pulled
             .layers
@@ -498,5 +510,31 @@ mod tests {
             what: String::new(),
         };
         assert_eq!(std::io::read_to_string(&mut good).unwrap(), "the image");
+    }
+
+    #[test]
+    fn a_build_is_pushed_with_its_signed_release() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "core.img",
+            "core.img.bmap",
+            "core.manifest.json",
+            "core.release.json",
+            "core.release.json.sig",
+            "core.squashfs",
+        ] {
+            std::fs::write(d.path().join(f), f).unwrap();
+        }
+        let b = find_build(d.path(), None).unwrap();
+        let media: Vec<&str> = b.files.iter().map(|(_, m)| *m).collect();
+        for want in [
+            DISK_IMAGE_ZSTD,
+            BMAP,
+            BUILD_MANIFEST,
+            RELEASE,
+            RELEASE_SIGNATURE,
+        ] {
+            assert!(media.contains(&want), "{want} not pushed: {media:?}");
+        }
     }
 }

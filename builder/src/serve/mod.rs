@@ -8,6 +8,7 @@ pub mod http;
 pub mod nodes;
 pub mod routes;
 pub mod tftp;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ pub struct ServeOptions {
     pub tftp_root: PathBuf,
     /// Where the builds' netboot files are.
     pub artifacts: PathBuf,
+    /// Serve only builds whose release this public key signed (the .pub of
+    /// `nodeforge keys generate`), and only files that match it.
+    pub release_key: Option<PathBuf>,
 }
 
 /// A running server (for tests and benches: on its own runtime thread).
@@ -99,7 +103,18 @@ pub fn start(args: &ServeOptions, log: Log) -> Result<Running> {
             }
         }
     }
-    let app = Arc::new(App::new(nodes, args.artifacts.clone()));
+    let releases = match &args.release_key {
+        Some(key) => {
+            let key = crate::release::load_public_key(key)?;
+            Some(verify::Releases::verify(
+                &key,
+                &args.artifacts,
+                &nodes.served_files(),
+            )?)
+        }
+        None => None,
+    };
+    let app = Arc::new(App::new(nodes, args.artifacts.clone(), releases));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

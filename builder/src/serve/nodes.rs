@@ -140,6 +140,29 @@ impl NodeTable {
         Lookup::Default(node)
     }
 
+    /// Every build the fleet boots, with the files serve may hand out of
+    /// it: the netboot files, and the image with its block map when a node
+    /// of the build installs from serve.
+    pub fn served_files(&self) -> Vec<(String, Vec<String>)> {
+        self.artifacts()
+            .into_iter()
+            .map(|build| {
+                let f = crate::build::netboot::NetbootFiles::of(build);
+                let mut files = vec![f.kernel, f.initrd, f.squashfs, f.script];
+                let installs = self
+                    .by_mac
+                    .values()
+                    .chain(&self.default)
+                    .any(|n| n.artifacts == build && n.install.is_some());
+                if installs {
+                    files.push(format!("{build}.img"));
+                    files.push(format!("{build}.img.bmap"));
+                }
+                (build.to_owned(), files)
+            })
+            .collect()
+    }
+
     /// Every build the fleet boots.
     pub fn artifacts(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self

@@ -95,13 +95,20 @@ pub struct App {
     pub artifacts: PathBuf,
     seeds_served: Mutex<HashSet<Mac>>,
     installed: Mutex<HashSet<Mac>>,
+    /// With `--release-key`: the files checked against their signed release.
+    releases: Option<super::verify::Releases>,
 }
 
 impl App {
-    pub fn new(nodes: NodeTable, artifacts: PathBuf) -> Self {
+    pub fn new(
+        nodes: NodeTable,
+        artifacts: PathBuf,
+        releases: Option<super::verify::Releases>,
+    ) -> Self {
         App {
             nodes,
             artifacts,
+            releases,
             seeds_served: Mutex::new(HashSet::new()),
             installed: Mutex::new(HashSet::new()),
         }
@@ -173,6 +180,9 @@ impl App {
             Err(r) => return r,
         };
         let files = NetbootFiles::of(&node.artifacts);
+        if let Err(r) = self.released(&files.script) {
+            return r;
+        }
         let path = self.artifacts.join(&files.script);
         let build_script = match std::fs::read_to_string(&path) {
             Ok(s) => s,
@@ -230,6 +240,9 @@ impl App {
         if !offered.iter().any(|f| f == file) {
             return Response::text(404, format!("node {} has no file {file:?}\n", node.name));
         }
+        if let Err(r) = self.released(file) {
+            return r;
+        }
         let path = self.artifacts.join(file);
         let len = match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => m.len(),
@@ -244,6 +257,19 @@ impl App {
             }
         };
         file_response(&path, len, req.range.as_deref())
+    }
+}
+
+impl App {
+    /// Without a release key everything is; with one, what matched the
+    /// signed release at start and is unchanged since.
+    fn released(&self, file: &str) -> Result<(), Response> {
+        match &self.releases {
+            None => Ok(()),
+            Some(r) => r
+                .allow(file)
+                .map_err(|why| Response::text(500, format!("{why}\n"))),
+        }
     }
 }
 

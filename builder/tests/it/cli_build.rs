@@ -156,6 +156,106 @@ fn same_inputs_give_the_same_image_bytes() {
     std::thread::sleep(Duration::from_millis(1100));
     let second = build("out2");
     assert_eq!(first, second);
+    // The release too: it holds inputs and digests only.
+    assert_eq!(p.read("out1/x.release.json"), p.read("out2/x.release.json"));
+}
+
+#[test]
+fn a_signed_build_releases_every_file_it_wrote_and_keeps_the_key_out() {
+    use nodeforge::release;
+    require_root();
+    let p = x_project();
+    p.ok(&["keys", "generate", "--dir", "keys"]);
+    p.ok(&["keys", "generate", "--dir", "keys", "--name", "next"]);
+    build_into(&p, "out", &["--signing-key", "keys/release.key", "--quiet"]);
+    let public = release::load_public_key(&p.path("keys/release.pub")).unwrap();
+    let rel =
+        release::read_verified(&p.path("out"), "x", &public).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut listed: Vec<&str> = rel.files.keys().map(String::as_str).collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        ["x.img", "x.img.bmap", "x.img.sha256", "x.root.chunks.json"]
+    );
+    for (file, digest) in &rel.files {
+        let path = p.path(&format!("out/{file}"));
+        assert_eq!(
+            digest.sha256,
+            nodeforge::fsutil::sha256_file(&path).unwrap(),
+            "{file}"
+        );
+        assert_eq!(digest.size, fs::metadata(&path).unwrap().len(), "{file}");
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&p.read("out/x.manifest.json")).unwrap();
+    assert_eq!(rel.version, manifest["image_key"].as_str().unwrap());
+    // The root slot is the image's root partition, its chunks cover it.
+    let slot = rel.root_slot.as_ref().expect("a root slot");
+    let root = &manifest["partitions"][1];
+    assert_eq!(root["kind"], "root", "{root}");
+    assert_eq!(slot.offset, root["offset"].as_u64().unwrap());
+    assert_eq!(slot.size, root["size"].as_u64().unwrap());
+    // Indexed from the mapped ranges only, it is the index of the bytes.
+    let image = fs::read(p.path("out/x.img")).unwrap();
+    let bytes = &image[slot.offset as usize..][..slot.size as usize];
+    let index: nodeforge_delta::ChunkIndex =
+        serde_json::from_str(&p.read(&format!("out/{}", slot.chunks))).unwrap();
+    let read = nodeforge_delta::index(&mut &bytes[..], index.cutting).unwrap();
+    assert_eq!(index, read);
+    assert_eq!(index.size, slot.size);
+
+    // The private key is nowhere in the output or the cache: neither its
+    // 32 secret bytes nor any line of the key file past the common header.
+    let key = release::load_signing_key(&p.path("keys/release.key")).unwrap();
+    let seed = key
+        .key_data()
+        .ed25519()
+        .unwrap()
+        .private
+        .to_bytes()
+        .to_vec();
+    let file = fs::read_to_string(p.path("keys/release.key")).unwrap();
+    let mut needles = vec![seed];
+    needles.extend(
+        file.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .skip(1)
+            .map(|l| l.as_bytes().to_vec()),
+    );
+    assert!(needles.len() >= 3, "{file}");
+    for dir in ["out", "cache"] {
+        let root = p.path(dir);
+        nodeforge::fsutil::walk_tree(&root, |rel, meta| {
+            if meta.is_file() {
+                let path = root.join(rel);
+                let bytes = fs::read(&path).unwrap();
+                for needle in &needles {
+                    assert!(
+                        !bytes.windows(needle.len()).any(|w| w == &needle[..]),
+                        "{} holds the release key",
+                        path.display()
+                    );
+                }
+            }
+        })
+        .unwrap();
+    }
+
+    // An unchanged build is reused whole and signed with the new key.
+    let run = p
+        .cmd(&[BUILD, &["--signing-key", "keys/next.key", "--json"]].concat())
+        .env("SOURCE_DATE_EPOCH", TEST_EPOCH)
+        .ok();
+    assert_eq!(run.steps().status("outputs"), "reused");
+    let next = release::load_public_key(&p.path("keys/next.pub")).unwrap();
+    assert_eq!(
+        release::read_verified(&p.path("out"), "x", &next).unwrap(),
+        rel
+    );
+    let err = release::read_verified(&p.path("out"), "x", &public).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not by the trusted release key"),
+        "{err:#}"
+    );
 }
 
 /// [`BUILD`] into the output directory `out` with a fixed
@@ -224,4 +324,43 @@ fn an_image_from_cached_layers_is_identical_to_the_built_one() {
     let ls = p.ok(&["cache", "ls", "--cache-dir", "cache"]);
     let wants: Vec<String> = layered.iter().map(|n| format!("{n} of x:")).collect();
     ls.stdout_has(&wants.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
+fn release_diff_fetches_only_the_chunks_an_overlay_edit_changed() {
+    require_root();
+    let p = x_project();
+    p.write("overlays/extra/etc/motd", "first\n");
+    p.edit("profiles/x.toml", |s| {
+        s.replace("overlays = [\"base\"]", "overlays = [\"base\", \"extra\"]")
+    });
+    build_into(&p, "v1", &["--quiet"]);
+    p.write("overlays/extra/etc/motd", "second, a little longer\n");
+    build_into(&p, "v2", &["--quiet"]);
+
+    let same = p.ok(&["release", "diff", "v1", "v1", "--json"]).json();
+    assert_eq!(same["fetch_bytes"], 0, "{same:#}");
+    let d = p
+        .ok(&["release", "diff", "v1/x.release.json", "v2", "--json"])
+        .json();
+    // One file of a 770 MiB root changed: a few chunks around its data
+    // block and the metadata that names it, nothing else. (The fake root
+    // is too small for ratios against its compressed size to mean
+    // anything: benches/update-delta.sh measures those on a real role.)
+    let (fetch, chunks) = (
+        d["fetch_bytes"].as_u64().unwrap(),
+        d["fetch_chunks"].as_u64().unwrap(),
+    );
+    assert!((1..=4).contains(&chunks), "{d:#}");
+    assert!(fetch <= 1 << 20, "{d:#}");
+    assert!(d["compressed_slot_size"].as_u64().unwrap() > 0, "{d:#}");
+    assert_ne!(d["from"], d["to"]);
+    p.ok(&["release", "diff", "v1", "v2"]).stdout_has(&[
+        "x ",
+        " -> ",
+        "chunks",
+        "of the slot compressed",
+    ]);
+    p.fails(&["release", "diff", "profiles", "v2"])
+        .stderr_has(&["profiles holds no release (NAME.release.json)"]);
 }

@@ -16,6 +16,7 @@ mod cli_build_rpi;
 mod cli_docs;
 mod cli_firewall;
 mod cli_json;
+mod cli_keys;
 mod cli_models;
 mod cli_profiles;
 mod cli_stacks;

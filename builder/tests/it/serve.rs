@@ -24,6 +24,16 @@ struct Fixture {
 }
 
 fn start(fleet_extra: &str, tftp: bool) -> Fixture {
+    start_with(fleet_extra, tftp, |_| None).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// As `start`; `before_serving` gets the build directory once its files
+/// are written and returns the release key serve is to trust, if any.
+fn start_with(
+    fleet_extra: &str,
+    tftp: bool,
+    before_serving: impl FnOnce(&Path) -> Option<std::path::PathBuf>,
+) -> anyhow::Result<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let art = d.join("out");
@@ -70,17 +80,114 @@ fn start(fleet_extra: &str, tftp: bool) -> Fixture {
             listen: "127.0.0.1:0".parse().unwrap(),
             tftp: tftp.then(|| "127.0.0.1:0".parse().unwrap()),
             tftp_root,
+            release_key: before_serving(&art),
             artifacts: art,
         },
         logger,
-    )
-    .unwrap();
-    Fixture {
+    )?;
+    Ok(Fixture {
         _dir: dir,
         running,
         log,
         squashfs,
-    }
+    })
+}
+
+/// Signs a release of the fixture's build `web` (as `build --signing-key`
+/// does) with a new key in `keys`; returns the key pair's paths.
+fn sign_web_release(art: &Path, keys: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use nodeforge::release::{self, FileDigest, Release};
+    let (private, public) = release::generate_keys(keys, "release").unwrap();
+    let files = [
+        "web.vmlinuz",
+        "web.initrd",
+        "web.squashfs",
+        "web.boot.ipxe",
+        "web.img",
+        "web.img.bmap",
+    ]
+    .iter()
+    .map(|f| (f.to_string(), FileDigest::of(&art.join(f)).unwrap()))
+    .collect();
+    let doc = Release {
+        format: release::FORMAT,
+        name: "web".into(),
+        role: "web".into(),
+        arch: "amd64".into(),
+        version: "0".into(),
+        files,
+        root_slot: None,
+    };
+    let key = release::load_signing_key(&private).unwrap();
+    release::write(art, &doc, Some(&key)).unwrap();
+    (private, public)
+}
+
+#[test]
+fn with_a_release_key_serve_hands_out_released_files_and_refuses_changed_ones() {
+    let f = start_with("", false, |art| {
+        let keys = art.parent().unwrap().join("keys");
+        Some(sign_web_release(art, &keys).1)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, script) = get_ok(&f, "/nodes/52:54:00:aa:00:01/boot.ipxe");
+    assert!(text(&script).contains("web.squashfs"), "{}", text(&script));
+    let (_, body) = get_ok(&f, "/nodes/52:54:00:aa:00:01/web.squashfs");
+    assert_eq!(body, f.squashfs);
+    // Replaced on the server's disk after serve checked it.
+    let art = f._dir.path().join("out");
+    std::fs::write(art.join("web.squashfs"), b"another root").unwrap();
+    let (st, _, body) = get(&f, "/nodes/52:54:00:aa:00:01/web.squashfs", "");
+    assert_eq!(st, 500, "{}", text(&body));
+    assert!(
+        text(&body).contains("changed after serve checked it against the signed release"),
+        "{}",
+        text(&body)
+    );
+}
+
+#[test]
+fn serve_does_not_start_on_a_flipped_byte_another_key_or_no_signature() {
+    // One flipped byte in the root after signing.
+    let err = start_with("", false, |art| {
+        let keys = art.parent().unwrap().join("keys");
+        let (_, public) = sign_web_release(art, &keys);
+        let mut root = std::fs::read(art.join("web.squashfs")).unwrap();
+        root[150_000] ^= 1;
+        std::fs::write(art.join("web.squashfs"), root).unwrap();
+        Some(public)
+    })
+    .err()
+    .expect("serve started with a changed squashfs");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("web.squashfs: the sha256 is "), "{msg}");
+    assert!(msg.contains("the signed release says"), "{msg}");
+
+    // Signed, but by a key serve does not trust.
+    let err = start_with("", false, |art| {
+        sign_web_release(art, &art.parent().unwrap().join("keys"));
+        let other =
+            nodeforge::release::generate_keys(&art.parent().unwrap().join("other"), "release")
+                .unwrap()
+                .1;
+        Some(other)
+    })
+    .err()
+    .expect("serve trusted another key's release");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("not by the trusted release key"), "{msg}");
+
+    // Built without --signing-key.
+    let err = start_with("", false, |art| {
+        let keys = art.parent().unwrap().join("keys");
+        let public = sign_web_release(art, &keys).1;
+        std::fs::remove_file(art.join("web.release.json.sig")).unwrap();
+        Some(public)
+    })
+    .err()
+    .expect("serve took an unsigned release");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("web.release.json: not signed"), "{msg}");
 }
 
 /// One raw HTTP/1.1 exchange: (status, headers, body).
