@@ -9,6 +9,8 @@
 //! follows it (a longer file in the root filesystem) changes only the
 //! chunks around it; fixed-size chunks would all change after it.
 
+pub mod assemble;
+
 use std::collections::HashSet;
 use std::io::{self, Read};
 

@@ -55,8 +55,9 @@ fn built_twice_from_scratch_and_once_from_cached_layers_is_identical() {
     assert_eq!(manifest["epoch_source"]["from"], "archive", "{manifest:#}");
     assert!(manifest["epoch"].is_i64(), "{manifest:#}");
     assert!(check.differing_partitions.is_empty());
-    // sha256, bmap and the four netboot files.
-    assert_eq!(check.compared_files, 6, "{check:?}");
+    // sha256, bmap, the release, the root slot's chunk index and the four
+    // netboot files.
+    assert_eq!(check.compared_files, 8, "{check:?}");
 
     let from_layers = BuildOptions {
         output_dir: scratch.path().join("out-from-layers"),
