@@ -187,19 +187,8 @@ pub fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_noise::noise;
     use crate::{index, DEFAULT_CUTTING};
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s as u8
-            })
-            .collect()
-    }
 
     fn slot(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()

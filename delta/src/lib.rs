@@ -278,6 +278,22 @@ pub fn same_cutting(a: &ChunkIndex, b: &ChunkIndex) -> bool {
     a.cutting == b.cutting
 }
 
+/// Deterministic incompressible bytes for the tests.
+#[cfg(test)]
+mod test_noise {
+    pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,18 +320,7 @@ mod tests {
         assert_eq!(c.finish(), idx(&vec![0u8; 1 << 22]));
     }
 
-    /// Deterministic incompressible bytes.
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s as u8
-            })
-            .collect()
-    }
+    use crate::test_noise::noise;
 
     fn idx(data: &[u8]) -> ChunkIndex {
         index(&mut &data[..], DEFAULT_CUTTING).unwrap()
