@@ -147,17 +147,13 @@ impl NodeTable {
         self.artifacts()
             .into_iter()
             .map(|build| {
-                let f = crate::build::netboot::NetbootFiles::of(build);
-                let mut files = vec![f.kernel, f.initrd, f.squashfs, f.script];
                 let installs = self
                     .by_mac
                     .values()
                     .chain(&self.default)
                     .any(|n| n.artifacts == build && n.install.is_some());
-                if installs {
-                    files.push(format!("{build}.img"));
-                    files.push(format!("{build}.img.bmap"));
-                }
+                let mut files = fetchable_files(build, installs);
+                files.push(crate::build::netboot::NetbootFiles::of(build).script);
                 (build.to_owned(), files)
             })
             .collect()
@@ -175,6 +171,19 @@ impl NodeTable {
         v.dedup();
         v
     }
+}
+
+/// The files of `build` a node fetches by name (its iPXE script comes
+/// through its own route): kernel, initrd and root, and the image with its
+/// block map when the node `installs`.
+pub fn fetchable_files(build: &str, installs: bool) -> Vec<String> {
+    let f = crate::build::netboot::NetbootFiles::of(build);
+    let mut files = vec![f.kernel, f.initrd, f.squashfs];
+    if installs {
+        files.push(format!("{build}.img"));
+        files.push(format!("{build}.img.bmap"));
+    }
+    files
 }
 
 fn node(fleet: &Fleet, name: &str) -> Result<Node> {

@@ -231,12 +231,7 @@ impl App {
     }
 
     fn artifact(&self, req: &Request, node: &Node, file: &str) -> Response {
-        let files = NetbootFiles::of(&node.artifacts);
-        let mut offered = vec![files.kernel, files.initrd, files.squashfs];
-        if node.install.is_some() {
-            offered.push(format!("{}.img", node.artifacts));
-            offered.push(format!("{}.img.bmap", node.artifacts));
-        }
+        let offered = super::nodes::fetchable_files(&node.artifacts, node.install.is_some());
         if !offered.iter().any(|f| f == file) {
             return Response::text(404, format!("node {} has no file {file:?}\n", node.name));
         }
