@@ -26,6 +26,7 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub steps: Vec<(Chunk, Source)>,
+    pub fetch_chunks: usize,
     pub fetch_bytes: u64,
     pub local_bytes: u64,
     pub size: u64,
@@ -90,7 +91,7 @@ pub fn plan(have: &ChunkIndex, want: &ChunkIndex) -> Result<Plan, AssembleError>
         .map(|c| (c.sha256.as_str(), c.offset))
         .collect();
     let mut zeros = HashMap::new();
-    let (mut fetch_bytes, mut local_bytes) = (0, 0);
+    let (mut fetch_chunks, mut fetch_bytes, mut local_bytes) = (0, 0, 0);
     let steps = want
         .chunks
         .iter()
@@ -101,6 +102,7 @@ pub fn plan(have: &ChunkIndex, want: &ChunkIndex) -> Result<Plan, AssembleError>
                 local_bytes += u64::from(c.len);
                 Source::Local(at)
             } else {
+                fetch_chunks += 1;
                 fetch_bytes += u64::from(c.len);
                 Source::Remote
             };
@@ -109,6 +111,7 @@ pub fn plan(have: &ChunkIndex, want: &ChunkIndex) -> Result<Plan, AssembleError>
         .collect();
     Ok(Plan {
         steps,
+        fetch_chunks,
         fetch_bytes,
         local_bytes,
         size: want.size,

@@ -11,7 +11,6 @@
 
 pub mod assemble;
 
-use std::collections::HashSet;
 use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
@@ -244,37 +243,9 @@ fn feed_zeros(h: &mut Sha256, mut n: u32) {
     }
 }
 
-/// What moving from `have` to `new` costs: the chunks of `new` whose
-/// hash `have` lacks (each distinct one fetched once).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Delta {
-    pub chunks: usize,
-    pub fetch_chunks: usize,
-    pub fetch_bytes: u64,
-    pub size: u64,
-}
-
-/// Indexes cut differently share no cut points: compare only indexes
-/// whose `cutting` is the same (callers check; see `same_cutting`).
-pub fn delta(have: &ChunkIndex, new: &ChunkIndex) -> Delta {
-    let mut known: HashSet<&str> = have.chunks.iter().map(|c| c.sha256.as_str()).collect();
-    let (mut fetch_chunks, mut fetch_bytes) = (0, 0);
-    for c in &new.chunks {
-        if known.insert(c.sha256.as_str()) {
-            fetch_chunks += 1;
-            fetch_bytes += u64::from(c.len);
-        }
-    }
-    Delta {
-        chunks: new.chunks.len(),
-        fetch_chunks,
-        fetch_bytes,
-        size: new.size,
-    }
-}
-
-/// Whether two indexes were cut alike, so their chunks can be compared.
-pub fn same_cutting(a: &ChunkIndex, b: &ChunkIndex) -> bool {
+/// Whether two indexes were cut alike, so their chunks can be compared
+/// (indexes cut differently share no cut points).
+fn same_cutting(a: &ChunkIndex, b: &ChunkIndex) -> bool {
     a.cutting == b.cutting
 }
 
@@ -356,17 +327,18 @@ mod tests {
         // A file grew by 4 KiB in the middle: everything after it moved.
         let extra = noise(4096, 99);
         new.splice(2 << 20..2 << 20, extra);
-        let d = delta(&idx(&old), &idx(&new));
+        let cost = |have: &[u8], want: &[u8]| assemble::plan(&idx(have), &idx(want)).unwrap();
+        let d = cost(&old, &new);
         assert!(
             d.fetch_bytes < 600 << 10,
             "fetched {} of {} bytes",
             d.fetch_bytes,
             d.size
         );
-        // Identical slots cost nothing; long runs of zeros once.
-        assert_eq!(delta(&idx(&old), &idx(&old)).fetch_bytes, 0);
+        // Identical slots cost nothing; long runs of zeros are never fetched.
+        assert_eq!(cost(&old, &old).fetch_bytes, 0);
         let zeros = vec![0u8; 8 << 20];
-        let z = delta(&idx(&old), &idx(&zeros));
-        assert_eq!(z.fetch_chunks, 1, "{z:?}");
+        let z = cost(&old, &zeros);
+        assert_eq!(z.fetch_chunks, 0, "{z:?}");
     }
 }

@@ -63,18 +63,12 @@ impl Build {
             );
         };
         let path = self.dir.join(&slot.chunks);
+        r.check_file(
+            &self.dir,
+            &slot.chunks,
+            &super::release_path(&self.dir, &r.name),
+        )?;
         let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let want = r.files.get(&slot.chunks).with_context(|| {
-            format!("{} is not a file of the release of {}", slot.chunks, r.name)
-        })?;
-        let got = fsutil::sha256_bytes(&bytes);
-        if got != want.sha256 {
-            bail!(
-                "{}: its sha256 is {got}, the release says {}",
-                path.display(),
-                want.sha256
-            );
-        }
         let index: ChunkIndex = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a chunk index", path.display()))?;
         if index.size != slot.size {
@@ -148,21 +142,14 @@ impl Report {
                 old.release.name, new.release.name
             );
         }
-        let (have, want) = (old.chunk_index()?, new.chunk_index()?);
-        if !nodeforge_delta::same_cutting(&have, &want) {
-            bail!(
-                "the two builds' chunk indexes were cut differently ({:?} and {:?}): \
-                 rebuild the older one with this nodeforge",
-                have.cutting,
-                want.cutting
-            );
-        }
-        let d = nodeforge_delta::delta(&have, &want);
+        // What the updater would do: the same plan it runs.
+        let d = nodeforge_delta::assemble::plan(&old.chunk_index()?, &new.chunk_index()?)
+            .context("rebuild the older build with this nodeforge")?;
         Ok(Report {
             name: new.release.name.clone(),
             from: old.release.version.clone(),
             to: new.release.version.clone(),
-            chunks: d.chunks,
+            chunks: d.steps.len(),
             fetch_chunks: d.fetch_chunks,
             fetch_bytes: d.fetch_bytes,
             slot_size: d.size,
