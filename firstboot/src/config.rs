@@ -32,6 +32,10 @@ pub struct BakedConfig {
     /// (once, only when blank) and mounted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub storage: Vec<StorageRule>,
+    /// The build's SOURCE_DATE_EPOCH: the order of releases, so the
+    /// updater can tell a downgrade (the image key is a hash, no order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 /// The ESP on UEFI images, the firmware partition on Raspberry Pi.
@@ -261,6 +265,7 @@ impl BakedConfig {
             seed_paths: default_seed_paths(),
             network_timeout_secs: default_network_timeout(),
             storage: Vec::new(),
+            epoch: None,
         }
     }
 
@@ -293,6 +298,7 @@ mod tests {
             }),
             seed_paths: default_seed_paths(),
             network_timeout_secs: 5,
+            epoch: Some(1_700_000_000),
             storage: vec![StorageRule {
                 label: "media".into(),
                 filesystem: Filesystem::Xfs,

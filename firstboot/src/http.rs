@@ -1,5 +1,6 @@
 //! A tiny HTTP/1.1 GET client over `std::net::TcpStream`, enough to fetch a
-//! netboot seed from `nodeforge serve` without an async runtime.
+//! netboot seed from `nodeforge serve`, and a release and byte ranges of
+//! an image for an update, without an async runtime.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -9,6 +10,17 @@ use anyhow::{bail, Context, Result};
 
 /// Seeds are a few hundred bytes; refuse anything absurd.
 const MAX_BODY: usize = 1 << 20;
+
+/// What to ask for and how much to take.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask {
+    /// `Range: bytes=start-(start+len-1)`; the answer must be a 206 for
+    /// exactly those bytes.
+    pub range: Option<(u64, u64)>,
+    /// A longer body is an error, not a buffer that grows.
+    pub max_body: usize,
+    pub timeout: Duration,
+}
 
 #[derive(Debug, PartialEq, Eq)]
 struct Url<'a> {
@@ -49,8 +61,22 @@ fn parse_url(url: &str) -> Result<Url<'_>> {
     Ok(Url { host, port, path })
 }
 
-/// GETs `url` and returns the body of a 200 response.
+/// GETs `url` and returns the body of a 200 response (at most 1 MiB).
 pub fn get(url: &str, timeout: Duration) -> Result<Vec<u8>> {
+    fetch(
+        url,
+        Ask {
+            range: None,
+            max_body: MAX_BODY,
+            timeout,
+        },
+    )
+}
+
+/// GETs `url` as `ask` says: the body of a 200, or of a 206 with exactly
+/// the range asked for.
+pub fn fetch(url: &str, ask: Ask) -> Result<Vec<u8>> {
+    let timeout = ask.timeout;
     let u = parse_url(url)?;
     let addrs: Vec<_> = (u.host, u.port)
         .to_socket_addrs()
@@ -81,8 +107,13 @@ pub fn get(url: &str, timeout: Duration) -> Result<Vec<u8>> {
     } else {
         format!("{}:{}", u.host, u.port)
     };
+    let range = match ask.range {
+        Some((_, 0)) => bail!("GET {url}: an empty range"),
+        Some((start, len)) => format!("Range: bytes={start}-{}\r\n", start + len - 1),
+        None => String::new(),
+    };
     let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {host_hdr}\r\nUser-Agent: nodeforge-firstboot\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host_hdr}\r\nUser-Agent: nodeforge-firstboot\r\nAccept: */*\r\n{range}Connection: close\r\n\r\n",
         u.path
     );
     stream
@@ -100,14 +131,14 @@ pub fn get(url: &str, timeout: Duration) -> Result<Vec<u8>> {
             break;
         }
         raw.extend_from_slice(&chunk[..n]);
-        if raw.len() > MAX_BODY + 16 * 1024 {
-            bail!("GET {url}: response larger than {MAX_BODY} bytes");
+        if raw.len() > ask.max_body + 16 * 1024 {
+            bail!("GET {url}: response larger than {} bytes", ask.max_body);
         }
         if response_complete(&raw) {
             break;
         }
     }
-    parse_response(&raw).with_context(|| format!("GET {url}"))
+    parse_response(&raw, ask).with_context(|| format!("GET {url}"))
 }
 
 /// True once a response with Content-Length or chunked encoding has all
@@ -123,13 +154,13 @@ fn response_complete(raw: &[u8]) -> bool {
             return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
         }
         if l.starts_with("transfer-encoding:") && l.contains("chunked") {
-            return dechunk(body).is_ok();
+            return dechunk(body, usize::MAX).is_ok();
         }
     }
     false
 }
 
-fn parse_response(raw: &[u8]) -> Result<Vec<u8>> {
+fn parse_response(raw: &[u8], ask: Ask) -> Result<Vec<u8>> {
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -143,24 +174,37 @@ fn parse_response(raw: &[u8]) -> Result<Vec<u8>> {
     if !version.starts_with("HTTP/1.") {
         bail!("not an HTTP/1.x response: {status_line:?}");
     }
-    if code != "200" {
-        bail!("server answered {status_line:?}");
+    let want_code = if ask.range.is_some() { "206" } else { "200" };
+    if code != want_code {
+        bail!("server answered {status_line:?}, not {want_code}");
     }
     let mut length = None;
     let mut chunked = false;
+    let mut content_range = None;
     for l in lines {
         let Some((name, value)) = l.split_once(':') else {
             continue;
         };
         let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("content-range") {
+            content_range = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("content-length") {
             length = Some(value.parse::<usize>().context("bad Content-Length")?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.to_ascii_lowercase().contains("chunked");
         }
     }
+    if let Some((start, len)) = ask.range {
+        // A server that ignores part of the range, or sends another, must
+        // not have its bytes written at our offset.
+        let want = format!("bytes {start}-{}/", start + len - 1);
+        match &content_range {
+            Some(cr) if cr.starts_with(&want) => {}
+            other => bail!("asked for {want}…, the server sent Content-Range {other:?}"),
+        }
+    }
     let body = if chunked {
-        dechunk(body)?
+        dechunk(body, ask.max_body)?
     } else if let Some(n) = length {
         if body.len() < n {
             bail!("body truncated: {} of {n} bytes", body.len());
@@ -169,13 +213,18 @@ fn parse_response(raw: &[u8]) -> Result<Vec<u8>> {
     } else {
         body.to_vec()
     };
-    if body.len() > MAX_BODY {
-        bail!("body larger than {MAX_BODY} bytes");
+    if body.len() > ask.max_body {
+        bail!("body larger than {} bytes", ask.max_body);
+    }
+    if let Some((_, len)) = ask.range {
+        if body.len() as u64 != len {
+            bail!("asked for {len} bytes, got {}", body.len());
+        }
     }
     Ok(body)
 }
 
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+fn dechunk(mut data: &[u8], max_body: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let eol = data
@@ -190,7 +239,7 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
         if size == 0 {
             return Ok(out);
         }
-        if size > MAX_BODY || data.len() < size + 2 || out.len() + size > MAX_BODY {
+        if size > max_body || data.len() < size + 2 || out.len() + size > max_body {
             bail!("chunk truncated or too large");
         }
         out.extend_from_slice(&data[..size]);
@@ -280,20 +329,47 @@ mod tests {
 
     #[test]
     fn absurd_chunk_sizes_are_errors_not_panics() {
-        let e = err(dechunk(b"ffffffffffffffff\r\nx\r\n0\r\n\r\n"));
+        let e = err(dechunk(b"ffffffffffffffff\r\nx\r\n0\r\n\r\n", MAX_BODY));
         assert_eq!(e, "chunk truncated or too large");
         assert_eq!(
-            err(dechunk(b"zz\r\n")),
+            err(dechunk(b"zz\r\n", MAX_BODY)),
             "bad chunk size \"zz\": invalid digit found in string"
         );
+        let whole = Ask {
+            range: None,
+            max_body: MAX_BODY,
+            timeout: Duration::from_secs(1),
+        };
         let e = err(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nshort",
+            whole,
         ));
         assert_eq!(e, "body truncated: 5 of 99 bytes");
         assert_eq!(
-            err(parse_response(b"garbage")),
+            err(parse_response(b"garbage", whole)),
             "response has no end of headers"
         );
+    }
+
+    #[test]
+    fn a_range_is_asked_for_and_only_exactly_that_range_is_taken() {
+        let ask = Ask {
+            range: Some((10, 4)),
+            max_body: 16,
+            timeout: Duration::from_secs(5),
+        };
+        let (url, h) = serve_once(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-13/99\r\nContent-Length: 4\r\n\r\nabcd",
+        );
+        assert_eq!(fetch(&url, ask).unwrap(), b"abcd");
+        assert!(h.join().unwrap().contains("\r\nRange: bytes=10-13\r\n"));
+        // A server that ignores Range answers 200 with the whole file.
+        let (url, _h) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd");
+        assert!(err(fetch(&url, ask)).contains("not 206"));
+        let (url, _h) = serve_once(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/99\r\nContent-Length: 4\r\n\r\nabcd",
+        );
+        assert!(err(fetch(&url, ask)).contains("asked for bytes 10-13/"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod tailscale;
 #[cfg(test)]
 mod testutil;
 pub mod text;
+pub mod update;
 
 /// The line the agent prints on the console once the node is ready.
 /// Boot tests and `nodeforge boot` wait for it.

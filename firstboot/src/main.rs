@@ -1,7 +1,9 @@
 //! `nodeforge-firstboot [run] [--root DIR]` runs or resumes first boot;
 //! `nodeforge-firstboot status [--json] [--root DIR]` shows how it went;
 //! `nodeforge-firstboot identity-check [--root DIR]` runs before tailscaled
-//! (see identity.rs).
+//! (see identity.rs);
+//! `nodeforge-firstboot update --from URL --running DEV --target DEV …`
+//! writes a newer signed release into the inactive root slot (update/).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,9 +13,12 @@ use nodeforge_firstboot::notify::Notifier;
 use nodeforge_firstboot::runner::SystemRunner;
 use nodeforge_firstboot::status::Status;
 
-const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]\n       nodeforge-firstboot identity-check [--root DIR]";
+const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]\n       nodeforge-firstboot identity-check [--root DIR]\n       nodeforge-firstboot update --from URL --running DEV --target DEV [--build NAME] [--key FILE] [--allow-downgrade] [--root DIR]";
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("update") {
+        return update(std::env::args().skip(2));
+    }
     let mut args = std::env::args().skip(1);
     let mut cmd = None;
     let mut root = PathBuf::from("/");
@@ -98,6 +103,93 @@ fn status(root: &std::path::Path, json: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("nodeforge-firstboot: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `update`: its own options, parsed here, run by the library.
+fn update(mut args: impl Iterator<Item = String>) -> ExitCode {
+    use nodeforge_firstboot::update::{self, HttpOrigin, Request, Running};
+    let (mut from, mut running, mut target, mut build, mut key) = (None, None, None, None, None);
+    let mut root = PathBuf::from("/");
+    let mut allow_downgrade = false;
+    while let Some(a) = args.next() {
+        let slot = match a.as_str() {
+            "--from" => &mut from,
+            "--running" => &mut running,
+            "--target" => &mut target,
+            "--build" => &mut build,
+            "--key" => &mut key,
+            "--root" => {
+                match args.next() {
+                    Some(r) => root = PathBuf::from(r),
+                    None => return usage("--root needs a directory"),
+                }
+                continue;
+            }
+            "--allow-downgrade" => {
+                allow_downgrade = true;
+                continue;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => return usage(&format!("update: unexpected argument {other:?}")),
+        };
+        match args.next() {
+            Some(v) => *slot = Some(v),
+            None => return usage(&format!("{a} needs a value")),
+        }
+    }
+    let (Some(from), Some(running), Some(target)) = (from, running, target) else {
+        return usage(
+            "update needs --from URL (the build's directory), --running DEV and --target DEV",
+        );
+    };
+    if running == target {
+        return usage("update: --running and --target are the same slot");
+    }
+    let result = (|| -> anyhow::Result<update::Installed> {
+        use anyhow::Context;
+        let under = |abs: &str| nodeforge_firstboot::fsutil::under(&root, abs);
+        let cfg_path = under(nodeforge_firstboot::config::BAKED_CONFIG_PATH);
+        let cfg_text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("reading {}", cfg_path.display()))?;
+        let cfg = nodeforge_firstboot::config::BakedConfig::from_toml(&cfg_text)
+            .with_context(|| format!("{} is not the agent's config", cfg_path.display()))?;
+        let key_path = key.map_or_else(|| under(update::RELEASE_KEY_PATH), PathBuf::from);
+        let key_text = std::fs::read_to_string(&key_path).with_context(|| {
+            format!(
+                "reading the release key {} (bake one with the profile's release key, or pass --key)",
+                key_path.display()
+            )
+        })?;
+        let trusted =
+            nodeforge_release::parse_public_key(&key_text, &key_path.display().to_string())?;
+        let state_dir = under(update::STATE_DIR);
+        let req = Request {
+            build: build.as_deref().unwrap_or(&cfg.profile),
+            trusted: &trusted,
+            running: Running {
+                arch: update::debian_arch().into(),
+                epoch: cfg.epoch,
+            },
+            running_slot: std::path::Path::new(&running),
+            target_slot: std::path::Path::new(&target),
+            state_dir: &state_dir,
+            allow_downgrade,
+        };
+        let origin = HttpOrigin::new(&from, std::time::Duration::from_secs(60));
+        update::update(&origin, &req, &mut |line| {
+            println!("nodeforge-firstboot update: {line}")
+        })
+    })();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodeforge-firstboot update: {e:#}");
             ExitCode::from(1)
         }
     }

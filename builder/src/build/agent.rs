@@ -18,7 +18,8 @@ pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
 pub fn inputs(plan: &crate::plan::Plan, agent_sha256: &str) -> serde_json::Value {
     serde_json::json!({
         "agent": agent_sha256,
-        "config": baked_config(&plan.profile).to_toml(),
+        "config": baked_config(&plan.profile, plan.epoch).to_toml(),
+        "release_key": plan.profile.release_key,
     })
 }
 
@@ -59,17 +60,23 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         fs::write(&dropin, nodeforge_firstboot::TAILSCALED_DROPIN)
             .with_context(|| format!("writing {}", dropin.display()))?;
     }
-    let cfg = baked_config(&ctx.plan.profile);
+    let cfg = baked_config(&ctx.plan.profile, ctx.plan.epoch);
     let path = ctx.target(BAKED_CONFIG_PATH);
     crate::fsutil::create_dir_all(path.parent().expect("has parent"))?;
     fs::write(&path, cfg.to_toml())
         .with_context(|| format!("writing {BAKED_CONFIG_PATH} in the image"))?;
+    // The one key whose releases `nodeforge-firstboot update` installs.
+    if let Some(line) = &ctx.plan.profile.release_key {
+        let path = ctx.target(nodeforge_firstboot::update::RELEASE_KEY_PATH);
+        fs::write(&path, format!("{line}\n"))
+            .with_context(|| format!("writing {} in the image", path.display()))?;
+    }
     ctx.facts
         .insert("agent".into(), binary.display().to_string().into());
     Ok(StepOutcome::Done)
 }
 
-pub fn baked_config(p: &Profile) -> BakedConfig {
+pub fn baked_config(p: &Profile, epoch: Option<i64>) -> BakedConfig {
     BakedConfig {
         admin_user: p
             .users
@@ -85,6 +92,7 @@ pub fn baked_config(p: &Profile) -> BakedConfig {
             advertise_routes: p.advertised_routes(),
         }),
         storage: p.storage.clone(),
+        epoch,
         ..BakedConfig::new(&p.name, &p.role, &p.hostname)
     }
 }

@@ -82,7 +82,7 @@ fn write(ctx: &mut BuildContext) -> Result<NetbootFiles> {
         ),
     }
     let squashfs = write_squashfs(&ctx.rootfs, &out(&files.squashfs), ctx.epoch)?;
-    let digest = crate::release::FileDigest::of(&squashfs)?;
+    let digest = crate::release::file_digest(&squashfs)?;
     let root_sha256 = digest.sha256.clone();
     ctx.digests.insert(files.squashfs.clone(), digest);
     let script = ipxe_script(

@@ -16,7 +16,7 @@ use super::progress::StepReport;
 use crate::disk::PartitionKind;
 use crate::disk::PartitionSpec;
 use crate::fsutil;
-use crate::release::{FileDigest, Release, RootSlot};
+use crate::release::{file_digest, FileDigest, Release, RootSlot};
 
 #[derive(Debug, Serialize)]
 pub struct Manifest<'a> {
@@ -143,7 +143,7 @@ fn write_release(
         if file == own || files.contains_key(&file) {
             continue;
         }
-        let digest = FileDigest::of(&ctx.opts.output_dir.join(&file))?;
+        let digest = file_digest(&ctx.opts.output_dir.join(&file))?;
         files.insert(file, digest);
     }
     let doc = Release {
@@ -152,6 +152,7 @@ fn write_release(
         role: plan.profile.role.clone(),
         arch: plan.profile.hardware.arch.debian().to_owned(),
         version: ctx.image_key.clone(),
+        epoch: ctx.epoch,
         files,
         root_slot: Some(root_slot),
     };
@@ -233,7 +234,7 @@ pub fn sign_reused_release(ctx: &BuildContext) -> Result<()> {
     // the release lists is checked here.
     let image = format!("{name}.img");
     for file in doc.files.keys().filter(|f| **f != image) {
-        doc.check_file(dir, file, &path).context(
+        crate::release::check_file(&doc, dir, file, &path).context(
             "the reused build's files changed since it was built; rebuild with --no-cache",
         )?;
     }

@@ -266,6 +266,34 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
+/// `[update] key`: the file's OpenSSH ed25519 public key line, checked.
+pub(super) fn release_key(
+    ctx: &FileCtx,
+    key: &Spanned<String>,
+    errors: &mut Vec<ProfileError>,
+) -> Option<String> {
+    let path = match find(ctx, key) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    let parsed = fs::read_to_string(&path)
+        .map_err(|e| format!("[update] key {}: {e}", path.display()))
+        .and_then(|text| {
+            nodeforge_release::parse_public_key(&text, &format!("[update] key {}", path.display()))
+                .map_err(|e| e.to_string())
+        });
+    match parsed.and_then(|k| k.to_openssh().map_err(|e| e.to_string())) {
+        Ok(line) => Some(line),
+        Err(e) => {
+            errors.push(ctx.error_at(key, e));
+            None
+        }
+    }
+}
+
 /// A file the profile names: relative to the profile's folder, else to
 /// the project root (the folder above `profiles/`).
 fn find(ctx: &FileCtx, value: &Spanned<String>) -> Result<PathBuf, ProfileError> {

@@ -60,6 +60,17 @@ pub struct ProfileFile {
     pub storage: Vec<StorageFile>,
     /// The host firewall: what the LAN may reach.
     pub firewall: Option<FirewallFile>,
+    /// Signed updates: the release key the node trusts.
+    pub update: Option<UpdateFile>,
+}
+
+/// `[update]`: `key` is the `.pub` of `nodeforge keys generate`, baked
+/// into the image as the one key whose releases the node's updater
+/// installs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateFile {
+    pub key: Spanned<String>,
 }
 
 /// `[firewall]`: the node's host firewall. Loopback, `tailscale0` (where

@@ -60,6 +60,9 @@ pub struct Profile {
     pub storage: Vec<nodeforge_firstboot::config::StorageRule>,
     /// The host firewall (`[firewall]`); None: the image has none.
     pub firewall: Option<Firewall>,
+    /// The release key's OpenSSH public key line (`[update] key`), baked
+    /// as the node updater's trust; None: the node takes no updates.
+    pub release_key: Option<String>,
 }
 
 /// `[firewall]`, merged: the ports the LAN may reach (see

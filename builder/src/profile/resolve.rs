@@ -162,6 +162,7 @@ struct Merged {
     models: Vec<String>,
     storage: Vec<nodeforge_firstboot::config::StorageRule>,
     firewall: Option<super::Firewall>,
+    release_key: Option<String>,
 }
 
 impl Merged {
@@ -263,6 +264,11 @@ impl Merged {
                 self.firewall.get_or_insert_with(Default::default),
                 errors,
             );
+        }
+        if let Some(u) = &f.update {
+            if let Some(k) = super::apt::release_key(ctx, &u.key, errors) {
+                self.release_key = Some(k);
+            }
         }
         for x in &f.exclude_stacks {
             if !self.stacks.iter().any(|s| &s.name == x.get_ref()) {
@@ -435,6 +441,7 @@ impl Merged {
             models: self.models,
             storage: self.storage,
             firewall: self.firewall,
+            release_key: self.release_key,
         })
     }
 }

@@ -63,7 +63,8 @@ impl Build {
             );
         };
         let path = self.dir.join(&slot.chunks);
-        r.check_file(
+        super::check_file(
+            r,
             &self.dir,
             &slot.chunks,
             &super::release_path(&self.dir, &r.name),

@@ -8,157 +8,50 @@
 //! build reads it to sign and never copies it into an image, a cache or
 //! a log.
 
-use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
+use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
+
+pub use nodeforge_release::{
+    chunks_file_name, FileDigest, Refused, Release, RootSlot, FORMAT, NAMESPACE,
+};
 
 use crate::fsutil;
 
-/// The SSHSIG namespace: a signature made for anything else (a git
-/// commit, a file signed by hand) does not verify as a release.
-pub const NAMESPACE: &str = "nodeforge-release";
-/// The release document's format.
-pub const FORMAT: u32 = 1;
-
 /// `<build>.release.json`, beside the build's files.
 pub fn release_path(dir: &Path, build: &str) -> PathBuf {
-    dir.join(format!("{build}.release.json"))
+    dir.join(nodeforge_release::release_file_name(build))
 }
 
 /// `<build>.release.json.sig`, the armored SSH signature of the above.
 pub fn signature_path(dir: &Path, build: &str) -> PathBuf {
-    dir.join(format!("{build}.release.json.sig"))
+    dir.join(nodeforge_release::signature_file_name(build))
 }
 
-/// One file of a release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileDigest {
-    pub size: u64,
-    pub sha256: String,
+/// The size and sha256 of the file at `path`.
+pub fn file_digest(path: &Path) -> Result<FileDigest> {
+    let size = fs::metadata(path)
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
+    Ok(FileDigest {
+        size,
+        sha256: fsutil::sha256_file(path)?,
+    })
 }
 
-impl FileDigest {
-    pub fn of(path: &Path) -> Result<Self> {
-        let size = fs::metadata(path)
-            .with_context(|| format!("reading the size of {}", path.display()))?
-            .len();
-        Ok(FileDigest {
-            size,
-            sha256: fsutil::sha256_file(path)?,
-        })
-    }
-}
-
-/// What a build released. Only inputs of the build go in, so two builds
-/// of the same inputs write the same bytes (the signature aside).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Release {
-    pub format: u32,
-    pub name: String,
-    pub role: String,
-    pub arch: String,
-    /// The image key: every input of the build.
-    pub version: String,
-    /// File name (in the build's output directory) → digest.
-    pub files: BTreeMap<String, FileDigest>,
-    /// Where the root filesystem is, for updates that fetch only the
-    /// chunks a node lacks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_slot: Option<RootSlot>,
-}
-
-/// The root partition's bytes within a released file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RootSlot {
-    /// The file holding it: the disk image.
-    pub file: String,
-    pub offset: u64,
-    pub size: u64,
-    /// Its chunk index (`nodeforge_delta::ChunkIndex` as JSON), itself a
-    /// file of the release, so the signature covers it and, through each
-    /// chunk's sha256, every byte of the slot.
-    pub chunks: String,
-}
-
-/// `<build>.root.chunks.json`: the root slot's chunk index.
-pub fn chunks_file_name(build: &str) -> String {
-    format!("{build}.root.chunks.json")
-}
-
-/// Why a release was refused; callers (serve, the tests) branch on it.
-#[derive(Debug, thiserror::Error)]
-pub enum Refused {
-    #[error("{path}: not signed (build with `--signing-key` to sign the release)")]
-    Unsigned { path: PathBuf },
-    #[error("{path}: signed by key {signer}, not by the trusted release key {trusted}")]
-    OtherKey {
-        path: PathBuf,
-        signer: String,
-        trusted: String,
-    },
-    #[error("{path}: the signature does not match the document (changed after signing?)")]
-    BadSignature { path: PathBuf },
-    #[error("{sig}: not an SSH signature ({reason}); sign the build again")]
-    MalformedSignature { sig: PathBuf, reason: String },
-    #[error("{file}: {what} is {got}, the signed release says {want}")]
-    FileMismatch {
-        file: PathBuf,
-        what: &'static str,
-        got: String,
-        want: String,
-    },
-    #[error("{file} is not in the signed release {release}")]
-    NotReleased { file: String, release: PathBuf },
-}
-
-impl Release {
-    /// The document's bytes: pretty JSON with a final newline.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).expect("a release serialises");
-        v.push(b'\n');
-        v
-    }
-
-    /// Checks that `dir/file` is the file this release lists, by size
-    /// first and then by sha256.
-    pub fn check_file(&self, dir: &Path, file: &str, release: &Path) -> Result<()> {
-        let Some(want) = self.files.get(file) else {
-            return Err(Refused::NotReleased {
-                file: file.into(),
-                release: release.into(),
-            }
-            .into());
-        };
-        let path = dir.join(file);
-        let got = FileDigest::of(&path)?;
-        if got.size != want.size {
-            return Err(Refused::FileMismatch {
-                file: path,
-                what: "the size",
-                got: got.size.to_string(),
-                want: want.size.to_string(),
-            }
-            .into());
-        }
-        if got.sha256 != want.sha256 {
-            return Err(Refused::FileMismatch {
-                file: path,
-                what: "the sha256",
-                got: got.sha256,
-                want: want.sha256.clone(),
-            }
-            .into());
-        }
-        Ok(())
-    }
+/// Checks that `dir/file` is the file `release` (read from `doc`) lists,
+/// by size first and then by sha256.
+pub fn check_file(release: &Release, dir: &Path, file: &str, doc: &Path) -> Result<()> {
+    let doc = doc.display().to_string();
+    release.listed(file, &doc)?;
+    let path = dir.join(file);
+    let got = file_digest(&path)?;
+    release.check_digest(file, &path.display().to_string(), &got, &doc)?;
+    Ok(())
 }
 
 /// Writes a new ed25519 key pair: `<dir>/<name>.key` (the private key,
@@ -263,21 +156,10 @@ pub fn load_signing_key(path: &Path) -> Result<PrivateKey> {
 pub fn load_public_key(path: &Path) -> Result<PublicKey> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("reading the release key {}", path.display()))?;
-    let key = PublicKey::from_openssh(text.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not an OpenSSH public key line ({e}); give the .pub that \
-             `nodeforge keys generate` wrote",
-            path.display()
-        )
-    })?;
-    if key.algorithm() != Algorithm::Ed25519 {
-        bail!(
-            "{} is a {} key; release keys are ed25519",
-            path.display(),
-            key.algorithm()
-        );
-    }
-    Ok(key)
+    Ok(nodeforge_release::parse_public_key(
+        &text,
+        &path.display().to_string(),
+    )?)
 }
 
 /// Writes `release` into `dir` and, with a key, its signature; without a
@@ -305,11 +187,7 @@ pub fn write(dir: &Path, release: &Release, key: Option<&PrivateKey>) -> Result<
 
 /// The armored SSH signature of `doc`.
 pub fn sign(doc: &[u8], key: &PrivateKey) -> Result<String> {
-    let sig = key
-        .sign(NAMESPACE, HashAlg::Sha512, doc)
-        .context("signing the release")?;
-    sig.to_pem(LineEnding::LF)
-        .context("encoding the release signature")
+    nodeforge_release::sign(doc, key).context("signing the release")
 }
 
 /// Reads `<dir>/<build>.release.json` and checks its signature against
@@ -323,59 +201,21 @@ pub fn read_verified(dir: &Path, build: &str, trusted: &PublicKey) -> Result<Rel
             path.display()
         )
     })?;
+    let shown = path.display().to_string();
     let sig = match fs::read_to_string(&sig_path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Refused::Unsigned { path }.into())
+            return Err(Refused::Unsigned { doc: shown }.into())
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", sig_path.display())),
     };
-    verify(&doc, &sig, trusted, &path, &sig_path)?;
+    nodeforge_release::verify(&doc, &sig, trusted, &shown, &sig_path.display().to_string())?;
     parse(&doc, &path)
 }
 
-/// A release document's bytes, its format checked first: a newer
-/// nodeforge's release is named as such, not as a broken file.
+/// A release document's bytes, its format checked first.
 pub fn parse(doc: &[u8], path: &Path) -> Result<Release> {
-    #[derive(Deserialize)]
-    struct Format {
-        format: u32,
-    }
-    let not_release = || format!("{}: not a nodeforge release", path.display());
-    let format: Format = serde_json::from_slice(doc).with_context(not_release)?;
-    if format.format != FORMAT {
-        bail!(
-            "{}: release format {} (this nodeforge reads {FORMAT}; use the nodeforge that built it)",
-            path.display(),
-            format.format
-        );
-    }
-    serde_json::from_slice(doc).with_context(not_release)
-}
-
-/// Checks the armored signature `sig` (read from `sig_path`) of `doc`
-/// (from `path`) against `trusted`.
-pub fn verify(
-    doc: &[u8],
-    sig: &str,
-    trusted: &PublicKey,
-    path: &Path,
-    sig_path: &Path,
-) -> Result<(), Refused> {
-    let bad = || Refused::BadSignature { path: path.into() };
-    let parsed = SshSig::from_pem(sig).map_err(|e| Refused::MalformedSignature {
-        sig: sig_path.into(),
-        reason: e.to_string(),
-    })?;
-    let signer = PublicKey::from(parsed.public_key().clone());
-    if signer.key_data() != trusted.key_data() {
-        return Err(Refused::OtherKey {
-            path: path.into(),
-            signer: signer.fingerprint(HashAlg::Sha256).to_string(),
-            trusted: trusted.fingerprint(HashAlg::Sha256).to_string(),
-        });
-    }
-    trusted.verify(NAMESPACE, doc, &parsed).map_err(|_| bad())
+    Ok(nodeforge_release::parse(doc, &path.display().to_string())?)
 }
 
 pub mod diff;

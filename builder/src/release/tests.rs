@@ -1,11 +1,12 @@
 use super::*;
+use std::collections::BTreeMap;
 
 fn release(dir: &Path) -> Release {
     fs::write(dir.join("web.squashfs"), b"root filesystem bytes").unwrap();
     let mut files = BTreeMap::new();
     files.insert(
         "web.squashfs".to_string(),
-        FileDigest::of(&dir.join("web.squashfs")).unwrap(),
+        file_digest(&dir.join("web.squashfs")).unwrap(),
     );
     Release {
         format: FORMAT,
@@ -13,6 +14,7 @@ fn release(dir: &Path) -> Release {
         role: "web".into(),
         arch: "amd64".into(),
         version: "0123abcd".into(),
+        epoch: Some(1),
         files,
         root_slot: None,
     }
@@ -37,8 +39,13 @@ fn a_generated_key_signs_a_release_that_verifies() {
     write(d.path(), &r, Some(&private)).unwrap();
     let back = read_verified(d.path(), "web", &public).unwrap();
     assert_eq!(back, r);
-    back.check_file(d.path(), "web.squashfs", Path::new("web.release.json"))
-        .unwrap();
+    check_file(
+        &back,
+        d.path(),
+        "web.squashfs",
+        Path::new("web.release.json"),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -106,15 +113,11 @@ fn a_file_that_differs_from_the_release_is_named_with_both_sums() {
     let mut bytes = fs::read(d.path().join("web.squashfs")).unwrap();
     bytes[3] ^= 1;
     fs::write(d.path().join("web.squashfs"), &bytes).unwrap();
-    let err = r
-        .check_file(d.path(), "web.squashfs", Path::new("web.release.json"))
-        .unwrap_err();
+    let err = check_file(&r, d.path(), "web.squashfs", Path::new("web.release.json")).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("web.squashfs: the sha256 is "), "{msg}");
     assert!(msg.contains(&r.files["web.squashfs"].sha256), "{msg}");
-    let err = r
-        .check_file(d.path(), "web.img", Path::new("web.release.json"))
-        .unwrap_err();
+    let err = check_file(&r, d.path(), "web.img", Path::new("web.release.json")).unwrap_err();
     assert!(
         matches!(err.downcast_ref(), Some(Refused::NotReleased { .. })),
         "{err:#}"

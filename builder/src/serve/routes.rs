@@ -8,6 +8,10 @@
 //! - `/nodes/<mac>/seed.toml`: the node's seed, once (it carries the auth
 //!   key), then 410 Gone.
 //!
+//! With `--release-key`, `/releases/<build>/<file>` offers each build's
+//! update (the signed release, its chunk index, byte ranges of the image)
+//! to `nodeforge-firstboot update --from http://…/releases/<build>`.
+//!
 //! Install-mode nodes boot the same files with `nodeforge.install=` (their
 //! order, `/nodes/<mac>/install.toml`) instead of the seed; they also get
 //! `<build>.img` and its `.bmap`, and POST `/nodes/<mac>/installed` when
@@ -127,6 +131,9 @@ impl App {
         if path == "/boot.ipxe" {
             // iPXE fills in its own MAC address.
             return Response::ipxe("#!ipxe\nchain /nodes/${mac:hexhyp}/boot.ipxe\n".into());
+        }
+        if let Some(rest) = path.strip_prefix("/releases/") {
+            return self.update_file(req, rest);
         }
         let Some(rest) = path.strip_prefix("/nodes/") else {
             return Response::text(404, "not found\n");
@@ -256,6 +263,34 @@ impl App {
 }
 
 impl App {
+    /// `/releases/<build>/<file>`: a file of a build's signed update.
+    fn update_file(&self, req: &Request, rest: &str) -> Response {
+        let Some(releases) = &self.releases else {
+            return Response::text(
+                404,
+                "this serve offers no updates: start it with --release-key, so that only \
+                 releases signed by that key are offered\n",
+            );
+        };
+        let Some((build, file)) = rest.split_once('/') else {
+            return Response::text(404, "not found\n");
+        };
+        if !releases.offers_update(build, file) {
+            return Response::text(
+                404,
+                format!("build {build:?} offers no update file {file:?}\n"),
+            );
+        }
+        if let Err(r) = self.released(file) {
+            return r;
+        }
+        let path = self.artifacts.join(file);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => file_response(&path, m.len(), req.range.as_deref()),
+            _ => Response::text(404, format!("{} is missing\n", path.display())),
+        }
+    }
+
     /// Without a release key everything is; with one, what matched the
     /// signed release at start and is unchanged since.
     fn released(&self, file: &str) -> Result<(), Response> {

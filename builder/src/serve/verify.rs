@@ -38,6 +38,10 @@ fn stamp(path: &Path) -> Result<Stamp> {
 pub struct Releases {
     dir: PathBuf,
     checked: HashMap<String, Stamp>,
+    /// Per build with a root slot: what a node's updater fetches under
+    /// `/releases/<build>/` (the release, its signature, the chunk index
+    /// and the image it takes ranges of).
+    updates: HashMap<String, Vec<String>>,
 }
 
 impl Releases {
@@ -45,15 +49,34 @@ impl Releases {
     /// in `dir` against `key`.
     pub fn verify(key: &PublicKey, dir: &Path, builds: &[(String, Vec<String>)]) -> Result<Self> {
         let mut checked = HashMap::new();
+        let mut updates = HashMap::new();
         for (build, files) in builds {
             let rel: Release = release::read_verified(dir, build, key)
                 .with_context(|| format!("the release of build `{build}`"))?;
             let rel_path = release::release_path(dir, build);
-            for file in files {
+            let mut files = files.clone();
+            if let Some(slot) = &rel.root_slot {
+                let signed = [
+                    nodeforge_release::release_file_name(build),
+                    nodeforge_release::signature_file_name(build),
+                ];
+                // Checked by the signature just read: only their stamp.
+                for f in &signed {
+                    checked.insert(f.clone(), stamp(&dir.join(f))?);
+                }
+                let update = [slot.chunks.clone(), slot.file.clone()];
+                for f in &update {
+                    if !files.contains(f) {
+                        files.push(f.clone());
+                    }
+                }
+                updates.insert(build.clone(), signed.into_iter().chain(update).collect());
+            }
+            for file in &files {
                 // Stamped before hashing and compared after: a file
                 // written while it was hashed is not taken as checked.
                 let before = stamp(&dir.join(file))?;
-                rel.check_file(dir, file, &rel_path)?;
+                release::check_file(&rel, dir, file, &rel_path)?;
                 if stamp(&dir.join(file))? != before {
                     anyhow::bail!(
                         "{} changed while serve checked it; start serve again",
@@ -66,7 +89,15 @@ impl Releases {
         Ok(Releases {
             dir: dir.to_path_buf(),
             checked,
+            updates,
         })
+    }
+
+    /// Whether `file` is one a node's updater fetches for `build`.
+    pub fn offers_update(&self, build: &str, file: &str) -> bool {
+        self.updates
+            .get(build)
+            .is_some_and(|files| files.iter().any(|f| f == file))
     }
 
     /// Whether `file` may be handed out: checked at start and unchanged
@@ -103,7 +134,7 @@ mod tests {
         let mut files = BTreeMap::new();
         files.insert(
             "web.squashfs".to_string(),
-            release::FileDigest::of(&dir.join("web.squashfs")).unwrap(),
+            release::file_digest(&dir.join("web.squashfs")).unwrap(),
         );
         let r = Release {
             format: release::FORMAT,
@@ -111,6 +142,7 @@ mod tests {
             role: "web".into(),
             arch: "amd64".into(),
             version: "v".into(),
+            epoch: Some(1),
             files,
             root_slot: None,
         };

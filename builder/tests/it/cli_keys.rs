@@ -102,3 +102,66 @@ fn a_build_with_an_unusable_signing_key_stops_before_building() {
         "chmod 600",
     ]);
 }
+
+/// A profile whose `[update] key` is `key`, building on a fake rootfs.
+fn update_project(key: &str) -> Project {
+    let p = Project::new();
+    p.write(
+        "profiles/x.toml",
+        &format!(
+            "name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\n[[users]]\nname = \"admin\"\n\
+             sudo = true\nauthorized_keys = [\"{}\"]\n[disk]\nsize = \"800MiB\"\n\
+             esp_size = \"64MiB\"\n[update]\nkey = \"{key}\"\n",
+            crate::support::KEY
+        ),
+    );
+    p
+}
+
+#[test]
+fn the_profiles_release_key_is_checked_and_baked_with_the_builds_epoch() {
+    let p = update_project("../k/release.pub");
+    p.ok(&["keys", "generate", "--dir", "k"]);
+    let public = p.read("k/release.pub");
+    let plan = p.ok(&["plan", "--json", "profiles/x.toml"]).json();
+    assert_eq!(
+        plan["profile"]["release_key"].as_str(),
+        Some(public.trim()),
+        "{plan:#}"
+    );
+
+    crate::support::require_root();
+    crate::support::require_tool("debugfs", "e2fsprogs");
+    crate::support::fake::write_agent(&p);
+    crate::support::fake::install_fake_rootfs(&p, "profiles/x.toml");
+    let mut args = crate::support::fake::build_args("profiles/x.toml", &["--quiet"]);
+    args.splice(1..1, ["--signing-key", "k/release.key"]);
+    p.ok(&args);
+    let epoch = plan["epoch"]
+        .as_i64()
+        .expect("the fake archive gives the epoch");
+    let root = crate::support::image::Ext4::root_of(&p.path("out/x.img"), p.root());
+    let baked = root.text("/etc/nodeforge/release.pub");
+    assert_eq!(
+        baked.trim(),
+        plan["profile"]["release_key"].as_str().unwrap()
+    );
+    let config = root.text("/etc/nodeforge/firstboot.toml");
+    assert!(config.contains(&format!("epoch = {epoch}")), "{config}");
+    let release: serde_json::Value = serde_json::from_str(&p.read("out/x.release.json")).unwrap();
+    assert_eq!(release["epoch"], epoch, "{release:#}");
+}
+
+#[test]
+fn a_release_key_that_is_missing_or_not_a_public_key_is_refused_naming_the_file() {
+    let p = update_project("../k/release.key");
+    p.ok(&["keys", "generate", "--dir", "k"]);
+    p.fails(&["check", "profiles/x.toml"]).stderr_has(&[
+        "profiles/x.toml:",
+        "k/release.key is not an OpenSSH public key line",
+        "nodeforge keys generate",
+    ]);
+    let p = update_project("../k/nothing.pub");
+    p.fails(&["check", "profiles/x.toml"])
+        .stderr_has(&["profiles/x.toml:", "`../k/nothing.pub` not found"]);
+}

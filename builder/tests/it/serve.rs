@@ -96,7 +96,22 @@ fn start_with(
 /// Signs a release of the fixture's build `web` (as `build --signing-key`
 /// does) with a new key in `keys`; returns the key pair's paths.
 fn sign_web_release(art: &Path, keys: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    use nodeforge::release::{self, FileDigest, Release};
+    sign_web_release_with(art, keys, None)
+}
+
+/// The root slot of the fixture's `web.img`: 4 MiB from 4 KiB on, with
+/// the 10,000 bytes of 0xAB in it.
+const SLOT_AT: u64 = 4096;
+const SLOT_LEN: u64 = 4 << 20;
+
+/// As `sign_web_release`, the release naming `web.img`'s root slot and its
+/// chunk index when `slot` is given (as `build` does).
+fn sign_web_release_with(
+    art: &Path,
+    keys: &Path,
+    slot: Option<(u64, u64)>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use nodeforge::release::{self, file_digest, Release, RootSlot};
     let (private, public) = release::generate_keys(keys, "release").unwrap();
     let files = [
         "web.vmlinuz",
@@ -107,16 +122,33 @@ fn sign_web_release(art: &Path, keys: &Path) -> (std::path::PathBuf, std::path::
         "web.img.bmap",
     ]
     .iter()
-    .map(|f| (f.to_string(), FileDigest::of(&art.join(f)).unwrap()))
-    .collect();
+    .map(|f| (f.to_string(), file_digest(&art.join(f)).unwrap()))
+    .collect::<std::collections::BTreeMap<_, _>>();
+    let mut files = files;
+    let root_slot = slot.map(|(offset, size)| {
+        let img = std::fs::read(art.join("web.img")).unwrap();
+        let bytes = &img[offset as usize..(offset + size) as usize];
+        let index =
+            nodeforge_delta::index(&mut &bytes[..], nodeforge_delta::DEFAULT_CUTTING).unwrap();
+        let chunks = "web.root.chunks.json".to_string();
+        std::fs::write(art.join(&chunks), serde_json::to_vec(&index).unwrap()).unwrap();
+        files.insert(chunks.clone(), file_digest(&art.join(&chunks)).unwrap());
+        RootSlot {
+            file: "web.img".into(),
+            offset,
+            size,
+            chunks,
+        }
+    });
     let doc = Release {
         format: release::FORMAT,
         name: "web".into(),
         role: "web".into(),
         arch: "amd64".into(),
         version: "0".into(),
+        epoch: Some(1),
         files,
-        root_slot: None,
+        root_slot,
     };
     let key = release::load_signing_key(&private).unwrap();
     release::write(art, &doc, Some(&key)).unwrap();
@@ -188,6 +220,68 @@ fn serve_does_not_start_on_a_flipped_byte_another_key_or_no_signature() {
     .expect("serve took an unsigned release");
     let msg = format!("{err:#}");
     assert!(msg.contains("web.release.json: not signed"), "{msg}");
+}
+
+#[test]
+fn serve_offers_each_release_to_the_nodes_updater_which_writes_the_slot_exactly() {
+    let keys = std::sync::Mutex::new(None);
+    let f = start_with("", false, |art| {
+        let k = art.parent().unwrap().join("keys");
+        let (private, public) = sign_web_release_with(art, &k, Some((SLOT_AT, SLOT_LEN)));
+        *keys.lock().unwrap() = Some(private);
+        Some(public)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let node = tempfile::tempdir().unwrap();
+    let (running, target) = (node.path().join("root-a"), node.path().join("root-b"));
+    std::fs::write(&running, vec![0u8; SLOT_LEN as usize]).unwrap();
+    std::fs::write(&target, vec![0x55u8; SLOT_LEN as usize]).unwrap();
+    let private = keys.lock().unwrap().clone().unwrap();
+    let trusted = nodeforge::release::load_signing_key(&private)
+        .unwrap()
+        .public_key()
+        .clone();
+    use nodeforge_firstboot::update::{self, HttpOrigin, Request, Running as Node};
+    let req = Request {
+        build: "web",
+        trusted: &trusted,
+        running: Node {
+            arch: "amd64".into(),
+            epoch: Some(1),
+        },
+        running_slot: &running,
+        target_slot: &target,
+        state_dir: &node.path().join("state"),
+        allow_downgrade: false,
+    };
+    let origin = HttpOrigin::new(
+        &format!("http://{}/releases/web", f.running.http),
+        std::time::Duration::from_secs(10),
+    );
+    let done = update::update(&origin, &req, &mut |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
+    let img = std::fs::read(f._dir.path().join("out/web.img")).unwrap();
+    let slot = &img[SLOT_AT as usize..(SLOT_AT + SLOT_LEN) as usize];
+    assert!(
+        std::fs::read(&target).unwrap() == slot,
+        "the slot as released"
+    );
+    // The running slot is all zeros: only the chunks with data came over.
+    assert!(
+        (10_000..=256 << 10).contains(&done.fetched_bytes),
+        "{done:?}"
+    );
+    // Only the update's files, and only under a key.
+    let (st, _, body) = get(&f, "/releases/web/web.squashfs", "");
+    assert_eq!(st, 404, "{}", text(&body));
+    assert!(text(&body).contains("offers no update file"));
+    let plain = start("", false);
+    let (st, _, body) = get(&plain, "/releases/web/web.release.json", "");
+    assert_eq!(st, 404);
+    assert!(
+        text(&body).contains("start it with --release-key"),
+        "{}",
+        text(&body)
+    );
 }
 
 /// One raw HTTP/1.1 exchange: (status, headers, body).

@@ -1,0 +1,244 @@
+//! The transfer: index the running slot, fetch and check the missing
+//! chunks into a staging file, then write the inactive slot from the
+//! running slot, the staged chunks and zeros, and read it back.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use nodeforge_delta::assemble::{self, Plan, Source};
+use nodeforge_delta::{ChunkIndex, Chunker};
+use sha2::{Digest, Sha256};
+
+use super::{Origin, UpdateRefused};
+
+/// Remote chunks next to each other are fetched in one range of at most
+/// this many bytes: a whole-slot fetch is thousands of chunks.
+const MAX_RANGE: u64 = 8 << 20;
+
+/// What the transfer moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transferred {
+    pub fetched_bytes: u64,
+    pub copied_bytes: u64,
+}
+
+/// The size of a file or block device.
+pub fn size_of(path: &Path) -> Result<u64> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.seek(SeekFrom::End(0))
+        .with_context(|| format!("reading the size of {}", path.display()))
+}
+
+/// The running slot's chunks, cut as the new index was cut. Runs of zeros
+/// are fed as zeros (they cost no hashing of the bytes).
+pub fn index_slot(path: &Path, want: &ChunkIndex) -> Result<ChunkIndex> {
+    let what = || format!("indexing the running slot {}", path.display());
+    let mut f = File::open(path).with_context(what)?;
+    let mut chunker = Chunker::new(want.cutting);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = read_full(&mut f, &mut buf).with_context(what)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            chunker.zeros(n as u64);
+        } else {
+            chunker.data(&buf[..n]);
+        }
+    }
+    Ok(chunker.finish())
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Free bytes for an unprivileged writer in the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{} has a NUL byte", dir.display()))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed statvfs the call fills.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("reading the free space of {}", dir.display()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// One slot's transfer: from where, what, into which slot.
+pub struct Transfer<'a> {
+    pub origin: &'a dyn Origin,
+    /// The released file holding the slot, and the slot's offset in it.
+    pub file: &'a str,
+    pub base: u64,
+    pub plan: &'a Plan,
+    pub running: &'a Path,
+    pub target: &'a Path,
+}
+
+impl Transfer<'_> {
+    /// Fetches what the plan lacks into a staging file under `state_dir`,
+    /// checking each chunk, then writes the target slot and reads it back.
+    pub fn run(&self, state_dir: &Path) -> Result<Transferred> {
+        fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating the update state {}", state_dir.display()))?;
+        let free = free_bytes(state_dir)?;
+        if self.plan.fetch_bytes > free {
+            return Err(UpdateRefused::NoSpace {
+                dir: state_dir.display().to_string(),
+                free,
+                need: self.plan.fetch_bytes,
+            }
+            .into());
+        }
+        let staging_path = state_dir.join("staging");
+        let result = self.stage_and_write(&staging_path);
+        let _ = fs::remove_file(&staging_path);
+        result
+    }
+
+    fn stage_and_write(&self, staging_path: &Path) -> Result<Transferred> {
+        let (origin, file, base, plan) = (self.origin, self.file, self.base, self.plan);
+        let (running, target) = (self.running, self.target);
+        let staging = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(staging_path)
+            .with_context(|| format!("creating {}", staging_path.display()))?;
+        let staged = stage(origin, file, base, plan, &staging, staging_path)?;
+
+        let old = File::open(running).with_context(|| format!("opening {}", running.display()))?;
+        let new = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(target)
+            .with_context(|| format!("opening the inactive slot {}", target.display()))?;
+        let room = size_of(target)?;
+        let done = assemble::assemble(
+            plan,
+            room,
+            |at, buf| old.read_exact_at(buf, at),
+            |offset, buf| match staged.get(&offset) {
+                Some(&at) => staging.read_exact_at(buf, at),
+                // A local chunk that changed since it was indexed (the
+                // running slot is written to): fetched now, checked by
+                // assemble.
+                None => {
+                    let bytes = origin
+                        .get_range(file, base + offset, buf.len() as u64)
+                        .map_err(|e| io::Error::other(format!("{e:#}")))?;
+                    buf.copy_from_slice(&bytes);
+                    Ok(())
+                }
+            },
+            |at, buf| new.write_all_at(buf, at),
+        )
+        .with_context(|| format!("writing the inactive slot {}", target.display()))?;
+        new.sync_all()
+            .with_context(|| format!("flushing {}", target.display()))?;
+        read_back(&new, plan, target)?;
+        Ok(Transferred {
+            fetched_bytes: done.fetched_bytes,
+            copied_bytes: done.copied_bytes,
+        })
+    }
+}
+
+/// Fetches every remote chunk of `plan` (neighbours in one range), checks
+/// each against its sha256 and appends it to `staging`. Returns where each
+/// chunk (by its offset in the slot) is in the staging file.
+fn stage(
+    origin: &dyn Origin,
+    file: &str,
+    base: u64,
+    plan: &Plan,
+    mut staging: &File,
+    staging_path: &Path,
+) -> Result<HashMap<u64, u64>> {
+    let remote: Vec<_> = plan
+        .steps
+        .iter()
+        .filter(|(_, s)| *s == Source::Remote)
+        .map(|(c, _)| c)
+        .collect();
+    let mut at = HashMap::new();
+    let mut written = 0u64;
+    let mut i = 0;
+    while i < remote.len() {
+        // The run of chunks that follow each other, up to MAX_RANGE.
+        let start = remote[i].offset;
+        let mut end = i;
+        let mut len = u64::from(remote[i].len);
+        while end + 1 < remote.len()
+            && remote[end + 1].offset == start + len
+            && len + u64::from(remote[end + 1].len) <= MAX_RANGE
+        {
+            end += 1;
+            len += u64::from(remote[end].len);
+        }
+        let bytes = origin.get_range(file, base + start, len)?;
+        let mut pos = 0usize;
+        for c in &remote[i..=end] {
+            let part = &bytes[pos..pos + c.len as usize];
+            let got = hex::encode(Sha256::digest(part));
+            if got != c.sha256 {
+                return Err(UpdateRefused::BadPayload {
+                    file: origin.locate(file),
+                    offset: c.offset,
+                    len: c.len,
+                    got,
+                    want: c.sha256.clone(),
+                }
+                .into());
+            }
+            staging
+                .write_all(part)
+                .with_context(|| format!("writing {}", staging_path.display()))?;
+            at.insert(c.offset, written);
+            written += u64::from(c.len);
+            pos += c.len as usize;
+        }
+        i = end + 1;
+    }
+    staging
+        .sync_data()
+        .with_context(|| format!("flushing {}", staging_path.display()))?;
+    Ok(at)
+}
+
+/// Reads the written slot back and checks every chunk: what the disk holds
+/// is what the signed index describes, whatever the write path did.
+fn read_back(new: &File, plan: &Plan, target: &Path) -> Result<()> {
+    let mut buf = Vec::new();
+    for (c, _) in &plan.steps {
+        buf.resize(c.len as usize, 0);
+        new.read_exact_at(&mut buf, c.offset)
+            .with_context(|| format!("reading back {}", target.display()))?;
+        let got = hex::encode(Sha256::digest(&buf));
+        if got != c.sha256 {
+            bail!(
+                "{} does not read back what was written: the chunk at offset {} has sha256 {got}, \
+                 {} was written; the disk may be failing",
+                target.display(),
+                c.offset,
+                c.sha256
+            );
+        }
+    }
+    Ok(())
+}
