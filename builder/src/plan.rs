@@ -111,13 +111,22 @@ impl Plan {
             })
             .collect();
         let profile_hash = profile_hash(&profile, &overlay_files, &images, &models)?;
-        let layout = DiskLayout::fat_and_root(
-            profile.hardware.firmware.table(),
-            profile.disk.size.0,
-            profile.disk.esp_size.0,
-            profile.hardware.arch,
-            &layout_seed(&profile),
-        )?;
+        let layout = if profile.ab_slots() {
+            DiskLayout::ab_slots(
+                profile.disk.size.0,
+                profile.disk.esp_size.0,
+                profile.hardware.arch,
+                &layout_seed(&profile),
+            )?
+        } else {
+            DiskLayout::fat_and_root(
+                profile.hardware.firmware.table(),
+                profile.disk.size.0,
+                profile.disk.esp_size.0,
+                profile.hardware.arch,
+                &layout_seed(&profile),
+            )?
+        };
         Ok(Plan {
             profile,
             profile_hash,

@@ -111,6 +111,38 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// A boot from another slot than the steps last ran on (an update,
+    /// or the fallback after one failed): the steps whose work lives in
+    /// the slot run again.
+    fn note_slot(
+        &self,
+        root: &Path,
+        slots: &crate::slots::SlotsConfig,
+        journal: &mut Journal,
+    ) -> anyhow::Result<()> {
+        let cmdline = fs::read_to_string(under(root, "/proc/cmdline")).unwrap_or_default();
+        let Some(slot) = slots.running(&cmdline) else {
+            return Ok(());
+        };
+        let partuuid = slots.partuuid(slot).to_owned();
+        match &journal.slot {
+            Some(last) if *last == partuuid => return Ok(()),
+            Some(_) => {
+                journal
+                    .finished
+                    .retain(|r| !Step::ALL.iter().any(|s| s.per_slot() && s.name() == r.name));
+                self.observer.progress(&format!(
+                    "nodeforge-firstboot: running from slot {} for the first time: its stacks \
+                     start",
+                    slot.letter()
+                ));
+            }
+            None => {}
+        }
+        journal.slot = Some(partuuid);
+        journal.save(root)
+    }
+
     /// Runs (or resumes, or confirms) first boot.
     pub fn run(&self) -> Result<Status, RunError> {
         let t0 = Sample::now();
@@ -174,6 +206,9 @@ impl<'a> Agent<'a> {
                     c.now_on.describe()
                 ));
             }
+        }
+        if let Some(slots) = &cfg.slots {
+            self.note_slot(root, slots, &mut journal)?;
         }
         let names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
         let mut status = Status::new(&cfg.role, &cfg.profile, &names);

@@ -36,6 +36,9 @@ pub struct BakedConfig {
     /// updater can tell a downgrade (the image key is a hash, no order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<i64>,
+    /// A/B root slots and the state partition, when the image has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<crate::slots::SlotsConfig>,
 }
 
 /// The ESP on UEFI images, the firmware partition on Raspberry Pi.
@@ -266,6 +269,7 @@ impl BakedConfig {
             network_timeout_secs: default_network_timeout(),
             storage: Vec::new(),
             epoch: None,
+            slots: None,
         }
     }
 
@@ -299,6 +303,12 @@ mod tests {
             seed_paths: default_seed_paths(),
             network_timeout_secs: 5,
             epoch: Some(1_700_000_000),
+            slots: Some(crate::slots::SlotsConfig {
+                disk_guid: "d".into(),
+                a: "a".into(),
+                b: "b".into(),
+                state: "s".into(),
+            }),
             storage: vec![StorageRule {
                 label: "media".into(),
                 filesystem: Filesystem::Xfs,

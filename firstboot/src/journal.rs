@@ -22,6 +22,11 @@ pub struct Journal {
     /// How many times the agent has started on this machine.
     #[serde(default)]
     pub runs: u32,
+    /// With A/B slots: the PARTUUID of the slot the steps last ran on. A
+    /// boot from the other slot runs the steps that belong to a slot
+    /// again (see `Step::per_slot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 impl Journal {

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod redact;
 pub mod runner;
 pub mod seed;
+pub mod slots;
 pub mod stacks;
 pub mod status;
 pub mod steps;
@@ -32,6 +33,12 @@ pub mod update;
 /// The line the agent prints on the console once the node is ready.
 /// Boot tests and `nodeforge boot` wait for it.
 pub const READY_MARKER: &str = "nodeforge-firstboot: ready";
+
+/// The unit that blesses (or rejects) a root slot on trial, installed and
+/// enabled on images with A/B slots.
+pub const ASSESS_UNIT: &str = include_str!("../units/nodeforge-assess.service");
+pub const ASSESS_UNIT_NAME: &str = "nodeforge-assess.service";
+pub const ASSESS_UNIT_PATH: &str = "/usr/lib/systemd/system/nodeforge-assess.service";
 
 /// The systemd unit the builder installs as [`SYSTEMD_UNIT_PATH`] (enabled
 /// in multi-user.target); the binary goes to [`BINARY_PATH`].

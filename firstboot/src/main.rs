@@ -2,8 +2,9 @@
 //! `nodeforge-firstboot status [--json] [--root DIR]` shows how it went;
 //! `nodeforge-firstboot identity-check [--root DIR]` runs before tailscaled
 //! (see identity.rs);
-//! `nodeforge-firstboot update --from URL --running DEV --target DEV …`
-//! writes a newer signed release into the inactive root slot (update/).
+//! `nodeforge-firstboot update --from URL …` writes a newer signed release
+//! into the inactive root slot and boots it next (update/);
+//! `nodeforge-firstboot assess` blesses a slot on trial (update/assess.rs).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use nodeforge_firstboot::notify::Notifier;
 use nodeforge_firstboot::runner::SystemRunner;
 use nodeforge_firstboot::status::Status;
 
-const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]\n       nodeforge-firstboot identity-check [--root DIR]\n       nodeforge-firstboot update --from URL --running DEV --target DEV [--build NAME] [--key FILE] [--allow-downgrade] [--root DIR]";
+const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]\n       nodeforge-firstboot identity-check [--root DIR]\n       nodeforge-firstboot update --from URL [--reboot] [--running DEV --target DEV] [--build NAME] [--key FILE] [--allow-downgrade] [--root DIR]\n       nodeforge-firstboot assess [--root DIR]";
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("update") {
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
     let mut json = false;
     while let Some(a) = args.next() {
         match a.as_str() {
-            "run" | "status" | "identity-check" if cmd.is_none() => cmd = Some(a),
+            "run" | "status" | "identity-check" | "assess" if cmd.is_none() => cmd = Some(a),
             "--json" => json = true,
             "--root" => match args.next() {
                 Some(r) => root = PathBuf::from(r),
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
     match cmd.as_deref() {
         Some("status") => status(&root, json),
         Some("identity-check") if !json => identity_check(&root),
+        Some("assess") if !json => assess(&root),
         _ if json => usage("--json goes with status"),
         _ => run(root),
     }
@@ -110,86 +112,73 @@ fn status(root: &std::path::Path, json: bool) -> ExitCode {
 
 /// `update`: its own options, parsed here, run by the library.
 fn update(mut args: impl Iterator<Item = String>) -> ExitCode {
-    use nodeforge_firstboot::update::{self, HttpOrigin, Request, Running};
-    let (mut from, mut running, mut target, mut build, mut key) = (None, None, None, None, None);
+    use nodeforge_firstboot::update::node::{self, Options};
+    let mut opts = Options::default();
     let mut root = PathBuf::from("/");
-    let mut allow_downgrade = false;
+    let mut from = None;
     while let Some(a) = args.next() {
-        let slot = match a.as_str() {
-            "--from" => &mut from,
-            "--running" => &mut running,
-            "--target" => &mut target,
-            "--build" => &mut build,
-            "--key" => &mut key,
-            "--root" => {
-                match args.next() {
-                    Some(r) => root = PathBuf::from(r),
-                    None => return usage("--root needs a directory"),
-                }
-                continue;
-            }
+        let mut value = |what: &str| args.next().ok_or_else(|| format!("{what} needs a value"));
+        let parsed = match a.as_str() {
+            "--from" => value("--from").map(|v| from = Some(v)),
+            "--running" => value("--running").map(|v| opts.running = Some(v.into())),
+            "--target" => value("--target").map(|v| opts.target = Some(v.into())),
+            "--build" => value("--build").map(|v| opts.build = Some(v)),
+            "--key" => value("--key").map(|v| opts.key = Some(v.into())),
+            "--root" => value("--root").map(|v| root = v.into()),
             "--allow-downgrade" => {
-                allow_downgrade = true;
-                continue;
+                opts.allow_downgrade = true;
+                Ok(())
+            }
+            "--reboot" => {
+                opts.reboot = true;
+                Ok(())
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            other => return usage(&format!("update: unexpected argument {other:?}")),
+            other => Err(format!("update: unexpected argument {other:?}")),
         };
-        match args.next() {
-            Some(v) => *slot = Some(v),
-            None => return usage(&format!("{a} needs a value")),
+        if let Err(msg) = parsed {
+            return usage(&msg);
         }
     }
-    let (Some(from), Some(running), Some(target)) = (from, running, target) else {
+    let Some(from) = from else {
         return usage(
-            "update needs --from URL (the build's directory), --running DEV and --target DEV",
+            "update needs --from URL (the build's directory, e.g. serve's /releases/<build>)",
         );
     };
-    if running == target {
-        return usage("update: --running and --target are the same slot");
-    }
-    let result = (|| -> anyhow::Result<update::Installed> {
-        use anyhow::Context;
-        let under = |abs: &str| nodeforge_firstboot::fsutil::under(&root, abs);
-        let cfg_path = under(nodeforge_firstboot::config::BAKED_CONFIG_PATH);
-        let cfg_text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?;
-        let cfg = nodeforge_firstboot::config::BakedConfig::from_toml(&cfg_text)
-            .with_context(|| format!("{} is not the agent's config", cfg_path.display()))?;
-        let key_path = key.map_or_else(|| under(update::RELEASE_KEY_PATH), PathBuf::from);
-        let key_text = std::fs::read_to_string(&key_path).with_context(|| {
-            format!(
-                "reading the release key {} (bake one with the profile's release key, or pass --key)",
-                key_path.display()
-            )
-        })?;
-        let trusted =
-            nodeforge_release::parse_public_key(&key_text, &key_path.display().to_string())?;
-        let state_dir = under(update::STATE_DIR);
-        let req = Request {
-            build: build.as_deref().unwrap_or(&cfg.profile),
-            trusted: &trusted,
-            running: Running {
-                arch: update::debian_arch().into(),
-                epoch: cfg.epoch,
-            },
-            running_slot: std::path::Path::new(&running),
-            target_slot: std::path::Path::new(&target),
-            state_dir: &state_dir,
-            allow_downgrade,
-        };
-        let origin = HttpOrigin::new(&from, std::time::Duration::from_secs(60));
-        update::update(&origin, &req, &mut |line| {
-            println!("nodeforge-firstboot update: {line}")
-        })
-    })();
-    match result {
+    opts.from = from;
+    let say = &mut |line: &str| println!("nodeforge-firstboot update: {line}");
+    match node::run(&root, &opts, &SystemRunner, say) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nodeforge-firstboot update: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `assess`: bless a slot on trial once the agent finished, or fail (its
+/// unit then reboots and systemd-boot counts the try).
+fn assess(root: &std::path::Path) -> ExitCode {
+    use nodeforge_firstboot::update::{assess, node};
+    let say = &mut |line: &str| println!("nodeforge-firstboot assess: {line}");
+    let result = node::read_config(root).and_then(|cfg| match &cfg.slots {
+        None => Ok(assess::Assessment::NotOnTrial),
+        Some(slots) => assess::assess(root, slots, say),
+    });
+    match result {
+        Ok(assess::Assessment::NotOnTrial) => ExitCode::SUCCESS,
+        Ok(assess::Assessment::Blessed { slot, generation }) => {
+            say(&format!(
+                "slot {slot} (generation {}) is healthy: it stays the slot that boots",
+                generation.map_or("?".into(), |g| g.to_string())
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nodeforge-firstboot assess: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -137,6 +137,54 @@ fn later_boots_confirm_quickly_and_run_nothing() {
     );
 }
 
+#[test]
+fn a_boot_from_the_other_slot_runs_the_slots_steps_again_and_only_those() {
+    let m = Machine::new();
+    m.write(
+        "/etc/nodeforge/firstboot.toml",
+        &format!("{BAKED}\n[slots]\ndisk_guid = \"d\"\na = \"x\"\nb = \"y\"\nstate = \"s\"\n"),
+    );
+    // Slot A ("x" on the command line): grow-root finds no state mount
+    // in this fake machine and fails; the rest completes.
+    let _ = m.boot();
+    m.write(
+        "/proc/self/mountinfo",
+        "22 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n\
+         30 22 0:25 / /run rw,nosuid - tmpfs tmpfs rw\n\
+         31 22 254:1 / /boot/efi rw - vfat /dev/vda1 rw\n\
+         40 22 254:2 / /var/lib/nodeforge-state rw - ext4 /dev/vda2 rw\n",
+    );
+    m.boot().unwrap().unwrap();
+    assert_eq!(Journal::load(m.root()).unwrap().slot.as_deref(), Some("x"));
+    // The same slot again: nothing runs.
+    let st = m.boot().unwrap().unwrap();
+    assert!(st.steps.iter().all(|s| s.earlier_run));
+    // Slot B, written by an update.
+    m.write(
+        "/proc/cmdline",
+        "BOOT_IMAGE=/vmlinuz root=PARTUUID=y ro quiet\n",
+    );
+    let st = m.boot().unwrap().unwrap();
+    assert_eq!(st.state, RunState::Complete);
+    for s in &st.steps {
+        let step = Step::ALL.iter().find(|x| x.name() == s.name).unwrap();
+        assert_eq!(
+            !s.earlier_run,
+            step.per_slot(),
+            "{} ran again: {}",
+            s.name,
+            !s.earlier_run
+        );
+    }
+    assert!(
+        m.progress_log()
+            .contains("running from slot b for the first time"),
+        "{}",
+        m.progress_log()
+    );
+    assert_eq!(Journal::load(m.root()).unwrap().slot.as_deref(), Some("y"));
+}
+
 /// The fleet's tailnet settings ([tailnet] in the profiles) reach `up`:
 /// `--reset` would turn off whatever is not given, so each is given.
 #[test]

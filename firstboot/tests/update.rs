@@ -87,6 +87,7 @@ fn publish(dir: &Path, slot: &[u8], epoch: i64, key: &PrivateKey) -> Build {
             offset: HEAD as u64,
             size: slot.len() as u64,
             chunks: "web.root.chunks.json".into(),
+            disk_guid: None,
         }),
     };
     let doc = release.to_bytes();
@@ -195,6 +196,7 @@ impl Node {
             running_slot: &self.path("root-a"),
             target_slot: &self.path("root-b"),
             state_dir: &state,
+            disk_guid: None,
             allow_downgrade,
         };
         let origin = HttpOrigin::new(&server.url, std::time::Duration::from_secs(10));

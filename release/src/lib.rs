@@ -78,6 +78,11 @@ pub struct RootSlot {
     /// file of the release, so the signature covers it and, through each
     /// chunk's sha256, every byte of the slot.
     pub chunks: String,
+    /// With A/B slots: the GPT GUID of the disk layout the slot was built
+    /// for (its partitions' GUIDs follow from it); a node with another
+    /// layout refuses the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_guid: Option<String>,
 }
 
 /// Why a release was refused; callers (serve, the updater, the tests)

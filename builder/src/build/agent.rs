@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use nodeforge_firstboot::config::{BakedConfig, TailscaleConfig, BAKED_CONFIG_PATH};
+use nodeforge_firstboot::slots::SlotsConfig;
 
 use super::context::BuildContext;
 use super::progress::StepOutcome;
 use super::system::enable_unit;
 use crate::exec::{find_program, Cmd};
-use crate::profile::{Arch, Profile};
+use crate::profile::Arch;
 
 pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
 
@@ -18,7 +19,7 @@ pub const UNIT_NAME: &str = "nodeforge-firstboot.service";
 pub fn inputs(plan: &crate::plan::Plan, agent_sha256: &str) -> serde_json::Value {
     serde_json::json!({
         "agent": agent_sha256,
-        "config": baked_config(&plan.profile, plan.epoch).to_toml(),
+        "config": baked_config(plan).to_toml(),
         "release_key": plan.profile.release_key,
     })
 }
@@ -45,6 +46,12 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     fs::write(&unit, nodeforge_firstboot::SYSTEMD_UNIT)
         .with_context(|| format!("writing {}", unit.display()))?;
     enable_unit(&ctx.rootfs, UNIT_NAME)?;
+    if ctx.plan.layout.has_slots() {
+        let assess = ctx.target(nodeforge_firstboot::ASSESS_UNIT_PATH);
+        fs::write(&assess, nodeforge_firstboot::ASSESS_UNIT)
+            .with_context(|| format!("writing {}", assess.display()))?;
+        enable_unit(&ctx.rootfs, nodeforge_firstboot::ASSESS_UNIT_NAME)?;
+    }
 
     // The package's postinst enables it on a running system; in the
     // image only the links make it start at boot.
@@ -60,7 +67,7 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         fs::write(&dropin, nodeforge_firstboot::TAILSCALED_DROPIN)
             .with_context(|| format!("writing {}", dropin.display()))?;
     }
-    let cfg = baked_config(&ctx.plan.profile, ctx.plan.epoch);
+    let cfg = baked_config(ctx.plan);
     let path = ctx.target(BAKED_CONFIG_PATH);
     crate::fsutil::create_dir_all(path.parent().expect("has parent"))?;
     fs::write(&path, cfg.to_toml())
@@ -76,7 +83,15 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
     Ok(StepOutcome::Done)
 }
 
-pub fn baked_config(p: &Profile, epoch: Option<i64>) -> BakedConfig {
+pub fn baked_config(plan: &crate::plan::Plan) -> BakedConfig {
+    use crate::disk::PartitionKind;
+    let (p, layout) = (&plan.profile, &plan.layout);
+    let slots = layout.has_slots().then(|| SlotsConfig {
+        disk_guid: layout.disk_guid.to_string(),
+        a: layout.partition(PartitionKind::Root).partuuid.clone(),
+        b: layout.partition(PartitionKind::RootB).partuuid.clone(),
+        state: layout.partition(PartitionKind::State).partuuid.clone(),
+    });
     BakedConfig {
         admin_user: p
             .users
@@ -92,7 +107,8 @@ pub fn baked_config(p: &Profile, epoch: Option<i64>) -> BakedConfig {
             advertise_routes: p.advertised_routes(),
         }),
         storage: p.storage.clone(),
-        epoch,
+        epoch: plan.epoch,
+        slots,
         ..BakedConfig::new(&p.name, &p.role, &p.hostname)
     }
 }

@@ -75,6 +75,13 @@ pub fn write_boot_partition(ctx: &mut BuildContext) -> Result<StepOutcome> {
     let p = &ctx.plan.profile;
     let root = ctx.plan.layout.partition(PartitionKind::Root);
     let mut options = vec![format!("root=PARTUUID={}", root.partuuid), "rw".to_string()];
+    if ctx.plan.layout.has_slots() {
+        // fstab has no line for / (it names no slot): its options go here.
+        // A panic reboots, so a slot whose kernel panics spends its tries
+        // and the other slot boots.
+        options.push("rootflags=errors=remount-ro".into());
+        options.push("panic=10".into());
+    }
     options.extend(p.hardware.kernel_cmdline.iter().cloned());
     let (files, label) = match p.hardware.firmware {
         Firmware::Uefi => (uefi_files(ctx, kernel, initrd, &version, &options)?, "ESP"),
@@ -134,21 +141,55 @@ fn uefi_files(
                 .display()
         );
     }
+    let loader = |files: &mut Vec<(String, Content)>| {
+        files.splice(
+            0..0,
+            [
+                (
+                    format!("EFI/BOOT/{}", arch.efi_boot_file()),
+                    Content::File(sd_boot.clone()),
+                ),
+                (
+                    format!("EFI/systemd/{}", arch.systemd_boot_file()),
+                    Content::File(sd_boot.clone()),
+                ),
+            ],
+        );
+    };
+    if ctx.plan.layout.has_slots() {
+        // Slot A's entry, generation 1, uncounted: the image as flashed is
+        // the known-good slot. No `default`: the highest version of the
+        // shared sort key boots, and a counted entry out of tries sorts last.
+        use nodeforge_firstboot::slots::{entry_file_name, esp_dir, Entry, Slot};
+        let entry = Entry {
+            slot: Slot::A,
+            version: 1,
+            title: format!("nodeforge {} ({}), slot a", p.name, p.role),
+            options: options.join(" "),
+        };
+        let dir = esp_dir(Slot::A);
+        let mut files = vec![
+            (
+                "loader/loader.conf".into(),
+                Content::Bytes(b"timeout 0\neditor no\n".to_vec()),
+            ),
+            (
+                format!("loader/entries/{}", entry_file_name(Slot::A, None)),
+                Content::Bytes(entry.text().into_bytes()),
+            ),
+            (format!("{dir}/vmlinuz"), Content::File(kernel)),
+            (format!("{dir}/initrd.img"), Content::File(initrd)),
+        ];
+        loader(&mut files);
+        return Ok(files);
+    }
     let entry = format!(
         "title   nodeforge {} ({})\nversion {version}\nlinux   /nodeforge/vmlinuz\ninitrd  /nodeforge/initrd.img\noptions {}\n",
         p.name,
         p.role,
         options.join(" ")
     );
-    Ok(vec![
-        (
-            format!("EFI/BOOT/{}", arch.efi_boot_file()),
-            Content::File(sd_boot.clone()),
-        ),
-        (
-            format!("EFI/systemd/{}", arch.systemd_boot_file()),
-            Content::File(sd_boot),
-        ),
+    let mut files = vec![
         (
             "loader/loader.conf".into(),
             Content::Bytes(b"default nodeforge.conf\ntimeout 0\neditor no\n".to_vec()),
@@ -159,7 +200,9 @@ fn uefi_files(
         ),
         ("nodeforge/vmlinuz".into(), Content::File(kernel)),
         ("nodeforge/initrd.img".into(), Content::File(initrd)),
-    ])
+    ];
+    loader(&mut files);
+    Ok(files)
 }
 
 /// The newest kernel and its initrd in the target's /boot.
@@ -225,29 +268,66 @@ pub fn write_root_fs(ctx: &mut BuildContext) -> Result<StepOutcome> {
     }
     let out_dir = image.path.parent().unwrap_or(Path::new("."));
     fsutil::require_free_space(out_dir, tree + tree / 10, "the root filesystem's data")?;
+    mkfs_ext4("root", root, &ctx.rootfs, &image.path, ctx.epoch)
+        .with_context(|| format!("writing the root filesystem into {}", image.path.display()))?;
+    if let Some(state) = ctx.plan.layout.find(PartitionKind::State) {
+        write_state_fs(ctx, &image.path, state)?;
+    }
+    Ok(StepOutcome::Done)
+}
+
+/// The state partition: ext4 with one empty directory per persistent path
+/// (slots bind-mount them); slot B stays a hole until an update.
+fn write_state_fs(
+    ctx: &BuildContext,
+    image: &Path,
+    state: &crate::disk::PartitionSpec,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = ctx.work.path().join("state-tree");
+    fsutil::create_dir_all(&tree)?;
+    for (dir, _, mode) in nodeforge_firstboot::slots::PERSISTENT {
+        let d = tree.join(dir);
+        fsutil::create_dir_all(&d)?;
+        fs::set_permissions(&d, fs::Permissions::from_mode(*mode))
+            .with_context(|| format!("setting the mode of {}", d.display()))?;
+    }
+    mkfs_ext4("state", state, &tree, image, ctx.epoch)
+        .with_context(|| format!("writing the state partition into {}", image.display()))?;
+    Ok(())
+}
+
+/// `mkfs.ext4 -d TREE` into the partition `part` of `image`, labelled
+/// `label`: its UUID and hash seed from the layout and, with an epoch,
+/// every time in it, so the bytes depend on the inputs only.
+fn mkfs_ext4(
+    label: &str,
+    part: &crate::disk::PartitionSpec,
+    tree: &Path,
+    image: &Path,
+    epoch: Option<i64>,
+) -> Result<()> {
     let mut cmd = reproducible::hermetic(Cmd::new("mkfs.ext4"))
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root", "-U"])
-        .arg(root.fs_uuid.to_string())
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", label, "-U"])
+        .arg(part.fs_uuid.to_string())
         .arg("-E")
         .arg(format!(
             "offset={},nodiscard,hash_seed={}",
-            root.offset, root.fs_uuid
+            part.offset, part.fs_uuid
         ))
         .arg("-d")
-        .arg(&ctx.rootfs)
-        .arg(&image.path)
-        .arg(format!("{}k", root.size / 1024));
-    if let Some(epoch) = ctx.epoch {
-        // Files the build wrote carry the build's time; clamp them so the
-        // filesystem's bytes depend on the inputs only.
-        reproducible::clamp_mtimes(&ctx.rootfs, epoch)?;
+        .arg(tree)
+        .arg(image)
+        .arg(format!("{}k", part.size / 1024));
+    if let Some(epoch) = epoch {
+        // Files the build wrote carry the build's time; clamp them.
+        reproducible::clamp_mtimes(tree, epoch)?;
         cmd = cmd
             .env("SOURCE_DATE_EPOCH", epoch.to_string())
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string());
     }
-    cmd.run()
-        .with_context(|| format!("writing the root filesystem into {}", image.path.display()))?;
-    Ok(StepOutcome::Done)
+    cmd.run()?;
+    Ok(())
 }
 
 pub fn write_partition_table(ctx: &mut BuildContext) -> Result<StepOutcome> {

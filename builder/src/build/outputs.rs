@@ -214,6 +214,11 @@ fn index_root_slot(
         offset: root.offset,
         size: root.size,
         chunks,
+        disk_guid: ctx
+            .plan
+            .layout
+            .has_slots()
+            .then(|| ctx.plan.layout.disk_guid.to_string()),
     })
 }
 

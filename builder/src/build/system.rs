@@ -46,6 +46,13 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         ),
     )?;
     write(ctx, "/etc/fstab", &fstab(ctx))?;
+    if ctx.plan.layout.has_slots() {
+        // Mount points of the state partition and its bind mounts.
+        use nodeforge_firstboot::slots::{PERSISTENT, STATE_MOUNT};
+        for at in std::iter::once(STATE_MOUNT).chain(PERSISTENT.iter().map(|(_, at, _)| *at)) {
+            crate::fsutil::create_dir_all(ctx.target(at))?;
+        }
+    }
     // The partition mounted there would hide whatever packages put below
     // the mount point (raspi-firmware copies itself into /boot/firmware).
     let mount = p.hardware.firmware.boot_mount();
@@ -147,12 +154,35 @@ fn fstab(ctx: &BuildContext) -> String {
     // pass took more under load (five TCG guests on two cores), the mount
     // failed and the agent ran without its seed.
     let mount = ctx.plan.profile.hardware.firmware.boot_mount();
-    format!(
-        "# Written by nodeforge; partitions are found by PARTUUID.\n\
-         PARTUUID={}\t/\text4\terrors=remount-ro\t0\t1\n\
-         PARTUUID={}\t{mount}\tvfat\tumask=0077,nofail,x-systemd.device-timeout=5min\t0\t2\n",
-        root.partuuid, esp.partuuid
-    )
+    let esp_line = format!(
+        "PARTUUID={}\t{mount}\tvfat\tumask=0077,nofail,x-systemd.device-timeout=5min\t0\t2\n",
+        esp.partuuid
+    );
+    let Some(state) = layout.find(PartitionKind::State) else {
+        return format!(
+            "# Written by nodeforge; partitions are found by PARTUUID.\n\
+             PARTUUID={}\t/\text4\terrors=remount-ro\t0\t1\n{esp_line}",
+            root.partuuid
+        );
+    };
+    // With A/B slots, / is whichever slot systemd-boot started (root= on
+    // the kernel command line, its options in rootflags=); what outlives
+    // an update is bind-mounted from the state partition before any
+    // service that writes there starts (local-fs.target).
+    use nodeforge_firstboot::slots::{PERSISTENT, STATE_MOUNT};
+    let mut text = format!(
+        "# Written by nodeforge; partitions are found by PARTUUID. / is the slot\n\
+         # systemd-boot started (root= on the kernel command line).\n\
+         PARTUUID={}\t{STATE_MOUNT}\text4\terrors=remount-ro\t0\t2\n",
+        state.partuuid
+    );
+    for (dir, at, _) in PERSISTENT {
+        text.push_str(&format!(
+            "{STATE_MOUNT}/{dir}\t{at}\tnone\tbind,x-systemd.requires-mounts-for={STATE_MOUNT}\t0\t0\n"
+        ));
+    }
+    text.push_str(&esp_line);
+    text
 }
 
 /// raspi-firmware's kernel hook rewrites the boot partition when the node

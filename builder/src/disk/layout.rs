@@ -25,13 +25,29 @@ pub enum TableKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum PartitionKind {
     /// The FAT partition the firmware reads: the ESP on UEFI, the boot
     /// partition on a Raspberry Pi.
     Esp,
+    /// The root filesystem; with A/B slots, slot A (the one the image
+    /// boots first).
     Root,
+    /// Slot B: the same size as slot A, a hole in the image until an
+    /// update writes it.
+    RootB,
+    /// What outlives an update (stack volumes, the agent's state, the
+    /// tailnet state): the last partition, grown at first boot.
+    State,
 }
+
+/// The state partition's size in the image; first boot grows it to the
+/// end of the disk.
+pub const STATE_SIZE: u64 = 256 << 20;
+
+/// Linux filesystem data (not a discoverable type: systemd's gpt-auto
+/// generator must not mount it anywhere on its own).
+pub const LINUX_DATA_TYPE: Uuid = Uuid::from_u128(0x0FC63DAF_8483_4772_8E79_3D69D8477DE4);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionSpec {
@@ -115,6 +131,23 @@ impl DiskLayout {
         arch: Arch,
         seed: &str,
     ) -> Result<Self> {
+        Self::build(table, size, fat_size, false, arch, seed)
+    }
+
+    /// A GPT disk for A/B updates: the ESP, root slots A and B of one
+    /// size, and a state partition of [`STATE_SIZE`] at the end.
+    pub fn ab_slots(size: u64, esp_size: u64, arch: Arch, seed: &str) -> Result<Self> {
+        Self::build(TableKind::Gpt, size, esp_size, true, arch, seed)
+    }
+
+    fn build(
+        table: TableKind,
+        size: u64,
+        fat_size: u64,
+        slots: bool,
+        arch: Arch,
+        seed: &str,
+    ) -> Result<Self> {
         let size = size / ALIGN * ALIGN;
         let esp_start = ALIGN;
         let esp_size = fat_size.div_ceil(ALIGN) * ALIGN;
@@ -154,24 +187,62 @@ impl DiskLayout {
                 fs_uuid: derived_uuid(seed, &format!("{label}/filesystem")),
             }
         };
-        Ok(DiskLayout {
-            size,
-            table,
-            disk_guid,
-            mbr_signature,
-            partitions: vec![
+        let esp = part(
+            1,
+            PartitionKind::Esp,
+            match table {
+                TableKind::Gpt => "esp",
+                TableKind::Mbr => "boot",
+            },
+            esp_start,
+            esp_size,
+            ESP_TYPE,
+            MBR_FAT32_LBA,
+        );
+        let partitions = if slots {
+            // Two slots of one size, aligned, then the state partition.
+            let slot = (usable_end - root_start).saturating_sub(STATE_SIZE) / 2 / ALIGN * ALIGN;
+            if slot < 64 * ALIGN {
+                bail!(
+                    "disk of {size} bytes has no room for two root slots and a {} MiB state \
+                     partition after a {esp_size}-byte ESP: raise [disk] size",
+                    STATE_SIZE >> 20
+                );
+            }
+            let state_start = root_start + 2 * slot;
+            vec![
+                esp,
                 part(
-                    1,
-                    PartitionKind::Esp,
-                    match table {
-                        TableKind::Gpt => "esp",
-                        TableKind::Mbr => "boot",
-                    },
-                    esp_start,
-                    esp_size,
-                    ESP_TYPE,
-                    MBR_FAT32_LBA,
+                    2,
+                    PartitionKind::Root,
+                    "root-a",
+                    root_start,
+                    slot,
+                    root_type(arch),
+                    MBR_LINUX,
                 ),
+                part(
+                    3,
+                    PartitionKind::RootB,
+                    "root-b",
+                    root_start + slot,
+                    slot,
+                    root_type(arch),
+                    MBR_LINUX,
+                ),
+                part(
+                    4,
+                    PartitionKind::State,
+                    "state",
+                    state_start,
+                    (state_start + STATE_SIZE).min(usable_end) - state_start,
+                    LINUX_DATA_TYPE,
+                    MBR_LINUX,
+                ),
+            ]
+        } else {
+            vec![
+                esp,
                 part(
                     2,
                     PartitionKind::Root,
@@ -181,7 +252,14 @@ impl DiskLayout {
                     root_type(arch),
                     MBR_LINUX,
                 ),
-            ],
+            ]
+        };
+        Ok(DiskLayout {
+            size,
+            table,
+            disk_guid,
+            mbr_signature,
+            partitions,
         })
     }
 
@@ -190,6 +268,17 @@ impl DiskLayout {
             .iter()
             .find(|p| p.kind == kind)
             .expect("every layout has an ESP and a root partition")
+    }
+
+    /// The partition of `kind`, if this layout has one (slot B and the
+    /// state partition exist only with A/B slots).
+    pub fn find(&self, kind: PartitionKind) -> Option<&PartitionSpec> {
+        self.partitions.iter().find(|p| p.kind == kind)
+    }
+
+    /// Whether the disk has two root slots and a state partition.
+    pub fn has_slots(&self) -> bool {
+        self.find(PartitionKind::RootB).is_some()
     }
 }
 
@@ -246,6 +335,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("too large for an MBR partition table"), "{e}");
+    }
+
+    #[test]
+    fn ab_slots_are_two_equal_aligned_roots_then_the_state_partition() {
+        let l = DiskLayout::ab_slots(4 << 30, 256 << 20, Arch::Amd64, "x").unwrap();
+        let kinds: Vec<_> = l.partitions.iter().map(|p| (p.number, p.kind)).collect();
+        use PartitionKind::*;
+        assert_eq!(kinds, [(1, Esp), (2, Root), (3, RootB), (4, State)]);
+        let (a, b, state) = (l.partition(Root), l.partition(RootB), l.partition(State));
+        assert_eq!(a.size, b.size);
+        assert_eq!(b.offset, a.end());
+        assert_eq!(state.offset, b.end());
+        assert_eq!(state.size, STATE_SIZE);
+        assert!(state.end() <= l.size - 33 * SECTOR);
+        for p in &l.partitions {
+            assert_eq!((p.offset % ALIGN, p.size % ALIGN), (0, 0), "{p:?}");
+        }
+        assert_eq!((a.label.as_str(), b.label.as_str()), ("root-a", "root-b"));
+        assert_eq!(a.type_guid, b.type_guid);
+        assert_ne!(a.part_guid, b.part_guid);
+        assert_eq!(state.type_guid, LINUX_DATA_TYPE);
+        assert!(l.has_slots());
+        assert!(
+            !DiskLayout::esp_and_root(4 << 30, 256 << 20, Arch::Amd64, "x")
+                .unwrap()
+                .has_slots()
+        );
+        let e = DiskLayout::ab_slots(400 << 20, 64 << 20, Arch::Amd64, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no room for two root slots"), "{e}");
     }
 
     #[test]

@@ -246,6 +246,12 @@ pub struct TailnetAccept {
 }
 
 impl Profile {
+    /// Whether the image has A/B root slots and a state partition: every
+    /// profile that takes updates (`[update]`).
+    pub fn ab_slots(&self) -> bool {
+        self.release_key.is_some()
+    }
+
     /// The subnets this role's nodes advertise (`[tailnet.routes]`).
     pub fn advertised_routes(&self) -> Vec<String> {
         self.tailnet

@@ -388,6 +388,23 @@ impl Merged {
                 ));
             }
         }
+        // Slots boot by `root=PARTUUID=`, which initramfs-tools resolves;
+        // nodeforge's own initramfs finds the root by filesystem UUID (the
+        // same in both slots), and the Pi's firmware has its own A/B.
+        if self.release_key.is_some()
+            && (hardware.firmware != super::Firmware::Uefi
+                || hardware.initramfs != super::InitramfsKind::InitramfsTools)
+        {
+            errors.push(ProfileError::whole_file(
+                &leaf.path,
+                format!(
+                    "[update] gives the image two root slots, which nodeforge builds for UEFI \
+                     machines with initramfs-tools; hardware `{}` has neither (Raspberry Pi \
+                     tryboot slots are not built yet): remove [update] from this profile",
+                    hardware.name
+                ),
+            ));
+        }
         if self.firewall.is_some() && !have(&"nftables") {
             errors.push(ProfileError::whole_file(
                 &leaf.path,

@@ -119,7 +119,7 @@ fn update_project(key: &str) -> Project {
 }
 
 #[test]
-fn the_profiles_release_key_is_checked_and_baked_with_the_builds_epoch() {
+fn the_profiles_release_key_is_checked_and_baked_with_the_builds_epoch_and_ab_slots() {
     let p = update_project("../k/release.pub");
     p.ok(&["keys", "generate", "--dir", "k"]);
     let public = p.read("k/release.pub");
@@ -150,6 +150,85 @@ fn the_profiles_release_key_is_checked_and_baked_with_the_builds_epoch() {
     assert!(config.contains(&format!("epoch = {epoch}")), "{config}");
     let release: serde_json::Value = serde_json::from_str(&p.read("out/x.release.json")).unwrap();
     assert_eq!(release["epoch"], epoch, "{release:#}");
+    assert_ab_layout(&p, &root, &release);
+}
+
+/// The image of a profile with `[update]`: slots A and B of one size (B a
+/// hole), the state partition with the persistent directories, slot A's
+/// boot entry, fstab's bind mounts, the assess unit, and the release
+/// naming the disk layout.
+fn assert_ab_layout(p: &Project, root: &crate::support::image::Ext4, release: &serde_json::Value) {
+    use crate::support::image::{copy_out, gpt_partitions, Ext4};
+    let img = p.path("out/x.img");
+    let parts = gpt_partitions(&img);
+    let labels: Vec<&str> = parts.iter().map(|q| q.label.as_str()).collect();
+    assert_eq!(labels, ["esp", "root-a", "root-b", "state"]);
+    let (esp, a, b, state) = (&parts[0], &parts[1], &parts[2], &parts[3]);
+    assert_eq!(a.size, b.size);
+    // Slot B holds no byte of the file: a hole the bmap skips.
+    let bmap = nodeforge::bmap::Bmap::load(&p.path("out/x.img.bmap")).unwrap();
+    for r in &bmap.ranges {
+        let bytes = bmap.byte_range(r);
+        assert!(
+            bytes.end <= b.offset || bytes.start >= b.offset + b.size,
+            "slot B is mapped: {bytes:?}"
+        );
+    }
+    let f = std::fs::File::open(&img).unwrap();
+    let read_esp = |path: &str| {
+        String::from_utf8(
+            nodeforge::disk::esp::read_file(&f, esp.offset, esp.size, path)
+                .unwrap_or_else(|e| panic!("{path}: {e:#}")),
+        )
+        .unwrap()
+    };
+    let entry = read_esp("loader/entries/nodeforge-a.conf");
+    for want in [
+        format!(
+            "root=PARTUUID={} rw rootflags=errors=remount-ro panic=10",
+            a.part_guid
+        ),
+        "sort-key nodeforge\n".into(),
+        "version  1\n".into(),
+        "linux    /nodeforge/a/vmlinuz\n".into(),
+    ] {
+        assert!(entry.contains(&want), "{want:?} not in\n{entry}");
+    }
+    assert!(!read_esp("loader/loader.conf").contains("default"));
+    assert_eq!(read_esp("nodeforge/a/vmlinuz"), "kernel");
+    let fstab = root.text("/etc/fstab");
+    assert!(!fstab.contains("\t/\t"), "no slot is / in fstab:\n{fstab}");
+    for want in [
+        format!(
+            "PARTUUID={}\t/var/lib/nodeforge-state\text4",
+            state.part_guid
+        ),
+        "/var/lib/nodeforge-state/docker-volumes\t/var/lib/docker/volumes\tnone\tbind,".into(),
+        "/var/lib/nodeforge-state/nodeforge\t/var/lib/nodeforge\tnone\tbind,".into(),
+    ] {
+        assert!(fstab.contains(&want), "{want:?} not in\n{fstab}");
+    }
+    let config = root.text("/etc/nodeforge/firstboot.toml");
+    assert!(config.contains("[slots]"), "{config}");
+    assert!(config.contains(&a.part_guid.to_string()), "{config}");
+    let wants = root.debugfs("ls -l /etc/systemd/system/multi-user.target.wants");
+    assert!(wants.contains("nodeforge-assess.service"), "{wants}");
+    let st = Ext4 {
+        path: copy_out(&img, state.offset, state.size, &p.path("state.ext4")),
+    };
+    let listing = st.debugfs("ls -l /");
+    for dir in ["nodeforge", "tailscale", "docker-volumes"] {
+        assert!(
+            listing.contains(dir),
+            "{dir} not on the state partition:\n{listing}"
+        );
+    }
+    assert_eq!(
+        release["root_slot"]["offset"].as_u64(),
+        Some(a.offset),
+        "{release:#}"
+    );
+    assert!(release["root_slot"]["disk_guid"].is_string(), "{release:#}");
 }
 
 #[test]
@@ -164,4 +243,19 @@ fn a_release_key_that_is_missing_or_not_a_public_key_is_refused_naming_the_file(
     let p = update_project("../k/nothing.pub");
     p.fails(&["check", "profiles/x.toml"])
         .stderr_has(&["profiles/x.toml:", "`../k/nothing.pub` not found"]);
+    // Slots need UEFI and initramfs-tools (root=PARTUUID=).
+    let p = update_project("../k/release.pub");
+    p.ok(&["keys", "generate", "--dir", "k"]);
+    p.write(
+        "hardware/virt.toml",
+        "arch = \"arm64\"\nfirmware = \"uefi\"\npackages = [\"busybox-static\"]\n\
+         initramfs = \"nodeforge\"\ninitramfs_modules = [\"ext4\"]\n",
+    );
+    p.edit("profiles/x.toml", |t| {
+        t.replace("hardware = \"pc\"", "hardware = \"virt\"")
+    });
+    p.fails(&["check", "profiles/x.toml"]).stderr_has(&[
+        "[update] gives the image two root slots",
+        "hardware `virt` has neither",
+    ]);
 }

@@ -138,6 +138,7 @@ fn sign_web_release_with(
             offset,
             size,
             chunks,
+            disk_guid: None,
         }
     });
     let doc = Release {
@@ -252,6 +253,7 @@ fn serve_offers_each_release_to_the_nodes_updater_which_writes_the_slot_exactly(
         running_slot: &running,
         target_slot: &target,
         state_dir: &node.path().join("state"),
+        disk_guid: None,
         allow_downgrade: false,
     };
     let origin = HttpOrigin::new(

@@ -1,5 +1,6 @@
 //! Grow the root partition and its ext4 filesystem to fill the disk, like
-//! cloud-utils' growpart + resize2fs. State first: the layout is read from
+//! cloud-utils' growpart + resize2fs; on an image with A/B slots, the
+//! state partition (the last one) instead, so both slots keep their size. State first: the layout is read from
 //! /proc/self/mountinfo and /sys, the on-disk table and the filesystem
 //! size from the disk itself (ondisk.rs), so a re-run after an
 //! interruption only does what is still missing.
@@ -84,21 +85,23 @@ pub enum NotGrowable {
     NotLastPartition { part: String, disk: String },
 }
 
-/// Works out where root lives, or returns `Err(why)` to skip (netboot
-/// root on tmpfs/overlay, not ext4, not the last partition …). `table`
-/// reads the entry of (disk device, partition number) from the table.
+/// Works out where the filesystem mounted at `at` (`/`, or the state
+/// partition's mount) lives, or returns `Err(why)` to skip (netboot root
+/// on tmpfs/overlay, not ext4, not the last partition …). `table` reads
+/// the entry of (disk device, partition number) from the table.
 pub fn plan_grow(
     root: &Path,
+    at: &str,
     table: impl Fn(&str, u32) -> Result<TableView>,
 ) -> Result<Result<GrowPlan, NotGrowable>> {
     let mi_path = under(root, "/proc/self/mountinfo");
     let mountinfo =
         fs::read_to_string(&mi_path).with_context(|| format!("reading {}", mi_path.display()))?;
-    // The last "/" entry is the one on top (initramfs may have stacked).
+    // The last entry is the one on top (initramfs may have stacked).
     let Some((majmin, fstype, source)) = mountinfo.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         let dash = f.iter().position(|x| *x == "-")?;
-        if f.get(4) != Some(&"/") {
+        if f.get(4) != Some(&at) {
             return None;
         }
         Some((
@@ -107,7 +110,7 @@ pub fn plan_grow(
             f.get(dash + 2)?.to_string(),
         ))
     }) else {
-        bail!("no root mount in {}", mi_path.display());
+        bail!("nothing is mounted at {at} (in {})", mi_path.display());
     };
     if !matches!(fstype.as_str(), "ext4" | "ext3" | "ext2") {
         return Ok(Err(NotGrowable::Filesystem {
@@ -192,8 +195,18 @@ pub fn grow_root(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     }
 }
 
+/// The filesystem first boot grows: the state partition's with A/B
+/// slots, else the root.
+fn grown_mount(ctx: &Ctx<'_>) -> &'static str {
+    match ctx.cfg.slots {
+        Some(_) => crate::slots::STATE_MOUNT,
+        None => "/",
+    }
+}
+
 fn grow(ctx: &mut Ctx<'_>) -> Result<Outcome> {
-    let plan = match plan_grow(ctx.root, |d, p| read_table(ctx, d, p))? {
+    let at = grown_mount(ctx);
+    let plan = match plan_grow(ctx.root, at, |d, p| read_table(ctx, d, p))? {
         Ok(p) => p,
         Err(why) => return Ok(Outcome::Skipped(why.to_string())),
     };
@@ -237,9 +250,9 @@ fn grow(ctx: &mut Ctx<'_>) -> Result<Outcome> {
             part_sectors: None,
         })
     };
-    let part_bytes = match plan_grow(ctx.root, unchanged)? {
+    let part_bytes = match plan_grow(ctx.root, at, unchanged)? {
         Ok(p) => p.part_bytes,
-        Err(why) => bail!("root partition vanished after growing it: {why}"),
+        Err(why) => bail!("the partition of {at} vanished after growing it: {why}"),
     };
     let fs_bytes = super::ondisk::ext_fs_bytes(&under(ctx.root, &part))?;
     if part_bytes.saturating_sub(fs_bytes) >= MIN_GROW_BYTES {
@@ -299,7 +312,7 @@ mod tests {
     fn plans_growth_for_the_last_partition() {
         let dir = tempfile::tempdir().unwrap();
         fake_layout(dir.path(), 2048 * 1024, 8 << 21);
-        let p = plan_grow(dir.path(), gpt).unwrap().unwrap();
+        let p = plan_grow(dir.path(), "/", gpt).unwrap().unwrap();
         assert_eq!(
             (p.disk.as_str(), p.part.as_str(), p.part_number),
             ("vda", "vda2", 2)
@@ -317,7 +330,7 @@ mod tests {
         fs::create_dir_all(p.join("sys/devices/virtual/vda/vda3")).unwrap();
         fs::write(p.join("sys/devices/virtual/vda/vda3/partition"), "3").unwrap();
         fs::write(p.join("sys/devices/virtual/vda/vda3/start"), "9999999").unwrap();
-        let r = plan_grow(p, gpt).unwrap().unwrap_err();
+        let r = plan_grow(p, "/", gpt).unwrap().unwrap_err();
         assert_eq!(
             r,
             NotGrowable::NotLastPartition {
@@ -332,7 +345,49 @@ mod tests {
             "1 0 0:30 / / rw - overlay overlay rw\n",
         )
         .unwrap();
-        let r = plan_grow(p, gpt).unwrap().unwrap_err();
+        let r = plan_grow(p, "/", gpt).unwrap().unwrap_err();
         assert!(r.to_string().contains("root is overlay"), "{r}");
+    }
+
+    #[test]
+    fn with_slots_the_state_partition_is_grown_not_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        fake_layout(p, 2048 * 1024, 8 << 21);
+        // Slots B (vda3) and state (vda4) after root (vda2).
+        let w = |rel: &str, s: &str| {
+            let f = p.join(rel);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(f, s).unwrap();
+        };
+        for (n, start) in [(3, 2048 + 2048 * 1024), (4, 2048 + 2 * 2048 * 1024)] {
+            w(
+                &format!("sys/devices/virtual/vda/vda{n}/partition"),
+                &format!("{n}\n"),
+            );
+            w(
+                &format!("sys/devices/virtual/vda/vda{n}/start"),
+                &format!("{start}\n"),
+            );
+            w(&format!("sys/devices/virtual/vda/vda{n}/size"), "524288\n");
+        }
+        std::os::unix::fs::symlink(
+            "../../devices/virtual/vda/vda4",
+            p.join("sys/dev/block/254:4"),
+        )
+        .unwrap();
+        w(
+            "proc/self/mountinfo",
+            "22 1 254:2 / / rw - ext4 /dev/vda2 rw\n\
+             40 22 254:4 / /var/lib/nodeforge-state rw - ext4 /dev/vda4 rw\n\
+             41 22 254:4 /nodeforge /var/lib/nodeforge rw - ext4 /dev/vda4 rw\n",
+        );
+        let r = plan_grow(p, "/", gpt).unwrap().unwrap_err();
+        assert!(matches!(r, NotGrowable::NotLastPartition { .. }), "{r}");
+        let g = plan_grow(p, crate::slots::STATE_MOUNT, gpt)
+            .unwrap()
+            .unwrap();
+        assert_eq!((g.part.as_str(), g.part_number), ("vda4", 4));
+        assert!(g.can_grow());
     }
 }

@@ -125,6 +125,29 @@ impl Step {
         }
     }
 
+    /// Does this step's work live in the root slot (the engine's
+    /// containers, fstab lines for data disks, units), so that a boot from
+    /// a newly written slot runs it again? The others' work is on the
+    /// state partition or carried into the new slot by the updater
+    /// (hostname, SSH host keys, authorized keys), and the seed they read
+    /// is gone by then.
+    pub fn per_slot(self) -> bool {
+        match self {
+            Step::Storage
+            | Step::StackSecrets
+            | Step::BackupRepository
+            | Step::Containers
+            | Step::Complete => true,
+            Step::Hostname
+            | Step::GrowRoot
+            | Step::SshHostKeys
+            | Step::AuthorizedKeys
+            | Step::Network
+            | Step::Tailscale
+            | Step::ScrubSecrets => false,
+        }
+    }
+
     /// Does a failure here leave the node useful? Then the steps that do
     /// not wait for it run (the stacks start, SSH and the console work),
     /// the run ends degraded, and systemd retries it with backoff.

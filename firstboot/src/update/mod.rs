@@ -11,7 +11,10 @@
 //! server leaves the inactive slot as it was). Switching to the written slot
 //! (the boot entry, boot counting) is the caller's next step.
 
+pub mod assess;
+pub mod node;
 mod origin;
+pub mod switch;
 mod transfer;
 
 use std::fs;
@@ -71,6 +74,15 @@ pub enum UpdateRefused {
     #[error("{doc} names no root slot (built by an older nodeforge): rebuild it")]
     NoRootSlot { doc: String },
     #[error(
+        "{doc} was built for the disk layout {offered}, this node has {running} (the profile's \
+         name or [disk] sizes changed): such a release cannot go into a slot; re-flash the node"
+    )]
+    OtherLayout {
+        doc: String,
+        offered: String,
+        running: String,
+    },
+    #[error(
         "{doc}: the new root slot is {want} bytes, the inactive slot {slot} holds {room}: \
          re-flash the node with a larger disk layout"
     )]
@@ -119,6 +131,8 @@ pub struct Request<'a> {
     pub target_slot: &'a Path,
     /// The updater's state directory; fetched chunks are staged here.
     pub state_dir: &'a Path,
+    /// With A/B slots: this node's disk GUID, which the release must name.
+    pub disk_guid: Option<&'a str>,
     pub allow_downgrade: bool,
 }
 
@@ -146,6 +160,19 @@ pub fn update(origin: &dyn Origin, req: &Request, say: &mut dyn FnMut(&str)) -> 
         .root_slot
         .clone()
         .ok_or_else(|| UpdateRefused::NoRootSlot { doc: doc.clone() })?;
+    if let Some(running) = req.disk_guid {
+        if slot.disk_guid.as_deref() != Some(running) {
+            return Err(UpdateRefused::OtherLayout {
+                doc,
+                offered: slot
+                    .disk_guid
+                    .clone()
+                    .unwrap_or_else(|| "without slots".into()),
+                running: running.into(),
+            }
+            .into());
+        }
+    }
     say(&format!(
         "release {} (epoch {}) verified against {}",
         short(&release.version),

@@ -1,0 +1,137 @@
+//! The updater as the node runs it: its own config and key, its slots,
+//! then the switch to the written slot.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::{HttpOrigin, Installed, Request, Running};
+use crate::config::{BakedConfig, BAKED_CONFIG_PATH};
+use crate::fsutil::under;
+use crate::runner::{Cmd, CommandRunner};
+
+/// `nodeforge-firstboot update`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The build's directory URL (`http://…/releases/<build>` of serve).
+    pub from: String,
+    /// The slots; found from the baked layout and /proc/cmdline when the
+    /// image has A/B slots.
+    pub running: Option<PathBuf>,
+    pub target: Option<PathBuf>,
+    /// The build's name; the profile's by default.
+    pub build: Option<String>,
+    /// The trusted key; the baked one by default.
+    pub key: Option<PathBuf>,
+    pub allow_downgrade: bool,
+    /// Reboot into the new slot when it is ready.
+    pub reboot: bool,
+}
+
+/// What the node did: the slot written and, with A/B slots, the entry
+/// that boots it next.
+#[derive(Debug)]
+pub struct Done {
+    pub installed: Installed,
+    pub next: Option<super::switch::Pending>,
+}
+
+pub fn read_config(root: &Path) -> Result<BakedConfig> {
+    let path = under(root, BAKED_CONFIG_PATH);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    BakedConfig::from_toml(&text)
+        .with_context(|| format!("{} is not the agent's config", path.display()))
+}
+
+pub fn run(
+    root: &Path,
+    opts: &Options,
+    runner: &dyn CommandRunner,
+    say: &mut dyn FnMut(&str),
+) -> Result<Done> {
+    let cfg = read_config(root)?;
+    let key_path = opts
+        .key
+        .clone()
+        .unwrap_or_else(|| under(root, super::RELEASE_KEY_PATH));
+    let key_text = std::fs::read_to_string(&key_path).with_context(|| {
+        format!(
+            "reading the release key {} (the profile's [update] key bakes it; or pass --key)",
+            key_path.display()
+        )
+    })?;
+    let trusted = nodeforge_release::parse_public_key(&key_text, &key_path.display().to_string())?;
+    // The slots: given, or this node's own.
+    let (running, target, switch_to) = match (&opts.running, &opts.target, &cfg.slots) {
+        (Some(r), Some(t), _) => (r.clone(), t.clone(), None),
+        (None, None, Some(slots)) => {
+            let cmdline = std::fs::read_to_string(under(root, "/proc/cmdline"))
+                .context("reading /proc/cmdline")?;
+            let Some(running) = slots.running(&cmdline) else {
+                bail!(
+                    "the kernel command line names neither slot's partition as root=: was this \
+                     node booted from its A/B entries?"
+                );
+            };
+            let dev = |s| PathBuf::from(format!("/dev/disk/by-partuuid/{}", slots.partuuid(s)));
+            (
+                dev(running),
+                dev(running.other()),
+                Some((slots, running.other())),
+            )
+        }
+        (None, None, None) => bail!(
+            "this image has no A/B slots (its profile has no [update]): give --running and \
+             --target to write a slot by hand"
+        ),
+        _ => bail!("give both --running and --target, or neither"),
+    };
+    if running == target {
+        bail!("--running and --target are the same slot");
+    }
+    let state_dir = under(root, super::STATE_DIR);
+    let req = Request {
+        build: opts.build.as_deref().unwrap_or(&cfg.profile),
+        trusted: &trusted,
+        running: Running {
+            arch: super::debian_arch().into(),
+            epoch: cfg.epoch,
+        },
+        running_slot: &running,
+        target_slot: &target,
+        state_dir: &state_dir,
+        allow_downgrade: opts.allow_downgrade,
+        disk_guid: cfg.slots.as_ref().map(|s| s.disk_guid.as_str()),
+    };
+    let origin = HttpOrigin::new(&opts.from, Duration::from_secs(60));
+    let installed = super::update(&origin, &req, say)?;
+    let next = match switch_to {
+        None => None,
+        Some((slots, slot)) => {
+            let p = super::switch::switch(
+                root,
+                slots,
+                slot,
+                cfg.admin_user.as_deref(),
+                &installed.version,
+                runner,
+            )?;
+            say(&format!(
+                "slot {} boots next (generation {}, {} tries); the agent blesses it once its \
+                 stacks are healthy, else slot {} boots again",
+                slot.letter(),
+                p.generation,
+                crate::slots::TRIES,
+                slot.other().letter()
+            ));
+            Some(p)
+        }
+    };
+    if opts.reboot && next.is_some() {
+        say("rebooting");
+        runner.run(&Cmd::new("systemctl").arg("reboot"))?;
+    }
+    Ok(Done { installed, next })
+}
