@@ -18,6 +18,7 @@ pub mod real_size;
 pub mod ssh;
 pub mod stacks;
 pub mod standins;
+pub mod static_http;
 pub mod test_apt;
 pub mod web_stack;
 pub mod webhook;
@@ -124,23 +125,29 @@ pub fn build_profile(profile: &str) -> BuildResult {
         .entry(path.clone())
         .or_default()
         .clone();
-    cell.get_or_init(|| {
-        test_apt::ensure().unwrap_or_else(|e| panic!("{e:#}"));
-        let plan = Plan::load(&path).unwrap_or_else(|e| panic!("planning {profile}: {e:#}"));
-        remove_at_exit(output_dir(&plan.profile.name));
-        let opts = BuildOptions {
-            output_dir: output_dir(&plan.profile.name),
-            cache_dir: cache_dir(),
-            output: Output::Human,
-            no_cache: false,
-            agent: None,
-            offline: false,
-            remote_cache: Default::default(),
-            signing_key: Some(release_keys().private.clone()),
-        };
-        build::build(&plan, &opts).unwrap_or_else(|e| panic!("building {profile}: {e:#}"))
-    })
-    .clone()
+    cell.get_or_init(|| build_profile_into(&path, None)).clone()
+}
+
+/// Builds the profile at `path` (anywhere) into `out`, or into its name's
+/// output directory; signed with the test release key.
+pub fn build_profile_into(path: &Path, out: Option<&Path>) -> BuildResult {
+    require_root();
+    test_apt::ensure().unwrap_or_else(|e| panic!("{e:#}"));
+    let shown = path.display();
+    let plan = Plan::load(path).unwrap_or_else(|e| panic!("planning {shown}: {e:#}"));
+    let output_dir = out.map_or_else(|| output_dir(&plan.profile.name), Path::to_path_buf);
+    remove_at_exit(output_dir.clone());
+    let opts = BuildOptions {
+        output_dir,
+        cache_dir: cache_dir(),
+        output: Output::Human,
+        no_cache: false,
+        agent: None,
+        offline: false,
+        remote_cache: Default::default(),
+        signing_key: Some(release_keys().private.clone()),
+    };
+    build::build(&plan, &opts).unwrap_or_else(|e| panic!("building {shown}: {e:#}"))
 }
 
 /// The release key pair every test build is signed with, made once per

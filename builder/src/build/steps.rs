@@ -225,6 +225,9 @@ pub const STEPS: &[Step] = &[
         applies: always,
         describe: |plan| {
             vec![match plan.profile.hardware.firmware.table() {
+                TableKind::Gpt if plan.layout.has_slots() => {
+                    "GPT: esp, root-a, root-b (empty until an update), state".into()
+                }
                 TableKind::Gpt => "GPT: esp, root".into(),
                 TableKind::Mbr => "MBR: boot (FAT32, active), root".into(),
             }]

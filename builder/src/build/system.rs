@@ -126,12 +126,14 @@ fn remove_ssh_host_keys(ctx: &BuildContext) -> Result<()> {
 /// before Debian's own `sshd -t` check runs unless the first-boot agent
 /// made it already. Only that one: `ssh-keygen -A` also made an RSA key,
 /// seconds of a first boot on a slow CPU, for clients older than OpenSSH
-/// 6.5 (2014).
+/// 6.5 (2014). The key is made aside and linked into place, so the agent
+/// (which makes it too when it gets there first) never reads it half
+/// written, and neither replaces the other's.
 const SSH_KEYGEN_DROPIN: &str = "\
 # Written by nodeforge: a per-machine host key, made at first start.
 [Service]
 ExecStartPre=
-ExecStartPre=/bin/sh -c 'test -e /etc/ssh/ssh_host_ed25519_key || exec /usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key'
+ExecStartPre=/bin/sh -c 'k=/etc/ssh/ssh_host_ed25519_key; test -e $k && exit 0; t=$(mktemp -d /etc/ssh/.keygen.XXXXXX) && /usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f $t/key </dev/null && { ln $t/key $k 2>/dev/null; test -e $k.pub || cp $t/key.pub $k.pub; }; s=$?; rm -rf $t; exit $s'
 ExecStartPre=/usr/sbin/sshd -t
 ";
 
@@ -335,5 +337,43 @@ mod tests {
             .join("etc/systemd/system/sockets.target.wants/x.socket")
             .is_symlink());
         assert!(!enable_unit(root.path(), "missing.service").unwrap());
+    }
+
+    /// Regression: the agent read the host key while sshd's keygen was
+    /// writing it in place. The key is now made aside and linked.
+    #[test]
+    fn sshds_keygen_links_a_whole_key_and_never_replaces_one() {
+        let d = tempfile::tempdir().unwrap();
+        let ssh = d.path().join("etc/ssh");
+        fs::create_dir_all(&ssh).unwrap();
+        let line = SSH_KEYGEN_DROPIN
+            .lines()
+            .find(|l| l.contains("ssh-keygen"))
+            .unwrap()
+            .trim_start_matches("ExecStartPre=/bin/sh -c '")
+            .trim_end_matches('\'')
+            .replace("\\\"", "\"")
+            .replace("/etc/ssh", &ssh.display().to_string());
+        let run = || {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &line])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}\n{line}");
+        };
+        run();
+        let key = fs::read_to_string(ssh.join("ssh_host_ed25519_key")).unwrap();
+        assert!(
+            key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+            "{key}"
+        );
+        assert!(ssh.join("ssh_host_ed25519_key.pub").is_file());
+        run();
+        assert_eq!(
+            fs::read_to_string(ssh.join("ssh_host_ed25519_key")).unwrap(),
+            key
+        );
+        let left: Vec<_> = fs::read_dir(&ssh).unwrap().collect();
+        assert_eq!(left.len(), 2, "no temporary directory left: {left:?}");
     }
 }

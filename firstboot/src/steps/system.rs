@@ -87,11 +87,7 @@ pub fn ssh_host_keys(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     let key_path = under(ctx.root, HOST_KEY_PATH);
     let pub_path = under(ctx.root, &format!("{HOST_KEY_PATH}.pub"));
     let (key, generated) = match read_optional(&key_path)? {
-        Some(text) => (
-            PrivateKey::from_openssh(&text)
-                .with_context(|| format!("parsing existing host key {}", key_path.display()))?,
-            false,
-        ),
+        Some(text) => (existing_host_key(ctx, &key_path, text)?, false),
         None => {
             let mut key = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519)
                 .context("generating an ed25519 host key")?;
@@ -124,6 +120,31 @@ pub fn ssh_host_keys(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         (false, false) => Outcome::Done(format!("kept ed25519 host key {fp}, rewrote its .pub")),
         (false, true) => Outcome::Skipped(format!("ed25519 host key already present ({fp})")),
     })
+}
+
+/// The host key already there. sshd's first start makes one too; a key
+/// that does not parse yet is read again for a few seconds (one written
+/// in place by an older image's keygen) before it is an error.
+fn existing_host_key(
+    ctx: &Ctx<'_>,
+    path: &std::path::Path,
+    mut text: String,
+) -> Result<PrivateKey> {
+    let mut tries = 0;
+    loop {
+        match PrivateKey::from_openssh(&text) {
+            Ok(k) => return Ok(k),
+            Err(_) if tries < 10 => {
+                tries += 1;
+                (ctx.sleep)(std::time::Duration::from_millis(500));
+                text = read_optional(path)?.unwrap_or_default();
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("parsing existing host key {}", path.display()))
+            }
+        }
+    }
 }
 
 /// Two OpenSSH public key lines name the same key when type and data match
