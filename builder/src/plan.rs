@@ -227,6 +227,19 @@ impl Plan {
         for rule in crate::firewall::describe(p.firewall.as_ref()) {
             line(format!("  {rule}"));
         }
+        line(match &p.release_key {
+            None => "updates    none: the profile has no [update]; the node is re-flashed".into(),
+            Some(key) => format!(
+                "updates    A/B root slots; installs releases signed by {}{}",
+                ssh_key::PublicKey::from_openssh(key)
+                    .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+                    .unwrap_or_else(|_| "the [update] key".into()),
+                match &p.update_url {
+                    Some(url) => format!("; looks at {url} every 6 h"),
+                    None => "; when told (`nodeforge-firstboot update --from URL`)".into(),
+                }
+            ),
+        });
         line("overlay files".into());
         for f in &self.overlay_files {
             line(format!(

@@ -39,6 +39,9 @@ pub struct BakedConfig {
     /// A/B root slots and the state partition, when the image has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<crate::slots::SlotsConfig>,
+    /// Where `nodeforge-update.timer` looks for newer releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_url: Option<String>,
 }
 
 /// The ESP on UEFI images, the firmware partition on Raspberry Pi.
@@ -270,6 +273,7 @@ impl BakedConfig {
             storage: Vec::new(),
             epoch: None,
             slots: None,
+            update_url: None,
         }
     }
 
@@ -303,6 +307,7 @@ mod tests {
             seed_paths: default_seed_paths(),
             network_timeout_secs: 5,
             epoch: Some(1_700_000_000),
+            update_url: Some("http://core:8080/releases/web".into()),
             slots: Some(crate::slots::SlotsConfig {
                 disk_guid: "d".into(),
                 a: "a".into(),

@@ -40,6 +40,13 @@ pub const ASSESS_UNIT: &str = include_str!("../units/nodeforge-assess.service");
 pub const ASSESS_UNIT_NAME: &str = "nodeforge-assess.service";
 pub const ASSESS_UNIT_PATH: &str = "/usr/lib/systemd/system/nodeforge-assess.service";
 
+/// The updater on a timer, on images with A/B slots and an `[update] url`.
+pub const UPDATE_SERVICE: &str = include_str!("../units/nodeforge-update.service");
+pub const UPDATE_SERVICE_PATH: &str = "/usr/lib/systemd/system/nodeforge-update.service";
+pub const UPDATE_TIMER: &str = include_str!("../units/nodeforge-update.timer");
+pub const UPDATE_TIMER_NAME: &str = "nodeforge-update.timer";
+pub const UPDATE_TIMER_PATH: &str = "/usr/lib/systemd/system/nodeforge-update.timer";
+
 /// The systemd unit the builder installs as [`SYSTEMD_UNIT_PATH`] (enabled
 /// in multi-user.target); the binary goes to [`BINARY_PATH`].
 pub const SYSTEMD_UNIT: &str = include_str!("../units/nodeforge-firstboot.service");

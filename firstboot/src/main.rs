@@ -14,7 +14,7 @@ use nodeforge_firstboot::notify::Notifier;
 use nodeforge_firstboot::runner::SystemRunner;
 use nodeforge_firstboot::status::Status;
 
-const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]\n       nodeforge-firstboot identity-check [--root DIR]\n       nodeforge-firstboot update --from URL [--reboot] [--running DEV --target DEV] [--build NAME] [--key FILE] [--allow-downgrade] [--root DIR]\n       nodeforge-firstboot assess [--root DIR]";
+const USAGE: &str = "usage: nodeforge-firstboot [run] [--root DIR]\n       nodeforge-firstboot status [--json] [--root DIR]\n       nodeforge-firstboot identity-check [--root DIR]\n       nodeforge-firstboot update [--from URL] [--reboot] [--running DEV --target DEV] [--build NAME] [--key FILE] [--allow-downgrade] [--root DIR]\n       nodeforge-firstboot assess [--root DIR]";
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("update") {
@@ -115,11 +115,10 @@ fn update(mut args: impl Iterator<Item = String>) -> ExitCode {
     use nodeforge_firstboot::update::node::{self, Options};
     let mut opts = Options::default();
     let mut root = PathBuf::from("/");
-    let mut from = None;
     while let Some(a) = args.next() {
         let mut value = |what: &str| args.next().ok_or_else(|| format!("{what} needs a value"));
         let parsed = match a.as_str() {
-            "--from" => value("--from").map(|v| from = Some(v)),
+            "--from" => value("--from").map(|v| opts.from = Some(v)),
             "--running" => value("--running").map(|v| opts.running = Some(v.into())),
             "--target" => value("--target").map(|v| opts.target = Some(v.into())),
             "--build" => value("--build").map(|v| opts.build = Some(v)),
@@ -143,12 +142,6 @@ fn update(mut args: impl Iterator<Item = String>) -> ExitCode {
             return usage(&msg);
         }
     }
-    let Some(from) = from else {
-        return usage(
-            "update needs --from URL (the build's directory, e.g. serve's /releases/<build>)",
-        );
-    };
-    opts.from = from;
     let say = &mut |line: &str| println!("nodeforge-firstboot update: {line}");
     match node::run(&root, &opts, &SystemRunner, say) {
         Ok(_) => ExitCode::SUCCESS,

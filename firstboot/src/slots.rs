@@ -33,6 +33,13 @@ pub fn esp_dir(slot: Slot) -> String {
     format!("nodeforge/{}", slot.letter())
 }
 
+/// The release version (image key) a slot holds, on the ESP beside its
+/// kernel: written by the build for slot A and by the updater for the slot
+/// it writes, so the updater knows what the node already has.
+pub fn version_file(slot: Slot) -> String {
+    format!("{}/version", esp_dir(slot))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {

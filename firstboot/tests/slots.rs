@@ -126,6 +126,7 @@ fn switch_carries_the_nodes_files_installs_the_kernel_and_counts_three_tries() {
     }
     assert_eq!(read(r, "/boot/efi/nodeforge/b/vmlinuz"), "new kernel");
     assert_eq!(read(r, "/boot/efi/nodeforge/b/initrd.img"), "new initrd");
+    assert_eq!(read(r, "/boot/efi/nodeforge/b/version"), "v2key\n");
     assert_eq!(entry_names(r), ["nodeforge-a.conf", "nodeforge-b+3.conf"]);
     let b = read(r, "/boot/efi/loader/entries/nodeforge-b+3.conf");
     assert!(b.contains("version  2\n"), "{b}");

@@ -167,6 +167,8 @@ fn key() -> PrivateKey {
 struct Node {
     dir: tempfile::TempDir,
     epoch: i64,
+    /// Versions the node already has.
+    current: Vec<String>,
 }
 
 impl Node {
@@ -174,7 +176,11 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("root-a"), slot_v1()).unwrap();
         fs::write(dir.path().join("root-b"), noise(SLOT + (1 << 20), 3)).unwrap();
-        Node { dir, epoch: 100 }
+        Node {
+            dir,
+            epoch: 100,
+            current: Vec::new(),
+        }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -197,6 +203,7 @@ impl Node {
             target_slot: &self.path("root-b"),
             state_dir: &state,
             disk_guid: None,
+            current: &self.current,
             allow_downgrade,
         };
         let origin = HttpOrigin::new(&server.url, std::time::Duration::from_secs(10));
@@ -423,10 +430,43 @@ fn the_command_reads_the_baked_key_and_epoch_and_reports_what_it_fetched() {
     assert!(stdout.contains("every chunk checked"), "{stdout}");
     assert_eq!(&node.target()[..SLOT], &slot_v2()[..]);
 
+    // Without --from, the baked [update] url; this config has none.
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeforge-firstboot"))
+        .args(["update", "--root"])
+        .arg(&root)
+        .arg("--running")
+        .arg(node.path("root-a"))
+        .arg("--target")
+        .arg(node.path("root-b"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no release URL: give --from"), "{stderr}");
+
     let (code, _, stderr) = run(&["--key", "/nonexistent/release.pub"]);
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("reading the release key /nonexistent/release.pub"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_release_the_node_already_has_is_not_written_again() {
+    let (out, k) = (tempfile::tempdir().unwrap(), key());
+    let v2 = publish(&out.path().join("v2"), &slot_v2(), 200, &k);
+    let server = serve(&v2.dir);
+    let mut node = Node::new();
+    let release: Release =
+        serde_json::from_slice(&fs::read(v2.dir.join("web.release.json")).unwrap()).unwrap();
+    node.current = vec![release.version.clone()];
+    let before = node.target();
+    let e = node.update(&server, &k, false).unwrap_err();
+    assert!(
+        matches!(refusal(&e), UpdateRefused::Current { .. }),
+        "{e:#}"
+    );
+    assert!(format!("{e:#}").contains("nothing to do"), "{e:#}");
+    assert!(node.target() == before);
 }

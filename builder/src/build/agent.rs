@@ -51,6 +51,22 @@ pub fn run(ctx: &mut BuildContext) -> Result<StepOutcome> {
         fs::write(&assess, nodeforge_firstboot::ASSESS_UNIT)
             .with_context(|| format!("writing {}", assess.display()))?;
         enable_unit(&ctx.rootfs, nodeforge_firstboot::ASSESS_UNIT_NAME)?;
+        if ctx.plan.profile.update_url.is_some() {
+            for (path, text) in [
+                (
+                    nodeforge_firstboot::UPDATE_SERVICE_PATH,
+                    nodeforge_firstboot::UPDATE_SERVICE,
+                ),
+                (
+                    nodeforge_firstboot::UPDATE_TIMER_PATH,
+                    nodeforge_firstboot::UPDATE_TIMER,
+                ),
+            ] {
+                let p = ctx.target(path);
+                fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+            }
+            enable_unit(&ctx.rootfs, nodeforge_firstboot::UPDATE_TIMER_NAME)?;
+        }
     }
 
     // The package's postinst enables it on a running system; in the
@@ -108,6 +124,7 @@ pub fn baked_config(plan: &crate::plan::Plan) -> BakedConfig {
         }),
         storage: p.storage.clone(),
         epoch: plan.epoch,
+        update_url: p.update_url.clone().filter(|_| slots.is_some()),
         slots,
         ..BakedConfig::new(&p.name, &p.role, &p.hostname)
     }

@@ -179,6 +179,10 @@ fn uefi_files(
             ),
             (format!("{dir}/vmlinuz"), Content::File(kernel)),
             (format!("{dir}/initrd.img"), Content::File(initrd)),
+            (
+                nodeforge_firstboot::slots::version_file(Slot::A),
+                Content::Bytes(format!("{}\n", ctx.image_key).into_bytes()),
+            ),
         ];
         loader(&mut files);
         return Ok(files);

@@ -71,6 +71,9 @@ pub struct ProfileFile {
 #[serde(deny_unknown_fields)]
 pub struct UpdateFile {
     pub key: Spanned<String>,
+    /// Where the node looks for newer releases by itself (a timer): the
+    /// build's directory, e.g. `serve`'s `http://HOST:PORT/releases/NAME`.
+    pub url: Option<Spanned<String>>,
 }
 
 /// `[firewall]`: the node's host firewall. Loopback, `tailscale0` (where

@@ -63,6 +63,8 @@ pub struct Profile {
     /// The release key's OpenSSH public key line (`[update] key`), baked
     /// as the node updater's trust; None: the node takes no updates.
     pub release_key: Option<String>,
+    /// `[update] url`: where the node's timer looks for newer releases.
+    pub update_url: Option<String>,
 }
 
 /// `[firewall]`, merged: the ports the LAN may reach (see

@@ -163,6 +163,7 @@ struct Merged {
     storage: Vec<nodeforge_firstboot::config::StorageRule>,
     firewall: Option<super::Firewall>,
     release_key: Option<String>,
+    update_url: Option<String>,
 }
 
 impl Merged {
@@ -268,6 +269,22 @@ impl Merged {
         if let Some(u) = &f.update {
             if let Some(k) = super::apt::release_key(ctx, &u.key, errors) {
                 self.release_key = Some(k);
+            }
+            if let Some(url) = &u.url {
+                // The node's client speaks plain HTTP; the release's
+                // signature, not the transport, is what it trusts.
+                if url.get_ref().starts_with("http://") && url.get_ref().len() > 7 {
+                    self.update_url = Some(url.get_ref().clone());
+                } else {
+                    errors.push(ctx.error_at(
+                        url,
+                        format!(
+                            "[update] url `{}`: give the build's directory as http://HOST[:PORT]/PATH \
+                             (the node fetches over plain HTTP and trusts the release's signature)",
+                            url.get_ref()
+                        ),
+                    ));
+                }
             }
         }
         for x in &f.exclude_stacks {
@@ -459,6 +476,7 @@ impl Merged {
             storage: self.storage,
             firewall: self.firewall,
             release_key: self.release_key,
+            update_url: self.update_url,
         })
     }
 }

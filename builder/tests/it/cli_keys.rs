@@ -111,7 +111,8 @@ fn update_project(key: &str) -> Project {
         &format!(
             "name = \"x\"\nrole = \"test\"\nhardware = \"pc\"\n[[users]]\nname = \"admin\"\n\
              sudo = true\nauthorized_keys = [\"{}\"]\n[disk]\nsize = \"800MiB\"\n\
-             esp_size = \"64MiB\"\n[update]\nkey = \"{key}\"\n",
+             esp_size = \"64MiB\"\n[update]\nkey = \"{key}\"\n\
+             url = \"http://core:8080/releases/x\"\n",
             crate::support::KEY
         ),
     );
@@ -123,6 +124,11 @@ fn the_profiles_release_key_is_checked_and_baked_with_the_builds_epoch_and_ab_sl
     let p = update_project("../k/release.pub");
     p.ok(&["keys", "generate", "--dir", "k"]);
     let public = p.read("k/release.pub");
+    p.ok(&["plan", "profiles/x.toml"]).stdout_has(&[
+        "updates    A/B root slots; installs releases signed by SHA256:",
+        "; looks at http://core:8080/releases/x every 6 h\n",
+        "GPT: esp, root-a, root-b (empty until an update), state",
+    ]);
     let plan = p.ok(&["plan", "--json", "profiles/x.toml"]).json();
     assert_eq!(
         plan["profile"]["release_key"].as_str(),
@@ -196,6 +202,11 @@ fn assert_ab_layout(p: &Project, root: &crate::support::image::Ext4, release: &s
     }
     assert!(!read_esp("loader/loader.conf").contains("default"));
     assert_eq!(read_esp("nodeforge/a/vmlinuz"), "kernel");
+    assert_eq!(
+        read_esp("nodeforge/a/version").trim(),
+        release["version"].as_str().unwrap(),
+        "slot A's version on the ESP is the release's"
+    );
     let fstab = root.text("/etc/fstab");
     assert!(!fstab.contains("\t/\t"), "no slot is / in fstab:\n{fstab}");
     for want in [
@@ -213,6 +224,13 @@ fn assert_ab_layout(p: &Project, root: &crate::support::image::Ext4, release: &s
     assert!(config.contains(&a.part_guid.to_string()), "{config}");
     let wants = root.debugfs("ls -l /etc/systemd/system/multi-user.target.wants");
     assert!(wants.contains("nodeforge-assess.service"), "{wants}");
+    // [update] url: the timer, and the URL it updates from.
+    assert!(
+        config.contains("update_url = \"http://core:8080/releases/x\""),
+        "{config}"
+    );
+    let timers = root.debugfs("ls -l /etc/systemd/system/timers.target.wants");
+    assert!(timers.contains("nodeforge-update.timer"), "{timers}");
     let st = Ext4 {
         path: copy_out(&img, state.offset, state.size, &p.path("state.ext4")),
     };
@@ -243,6 +261,17 @@ fn a_release_key_that_is_missing_or_not_a_public_key_is_refused_naming_the_file(
     let p = update_project("../k/nothing.pub");
     p.fails(&["check", "profiles/x.toml"])
         .stderr_has(&["profiles/x.toml:", "`../k/nothing.pub` not found"]);
+    // The node's client speaks plain HTTP.
+    let p = update_project("../k/release.pub");
+    p.ok(&["keys", "generate", "--dir", "k"]);
+    p.edit("profiles/x.toml", |t| {
+        t.replace("http://core", "https://core")
+    });
+    p.fails(&["check", "profiles/x.toml"]).stderr_has(&[
+        "profiles/x.toml:",
+        "[update] url `https://core:8080/releases/x`",
+        "plain HTTP",
+    ]);
     // Slots need UEFI and initramfs-tools (root=PARTUUID=).
     let p = update_project("../k/release.pub");
     p.ok(&["keys", "generate", "--dir", "k"]);

@@ -254,6 +254,7 @@ fn serve_offers_each_release_to_the_nodes_updater_which_writes_the_slot_exactly(
         target_slot: &target,
         state_dir: &node.path().join("state"),
         disk_guid: None,
+        current: &[],
         allow_downgrade: false,
     };
     let origin = HttpOrigin::new(

@@ -71,6 +71,11 @@ pub enum UpdateRefused {
          (a newer build is)"
     )]
     FailedBefore { doc: String, version: String },
+    #[error(
+        "{doc}: version {version} is already on this node (the running slot, or the one that \
+         boots next): nothing to do"
+    )]
+    Current { doc: String, version: String },
     #[error("{doc} names no root slot (built by an older nodeforge): rebuild it")]
     NoRootSlot { doc: String },
     #[error(
@@ -133,6 +138,9 @@ pub struct Request<'a> {
     pub state_dir: &'a Path,
     /// With A/B slots: this node's disk GUID, which the release must name.
     pub disk_guid: Option<&'a str>,
+    /// Versions the node has: its running slot's, and one written that
+    /// boots next. Offered again, they are not written again.
+    pub current: &'a [String],
     pub allow_downgrade: bool,
 }
 
@@ -266,6 +274,12 @@ fn fetch_release(origin: &dyn Origin, req: &Request) -> Result<Release> {
 
 /// The checks on the release itself, before anything is fetched.
 fn check_release(release: &Release, doc: &str, req: &Request) -> Result<(), UpdateRefused> {
+    if req.current.contains(&release.version) {
+        return Err(UpdateRefused::Current {
+            doc: doc.into(),
+            version: release.version.clone(),
+        });
+    }
     if release.arch != req.running.arch {
         return Err(UpdateRefused::OtherArch {
             doc: doc.into(),

@@ -14,8 +14,9 @@ use crate::runner::{Cmd, CommandRunner};
 /// `nodeforge-firstboot update`'s options.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// The build's directory URL (`http://…/releases/<build>` of serve).
-    pub from: String,
+    /// The build's directory URL (`http://…/releases/<build>` of serve);
+    /// the baked `[update] url` when None.
+    pub from: Option<String>,
     /// The slots; found from the baked layout and /proc/cmdline when the
     /// image has A/B slots.
     pub running: Option<PathBuf>,
@@ -33,7 +34,8 @@ pub struct Options {
 /// that boots it next.
 #[derive(Debug)]
 pub struct Done {
-    pub installed: Installed,
+    /// None: the node already had the release.
+    pub installed: Option<Installed>,
     pub next: Option<super::switch::Pending>,
 }
 
@@ -92,6 +94,21 @@ pub fn run(
         bail!("--running and --target are the same slot");
     }
     let state_dir = under(root, super::STATE_DIR);
+    // What the node has: the running slot's version (on the ESP) and a
+    // written slot's that boots next.
+    let mut current = Vec::new();
+    if let (Some((_, target)), Some(_)) = (&switch_to, &cfg.slots) {
+        let esp = under(root, super::switch::ESP_MOUNT);
+        let running = target.other();
+        if let Ok(v) = std::fs::read_to_string(esp.join(crate::slots::version_file(running))) {
+            current.push(v.trim().to_owned());
+        }
+        if let Ok(p) = std::fs::read(super::switch::pending_path(root)) {
+            if let Ok(p) = serde_json::from_slice::<super::switch::Pending>(&p) {
+                current.push(p.version);
+            }
+        }
+    }
     let req = Request {
         build: opts.build.as_deref().unwrap_or(&cfg.profile),
         trusted: &trusted,
@@ -104,9 +121,28 @@ pub fn run(
         state_dir: &state_dir,
         allow_downgrade: opts.allow_downgrade,
         disk_guid: cfg.slots.as_ref().map(|s| s.disk_guid.as_str()),
+        current: &current,
     };
-    let origin = HttpOrigin::new(&opts.from, Duration::from_secs(60));
-    let installed = super::update(&origin, &req, say)?;
+    let Some(from) = opts.from.as_deref().or(cfg.update_url.as_deref()) else {
+        bail!(
+            "no release URL: give --from http://…/releases/<build> (or bake one with the \
+             profile's [update] url)"
+        );
+    };
+    let origin = HttpOrigin::new(from, Duration::from_secs(60));
+    let installed = match super::update(&origin, &req, say) {
+        Ok(i) => i,
+        Err(e) => match e.downcast_ref::<super::UpdateRefused>() {
+            Some(current @ super::UpdateRefused::Current { .. }) => {
+                say(&current.to_string());
+                return Ok(Done {
+                    installed: None,
+                    next: None,
+                });
+            }
+            _ => return Err(e),
+        },
+    };
     let next = match switch_to {
         None => None,
         Some((slots, slot)) => {
@@ -133,5 +169,8 @@ pub fn run(
         say("rebooting");
         runner.run(&Cmd::new("systemctl").arg("reboot"))?;
     }
-    Ok(Done { installed, next })
+    Ok(Done {
+        installed: Some(installed),
+        next,
+    })
 }

@@ -62,9 +62,15 @@ pub fn switch(
     runner
         .run(&Cmd::new("mount").args(["-t", "ext4", &dev, SLOT_MOUNT]))
         .with_context(|| format!("mounting the new slot {dev}"))?;
+    let esp = under(root, ESP_MOUNT);
     let inside = (|| {
         carry_over(root, &mnt, admin_user)?;
-        install_kernel(&mnt, &under(root, ESP_MOUNT), target)
+        install_kernel(&mnt, &esp, target)?;
+        atomic_write(
+            &esp.join(slots::version_file(target)),
+            format!("{version}\n").as_bytes(),
+            0o644,
+        )
     })();
     let unmounted = runner.run(&Cmd::new("umount").arg(SLOT_MOUNT));
     inside?;
