@@ -60,6 +60,29 @@ pub struct ChunkIndex {
     pub chunks: Vec<Chunk>,
 }
 
+impl ChunkIndex {
+    /// Why this index cannot describe a slot, if it cannot: a cutting the
+    /// chunker refuses, or chunks that do not cover `0..size` exactly in
+    /// order (an index from elsewhere must not steer writes or panic).
+    pub fn problem(&self) -> Option<String> {
+        let c = self.cutting;
+        if !(1..=63).contains(&c.bits) || c.min == 0 || c.min > c.max {
+            return Some(format!("its cutting {c:?} is not one nodeforge makes"));
+        }
+        let mut at = 0u64;
+        for ch in &self.chunks {
+            if ch.offset != at || ch.len == 0 || ch.len > c.max {
+                return Some(format!(
+                    "its chunk at offset {} ({} bytes) does not follow on from {at}",
+                    ch.offset, ch.len
+                ));
+            }
+            at += u64::from(ch.len);
+        }
+        (at != self.size).then(|| format!("its chunks cover {at} bytes, its size is {}", self.size))
+    }
+}
+
 /// The gear table: 256 fixed pseudo-random words (splitmix64 from a fixed
 /// seed), the same in every build and on every node.
 fn gear() -> [u64; 256] {
@@ -268,6 +291,25 @@ mod test_noise {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_that_cannot_describe_a_slot_is_named_as_such() {
+        let good = index(&mut &test_noise::noise(2_000_000, 3)[..], DEFAULT_CUTTING).unwrap();
+        assert_eq!(good.problem(), None);
+        let mut gap = good.clone();
+        gap.chunks.remove(1);
+        assert!(
+            gap.problem().unwrap().contains("does not follow on"),
+            "{:?}",
+            gap.problem()
+        );
+        let mut short = good.clone();
+        short.size += 1;
+        assert!(short.problem().unwrap().contains("its size is"));
+        let mut cut = good.clone();
+        cut.cutting.bits = 0;
+        assert!(cut.problem().unwrap().contains("cutting"));
+    }
 
     #[test]
     fn zeros_said_to_be_zeros_cut_as_zeros_read() {

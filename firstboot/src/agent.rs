@@ -1,8 +1,7 @@
 //! The agent: load config and seed, walk the step journal, keep status.json
 //! and systemd informed, and say how it went on the console.
 
-use std::fs::{self, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -523,16 +522,8 @@ fn refusal(e: &anyhow::Error) -> Option<&Refusal> {
 
 /// One agent at a time (a manual run must not race the unit).
 fn lock(root: &Path) -> anyhow::Result<fs::File> {
-    let p = under(root, "/run/nodeforge/agent.lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!("another nodeforge-firstboot holds {}", p.display());
-    }
-    Ok(f)
+    crate::fsutil::exclusive_lock(
+        &under(root, "/run/nodeforge/agent.lock"),
+        "another nodeforge-firstboot",
+    )
 }

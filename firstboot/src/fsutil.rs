@@ -119,6 +119,24 @@ pub fn read_optional(path: &Path) -> Result<Option<String>> {
     }
 }
 
+/// Takes an exclusive lock on `path` (made if missing) without waiting;
+/// held until the returned file is dropped. Another holder is an error
+/// naming the file.
+pub fn exclusive_lock(path: &Path, holder: &str) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!("{holder} holds {}", path.display());
+    }
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

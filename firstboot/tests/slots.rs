@@ -142,6 +142,19 @@ fn switch_carries_the_nodes_files_installs_the_kernel_and_counts_three_tries() {
 }
 
 #[test]
+fn a_slot_about_to_be_written_loses_its_entry_version_and_pending_record_first() {
+    let d = node();
+    let r = d.path();
+    switch::switch(r, &slots(), Slot::B, None, "v2key", &Recorder::default()).unwrap();
+    assert!(switch::on_trial(r, Slot::B).unwrap());
+    assert!(!switch::on_trial(r, Slot::A).unwrap());
+    switch::retire(r, Slot::B).unwrap();
+    assert_eq!(entry_names(r), ["nodeforge-a.conf"]);
+    assert!(!r.join("boot/efi/nodeforge/b/version").exists());
+    assert!(!switch::pending_path(r).exists());
+}
+
+#[test]
 fn a_healthy_trial_is_blessed_and_an_unhealthy_one_is_not() {
     let d = node();
     let r = d.path();

@@ -204,6 +204,7 @@ impl Node {
             state_dir: &state,
             disk_guid: None,
             current: &self.current,
+            before_writing: None,
             allow_downgrade,
         };
         let origin = HttpOrigin::new(&server.url, std::time::Duration::from_secs(10));
@@ -444,6 +445,31 @@ fn the_command_reads_the_baked_key_and_epoch_and_reports_what_it_fetched() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no release URL: give --from"), "{stderr}");
 
+    // One update at a time.
+    let state = root.join("var/lib/nodeforge/update");
+    fs::create_dir_all(&state).unwrap();
+    let held = fs::File::create(state.join("lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let (code, _, stderr) = run(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("another update holds"), "{stderr}");
+    drop(held);
+    // The running slot given twice, by two names.
+    let alias = node.path("root-a-alias");
+    std::os::unix::fs::symlink(node.path("root-a"), &alias).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeforge-firstboot"))
+        .args(["update", "--from", &server.url, "--root"])
+        .arg(&root)
+        .arg("--running")
+        .arg(node.path("root-a"))
+        .arg("--target")
+        .arg(&alias)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("are the same device"), "{err}");
+
     let (code, _, stderr) = run(&["--key", "/nonexistent/release.pub"]);
     assert_eq!(code, Some(1));
     assert!(
@@ -468,5 +494,26 @@ fn a_release_the_node_already_has_is_not_written_again() {
         "{e:#}"
     );
     assert!(format!("{e:#}").contains("nothing to do"), "{e:#}");
+    assert!(node.target() == before);
+}
+
+#[test]
+fn a_release_of_another_build_is_refused() {
+    let (out, k) = (tempfile::tempdir().unwrap(), key());
+    let v2 = publish(&out.path().join("v2"), &slot_v2(), 200, &k);
+    // Signed by the trusted key, but named for another profile.
+    let doc = fs::read_to_string(v2.dir.join("web.release.json"))
+        .unwrap()
+        .replacen("\"name\": \"web\"", "\"name\": \"db\"", 1);
+    fs::write(v2.dir.join("web.release.json"), &doc).unwrap();
+    let sig = nodeforge_release::sign(doc.as_bytes(), &k).unwrap();
+    fs::write(v2.dir.join("web.release.json.sig"), sig).unwrap();
+    let node = Node::new();
+    let before = node.target();
+    let e = node.update(&serve(&v2.dir), &k, false).unwrap_err();
+    assert!(
+        matches!(refusal(&e), UpdateRefused::OtherBuild { .. }),
+        "{e:#}"
+    );
     assert!(node.target() == before);
 }

@@ -255,6 +255,7 @@ fn serve_offers_each_release_to_the_nodes_updater_which_writes_the_slot_exactly(
         state_dir: &node.path().join("state"),
         disk_guid: None,
         current: &[],
+        before_writing: None,
         allow_downgrade: false,
     };
     let origin = HttpOrigin::new(

@@ -76,6 +76,14 @@ pub enum UpdateRefused {
          boots next): nothing to do"
     )]
     Current { doc: String, version: String },
+    #[error("{doc} is a release of build `{offered}`, not of this node's `{wanted}`")]
+    OtherBuild {
+        doc: String,
+        offered: String,
+        wanted: String,
+    },
+    #[error("{doc}: its chunk index is unusable: {why}")]
+    BadIndex { doc: String, why: String },
     #[error("{doc} names no root slot (built by an older nodeforge): rebuild it")]
     NoRootSlot { doc: String },
     #[error(
@@ -98,8 +106,9 @@ pub enum UpdateRefused {
         room: u64,
     },
     #[error(
-        "{dir} has {free} bytes free, the update must fetch {need}: free space there (or \
-         update from a build that shares more with this one)"
+        "{dir} has {free} bytes free, the update needs {need} (the chunks it fetches and 64 MiB \
+         left for the running stacks): free space there (or update from a build that shares \
+         more with this one)"
     )]
     NoSpace { dir: String, free: u64, need: u64 },
     #[error(
@@ -141,6 +150,10 @@ pub struct Request<'a> {
     /// Versions the node has: its running slot's, and one written that
     /// boots next. Offered again, they are not written again.
     pub current: &'a [String],
+    /// Runs once every chunk is fetched and checked, before the target is
+    /// opened: the switch retires the target's boot entry here, so a slot
+    /// half written is never booted.
+    pub before_writing: Option<&'a dyn Fn() -> Result<()>>,
     pub allow_downgrade: bool,
 }
 
@@ -188,6 +201,17 @@ pub fn update(origin: &dyn Origin, req: &Request, say: &mut dyn FnMut(&str)) -> 
         nodeforge_release::fingerprint(req.trusted)
     ));
     let want = fetch_index(origin, &release, &slot.chunks, &doc)?;
+    let why = want.problem().or_else(|| {
+        (want.size != slot.size).then(|| {
+            format!(
+                "it covers {} bytes, the release's slot {}",
+                want.size, slot.size
+            )
+        })
+    });
+    if let Some(why) = why {
+        return Err(UpdateRefused::BadIndex { doc, why }.into());
+    }
     let room = transfer::size_of(req.target_slot)?;
     if want.size > room {
         return Err(UpdateRefused::TooLarge {
@@ -219,9 +243,12 @@ pub fn update(origin: &dyn Origin, req: &Request, say: &mut dyn FnMut(&str)) -> 
         plan: &plan,
         running: req.running_slot,
         target: req.target_slot,
+        before_writing: req.before_writing,
     }
     .run(req.state_dir)?;
-    let zero_bytes = want.size - done.fetched_bytes - done.copied_bytes;
+    let zero_bytes = want
+        .size
+        .saturating_sub(done.fetched_bytes + done.copied_bytes);
     let installed = Installed {
         name: release.name.clone(),
         version: release.version.clone(),
@@ -246,8 +273,8 @@ pub fn update(origin: &dyn Origin, req: &Request, say: &mut dyn FnMut(&str)) -> 
     Ok(installed)
 }
 
-fn short(version: &str) -> &str {
-    &version[..version.len().min(12)]
+fn short(version: &str) -> String {
+    version.chars().take(12).collect()
 }
 
 /// The release and its signature, verified against the trusted key.
@@ -274,6 +301,13 @@ fn fetch_release(origin: &dyn Origin, req: &Request) -> Result<Release> {
 
 /// The checks on the release itself, before anything is fetched.
 fn check_release(release: &Release, doc: &str, req: &Request) -> Result<(), UpdateRefused> {
+    if release.name != req.build {
+        return Err(UpdateRefused::OtherBuild {
+            doc: doc.into(),
+            offered: release.name.clone(),
+            wanted: req.build.into(),
+        });
+    }
     if req.current.contains(&release.version) {
         return Err(UpdateRefused::Current {
             doc: doc.into(),

@@ -90,10 +90,28 @@ pub fn run(
         ),
         _ => bail!("give both --running and --target, or neither"),
     };
-    if running == target {
-        bail!("--running and --target are the same slot");
+    if same_device(&running, &target)? {
+        bail!(
+            "--running {} and --target {} are the same device",
+            running.display(),
+            target.display()
+        );
+    }
+    if let Some((_, target_slot)) = &switch_to {
+        let running_slot = target_slot.other();
+        if super::switch::on_trial(root, running_slot)? {
+            bail!(
+                "slot {} is on trial (its boot entry still counts tries): the other slot is the \
+                 known-good one and is not overwritten; update once nodeforge-assess has kept \
+                 this slot",
+                running_slot.letter()
+            );
+        }
     }
     let state_dir = under(root, super::STATE_DIR);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let _lock = lock(&state_dir)?;
     // What the node has: the running slot's version (on the ESP) and a
     // written slot's that boots next.
     let mut current = Vec::new();
@@ -122,6 +140,10 @@ pub fn run(
         allow_downgrade: opts.allow_downgrade,
         disk_guid: cfg.slots.as_ref().map(|s| s.disk_guid.as_str()),
         current: &current,
+        before_writing: match &switch_to {
+            Some((_, slot)) => Some(&|| super::switch::retire(root, *slot)),
+            None => None,
+        },
     };
     let Some(from) = opts.from.as_deref().or(cfg.update_url.as_deref()) else {
         bail!(
@@ -172,5 +194,24 @@ pub fn run(
     Ok(Done {
         installed: Some(installed),
         next,
+    })
+}
+
+/// One update at a time (the timer and a hand-run one share the staging
+/// file and the target).
+fn lock(state_dir: &Path) -> Result<std::fs::File> {
+    crate::fsutil::exclusive_lock(&state_dir.join("lock"), "another update")
+}
+
+/// Whether two paths name one file or device (a symlink in /dev/disk
+/// and the node it points to).
+fn same_device(a: &Path, b: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = |p: &Path| std::fs::metadata(p).with_context(|| format!("reading {}", p.display()));
+    let (ma, mb) = (meta(a)?, meta(b)?);
+    Ok(if ma.rdev() != 0 || mb.rdev() != 0 {
+        ma.rdev() == mb.rdev()
+    } else {
+        (ma.dev(), ma.ino()) == (mb.dev(), mb.ino())
     })
 }

@@ -47,6 +47,42 @@ pub fn pending_path(root: &Path) -> PathBuf {
     under(root, super::STATE_DIR).join("pending.json")
 }
 
+/// Before `target` is written: its boot entries and version go, and a
+/// pending record of it, so a slot left half written (power lost, a
+/// failed write) is never booted nor taken for a version it no longer
+/// holds.
+pub fn retire(root: &Path, target: Slot) -> Result<()> {
+    let esp = under(root, ESP_MOUNT);
+    for e in entries(&esp)? {
+        if e.slot == target {
+            let p = esp.join("loader/entries").join(&e.name);
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    crate::fsutil::sync_dir(&esp.join("loader/entries"))?;
+    let version = esp.join(slots::version_file(target));
+    match fs::remove_file(&version) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", version.display())),
+    }
+    let pending = pending_path(root);
+    let p: Option<Pending> = fs::read(&pending)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if p.is_some_and(|p| p.slot == target) {
+        fs::remove_file(&pending).with_context(|| format!("removing {}", pending.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether `slot`'s entry still counts tries: it is on trial.
+pub fn on_trial(root: &Path, slot: Slot) -> Result<bool> {
+    Ok(entries(&under(root, ESP_MOUNT))?
+        .iter()
+        .any(|e| e.slot == slot && e.counter.is_some()))
+}
+
 /// Prepares `target` (already written) to boot next.
 pub fn switch(
     root: &Path,

@@ -18,6 +18,9 @@ use super::{Origin, UpdateRefused};
 /// Remote chunks next to each other are fetched in one range of at most
 /// this many bytes: a whole-slot fetch is thousands of chunks.
 const MAX_RANGE: u64 = 8 << 20;
+/// Left free on the state partition beyond the staged chunks: the stacks'
+/// volumes live there and keep writing while the update runs.
+const RESERVE: u64 = 64 << 20;
 
 /// What the transfer moved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,6 +90,7 @@ pub struct Transfer<'a> {
     pub plan: &'a Plan,
     pub running: &'a Path,
     pub target: &'a Path,
+    pub before_writing: Option<&'a dyn Fn() -> Result<()>>,
 }
 
 impl Transfer<'_> {
@@ -96,11 +100,12 @@ impl Transfer<'_> {
         fs::create_dir_all(state_dir)
             .with_context(|| format!("creating the update state {}", state_dir.display()))?;
         let free = free_bytes(state_dir)?;
-        if self.plan.fetch_bytes > free {
+        let need = self.plan.fetch_bytes + RESERVE;
+        if need > free {
             return Err(UpdateRefused::NoSpace {
                 dir: state_dir.display().to_string(),
                 free,
-                need: self.plan.fetch_bytes,
+                need,
             }
             .into());
         }
@@ -121,6 +126,9 @@ impl Transfer<'_> {
             .open(staging_path)
             .with_context(|| format!("creating {}", staging_path.display()))?;
         let staged = stage(origin, file, base, plan, &staging, staging_path)?;
+        if let Some(retire) = self.before_writing {
+            retire()?;
+        }
 
         let old = File::open(running).with_context(|| format!("opening {}", running.display()))?;
         let new = OpenOptions::new()
@@ -151,6 +159,11 @@ impl Transfer<'_> {
         .with_context(|| format!("writing the inactive slot {}", target.display()))?;
         new.sync_all()
             .with_context(|| format!("flushing {}", target.display()))?;
+        // Read back from the disk, not from the pages just written.
+        use std::os::fd::AsRawFd;
+        // SAFETY: advice on a valid descriptor; failure only means the
+        // read-back may come from the cache.
+        unsafe { libc::posix_fadvise(new.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         read_back(&new, plan, target)?;
         Ok(Transferred {
             fetched_bytes: done.fetched_bytes,
