@@ -98,16 +98,24 @@ fn gear() -> [u64; 256] {
     table
 }
 
-/// Cuts everything `r` yields into chunks.
+/// Cuts everything `r` yields into chunks. Reads that come back all
+/// zeros (a partition's free space) are fed as zeros, which costs no
+/// hashing of their bytes; the chunks are the same.
 pub fn index(r: &mut impl Read, cutting: Cutting) -> io::Result<ChunkIndex> {
     let mut c = Chunker::new(cutting);
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf[..n].iter().all(|&b| b == 0) {
+            c.zeros(n as u64);
+        } else {
+            c.data(&buf[..n]);
         }
-        c.data(&buf[..n]);
     }
     Ok(c.finish())
 }

@@ -119,8 +119,7 @@ impl<'a> Agent<'a> {
         slots: &crate::slots::SlotsConfig,
         journal: &mut Journal,
     ) -> anyhow::Result<()> {
-        let cmdline = fs::read_to_string(under(root, "/proc/cmdline")).unwrap_or_default();
-        let Some(slot) = slots.running(&cmdline) else {
+        let Some(slot) = slots.running_slot(root).unwrap_or(None) else {
             return Ok(());
         };
         let partuuid = slots.partuuid(slot).to_owned();

@@ -83,6 +83,13 @@ impl SlotsConfig {
         }
     }
 
+    /// The slot this boot runs from, by the kernel command line under
+    /// `root` (None when it names neither slot's partition).
+    pub fn running_slot(&self, root: &std::path::Path) -> std::io::Result<Option<Slot>> {
+        let cmdline = std::fs::read_to_string(crate::fsutil::under(root, "/proc/cmdline"))?;
+        Ok(self.running(&cmdline))
+    }
+
     /// The slot whose partition `root=PARTUUID=` on `cmdline` names.
     pub fn running(&self, cmdline: &str) -> Option<Slot> {
         let root = cmdline

@@ -35,9 +35,7 @@ pub enum Unhealthy {
 /// Assesses this boot. `failed_note` gets a line for each earlier trial
 /// recorded as failed.
 pub fn assess(root: &Path, cfg: &SlotsConfig, say: &mut dyn FnMut(&str)) -> Result<Assessment> {
-    let cmdline =
-        fs::read_to_string(under(root, "/proc/cmdline")).context("reading /proc/cmdline")?;
-    let Some(running) = cfg.running(&cmdline) else {
+    let Some(running) = cfg.running_slot(root).context("reading /proc/cmdline")? else {
         return Ok(Assessment::NotOnTrial);
     };
     let esp = under(root, ESP_MOUNT);

@@ -69,9 +69,8 @@ pub fn run(
     let (running, target, switch_to) = match (&opts.running, &opts.target, &cfg.slots) {
         (Some(r), Some(t), _) => (r.clone(), t.clone(), None),
         (None, None, Some(slots)) => {
-            let cmdline = std::fs::read_to_string(under(root, "/proc/cmdline"))
-                .context("reading /proc/cmdline")?;
-            let Some(running) = slots.running(&cmdline) else {
+            let running = slots.running_slot(root).context("reading /proc/cmdline")?;
+            let Some(running) = running else {
                 bail!(
                     "the kernel command line names neither slot's partition as root=: was this \
                      node booted from its A/B entries?"

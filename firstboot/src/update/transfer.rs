@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nodeforge_delta::assemble::{self, Plan, Source};
-use nodeforge_delta::{ChunkIndex, Chunker};
+use nodeforge_delta::ChunkIndex;
 use sha2::{Digest, Sha256};
 
 use super::{Origin, UpdateRefused};
@@ -36,36 +36,11 @@ pub fn size_of(path: &Path) -> Result<u64> {
         .with_context(|| format!("reading the size of {}", path.display()))
 }
 
-/// The running slot's chunks, cut as the new index was cut. Runs of zeros
-/// are fed as zeros (they cost no hashing of the bytes).
+/// The running slot's chunks, cut as the new index was cut.
 pub fn index_slot(path: &Path, want: &ChunkIndex) -> Result<ChunkIndex> {
     let what = || format!("indexing the running slot {}", path.display());
     let mut f = File::open(path).with_context(what)?;
-    let mut chunker = Chunker::new(want.cutting);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = read_full(&mut f, &mut buf).with_context(what)?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().all(|&b| b == 0) {
-            chunker.zeros(n as u64);
-        } else {
-            chunker.data(&buf[..n]);
-        }
-    }
-    Ok(chunker.finish())
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
+    nodeforge_delta::index(&mut f, want.cutting).with_context(what)
 }
 
 /// Free bytes for an unprivileged writer in the filesystem of `dir`.
