@@ -157,6 +157,31 @@ pub fn parse_entry_file_name(name: &str) -> Option<(Slot, Option<(u32, u32)>)> {
     Some((slot, counter))
 }
 
+/// The newest kernel in a root's `/boot` (`vmlinuz-VERSION`), "6.12.10"
+/// after "6.12.9": the builder's ESP and the updater's switch take the
+/// same one.
+pub fn newest_kernel(boot: &std::path::Path) -> std::io::Result<Option<String>> {
+    let key = |s: &str| -> Vec<(u64, String)> {
+        s.split(|c: char| !c.is_ascii_alphanumeric())
+            .map(|part| {
+                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+                (digits.parse().unwrap_or(0), part[digits.len()..].to_owned())
+            })
+            .collect()
+    };
+    let mut versions = Vec::new();
+    for e in std::fs::read_dir(boot)? {
+        if let Some(v) = e?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+        {
+            versions.push(v.to_owned());
+        }
+    }
+    Ok(versions.into_iter().max_by_key(|v| key(v)))
+}
+
 /// The `version` line of an entry's text.
 pub fn entry_version(text: &str) -> Option<u64> {
     text.lines()

@@ -223,33 +223,11 @@ pub fn find_kernel(root: &Path) -> Result<(PathBuf, PathBuf, String)> {
 /// The newest kernel version in the target's /boot.
 pub fn kernel_version(root: &Path) -> Result<String> {
     let boot = root.join("boot");
-    let mut versions: Vec<String> = fs::read_dir(&boot)
+    nodeforge_firstboot::slots::newest_kernel(&boot)
         .with_context(|| format!("reading {}", boot.display()))?
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("vmlinuz-")
-                .map(str::to_owned)
-        })
-        .collect();
-    versions.sort_by(|a, b| compare_versions(a, b));
-    versions.pop().context(
-        "the image has no kernel in /boot: add a kernel package (e.g. linux-image-amd64) to the hardware's packages",
-    )
-}
-
-/// Orders "6.12.9" before "6.12.10": numeric runs compare as numbers.
-fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let key = |s: &str| -> Vec<(u64, String)> {
-        s.split(|c: char| !c.is_ascii_alphanumeric())
-            .map(|part| {
-                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
-                (digits.parse().unwrap_or(0), part[digits.len()..].to_owned())
-            })
-            .collect()
-    };
-    key(a).cmp(&key(b))
+        .context(
+            "the image has no kernel in /boot: add a kernel package (e.g. linux-image-amd64) to the hardware's packages",
+        )
 }
 
 pub fn write_root_fs(ctx: &mut BuildContext) -> Result<StepOutcome> {
@@ -352,8 +330,12 @@ mod tests {
 
     #[test]
     fn kernel_versions_sort_numerically() {
-        let mut v = vec!["6.12.10-amd64", "6.12.9-amd64", "6.1.0-amd64"];
-        v.sort_by(|a, b| compare_versions(a, b));
-        assert_eq!(v, ["6.1.0-amd64", "6.12.9-amd64", "6.12.10-amd64"]);
+        let root = tempfile::tempdir().unwrap();
+        let boot = root.path().join("boot");
+        fs::create_dir_all(&boot).unwrap();
+        for v in ["6.12.10-amd64", "6.12.9-amd64", "6.1.0-amd64"] {
+            fs::write(boot.join(format!("vmlinuz-{v}")), "k").unwrap();
+        }
+        assert_eq!(kernel_version(root.path()).unwrap(), "6.12.10-amd64");
     }
 }

@@ -170,15 +170,9 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
 /// The new slot's newest kernel and its initrd, onto the ESP.
 fn install_kernel(slot: &Path, esp: &Path, target: Slot) -> Result<()> {
     let boot = slot.join("boot");
-    let mut versions: Vec<String> = fs::read_dir(&boot)
-        .with_context(|| format!("reading {}", boot.display()))?
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix("vmlinuz-").map(str::to_owned)
-        })
-        .collect();
-    versions.sort_by_key(|v| version_key(v));
-    let Some(version) = versions.pop() else {
+    let newest =
+        slots::newest_kernel(&boot).with_context(|| format!("reading {}", boot.display()))?;
+    let Some(version) = newest else {
         bail!("the new slot has no kernel in /boot: the release is not a bootable root");
     };
     let dir = esp.join(slots::esp_dir(target));
@@ -192,16 +186,6 @@ fn install_kernel(slot: &Path, esp: &Path, target: Slot) -> Result<()> {
         atomic_write(&dir.join(to), &bytes, 0o644)?;
     }
     Ok(())
-}
-
-/// "6.12.10" after "6.12.9": numeric runs compare as numbers.
-fn version_key(v: &str) -> Vec<(u64, String)> {
-    v.split(|c: char| !c.is_ascii_alphanumeric())
-        .map(|part| {
-            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
-            (digits.parse().unwrap_or(0), part[digits.len()..].to_owned())
-        })
-        .collect()
 }
 
 /// A slot's entry as found on the ESP.
