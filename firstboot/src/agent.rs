@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::{BakedConfig, BAKED_CONFIG_PATH};
-use crate::fsutil::{read_optional, under};
+use crate::config::BakedConfig;
+use crate::fsutil::under;
 use crate::journal::Journal;
 use crate::notify::Notifier;
 use crate::redact::redact;
@@ -151,13 +151,7 @@ impl<'a> Agent<'a> {
         }
         let _lock = lock(root)?;
 
-        let cfg_path = under(root, BAKED_CONFIG_PATH);
-        let cfg = match read_optional(&cfg_path)
-            .and_then(|t| t.with_context(|| format!("{} is missing", cfg_path.display())))
-            .and_then(|t| {
-                BakedConfig::from_toml(&t)
-                    .with_context(|| format!("parsing {}", cfg_path.display()))
-            }) {
+        let cfg = match BakedConfig::load(root) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("{e:#}");

@@ -284,6 +284,15 @@ impl BakedConfig {
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
     }
+
+    /// The baked config of the image at `root`.
+    pub fn load(root: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let path = crate::fsutil::under(root, BAKED_CONFIG_PATH);
+        let text = crate::fsutil::read_optional(&path)?
+            .with_context(|| format!("{} is missing", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("parsing {}", path.display()))
+    }
 }
 
 #[cfg(test)]

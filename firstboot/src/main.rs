@@ -155,9 +155,10 @@ fn update(mut args: impl Iterator<Item = String>) -> ExitCode {
 /// `assess`: bless a slot on trial once the agent finished, or fail (its
 /// unit then reboots and systemd-boot counts the try).
 fn assess(root: &std::path::Path) -> ExitCode {
-    use nodeforge_firstboot::update::{assess, node};
+    use nodeforge_firstboot::config::BakedConfig;
+    use nodeforge_firstboot::update::assess;
     let say = &mut |line: &str| println!("nodeforge-firstboot assess: {line}");
-    let result = node::read_config(root).and_then(|cfg| match &cfg.slots {
+    let result = BakedConfig::load(root).and_then(|cfg| match &cfg.slots {
         None => Ok(assess::Assessment::NotOnTrial),
         Some(slots) => assess::assess(root, slots, say),
     });

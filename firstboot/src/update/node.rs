@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{HttpOrigin, Installed, Request, Running};
-use crate::config::{BakedConfig, BAKED_CONFIG_PATH};
+use crate::config::BakedConfig;
 use crate::fsutil::under;
 use crate::runner::{Cmd, CommandRunner};
 
@@ -39,21 +39,13 @@ pub struct Done {
     pub next: Option<super::switch::Pending>,
 }
 
-pub fn read_config(root: &Path) -> Result<BakedConfig> {
-    let path = under(root, BAKED_CONFIG_PATH);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    BakedConfig::from_toml(&text)
-        .with_context(|| format!("{} is not the agent's config", path.display()))
-}
-
 pub fn run(
     root: &Path,
     opts: &Options,
     runner: &dyn CommandRunner,
     say: &mut dyn FnMut(&str),
 ) -> Result<Done> {
-    let cfg = read_config(root)?;
+    let cfg = BakedConfig::load(root)?;
     let key_path = opts
         .key
         .clone()
