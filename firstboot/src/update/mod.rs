@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use ssh_key::PublicKey;
 
-pub use origin::{HttpOrigin, Origin};
+pub use origin::HttpOrigin;
 pub use transfer::Transferred;
 
 /// The release key baked into the image (the `.pub` of `nodeforge keys
@@ -173,7 +173,7 @@ pub struct Installed {
 
 /// Fetches, checks and writes the release of `req.build` into the target
 /// slot. `say` gets one line per stage for the console.
-pub fn update(origin: &dyn Origin, req: &Request, say: &mut dyn FnMut(&str)) -> Result<Installed> {
+pub fn update(origin: &HttpOrigin, req: &Request, say: &mut dyn FnMut(&str)) -> Result<Installed> {
     let release = fetch_release(origin, req)?;
     let doc = origin.locate(&nodeforge_release::release_file_name(req.build));
     check_release(&release, &doc, req)?;
@@ -278,7 +278,7 @@ fn short(version: &str) -> String {
 }
 
 /// The release and its signature, verified against the trusted key.
-fn fetch_release(origin: &dyn Origin, req: &Request) -> Result<Release> {
+fn fetch_release(origin: &HttpOrigin, req: &Request) -> Result<Release> {
     let doc_name = nodeforge_release::release_file_name(req.build);
     let sig_name = nodeforge_release::signature_file_name(req.build);
     let (doc, sig) = (origin.locate(&doc_name), origin.locate(&sig_name));
@@ -351,7 +351,7 @@ pub fn failed_versions(state_dir: &Path) -> Vec<String> {
 
 /// The chunk index the release lists, checked against its digest.
 fn fetch_index(
-    origin: &dyn Origin,
+    origin: &HttpOrigin,
     release: &Release,
     file: &str,
     doc: &str,

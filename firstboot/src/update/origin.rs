@@ -1,22 +1,12 @@
 //! Where a node fetches releases from: any HTTP server that serves a
 //! build's output directory with byte ranges (`nodeforge serve`, nginx,
-//! an object store). Behind a trait so the transfer is tested against
-//! servers that misbehave on purpose.
+//! an object store).
 
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::http::{self, Ask};
-
-pub trait Origin {
-    /// The whole of `file`, at most `max` bytes.
-    fn get(&self, file: &str, max: usize) -> Result<Vec<u8>>;
-    /// Bytes `offset..offset + len` of `file`.
-    fn get_range(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
-    /// Where `file` is, for messages.
-    fn locate(&self, file: &str) -> String;
-}
 
 /// A directory URL: `http://host:port/path/` + file name.
 pub struct HttpOrigin {
@@ -31,10 +21,9 @@ impl HttpOrigin {
             timeout,
         }
     }
-}
 
-impl Origin for HttpOrigin {
-    fn get(&self, file: &str, max: usize) -> Result<Vec<u8>> {
+    /// The whole of `file`, at most `max` bytes.
+    pub fn get(&self, file: &str, max: usize) -> Result<Vec<u8>> {
         let ask = Ask {
             range: None,
             max_body: max,
@@ -43,7 +32,8 @@ impl Origin for HttpOrigin {
         http::fetch(&self.locate(file), ask)
     }
 
-    fn get_range(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    /// Bytes `offset..offset + len` of `file`.
+    pub fn get_range(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let ask = Ask {
             range: Some((offset, len)),
             max_body: usize::try_from(len).unwrap_or(usize::MAX),
@@ -52,7 +42,8 @@ impl Origin for HttpOrigin {
         http::fetch(&self.locate(file), ask)
     }
 
-    fn locate(&self, file: &str) -> String {
+    /// Where `file` is, for messages.
+    pub fn locate(&self, file: &str) -> String {
         format!("{}/{file}", self.base)
     }
 }

@@ -13,7 +13,7 @@ use nodeforge_delta::assemble::{self, Plan, Source};
 use nodeforge_delta::ChunkIndex;
 use sha2::{Digest, Sha256};
 
-use super::{Origin, UpdateRefused};
+use super::{HttpOrigin, UpdateRefused};
 
 /// Remote chunks next to each other are fetched in one range of at most
 /// this many bytes: a whole-slot fetch is thousands of chunks.
@@ -58,7 +58,7 @@ fn free_bytes(dir: &Path) -> Result<u64> {
 
 /// One slot's transfer: from where, what, into which slot.
 pub struct Transfer<'a> {
-    pub origin: &'a dyn Origin,
+    pub origin: &'a HttpOrigin,
     /// The released file holding the slot, and the slot's offset in it.
     pub file: &'a str,
     pub base: u64,
@@ -175,7 +175,7 @@ fn write_or_zero(f: &File, at: u64, buf: &[u8]) -> io::Result<()> {
 /// each against its sha256 and appends it to `staging`. Returns where each
 /// chunk (by its offset in the slot) is in the staging file.
 fn stage(
-    origin: &dyn Origin,
+    origin: &HttpOrigin,
     file: &str,
     base: u64,
     plan: &Plan,
