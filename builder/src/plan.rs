@@ -230,10 +230,12 @@ impl Plan {
         line(match &p.release_key {
             None => "updates    none: the profile has no [update]; the node is re-flashed".into(),
             Some(key) => format!(
-                "updates    A/B root slots; installs releases signed by {}{}",
+                "updates    A/B root slots; installs releases signed by {}; a new slot gets {} \
+                 boots to come up healthy{}",
                 ssh_key::PublicKey::from_openssh(key)
                     .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
                     .unwrap_or_else(|_| "the [update] key".into()),
+                p.update_tries.unwrap_or(nodeforge_firstboot::slots::TRIES),
                 match &p.update_url {
                     Some(url) => format!("; looks at {url} every 6 h"),
                     None => "; when told (`nodeforge-firstboot update --from URL`)".into(),

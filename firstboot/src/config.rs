@@ -322,6 +322,7 @@ mod tests {
                 a: "a".into(),
                 b: "b".into(),
                 state: "s".into(),
+                tries: 2,
             }),
             storage: vec![StorageRule {
                 label: "media".into(),

@@ -152,8 +152,8 @@ fn update(mut args: impl Iterator<Item = String>) -> ExitCode {
     }
 }
 
-/// `assess`: bless a slot on trial once the agent finished, or fail (its
-/// unit then reboots and systemd-boot counts the try).
+/// `assess`: bless a slot on trial once the agent finished, or spend its
+/// tries and fail (its unit then reboots into the other slot).
 fn assess(root: &std::path::Path) -> ExitCode {
     use nodeforge_firstboot::config::BakedConfig;
     use nodeforge_firstboot::update::assess;

@@ -26,8 +26,11 @@ pub const PERSISTENT: &[(&str, &str, u32)] = &[
 
 /// The `sort-key` of every slot's entry.
 pub const SORT_KEY: &str = "nodeforge";
-/// Tries a newly written slot gets before systemd-boot falls back.
+/// Tries a newly written slot gets before systemd-boot falls back, unless
+/// the profile's `[update] tries` says otherwise (systemd's examples use 3).
 pub const TRIES: u32 = 3;
+/// The most `[update] tries` takes: each failed try is a whole boot.
+pub const MAX_TRIES: u32 = 9;
 /// Where a slot's kernel and initrd go on the ESP (`/nodeforge/a/…`).
 pub fn esp_dir(slot: Slot) -> String {
     format!("nodeforge/{}", slot.letter())
@@ -73,6 +76,13 @@ pub struct SlotsConfig {
     pub a: String,
     pub b: String,
     pub state: String,
+    /// Boot counting's tries for a newly written slot (`[update] tries`).
+    #[serde(default = "default_tries")]
+    pub tries: u32,
+}
+
+fn default_tries() -> u32 {
+    TRIES
 }
 
 impl SlotsConfig {
@@ -128,6 +138,12 @@ pub fn entry_file_name(slot: Slot, tries: Option<u32>) -> String {
         Some(n) => format!("nodeforge-{}+{n}.conf", slot.letter()),
         None => format!("nodeforge-{}.conf", slot.letter()),
     }
+}
+
+/// `nodeforge-b+0-3.conf`: an entry whose tries are spent (`tries` done),
+/// which systemd-boot sorts after every other and boots no more.
+pub fn spent_entry_file_name(slot: Slot, tries: u32) -> String {
+    format!("nodeforge-{}+0-{tries}.conf", slot.letter())
 }
 
 /// A slot entry's file name read back: its slot, and its counter (tries
@@ -240,6 +256,7 @@ mod tests {
             a: "aaaa".into(),
             b: "bbbb".into(),
             state: "ssss".into(),
+            tries: TRIES,
         };
         assert_eq!(c.running("quiet root=PARTUUID=BBBB rw"), Some(Slot::B));
         assert_eq!(c.running("root=PARTUUID=aaaa"), Some(Slot::A));

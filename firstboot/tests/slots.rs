@@ -33,6 +33,7 @@ fn slots() -> SlotsConfig {
         a: "aaaa-1".into(),
         b: "bbbb-2".into(),
         state: "ssss-3".into(),
+        tries: nodeforge_firstboot::slots::TRIES,
     }
 }
 
@@ -65,6 +66,11 @@ fn node() -> tempfile::TempDir {
         "root=PARTUUID=aaaa-1 rw console=ttyS0\n",
     );
     put(r, "/etc/hostname", "web-7\n");
+    put(
+        r,
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000::/home/admin:/bin/bash\n",
+    );
     put(r, "/etc/machine-id", "0123456789abcdef0123456789abcdef\n");
     put(r, "/etc/ssh/ssh_host_ed25519_key", "PRIVATE\n");
     put(
@@ -87,6 +93,27 @@ fn node() -> tempfile::TempDir {
     );
     put(r, "/run/nodeforge/slot/etc/hostname", "web\n");
     d
+}
+
+/// Regression: the admin's keys were looked for under /home/<user>
+/// whatever the passwd entry said, so a home elsewhere lost them.
+#[test]
+fn the_admins_keys_are_carried_from_the_home_passwd_gives() {
+    let d = node();
+    let r = d.path();
+    put(
+        r,
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nops:x:1001:1001::/srv/ops:/bin/bash\n",
+    );
+    put(r, "/srv/ops/.ssh/authorized_keys", "ssh-ed25519 CCCC ops\n");
+    let slot = r.join("run/nodeforge/slot");
+    switch::carry_over(r, &slot, Some("ops")).unwrap();
+    assert_eq!(
+        read(r, "/run/nodeforge/slot/srv/ops/.ssh/authorized_keys"),
+        "ssh-ed25519 CCCC ops\n"
+    );
+    assert!(!slot.join("home/ops").exists());
 }
 
 fn entry_names(r: &Path) -> Vec<String> {
@@ -155,7 +182,7 @@ fn a_slot_about_to_be_written_loses_its_entry_version_and_pending_record_first()
 }
 
 #[test]
-fn a_healthy_trial_is_blessed_and_an_unhealthy_one_is_not() {
+fn a_healthy_trial_is_blessed_and_an_unhealthy_one_spends_its_tries_at_once() {
     let d = node();
     let r = d.path();
     switch::switch(r, &slots(), Slot::B, None, "v2key", &Recorder::default()).unwrap();
@@ -171,10 +198,24 @@ fn a_healthy_trial_is_blessed_and_an_unhealthy_one_is_not() {
     let mut said = Vec::new();
     let e = assess::assess(r, &slots(), &mut |l| said.push(l.to_owned())).unwrap_err();
     assert!(format!("{e:#}").contains("no status this boot"), "{e:#}");
+    // Unhealthy: the tries left are spent at once (1 done + 2 left), so
+    // the reboot that follows is slot A's, not another try of B's.
+    assert_eq!(entry_names(r), ["nodeforge-a.conf", "nodeforge-b+0-3.conf"]);
+    fs::rename(
+        entries.join("nodeforge-b+0-3.conf"),
+        entries.join("nodeforge-b+2-1.conf"),
+    )
+    .unwrap();
     put(r, "/run/nodeforge/status.json", &status("failed"));
     let e = assess::assess(r, &slots(), &mut |l| said.push(l.to_owned())).unwrap_err();
     assert!(format!("{e:#}").contains("slot b is on trial"), "{e:#}");
-    assert_eq!(entry_names(r), ["nodeforge-a.conf", "nodeforge-b+2-1.conf"]);
+    assert!(format!("{e:#}").contains("its tries are spent"), "{e:#}");
+    assert_eq!(entry_names(r), ["nodeforge-a.conf", "nodeforge-b+0-3.conf"]);
+    fs::rename(
+        entries.join("nodeforge-b+0-3.conf"),
+        entries.join("nodeforge-b+2-1.conf"),
+    )
+    .unwrap();
 
     put(r, "/run/nodeforge/status.json", &status("complete"));
     let a = assess::assess(r, &slots(), &mut |l| said.push(l.to_owned())).unwrap();

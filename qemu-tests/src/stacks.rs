@@ -112,18 +112,34 @@ pub enum ImageSizes {
 /// [`prepare`] with the test images of `sizes`.
 pub fn prepare_with(profile: &str, data_disk_gib: Option<u64>, sizes: ImageSizes) -> Node {
     require_root();
-    let registry =
-        TestRegistry::start().unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"));
     let path = workspace_root().join(profile);
     let p = nodeforge::profile::load(&path).unwrap_or_else(|e| panic!("{profile}: {e:#}"));
+    let (registry, client) = serve_stand_ins(&p, sizes);
+    lock_through(&path, &p, &client, &registry);
+    let built = build_profile(profile);
+    // From here on no registry exists: the node must come up without one.
+    drop(registry);
+    Node::new(built, &p, data_disk_gib)
+}
+
+/// Starts the test registry holding every image and model `p`'s stacks
+/// use, under their public names: the Debian image where
+/// crate::debian_images has one, else a stand-in. The client reaches it
+/// as the mirror of the public registries.
+pub fn serve_stand_ins(
+    p: &nodeforge::profile::Profile,
+    sizes: ImageSizes,
+) -> (TestRegistry, Client) {
+    let registry =
+        TestRegistry::start().unwrap_or_else(|e| panic!("starting docker-registry: {e:#}"));
     let ports: BTreeMap<&str, u16> = PORTS.iter().copied().collect();
-    let health = health_paths(&p);
+    let health = health_paths(p);
     let arch = p.hardware.arch.debian();
     let busybox = match arch {
         "amd64" => PathBuf::from("/bin/busybox"),
         _ => crate::debian_images::busybox(arch).unwrap_or_else(|e| panic!("{e:#}")),
     };
-    for r in nodeforge::oci::lock::profile_images(&p) {
+    for r in nodeforge::oci::lock::profile_images(p) {
         let parsed = Reference::parse(&r).unwrap();
         let debian = crate::debian_images::image_for(arch, &r).unwrap_or_else(|e| panic!("{e:#}"));
         let mut image = match debian {
@@ -182,49 +198,68 @@ pub fn prepare_with(profile: &str, data_disk_gib: Option<u64>, sizes: ImageSizes
         .map(|r| Mirror::parse(&format!("{r}={url}")).unwrap()),
     );
     let client = Client::new().unwrap().with_mirrors(mirrors);
-    let (lock, _) = nodeforge::oci::lock::lock(&p, &path, &client)
-        .unwrap_or_else(|e| panic!("locking {profile}: {e:#}"));
+    (registry, client)
+}
+
+/// Locks the profile at `path` (loaded as `p`) through `client`, the
+/// mirror [`serve_stand_ins`] made: every image resolves to `registry`.
+pub fn lock_through(
+    path: &Path,
+    p: &nodeforge::profile::Profile,
+    client: &Client,
+    registry: &TestRegistry,
+) {
+    let url = format!("http://{}", registry.addr);
+    let (lock, _) = nodeforge::oci::lock::lock(p, path, client)
+        .unwrap_or_else(|e| panic!("locking {}: {e:#}", path.display()));
     assert!(lock
         .images
         .iter()
         .all(|i| i.mirror.as_deref() == Some(url.as_str())));
+}
 
-    let built = build_profile(profile);
-    // From here on no registry exists: the node must come up without one.
-    drop(registry);
-
-    let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("node.img");
-    crate::copy_image(&built.image, &disk);
-    let extra_disks: Vec<ExtraDisk> = data_disk_gib
-        .map(|gib| {
-            let path = dir.path().join("data-disk.img");
-            let f = std::fs::File::create(&path).unwrap();
-            f.set_len(gib << 30).unwrap();
-            ExtraDisk {
-                path,
-                serial: "role-data-disk".into(),
-            }
-        })
-        .into_iter()
-        .collect();
-    let ssh_key = dir.path().join("admin_ed25519");
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "qemu-tests", "-f"])
-            .arg(&ssh_key),
-    );
-    Node {
-        status: serde_json::Value::Null,
-        manifest: built.manifest,
-        allocated: built.allocated,
-        image: built.image,
-        disk,
-        extra_disks,
-        name: p.name.clone(),
-        hostname: p.hostname.clone(),
-        ssh_key,
-        dir,
+impl Node {
+    /// The node that boots a copy of `built` (the build of `p`), with a
+    /// blank sparse data disk of `data_disk_gib` beside it when given, and
+    /// its admin's SSH key.
+    pub fn new(
+        built: nodeforge::build::BuildResult,
+        p: &nodeforge::profile::Profile,
+        data_disk_gib: Option<u64>,
+    ) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("node.img");
+        crate::copy_image(&built.image, &disk);
+        let extra_disks: Vec<ExtraDisk> = data_disk_gib
+            .map(|gib| {
+                let path = dir.path().join("data-disk.img");
+                let f = std::fs::File::create(&path).unwrap();
+                f.set_len(gib << 30).unwrap();
+                ExtraDisk {
+                    path,
+                    serial: "role-data-disk".into(),
+                }
+            })
+            .into_iter()
+            .collect();
+        let ssh_key = dir.path().join("admin_ed25519");
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "qemu-tests", "-f"])
+                .arg(&ssh_key),
+        );
+        Node {
+            status: serde_json::Value::Null,
+            manifest: built.manifest,
+            allocated: built.allocated,
+            image: built.image,
+            disk,
+            extra_disks,
+            name: p.name.clone(),
+            hostname: p.hostname.clone(),
+            ssh_key,
+            dir,
+        }
     }
 }
 

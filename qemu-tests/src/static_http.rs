@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 
 pub struct StaticServer {
     sent: Arc<AtomicU64>,
+    /// Of those, for files at the top of the served directory (not in a
+    /// subdirectory): one offer's bytes when subdirectories hold others.
+    sent_at_top: Arc<AtomicU64>,
     dir: Arc<Mutex<Option<PathBuf>>>,
 }
 
@@ -21,18 +24,23 @@ impl StaticServer {
         let l = TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("listening on 127.0.0.1:{port}: {e}"));
         let sent = Arc::new(AtomicU64::new(0));
+        let sent_at_top = Arc::new(AtomicU64::new(0));
         let dir: Arc<Mutex<Option<PathBuf>>> = Arc::default();
-        let (counter, served) = (sent.clone(), dir.clone());
+        let (counters, served) = ((sent.clone(), sent_at_top.clone()), dir.clone());
         std::thread::spawn(move || {
             for s in l.incoming().flatten() {
-                let counter = counter.clone();
+                let counters = counters.clone();
                 let dir = served.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 std::thread::spawn(move || {
-                    let _ = answer(s, dir.as_deref(), &counter);
+                    let _ = answer(s, dir.as_deref(), (&counters.0, &counters.1));
                 });
             }
         });
-        StaticServer { sent, dir }
+        StaticServer {
+            sent,
+            sent_at_top,
+            dir,
+        }
     }
 
     /// Serves `dir` from now on (None: nothing).
@@ -44,9 +52,18 @@ impl StaticServer {
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::SeqCst)
     }
+
+    /// Body bytes sent so far for files at the top of the served directory.
+    pub fn sent_at_top(&self) -> u64 {
+        self.sent_at_top.load(Ordering::SeqCst)
+    }
 }
 
-fn answer(mut s: std::net::TcpStream, dir: Option<&Path>, sent: &AtomicU64) -> std::io::Result<()> {
+fn answer(
+    mut s: std::net::TcpStream,
+    dir: Option<&Path>,
+    (sent, sent_at_top): (&AtomicU64, &AtomicU64),
+) -> std::io::Result<()> {
     let mut r = BufReader::new(s.try_clone()?);
     let mut first = String::new();
     r.read_line(&mut first)?;
@@ -91,5 +108,8 @@ fn answer(mut s: std::net::TcpStream, dir: Option<&Path>, sent: &AtomicU64) -> s
     f.read_exact_at(&mut buf, start)?;
     s.write_all(&buf)?;
     sent.fetch_add(body_len, Ordering::SeqCst);
+    if !name.contains('/') {
+        sent_at_top.fetch_add(body_len, Ordering::SeqCst);
+    }
     Ok(())
 }

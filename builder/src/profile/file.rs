@@ -74,6 +74,9 @@ pub struct UpdateFile {
     /// Where the node looks for newer releases by itself (a timer): the
     /// build's directory, e.g. `serve`'s `http://HOST:PORT/releases/NAME`.
     pub url: Option<Spanned<String>>,
+    /// How many boots a newly written slot gets before systemd-boot falls
+    /// back to the other slot (boot counting's `+N`; default 3).
+    pub tries: Option<Spanned<u32>>,
 }
 
 /// `[firewall]`: the node's host firewall. Loopback, `tailscale0` (where

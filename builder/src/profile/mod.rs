@@ -65,6 +65,9 @@ pub struct Profile {
     pub release_key: Option<String>,
     /// `[update] url`: where the node's timer looks for newer releases.
     pub update_url: Option<String>,
+    /// `[update] tries`: boots a new slot gets before the fallback (None:
+    /// the agent's default, [`nodeforge_firstboot::slots::TRIES`]).
+    pub update_tries: Option<u32>,
 }
 
 /// `[firewall]`, merged: the ports the LAN may reach (see

@@ -164,6 +164,7 @@ struct Merged {
     firewall: Option<super::Firewall>,
     release_key: Option<String>,
     update_url: Option<String>,
+    update_tries: Option<u32>,
 }
 
 impl Merged {
@@ -269,6 +270,21 @@ impl Merged {
         if let Some(u) = &f.update {
             if let Some(k) = super::apt::release_key(ctx, &u.key, errors) {
                 self.release_key = Some(k);
+            }
+            if let Some(tries) = &u.tries {
+                let max = nodeforge_firstboot::slots::MAX_TRIES;
+                if (1..=max).contains(tries.get_ref()) {
+                    self.update_tries = Some(*tries.get_ref());
+                } else {
+                    errors.push(ctx.error_at(
+                        tries,
+                        format!(
+                            "[update] tries = {}: give 1 to {max} (each failed try is a whole boot \
+                             before the node falls back to its other slot)",
+                            tries.get_ref()
+                        ),
+                    ));
+                }
             }
             if let Some(url) = &u.url {
                 // The node's client speaks plain HTTP; the release's
@@ -477,6 +493,7 @@ impl Merged {
             firewall: self.firewall,
             release_key: self.release_key,
             update_url: self.update_url,
+            update_tries: self.update_tries,
         })
     }
 }

@@ -126,7 +126,8 @@ fn the_profiles_release_key_is_checked_and_baked_with_the_builds_epoch_and_ab_sl
     let public = p.read("k/release.pub");
     p.ok(&["plan", "profiles/x.toml"]).stdout_has(&[
         "updates    A/B root slots; installs releases signed by SHA256:",
-        "; looks at http://core:8080/releases/x every 6 h\n",
+        "; a new slot gets 3 boots to come up healthy; looks at http://core:8080/releases/x \
+         every 6 h\n",
         "GPT: esp, root-a, root-b (empty until an update), state",
     ]);
     let plan = p.ok(&["plan", "--json", "profiles/x.toml"]).json();
@@ -221,6 +222,10 @@ fn assert_ab_layout(p: &Project, root: &crate::support::image::Ext4, release: &s
     }
     let config = root.text("/etc/nodeforge/firstboot.toml");
     assert!(config.contains("[slots]"), "{config}");
+    assert!(
+        config.contains("tries = 3\n"),
+        "the default tries:\n{config}"
+    );
     assert!(config.contains(&a.part_guid.to_string()), "{config}");
     let wants = root.debugfs("ls -l /etc/systemd/system/multi-user.target.wants");
     assert!(wants.contains("nodeforge-assess.service"), "{wants}");
@@ -272,6 +277,26 @@ fn a_release_key_that_is_missing_or_not_a_public_key_is_refused_naming_the_file(
         "[update] url `https://core:8080/releases/x`",
         "plain HTTP",
     ]);
+    // Boot counting's tries: a whole boot each, so a few.
+    let p = update_project("../k/release.pub");
+    p.ok(&["keys", "generate", "--dir", "k"]);
+    for bad in ["0", "10"] {
+        p.edit("profiles/x.toml", |t| {
+            t.replace("[update]\n", &format!("[update]\ntries = {bad}\n"))
+        });
+        p.fails(&["check", "profiles/x.toml"]).stderr_has(&[
+            "profiles/x.toml:",
+            &format!("[update] tries = {bad}: give 1 to 9"),
+        ]);
+        p.edit("profiles/x.toml", |t| {
+            t.replace(&format!("tries = {bad}\n"), "")
+        });
+    }
+    p.edit("profiles/x.toml", |t| {
+        t.replace("[update]\n", "[update]\ntries = 2\n")
+    });
+    p.ok(&["plan", "profiles/x.toml"])
+        .stdout_has(&["a new slot gets 2 boots to come up healthy"]);
     // Slots need UEFI and initramfs-tools (root=PARTUUID=).
     let p = update_project("../k/release.pub");
     p.ok(&["keys", "generate", "--dir", "k"]);

@@ -25,7 +25,7 @@ mod ondisk;
 mod scrub;
 mod secrets;
 mod storage;
-mod system;
+pub(crate) mod system;
 mod tailnet;
 
 pub use containers::{missing_images, parse_ps, probe, retags, service_status, PsEntry};

@@ -157,13 +157,14 @@ fn same_key(a: &str, b: &str) -> bool {
     fa.len() == 2 && fa == fb
 }
 
-struct PasswdEntry {
+pub(crate) struct PasswdEntry {
     uid: u32,
     gid: u32,
-    home: String,
+    pub(crate) home: String,
 }
 
-fn lookup_user(root: &Path, user: &str) -> Result<PasswdEntry> {
+/// `user`'s entry in `root`'s /etc/passwd.
+pub(crate) fn lookup_user(root: &Path, user: &str) -> Result<PasswdEntry> {
     let path = under(root, "/etc/passwd");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     for line in text.lines() {

@@ -2,7 +2,10 @@
 //! node: a slot on trial (its entry still counts tries) is blessed once
 //! the agent finished with its stacks healthy, by renaming its entry
 //! without the counter as systemd-bless-boot does; an unhealthy trial
-//! exits non-zero and its unit's `FailureAction=reboot` spends a try. A
+//! (the agent failed, its stacks unhealthy after their health timeout)
+//! has its remaining tries spent at once, as `+0-N`, and exits non-zero:
+//! its unit's `FailureAction=reboot` boots the other slot. A trial that
+//! never gets this far (a panic, a hang) spends one try per boot. A
 //! trial whose tries ran out (the old slot booted again) is recorded as
 //! failed, so the updater does not install that version again.
 
@@ -28,7 +31,10 @@ pub enum Assessment {
 /// Why a trial boot is not blessed.
 #[derive(Debug, thiserror::Error)]
 pub enum Unhealthy {
-    #[error("slot {slot} is on trial and the agent has not finished this boot ({why})")]
+    #[error(
+        "slot {slot} is on trial and the agent has not finished this boot ({why}); its tries are \
+         spent, the other slot boots next"
+    )]
     NotFinished { slot: char, why: String },
 }
 
@@ -43,7 +49,7 @@ pub fn assess(root: &Path, cfg: &SlotsConfig, say: &mut dyn FnMut(&str)) -> Resu
     record_spent_trials(root, &esp, &found, running, say)?;
     let Some(FoundEntry {
         name,
-        counter: Some(_),
+        counter: Some((left, done)),
         text,
         ..
     }) = found.iter().find(|e| e.slot == running)
@@ -64,14 +70,21 @@ pub fn assess(root: &Path, cfg: &SlotsConfig, say: &mut dyn FnMut(&str)) -> Resu
         Some(s) if s.state != RunState::Complete => Some(format!("its state is {:?}", s.state)),
         Some(_) => None,
     };
+    let dir = esp.join("loader/entries");
     if let Some(why) = why {
+        // The agent gave its stacks their whole health timeout (or failed
+        // outright): another try would end the same way, so the entry's
+        // tries are spent now and the next boot is the other slot's.
+        let spent = dir.join(slots::spent_entry_file_name(running, left + done));
+        fs::rename(dir.join(name), &spent)
+            .with_context(|| format!("renaming {} to {}", name, spent.display()))?;
+        crate::fsutil::sync_dir(&dir)?;
         return Err(Unhealthy::NotFinished {
             slot: running.letter(),
             why,
         }
         .into());
     }
-    let dir = esp.join("loader/entries");
     let blessed = dir.join(slots::entry_file_name(running, None));
     fs::rename(dir.join(name), &blessed)
         .with_context(|| format!("renaming {} to {}", name, blessed.display()))?;

@@ -172,7 +172,7 @@ pub fn run(
                  stacks are healthy, else slot {} boots again",
                 slot.letter(),
                 p.generation,
-                crate::slots::TRIES,
+                slots.tries,
                 slot.other().letter()
             ));
             Some(p)

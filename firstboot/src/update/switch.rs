@@ -126,12 +126,19 @@ pub fn switch(
     Ok(pending)
 }
 
-/// Copies [`CARRIED`] and the admin's authorized keys from `root` into
-/// the slot mounted at `slot`, keeping mode and owner.
+/// Copies [`CARRIED`] and the admin's authorized keys (under the home
+/// the running slot's passwd gives) from `root` into the slot mounted at
+/// `slot`, keeping mode and owner.
 pub fn carry_over(root: &Path, slot: &Path, admin_user: Option<&str>) -> Result<()> {
     let mut files: Vec<String> = CARRIED.iter().map(|s| s.to_string()).collect();
     if let Some(user) = admin_user {
-        files.push(format!("/home/{user}/.ssh/authorized_keys"));
+        // Not in passwd: no keys of theirs to carry.
+        if let Ok(pw) = crate::steps::system::lookup_user(root, user) {
+            files.push(format!(
+                "{}/.ssh/authorized_keys",
+                pw.home.trim_end_matches('/')
+            ));
+        }
     }
     for abs in &files {
         let from = under(root, abs);
@@ -220,7 +227,7 @@ pub fn entries(esp: &Path) -> Result<Vec<FoundEntry>> {
     Ok(found)
 }
 
-/// Writes `target`'s entry with [`slots::TRIES`] tries, one generation
+/// Writes `target`'s entry with the configured tries ([`SlotsConfig::tries`]), one generation
 /// above every other entry, its options those of the other slot's entry
 /// with the root swapped; removes `target`'s older entries.
 pub fn write_entry(esp: &Path, cfg: &SlotsConfig, target: Slot) -> Result<u64> {
@@ -277,7 +284,7 @@ pub fn write_entry(esp: &Path, cfg: &SlotsConfig, target: Slot) -> Result<u64> {
     };
     let path = esp
         .join("loader/entries")
-        .join(slots::entry_file_name(target, Some(slots::TRIES)));
+        .join(slots::entry_file_name(target, Some(cfg.tries)));
     atomic_write(&path, entry.text().as_bytes(), 0o644)?;
     Ok(generation)
 }
