@@ -432,8 +432,9 @@ impl Merged {
                 &leaf.path,
                 format!(
                     "[update] gives the image two root slots, which nodeforge builds for UEFI \
-                     machines with initramfs-tools; hardware `{}` has neither (Raspberry Pi \
-                     tryboot slots are not built yet): remove [update] from this profile",
+                     machines with initramfs-tools; hardware `{}` has neither (a Raspberry Pi's \
+                     firmware switches slots only with Raspberry Pi's own kernel, see \
+                     docs/ab-updates.md): remove [update] from this profile",
                     hardware.name
                 ),
             ));
