@@ -235,7 +235,7 @@ impl Plan {
                 ssh_key::PublicKey::from_openssh(key)
                     .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
                     .unwrap_or_else(|_| "the [update] key".into()),
-                p.update_tries.unwrap_or(nodeforge_firstboot::slots::TRIES),
+                p.slot_tries(),
                 match &p.update_url {
                     Some(url) => format!("; looks at {url} every 6 h"),
                     None => "; when told (`nodeforge-firstboot update --from URL`)".into(),

@@ -132,18 +132,16 @@ impl Entry {
     }
 }
 
-/// `nodeforge-a.conf`, or `nodeforge-b+3.conf` with tries left.
-pub fn entry_file_name(slot: Slot, tries: Option<u32>) -> String {
-    match tries {
-        Some(n) => format!("nodeforge-{}+{n}.conf", slot.letter()),
+/// A slot entry's file name: `nodeforge-a.conf`, or with boot counting's
+/// counter (tries left, tries done) `nodeforge-b+3.conf`, `nodeforge-b+2-1.conf`
+/// or, tries spent, `nodeforge-b+0-3.conf` (sorted after every other entry
+/// and booted no more). [`parse_entry_file_name`] reads it back.
+pub fn entry_file_name(slot: Slot, counter: Option<(u32, u32)>) -> String {
+    match counter {
         None => format!("nodeforge-{}.conf", slot.letter()),
+        Some((left, 0)) => format!("nodeforge-{}+{left}.conf", slot.letter()),
+        Some((left, done)) => format!("nodeforge-{}+{left}-{done}.conf", slot.letter()),
     }
-}
-
-/// `nodeforge-b+0-3.conf`: an entry whose tries are spent (`tries` done),
-/// which systemd-boot sorts after every other and boots no more.
-pub fn spent_entry_file_name(slot: Slot, tries: u32) -> String {
-    format!("nodeforge-{}+0-{tries}.conf", slot.letter())
 }
 
 /// A slot entry's file name read back: its slot, and its counter (tries
@@ -212,7 +210,11 @@ mod tests {
     #[test]
     fn entry_names_round_trip_with_systemd_boots_counters() {
         assert_eq!(entry_file_name(Slot::A, None), "nodeforge-a.conf");
-        assert_eq!(entry_file_name(Slot::B, Some(3)), "nodeforge-b+3.conf");
+        assert_eq!(entry_file_name(Slot::B, Some((3, 0))), "nodeforge-b+3.conf");
+        assert_eq!(
+            entry_file_name(Slot::B, Some((0, 3))),
+            "nodeforge-b+0-3.conf"
+        );
         assert_eq!(
             parse_entry_file_name("nodeforge-b+3.conf"),
             Some((Slot::B, Some((3, 0))))

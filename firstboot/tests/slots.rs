@@ -195,27 +195,27 @@ fn a_healthy_trial_is_blessed_and_an_unhealthy_one_spends_its_tries_at_once() {
     .unwrap();
     put(r, "/proc/cmdline", "root=PARTUUID=bbbb-2 rw\n");
 
+    // Puts B's spent entry back on its first try, for the next case.
+    let try_b_again = || {
+        fs::rename(
+            entries.join("nodeforge-b+0-3.conf"),
+            entries.join("nodeforge-b+2-1.conf"),
+        )
+        .unwrap()
+    };
     let mut said = Vec::new();
     let e = assess::assess(r, &slots(), &mut |l| said.push(l.to_owned())).unwrap_err();
     assert!(format!("{e:#}").contains("no status this boot"), "{e:#}");
     // Unhealthy: the tries left are spent at once (1 done + 2 left), so
     // the reboot that follows is slot A's, not another try of B's.
     assert_eq!(entry_names(r), ["nodeforge-a.conf", "nodeforge-b+0-3.conf"]);
-    fs::rename(
-        entries.join("nodeforge-b+0-3.conf"),
-        entries.join("nodeforge-b+2-1.conf"),
-    )
-    .unwrap();
+    try_b_again();
     put(r, "/run/nodeforge/status.json", &status("failed"));
     let e = assess::assess(r, &slots(), &mut |l| said.push(l.to_owned())).unwrap_err();
     assert!(format!("{e:#}").contains("slot b is on trial"), "{e:#}");
     assert!(format!("{e:#}").contains("its tries are spent"), "{e:#}");
     assert_eq!(entry_names(r), ["nodeforge-a.conf", "nodeforge-b+0-3.conf"]);
-    fs::rename(
-        entries.join("nodeforge-b+0-3.conf"),
-        entries.join("nodeforge-b+2-1.conf"),
-    )
-    .unwrap();
+    try_b_again();
 
     put(r, "/run/nodeforge/status.json", &status("complete"));
     let a = assess::assess(r, &slots(), &mut |l| said.push(l.to_owned())).unwrap();

@@ -218,6 +218,20 @@ pub fn lock_through(
         .all(|i| i.mirror.as_deref() == Some(url.as_str())));
 }
 
+/// [`prepare`], stamp a seed with `key` and boot to the status line.
+pub fn build_and_boot(
+    profile: &str,
+    key: &str,
+    seed_secrets: &[(&str, &str)],
+    data_disk_gib: Option<u64>,
+) -> Node {
+    let mut node = prepare(profile, data_disk_gib);
+    node.stamp(key, seed_secrets);
+    let name = node.name.clone();
+    node.boot(&name);
+    node
+}
+
 impl Node {
     /// The node that boots a copy of `built` (the build of `p`), with a
     /// blank sparse data disk of `data_disk_gib` beside it when given, and
@@ -261,23 +275,7 @@ impl Node {
             dir,
         }
     }
-}
 
-/// [`prepare`], stamp a seed with `key` and boot to the status line.
-pub fn build_and_boot(
-    profile: &str,
-    key: &str,
-    seed_secrets: &[(&str, &str)],
-    data_disk_gib: Option<u64>,
-) -> Node {
-    let mut node = prepare(profile, data_disk_gib);
-    node.stamp(key, seed_secrets);
-    let name = node.name.clone();
-    node.boot(&name);
-    node
-}
-
-impl Node {
     /// The seed `nodeforge customize` would write: auth key `key`, the
     /// admin's SSH key, `seed_secrets` for the stacks.
     pub fn seed(

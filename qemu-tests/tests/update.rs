@@ -148,8 +148,8 @@ fn value(console: &str, name: &str) -> String {
         .to_owned()
 }
 
-/// A directory offering `out`'s release (a build's output directory) by
-/// links, `name` beside it under `offer`.
+/// Offers `out`'s release (a build's output directory) at `offer`, by
+/// links to its files.
 fn offer(out: &Path, offer: &Path) {
     std::fs::create_dir_all(offer).unwrap();
     for e in std::fs::read_dir(out).unwrap() {
@@ -165,14 +165,22 @@ fn read_json(path: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The release document of the build in `out`.
+fn release_of(out: &Path) -> serde_json::Value {
+    read_json(&nodeforge::release::release_path(out, BUILD))
+}
+
+/// The version (image key) of the build in `out`.
+fn version_of(out: &Path) -> String {
+    release_of(out)["version"].as_str().unwrap().to_owned()
+}
+
 /// `out`'s release re-signed with `key` after `edit`, offered at `dir`.
 fn resigned(out: &Path, dir: &Path, key: &Path, edit: impl Fn(&mut nodeforge::release::Release)) {
     offer(out, dir);
     let doc = nodeforge::release::release_path(out, BUILD);
     let mut release = nodeforge::release::parse(&std::fs::read(&doc).unwrap(), &doc)
-        .unwrap_or_else(|e| {
-            panic!("{e:#}");
-        });
+        .unwrap_or_else(|e| panic!("{e:#}"));
     edit(&mut release);
     for f in [
         nodeforge::release::release_path(dir, BUILD),
@@ -189,9 +197,9 @@ fn resigned(out: &Path, dir: &Path, key: &Path, edit: impl Fn(&mut nodeforge::re
 /// offered at `dir`.
 fn flipped(out: &Path, running: &Path, dir: &Path) {
     offer(out, dir);
-    let release = read_json(&nodeforge::release::release_path(out, BUILD));
+    let release = release_of(out);
     let chunks = |base: &Path| -> serde_json::Value {
-        let r = read_json(&nodeforge::release::release_path(base, BUILD));
+        let r = release_of(base);
         let file = r["root_slot"]["chunks"].as_str().unwrap_or_else(|| {
             panic!("no root_slot.chunks in {r:#}");
         });
@@ -349,7 +357,7 @@ fn a_node_updates_its_stack_into_slot_b_and_falls_back_from_a_panicking_and_an_u
         format!("nodeforge-a.conf nodeforge-b+{TRIES}.conf")
     );
     let fetched = server.sent_at_top();
-    let release = read_json(&nodeforge::release::release_path(&outs[1], BUILD));
+    let release = release_of(&outs[1]);
     let slot_size = release["root_slot"]["size"].as_u64().unwrap();
     println!(
         "v1 -> v2 (a compose edit): fetched {fetched} bytes for a {slot_size}-byte slot \
@@ -423,10 +431,7 @@ fn a_node_updates_its_stack_into_slot_b_and_falls_back_from_a_panicking_and_an_u
     assert_eq!(value(&back, "slot"), slot_b, "{back}");
     assert_eq!(value(&back, "version"), "2");
     assert_eq!(value(&back, "kv-value"), value(&first, "kv-value"));
-    let v3_version = read_json(&nodeforge::release::release_path(&outs[2], BUILD))["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v3_version = version_of(&outs[2]);
     assert_eq!(value(&back, "failed"), v3_version, "v3 recorded as failed");
     let (_, last) = case(&back, "failed-again");
     assert!(
@@ -458,10 +463,7 @@ fn a_node_updates_its_stack_into_slot_b_and_falls_back_from_a_panicking_and_an_u
     assert_eq!(value(&last, "version"), "2");
     assert_eq!(value(&last, "kv-compose"), "2");
     assert_eq!(value(&last, "kv-value"), value(&first, "kv-value"));
-    let v4_version = read_json(&nodeforge::release::release_path(&outs[3], BUILD))["version"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v4_version = version_of(&outs[3]);
     assert_eq!(
         value(&last, "failed"),
         format!("{v3_version} {v4_version}"),

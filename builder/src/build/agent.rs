@@ -107,7 +107,7 @@ pub fn baked_config(plan: &crate::plan::Plan) -> BakedConfig {
         a: layout.partition(PartitionKind::Root).partuuid.clone(),
         b: layout.partition(PartitionKind::RootB).partuuid.clone(),
         state: layout.partition(PartitionKind::State).partuuid.clone(),
-        tries: p.update_tries.unwrap_or(nodeforge_firstboot::slots::TRIES),
+        tries: p.slot_tries(),
     });
     BakedConfig {
         admin_user: p

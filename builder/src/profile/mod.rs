@@ -251,6 +251,13 @@ pub struct TailnetAccept {
 }
 
 impl Profile {
+    /// Boots a newly written slot gets: `[update] tries`, or the agent's
+    /// default.
+    pub fn slot_tries(&self) -> u32 {
+        self.update_tries
+            .unwrap_or(nodeforge_firstboot::slots::TRIES)
+    }
+
     /// Whether the image has A/B root slots and a state partition: every
     /// profile that takes updates (`[update]`).
     pub fn ab_slots(&self) -> bool {

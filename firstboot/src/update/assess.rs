@@ -75,7 +75,7 @@ pub fn assess(root: &Path, cfg: &SlotsConfig, say: &mut dyn FnMut(&str)) -> Resu
         // The agent gave its stacks their whole health timeout (or failed
         // outright): another try would end the same way, so the entry's
         // tries are spent now and the next boot is the other slot's.
-        let spent = dir.join(slots::spent_entry_file_name(running, left + done));
+        let spent = dir.join(slots::entry_file_name(running, Some((0, left + done))));
         fs::rename(dir.join(name), &spent)
             .with_context(|| format!("renaming {} to {}", name, spent.display()))?;
         crate::fsutil::sync_dir(&dir)?;

@@ -284,7 +284,7 @@ pub fn write_entry(esp: &Path, cfg: &SlotsConfig, target: Slot) -> Result<u64> {
     };
     let path = esp
         .join("loader/entries")
-        .join(slots::entry_file_name(target, Some(cfg.tries)));
+        .join(slots::entry_file_name(target, Some((cfg.tries, 0))));
     atomic_write(&path, entry.text().as_bytes(), 0o644)?;
     Ok(generation)
 }
