@@ -1,8 +1,11 @@
 //! Rebuilding a new slot from the running one: each chunk of the new
 //! index is copied from where the old slot has the same bytes, written as
-//! zeros when it is zeros, or fetched; every chunk is checked against its
-//! sha256 before it is written, so a slot that assembles is the slot the
-//! (signed) index describes.
+//! zeros when it is zeros, or fetched. A fetched chunk is checked against
+//! its sha256 before it is written; then the written slot is read back and
+//! every chunk checked (`verify`), so a slot that verifies is the slot the
+//! (signed) index describes. Copies are checked by that read-back only:
+//! hashing them on the way too would read and hash the running slot a
+//! third time, which on a small node is most of an update's time.
 
 use std::collections::HashMap;
 use std::io;
@@ -51,6 +54,16 @@ pub enum AssembleError {
         "the chunk at {offset} ({len} bytes) arrived with sha256 {got}, the index says {want}"
     )]
     BadChunk {
+        offset: u64,
+        len: u32,
+        got: String,
+        want: String,
+    },
+    #[error(
+        "the chunk at {offset} ({len} bytes) reads back with sha256 {got}, {want} was written: \
+         the disk may be failing"
+    )]
+    ReadBack {
         offset: u64,
         len: u32,
         got: String,
@@ -123,15 +136,12 @@ pub fn plan(have: &ChunkIndex, want: &ChunkIndex) -> Result<Plan, AssembleError>
 pub struct Assembled {
     pub fetched_bytes: u64,
     pub copied_bytes: u64,
-    /// Local chunks that no longer matched (the old slot changed since it
-    /// was indexed) and were fetched instead.
-    pub refetched_chunks: usize,
 }
 
 /// Writes the new slot into `write_at` (a device or file of `room`
-/// bytes): local chunks read with `read_local`, the rest with `fetch`.
-/// Each chunk is checked before it is written; a local chunk that fails
-/// its check is fetched instead.
+/// bytes): local chunks read with `read_local` and written as they are
+/// (`verify` checks them), the rest with `fetch`, each fetched chunk
+/// checked before it is written.
 pub fn assemble(
     plan: &Plan,
     room: u64,
@@ -150,41 +160,110 @@ pub fn assemble(
     for (chunk, source) in &plan.steps {
         buf.clear();
         buf.resize(chunk.len as usize, 0);
-        let io = |what, source| AssembleError::Io {
-            what,
-            offset: chunk.offset,
-            source,
-        };
-        let mut from_remote = true;
         match source {
-            Source::Zeros => from_remote = false,
+            Source::Zeros => {}
             Source::Local(at) => {
-                read_local(*at, &mut buf).map_err(|e| io("reading the old slot for", e))?;
-                if hex::encode(Sha256::digest(&buf)) == chunk.sha256 {
-                    from_remote = false;
-                    done.copied_bytes += u64::from(chunk.len);
-                } else {
-                    done.refetched_chunks += 1;
-                }
+                read_local(*at, &mut buf)
+                    .map_err(|e| io_error("reading the old slot for", chunk, e))?;
+                done.copied_bytes += u64::from(chunk.len);
             }
-            Source::Remote => {}
-        }
-        if from_remote {
-            fetch(chunk.offset, &mut buf).map_err(|e| io("fetching", e))?;
-            let got = hex::encode(Sha256::digest(&buf));
-            if got != chunk.sha256 {
-                return Err(AssembleError::BadChunk {
-                    offset: chunk.offset,
-                    len: chunk.len,
-                    got,
-                    want: chunk.sha256.clone(),
-                });
+            Source::Remote => {
+                fetch_checked(chunk, &mut buf, &mut fetch)?;
+                done.fetched_bytes += u64::from(chunk.len);
             }
-            done.fetched_bytes += u64::from(chunk.len);
         }
-        write_at(chunk.offset, &buf).map_err(|e| io("writing", e))?;
+        write_at(chunk.offset, &buf).map_err(|e| io_error("writing", chunk, e))?;
     }
     Ok(done)
+}
+
+/// What the read-back found and mended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// Copied chunks that did not read back as the index says (the
+    /// running slot is written to, and changed after it was indexed):
+    /// fetched, written again and read back again.
+    pub refetched_chunks: usize,
+    pub refetched_bytes: u64,
+}
+
+/// Reads the written slot back with `read_at` and checks every chunk:
+/// zeros are zeros, the rest has its sha256. A copied chunk that does not
+/// match is fetched (checked), written again and read back once more; any
+/// other mismatch means the disk did not keep what it was given.
+pub fn verify(
+    plan: &Plan,
+    mut read_at: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    mut fetch: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    mut write_at: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> Result<Verified, AssembleError> {
+    let mut done = Verified::default();
+    let mut buf = Vec::new();
+    for (chunk, source) in &plan.steps {
+        buf.clear();
+        buf.resize(chunk.len as usize, 0);
+        read_at(chunk.offset, &mut buf).map_err(|e| io_error("reading back", chunk, e))?;
+        let Some(got) = mismatch(chunk, *source, &buf) else {
+            continue;
+        };
+        if !matches!(source, Source::Local(_)) {
+            return Err(read_back_error(chunk, got));
+        }
+        fetch_checked(chunk, &mut buf, &mut fetch)?;
+        write_at(chunk.offset, &buf).map_err(|e| io_error("writing", chunk, e))?;
+        read_at(chunk.offset, &mut buf).map_err(|e| io_error("reading back", chunk, e))?;
+        if let Some(got) = mismatch(chunk, *source, &buf) {
+            return Err(read_back_error(chunk, got));
+        }
+        done.refetched_chunks += 1;
+        done.refetched_bytes += u64::from(chunk.len);
+    }
+    Ok(done)
+}
+
+/// The sha256 of `bytes` when they are not `chunk`'s; zeros are checked
+/// as zeros, which costs no hashing (most of a slot is free space).
+fn mismatch(chunk: &Chunk, source: Source, bytes: &[u8]) -> Option<String> {
+    if source == Source::Zeros && bytes.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let got = hex::encode(Sha256::digest(bytes));
+    (got != chunk.sha256).then_some(got)
+}
+
+fn fetch_checked(
+    chunk: &Chunk,
+    buf: &mut [u8],
+    fetch: &mut impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<(), AssembleError> {
+    fetch(chunk.offset, buf).map_err(|e| io_error("fetching", chunk, e))?;
+    let got = hex::encode(Sha256::digest(&*buf));
+    if got != chunk.sha256 {
+        return Err(AssembleError::BadChunk {
+            offset: chunk.offset,
+            len: chunk.len,
+            got,
+            want: chunk.sha256.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn io_error(what: &'static str, chunk: &Chunk, source: io::Error) -> AssembleError {
+    AssembleError::Io {
+        what,
+        offset: chunk.offset,
+        source,
+    }
+}
+
+fn read_back_error(chunk: &Chunk, got: String) -> AssembleError {
+    AssembleError::ReadBack {
+        offset: chunk.offset,
+        len: chunk.len,
+        got,
+        want: chunk.sha256.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -242,7 +321,14 @@ mod tests {
         assert!(out == new, "the assembled slot differs");
         assert_eq!(done.fetched_bytes, fetched as u64);
         assert_eq!(done.fetched_bytes, p.fetch_bytes);
-        assert_eq!(done.refetched_chunks, 0);
+        let checked = verify(
+            &p,
+            |o, buf| at(&out, o, buf),
+            |_, _| panic!("nothing to fetch again"),
+            |_, _| panic!("nothing to write again"),
+        )
+        .unwrap();
+        assert_eq!(checked, Verified::default());
     }
 
     #[test]
@@ -269,24 +355,60 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, AssembleError::BadChunk { .. }), "{err}");
-        // The old slot changed after it was indexed: those chunks are
-        // fetched, and the result is still the new slot.
+        // The old slot changed after it was indexed: the copy is wrong,
+        // the read-back finds it, fetches that chunk, and the result is
+        // the new slot.
         let mut changed = old.clone();
         changed[10] ^= 1;
-        let mut out = vec![0u8; new.len()];
+        let out = std::cell::RefCell::new(vec![0u8; new.len()]);
+        let write = |o: u64, bytes: &[u8]| {
+            out.borrow_mut()[o as usize..o as usize + bytes.len()].copy_from_slice(bytes);
+            Ok(())
+        };
         let done = assemble(
             &p,
             new.len() as u64,
             |o, buf| at(&changed, o, buf),
             |o, buf| at(&new, o, buf),
-            |o, bytes| {
-                out[o as usize..o as usize + bytes.len()].copy_from_slice(bytes);
-                Ok(())
-            },
+            write,
         )
         .unwrap();
-        assert!(out == new);
-        assert_eq!(done.refetched_chunks, 1);
+        assert_eq!(done.fetched_bytes, p.fetch_bytes);
+        assert!(*out.borrow() != new);
+        let checked = verify(
+            &p,
+            |o, buf| at(&out.borrow(), o, buf),
+            |o, buf| at(&new, o, buf),
+            write,
+        )
+        .unwrap();
+        assert!(*out.borrow() == new);
+        assert_eq!(checked.refetched_chunks, 1);
+        // A disk that does not keep a fetched chunk (or zeros) is named.
+        let mut bad = new.clone();
+        let last = p.steps.last().unwrap().0.clone();
+        bad[last.offset as usize] ^= 1;
+        let err = verify(
+            &p,
+            |o, buf| at(&bad, o, buf),
+            |o, buf| at(&new, o, buf),
+            |_, _| Ok(()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, AssembleError::ReadBack { offset, .. } if offset == last.offset),
+            "{err}"
+        );
+        // A copied chunk that still reads back wrong after it was fetched
+        // again: the disk, too.
+        let err = verify(
+            &p,
+            |o, buf| at(&changed, o, buf),
+            |o, buf| at(&new, o, buf),
+            |_, _| Ok(()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, AssembleError::ReadBack { .. }), "{err}");
         // Too large for its target: refused before writing.
         let mut wrote = false;
         let err = assemble(

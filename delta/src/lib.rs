@@ -191,24 +191,95 @@ impl Chunker {
         }
     }
 
+    /// Rolls the gear hash over `buf`, cutting where it says. Two things
+    /// keep this cheap (it is most of an update's time on a small node):
+    /// no cut comes before `min`, and the hash at a byte depends on the 64
+    /// bytes before it only (each step shifts the older ones out), so a
+    /// chunk's bytes below `min - 64` are skipped; and the loop that looks
+    /// for a cut does nothing else. The cuts are the byte-by-byte ones
+    /// (`tests::feed_cuts_where_the_byte_by_byte_chunker_cuts`).
     fn feed(&mut self, buf: &[u8], zeros: bool) {
-        let Cutting { min, max, .. } = self.cutting;
+        let gear = self.gear;
+        let shift = self.shift;
+        let (min, max) = (self.cutting.min as usize, self.cutting.max as usize);
+        let mut hash = self.hash;
+        let mut len = self.len as usize;
+        // The first byte not yet absorbed into the chunk's sha256, and
+        // where the last cut in `buf` was.
         let mut start = 0;
-        for (i, &b) in buf.iter().enumerate() {
-            self.hash = (self.hash << 1).wrapping_add(self.gear[b as usize]);
-            self.len += 1;
-            self.trailing_zeros = if b == 0 {
-                (self.trailing_zeros + 1).min(64)
-            } else {
-                0
-            };
-            if (self.len >= min && self.hash >> self.shift == 0) || self.len >= max {
-                self.absorb(&buf[start..=i], zeros);
+        let mut last_cut = None;
+        let mut i = 0;
+        while i < buf.len() {
+            if len + 1 < min {
+                // Skip what cannot reach the hash at `min`, but roll the
+                // buffer's last 64 bytes so that the hash left behind is
+                // exact (the zero-run fast path relies on it).
+                let skip = min
+                    .saturating_sub(64)
+                    .saturating_sub(len)
+                    .min(buf.len().saturating_sub(i + 64));
+                i += skip;
+                len += skip;
+                let stop = buf.len().min(i + (min - 1 - len));
+                for &b in &buf[i..stop] {
+                    hash = (hash << 1).wrapping_add(gear[b as usize]);
+                }
+                len += stop - i;
+                i = stop;
+                continue;
+            }
+            let stop = buf.len().min(i + (max - len));
+            // A cut where the hash drops below 2^shift; eight bytes a turn
+            // (under emulation the loop's own bookkeeping costs as much as
+            // the hash).
+            let below = 1u64 << shift;
+            let mut found = None;
+            let window = &buf[i..stop];
+            let mut eights = window.chunks_exact(8);
+            let mut k = 0;
+            'look: for e in &mut eights {
+                for (j, &b) in e.iter().enumerate() {
+                    hash = (hash << 1).wrapping_add(gear[b as usize]);
+                    if hash < below {
+                        found = Some(k + j);
+                        break 'look;
+                    }
+                }
+                k += 8;
+            }
+            if found.is_none() {
+                for (j, &b) in eights.remainder().iter().enumerate() {
+                    hash = (hash << 1).wrapping_add(gear[b as usize]);
+                    if hash < below {
+                        found = Some(k + j);
+                        break;
+                    }
+                }
+            }
+            let end = found.map_or(stop, |k| i + k + 1);
+            len += end - i;
+            i = end;
+            if found.is_some() || len == max {
+                self.absorb(&buf[start..i], zeros);
+                self.len = len as u32;
                 self.cut();
-                start = i + 1;
+                hash = 0;
+                len = 0;
+                start = i;
+                last_cut = Some(i);
             }
         }
         self.absorb(&buf[start..], zeros);
+        self.hash = hash;
+        self.len = len as u32;
+        // Zero bytes since the last nonzero one or the last cut, up to 64.
+        let tail = &buf[last_cut.unwrap_or(0)..];
+        let run = tail.iter().rev().take(64).take_while(|&&b| b == 0).count() as u32;
+        self.trailing_zeros = if last_cut.is_none() && run as usize == tail.len() {
+            (self.trailing_zeros + run).min(64)
+        } else {
+            run
+        };
     }
 
     fn absorb(&mut self, bytes: &[u8], zeros: bool) {
@@ -339,6 +410,81 @@ mod tests {
         let mut c = Chunker::new(DEFAULT_CUTTING);
         c.zeros(1 << 22);
         assert_eq!(c.finish(), idx(&vec![0u8; 1 << 22]));
+    }
+
+    /// The chunker as first written, a byte at a time: the cut points
+    /// `Chunker::feed` must give.
+    fn reference_cuts(data: &[u8], c: Cutting) -> Vec<(u64, u32)> {
+        let gear = gear();
+        let (mut hash, mut len, mut offset, mut cuts) = (0u64, 0u32, 0u64, Vec::new());
+        for &b in data {
+            hash = (hash << 1).wrapping_add(gear[b as usize]);
+            len += 1;
+            if (len >= c.min && hash >> (64 - c.bits) == 0) || len >= c.max {
+                cuts.push((offset, len));
+                offset += u64::from(len);
+                (hash, len) = (0, 0);
+            }
+        }
+        if len > 0 {
+            cuts.push((offset, len));
+        }
+        cuts
+    }
+
+    #[test]
+    fn feed_cuts_where_the_byte_by_byte_chunker_cuts() {
+        // Noise, zeros, short runs, and cuttings with a small `min` and a
+        // `max` that cuts often; fed whole, in odd pieces, and as zeros.
+        let mut data = noise(700_000, 21);
+        data.extend(vec![0u8; 600_000]);
+        data.extend(noise(90, 22));
+        data.extend(vec![0u8; 63]);
+        data.extend(noise(400_000, 23));
+        for (n, run) in [300, 4500, 170, 9000, 260].into_iter().enumerate() {
+            data.extend(vec![0u8; run]);
+            data.extend(noise(1000 + 37 * n, 30 + n as u64));
+        }
+        let tiny = Cutting {
+            min: 40,
+            bits: 6,
+            max: 300,
+        };
+        let small = Cutting {
+            min: 64,
+            bits: 9,
+            max: 70,
+        };
+        // Cuts soon after `min`, so a hash left wrong after a zero run shows.
+        let eager = Cutting {
+            min: 200,
+            bits: 4,
+            max: 5000,
+        };
+        for c in [DEFAULT_CUTTING, tiny, small, eager] {
+            let want = reference_cuts(&data, c);
+            for piece in [1 << 20, 4096, 1000, 100, 77, 1] {
+                let mut ch = Chunker::new(c);
+                let mut at = 0;
+                for (n, p) in data.chunks(piece).enumerate() {
+                    // Every third piece that is all zeros goes in as zeros.
+                    if n % 3 == 0 && p.iter().all(|&b| b == 0) {
+                        ch.zeros(p.len() as u64);
+                    } else {
+                        ch.data(p);
+                    }
+                    at += p.len();
+                }
+                assert_eq!(at, data.len());
+                let got: Vec<(u64, u32)> = ch
+                    .finish()
+                    .chunks
+                    .iter()
+                    .map(|k| (k.offset, k.len))
+                    .collect();
+                assert_eq!(got, want, "{c:?}, pieces of {piece}");
+            }
+        }
     }
 
     use crate::test_noise::noise;

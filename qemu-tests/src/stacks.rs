@@ -382,6 +382,53 @@ pub fn wait_all<'a>(
     booting: Vec<Booting>,
     prefix: &str,
 ) -> Vec<Running> {
+    on_each_when_ready(nodes, booting, prefix, |_, running| running)
+}
+
+/// When a node checked by `check_as_ready` was ready and when its checks
+/// ended, both from its QEMU start.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub ready: Duration,
+    pub checked: Duration,
+}
+
+/// Waits for each launched guest on its own thread and runs `check` on it
+/// as soon as it is ready, then stops it: a node done with its checks no
+/// longer takes CPU from the ones still booting (under TCG an idle node
+/// with its stacks still costs a good part of a core). A failed check
+/// fails the test once every thread has ended.
+pub fn check_as_ready<'a>(
+    nodes: impl IntoIterator<Item = &'a mut Node>,
+    booting: Vec<Booting>,
+    prefix: &str,
+    check: impl Fn(&Node, &Running) + Sync,
+) -> Vec<Checked> {
+    on_each_when_ready(nodes, booting, prefix, |node, running| {
+        check(node, &running);
+        let times = Checked {
+            ready: running.took,
+            checked: running.vm.uptime(),
+        };
+        drop(running);
+        eprintln!(
+            "{}: checked {:.1}s after its QEMU start",
+            node.name,
+            times.checked.as_secs_f64()
+        );
+        times
+    })
+}
+
+/// Waits for each guest on its own thread and hands it to `then` there;
+/// a panic on any thread is raised once all have ended.
+fn on_each_when_ready<'a, T: Send>(
+    nodes: impl IntoIterator<Item = &'a mut Node>,
+    booting: Vec<Booting>,
+    prefix: &str,
+    then: impl Fn(&Node, Running) -> T + Sync,
+) -> Vec<T> {
+    let then = &then;
     std::thread::scope(|s| {
         let handles: Vec<_> = nodes
             .into_iter()
@@ -389,13 +436,15 @@ pub fn wait_all<'a>(
             .map(|(node, b)| {
                 s.spawn(move || {
                     let log = format!("{prefix}-{}", node.name);
-                    node.wait(b, &log)
+                    let running = node.wait(b, &log);
+                    then(node, running)
                 })
             })
             .collect();
-        handles
+        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        results
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .map(|r| r.unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     })
 }
@@ -416,6 +465,27 @@ pub struct Booting {
 }
 
 impl Running {
+    /// Panics, naming the node, its failed step's message and what its
+    /// engine says of each container (with the last lines of the ones
+    /// not healthy), when the node did not finish its first boot. The
+    /// status alone is too long for a CI log's excerpt to show why.
+    pub fn assert_complete(&self, node: &Node) {
+        if node.status["state"] == "complete" {
+            return;
+        }
+        let report = self.ssh.run(
+            "sudo docker ps --all --format '{{.Names}} {{.Status}}' 2>&1; \
+             for c in $(sudo docker ps --all --format '{{.Names}} {{.Status}}' \
+                 | grep -v '(healthy)' | grep -v 'Up [0-9a-zA-Z ]*$' | cut -d' ' -f1); do \
+                 echo \"--- $c\"; sudo docker logs --tail 20 \"$c\" 2>&1; done; \
+             sudo journalctl --boot --no-pager --lines 30 --unit docker.service 2>&1; true",
+        );
+        panic!(
+            "{} ({}) did not finish its first boot: {}\n{report}\n{:#}",
+            node.name, node.hostname, node.status["error"], node.status
+        );
+    }
+
     /// Polls status.json over SSH until `pred` holds (or panics after
     /// `limit` with the last status).
     pub fn wait_status(

@@ -166,6 +166,9 @@ fn the_fleet_boots_together_and_talks_as_the_policy_says() {
             step_times(&node.status)
         );
     }
+    for (node, vm) in [(&core, &core_vm), (&data, &data_vm), (&media, &media_vm)] {
+        vm.assert_complete(node);
+    }
     check_each_node(&core, &data, &media);
     let nodes = [
         ("nxcore", &core_vm),

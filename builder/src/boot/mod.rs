@@ -234,6 +234,11 @@ impl Vm {
         fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// Time since QEMU was started (under TCG, after KVM's trial).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     pub fn console(&self) -> String {
         fs::read(&self.log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())

@@ -253,6 +253,7 @@ fn serve_offers_each_release_to_the_nodes_updater_which_writes_the_slot_exactly(
         running_slot: &running,
         target_slot: &target,
         state_dir: &node.path().join("state"),
+        index_cache: None,
         disk_guid: None,
         current: &[],
         before_writing: None,

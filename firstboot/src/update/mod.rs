@@ -145,6 +145,9 @@ pub struct Request<'a> {
     pub target_slot: &'a Path,
     /// The updater's state directory; fetched chunks are staged here.
     pub state_dir: &'a Path,
+    /// Where the running slot's index is kept between tries in one boot
+    /// (under /run), or `None` to index it every time.
+    pub index_cache: Option<&'a Path>,
     /// With A/B slots: this node's disk GUID, which the release must name.
     pub disk_guid: Option<&'a str>,
     /// Versions the node has: its running slot's, and one written that
@@ -226,15 +229,21 @@ pub fn update(origin: &HttpOrigin, req: &Request, say: &mut dyn FnMut(&str)) -> 
         "indexing the running slot {}",
         req.running_slot.display()
     ));
-    let have = transfer::index_slot(req.running_slot, &want)?;
+    let indexing = std::time::Instant::now();
+    let (have, cached) = transfer::running_index(req.running_slot, &want, req.index_cache)?;
     let plan = nodeforge_delta::assemble::plan(&have, &want)
         .context("planning the update against the running slot")?;
     say(&format!(
-        "{} of {} chunks to fetch ({} bytes), {} bytes from the running slot",
+        "{} of {} chunks to fetch ({} bytes), {} bytes from the running slot ({})",
         plan.fetch_chunks,
         want.chunks.len(),
         plan.fetch_bytes,
-        plan.local_bytes
+        plan.local_bytes,
+        if cached {
+            "its index kept from an earlier try of this boot".to_owned()
+        } else {
+            format!("indexed in {:.1} s", indexing.elapsed().as_secs_f64())
+        }
     ));
     let done = transfer::Transfer {
         origin,
@@ -263,12 +272,16 @@ pub fn update(origin: &HttpOrigin, req: &Request, say: &mut dyn FnMut(&str)) -> 
     let record = serde_json::to_vec_pretty(&installed).expect("serialises");
     crate::fsutil::atomic_write(&req.state_dir.join("last-update.json"), &record, 0o644)?;
     say(&format!(
-        "wrote {} ({} bytes): fetched {}, copied {}, zeros {}; every chunk checked",
+        "wrote {} ({} bytes): fetched {}, copied {}, zeros {}; every chunk checked \
+         (fetched in {:.1} s, written in {:.1} s, read back in {:.1} s)",
         req.target_slot.display(),
         want.size,
         done.fetched_bytes,
         done.copied_bytes,
-        zero_bytes
+        zero_bytes,
+        done.secs.fetch,
+        done.secs.write,
+        done.secs.read_back
     ));
     Ok(installed)
 }

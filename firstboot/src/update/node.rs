@@ -11,6 +11,9 @@ use crate::config::BakedConfig;
 use crate::fsutil::under;
 use crate::runner::{Cmd, CommandRunner};
 
+/// The running slot's index, kept between tries of one boot (tmpfs).
+const INDEX_CACHE: &str = "/run/nodeforge/update/running-index.json";
+
 /// `nodeforge-firstboot update`'s options.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -118,6 +121,7 @@ pub fn run(
             }
         }
     }
+    let index_cache = under(root, INDEX_CACHE);
     let req = Request {
         build: opts.build.as_deref().unwrap_or(&cfg.profile),
         trusted: &trusted,
@@ -128,6 +132,7 @@ pub fn run(
         running_slot: &running,
         target_slot: &target,
         state_dir: &state_dir,
+        index_cache: Some(&index_cache),
         allow_downgrade: opts.allow_downgrade,
         disk_guid: cfg.slots.as_ref().map(|s| s.disk_guid.as_str()),
         current: &current,

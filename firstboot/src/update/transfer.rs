@@ -1,6 +1,7 @@
 //! The transfer: index the running slot, fetch and check the missing
 //! chunks into a staging file, then write the inactive slot from the
-//! running slot, the staged chunks and zeros, and read it back.
+//! running slot, the staged chunks and zeros, and read it back, checking
+//! every chunk (a copied one that changed since the index is fetched).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -8,7 +9,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nodeforge_delta::assemble::{self, Plan, Source};
 use nodeforge_delta::ChunkIndex;
 use sha2::{Digest, Sha256};
@@ -22,11 +23,21 @@ const MAX_RANGE: u64 = 8 << 20;
 /// volumes live there and keep writing while the update runs.
 const RESERVE: u64 = 64 << 20;
 
-/// What the transfer moved.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the transfer moved, and how long each part took.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transferred {
     pub fetched_bytes: u64,
     pub copied_bytes: u64,
+    pub secs: PartSecs,
+}
+
+/// Seconds spent fetching into staging, writing the slot and reading it
+/// back.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PartSecs {
+    pub fetch: f64,
+    pub write: f64,
+    pub read_back: f64,
 }
 
 /// The size of a file or block device.
@@ -41,6 +52,65 @@ pub fn index_slot(path: &Path, want: &ChunkIndex) -> Result<ChunkIndex> {
     let what = || format!("indexing the running slot {}", path.display());
     let mut f = File::open(path).with_context(what)?;
     nodeforge_delta::index(&mut f, want.cutting).with_context(what)
+}
+
+/// How long a kept index of the running slot is used.
+const INDEX_KEPT_SECS: u64 = 3600;
+
+/// The running slot's index as kept in `cache`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptIndex {
+    slot: String,
+    made_at: u64,
+    index: ChunkIndex,
+}
+
+/// The running slot's index, and whether it was kept from an earlier try.
+/// Indexing reads and hashes the whole slot, the dearest part of an
+/// update on a small node; a kept index (in `cache`, under /run: this
+/// boot's only, used for an hour) may be stale where the running slot was
+/// written since, which costs only those chunks: the read-back finds the
+/// copies that no longer match and fetches them.
+pub fn running_index(
+    path: &Path,
+    want: &ChunkIndex,
+    cache: Option<&Path>,
+) -> Result<(ChunkIndex, bool)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let slot = path.display().to_string();
+    if let Some(kept) = cache
+        .and_then(|c| fs::read(c).ok())
+        .and_then(|b| serde_json::from_slice::<KeptIndex>(&b).ok())
+    {
+        if kept.slot == slot
+            && kept.index.cutting == want.cutting
+            && now.saturating_sub(kept.made_at) < INDEX_KEPT_SECS
+            && kept.index.problem().is_none()
+        {
+            return Ok((kept.index, true));
+        }
+    }
+    let index = index_slot(path, want)?;
+    if let Some(c) = cache {
+        let kept = KeptIndex {
+            slot,
+            made_at: now,
+            index,
+        };
+        // Only a saving: a cache that cannot be written is indexed again.
+        let _ = c
+            .parent()
+            .map(fs::create_dir_all)
+            .transpose()
+            .ok()
+            .and_then(|_| serde_json::to_vec(&kept).ok())
+            .map(|b| crate::fsutil::atomic_write(c, &b, 0o600));
+        return Ok((kept.index, false));
+    }
+    Ok((index, false))
 }
 
 /// Free bytes for an unprivileged writer in the filesystem of `dir`.
@@ -100,7 +170,9 @@ impl Transfer<'_> {
             .truncate(true)
             .open(staging_path)
             .with_context(|| format!("creating {}", staging_path.display()))?;
+        let clock = std::time::Instant::now();
         let staged = stage(origin, file, base, plan, &staging, staging_path)?;
+        let fetch_secs = clock.elapsed().as_secs_f64();
         if let Some(retire) = self.before_writing {
             retire()?;
         }
@@ -112,39 +184,71 @@ impl Transfer<'_> {
             .open(target)
             .with_context(|| format!("opening the inactive slot {}", target.display()))?;
         let room = size_of(target)?;
+        // A chunk the read-back finds changed in the running slot (it is
+        // written to) is fetched now, checked by assemble.
+        let fetch = |offset: u64, buf: &mut [u8]| match staged.get(&offset) {
+            Some(&at) => staging.read_exact_at(buf, at),
+            None => {
+                let bytes = origin
+                    .get_range(file, base + offset, buf.len() as u64)
+                    .map_err(|e| io::Error::other(format!("{e:#}")))?;
+                buf.copy_from_slice(&bytes);
+                Ok(())
+            }
+        };
+        let clock = std::time::Instant::now();
         let done = assemble::assemble(
             plan,
             room,
             |at, buf| old.read_exact_at(buf, at),
-            |offset, buf| match staged.get(&offset) {
-                Some(&at) => staging.read_exact_at(buf, at),
-                // A local chunk that changed since it was indexed (the
-                // running slot is written to): fetched now, checked by
-                // assemble.
-                None => {
-                    let bytes = origin
-                        .get_range(file, base + offset, buf.len() as u64)
-                        .map_err(|e| io::Error::other(format!("{e:#}")))?;
-                    buf.copy_from_slice(&bytes);
-                    Ok(())
-                }
-            },
+            fetch,
             |at, buf| write_or_zero(&new, at, buf),
         )
         .with_context(|| format!("writing the inactive slot {}", target.display()))?;
         new.sync_all()
             .with_context(|| format!("flushing {}", target.display()))?;
+        let write_secs = clock.elapsed().as_secs_f64();
         // Read back from the disk, not from the pages just written.
-        use std::os::fd::AsRawFd;
-        // SAFETY: advice on a valid descriptor; failure only means the
-        // read-back may come from the cache.
-        unsafe { libc::posix_fadvise(new.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        read_back(&new, plan, target)?;
+        let clock = std::time::Instant::now();
+        drop_cache(&new, 0, 0);
+        let mended = assemble::verify(
+            plan,
+            |at, buf| new.read_exact_at(buf, at),
+            fetch,
+            |at, buf| {
+                write_or_zero(&new, at, buf)?;
+                new.sync_data()?;
+                drop_cache(&new, at, buf.len() as u64);
+                Ok(())
+            },
+        )
+        .with_context(|| format!("reading back the inactive slot {}", target.display()))?;
         Ok(Transferred {
-            fetched_bytes: done.fetched_bytes,
-            copied_bytes: done.copied_bytes,
+            fetched_bytes: done.fetched_bytes + mended.refetched_bytes,
+            copied_bytes: done.copied_bytes - mended.refetched_bytes,
+            secs: PartSecs {
+                fetch: fetch_secs,
+                write: write_secs,
+                read_back: clock.elapsed().as_secs_f64(),
+            },
         })
     }
+}
+
+/// Drops the page cache of `f` over `len` bytes at `at` (0: to the end),
+/// so that what is read next comes from the disk. Failure only means it
+/// may come from the cache.
+fn drop_cache(f: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: advice on a valid descriptor.
+    unsafe {
+        libc::posix_fadvise(
+            f.as_raw_fd(),
+            at as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
 }
 
 /// Writes `buf` at `at`, or, when it is all zeros, asks the kernel to zero
@@ -231,26 +335,4 @@ fn stage(
         .sync_data()
         .with_context(|| format!("flushing {}", staging_path.display()))?;
     Ok(at)
-}
-
-/// Reads the written slot back and checks every chunk: what the disk holds
-/// is what the signed index describes, whatever the write path did.
-fn read_back(new: &File, plan: &Plan, target: &Path) -> Result<()> {
-    let mut buf = Vec::new();
-    for (c, _) in &plan.steps {
-        buf.resize(c.len as usize, 0);
-        new.read_exact_at(&mut buf, c.offset)
-            .with_context(|| format!("reading back {}", target.display()))?;
-        let got = hex::encode(Sha256::digest(&buf));
-        if got != c.sha256 {
-            bail!(
-                "{} does not read back what was written: the chunk at offset {} has sha256 {got}, \
-                 {} was written; the disk may be failing",
-                target.display(),
-                c.offset,
-                c.sha256
-            );
-        }
-    }
-    Ok(())
 }
