@@ -196,7 +196,8 @@ impl Chunker {
     /// no cut comes before `min`, and the hash at a byte depends on the 64
     /// bytes before it only (each step shifts the older ones out), so a
     /// chunk's bytes below `min - 64` are skipped; and the loop that looks
-    /// for a cut does nothing else. The cuts are the byte-by-byte ones
+    /// for a cut does nothing else (no per-byte zero count: that is taken
+    /// from the buffer's tail once). The cuts are the byte-by-byte ones
     /// (`tests::feed_cuts_where_the_byte_by_byte_chunker_cuts`).
     fn feed(&mut self, buf: &[u8], zeros: bool) {
         let gear = self.gear;
@@ -229,31 +230,12 @@ impl Chunker {
                 continue;
             }
             let stop = buf.len().min(i + (max - len));
-            // A cut where the hash drops below 2^shift; eight bytes a turn
-            // (under emulation the loop's own bookkeeping costs as much as
-            // the hash).
-            let below = 1u64 << shift;
             let mut found = None;
-            let window = &buf[i..stop];
-            let mut eights = window.chunks_exact(8);
-            let mut k = 0;
-            'look: for e in &mut eights {
-                for (j, &b) in e.iter().enumerate() {
-                    hash = (hash << 1).wrapping_add(gear[b as usize]);
-                    if hash < below {
-                        found = Some(k + j);
-                        break 'look;
-                    }
-                }
-                k += 8;
-            }
-            if found.is_none() {
-                for (j, &b) in eights.remainder().iter().enumerate() {
-                    hash = (hash << 1).wrapping_add(gear[b as usize]);
-                    if hash < below {
-                        found = Some(k + j);
-                        break;
-                    }
+            for (k, &b) in buf[i..stop].iter().enumerate() {
+                hash = (hash << 1).wrapping_add(gear[b as usize]);
+                if hash >> shift == 0 {
+                    found = Some(k);
+                    break;
                 }
             }
             let end = found.map_or(stop, |k| i + k + 1);

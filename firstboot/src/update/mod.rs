@@ -225,12 +225,28 @@ pub fn update(origin: &HttpOrigin, req: &Request, say: &mut dyn FnMut(&str)) -> 
         }
         .into());
     }
-    say(&format!(
-        "indexing the running slot {}",
-        req.running_slot.display()
-    ));
-    let indexing = std::time::Instant::now();
-    let (have, cached) = transfer::running_index(req.running_slot, &want, req.index_cache)?;
+    let kept = req
+        .index_cache
+        .and_then(|c| transfer::kept_index(req.running_slot, &want, c));
+    let (have, how) = match kept {
+        Some(index) => (
+            index,
+            "its index kept from an earlier try of this boot".to_owned(),
+        ),
+        None => {
+            say(&format!(
+                "indexing the running slot {}",
+                req.running_slot.display()
+            ));
+            let clock = std::time::Instant::now();
+            let index = transfer::index_slot(req.running_slot, &want)?;
+            let how = format!("indexed in {:.1} s", clock.elapsed().as_secs_f64());
+            match req.index_cache {
+                Some(c) => (transfer::keep_index(req.running_slot, index, c), how),
+                None => (index, how),
+            }
+        }
+    };
     let plan = nodeforge_delta::assemble::plan(&have, &want)
         .context("planning the update against the running slot")?;
     say(&format!(
@@ -239,11 +255,7 @@ pub fn update(origin: &HttpOrigin, req: &Request, say: &mut dyn FnMut(&str)) -> 
         want.chunks.len(),
         plan.fetch_bytes,
         plan.local_bytes,
-        if cached {
-            "its index kept from an earlier try of this boot".to_owned()
-        } else {
-            format!("indexed in {:.1} s", indexing.elapsed().as_secs_f64())
-        }
+        how
     ));
     let done = transfer::Transfer {
         origin,

@@ -65,52 +65,43 @@ struct KeptIndex {
     index: ChunkIndex,
 }
 
-/// The running slot's index, and whether it was kept from an earlier try.
-/// Indexing reads and hashes the whole slot, the dearest part of an
-/// update on a small node; a kept index (in `cache`, under /run: this
-/// boot's only, used for an hour) may be stale where the running slot was
-/// written since, which costs only those chunks: the read-back finds the
-/// copies that no longer match and fetches them.
-pub fn running_index(
-    path: &Path,
-    want: &ChunkIndex,
-    cache: Option<&Path>,
-) -> Result<(ChunkIndex, bool)> {
-    let now = std::time::SystemTime::now()
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let slot = path.display().to_string();
-    if let Some(kept) = cache
-        .and_then(|c| fs::read(c).ok())
-        .and_then(|b| serde_json::from_slice::<KeptIndex>(&b).ok())
-    {
-        if kept.slot == slot
-            && kept.index.cutting == want.cutting
-            && now.saturating_sub(kept.made_at) < INDEX_KEPT_SECS
-            && kept.index.problem().is_none()
-        {
-            return Ok((kept.index, true));
+        .unwrap_or(0)
+}
+
+/// The running slot's index as an earlier try of this boot kept it in
+/// `cache` (under /run), if it is there, for this slot and cutting, and
+/// under an hour old. Indexing reads and hashes the whole slot, the
+/// dearest part of an update on a small node; a kept index may be stale
+/// where the running slot was written since, which costs only those
+/// chunks: the read-back finds the copies that no longer match and fetches
+/// them.
+pub fn kept_index(path: &Path, want: &ChunkIndex, cache: &Path) -> Option<ChunkIndex> {
+    let kept: KeptIndex = serde_json::from_slice(&fs::read(cache).ok()?).ok()?;
+    (kept.slot == path.display().to_string()
+        && kept.index.cutting == want.cutting
+        && unix_now().saturating_sub(kept.made_at) < INDEX_KEPT_SECS
+        && kept.index.problem().is_none())
+    .then_some(kept.index)
+}
+
+/// Keeps `index` of the running slot `path` in `cache` for the next try.
+/// Only a saving: an index that cannot be kept is made again next time.
+pub fn keep_index(path: &Path, index: ChunkIndex, cache: &Path) -> ChunkIndex {
+    let kept = KeptIndex {
+        slot: path.display().to_string(),
+        made_at: unix_now(),
+        index,
+    };
+    if let (Some(dir), Ok(bytes)) = (cache.parent(), serde_json::to_vec(&kept)) {
+        if fs::create_dir_all(dir).is_ok() {
+            let _ = crate::fsutil::atomic_write(cache, &bytes, 0o600);
         }
     }
-    let index = index_slot(path, want)?;
-    if let Some(c) = cache {
-        let kept = KeptIndex {
-            slot,
-            made_at: now,
-            index,
-        };
-        // Only a saving: a cache that cannot be written is indexed again.
-        let _ = c
-            .parent()
-            .map(fs::create_dir_all)
-            .transpose()
-            .ok()
-            .and_then(|_| serde_json::to_vec(&kept).ok())
-            .map(|b| crate::fsutil::atomic_write(c, &b, 0o600));
-        return Ok((kept.index, false));
-    }
-    Ok((index, false))
+    kept.index
 }
 
 /// Free bytes for an unprivileged writer in the filesystem of `dir`.
